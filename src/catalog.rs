@@ -1,0 +1,295 @@
+//! The catalog: a SQLite index (through sqlx) of the snapshots and runs in a store.
+//!
+//! Manifests and run journals in the store are the truth; the catalog only makes listing fast
+//! and keeps verification results. [`Catalog::sync`] brings it up to date with the store and
+//! [`Catalog::rebuild`] recreates it from scratch, so losing `catalog.db` loses nothing.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::Row;
+
+use crate::block_on;
+use crate::journal::Journal;
+use crate::manifest::Manifest;
+use crate::store::Store;
+
+pub struct Catalog {
+    pool: SqlitePool,
+    pub path: PathBuf,
+}
+
+/// A snapshot as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotRow {
+    pub id: String,
+    pub policy: String,
+    pub kind: String,
+    pub label: Option<String>,
+    pub run_id: Option<String>,
+    pub created_at: String,
+    pub targets: String,
+    pub bytes: i64,
+    pub raw_bytes: i64,
+    pub verified_at: Option<String>,
+    pub verified_ok: Option<bool>,
+}
+
+/// A run as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRow {
+    pub id: String,
+    pub policy: String,
+    pub started_at: String,
+    pub phase: String,
+    pub outcome: Option<String>,
+    pub exit_code: Option<i64>,
+    pub snapshot_id: Option<String>,
+    pub rescue_id: Option<String>,
+    pub command: String,
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS snapshots (
+  id TEXT PRIMARY KEY,
+  policy TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  label TEXT,
+  run_id TEXT,
+  created_at TEXT NOT NULL,
+  completed_at TEXT NOT NULL,
+  targets TEXT NOT NULL,
+  bytes INTEGER NOT NULL,
+  raw_bytes INTEGER NOT NULL,
+  verified_at TEXT,
+  verified_ok INTEGER
+);
+CREATE INDEX IF NOT EXISTS snapshots_policy ON snapshots(policy, created_at);
+CREATE TABLE IF NOT EXISTS runs (
+  id TEXT PRIMARY KEY,
+  policy TEXT NOT NULL,
+  started_at TEXT NOT NULL,
+  phase TEXT NOT NULL,
+  outcome TEXT,
+  exit_code INTEGER,
+  snapshot_id TEXT,
+  rescue_id TEXT,
+  command TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS check_results (
+  run_id TEXT NOT NULL,
+  name TEXT NOT NULL,
+  target TEXT,
+  before TEXT,
+  after TEXT,
+  expect TEXT NOT NULL,
+  passed INTEGER NOT NULL,
+  detail TEXT,
+  PRIMARY KEY (run_id, name)
+);
+"#;
+
+impl Catalog {
+    /// Open (creating) the catalog of a store and bring it up to date.
+    pub fn open(store: &dyn Store) -> Result<Catalog> {
+        let path = match store.local_root() {
+            Some(root) => root.join("catalog.db"),
+            None => anyhow::bail!("catalogs of remote stores are not supported yet"),
+        };
+        let opts = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(std::time::Duration::from_secs(30));
+        let pool = block_on(SqlitePoolOptions::new().max_connections(1).connect_with(opts))
+            .with_context(|| format!("cannot open catalog {}", path.display()))?;
+        block_on(sqlx::raw_sql(SCHEMA).execute(&pool)).context("creating catalog tables")?;
+        let cat = Catalog { pool, path };
+        cat.sync(store)?;
+        Ok(cat)
+    }
+
+    /// Index manifests and journals that are in the store but not in the catalog, and forget
+    /// rows whose manifest is gone.
+    pub fn sync(&self, store: &dyn Store) -> Result<()> {
+        let keys = store.list("snapshots/")?;
+        let in_store: BTreeSet<String> = keys
+            .iter()
+            .filter_map(|e| e.key.strip_prefix("snapshots/")?.strip_suffix("/manifest.json"))
+            .map(str::to_string)
+            .collect();
+        let known: BTreeSet<String> = block_on(sqlx::query_scalar::<_, String>("SELECT id FROM snapshots").fetch_all(&self.pool))?
+            .into_iter()
+            .collect();
+        for id in in_store.difference(&known) {
+            match Manifest::load(store, id) {
+                Ok(m) => self.record_snapshot(&m)?,
+                Err(e) => tracing_warn(&format!("skipping snapshot {id}: {e:#}")),
+            }
+        }
+        for id in known.difference(&in_store) {
+            block_on(sqlx::query("DELETE FROM snapshots WHERE id = ?").bind(id).execute(&self.pool))?;
+        }
+        let runs: BTreeSet<String> = store
+            .list("runs/")?
+            .iter()
+            .filter_map(|e| e.key.strip_prefix("runs/")?.strip_suffix("/journal.json"))
+            .map(str::to_string)
+            .collect();
+        let known_runs: BTreeSet<String> =
+            block_on(sqlx::query_scalar::<_, String>("SELECT id FROM runs WHERE phase = 'done'").fetch_all(&self.pool))?
+                .into_iter()
+                .collect();
+        for id in runs.difference(&known_runs) {
+            if let Ok(j) = Journal::load(store, id) {
+                self.record_run(&j)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drop everything and re-index from the store.
+    pub fn rebuild(&self, store: &dyn Store) -> Result<()> {
+        block_on(sqlx::raw_sql("DELETE FROM snapshots; DELETE FROM runs; DELETE FROM check_results;").execute(&self.pool))?;
+        self.sync(store)
+    }
+
+    pub fn record_snapshot(&self, m: &Manifest) -> Result<()> {
+        let targets = m.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(",");
+        block_on(
+            sqlx::query(
+                "INSERT INTO snapshots (id, policy, kind, label, run_id, created_at, completed_at, targets, bytes, raw_bytes)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT(id) DO UPDATE SET policy=excluded.policy, kind=excluded.kind, label=excluded.label,
+                   run_id=excluded.run_id, created_at=excluded.created_at, completed_at=excluded.completed_at,
+                   targets=excluded.targets, bytes=excluded.bytes, raw_bytes=excluded.raw_bytes",
+            )
+            .bind(&m.id)
+            .bind(&m.policy)
+            .bind(m.kind.as_str())
+            .bind(&m.label)
+            .bind(&m.run_id)
+            .bind(crate::rfc3339(m.created_at))
+            .bind(crate::rfc3339(m.completed_at))
+            .bind(targets)
+            .bind(m.stored_bytes() as i64)
+            .bind(m.raw_bytes() as i64)
+            .execute(&self.pool),
+        )?;
+        Ok(())
+    }
+
+    pub fn mark_verified(&self, id: &str, ok: bool) -> Result<()> {
+        block_on(
+            sqlx::query("UPDATE snapshots SET verified_at = ?, verified_ok = ? WHERE id = ?")
+                .bind(crate::rfc3339(crate::now()))
+                .bind(ok)
+                .bind(id)
+                .execute(&self.pool),
+        )?;
+        Ok(())
+    }
+
+    pub fn record_run(&self, j: &Journal) -> Result<()> {
+        let mut tx = block_on(self.pool.begin())?;
+        block_on(
+            sqlx::query(
+                "INSERT OR REPLACE INTO runs (id, policy, started_at, phase, outcome, exit_code, snapshot_id, rescue_id, command)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&j.run_id)
+            .bind(&j.policy)
+            .bind(crate::rfc3339(j.started_at))
+            .bind(j.phase.as_str())
+            .bind(&j.outcome)
+            .bind(j.exit_code.map(i64::from))
+            .bind(&j.snapshot_id)
+            .bind(&j.rescue_id)
+            .bind(j.command.join(" "))
+            .execute(&mut *tx),
+        )?;
+        block_on(sqlx::query("DELETE FROM check_results WHERE run_id = ?").bind(&j.run_id).execute(&mut *tx))?;
+        for c in &j.checks {
+            block_on(
+                sqlx::query(
+                    "INSERT INTO check_results (run_id, name, target, before, after, expect, passed, detail)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&j.run_id)
+                .bind(&c.name)
+                .bind(&c.target)
+                .bind(&c.before)
+                .bind(&c.after)
+                .bind(&c.expect)
+                .bind(c.passed)
+                .bind(&c.detail)
+                .execute(&mut *tx),
+            )?;
+        }
+        block_on(tx.commit())?;
+        Ok(())
+    }
+
+    /// Snapshots, newest first.
+    pub fn snapshots(&self, policy: Option<&str>) -> Result<Vec<SnapshotRow>> {
+        let rows = block_on(
+            sqlx::query(
+                "SELECT id, policy, kind, label, run_id, created_at, targets, bytes, raw_bytes, verified_at, verified_ok
+                 FROM snapshots WHERE (?1 IS NULL OR policy = ?1) ORDER BY created_at DESC, id DESC",
+            )
+            .bind(policy)
+            .fetch_all(&self.pool),
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|r| SnapshotRow {
+                id: r.get(0),
+                policy: r.get(1),
+                kind: r.get(2),
+                label: r.get(3),
+                run_id: r.get(4),
+                created_at: r.get(5),
+                targets: r.get(6),
+                bytes: r.get(7),
+                raw_bytes: r.get(8),
+                verified_at: r.get(9),
+                verified_ok: r.get(10),
+            })
+            .collect())
+    }
+
+    /// Runs, newest first.
+    pub fn runs(&self, policy: Option<&str>, limit: i64) -> Result<Vec<RunRow>> {
+        let rows = block_on(
+            sqlx::query(
+                "SELECT id, policy, started_at, phase, outcome, exit_code, snapshot_id, rescue_id, command
+                 FROM runs WHERE (?1 IS NULL OR policy = ?1) ORDER BY started_at DESC, id DESC LIMIT ?2",
+            )
+            .bind(policy)
+            .bind(limit)
+            .fetch_all(&self.pool),
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|r| RunRow {
+                id: r.get(0),
+                policy: r.get(1),
+                started_at: r.get(2),
+                phase: r.get(3),
+                outcome: r.get(4),
+                exit_code: r.get(5),
+                snapshot_id: r.get(6),
+                rescue_id: r.get(7),
+                command: r.get(8),
+            })
+            .collect())
+    }
+}
+
+fn tracing_warn(msg: &str) {
+    eprintln!("guard: warning: {}", crate::secrets::redact(msg));
+}

@@ -1,0 +1,161 @@
+//! The policy's checks: what must hold after the command for its changes to be kept.
+//!
+//! `untouched` compares fingerprints recorded in the pre-run snapshot with the live target;
+//! `sql` compares a query's value with its expectation (`unchanged`/`changed` against the value
+//! read before the command); `command` runs a shell command that must exit 0.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+
+use anyhow::{anyhow, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::Manifest;
+use crate::policy::{CheckSpec, CheckWhat, Expect, Op, Policy};
+use crate::targets::Target;
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub name: String,
+    #[serde(default)]
+    pub target: Option<String>,
+    pub kind: String,
+    pub expect: String,
+    #[serde(default)]
+    pub before: Option<String>,
+    #[serde(default)]
+    pub after: Option<String>,
+    pub passed: bool,
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+fn target<'a>(targets: &'a [Box<dyn Target>], name: &str) -> Result<&'a dyn Target> {
+    targets
+        .iter()
+        .find(|t| t.name() == name)
+        .map(|t| t.as_ref())
+        .ok_or_else(|| anyhow!("no target {name:?}"))
+}
+
+/// Values of `sql` checks before the command runs. An error here stops the run: a check that
+/// cannot be evaluated before cannot protect anything after.
+pub fn before_values(policy: &Policy, targets: &[Box<dyn Target>]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for c in &policy.checks {
+        if let (Some(t), CheckWhat::Sql { sql, .. }) = (&c.target, &c.what) {
+            let v = target(targets, t)?.query(sql).with_context(|| format!("check {:?} (policy line {}): query failed", c.name, c.line))?;
+            out.insert(c.name.clone(), v);
+        }
+    }
+    Ok(out)
+}
+
+fn compare(value: &str, op: Op, n: f64) -> Result<bool> {
+    let v: f64 = value.trim().parse().map_err(|_| anyhow!("{value:?} is not a number"))?;
+    Ok(match op {
+        Op::Eq => v == n,
+        Op::Ne => v != n,
+        Op::Lt => v < n,
+        Op::Le => v <= n,
+        Op::Gt => v > n,
+        Op::Ge => v >= n,
+    })
+}
+
+fn kind_of(c: &CheckSpec) -> &'static str {
+    match c.what {
+        CheckWhat::Untouched(_) => "untouched",
+        CheckWhat::Sql { .. } => "sql",
+        CheckWhat::Command { .. } => "command",
+    }
+}
+
+/// Evaluate one check after the command. Errors become failed checks, never panics.
+fn evaluate_one(c: &CheckSpec, targets: &[Box<dyn Target>], before: &BTreeMap<String, String>, snapshot: &Manifest) -> CheckResult {
+    let mut r = CheckResult {
+        name: c.name.clone(),
+        target: c.target.clone(),
+        kind: kind_of(c).into(),
+        expect: String::new(),
+        before: None,
+        after: None,
+        passed: false,
+        detail: None,
+    };
+    let outcome: Result<()> = (|| {
+        match &c.what {
+            CheckWhat::Untouched(items) => {
+                r.expect = format!("{} untouched", items.join(", "));
+                let tname = c.target.as_deref().expect("validated");
+                let rec = snapshot.target(tname).ok_or_else(|| anyhow!("snapshot has no target {tname}"))?;
+                let t = target(targets, tname)?;
+                let now = t.fingerprint(items)?;
+                let mut rows_before = 0;
+                let mut rows_after = 0;
+                let mut diffs = Vec::new();
+                for i in items {
+                    let b = rec.fingerprints.get(i).ok_or_else(|| anyhow!("snapshot recorded no fingerprint of {i}"))?;
+                    let a = now.get(i).ok_or_else(|| anyhow!("no fingerprint of {i}"))?;
+                    rows_before += b.rows;
+                    rows_after += a.rows;
+                    if a.rows != b.rows {
+                        diffs.push(format!("{i}: {} → {} rows", b.rows, a.rows));
+                    } else if a.hash != b.hash {
+                        diffs.push(format!("{i}: content changed ({} rows)", a.rows));
+                    }
+                }
+                r.before = Some(format!("{rows_before} rows"));
+                r.after = Some(format!("{rows_after} rows"));
+                r.passed = diffs.is_empty();
+                if !r.passed {
+                    r.detail = Some(diffs.join("; "));
+                }
+            }
+            CheckWhat::Sql { sql, expect } => {
+                r.expect = expect.to_string();
+                let t = target(targets, c.target.as_deref().expect("validated"))?;
+                r.before = before.get(&c.name).cloned();
+                let after = t.query(sql)?;
+                r.after = Some(after.clone());
+                r.passed = match expect {
+                    Expect::Unchanged => r.before.as_deref() == Some(after.as_str()),
+                    Expect::Changed => r.before.as_deref() != Some(after.as_str()),
+                    Expect::Compare(op, n) => compare(&after, *op, *n)?,
+                    Expect::Literal(s) => after == *s,
+                };
+            }
+            CheckWhat::Command { command } => {
+                r.expect = "exit 0".into();
+                let out = Command::new("sh")
+                    .arg("-c")
+                    .arg(command)
+                    .stdin(Stdio::null())
+                    .output()
+                    .with_context(|| format!("cannot run {command:?}"))?;
+                let code = out.status.code().map(|c| c.to_string()).unwrap_or_else(|| "signal".into());
+                r.after = Some(format!("exit {code}"));
+                r.passed = out.status.success();
+                if !r.passed {
+                    let err = String::from_utf8_lossy(&out.stderr);
+                    let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+                    if !last.is_empty() {
+                        r.detail = Some(crate::secrets::redact(last));
+                    }
+                }
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = outcome {
+        r.passed = false;
+        r.detail = Some(crate::secrets::redact(&format!("{e:#}")));
+    }
+    r
+}
+
+/// Evaluate every check of the policy.
+pub fn evaluate(policy: &Policy, targets: &[Box<dyn Target>], before: &BTreeMap<String, String>, snapshot: &Manifest) -> Vec<CheckResult> {
+    policy.checks.iter().map(|c| evaluate_one(c, targets, before, snapshot)).collect()
+}

@@ -1,0 +1,123 @@
+//! Failure kinds and the stable exit codes they map to.
+//!
+//! Library functions return `anyhow::Result`; the command layer classifies a failure with
+//! [`Kind`] so `main` can turn it into a documented exit code. The codes are part of guard's
+//! public contract (README, "Exit codes") and must never change meaning.
+
+use std::fmt;
+
+/// What went wrong, from the user's point of view. Each kind has one exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Anything unexpected: I/O errors outside a snapshot, bugs.
+    Internal,
+    /// Bad command line or policy (malformed TOML, unknown key, missing `${VAR}`, unknown id).
+    Usage,
+    /// A snapshot could not be taken or verified; the command was not run.
+    Snapshot,
+    /// The wrapped command ran, a check failed, and the targets were restored.
+    ChecksFailedRestored,
+    /// A restore (automatic or requested) failed or could not be started: act now.
+    RestoreFailed,
+    /// An artifact or manifest failed verification.
+    Corrupt,
+    /// Another guard holds the policy's lock.
+    Locked,
+    /// The command failed or a check failed and `--no-restore` kept the failed state.
+    KeptFailed,
+    /// The user declined the confirmation prompt.
+    Declined,
+}
+
+impl Kind {
+    /// The process exit code for this kind. Stable: documented in README.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Kind::Internal => 1,
+            Kind::Usage => 64,
+            Kind::Corrupt => 65,
+            Kind::Snapshot => 69,
+            Kind::Locked => 75,
+            Kind::Declined => 76,
+            Kind::ChecksFailedRestored => 79,
+            Kind::RestoreFailed => 80,
+            Kind::KeptFailed => 81,
+        }
+    }
+
+    /// Short machine-readable name used in `--json` output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Internal => "internal",
+            Kind::Usage => "usage",
+            Kind::Corrupt => "corrupt",
+            Kind::Snapshot => "snapshot_failed",
+            Kind::Locked => "locked",
+            Kind::Declined => "declined",
+            Kind::ChecksFailedRestored => "checks_failed_restored",
+            Kind::RestoreFailed => "restore_failed",
+            Kind::KeptFailed => "kept_failed",
+        }
+    }
+}
+
+/// An error with the kind that decides guard's exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub kind: Kind,
+    pub error: anyhow::Error,
+}
+
+impl Failure {
+    pub fn new(kind: Kind, error: impl Into<anyhow::Error>) -> Self {
+        Failure { kind, error: error.into() }
+    }
+    pub fn msg(kind: Kind, msg: impl fmt::Display) -> Self {
+        Failure { kind, error: anyhow::anyhow!("{msg}") }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#}", self.error)
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        let error = e.into();
+        // A Failure that travelled through anyhow keeps its kind.
+        match error.downcast::<KindTag>() {
+            Ok(tag) => Failure { kind: tag.0, error: anyhow::anyhow!("{}", tag.1) },
+            Err(error) => Failure { kind: Kind::Internal, error },
+        }
+    }
+}
+
+/// A kind carried inside an `anyhow::Error`, for code that returns `anyhow::Result` but knows
+/// the category (for example "this is a policy error").
+#[derive(Debug)]
+pub struct KindTag(pub Kind, pub String);
+
+impl fmt::Display for KindTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+impl std::error::Error for KindTag {}
+
+/// Attach a [`Kind`] to any error result.
+pub trait ResultExt<T> {
+    fn kind(self, kind: Kind) -> Result<T, Failure>;
+}
+
+impl<T, E: Into<anyhow::Error>> ResultExt<T> for Result<T, E> {
+    fn kind(self, kind: Kind) -> Result<T, Failure> {
+        self.map_err(|e| Failure { kind, error: e.into() })
+    }
+}
+
+/// Build an `anyhow::Error` that will become a [`Failure`] of the given kind.
+pub fn tagged(kind: Kind, msg: impl fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(KindTag(kind, msg.to_string()))
+}

@@ -1,0 +1,114 @@
+//! One guard per policy at a time.
+//!
+//! The lock is an `flock` on `locks/<policy>.lock` in the store, held for the whole run, with
+//! the holder's host, pid, start time and command written inside. The kernel releases an
+//! `flock` when its holder dies, so a lock file that still names a holder but can be locked
+//! belonged to a guard that died: it is taken over, loudly.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Failure, Kind};
+use crate::store::Store;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Holder {
+    pub host: String,
+    pub pid: u32,
+    pub since: String,
+    pub command: String,
+    #[serde(default)]
+    pub run_id: Option<String>,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pid {} on {} since {} ({})", self.pid, self.host, self.since, self.command)
+    }
+}
+
+pub struct Lock {
+    file: File,
+    pub path: PathBuf,
+    /// The holder found in the file when the lock was taken: a guard that died holding it.
+    pub taken_over: Option<Holder>,
+}
+
+fn read_holder(f: &mut File) -> Option<Holder> {
+    let mut s = String::new();
+    f.seek(SeekFrom::Start(0)).ok()?;
+    f.read_to_string(&mut s).ok()?;
+    serde_json::from_str(&s).ok()
+}
+
+/// What the lock file of `policy` says, without taking it: `(held_by_a_live_process, holder)`.
+pub fn inspect(store: &dyn Store, policy: &str) -> Result<(bool, Option<Holder>)> {
+    let Some(root) = store.local_root() else { return Ok((false, None)) };
+    let path = root.join("locks").join(format!("{policy}.lock"));
+    let Ok(mut f) = File::open(&path) else { return Ok((false, None)) };
+    let holder = read_holder(&mut f);
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    let held = rc != 0;
+    if !held {
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+    }
+    Ok((held, holder))
+}
+
+/// Take the policy's lock or fail with [`Kind::Locked`] naming the holder.
+pub fn acquire(store: &dyn Store, policy: &str, command: &str, run_id: Option<&str>) -> Result<Lock, Failure> {
+    let root = store
+        .local_root()
+        .ok_or_else(|| Failure::msg(Kind::Internal, "locks on remote stores are not supported yet"))?;
+    let dir = root.join("locks");
+    crate::store::local::create_dir_all_private(&dir)?;
+    let path = dir.join(format!("{policy}.lock"));
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open lock file {}", path.display()))?;
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let who = read_holder(&mut file).map(|h| h.to_string()).unwrap_or_else(|| "another process".into());
+            return Err(Failure::msg(
+                Kind::Locked,
+                format!("policy {policy} is locked by another guard: {who}; lock file {}", path.display()),
+            ));
+        }
+        return Err(Failure::new(Kind::Internal, err).into());
+    }
+    let taken_over = read_holder(&mut file);
+    let me = Holder {
+        host: crate::hostname(),
+        pid: std::process::id(),
+        since: crate::rfc3339(crate::now()),
+        command: crate::secrets::redact(command),
+        run_id: run_id.map(str::to_string),
+    };
+    file.set_len(0)?;
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(serde_json::to_string(&me)?.as_bytes())?;
+    file.sync_all()?;
+    Ok(Lock { file, path, taken_over })
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        // Clear the holder first: an empty lock file means "released cleanly".
+        let _ = self.file.set_len(0);
+        let _ = self.file.sync_all();
+        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+    }
+}

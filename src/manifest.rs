@@ -1,0 +1,211 @@
+//! The manifest: a snapshot's record of what it holds, written last.
+//!
+//! A snapshot directory without `manifest.json` is incomplete by definition, whatever else it
+//! contains. The manifest carries everything a restore or a person needs: which targets, which
+//! artifacts with sizes and SHA-256 checksums (of the stored gzip and of its content), the
+//! fingerprints taken at snapshot time, tool versions, the command being guarded and the times.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::store::Store;
+
+pub const FORMAT: u32 = 1;
+
+/// Why a snapshot was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapshotKind {
+    /// Before a guarded command.
+    PreRun,
+    /// Of the failed state, before a restore overwrote it.
+    Rescue,
+    /// `guard snapshot`.
+    Manual,
+}
+
+impl SnapshotKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotKind::PreRun => "pre-run",
+            SnapshotKind::Rescue => "rescue",
+            SnapshotKind::Manual => "manual",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub id: String,
+    pub policy: String,
+    pub kind: SnapshotKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub completed_at: OffsetDateTime,
+    pub host: String,
+    pub guard_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    pub targets: Vec<TargetRecord>,
+}
+
+/// What a snapshot holds of one target.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TargetRecord {
+    pub name: String,
+    pub kind: String,
+    /// Where the data lives (paths; URLs with passwords masked).
+    pub source: String,
+    /// The target did not exist when the snapshot was taken (a rescue of a deleted database).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub absent: bool,
+    #[serde(default)]
+    pub artifacts: Vec<Artifact>,
+    /// Per-table (or per-path) row counts and content hashes at snapshot time.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fingerprints: BTreeMap<String, Fingerprint>,
+    /// Files of a directory target, with their SHA-256.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileEntry>,
+    /// Versions of the tools and engines involved.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tools: BTreeMap<String, String>,
+    /// Kind-specific facts (file mode, owner, journal mode, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
+}
+
+/// One stored file of a snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    /// Store key of the artifact.
+    pub key: String,
+    /// What the gzip contains: `sqlite`, `tar`, …
+    pub format: String,
+    /// Size and SHA-256 of the stored (compressed) bytes.
+    pub bytes: u64,
+    pub sha256: String,
+    /// Size and SHA-256 of the content.
+    pub raw_bytes: u64,
+    pub raw_sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Fingerprint {
+    pub rows: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+}
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.hash {
+            Some(h) => write!(f, "{} rows #{}", self.rows, &h[..h.len().min(12)]),
+            None => write!(f, "{} rows", self.rows),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    pub path: String,
+    /// `file`, `dir` or `symlink`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    pub mode: u32,
+}
+
+pub fn snapshot_prefix(id: &str) -> String {
+    format!("snapshots/{id}/")
+}
+
+pub fn manifest_key(id: &str) -> String {
+    format!("snapshots/{id}/manifest.json")
+}
+
+impl Manifest {
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("manifest serializes");
+        v.push(b'\n');
+        v
+    }
+
+    pub fn from_json(bytes: &[u8], what: &str) -> Result<Manifest> {
+        let m: Manifest = serde_json::from_slice(bytes)
+            .with_context(|| format!("{what}: not a valid guard manifest"))?;
+        if m.format != FORMAT {
+            bail!("{what}: manifest format {} is not supported by this guard (expects {FORMAT})", m.format);
+        }
+        Ok(m)
+    }
+
+    /// Read a snapshot's manifest from the store.
+    pub fn load(store: &dyn Store, id: &str) -> Result<Manifest> {
+        let key = manifest_key(id);
+        let bytes = store.get(&key).with_context(|| format!("snapshot {id} has no manifest ({key}): it is missing or incomplete"))?;
+        let m = Manifest::from_json(&bytes, &format!("{}/{key}", store.location()))?;
+        if m.id != id {
+            bail!("{}/{key}: manifest claims id {} (tampered or moved)", store.location(), m.id);
+        }
+        Ok(m)
+    }
+
+    /// Write the manifest, completing the snapshot.
+    pub fn save(&self, store: &dyn Store) -> Result<()> {
+        store.put(&manifest_key(&self.id), &self.to_json())
+    }
+
+    pub fn stored_bytes(&self) -> u64 {
+        self.targets.iter().flat_map(|t| &t.artifacts).map(|a| a.bytes).sum()
+    }
+
+    pub fn raw_bytes(&self) -> u64 {
+        self.targets.iter().flat_map(|t| &t.artifacts).map(|a| a.raw_bytes).sum()
+    }
+
+    pub fn target(&self, name: &str) -> Option<&TargetRecord> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+}
+
+/// A new snapshot id: UTC time to the millisecond plus a random suffix, so ids sort by time.
+pub fn new_id(now: OffsetDateTime) -> String {
+    let f = time::macros::format_description!(
+        "[year][month][day]T[hour][minute][second].[subsecond digits:3]Z"
+    );
+    format!("{}-{:04x}", now.format(&f).expect("formats"), rand::random::<u16>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_sort_by_time() {
+        let a = new_id(time::macros::datetime!(2026-01-02 03:04:05.006 UTC));
+        let b = new_id(time::macros::datetime!(2026-01-02 03:04:05.007 UTC));
+        let c = new_id(time::macros::datetime!(2026-10-02 00:00:00 UTC));
+        assert!(a < b && b < c, "{a} {b} {c}");
+        assert!(a.starts_with("20260102T030405.006Z-"));
+    }
+}

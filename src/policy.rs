@@ -1,0 +1,658 @@
+//! The policy file: what to protect, where snapshots go, what to check.
+//!
+//! A policy is TOML. Parsing is strict: unknown keys and wrong types are errors that name the
+//! file and line; `${VAR}` references are expanded from the environment after the file has been
+//! checked, and a missing variable is an error naming it and its line. Nothing is run or touched
+//! while loading a policy.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::secrets;
+
+/// A loaded, validated policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    /// The policy file.
+    pub file: PathBuf,
+    /// Directory relative paths in the policy are resolved against.
+    pub base_dir: PathBuf,
+    pub store: StoreSpec,
+    pub confirm: bool,
+    pub retention: Retention,
+    pub compression: Compression,
+    pub targets: Vec<TargetSpec>,
+    pub hooks: Hooks,
+    pub checks: Vec<CheckSpec>,
+}
+
+/// Where snapshots are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    Local(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+impl std::fmt::Display for StoreSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreSpec::Local(p) => write!(f, "{}", p.display()),
+            StoreSpec::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    pub keep_within: Duration,
+    pub keep_last: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention { keep_within: Duration::from_secs(30 * 86400), keep_last: 3 }
+    }
+}
+
+/// gzip level and worker threads for artifacts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compression {
+    pub level: u32,
+    pub threads: usize,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        Compression { level: 6, threads }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    pub before: Vec<String>,
+    pub after: Vec<String>,
+}
+
+/// One thing guard protects.
+#[derive(Debug, Clone)]
+pub struct TargetSpec {
+    pub name: String,
+    pub line: usize,
+    pub kind: TargetKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum TargetKind {
+    /// A SQLite database file.
+    Sqlite { path: PathBuf },
+    /// A directory tree.
+    Dir { path: PathBuf },
+}
+
+impl TargetKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TargetKind::Sqlite { .. } => "sqlite",
+            TargetKind::Dir { .. } => "dir",
+        }
+    }
+}
+
+/// One verification run after the command.
+#[derive(Debug, Clone)]
+pub struct CheckSpec {
+    pub name: String,
+    pub line: usize,
+    pub target: Option<String>,
+    pub what: CheckWhat,
+}
+
+#[derive(Debug, Clone)]
+pub enum CheckWhat {
+    /// Fingerprints of these tables (or paths, for directory targets) must not change.
+    Untouched(Vec<String>),
+    /// A query whose single value is compared with `expect`.
+    Sql { sql: String, expect: Expect },
+    /// A shell command that must exit 0.
+    Command { command: String },
+}
+
+/// What a check's value must satisfy.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expect {
+    Unchanged,
+    Changed,
+    Compare(Op, f64),
+    Literal(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Eq => "==",
+            Op::Ne => "!=",
+            Op::Lt => "<",
+            Op::Le => "<=",
+            Op::Gt => ">",
+            Op::Ge => ">=",
+        }
+    }
+}
+
+impl std::fmt::Display for Expect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expect::Unchanged => f.write_str("unchanged"),
+            Expect::Changed => f.write_str("changed"),
+            Expect::Compare(op, n) => write!(f, "{} {}", op.as_str(), n),
+            Expect::Literal(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+impl Expect {
+    /// Parse the `expect` string of a check.
+    pub fn parse(s: &str) -> Result<Expect> {
+        let t = s.trim();
+        match t {
+            "unchanged" => return Ok(Expect::Unchanged),
+            "changed" => return Ok(Expect::Changed),
+            _ => {}
+        }
+        for (prefix, op) in [
+            ("==", Op::Eq),
+            ("!=", Op::Ne),
+            ("<=", Op::Le),
+            (">=", Op::Ge),
+            ("<", Op::Lt),
+            (">", Op::Gt),
+        ] {
+            if let Some(rest) = t.strip_prefix(prefix) {
+                let n: f64 = rest.trim().parse().map_err(|_| {
+                    anyhow!("expect {s:?}: {:?} is not a number after {prefix}", rest.trim())
+                })?;
+                return Ok(Expect::Compare(op, n));
+            }
+        }
+        Ok(Expect::Literal(t.to_string()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw TOML shape. Every table denies unknown fields so a typo is an error with a line number.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    name: Spanned<String>,
+    store: Option<Spanned<String>>,
+    #[serde(default)]
+    confirm: bool,
+    retention: Option<Spanned<RawRetention>>,
+    compression: Option<Spanned<RawCompression>>,
+    #[serde(default)]
+    target: Vec<Spanned<RawTarget>>,
+    hooks: Option<RawHooks>,
+    #[serde(default)]
+    check: Vec<Spanned<RawCheck>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    keep_within: Option<String>,
+    keep_last: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCompression {
+    level: Option<u32>,
+    threads: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    name: String,
+    kind: String,
+    path: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHooks {
+    #[serde(default)]
+    before: Vec<String>,
+    #[serde(default)]
+    after: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    name: String,
+    target: Option<String>,
+    untouched: Option<Vec<String>>,
+    sql: Option<String>,
+    expect: Option<String>,
+    command: Option<String>,
+}
+
+/// Line (1-based) of a byte offset in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+/// Find the policy file the user means.
+///
+/// `--policy PATH` (an existing file), `--policy NAME` (`policies/NAME.toml`), `$GUARD_POLICY`,
+/// or `./guard.toml`, in that order.
+pub fn locate(arg: Option<&str>) -> Result<PathBuf> {
+    let chosen = match arg {
+        Some(a) => Some(a.to_string()),
+        None => std::env::var("GUARD_POLICY").ok().filter(|s| !s.is_empty()),
+    };
+    match chosen {
+        Some(p) => {
+            let path = PathBuf::from(&p);
+            if path.is_file() {
+                return Ok(path);
+            }
+            let named = PathBuf::from("policies").join(format!("{p}.toml"));
+            if !p.contains('/') && !p.ends_with(".toml") && named.is_file() {
+                return Ok(named);
+            }
+            bail!(
+                "policy {p:?} not found (looked for the file {p:?} and {})",
+                named.display()
+            )
+        }
+        None => {
+            let path = PathBuf::from("guard.toml");
+            if path.is_file() {
+                Ok(path)
+            } else {
+                bail!("no policy given: pass --policy PATH|NAME, set GUARD_POLICY, or create ./guard.toml")
+            }
+        }
+    }
+}
+
+/// Read and validate a policy file.
+pub fn load(path: &Path) -> Result<Policy> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read policy {}", path.display()))?;
+    parse(&text, path)
+}
+
+/// Parse policy text; `path` names the file in messages and anchors relative paths.
+pub fn parse(text: &str, path: &Path) -> Result<Policy> {
+    let shown = path.display().to_string();
+    check_variables(text, &shown)?;
+    let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(text, s.start));
+        let msg = e.message().trim().to_string();
+        match line {
+            Some(l) => anyhow!("{shown}:{l}: {msg}"),
+            None => anyhow!("{shown}: {msg}"),
+        }
+    })?;
+    let at = |span: std::ops::Range<usize>| format!("{shown}:{}", line_of(text, span.start));
+    let base_dir = path
+        .parent()
+        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let base_dir = std::fs::canonicalize(&base_dir).unwrap_or(base_dir);
+    let resolve = |p: &str| -> PathBuf {
+        let p = PathBuf::from(p);
+        if p.is_absolute() {
+            p
+        } else {
+            base_dir.join(p)
+        }
+    };
+
+    let name = expand(raw.name.get_ref());
+    if !valid_name(&name) {
+        bail!(
+            "{}: policy name {name:?} must be 1-64 characters of letters, digits, '-', '_' or '.'",
+            at(raw.name.span())
+        );
+    }
+
+    let store = match &raw.store {
+        None => StoreSpec::Local(base_dir.join("backups")),
+        Some(s) => {
+            let v = expand(s.get_ref());
+            if let Some(rest) = v.strip_prefix("s3://") {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    bail!("{}: store {v:?} names no bucket", at(s.span()));
+                }
+                StoreSpec::S3 {
+                    bucket: bucket.to_string(),
+                    prefix: prefix.trim_matches('/').to_string(),
+                }
+            } else if v.contains("://") {
+                bail!(
+                    "{}: store {v:?}: only local directories and s3:// are supported",
+                    at(s.span())
+                );
+            } else if v.is_empty() {
+                bail!("{}: store is empty", at(s.span()));
+            } else {
+                StoreSpec::Local(resolve(&v))
+            }
+        }
+    };
+
+    let mut retention = Retention::default();
+    if let Some(r) = &raw.retention {
+        let span = r.span();
+        let r = r.get_ref();
+        if let Some(w) = &r.keep_within {
+            retention.keep_within = humantime::parse_duration(&expand(w))
+                .map_err(|e| anyhow!("{}: retention.keep_within {w:?}: {e}", at(span.clone())))?;
+        }
+        if let Some(n) = r.keep_last {
+            retention.keep_last = n;
+        }
+        if retention.keep_last == 0 && retention.keep_within.is_zero() {
+            bail!(
+                "{}: retention keeps nothing (keep_last = 0 and keep_within = 0); guard refuses a policy that would prune every snapshot",
+                at(span)
+            );
+        }
+    }
+
+    let mut compression = Compression::default();
+    if let Some(c) = &raw.compression {
+        let span = c.span();
+        let c = c.get_ref();
+        if let Some(l) = c.level {
+            if l > 9 {
+                bail!("{}: compression.level {l} must be 0-9", at(span));
+            }
+            compression.level = l;
+        }
+        if let Some(t) = c.threads {
+            if t == 0 {
+                bail!("{}: compression.threads must be at least 1", at(span));
+            }
+            compression.threads = t;
+        }
+    }
+
+    let mut targets = Vec::new();
+    let mut seen = BTreeSet::new();
+    for t in &raw.target {
+        let span = t.span();
+        let line = line_of(text, span.start);
+        let t = t.get_ref();
+        let tname = expand(&t.name);
+        if !valid_name(&tname) {
+            bail!("{}: target name {tname:?} must be 1-64 characters of letters, digits, '-', '_' or '.'", at(span));
+        }
+        if !seen.insert(tname.clone()) {
+            bail!("{}: target {tname:?} is defined twice", at(span));
+        }
+        let need_path = |what: &str| -> Result<PathBuf> {
+            match &t.path {
+                Some(p) if !p.trim().is_empty() => Ok(resolve(&expand(p))),
+                _ => bail!("{}: target {tname:?} of kind {what:?} needs `path`", at(span.clone())),
+            }
+        };
+        let kind = match t.kind.as_str() {
+            "sqlite" => TargetKind::Sqlite { path: need_path("sqlite")? },
+            "dir" => TargetKind::Dir { path: need_path("dir")? },
+            other => bail!(
+                "{}: target {tname:?}: unknown kind {other:?} (known: sqlite, dir)",
+                at(span)
+            ),
+        };
+        targets.push(TargetSpec { name: tname, line, kind });
+    }
+
+    let hooks = raw
+        .hooks
+        .map(|h| Hooks {
+            before: h.before.iter().map(|s| expand(s)).collect(),
+            after: h.after.iter().map(|s| expand(s)).collect(),
+        })
+        .unwrap_or_default();
+
+    let mut checks = Vec::new();
+    let mut seen_checks = BTreeSet::new();
+    for c in &raw.check {
+        let span = c.span();
+        let line = line_of(text, span.start);
+        let c = c.get_ref();
+        let cname = expand(&c.name);
+        if !seen_checks.insert(cname.clone()) {
+            bail!("{}: check {cname:?} is defined twice", at(span));
+        }
+        let target = c.target.as_ref().map(|t| expand(t));
+        if let Some(t) = &target {
+            if !targets.iter().any(|x| &x.name == t) {
+                bail!("{}: check {cname:?} names target {t:?}, which the policy does not define", at(span));
+            }
+        }
+        let kinds = [c.untouched.is_some(), c.sql.is_some(), c.command.is_some()];
+        if kinds.iter().filter(|&&k| k).count() != 1 {
+            bail!(
+                "{}: check {cname:?} needs exactly one of `untouched`, `sql` or `command`",
+                at(span)
+            );
+        }
+        let what = if let Some(u) = &c.untouched {
+            if target.is_none() {
+                bail!("{}: check {cname:?}: `untouched` needs `target`", at(span));
+            }
+            if c.expect.is_some() {
+                bail!("{}: check {cname:?}: `expect` does not apply to `untouched`", at(span));
+            }
+            if u.is_empty() {
+                bail!("{}: check {cname:?}: `untouched` lists nothing", at(span));
+            }
+            CheckWhat::Untouched(u.iter().map(|s| expand(s)).collect())
+        } else if let Some(sql) = &c.sql {
+            if target.is_none() {
+                bail!("{}: check {cname:?}: `sql` needs `target`", at(span));
+            }
+            let Some(e) = &c.expect else {
+                bail!("{}: check {cname:?}: `sql` needs `expect` (for example \"unchanged\" or \">= 1\")", at(span));
+            };
+            let expect = Expect::parse(&expand(e)).map_err(|e| anyhow!("{}: check {cname:?}: {e}", at(span.clone())))?;
+            CheckWhat::Sql { sql: expand(sql), expect }
+        } else {
+            if target.is_some() {
+                bail!("{}: check {cname:?}: a `command` check takes no `target`", at(span));
+            }
+            if c.expect.is_some() {
+                bail!("{}: check {cname:?}: a `command` check passes when the command exits 0; `expect` does not apply", at(span));
+            }
+            CheckWhat::Command { command: expand(c.command.as_deref().unwrap_or_default()) }
+        };
+        checks.push(CheckSpec { name: cname, line, target, what });
+    }
+    // Directory targets answer `untouched` but not SQL.
+    for c in &checks {
+        if let (Some(t), CheckWhat::Sql { .. }) = (&c.target, &c.what) {
+            let spec = targets.iter().find(|x| &x.name == t).expect("validated above");
+            if matches!(spec.kind, TargetKind::Dir { .. }) {
+                bail!("{shown}:{}: check {:?}: target {t:?} is a directory; `sql` checks need a database target", c.line, c.name);
+            }
+        }
+    }
+
+    Ok(Policy {
+        name,
+        file: path.to_path_buf(),
+        base_dir,
+        store,
+        confirm: raw.confirm,
+        retention,
+        compression,
+        targets,
+        hooks,
+        checks,
+    })
+}
+
+/// Names used in file names and ids: letters, digits, `-`, `_`, `.`; not starting with `.`.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Every `${VAR}` outside comments must be set; report the first missing one with its line.
+fn check_variables(text: &str, shown: &str) -> Result<()> {
+    for (i, line) in text.lines().enumerate() {
+        let code = strip_comment(line);
+        for name in variables(code) {
+            if std::env::var_os(&name).is_none() {
+                bail!("{shown}:{}: environment variable {name} is not set (the policy uses ${{{name}}})", i + 1);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The part of a TOML line before a `#` that is not inside a string.
+fn strip_comment(line: &str) -> &str {
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for (i, ch) in line.char_indices() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if ch == '\\' && q == '"' {
+                    escaped = true;
+                } else if ch == q {
+                    quote = None;
+                }
+            }
+            None => match ch {
+                '"' | '\'' => quote = Some(ch),
+                '#' => return &line[..i],
+                _ => {}
+            },
+        }
+    }
+    line
+}
+
+fn variables(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        match after.find('}') {
+            Some(end) => {
+                out.push(after[..end].to_string());
+                rest = &after[end + 1..];
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+/// Expand `${VAR}` from the environment. Values that come from the environment are registered
+/// as secrets when their variable name suggests one, so they are redacted from all output.
+pub fn expand(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find('}') {
+            Some(end) => {
+                let name = &after[..end];
+                let value = std::env::var(name).unwrap_or_default();
+                secrets::register_from_env(name, &value);
+                out.push_str(&value);
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<Policy> {
+        parse(text, Path::new("/tmp/x/policy.toml"))
+    }
+
+    #[test]
+    fn unknown_key_names_line() {
+        let e = p("name = \"a\"\n\n[[target]]\nname = \"db\"\nkind = \"sqlite\"\npath = \"a.db\"\npaht = 1\n").unwrap_err();
+        let s = format!("{e:#}");
+        assert!(s.contains("policy.toml:7"), "{s}");
+        assert!(s.contains("paht"), "{s}");
+    }
+
+    #[test]
+    fn missing_variable_names_it_and_line() {
+        let e = p("name = \"a\"\nstore = \"${GUARD_TEST_SURELY_UNSET}\"\n").unwrap_err();
+        let s = format!("{e:#}");
+        assert!(s.contains(":2:") && s.contains("GUARD_TEST_SURELY_UNSET"), "{s}");
+    }
+
+    #[test]
+    fn variables_in_comments_are_ignored() {
+        p("name = \"a\" # uses ${NOT_SET_ANYWHERE}\n").unwrap();
+    }
+
+    #[test]
+    fn expectations_parse() {
+        assert_eq!(Expect::parse(">= 4").unwrap(), Expect::Compare(Op::Ge, 4.0));
+        assert_eq!(Expect::parse("== 6").unwrap(), Expect::Compare(Op::Eq, 6.0));
+        assert_eq!(Expect::parse("<1").unwrap(), Expect::Compare(Op::Lt, 1.0));
+        assert_eq!(Expect::parse("unchanged").unwrap(), Expect::Unchanged);
+        assert_eq!(Expect::parse("ok").unwrap(), Expect::Literal("ok".into()));
+        assert!(Expect::parse(">= x").is_err());
+    }
+
+    #[test]
+    fn check_must_name_known_target() {
+        let e = p("name = \"a\"\n[[check]]\nname = \"c\"\ntarget = \"nope\"\nsql = \"select 1\"\nexpect = \"== 1\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("policy.toml:2"), "{e:#}");
+    }
+
+    #[test]
+    fn retention_that_keeps_nothing_is_refused() {
+        let e = p("name = \"a\"\n[retention]\nkeep_within = \"0s\"\nkeep_last = 0\n").unwrap_err();
+        assert!(format!("{e:#}").contains("keeps nothing"));
+    }
+}

@@ -1,0 +1,62 @@
+//! Putting targets back to a snapshot's state.
+//!
+//! Used by the guarded run (after a failure) and by `guard restore`/`guard recover`. Each
+//! target restores atomically on its own; afterwards the live target is compared with what the
+//! snapshot recorded (content checksums and fingerprints), so "restored" means "proven equal".
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::manifest::{Manifest, TargetRecord};
+use crate::policy::Policy;
+use crate::store::Store;
+use crate::targets::{self, Target};
+use crate::ui::Ui;
+
+/// How one target's restore went.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetRestore {
+    pub target: String,
+    pub ok: bool,
+    pub seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The live target for a record: the policy's target of that name, or one rebuilt from the
+/// record when the policy no longer names it.
+pub fn target_for(policy: &Policy, rec: &TargetRecord) -> Result<Box<dyn Target>> {
+    if let Some(spec) = policy.targets.iter().find(|t| t.name == rec.name) {
+        if spec.kind.as_str() != rec.kind {
+            anyhow::bail!("target {} is a {} in the policy but a {} in the snapshot", rec.name, spec.kind.as_str(), rec.kind);
+        }
+        return targets::build(spec);
+    }
+    targets::from_record(rec)
+}
+
+/// Restore every target of `m` (or those in `only`), in manifest order, and verify each.
+pub fn restore_all(policy: &Policy, store: &dyn Store, m: &Manifest, only: Option<&[String]>, ui: &Ui) -> Vec<TargetRestore> {
+    let mut out = Vec::new();
+    for rec in &m.targets {
+        if let Some(only) = only {
+            if !only.iter().any(|o| o == &rec.name) {
+                continue;
+            }
+        }
+        let started = std::time::Instant::now();
+        let spinner = ui.spinner(&format!("restore {}", rec.name));
+        let r = target_for(policy, rec).and_then(|t| {
+            t.restore(rec, store)?;
+            t.verify_restored(rec).map_err(|e| anyhow::anyhow!("restored, but it does not match the snapshot: {e:#}"))
+        });
+        spinner.finish();
+        let seconds = started.elapsed().as_secs_f64();
+        match &r {
+            Ok(()) => ui.info(&format!("  {:<16} restored and verified in {seconds:.1}s", rec.name)),
+            Err(e) => eprintln!("guard: restore of {} FAILED: {}", rec.name, crate::secrets::redact(&format!("{e:#}"))),
+        }
+        out.push(TargetRestore { target: rec.name.clone(), ok: r.is_ok(), seconds, error: r.err().map(|e| crate::secrets::redact(&format!("{e:#}"))) });
+    }
+    out
+}

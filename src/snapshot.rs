@@ -1,0 +1,208 @@
+//! Taking a snapshot of a policy's targets, and verifying one.
+//!
+//! A snapshot is complete only when its manifest exists, and the manifest is written only after
+//! every artifact has been written, fsynced, and read back against its checksums. A failure at
+//! any point removes the artifacts already written, so nothing partial is left behind.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use crate::archive::Compressed;
+use crate::manifest::{self, Artifact, Manifest, SnapshotKind};
+use crate::policy::{CheckWhat, Policy};
+use crate::store::Store;
+use crate::targets::{self, SnapshotCtx, Target};
+use crate::ui::Ui;
+
+/// How thoroughly to verify a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Depth {
+    /// Re-read every stored artifact and compare its SHA-256.
+    Checksums,
+    /// Also decompress it and compare the content's SHA-256.
+    Content,
+    /// Also check the content with its engine (SQLite integrity check, fingerprints, tar listing).
+    Deep,
+}
+
+/// What the new snapshot is for.
+pub struct Request<'a> {
+    pub kind: SnapshotKind,
+    pub label: Option<String>,
+    pub run_id: Option<String>,
+    pub command: Option<Vec<String>>,
+    /// Only these targets (all when `None`).
+    pub only: Option<&'a [String]>,
+    /// Record missing targets as absent instead of failing.
+    pub allow_absent: bool,
+}
+
+/// Tables/paths each target must fingerprint because an `untouched` check names them.
+pub fn fingerprint_items(policy: &Policy) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for c in &policy.checks {
+        if let (Some(t), CheckWhat::Untouched(items)) = (&c.target, &c.what) {
+            let v = out.entry(t.clone()).or_default();
+            for i in items {
+                if !v.contains(i) {
+                    v.push(i.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A private scratch directory, inside the store when it is local (same disk, same quota).
+pub fn scratch_dir(store: &dyn Store) -> Result<tempfile::TempDir> {
+    let base = match store.local_root() {
+        Some(root) => root.join("tmp"),
+        None => std::env::temp_dir(),
+    };
+    crate::store::local::create_dir_all_private(&base)?;
+    Ok(tempfile::Builder::new().prefix("guard-").tempdir_in(&base)?)
+}
+
+/// Take, verify and complete a snapshot of `targets`.
+pub fn take(policy: &Policy, targets: &[Box<dyn Target>], store: &dyn Store, req: Request, ui: &Ui) -> Result<Manifest> {
+    let created_at = crate::now();
+    let id = manifest::new_id(created_at);
+    let scratch = scratch_dir(store)?;
+    let items = fingerprint_items(policy);
+    let result = (|| -> Result<Manifest> {
+        let mut records = Vec::new();
+        for t in targets {
+            if let Some(only) = req.only {
+                if !only.iter().any(|o| o == t.name()) {
+                    continue;
+                }
+            }
+            let empty = Vec::new();
+            let ctx = SnapshotCtx {
+                store,
+                snapshot_id: &id,
+                compression: policy.compression,
+                scratch: scratch.path(),
+                fingerprint: items.get(t.name()).unwrap_or(&empty),
+                allow_absent: req.allow_absent,
+            };
+            let started = std::time::Instant::now();
+            let spinner = ui.spinner(&format!("snapshot {} ({})", t.name(), t.kind()));
+            let rec = t.snapshot(&ctx).with_context(|| format!("snapshot of target {} failed", t.name()))?;
+            spinner.finish();
+            let (raw, stored): (u64, u64) = rec.artifacts.iter().fold((0, 0), |(r, s), a| (r + a.raw_bytes, s + a.bytes));
+            if rec.absent {
+                ui.info(&format!("  {:<16} absent (recorded as missing)", t.name()));
+            } else {
+                ui.info(&format!(
+                    "  {:<16} {} → {} in {:.1}s",
+                    t.name(),
+                    crate::ui::bytes(raw),
+                    crate::ui::bytes(stored),
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+            records.push(rec);
+        }
+        if records.is_empty() {
+            bail!("no target to snapshot");
+        }
+        let m = Manifest {
+            format: manifest::FORMAT,
+            id: id.clone(),
+            policy: policy.name.clone(),
+            kind: req.kind,
+            label: req.label.clone(),
+            run_id: req.run_id.clone(),
+            created_at,
+            completed_at: crate::now(),
+            host: crate::hostname(),
+            guard_version: env!("CARGO_PKG_VERSION").to_string(),
+            command: req.command.clone().map(|c| c.iter().map(|a| crate::secrets::redact(a)).collect()),
+            targets: records,
+        };
+        verify_artifacts(store, &m, Depth::Content).context("the new snapshot failed verification")?;
+        m.save(store)?;
+        Ok(m)
+    })();
+    if result.is_err() {
+        discard(store, &id);
+    }
+    result
+}
+
+/// Remove every object of a snapshot (manifest first, so it stops counting as complete).
+pub fn discard(store: &dyn Store, id: &str) {
+    let _ = store.remove(&manifest::manifest_key(id));
+    if let Ok(entries) = store.list(&manifest::snapshot_prefix(id)) {
+        for e in entries {
+            let _ = store.remove(&e.key);
+        }
+    }
+}
+
+/// Compare what was read back with what the manifest promises; name the file on mismatch.
+pub fn compare_digests(store: &dyn Store, a: &Artifact, got: &Compressed) -> Result<()> {
+    let where_ = format!("{}/{}", store.location(), a.key);
+    if got.stored.bytes != a.bytes {
+        bail!("{where_}: {} bytes, manifest says {} (truncated or replaced)", got.stored.bytes, a.bytes);
+    }
+    if got.stored.sha256 != a.sha256 {
+        bail!("{where_}: SHA-256 mismatch (the stored file is corrupt or was modified)");
+    }
+    if got.raw.sha256 != a.raw_sha256 || got.raw.bytes != a.raw_bytes {
+        bail!("{where_}: content checksum mismatch after decompression");
+    }
+    Ok(())
+}
+
+/// Check every artifact of a manifest at `depth` (up to [`Depth::Content`]).
+pub fn verify_artifacts(store: &dyn Store, m: &Manifest, depth: Depth) -> Result<()> {
+    for t in &m.targets {
+        for a in &t.artifacts {
+            let where_ = format!("{}/{}", store.location(), a.key);
+            match store.size(&a.key)? {
+                None => bail!("{where_}: missing"),
+                Some(n) if n != a.bytes => bail!("{where_}: {n} bytes, manifest says {} (truncated or replaced)", a.bytes),
+                _ => {}
+            }
+            if depth == Depth::Checksums {
+                let d = crate::archive::digest(store.open(&a.key)?)?;
+                if d.sha256 != a.sha256 {
+                    bail!("{where_}: SHA-256 mismatch (the stored file is corrupt or was modified)");
+                }
+            } else {
+                let got = crate::archive::decompress(store.open(&a.key)?, std::io::sink());
+                match got {
+                    Ok(got) => compare_digests(store, a, &got)?,
+                    Err(e) => {
+                        // Say which is wrong: the stored bytes or the gzip inside them.
+                        let d = crate::archive::digest(store.open(&a.key)?)?;
+                        if d.sha256 != a.sha256 {
+                            bail!("{where_}: SHA-256 mismatch (the stored file is corrupt or was modified)");
+                        }
+                        bail!("{where_}: {e:#}");
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Full verification: checksums, content, and each target's engine-level checks.
+pub fn verify(store: &dyn Store, m: &Manifest, depth: Depth, scratch: &Path) -> Result<()> {
+    verify_artifacts(store, m, depth.min(Depth::Content))?;
+    if depth == Depth::Deep {
+        for rec in &m.targets {
+            if rec.absent {
+                continue;
+            }
+            let t = targets::from_record(rec)?;
+            t.deep_verify(rec, store, scratch).with_context(|| format!("target {}", rec.name))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! `guard status` and `guard recover`: what state things are in, and how to get back.
+//!
+//! A run whose journal is not `done` and whose guard no longer holds the policy's lock was
+//! interrupted. Its phase says what may have happened to the targets; its pre-run snapshot,
+//! if complete, is the way back.
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::error::{Failure, Kind, ResultExt};
+use crate::journal::{Journal, Phase};
+use crate::manifest::{Manifest, SnapshotKind};
+use crate::policy::Policy;
+use crate::snapshot::{self, Request};
+use crate::store::{self, Store};
+use crate::targets::{self, Target};
+use crate::ui::{self, Ui};
+
+/// Every journal in the store (any policy), oldest first.
+pub fn journals(store: &dyn Store) -> Result<Vec<Journal>> {
+    let mut out = Vec::new();
+    for e in store.list("runs/")? {
+        if let Some(id) = e.key.strip_prefix("runs/").and_then(|k| k.strip_suffix("/journal.json")) {
+            if let Ok(j) = Journal::load(store, id) {
+                out.push(j);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+    Ok(out)
+}
+
+/// Runs of `policy` that stopped before `done` and whose guard is gone, newest first.
+pub fn interrupted_runs(store: &dyn Store, policy: &str) -> Result<Vec<Journal>> {
+    let (held, holder) = crate::lock::inspect(store, policy)?;
+    let live_run = if held { holder.and_then(|h| h.run_id) } else { None };
+    let mut v: Vec<Journal> = journals(store)?
+        .into_iter()
+        .filter(|j| j.policy == policy && j.phase != Phase::Done && Some(&j.run_id) != live_run.as_ref())
+        .collect();
+    v.reverse();
+    Ok(v)
+}
+
+/// Snapshot ids that have objects but no manifest: incomplete, never usable.
+pub fn incomplete_snapshots(store: &dyn Store) -> Result<Vec<String>> {
+    let mut ids = std::collections::BTreeMap::<String, bool>::new();
+    for e in store.list("snapshots/")? {
+        let Some(rest) = e.key.strip_prefix("snapshots/") else { continue };
+        let Some((id, file)) = rest.split_once('/') else { continue };
+        let has = ids.entry(id.to_string()).or_insert(false);
+        if file == "manifest.json" {
+            *has = true;
+        }
+    }
+    Ok(ids.into_iter().filter(|(_, has)| !has).map(|(id, _)| id).collect())
+}
+
+/// What an interrupted run means for the targets, and what to do.
+pub fn advice(j: &Journal, policy_file: &str) -> (String, String) {
+    let snap = j.snapshot_id.as_deref().unwrap_or("(none)");
+    match j.phase {
+        Phase::Locked | Phase::Snapshotting | Phase::SnapshotVerified => (
+            "guard stopped before the command started: the targets were not touched by it.".into(),
+            format!("guard --policy {policy_file} recover   (marks the run closed; nothing to restore)"),
+        ),
+        Phase::CommandRunning | Phase::Checking => (
+            format!("the command `{}` had started: the targets may hold its changes. The pre-run state is in snapshot {snap}.", j.command.join(" ")),
+            format!("guard --policy {policy_file} recover   (rescue snapshot, then restore {snap})\n  or: guard --policy {policy_file} recover --keep   (accept the current state)"),
+        ),
+        Phase::Rescuing => (
+            format!("the command failed and guard was taking a rescue snapshot; nothing was restored yet. The pre-run state is in snapshot {snap}."),
+            format!("guard --policy {policy_file} recover   (rescue snapshot, then restore {snap})"),
+        ),
+        Phase::Restoring => (
+            format!(
+                "a restore of snapshot {snap} was interrupted: targets may be partly restored. The failed state is in rescue snapshot {}.",
+                j.rescue_id.as_deref().unwrap_or("(none)")
+            ),
+            format!("guard --policy {policy_file} recover   (finishes restoring {snap})"),
+        ),
+        Phase::Done => ("finished.".into(), String::new()),
+    }
+}
+
+/// `guard status`.
+pub fn status(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
+    let store = store::open(&policy.store).kind(Kind::Usage)?;
+    let store = store.as_ref();
+    let catalog = crate::catalog::Catalog::open(store)?;
+    let (held, holder) = crate::lock::inspect(store, &policy.name)?;
+    let interrupted = interrupted_runs(store, &policy.name)?;
+    let incomplete = incomplete_snapshots(store)?;
+    let snaps = catalog.snapshots(Some(&policy.name))?;
+    let runs = catalog.runs(Some(&policy.name), 1)?;
+    let file = policy.file.display().to_string();
+    if ui.json {
+        ui::print_json(&json!({
+            "policy": policy.name,
+            "store": store.location(),
+            "running": if held { serde_json::to_value(&holder)? } else { serde_json::Value::Null },
+            "last_run": runs.first(),
+            "snapshots": snaps.len(),
+            "newest_snapshot": snaps.first(),
+            "interrupted": interrupted.iter().map(|j| {
+                let (state, todo) = advice(j, &file);
+                json!({"run_id": j.run_id, "phase": j.phase.as_str(), "snapshot_id": j.snapshot_id, "rescue_id": j.rescue_id, "state": state, "todo": todo})
+            }).collect::<Vec<_>>(),
+            "incomplete_snapshots": incomplete,
+        }));
+        return Ok(0);
+    }
+    let mut s = format!("policy {} — store {}\n", policy.name, store.location());
+    if held {
+        s.push_str(&format!("running now: {}\n", holder.map(|h| h.to_string()).unwrap_or_else(|| "another guard".into())));
+    }
+    match runs.first() {
+        Some(r) => s.push_str(&format!(
+            "last run: {} started {} `{}` → {} (exit {})\n",
+            r.id,
+            r.started_at,
+            r.command,
+            r.outcome.as_deref().unwrap_or(&r.phase),
+            r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into())
+        )),
+        None => s.push_str("last run: none\n"),
+    }
+    match snaps.first() {
+        Some(n) => s.push_str(&format!("snapshots: {} complete; newest {} ({}, {})\n", snaps.len(), n.id, n.kind, n.created_at)),
+        None => s.push_str("snapshots: none\n"),
+    }
+    for j in &interrupted {
+        let (state, todo) = advice(j, &file);
+        s.push_str(&format!(
+            "\nINTERRUPTED run {} (started {}, pid {} on {}), stopped in phase {}:\n  {state}\n  to do: {todo}\n",
+            j.run_id,
+            crate::rfc3339(j.started_at),
+            j.pid,
+            j.host,
+            j.phase.as_str()
+        ));
+    }
+    if !incomplete.is_empty() {
+        s.push_str(&format!(
+            "\nincomplete snapshots (no manifest; never listed or used): {}\n",
+            incomplete.join(", ")
+        ));
+    }
+    if interrupted.is_empty() && !held {
+        s.push_str("nothing needs attention\n");
+    }
+    print!("{}", crate::secrets::redact(&s));
+    Ok(0)
+}
+
+/// `guard recover [--keep]`: close interrupted runs, restoring their pre-run snapshot unless
+/// `--keep`.
+pub fn recover(policy: &Policy, keep: bool, yes: bool, ui: &Ui) -> Result<u8, Failure> {
+    let store = store::open(&policy.store).kind(Kind::Usage)?;
+    let store = store.as_ref();
+    let lock = crate::lock::acquire(store, &policy.name, "guard recover", None)?;
+    if let Some(h) = &lock.taken_over {
+        ui.warn(&format!("took over the lock of a guard that died ({h})"));
+    }
+    let catalog = crate::catalog::Catalog::open(store)?;
+    let interrupted = interrupted_runs(store, &policy.name)?;
+    if interrupted.is_empty() {
+        ui.info("guard: no interrupted run; nothing to recover");
+        if ui.json {
+            ui::print_json(&json!({"recovered": []}));
+        }
+        return Ok(0);
+    }
+    let mut done = Vec::new();
+    for mut j in interrupted {
+        let touched = matches!(j.phase, Phase::CommandRunning | Phase::Checking | Phase::Rescuing | Phase::Restoring);
+        let outcome = if !touched {
+            "abandoned".to_string()
+        } else if keep {
+            "kept-after-interrupt".to_string()
+        } else {
+            let snap_id = j.snapshot_id.clone().ok_or_else(|| Failure::msg(Kind::RestoreFailed, format!("run {} has no pre-run snapshot to restore", j.run_id)))?;
+            let m = Manifest::load(store, &snap_id).kind(Kind::RestoreFailed)?;
+            if !yes && !ui.confirm(&format!("guard: restore {} (targets: {}) from snapshot {snap_id}?", policy.name, m.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "))) {
+                return Err(Failure::msg(Kind::Declined, "not confirmed (pass --yes); nothing was changed"));
+            }
+            snapshot::verify(store, &m, snapshot::Depth::Content, std::path::Path::new("/")).kind(Kind::Corrupt)?;
+            crate::run::run_hooks("before", &policy.hooks.before, ui).kind(Kind::RestoreFailed)?;
+            if j.phase != Phase::Restoring || j.rescue_id.is_none() {
+                let targets: Vec<Box<dyn Target>> = policy.targets.iter().map(targets::build).collect::<Result<_>>().kind(Kind::Usage)?;
+                let rescue = snapshot::take(
+                    policy,
+                    &targets,
+                    store,
+                    Request {
+                        kind: SnapshotKind::Rescue,
+                        label: Some(format!("state found by recover of run {}", j.run_id)),
+                        run_id: Some(j.run_id.clone()),
+                        command: None,
+                        only: None,
+                        allow_absent: true,
+                    },
+                    ui,
+                )
+                .kind(Kind::RestoreFailed)?;
+                let _ = catalog.record_snapshot(&rescue);
+                j.rescue_id = Some(rescue.id);
+            }
+            j.enter(store, Phase::Restoring).kind(Kind::RestoreFailed)?;
+            let results = crate::run::restore_deferring_signals(policy, store, &m, ui);
+            let _ = crate::run::run_hooks("after", &policy.hooks.after, ui);
+            if let Some(bad) = results.iter().find(|r| !r.ok) {
+                return Err(Failure::msg(
+                    Kind::RestoreFailed,
+                    format!("restore of {} from {snap_id} failed: {} — act now; `guard recover` can be run again", bad.target, bad.error.as_deref().unwrap_or("?")),
+                ));
+            }
+            j.restored = results.into_iter().map(|r| r.target).collect();
+            "recovered".to_string()
+        };
+        ui.info(&format!("guard: run {} ({}) → {outcome}", j.run_id, j.phase.as_str()));
+        j.outcome = Some(outcome.clone());
+        j.phase = Phase::Done;
+        j.save(store)?;
+        let _ = catalog.record_run(&j);
+        done.push(json!({"run_id": j.run_id, "outcome": outcome, "restored": j.restored, "rescue_id": j.rescue_id}));
+    }
+    if ui.json {
+        ui::print_json(&json!({"recovered": done}));
+    }
+    Ok(0)
+}

@@ -1,0 +1,395 @@
+//! SQLite database files.
+//!
+//! Snapshot: the online backup API copies the database into scratch in one step under a read
+//! transaction, so the copy is consistent while other processes keep writing (WAL databases
+//! included); `PRAGMA integrity_check` runs on the copy before it is compressed. Restore:
+//! decompress beside the live file, check the content checksum, checkpoint and remove the live
+//! `-wal`/`-shm`/`-journal`, then rename over the original and fsync the directory.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use rusqlite::{Connection, OpenFlags};
+use sha2::{Digest as _, Sha256};
+
+use super::{read_artifact, SnapshotCtx, Target};
+use crate::manifest::{Fingerprint, TargetRecord};
+use crate::policy::TargetSpec;
+use crate::store::local::{private_temp_beside, sync_dir};
+use crate::store::Store;
+
+pub struct SqliteTarget {
+    spec: TargetSpec,
+    path: PathBuf,
+}
+
+impl SqliteTarget {
+    pub fn new(spec: TargetSpec, path: PathBuf) -> Self {
+        SqliteTarget { spec, path }
+    }
+
+    fn open_live(&self) -> Result<Connection> {
+        if !self.path.is_file() {
+            bail!("target {}: database {} does not exist", self.spec.name, self.path.display());
+        }
+        let c = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .with_context(|| format!("target {}: cannot open {}", self.spec.name, self.path.display()))?;
+        c.busy_timeout(Duration::from_secs(30))?;
+        Ok(c)
+    }
+}
+
+fn sidecars(path: &Path) -> [PathBuf; 3] {
+    let s = path.as_os_str().to_string_lossy();
+    [
+        PathBuf::from(format!("{s}-wal")),
+        PathBuf::from(format!("{s}-shm")),
+        PathBuf::from(format!("{s}-journal")),
+    ]
+}
+
+/// Double-quote an SQL identifier.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// User tables of a database.
+fn tables(c: &Connection) -> Result<Vec<String>> {
+    let mut st = c.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")?;
+    let names = st.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(names)
+}
+
+/// Order-independent content hash and row count of a table: the wrapping sum of the first 128
+/// bits of SHA-256 over each row's typed values.
+fn table_fingerprint(c: &Connection, table: &str) -> Result<Fingerprint> {
+    let exists: i64 = c.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type IN ('table','view') AND name = ?1",
+        [table],
+        |r| r.get(0),
+    )?;
+    if exists == 0 {
+        bail!("table {table:?} does not exist");
+    }
+    let mut st = c.prepare(&format!("SELECT * FROM {}", quote_ident(table)))?;
+    let ncol = st.column_count();
+    let mut rows = st.query([])?;
+    let mut sum: u128 = 0;
+    let mut count = 0u64;
+    while let Some(row) = rows.next()? {
+        let mut h = Sha256::new();
+        for i in 0..ncol {
+            use rusqlite::types::ValueRef;
+            match row.get_ref(i)? {
+                ValueRef::Null => h.update([0u8]),
+                ValueRef::Integer(v) => {
+                    h.update([1u8]);
+                    h.update(v.to_le_bytes());
+                }
+                ValueRef::Real(v) => {
+                    h.update([2u8]);
+                    h.update(v.to_bits().to_le_bytes());
+                }
+                ValueRef::Text(t) => {
+                    h.update([3u8]);
+                    h.update((t.len() as u64).to_le_bytes());
+                    h.update(t);
+                }
+                ValueRef::Blob(b) => {
+                    h.update([4u8]);
+                    h.update((b.len() as u64).to_le_bytes());
+                    h.update(b);
+                }
+            }
+        }
+        let d = h.finalize();
+        sum = sum.wrapping_add(u128::from_le_bytes(d[..16].try_into().expect("16 bytes")));
+        count += 1;
+    }
+    Ok(Fingerprint { rows: count, hash: Some(format!("{sum:032x}")) })
+}
+
+/// Hash of the schema (every CREATE statement), recorded as the `@schema` fingerprint.
+fn schema_fingerprint(c: &Connection) -> Result<Fingerprint> {
+    let mut st = c.prepare("SELECT type, name, coalesce(sql, '') FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name")?;
+    let mut rows = st.query([])?;
+    let mut h = Sha256::new();
+    let mut n = 0;
+    while let Some(r) = rows.next()? {
+        for i in 0..3 {
+            let s: String = r.get(i)?;
+            h.update((s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        }
+        n += 1;
+    }
+    Ok(Fingerprint { rows: n, hash: Some(hex::encode(&h.finalize()[..16])) })
+}
+
+/// Row counts of every table, hashes of the named ones, and the schema hash.
+fn fingerprints(c: &Connection, hashed: &[String]) -> Result<BTreeMap<String, Fingerprint>> {
+    let mut out = BTreeMap::new();
+    for t in tables(c)? {
+        if !hashed.contains(&t) {
+            let rows: i64 = c.query_row(&format!("SELECT count(*) FROM {}", quote_ident(&t)), [], |r| r.get(0))?;
+            out.insert(t, Fingerprint { rows: rows as u64, hash: None });
+        }
+    }
+    for t in hashed {
+        out.insert(t.clone(), table_fingerprint(c, t)?);
+    }
+    out.insert("@schema".into(), schema_fingerprint(c)?);
+    Ok(out)
+}
+
+fn integrity_check(c: &Connection) -> Result<()> {
+    let mut st = c.prepare("PRAGMA integrity_check")?;
+    let msgs = st.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+    if msgs.len() == 1 && msgs[0] == "ok" {
+        Ok(())
+    } else {
+        bail!("integrity_check: {}", msgs.into_iter().take(5).collect::<Vec<_>>().join("; "))
+    }
+}
+
+/// Compare recorded fingerprints with fresh ones; name every difference.
+pub fn compare_fingerprints(
+    expected: &BTreeMap<String, Fingerprint>,
+    got: &BTreeMap<String, Fingerprint>,
+) -> Result<()> {
+    let mut diffs = Vec::new();
+    for (k, e) in expected {
+        match got.get(k) {
+            None => diffs.push(format!("{k}: missing")),
+            Some(g) if g.rows != e.rows => diffs.push(format!("{k}: {} rows, expected {}", g.rows, e.rows)),
+            Some(g) if e.hash.is_some() && g.hash.is_some() && g.hash != e.hash => {
+                diffs.push(format!("{k}: content differs ({} rows)", g.rows))
+            }
+            _ => {}
+        }
+    }
+    for k in got.keys() {
+        if !expected.contains_key(k) {
+            diffs.push(format!("{k}: not in the snapshot"));
+        }
+    }
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", diffs.join(", "))
+    }
+}
+
+fn sqlite_version() -> String {
+    rusqlite::version().to_string()
+}
+
+impl Target for SqliteTarget {
+    fn spec(&self) -> &TargetSpec {
+        &self.spec
+    }
+
+    fn source(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn preflight(&self) -> Result<()> {
+        let c = self.open_live()?;
+        c.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))
+            .with_context(|| format!("target {}: {} is not a readable SQLite database", self.spec.name, self.path.display()))?;
+        Ok(())
+    }
+
+    fn snapshot(&self, ctx: &SnapshotCtx) -> Result<TargetRecord> {
+        let mut rec = TargetRecord {
+            name: self.spec.name.clone(),
+            kind: "sqlite".into(),
+            source: self.source(),
+            ..Default::default()
+        };
+        rec.tools.insert("sqlite".into(), sqlite_version());
+        if !self.path.exists() && ctx.allow_absent {
+            rec.absent = true;
+            return Ok(rec);
+        }
+        let src = self.open_live()?;
+        let meta = fs::metadata(&self.path)?;
+        rec.meta.insert("mode".into(), format!("{:o}", meta.permissions().mode() & 0o7777));
+        rec.meta.insert("uid".into(), meta.uid().to_string());
+        rec.meta.insert("gid".into(), meta.gid().to_string());
+        let jm: String = src.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+        rec.meta.insert("journal_mode".into(), jm);
+
+        let copy = ctx.scratch.join(format!("{}.db", self.spec.name));
+        {
+            let mut dst = Connection::open(&copy)?;
+            let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
+            // One step copies every page under a single read transaction: consistent even while
+            // other connections write, and never restarted by them.
+            loop {
+                match backup.step(-1)? {
+                    rusqlite::backup::StepResult::Done => break,
+                    rusqlite::backup::StepResult::More => continue,
+                    rusqlite::backup::StepResult::Busy | rusqlite::backup::StepResult::Locked => {
+                        std::thread::sleep(Duration::from_millis(50))
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+        drop(src);
+        {
+            let c = Connection::open(&copy)?;
+            integrity_check(&c).with_context(|| format!("target {}: the copy failed its integrity check", self.spec.name))?;
+            rec.fingerprints = fingerprints(&c, ctx.fingerprint).with_context(|| format!("target {}", self.spec.name))?;
+        }
+        for s in sidecars(&copy) {
+            let _ = fs::remove_file(s);
+        }
+        let f = fs::File::open(&copy)?;
+        let artifact = ctx.write_artifact(ctx.key(&self.spec.name, "sqlite.gz"), "sqlite", f)?;
+        fs::remove_file(&copy)?;
+        rec.artifacts.push(artifact);
+        Ok(rec)
+    }
+
+    fn deep_verify(&self, rec: &TargetRecord, store: &dyn Store, scratch: &Path) -> Result<()> {
+        let Some(a) = rec.artifacts.first() else {
+            return Ok(());
+        };
+        let copy = scratch.join(format!("{}.verify.db", rec.name));
+        {
+            let f = fs::File::create(&copy)?;
+            read_artifact(store, a, std::io::BufWriter::new(f))?;
+        }
+        let r = (|| {
+            let c = Connection::open_with_flags(&copy, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+            integrity_check(&c)?;
+            let hashed: Vec<String> = rec
+                .fingerprints
+                .iter()
+                .filter(|(k, f)| f.hash.is_some() && !k.starts_with('@'))
+                .map(|(k, _)| k.clone())
+                .collect();
+            let got = fingerprints(&c, &hashed)?;
+            compare_fingerprints(&rec.fingerprints, &got).context("fingerprints differ from those recorded at snapshot time")
+        })()
+        .with_context(|| format!("{}/{}", store.location(), a.key));
+        let _ = fs::remove_file(&copy);
+        for s in sidecars(&copy) {
+            let _ = fs::remove_file(s);
+        }
+        r
+    }
+
+    fn restore(&self, rec: &TargetRecord, store: &dyn Store) -> Result<()> {
+        if rec.absent {
+            // The snapshot recorded no database: restoring it means removing the live one.
+            if self.path.exists() {
+                fs::remove_file(&self.path)?;
+            }
+            for s in sidecars(&self.path) {
+                let _ = fs::remove_file(s);
+            }
+            return Ok(());
+        }
+        let a = rec.artifacts.first().ok_or_else(|| anyhow!("snapshot of {} has no artifact", rec.name))?;
+        if let Some(parent) = self.path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let (f, tmp) = private_temp_beside(&self.path)
+            .with_context(|| format!("cannot create a temporary file beside {}", self.path.display()))?;
+        let result = (|| -> Result<()> {
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+            read_artifact(store, a, &mut w)?;
+            let f = w.into_inner().map_err(|e| e.into_error())?;
+            f.sync_all()?;
+            if let Some(mode) = rec.meta.get("mode").and_then(|m| u32::from_str_radix(m, 8).ok()) {
+                fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
+            }
+            if let (Some(uid), Some(gid)) = (rec.meta.get("uid"), rec.meta.get("gid")) {
+                if let (Ok(u), Ok(g)) = (uid.parse::<u32>(), gid.parse::<u32>()) {
+                    // Only root can give files away; elsewhere they are ours already.
+                    let _ = std::os::unix::fs::chown(&tmp, Some(u), Some(g));
+                }
+            }
+            // Fold any WAL into the live file and let go of it, then remove every sidecar: a
+            // stale WAL or hot journal next to the restored file would be replayed into it.
+            if self.path.exists() {
+                if let Ok(c) = Connection::open(&self.path) {
+                    let _ = c.busy_timeout(Duration::from_secs(5));
+                    let _ = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+                }
+            }
+            for s in sidecars(&self.path) {
+                match fs::remove_file(&s) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e).with_context(|| format!("cannot remove {}", s.display())),
+                }
+            }
+            fs::rename(&tmp, &self.path)?;
+            sync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.with_context(|| format!("restoring {}", self.path.display()))
+    }
+
+    fn verify_restored(&self, rec: &TargetRecord) -> Result<()> {
+        if rec.absent {
+            if self.path.exists() {
+                bail!("{} exists but the snapshot recorded none", self.path.display());
+            }
+            return Ok(());
+        }
+        let a = rec.artifacts.first().ok_or_else(|| anyhow!("no artifact"))?;
+        let d = crate::archive::digest(fs::File::open(&self.path)?)?;
+        if d.sha256 != a.raw_sha256 || d.bytes != a.raw_bytes {
+            bail!("{} differs from the snapshot's content checksum", self.path.display());
+        }
+        let hashed: Vec<String> = rec
+            .fingerprints
+            .iter()
+            .filter(|(k, f)| f.hash.is_some() && !k.starts_with('@'))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let c = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let got = fingerprints(&c, &hashed)?;
+        compare_fingerprints(&rec.fingerprints, &got)
+    }
+
+    fn fingerprint(&self, items: &[String]) -> Result<BTreeMap<String, Fingerprint>> {
+        let c = self.open_live()?;
+        let mut out = BTreeMap::new();
+        for t in items {
+            out.insert(t.clone(), table_fingerprint(&c, t)?);
+        }
+        Ok(out)
+    }
+
+    fn query(&self, sql: &str) -> Result<String> {
+        let c = self.open_live()?;
+        let mut st = c.prepare(sql)?;
+        let mut rows = st.query([])?;
+        match rows.next()? {
+            None => Ok("NULL".into()),
+            Some(r) => {
+                use rusqlite::types::ValueRef;
+                Ok(match r.get_ref(0)? {
+                    ValueRef::Null => "NULL".into(),
+                    ValueRef::Integer(i) => i.to_string(),
+                    ValueRef::Real(f) => f.to_string(),
+                    ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                    ValueRef::Blob(b) => format!("x'{}'", hex::encode(b)),
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Talking to the person at the terminal: messages and progress on stderr, results on stdout.
+//!
+//! Spinners appear only when stderr is a terminal and `--json` is off; otherwise guard prints
+//! plain lines (or nothing but the JSON document with `--json`).
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Clone)]
+pub struct Ui {
+    pub json: bool,
+    pub tty: bool,
+}
+
+pub struct Spinner(Option<ProgressBar>);
+
+impl Spinner {
+    pub fn finish(self) {
+        if let Some(p) = self.0 {
+            p.finish_and_clear();
+        }
+    }
+}
+
+impl Ui {
+    pub fn new(json: bool) -> Self {
+        Ui { json, tty: std::io::stderr().is_terminal() }
+    }
+
+    /// A progress line for human readers (suppressed with `--json`).
+    pub fn info(&self, msg: &str) {
+        if !self.json {
+            eprintln!("{}", crate::secrets::redact(msg));
+        }
+    }
+
+    /// Always shown on stderr.
+    pub fn warn(&self, msg: &str) {
+        eprintln!("guard: warning: {}", crate::secrets::redact(msg));
+    }
+
+    pub fn spinner(&self, msg: &str) -> Spinner {
+        if self.json || !self.tty {
+            return Spinner(None);
+        }
+        let p = ProgressBar::new_spinner();
+        p.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("template"));
+        p.set_message(msg.to_string());
+        p.enable_steady_tick(Duration::from_millis(120));
+        Spinner(Some(p))
+    }
+
+    /// Ask a yes/no question on the terminal. Without a terminal the answer is no.
+    pub fn confirm(&self, question: &str) -> bool {
+        if !std::io::stdin().is_terminal() {
+            return false;
+        }
+        eprint!("{question} [y/N] ");
+        let _ = std::io::stderr().flush();
+        let mut s = String::new();
+        if std::io::stdin().read_line(&mut s).is_err() {
+            return false;
+        }
+        matches!(s.trim(), "y" | "Y" | "yes" | "YES" | "Yes")
+    }
+}
+
+/// Print a JSON document on stdout.
+pub fn print_json(v: &serde_json::Value) {
+    let s = serde_json::to_string_pretty(v).expect("json");
+    println!("{}", crate::secrets::redact(&s));
+}
+
+/// Human-readable byte count.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Render rows as an aligned text table.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{:<width$}  ", c, width = w[i]));
+            }
+        }
+        out.push_str(s.trim_end());
+        out.push('\n');
+    };
+    line(headers.to_vec(), &mut out);
+    for r in rows {
+        line(r.iter().map(|s| s.as_str()).collect(), &mut out);
+    }
+    out
+}
