@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 /// the command, runs the policy's checks, and restores the snapshot if the command or a check
 /// fails.
 #[derive(Debug, Parser)]
-#[command(name = "guard", version, args_conflicts_with_subcommands = true, after_help = EXIT_CODES)]
+#[command(name = "guard", version, after_help = EXIT_CODES)]
 pub struct Cli {
     /// Policy file, or NAME for policies/NAME.toml [default: $GUARD_POLICY, then ./guard.toml]
     #[arg(long, short = 'p', global = true, value_name = "PATH|NAME")]

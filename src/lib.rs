@@ -91,6 +91,12 @@ pub fn run(cli: cli::Cli) -> u8 {
 }
 
 fn dispatch(cli: cli::Cli, ui: &ui::Ui) -> Result<u8, Failure> {
+    if cli.sub.is_some() && (!cli.command.is_empty() || cli.dry_run || cli.no_restore) {
+        return Err(Failure::msg(
+            Kind::Usage,
+            "`-- COMMAND`, --dry-run and --no-restore belong to the guarded run, not to a subcommand",
+        ));
+    }
     let path = policy::locate(cli.policy.as_deref()).kind(Kind::Usage)?;
     let policy = policy::load(&path).kind(Kind::Usage)?;
     use cli::Sub;

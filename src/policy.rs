@@ -94,6 +94,12 @@ pub enum TargetKind {
     Sqlite { path: PathBuf },
     /// A directory tree.
     Dir { path: PathBuf },
+    /// A PostgreSQL database, dumped with pg_dump.
+    Postgres(PostgresSpec),
+    /// An S3 bucket (or a prefix of one), cloned server-side.
+    S3(S3Spec),
+    /// A Turso database, branched through the Platform API.
+    Turso(TursoSpec),
 }
 
 impl TargetKind {
@@ -101,8 +107,105 @@ impl TargetKind {
         match self {
             TargetKind::Sqlite { .. } => "sqlite",
             TargetKind::Dir { .. } => "dir",
+            TargetKind::Postgres(_) => "postgres",
+            TargetKind::S3(_) => "s3",
+            TargetKind::Turso(_) => "turso",
         }
     }
+
+    /// Does this kind answer `sql` checks?
+    pub fn answers_sql(&self) -> bool {
+        matches!(self, TargetKind::Sqlite { .. } | TargetKind::Postgres(_) | TargetKind::Turso(_))
+    }
+}
+
+/// `kind = "postgres"`.
+#[derive(Clone)]
+pub struct PostgresSpec {
+    /// Connection URL (`postgres://user:pass@host:port/db`, or `?host=/socket/dir`).
+    pub url: String,
+    pub format: PgFormat,
+    /// Tables also exported as CSV.
+    pub csv_tables: Vec<String>,
+    /// Directory holding pg_dump/pg_restore/psql, overriding the search.
+    pub pg_bin: Option<PathBuf>,
+    /// What to do about other sessions connected to the database during a restore.
+    pub sessions: Sessions,
+    /// Where drills restore (a server URL whose database is created and dropped).
+    pub drill_url: Option<String>,
+}
+
+impl std::fmt::Debug for PostgresSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSpec")
+            .field("url", &secrets::redact_url(&self.url))
+            .field("format", &self.format)
+            .field("csv_tables", &self.csv_tables)
+            .field("pg_bin", &self.pg_bin)
+            .field("sessions", &self.sessions)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgFormat {
+    Custom,
+    Plain,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sessions {
+    /// Refuse to restore while other sessions are connected, naming them.
+    Refuse,
+    /// Terminate other sessions before restoring.
+    Terminate,
+}
+
+/// `kind = "s3"`.
+#[derive(Debug, Clone)]
+pub struct S3Spec {
+    pub bucket: String,
+    pub prefix: String,
+    pub clone_bucket: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+}
+
+/// `kind = "turso"`.
+#[derive(Clone)]
+pub struct TursoSpec {
+    pub organization: String,
+    pub database: String,
+    pub group: String,
+    pub api_token: String,
+    /// Platform API base URL (default `https://api.turso.tech`).
+    pub api_url: String,
+    pub db_url: Option<String>,
+    pub db_token: Option<String>,
+    pub export: bool,
+    pub restore: TursoRestore,
+}
+
+impl std::fmt::Debug for TursoSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TursoSpec")
+            .field("organization", &self.organization)
+            .field("database", &self.database)
+            .field("group", &self.group)
+            .field("api_url", &self.api_url)
+            .field("db_url", &self.db_url)
+            .field("export", &self.export)
+            .field("restore", &self.restore)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TursoRestore {
+    /// Replace the source's tables from the branch in one transaction.
+    Reload,
+    /// Leave the branch as the new database and say what to repoint.
+    Promote,
 }
 
 /// One verification run after the command.
@@ -228,12 +331,49 @@ struct RawCompression {
     threads: Option<usize>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawTarget {
     name: String,
     kind: String,
+    // sqlite, dir
     path: Option<String>,
+    // postgres
+    url: Option<String>,
+    format: Option<String>,
+    csv_tables: Option<Vec<String>>,
+    pg_bin: Option<String>,
+    sessions: Option<String>,
+    drill_url: Option<String>,
+    // s3
+    bucket: Option<String>,
+    prefix: Option<String>,
+    clone_bucket: Option<String>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    // turso
+    organization: Option<String>,
+    database: Option<String>,
+    group: Option<String>,
+    api_token: Option<String>,
+    api_url: Option<String>,
+    db_url: Option<String>,
+    db_token: Option<String>,
+    export: Option<bool>,
+    restore: Option<String>,
+}
+
+impl RawTarget {
+    /// Keys that are set, by name, for "does not apply to this kind" errors.
+    fn present_keys(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        macro_rules! k {
+            ($($f:ident),*) => { $( if self.$f.is_some() { v.push(stringify!($f)); } )* };
+        }
+        k!(path, url, format, csv_tables, pg_bin, sessions, drill_url, bucket, prefix, clone_bucket, endpoint, region,
+           organization, database, group, api_token, api_url, db_url, db_token, export, restore);
+        v
+    }
 }
 
 #[derive(Deserialize)]
@@ -421,13 +561,84 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy> {
                 _ => bail!("{}: target {tname:?} of kind {what:?} needs `path`", at(span.clone())),
             }
         };
+        let allowed: &[&str] = match t.kind.as_str() {
+            "sqlite" | "dir" => &["path"],
+            "postgres" => &["url", "format", "csv_tables", "pg_bin", "sessions", "drill_url"],
+            "s3" => &["bucket", "prefix", "clone_bucket", "endpoint", "region"],
+            "turso" => &["organization", "database", "group", "api_token", "api_url", "db_url", "db_token", "export", "restore"],
+            other => bail!(
+                "{}: target {tname:?}: unknown kind {other:?} (known: sqlite, dir, postgres, s3, turso)",
+                at(span)
+            ),
+        };
+        if let Some(k) = t.present_keys().into_iter().find(|k| !allowed.contains(k)) {
+            bail!("{}: target {tname:?}: key `{k}` does not apply to kind {:?}", at(span), t.kind);
+        }
+        let need = |key: &str, v: &Option<String>| -> Result<String> {
+            match v {
+                Some(s) if !expand(s).trim().is_empty() => Ok(expand(s)),
+                _ => bail!("{}: target {tname:?} of kind {:?} needs `{key}`", at(span.clone()), t.kind),
+            }
+        };
+        let opt = |v: &Option<String>| v.as_ref().map(|s| expand(s)).filter(|s| !s.trim().is_empty());
         let kind = match t.kind.as_str() {
             "sqlite" => TargetKind::Sqlite { path: need_path("sqlite")? },
             "dir" => TargetKind::Dir { path: need_path("dir")? },
-            other => bail!(
-                "{}: target {tname:?}: unknown kind {other:?} (known: sqlite, dir)",
-                at(span)
-            ),
+            "postgres" => {
+                let url = need("url", &t.url)?;
+                if let Some(pw) = secrets::url_password(&url) {
+                    secrets::register(&pw);
+                }
+                let format = match t.format.as_deref().unwrap_or("custom") {
+                    "custom" => PgFormat::Custom,
+                    "plain" => PgFormat::Plain,
+                    f => bail!("{}: target {tname:?}: format {f:?} must be \"custom\" or \"plain\"", at(span)),
+                };
+                let sessions = match t.sessions.as_deref().unwrap_or("refuse") {
+                    "refuse" => Sessions::Refuse,
+                    "terminate" => Sessions::Terminate,
+                    x => bail!("{}: target {tname:?}: sessions {x:?} must be \"refuse\" or \"terminate\"", at(span)),
+                };
+                TargetKind::Postgres(PostgresSpec {
+                    url,
+                    format,
+                    csv_tables: t.csv_tables.clone().unwrap_or_default().iter().map(|s| expand(s)).collect(),
+                    pg_bin: opt(&t.pg_bin).map(|p| resolve(&p)),
+                    sessions,
+                    drill_url: opt(&t.drill_url),
+                })
+            }
+            "s3" => TargetKind::S3(S3Spec {
+                bucket: need("bucket", &t.bucket)?,
+                prefix: opt(&t.prefix).unwrap_or_default(),
+                clone_bucket: need("clone_bucket", &t.clone_bucket)?,
+                endpoint: opt(&t.endpoint),
+                region: opt(&t.region),
+            }),
+            "turso" => {
+                let api_token = need("api_token", &t.api_token)?;
+                secrets::register(&api_token);
+                let db_token = opt(&t.db_token);
+                if let Some(tok) = &db_token {
+                    secrets::register(tok);
+                }
+                TargetKind::Turso(TursoSpec {
+                    organization: need("organization", &t.organization)?,
+                    database: need("database", &t.database)?,
+                    group: opt(&t.group).unwrap_or_else(|| "default".into()),
+                    api_token,
+                    api_url: opt(&t.api_url).unwrap_or_else(|| "https://api.turso.tech".into()),
+                    db_url: opt(&t.db_url),
+                    db_token,
+                    export: t.export.unwrap_or(true),
+                    restore: match t.restore.as_deref().unwrap_or("reload") {
+                        "reload" => TursoRestore::Reload,
+                        "promote" => TursoRestore::Promote,
+                        x => bail!("{}: target {tname:?}: restore {x:?} must be \"reload\" or \"promote\"", at(span)),
+                    },
+                })
+            }
+            _ => unreachable!("kind checked above"),
         };
         targets.push(TargetSpec { name: tname, line, kind });
     }
@@ -498,8 +709,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy> {
     for c in &checks {
         if let (Some(t), CheckWhat::Sql { .. }) = (&c.target, &c.what) {
             let spec = targets.iter().find(|x| &x.name == t).expect("validated above");
-            if matches!(spec.kind, TargetKind::Dir { .. }) {
-                bail!("{shown}:{}: check {:?}: target {t:?} is a directory; `sql` checks need a database target", c.line, c.name);
+            if !spec.kind.answers_sql() {
+                bail!("{shown}:{}: check {:?}: target {t:?} is of kind {}; `sql` checks need a database target", c.line, c.name, spec.kind.as_str());
             }
         }
     }
@@ -648,6 +859,22 @@ mod tests {
     fn check_must_name_known_target() {
         let e = p("name = \"a\"\n[[check]]\nname = \"c\"\ntarget = \"nope\"\nsql = \"select 1\"\nexpect = \"== 1\"\n").unwrap_err();
         assert!(format!("{e:#}").contains("policy.toml:2"), "{e:#}");
+    }
+
+    #[test]
+    fn keys_of_other_kinds_are_refused() {
+        let e = p("name = \"a\"\n[[target]]\nname = \"db\"\nkind = \"sqlite\"\npath = \"a.db\"\nbucket = \"b\"\n").unwrap_err();
+        let s = format!("{e:#}");
+        assert!(s.contains("policy.toml:2") && s.contains("bucket"), "{s}");
+    }
+
+    #[test]
+    fn postgres_password_is_not_in_debug_output() {
+        std::env::set_var("GUARD_TEST_PG_URL", "postgres://app:pw-in-url-123@db/x");
+        let pol = p("name = \"a\"\n[[target]]\nname = \"db\"\nkind = \"postgres\"\nurl = \"${GUARD_TEST_PG_URL}\"\n").unwrap();
+        let dbg = format!("{pol:?}");
+        assert!(!dbg.contains("pw-in-url-123"), "{dbg}");
+        assert_eq!(crate::secrets::redact("x pw-in-url-123 y"), "x *** y");
     }
 
     #[test]

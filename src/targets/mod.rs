@@ -85,6 +85,7 @@ pub fn build(spec: &TargetSpec) -> Result<Box<dyn Target>> {
     Ok(match &spec.kind {
         TargetKind::Sqlite { path } => Box::new(sqlite::SqliteTarget::new(spec.clone(), path.clone())),
         TargetKind::Dir { path } => Box::new(dir::DirTarget::new(spec.clone(), path.clone())),
+        other => anyhow::bail!("target {}: kind {} is not supported by this build", spec.name, other.as_str()),
     })
 }
 

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Install whatever the test suite needs and is missing, then run the whole suite.
+#
+#   scripts/test.sh            # everything
+#   scripts/test.sh -- NAME    # extra arguments go to `cargo test`
+#
+# Needs: cargo (the machine's toolchain), python3. Installs when missing: the PostgreSQL
+# server and client (Debian packages), moto[server] (PyPI) for the S3 tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        say "need root to run: $*"; return 1; fi
+}
+
+apt_updated=0
+apt_install() {
+    if [ $apt_updated = 0 ]; then
+        as_root apt-get update -qq
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# PostgreSQL: server binaries (initdb, pg_ctl, postgres) and client tools (pg_dump, psql).
+pg_bindir() {
+    local d
+    for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+        if [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && [ -x "$d/pg_dump" ]; then echo "$d"; return 0; fi
+    done
+    return 1
+}
+if ! pg_bindir >/dev/null; then
+    say "installing PostgreSQL server and client (Debian packages)"
+    apt_install postgresql postgresql-client
+fi
+if ! pg_bindir >/dev/null; then
+    say "PostgreSQL binaries still missing after install"; exit 1
+fi
+export GUARD_TEST_PG_BIN="${GUARD_TEST_PG_BIN:-$(pg_bindir)}"
+say "PostgreSQL binaries: $GUARD_TEST_PG_BIN"
+
+# Tools the tests call: gzip/gunzip and tar are in every Debian base system; python3 runs the
+# fixture migrations.
+for tool in gzip tar python3; do
+    command -v "$tool" >/dev/null || { say "installing $tool"; apt_install "$tool"; }
+done
+
+# moto (an S3-protocol server) for the S3 tests.
+if ! python3 -c 'import moto.server' 2>/dev/null; then
+    say "installing moto[server] from PyPI"
+    python3 -m pip install -q 'moto[server]>=5,<6'
+fi
+export GUARD_TEST_MOTO="${GUARD_TEST_MOTO:-$(python3 -c 'import shutil; print(shutil.which("moto_server") or "")')}"
+
+say "cargo fmt --check"
+cargo fmt --check
+say "cargo test"
+extra=()
+if [ "${1:-}" = "--" ]; then shift; extra=("$@"); fi
+cargo test --all-targets "${extra[@]}"
