@@ -66,7 +66,8 @@ CREATE TABLE IF NOT EXISTS snapshots (
   bytes INTEGER NOT NULL,
   raw_bytes INTEGER NOT NULL,
   verified_at TEXT,
-  verified_ok INTEGER
+  verified_ok INTEGER,
+  manifest_sha256 TEXT
 );
 CREATE INDEX IF NOT EXISTS snapshots_policy ON snapshots(policy, created_at);
 CREATE TABLE IF NOT EXISTS runs (
@@ -158,12 +159,15 @@ impl Catalog {
         self.sync(store)
     }
 
+    /// Index a snapshot. The SHA-256 of its manifest is kept as a witness: a manifest changed
+    /// later (tampered with, or replaced) no longer matches it.
     pub fn record_snapshot(&self, m: &Manifest) -> Result<()> {
         let targets = m.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(",");
+        let witness = crate::archive::digest(&m.to_json()[..])?.sha256;
         block_on(
             sqlx::query(
-                "INSERT INTO snapshots (id, policy, kind, label, run_id, created_at, completed_at, targets, bytes, raw_bytes)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                "INSERT INTO snapshots (id, policy, kind, label, run_id, created_at, completed_at, targets, bytes, raw_bytes, manifest_sha256)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                  ON CONFLICT(id) DO UPDATE SET policy=excluded.policy, kind=excluded.kind, label=excluded.label,
                    run_id=excluded.run_id, created_at=excluded.created_at, completed_at=excluded.completed_at,
                    targets=excluded.targets, bytes=excluded.bytes, raw_bytes=excluded.raw_bytes",
@@ -178,9 +182,36 @@ impl Catalog {
             .bind(targets)
             .bind(m.stored_bytes() as i64)
             .bind(m.raw_bytes() as i64)
+            .bind(witness)
             .execute(&self.pool),
         )?;
         Ok(())
+    }
+
+    /// The manifest witness recorded when the snapshot was indexed.
+    pub fn manifest_witness(&self, id: &str) -> Result<Option<String>> {
+        Ok(block_on(
+            sqlx::query_scalar::<_, Option<String>>("SELECT manifest_sha256 FROM snapshots WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool),
+        )?
+        .flatten())
+    }
+
+    /// Load a manifest and check it against the catalog's witness, naming the file if it changed.
+    pub fn load_manifest(&self, store: &dyn Store, id: &str) -> Result<Manifest> {
+        let m = Manifest::load(store, id)?;
+        if let Some(w) = self.manifest_witness(id)? {
+            // Compare canonical forms: the witness is the digest of the manifest as guard writes it.
+            if crate::archive::digest(&m.to_json()[..])?.sha256 != w {
+                anyhow::bail!(
+                    "{}/{}: the manifest changed after the snapshot was recorded (tampered with or replaced); refusing to trust it",
+                    store.location(),
+                    crate::manifest::manifest_key(id)
+                );
+            }
+        }
+        Ok(m)
     }
 
     pub fn mark_verified(&self, id: &str, ok: bool) -> Result<()> {

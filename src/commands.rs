@@ -120,7 +120,7 @@ pub fn list(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
 pub fn show(policy: &Policy, id: &str, ui: &Ui) -> Result<u8, Failure> {
     let (store, catalog) = open(policy)?;
     let id = resolve_id(&catalog, policy, id)?;
-    let m = Manifest::load(store.as_ref(), &id).kind(Kind::Corrupt)?;
+    let m = catalog.load_manifest(store.as_ref(), &id).kind(Kind::Corrupt)?;
     if ui.json {
         ui::print_json(&serde_json::to_value(&m)?);
         return Ok(0);
@@ -176,7 +176,7 @@ pub fn verify(policy: &Policy, id: Option<&str>, quick: bool, ui: &Ui) -> Result
     let mut bad = 0;
     for id in &ids {
         let spinner = ui.spinner(&format!("verify {id}"));
-        let r = Manifest::load(store, id).and_then(|m| snapshot::verify(store, &m, depth, scratch.path()));
+        let r = catalog.load_manifest(store, id).and_then(|m| snapshot::verify(store, &m, depth, scratch.path()));
         spinner.finish();
         let _ = catalog.mark_verified(id, r.is_ok());
         match &r {
@@ -202,7 +202,7 @@ pub fn restore(policy: &Policy, id: &str, only: &[String], no_rescue: bool, yes:
     let (store, catalog) = open(policy)?;
     let store = store.as_ref();
     let id = resolve_id(&catalog, policy, id)?;
-    let m = Manifest::load(store, &id).kind(Kind::Corrupt)?;
+    let m = catalog.load_manifest(store, &id).kind(Kind::Corrupt)?;
     for o in only {
         if m.target(o).is_none() {
             return Err(Failure::msg(Kind::Usage, format!("snapshot {id} has no target {o:?}")));

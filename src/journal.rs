@@ -88,10 +88,26 @@ impl Journal {
     /// Move to `phase` and persist it before doing that phase's work.
     pub fn enter(&mut self, store: &dyn Store, phase: Phase) -> Result<()> {
         self.phase = phase;
-        self.save(store)
+        self.save(store)?;
+        test_pause(phase.as_str());
+        Ok(())
     }
 
     pub fn load(store: &dyn Store, run_id: &str) -> Result<Journal> {
         Ok(serde_json::from_slice(&store.get(&key(run_id))?)?)
+    }
+}
+
+/// Fault injection for the crash-recovery tests. When the environment variable
+/// `GUARD_TEST_PAUSE` names `point` (a phase such as `command-running`, or
+/// `snapshot-between-targets`, `restore-between-targets`), guard writes its pid to the file
+/// named by `GUARD_TEST_PAUSE_FILE` and sleeps, so a test can SIGKILL it at exactly that
+/// moment. Without the variable this does nothing.
+pub fn test_pause(point: &str) {
+    if std::env::var("GUARD_TEST_PAUSE").ok().as_deref() == Some(point) {
+        if let Ok(f) = std::env::var("GUARD_TEST_PAUSE_FILE") {
+            let _ = std::fs::write(f, std::process::id().to_string());
+        }
+        std::thread::sleep(std::time::Duration::from_secs(120));
     }
 }

@@ -398,7 +398,7 @@ struct RawCheck {
 
 /// Line (1-based) of a byte offset in `text`.
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 /// Find the policy file the user means.
@@ -643,12 +643,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy> {
         targets.push(TargetSpec { name: tname, line, kind });
     }
 
+    // Hooks and command checks are shell commands: `${VAR}` in them is left for the shell to
+    // expand from the environment, so a secret never appears on `sh -c`'s command line.
     let hooks = raw
         .hooks
-        .map(|h| Hooks {
-            before: h.before.iter().map(|s| expand(s)).collect(),
-            after: h.after.iter().map(|s| expand(s)).collect(),
-        })
+        .map(|h| Hooks { before: h.before, after: h.after })
         .unwrap_or_default();
 
     let mut checks = Vec::new();
@@ -701,7 +700,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy> {
             if c.expect.is_some() {
                 bail!("{}: check {cname:?}: a `command` check passes when the command exits 0; `expect` does not apply", at(span));
             }
-            CheckWhat::Command { command: expand(c.command.as_deref().unwrap_or_default()) }
+            CheckWhat::Command { command: c.command.clone().unwrap_or_default() }
         };
         checks.push(CheckSpec { name: cname, line, target, what });
     }
@@ -742,8 +741,11 @@ fn check_variables(text: &str, shown: &str) -> Result<()> {
     for (i, line) in text.lines().enumerate() {
         let code = strip_comment(line);
         for name in variables(code) {
-            if std::env::var_os(&name).is_none() {
-                bail!("{shown}:{}: environment variable {name} is not set (the policy uses ${{{name}}})", i + 1);
+            match std::env::var(&name) {
+                // Secret-looking values are masked in all output, including what hooks, checks
+                // and the wrapped command print.
+                Ok(value) => secrets::register_from_env(&name, &value),
+                Err(_) => bail!("{shown}:{}: environment variable {name} is not set (the policy uses ${{{name}}})", i + 1),
             }
         }
     }

@@ -57,6 +57,7 @@ pub fn restore_all(policy: &Policy, store: &dyn Store, m: &Manifest, only: Optio
             Err(e) => eprintln!("guard: restore of {} FAILED: {}", rec.name, crate::secrets::redact(&format!("{e:#}"))),
         }
         out.push(TargetRestore { target: rec.name.clone(), ok: r.is_ok(), seconds, error: r.err().map(|e| crate::secrets::redact(&format!("{e:#}"))) });
+        crate::journal::test_pause("restore-between-targets");
     }
     out
 }

@@ -245,7 +245,7 @@ pub fn guarded(policy: &Policy, opts: &Options, ui: &Ui) -> Result<u8, Failure> 
         ui.warn(&format!("took over the lock of a guard that died ({h}); `guard status` shows what it left behind"));
     }
     refuse_if_interrupted(store, policy)?;
-    let catalog = crate::catalog::Catalog::open(store).kind(Kind::Internal)?;
+    let catalog = crate::catalog::Catalog::open(store).kind(Kind::Snapshot)?;
 
     if policy.confirm && !opts.yes {
         let q = format!(

@@ -105,6 +105,7 @@ pub fn take(policy: &Policy, targets: &[Box<dyn Target>], store: &dyn Store, req
                 ));
             }
             records.push(rec);
+            crate::journal::test_pause("snapshot-between-targets");
         }
         if records.is_empty() {
             bail!("no target to snapshot");

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::error::{Failure, Kind, ResultExt};
 use crate::journal::{Journal, Phase};
-use crate::manifest::{Manifest, SnapshotKind};
+use crate::manifest::SnapshotKind;
 use crate::policy::Policy;
 use crate::snapshot::{self, Request};
 use crate::store::{self, Store};
@@ -180,7 +180,7 @@ pub fn recover(policy: &Policy, keep: bool, yes: bool, ui: &Ui) -> Result<u8, Fa
             "kept-after-interrupt".to_string()
         } else {
             let snap_id = j.snapshot_id.clone().ok_or_else(|| Failure::msg(Kind::RestoreFailed, format!("run {} has no pre-run snapshot to restore", j.run_id)))?;
-            let m = Manifest::load(store, &snap_id).kind(Kind::RestoreFailed)?;
+            let m = catalog.load_manifest(store, &snap_id).kind(Kind::Corrupt)?;
             if !yes && !ui.confirm(&format!("guard: restore {} (targets: {}) from snapshot {snap_id}?", policy.name, m.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "))) {
                 return Err(Failure::msg(Kind::Declined, "not confirmed (pass --yes); nothing was changed"));
             }

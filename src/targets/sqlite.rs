@@ -225,13 +225,20 @@ impl Target for SqliteTarget {
         rec.meta.insert("journal_mode".into(), jm);
 
         let copy = ctx.scratch.join(format!("{}.db", self.spec.name));
+        let full = |e: rusqlite::Error| -> anyhow::Error {
+            if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+                anyhow!("No space left on device: the filesystem of {} filled up while copying {}", ctx.scratch.display(), self.path.display())
+            } else {
+                e.into()
+            }
+        };
         {
             let mut dst = Connection::open(&copy)?;
             let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
             // One step copies every page under a single read transaction: consistent even while
             // other connections write, and never restarted by them.
             loop {
-                match backup.step(-1)? {
+                match backup.step(-1).map_err(full)? {
                     rusqlite::backup::StepResult::Done => break,
                     rusqlite::backup::StepResult::More => continue,
                     rusqlite::backup::StepResult::Busy | rusqlite::backup::StepResult::Locked => {

@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# Benchmarks guard against the shell recipes it replaces, in one run, as ratios.
+#
+#   scripts/bench.sh                 # all cases, 3 rounds each
+#   ROUNDS=5 scripts/bench.sh
+#   ROWS=3000000 scripts/bench.sh    # size of the generated SQLite fixture (default 3M rows, ~210 MB)
+#
+# Cases (medians of ROUNDS rounds; every ratio is guard's time over the recipe's time measured
+# in this same run):
+#   sqlite-snapshot  guard snapshot (consistent copy + integrity check + parallel gzip + SHA-256
+#                    + fsync + read-back verification) vs the seed-001 recipe
+#                    `sqlite3 .backup` + `gzip -6` + `sha256sum`, and vs `pigz -p N -6` alone
+#   verify           guard verify --quick vs sha256sum and openssl dgst -sha256 of the artifact
+#   wrapper          `guard -- true` on a small SQLite policy vs `guard snapshot` of it
+#   levels           guard snapshot at compression levels 1, 6, 9: time and size
+# Peak memory (max RSS) of guard is reported for the big snapshot.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+ROUNDS="${ROUNDS:-3}"
+ROWS="${ROWS:-3000000}"
+work="${BENCH_DIR:-$root/target/bench}"
+mkdir -p "$work"
+say() { printf '==> %s\n' "$*" >&2; }
+
+need() {
+    local missing=()
+    for pair in "$@"; do
+        local cmd="${pair%%:*}" pkg="${pair##*:}"
+        command -v "$cmd" >/dev/null || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "installing ${missing[*]}"
+        local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+        $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+need sqlite3:sqlite3 pigz:pigz openssl:openssl sha256sum:coreutils gzip:gzip
+[ -x /usr/bin/time ] || need /usr/bin/time:time
+
+say "building guard (release)"
+cargo build --release --quiet --manifest-path "$root/Cargo.toml"
+guard="$root/target/release/guard"
+cores=$(nproc)
+
+db="$work/sensors.db"
+if [ ! -f "$db" ] || [ "$(cat "$work/sensors.rows" 2>/dev/null)" != "$ROWS" ]; then
+    say "generating $db ($ROWS sensor rows)"
+    rm -f "$db" "$db-wal" "$db-shm"
+    python3 - "$db" "$ROWS" <<'PY'
+import random, sqlite3, sys
+db, rows = sys.argv[1], int(sys.argv[2])
+con = sqlite3.connect(db)
+con.executescript("""
+PRAGMA journal_mode=WAL;
+CREATE TABLE sensor (id INTEGER PRIMARY KEY, name TEXT, location TEXT);
+CREATE TABLE reading (id INTEGER PRIMARY KEY, sensor_id INTEGER REFERENCES sensor(id),
+                      taken_at TEXT, value REAL, unit TEXT, quality INTEGER);
+CREATE INDEX reading_sensor ON reading(sensor_id, taken_at);
+""")
+con.executemany("INSERT INTO sensor VALUES (?, ?, ?)", [(i, f"sensor-{i:04d}", f"site-{i % 37}") for i in range(1, 1001)])
+rnd = random.Random(42)
+units = ["kWh", "W", "V", "A", "C"]
+def gen():
+    for i in range(1, rows + 1):
+        yield (i, rnd.randint(1, 1000), f"2025-{rnd.randint(1,12):02d}-{rnd.randint(1,28):02d}T{rnd.randint(0,23):02d}:{rnd.randint(0,59):02d}:00Z",
+               round(rnd.uniform(0, 5000), 3), units[i % 5], rnd.randint(0, 3))
+con.executemany("INSERT INTO reading VALUES (?, ?, ?, ?, ?, ?)", gen())
+con.commit()
+con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+con.close()
+PY
+    echo "$ROWS" > "$work/sensors.rows"
+fi
+db_bytes=$(stat -c %s "$db")
+say "fixture: $(numfmt --to=iec "$db_bytes") SQLite database"
+
+# median SECONDS of running "$@" ROUNDS times (after `prep`, untimed, if set)
+prep=""
+median() {
+    local times=() t0 t1
+    for _ in $(seq "$ROUNDS"); do
+        [ -n "$prep" ] && eval "$prep"
+        sync
+        t0=$(date +%s.%N)
+        "$@" >/dev/null 2>&1
+        t1=$(date +%s.%N)
+        times+=("$(echo "$t1 - $t0" | bc -l)")
+    done
+    printf '%s\n' "${times[@]}" | sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f\n", m}'
+}
+command -v bc >/dev/null || need bc:bc
+
+# --- sqlite-snapshot -------------------------------------------------------------------
+policy="$work/bench.toml"
+cat > "$policy" <<TOML
+name = "bench"
+store = "store"
+[compression]
+level = 6
+[[target]]
+name = "sensors"
+kind = "sqlite"
+path = "$db"
+TOML
+
+seed_recipe() {
+    rm -f "$work/recipe.db" "$work/recipe.db.gz"
+    sqlite3 "$db" ".backup '$work/recipe.db'"
+    gzip -6 -c "$work/recipe.db" > "$work/recipe.db.gz"
+    sha256sum "$work/recipe.db.gz" >/dev/null
+}
+pigz_only() { pigz -p "$cores" -6 -c "$db" > "$work/pigz.gz"; }
+guard_snapshot() { "$guard" --policy "$policy" snapshot; }
+
+prep="rm -rf '$work/store'"
+say "sqlite-snapshot: seed recipe (sqlite3 .backup + gzip -6 + sha256sum)"
+t_recipe=$(median seed_recipe)
+say "sqlite-snapshot: pigz -p $cores -6"
+t_pigz=$(median pigz_only)
+say "sqlite-snapshot: guard snapshot"
+t_guard=$(median guard_snapshot)
+prep=""
+size_gzip=$(stat -c %s "$work/recipe.db.gz")
+artifact=$(ls "$work"/store/snapshots/*/sensors.sqlite.gz | tail -1)
+size_guard=$(stat -c %s "$artifact")
+rm -rf "$work/store"
+peak_kb=$(/usr/bin/time -f %M "$guard" --policy "$policy" snapshot 2>&1 >/dev/null | tail -1)
+artifact=$(ls "$work"/store/snapshots/*/sensors.sqlite.gz | tail -1)
+
+# --- verify ----------------------------------------------------------------------------
+say "verify: guard verify --quick vs sha256sum vs openssl"
+t_verify=$(median "$guard" --policy "$policy" verify --quick latest)
+t_sha256sum=$(median sha256sum "$artifact")
+t_openssl=$(median openssl dgst -sha256 "$artifact")
+t_verify_deep=$(median "$guard" --policy "$policy" verify latest)
+
+# --- wrapper overhead --------------------------------------------------------------------
+small="$work/small"
+rm -rf "$small"; mkdir -p "$small"
+python3 -c "
+import sqlite3; c = sqlite3.connect('$small/app.db')
+c.execute('create table t (id integer primary key, v text)')
+c.executemany('insert into t (v) values (?)', [('x' * 40,)] * 2000); c.commit()"
+cat > "$small/guard.toml" <<'TOML'
+name = "small"
+store = "store"
+[[target]]
+name = "app"
+kind = "sqlite"
+path = "app.db"
+TOML
+small_snapshot() { "$guard" --policy "$small/guard.toml" snapshot; }
+small_run() { "$guard" --policy "$small/guard.toml" -- true; }
+say "wrapper: guard -- true vs guard snapshot (small policy)"
+t_small_snap=$(median small_snapshot)
+t_small_run=$(median small_run)
+
+# --- compression levels -----------------------------------------------------------------
+levels=""
+for level in 1 6 9; do
+    sed "s/^level = .*/level = $level/" "$policy" > "$work/level.toml"
+    sed -i "s|^store = .*|store = \"store-level\"|" "$work/level.toml"
+    prep="rm -rf '$work/store-level'"
+    t=$(median "$guard" --policy "$work/level.toml" snapshot)
+    prep=""
+    s=$(stat -c %s "$(ls "$work"/store-level/snapshots/*/sensors.sqlite.gz | tail -1)")
+    levels+="| $level | ${t} s | $(numfmt --to=iec "$s") ($(echo "scale=1; 100 * $s / $db_bytes" | bc -l)% of the database) |"$'\n'
+done
+rm -rf "$work/store-level"
+
+ratio() { echo "scale=2; $1 / $2" | bc -l | sed 's/^\./0./'; }
+report="$work/results.md"
+{
+    echo "## guard benchmarks — $(date -u +%Y-%m-%dT%H:%MZ), $cores cores, $ROUNDS rounds (medians)"
+    echo
+    echo "Fixture: SQLite database of $ROWS sensor readings, $(numfmt --to=iec "$db_bytes")."
+    echo
+    echo "| case | guard | recipe | time | ratio (guard / recipe) |"
+    echo "|---|---|---|---|---|"
+    echo "| SQLite snapshot | ${t_guard} s | seed recipe: sqlite3 .backup + gzip -6 + sha256sum | ${t_recipe} s | **$(ratio "$t_guard" "$t_recipe")×** |"
+    echo "| SQLite snapshot | ${t_guard} s | pigz -p $cores -6 (compression only) | ${t_pigz} s | **$(ratio "$t_guard" "$t_pigz")×** |"
+    echo "| verify (checksums) | ${t_verify} s | sha256sum | ${t_sha256sum} s | $(ratio "$t_verify" "$t_sha256sum")× |"
+    echo "| verify (checksums) | ${t_verify} s | openssl dgst -sha256 | ${t_openssl} s | $(ratio "$t_verify" "$t_openssl")× |"
+    echo "| verify (deep: gunzip + integrity_check + fingerprints) | ${t_verify_deep} s | — | — | — |"
+    echo "| \`guard -- true\`, small policy | ${t_small_run} s | guard snapshot of the same | ${t_small_snap} s | +$(echo "($t_small_run - $t_small_snap) * 1000" | bc -l | xargs printf '%.0f') ms |"
+    echo
+    echo "Artifact size: guard $(numfmt --to=iec "$size_guard") vs gzip -6 $(numfmt --to=iec "$size_gzip") ($(echo "scale=2; 100 * ($size_guard - $size_gzip) / $size_gzip" | bc -l)% difference)."
+    echo "Peak memory (max RSS) of guard snapshot: $((peak_kb / 1024)) MiB."
+    echo
+    echo "Compression level (\`[compression] level\`):"
+    echo
+    echo "| level | guard snapshot | artifact |"
+    echo "|---|---|---|"
+    printf '%s' "$levels"
+} | tee "$report"
+say "written to $report"

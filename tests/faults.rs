@@ -1,0 +1,290 @@
+//! Faults, bad input and attackers: guard killed in every phase, dead lock holders, corrupt
+//! artifacts and manifests, a full disk, binary output, and secrets.
+
+mod common;
+
+use common::*;
+use std::io::Read;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+fn script() -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/migrate_cashback_tables.py").display().to_string()
+}
+
+/// Start a guarded run of the buggy migration that pauses at `point`, wait for the pause, and
+/// SIGKILL guard there.
+fn kill_at(env: &Env, point: &str) {
+    let pause = env.path("paused.pid");
+    let _ = std::fs::remove_file(&pause);
+    let db = db(env).display().to_string();
+    let mut child = env
+        .cmd(&["--", "python3", &script(), &db, "--bug"])
+        .env("GUARD_TEST_PAUSE", point)
+        .env("GUARD_TEST_PAUSE_FILE", &pause)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pause.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("guard finished ({status}) before reaching {point}");
+        }
+        assert!(Instant::now() < deadline, "guard never reached {point}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+#[test]
+fn sigkill_in_every_phase_then_status_and_recover_bring_targets_back() {
+    let points = [
+        ("snapshotting", "snapshotting", false),
+        ("snapshot-between-targets", "snapshotting", false),
+        ("snapshot-verified", "snapshot-verified", false),
+        ("command-running", "command-running", false),
+        ("checking", "checking", true),
+        ("rescuing", "rescuing", true),
+        ("restoring", "restoring", true),
+        ("restore-between-targets", "restoring", true),
+    ];
+    for (point, phase, changed) in points {
+        let env = lending_env("");
+        let before_db = dump(&db(&env));
+        let before_file = std::fs::read_to_string(env.path("data/rent_history/2025-01.json")).unwrap();
+        kill_at(&env, point);
+
+        let status = env.guard(&["status", "--json"]);
+        assert_eq!(status.code, 0, "{point}: {status:?}");
+        let v: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+        let interrupted = v["interrupted"].as_array().unwrap();
+        assert_eq!(interrupted.len(), 1, "{point}: {v}");
+        assert_eq!(interrupted[0]["phase"], phase, "{point}: {v}");
+        assert!(!interrupted[0]["todo"].as_str().unwrap().is_empty());
+        if point == "snapshot-between-targets" {
+            assert_eq!(v["incomplete_snapshots"].as_array().unwrap().len(), 1, "{v}");
+            assert!(snapshots(&env).is_empty(), "a partial snapshot is never listed as complete");
+        }
+        if changed && point != "restore-between-targets" {
+            assert_ne!(dump(&db(&env)), before_db, "{point}: the buggy migration had run");
+        }
+        let human = env.guard(&["status"]);
+        assert!(human.stdout.contains("INTERRUPTED"), "{point}: {human:?}");
+
+        // A new run is refused until the interrupted one is dealt with.
+        let refused = env.guard(&["--", "true"]);
+        assert_eq!(refused.code, 64, "{point}: {refused:?}");
+        assert!(refused.stderr.contains("interrupted"), "{point}: {refused:?}");
+        // The first guard after the crash takes over the dead holder's lock, and says so.
+        assert!(refused.stderr.contains("took over the lock of a guard that died"), "{point}: the dead holder is named: {refused:?}");
+
+        let r = env.guard(&["recover", "--yes"]);
+        assert_eq!(r.code, 0, "{point}: {r:?}");
+        assert_eq!(dump(&db(&env)), before_db, "{point}: database back to the pre-run state");
+        assert_eq!(std::fs::read_to_string(env.path("data/rent_history/2025-01.json")).unwrap(), before_file);
+        let after = env.guard(&["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&after.stdout).unwrap();
+        assert!(v["interrupted"].as_array().unwrap().is_empty(), "{point}: {v}");
+    }
+}
+
+#[test]
+fn recover_keep_accepts_the_current_state() {
+    let env = lending_env("");
+    kill_at(&env, "checking");
+    let changed = dump(&db(&env));
+    let r = env.guard(&["recover", "--keep"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(dump(&db(&env)), changed);
+    let s = env.guard(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&s.stdout).unwrap();
+    assert!(v["interrupted"].as_array().unwrap().is_empty());
+}
+
+fn snapshot_id(env: &Env) -> String {
+    let r = env.guard(&["snapshot"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    r.stdout.trim().to_string()
+}
+
+#[test]
+fn truncated_missing_and_tampered_snapshots_are_refused_naming_the_file() {
+    // truncated
+    let env = lending_env("");
+    let id = snapshot_id(&env);
+    let f = env.path(&format!("backups/snapshots/{id}/app.sqlite.gz"));
+    let len = std::fs::metadata(&f).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(len / 2).unwrap();
+    let r = env.guard(&["verify", &id]);
+    assert_eq!(r.code, 65, "{r:?}");
+    assert!(r.stderr.contains("app.sqlite.gz") && r.stderr.contains("truncated"), "{r:?}");
+    let r = env.guard(&["restore", &id, "--yes"]);
+    assert_eq!(r.code, 65, "{r:?}");
+
+    // missing
+    let id2 = snapshot_id(&env);
+    std::fs::remove_file(env.path(&format!("backups/snapshots/{id2}/rent-history.tar.gz"))).unwrap();
+    let r = env.guard(&["verify", &id2]);
+    assert_eq!(r.code, 65, "{r:?}");
+    assert!(r.stderr.contains("rent-history.tar.gz: missing"), "{r:?}");
+
+    // tampered manifest: the checksum of the artifact is rewritten to match a replaced artifact
+    let id3 = snapshot_id(&env);
+    let mpath = env.path(&format!("backups/snapshots/{id3}/manifest.json"));
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    m["targets"][0]["fingerprints"]["payment"]["rows"] = serde_json::json!(1);
+    std::fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let r = env.guard(&["verify", &id3]);
+    assert_eq!(r.code, 65, "{r:?}");
+    assert!(r.stderr.contains("manifest.json") && r.stderr.contains("tampered"), "{r:?}");
+    let before = dump(&db(&env));
+    let r = env.guard(&["restore", &id3, "--yes"]);
+    assert_eq!(r.code, 65, "{r:?}");
+    assert_eq!(dump(&db(&env)), before);
+    // A manifest that is not even JSON
+    std::fs::write(&mpath, b"{ not json").unwrap();
+    let r = env.guard(&["show", &id3]);
+    assert_ne!(r.code, 0, "{r:?}");
+}
+
+#[test]
+fn disk_full_while_snapshotting_runs_nothing_and_leaves_no_complete_snapshot() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: disk-full test needs root to mount a small tmpfs");
+        return;
+    }
+    let env = simple_env("");
+    // A database of incompressible data, larger than the store's filesystem.
+    let c = rusqlite::Connection::open(env.path("app.db")).unwrap();
+    c.execute_batch("CREATE TABLE blob (b BLOB); INSERT INTO blob SELECT randomblob(100000) FROM generate_series(1, 40);").unwrap_or_else(|_| {
+        for _ in 0..40 {
+            c.execute("INSERT INTO blob VALUES (randomblob(100000))", []).unwrap();
+        }
+    });
+    drop(c);
+    let store = env.path("backups");
+    std::fs::create_dir_all(&store).unwrap();
+    let ok = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&store).status().map(|s| s.success()).unwrap_or(false);
+    if !ok {
+        eprintln!("SKIPPED: cannot mount a tmpfs here");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(store.clone());
+    let marker = env.path("ran");
+    let r = env.guard(&["--", "touch", marker.to_str().unwrap()]);
+    assert_eq!(r.code, 69, "{r:?}");
+    assert!(r.stderr.contains("No space left on device"), "clear error: {r:?}");
+    assert!(!marker.exists(), "nothing ran");
+    let leftovers: Vec<String> = walkdir::WalkDir::new(&store)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().display().to_string())
+        .filter(|p| p.ends_with("manifest.json") || p.contains(".guard-tmp-") || p.ends_with(".gz") || p.contains("/tmp/guard-"))
+        .collect();
+    assert!(leftovers.is_empty(), "no partial snapshot or temp file left: {leftovers:?}");
+}
+
+#[test]
+fn megabytes_of_binary_output_are_streamed_and_logged_intact() {
+    let env = simple_env("");
+    let py = "import sys\nb = bytes(range(256)) * 4096 * 5\nsys.stdout.buffer.write(b)\nsys.stdout.buffer.write(b'\\xff\\xfe not utf-8 \\x00 end')\n";
+    env.write("spew.py", py);
+    let out = env.cmd(&["--", "python3", "spew.py"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut expected: Vec<u8> = (0..=255u8).collect::<Vec<u8>>().repeat(4096 * 5);
+    expected.extend_from_slice(b"\xff\xfe not utf-8 \x00 end");
+    assert!(out.stdout == expected, "stdout intact ({} vs {} bytes)", out.stdout.len(), expected.len());
+    let runs: Vec<_> = std::fs::read_dir(env.path("backups/runs")).unwrap().collect();
+    let mut log = Vec::new();
+    std::fs::File::open(runs[0].as_ref().unwrap().path().join("run.log")).unwrap().read_to_end(&mut log).unwrap();
+    assert!(log == expected, "run log intact ({} bytes)", log.len());
+}
+
+#[test]
+fn bad_input_gets_one_clear_message_and_runs_nothing() {
+    let env = simple_env("");
+    let marker = env.path("ran");
+    let touch = ["--", "touch", marker.to_str().unwrap()];
+    let cases: &[(&str, &str, &[&str])] = &[
+        ("confirm = \"yes\"\n", "guard.toml:1", &["invalid type"]),
+        ("store = \"${GUARD_FAULTS_UNSET_VAR}\"\n", "guard.toml:1", &["GUARD_FAULTS_UNSET_VAR"]),
+        ("[[target]]\nname = \"x\"\nkind = \"mysql\"\npath = \"a\"\n", "guard.toml:1", &["unknown kind"]),
+        ("[[check]]\nname = \"c\"\ntarget = \"app\"\nsql = \"select 1\"\n", "guard.toml:1", &["expect"]),
+        ("[retention]\nkeep_within = \"forever\"\n", "guard.toml:1", &["keep_within"]),
+    ];
+    for (text, at, words) in cases {
+        env.write("guard.toml", &format!("name = \"p\"\n{text}\n[[target]]\nname = \"app\"\nkind = \"sqlite\"\npath = \"app.db\"\n"));
+        let r = env.guard(&touch);
+        assert_eq!(r.code, 64, "{text}: {r:?}");
+        let line_shift = at.replace(":1", ":2");
+        assert!(r.stderr.contains(&line_shift), "{text}: names the line ({line_shift}): {r:?}");
+        for w in *words {
+            assert!(r.stderr.contains(w), "{text}: mentions {w}: {r:?}");
+        }
+        assert_eq!(r.stderr.lines().filter(|l| l.starts_with("guard: error")).count(), 1, "one message: {r:?}");
+        assert!(!marker.exists());
+    }
+}
+
+#[test]
+fn secrets_never_appear_in_output_logs_manifests_or_child_argv() {
+    let secret = "s3cr3t-guard-token-4242";
+    let env = simple_env("");
+    let text = std::fs::read_to_string(env.path("guard.toml")).unwrap();
+    env.write(
+        "guard.toml",
+        &format!(
+            "{text}\n[hooks]\nbefore = [\"test -n \\\"${{GUARD_FAULTS_API_TOKEN}}\\\"\"]\n\n[[check]]\nname = \"token works\"\ncommand = \"test \\\"${{GUARD_FAULTS_API_TOKEN}}\\\" = {secret}\"\n"
+        ),
+    );
+    let mut child = env
+        .cmd(&["--json", "--", "sh", "-c", "echo token is $GUARD_FAULTS_API_TOKEN; echo err $GUARD_FAULTS_API_TOKEN >&2; sleep 1"])
+        .env("GUARD_FAULTS_API_TOKEN", secret)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // While it runs, no process's argv may hold the secret.
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut seen_children = 0;
+    while Instant::now() < deadline {
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(cmdline) = std::fs::read(format!("/proc/{p}/cmdline")) else { continue };
+            assert!(!String::from_utf8_lossy(&cmdline).contains(secret), "secret in argv of pid {p}: {:?}", String::from_utf8_lossy(&cmdline));
+            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
+                if stat.split_whitespace().nth(3) == Some(&pid.to_string()) {
+                    seen_children += 1;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(seen_children > 0, "the scan saw guard's children");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stdout.contains(secret) && !stderr.contains(secret), "{stdout}\n{stderr}");
+    assert!(stderr.contains("token is ***"), "redacted, not dropped: {stderr}");
+    for e in walkdir::WalkDir::new(env.path("backups")).into_iter().flatten() {
+        if e.file_type().is_file() {
+            let bytes = std::fs::read(e.path()).unwrap();
+            let mut all = bytes.clone();
+            if e.path().extension().and_then(|x| x.to_str()) == Some("gz") {
+                all.clear();
+                flate2::read::MultiGzDecoder::new(&bytes[..]).read_to_end(&mut all).unwrap();
+            }
+            assert!(!all.windows(secret.len()).any(|w| w == secret.as_bytes()), "secret in {}", e.path().display());
+        }
+    }
+}
