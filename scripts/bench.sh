@@ -13,6 +13,9 @@
 #   verify           guard verify --quick vs sha256sum and openssl dgst -sha256 of the artifact
 #   wrapper          `guard -- true` on a small SQLite policy vs `guard snapshot` of it
 #   levels           guard snapshot at compression levels 1, 6, 9: time and size
+#   postgres         guard snapshot vs pg_dump -Fc, guard restore vs createdb + pg_restore on a
+#                    pgbench database (PG_SCALE, default 30: ~450 MB); SKIP_PG=1 skips it
+#   prune            guard prune over a catalog of 10,000 snapshots
 # Peak memory (max RSS) of guard is reported for the big snapshot.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -37,9 +40,13 @@ need() {
 need sqlite3:sqlite3 pigz:pigz openssl:openssl sha256sum:coreutils gzip:gzip
 [ -x /usr/bin/time ] || need /usr/bin/time:time
 
-say "building guard (release)"
-cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-guard="$root/target/release/guard"
+if [ -n "${GUARD_BIN:-}" ]; then
+    guard="$GUARD_BIN"      # for checking the script itself; real figures need the release build
+else
+    say "building guard (release)"
+    cargo build --release --quiet --manifest-path "$root/Cargo.toml"
+    guard="$root/target/release/guard"
+fi
 cores=$(nproc)
 
 db="$work/sensors.db"
@@ -168,6 +175,96 @@ for level in 1 6 9; do
 done
 rm -rf "$work/store-level"
 
+# --- prune of a 10,000-snapshot catalog ------------------------------------------------
+say "prune: 10,000 snapshots (fixture manifests cloned from a real one)"
+prune_dir="$work/prune"
+rm -rf "$prune_dir"; mkdir -p "$prune_dir"
+cp "$small/app.db" "$prune_dir/app.db"
+sed 's|^store = .*|store = "store"|' "$small/guard.toml" > "$prune_dir/guard.toml"
+"$guard" --policy "$prune_dir/guard.toml" snapshot >/dev/null
+python3 - "$prune_dir/store" <<'PY'
+import datetime, json, os, shutil, sys
+store = sys.argv[1]
+snaps = os.path.join(store, "snapshots")
+(template_id,) = os.listdir(snaps)
+m = json.load(open(os.path.join(snaps, template_id, "manifest.json")))
+artifact = m["targets"][0]["artifacts"][0]["key"].split("/")[-1]
+src_art = os.path.join(snaps, template_id, artifact)
+start = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+for i in range(10000):
+    t = start + datetime.timedelta(minutes=15 * i)
+    sid = t.strftime("%Y%m%dT%H%M%S.000Z") + "-%04x" % i
+    d = os.path.join(snaps, sid)
+    os.makedirs(d, mode=0o700)
+    shutil.copyfile(src_art, os.path.join(d, artifact))
+    m["id"] = sid
+    m["created_at"] = m["completed_at"] = t.strftime("%Y-%m-%dT%H:%M:%SZ")
+    m["targets"][0]["artifacts"][0]["key"] = f"snapshots/{sid}/{artifact}"
+    with open(os.path.join(d, "manifest.json"), "w") as f:
+        json.dump(m, f, indent=2)
+shutil.rmtree(os.path.join(snaps, template_id))
+os.remove(os.path.join(store, "catalog.db"))
+PY
+"$guard" --policy "$prune_dir/guard.toml" reindex >/dev/null
+t0=$(date +%s.%N)
+GUARD_TEST_NOW=2026-04-15T00:00:00Z "$guard" --policy "$prune_dir/guard.toml" prune --dry-run --json > "$work/prune-dry.json"
+t1=$(date +%s.%N)
+GUARD_TEST_NOW=2026-04-15T00:00:00Z "$guard" --policy "$prune_dir/guard.toml" prune --json > "$work/prune.json"
+t2=$(date +%s.%N)
+t_prune_plan=$(echo "$t1 - $t0" | bc -l | xargs printf '%.3f')
+t_prune=$(echo "$t2 - $t1" | bc -l | xargs printf '%.3f')
+pruned=$(python3 -c "import json; print(len(json.load(open('$work/prune.json'))['deleted']))")
+
+# --- PostgreSQL: guard snapshot vs pg_dump -Fc, guard restore vs createdb + pg_restore ------
+pg_line=""
+pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+if [ "${SKIP_PG:-}" != 1 ] && [ -n "$pgbin" ] && [ -x "$pgbin/initdb" ]; then
+    PG_SCALE="${PG_SCALE:-30}"   # pgbench scale 30: 3M accounts, ~450 MB on disk
+    pgroot="$work/pg"
+    as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+    if [ -f "$pgroot/data/postmaster.pid" ]; then as_pg "$pgbin/pg_ctl" stop -D "$pgroot/data" -m fast >/dev/null 2>&1 || true; fi
+    rm -rf "$pgroot"; mkdir -p "$pgroot/sock"
+    [ "$(id -u)" = 0 ] && chown -R postgres "$pgroot" && chmod 755 "$work" "$pgroot"
+    as_pg "$pgbin/initdb" -D "$pgroot/data" -A trust -U postgres >/dev/null
+    as_pg "$pgbin/pg_ctl" start -w -D "$pgroot/data" -l "$pgroot/server.log" \
+        -o "-k $pgroot/sock -c listen_addresses='' -p 55432" >/dev/null
+    trap 'as_pg "$pgbin/pg_ctl" stop -D "$pgroot/data" -m fast >/dev/null 2>&1 || true' EXIT
+    export PGHOST="$pgroot/sock" PGPORT=55432 PGUSER=postgres
+    "$pgbin/createdb" bench
+    say "postgres: generating pgbench scale $PG_SCALE"
+    "$pgbin/pgbench" -i -q -s "$PG_SCALE" bench >/dev/null 2>&1
+    pg_bytes=$("$pgbin/psql" -XAtc "select pg_database_size('bench')" bench)
+    cat > "$work/pg.toml" <<TOML
+name = "pgbench"
+store = "pgstore"
+[[target]]
+name = "bench"
+kind = "postgres"
+url = "postgres://postgres@/bench?host=$pgroot/sock&port=55432"
+TOML
+    pg_dump_fc() { "$pgbin/pg_dump" -Fc -f "$work/pg.dump" bench; }
+    guard_pg_snapshot() { "$guard" --policy "$work/pg.toml" snapshot; }
+    say "postgres: pg_dump -Fc"
+    t_pgdump=$(median pg_dump_fc)
+    prep="rm -rf '$work/pgstore'"
+    say "postgres: guard snapshot"
+    t_guard_pg=$(median guard_pg_snapshot)
+    prep=""
+    rm -rf "$work/pgstore"
+    peak_pg_kb=$(/usr/bin/time -f %M "$guard" --policy "$work/pg.toml" snapshot 2>&1 >/dev/null | tail -1)
+    size_pgdump=$(stat -c %s "$work/pg.dump")
+    size_guard_pg=$(stat -c %s "$(ls "$work"/pgstore/snapshots/*/bench.dump.gz | tail -1)")
+    pg_restore_new() { "$pgbin/dropdb" --if-exists restored && "$pgbin/createdb" -T template0 restored && "$pgbin/pg_restore" -d restored "$work/pg.dump"; }
+    guard_pg_restore() { "$guard" --policy "$work/pg.toml" restore latest --yes --no-rescue; }
+    say "postgres: createdb + pg_restore"
+    t_pgrestore=$(median pg_restore_new)
+    say "postgres: guard restore"
+    t_guard_pgrestore=$(median guard_pg_restore)
+    pg_line="| PostgreSQL snapshot ($(numfmt --to=iec "$pg_bytes") database) | ${t_guard_pg} s | pg_dump -Fc | ${t_pgdump} s | **$(echo "scale=2; $t_guard_pg / $t_pgdump" | bc -l | sed 's/^\./0./')×** |
+| PostgreSQL restore (in place, one transaction, verified) | ${t_guard_pgrestore} s | createdb + pg_restore (new database) | ${t_pgrestore} s | **$(echo "scale=2; $t_guard_pgrestore / $t_pgrestore" | bc -l | sed 's/^\./0./')×** |"
+    pg_sizes="PostgreSQL artifact: guard $(numfmt --to=iec "$size_guard_pg") vs pg_dump -Fc $(numfmt --to=iec "$size_pgdump") ($(echo "scale=1; 100 * ($size_guard_pg - $size_pgdump) / $size_pgdump" | bc -l)%); guard's peak memory $((peak_pg_kb / 1024)) MiB."
+fi
+
 ratio() { echo "scale=2; $1 / $2" | bc -l | sed 's/^\./0./'; }
 report="$work/results.md"
 {
@@ -182,10 +279,14 @@ report="$work/results.md"
     echo "| verify (checksums) | ${t_verify} s | sha256sum | ${t_sha256sum} s | $(ratio "$t_verify" "$t_sha256sum")× |"
     echo "| verify (checksums) | ${t_verify} s | openssl dgst -sha256 | ${t_openssl} s | $(ratio "$t_verify" "$t_openssl")× |"
     echo "| verify (deep: gunzip + integrity_check + fingerprints) | ${t_verify_deep} s | — | — | — |"
+    [ -n "$pg_line" ] && echo "$pg_line"
     echo "| \`guard -- true\`, small policy | ${t_small_run} s | guard snapshot of the same | ${t_small_snap} s | +$(echo "($t_small_run - $t_small_snap) * 1000" | bc -l | xargs printf '%.0f') ms |"
     echo
     echo "Artifact size: guard $(numfmt --to=iec "$size_guard") vs gzip -6 $(numfmt --to=iec "$size_gzip") ($(echo "scale=2; 100 * ($size_guard - $size_gzip) / $size_gzip" | bc -l)% difference)."
     echo "Peak memory (max RSS) of guard snapshot: $((peak_kb / 1024)) MiB."
+    [ -n "${pg_sizes:-}" ] && echo "$pg_sizes"
+    echo
+    echo "Retention: \`guard prune --dry-run\` over a catalog of 10,000 snapshots: ${t_prune_plan} s; the real prune deleting $pruned of them (artifacts, manifests, catalog rows): ${t_prune} s."
     echo
     echo "Compression level (\`[compression] level\`):"
     echo

@@ -46,11 +46,21 @@ pub struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: Sha256::new(), bytes: 0 }
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
     }
     pub fn finish(self) -> (W, Digest) {
         let sha256 = hex::encode(self.hasher.finalize());
-        (self.inner, Digest { bytes: self.bytes, sha256 })
+        (
+            self.inner,
+            Digest {
+                bytes: self.bytes,
+                sha256,
+            },
+        )
     }
 }
 
@@ -75,10 +85,17 @@ pub struct HashingReader<R> {
 
 impl<R: Read> HashingReader<R> {
     pub fn new(inner: R) -> Self {
-        HashingReader { inner, hasher: Sha256::new(), bytes: 0 }
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
     }
     pub fn finish(self) -> Digest {
-        Digest { bytes: self.bytes, sha256: hex::encode(self.hasher.finalize()) }
+        Digest {
+            bytes: self.bytes,
+            sha256: hex::encode(self.hasher.finalize()),
+        }
     }
 }
 
@@ -110,10 +127,15 @@ struct Job {
 fn deflate_block(level: u32, job: &Job) -> Result<Vec<u8>> {
     let mut c = Compress::new(flate2::Compression::new(level), false);
     if !job.dict.is_empty() {
-        c.set_dictionary(&job.dict).map_err(|e| anyhow!("deflate dictionary: {e}"))?;
+        c.set_dictionary(&job.dict)
+            .map_err(|e| anyhow!("deflate dictionary: {e}"))?;
     }
     let mut out = Vec::with_capacity(job.data.len() / 2 + 1024);
-    let flush = if job.last { FlushCompress::Finish } else { FlushCompress::Sync };
+    let flush = if job.last {
+        FlushCompress::Finish
+    } else {
+        FlushCompress::Sync
+    };
     loop {
         let consumed = c.total_in() as usize;
         if out.capacity() - out.len() < 64 * 1024 {
@@ -171,13 +193,14 @@ pub fn compress<R: Read, W: Write>(mut input: R, out: W, c: Compression) -> Resu
     let mut write_seq = 0u64; // next block to write
     let mut done: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
 
-    let write_ready = |done: &mut BTreeMap<u64, Vec<u8>>, write_seq: &mut u64, out: &mut HashingWriter<W>| -> Result<()> {
-        while let Some(buf) = done.remove(write_seq) {
-            out.write_all(&buf).context("writing compressed data")?;
-            *write_seq += 1;
-        }
-        Ok(())
-    };
+    let write_ready =
+        |done: &mut BTreeMap<u64, Vec<u8>>, write_seq: &mut u64, out: &mut HashingWriter<W>| -> Result<()> {
+            while let Some(buf) = done.remove(write_seq) {
+                out.write_all(&buf).context("writing compressed data")?;
+                *write_seq += 1;
+            }
+            Ok(())
+        };
 
     let mut current = Vec::new();
     fill(&mut input, &mut current, BLOCK).context("reading input")?;
@@ -198,7 +221,12 @@ pub fn compress<R: Read, W: Write>(mut input: R, out: W, c: Compression) -> Resu
         } else {
             current[current.len().saturating_sub(WINDOW)..].to_vec()
         };
-        let job = Job { seq: next_seq, dict: std::mem::take(&mut dict), data: current, last };
+        let job = Job {
+            seq: next_seq,
+            dict: std::mem::take(&mut dict),
+            data: current,
+            last,
+        };
         dict = new_dict;
         job_tx.send(job).map_err(|_| anyhow!("compression worker stopped"))?;
         next_seq += 1;
@@ -221,7 +249,10 @@ pub fn compress<R: Read, W: Write>(mut input: R, out: W, c: Compression) -> Resu
     out.write_all(&crc.to_le_bytes())?;
     out.write_all(&((raw_bytes & 0xffff_ffff) as u32).to_le_bytes())?;
     out.flush()?;
-    let raw = Digest { bytes: raw_bytes, sha256: hex::encode(hasher.finalize()) };
+    let raw = Digest {
+        bytes: raw_bytes,
+        sha256: hex::encode(hasher.finalize()),
+    };
     let (w, stored) = out.finish();
     Ok((Compressed { raw, stored }, w))
 }
@@ -246,7 +277,10 @@ pub fn decompress(stored: impl Read, sink: impl Write) -> Result<Compressed> {
     io::copy(&mut reader, &mut io::sink())?;
     writer.flush()?;
     let (_, raw) = writer.finish();
-    Ok(Compressed { raw, stored: reader.finish() })
+    Ok(Compressed {
+        raw,
+        stored: reader.finish(),
+    })
 }
 
 #[cfg(test)]
@@ -274,7 +308,11 @@ mod tests {
         let mut x: u32 = 1;
         for i in 0..(3 * BLOCK + 12345) {
             x = x.wrapping_mul(1103515245).wrapping_add(12345);
-            data.push(if i % 7 == 0 { (x >> 16) as u8 } else { b"guard rolls back "[i % 17] });
+            data.push(if i % 7 == 0 {
+                (x >> 16) as u8
+            } else {
+                b"guard rolls back "[i % 17]
+            });
         }
         for &n in &[0usize, 1, 100, BLOCK - 1, BLOCK, BLOCK + 1, data.len()] {
             roundtrip(&data[..n], 2, 6);
@@ -286,7 +324,12 @@ mod tests {
 
     #[test]
     fn corrupt_gzip_is_an_error() {
-        let (_, mut gz) = compress(Cursor::new(vec![7u8; 100_000]), Vec::new(), Compression { level: 6, threads: 2 }).unwrap();
+        let (_, mut gz) = compress(
+            Cursor::new(vec![7u8; 100_000]),
+            Vec::new(),
+            Compression { level: 6, threads: 2 },
+        )
+        .unwrap();
         let n = gz.len();
         gz.truncate(n - 3);
         assert!(decompress(&gz[..], io::sink()).is_err());

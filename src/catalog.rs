@@ -10,7 +10,7 @@ use std::str::FromStr;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::Row;
 
 use crate::block_on;
@@ -37,6 +37,19 @@ pub struct SnapshotRow {
     pub raw_bytes: i64,
     pub verified_at: Option<String>,
     pub verified_ok: Option<bool>,
+    pub drilled_ok: Option<bool>,
+}
+
+/// A restore drill as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillRow {
+    pub id: String,
+    pub policy: String,
+    pub snapshot_id: String,
+    pub started_at: String,
+    pub seconds: f64,
+    pub ok: bool,
+    pub report: serde_json::Value,
 }
 
 /// A run as listed.
@@ -67,7 +80,9 @@ CREATE TABLE IF NOT EXISTS snapshots (
   raw_bytes INTEGER NOT NULL,
   verified_at TEXT,
   verified_ok INTEGER,
-  manifest_sha256 TEXT
+  manifest_sha256 TEXT,
+  drilled_at TEXT,
+  drilled_ok INTEGER
 );
 CREATE INDEX IF NOT EXISTS snapshots_policy ON snapshots(policy, created_at);
 CREATE TABLE IF NOT EXISTS runs (
@@ -80,6 +95,15 @@ CREATE TABLE IF NOT EXISTS runs (
   snapshot_id TEXT,
   rescue_id TEXT,
   command TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS drills (
+  id TEXT PRIMARY KEY,
+  policy TEXT NOT NULL,
+  snapshot_id TEXT NOT NULL,
+  started_at TEXT NOT NULL,
+  seconds REAL NOT NULL,
+  ok INTEGER NOT NULL,
+  report TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS check_results (
   run_id TEXT NOT NULL,
@@ -97,14 +121,15 @@ CREATE TABLE IF NOT EXISTS check_results (
 impl Catalog {
     /// Open (creating) the catalog of a store and bring it up to date.
     pub fn open(store: &dyn Store) -> Result<Catalog> {
-        let path = match store.local_root() {
-            Some(root) => root.join("catalog.db"),
-            None => anyhow::bail!("catalogs of remote stores are not supported yet"),
-        };
+        // A remote store's catalog is a local cache file (rebuilt from the manifests by `sync`).
+        let path = crate::store::state_dir(store)?.join("catalog.db");
         let opts = SqliteConnectOptions::from_str("sqlite://")?
             .filename(&path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
+            // The catalog is an index that `sync` rebuilds from the store: WAL + NORMAL keeps
+            // it consistent through crashes without an fsync per statement.
+            .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(std::time::Duration::from_secs(30));
         let pool = block_on(SqlitePoolOptions::new().max_connections(1).connect_with(opts))
             .with_context(|| format!("cannot open catalog {}", path.display()))?;
@@ -118,33 +143,56 @@ impl Catalog {
     /// rows whose manifest is gone.
     pub fn sync(&self, store: &dyn Store) -> Result<()> {
         let keys = store.list("snapshots/")?;
+        // A snapshot being pruned (it carries a prune marker) is no longer complete.
+        let pruning: BTreeSet<&str> = keys
+            .iter()
+            .filter_map(|e| e.key.strip_prefix("snapshots/")?.strip_suffix("/prune.json"))
+            .collect();
         let in_store: BTreeSet<String> = keys
             .iter()
             .filter_map(|e| e.key.strip_prefix("snapshots/")?.strip_suffix("/manifest.json"))
+            .filter(|id| !pruning.contains(id))
             .map(str::to_string)
             .collect();
-        let known: BTreeSet<String> = block_on(sqlx::query_scalar::<_, String>("SELECT id FROM snapshots").fetch_all(&self.pool))?
-            .into_iter()
-            .collect();
+        let known: BTreeSet<String> =
+            block_on(sqlx::query_scalar::<_, String>("SELECT id FROM snapshots").fetch_all(&self.pool))?
+                .into_iter()
+                .collect();
+        // One transaction, driven by one `block_on`: indexing thousands of manifests costs
+        // neither an fsync nor a runtime round trip per row.
+        // Manifests are read first: a remote store drives its own async client.
+        let mut new = Vec::new();
         for id in in_store.difference(&known) {
             match Manifest::load(store, id) {
-                Ok(m) => self.record_snapshot(&m)?,
+                Ok(m) => new.push(m),
                 Err(e) => tracing_warn(&format!("skipping snapshot {id}: {e:#}")),
             }
         }
-        for id in known.difference(&in_store) {
-            block_on(sqlx::query("DELETE FROM snapshots WHERE id = ?").bind(id).execute(&self.pool))?;
-        }
+        block_on(async {
+            let mut tx = self.pool.begin().await?;
+            for m in &new {
+                insert_snapshot(&mut *tx, m).await?;
+            }
+            for id in known.difference(&in_store) {
+                sqlx::query("DELETE FROM snapshots WHERE id = ?")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            anyhow::Ok(())
+        })?;
         let runs: BTreeSet<String> = store
             .list("runs/")?
             .iter()
             .filter_map(|e| e.key.strip_prefix("runs/")?.strip_suffix("/journal.json"))
             .map(str::to_string)
             .collect();
-        let known_runs: BTreeSet<String> =
-            block_on(sqlx::query_scalar::<_, String>("SELECT id FROM runs WHERE phase = 'done'").fetch_all(&self.pool))?
-                .into_iter()
-                .collect();
+        let known_runs: BTreeSet<String> = block_on(
+            sqlx::query_scalar::<_, String>("SELECT id FROM runs WHERE phase = 'done'").fetch_all(&self.pool),
+        )?
+        .into_iter()
+        .collect();
         for id in runs.difference(&known_runs) {
             if let Ok(j) = Journal::load(store, id) {
                 self.record_run(&j)?;
@@ -155,37 +203,88 @@ impl Catalog {
 
     /// Drop everything and re-index from the store.
     pub fn rebuild(&self, store: &dyn Store) -> Result<()> {
-        block_on(sqlx::raw_sql("DELETE FROM snapshots; DELETE FROM runs; DELETE FROM check_results;").execute(&self.pool))?;
-        self.sync(store)
+        block_on(
+            sqlx::raw_sql("DELETE FROM snapshots; DELETE FROM runs; DELETE FROM check_results;").execute(&self.pool),
+        )?;
+        // Drill history is not in the store: it is kept, and re-linked to snapshots below.
+        self.sync(store)?;
+        block_on(
+            sqlx::raw_sql(
+                "UPDATE snapshots SET drilled_ok = (SELECT ok FROM drills WHERE drills.snapshot_id = snapshots.id ORDER BY started_at DESC LIMIT 1),
+                                      drilled_at = (SELECT started_at FROM drills WHERE drills.snapshot_id = snapshots.id ORDER BY started_at DESC LIMIT 1)",
+            )
+            .execute(&self.pool),
+        )?;
+        Ok(())
     }
 
     /// Index a snapshot. The SHA-256 of its manifest is kept as a witness: a manifest changed
     /// later (tampered with, or replaced) no longer matches it.
     pub fn record_snapshot(&self, m: &Manifest) -> Result<()> {
-        let targets = m.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(",");
-        let witness = crate::archive::digest(&m.to_json()[..])?.sha256;
+        block_on(insert_snapshot(&self.pool, m))
+    }
+
+    /// Drop snapshots from the index (retention, after marking them), in one transaction.
+    pub fn forget_snapshots(&self, ids: &[String]) -> Result<()> {
+        block_on(async {
+            let mut tx = self.pool.begin().await?;
+            for id in ids {
+                sqlx::query("DELETE FROM snapshots WHERE id = ?")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            anyhow::Ok(())
+        })
+    }
+
+    /// Remember a drill and its verdict on the snapshot.
+    pub fn record_drill(&self, d: &DrillRow) -> Result<()> {
         block_on(
-            sqlx::query(
-                "INSERT INTO snapshots (id, policy, kind, label, run_id, created_at, completed_at, targets, bytes, raw_bytes, manifest_sha256)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT(id) DO UPDATE SET policy=excluded.policy, kind=excluded.kind, label=excluded.label,
-                   run_id=excluded.run_id, created_at=excluded.created_at, completed_at=excluded.completed_at,
-                   targets=excluded.targets, bytes=excluded.bytes, raw_bytes=excluded.raw_bytes",
-            )
-            .bind(&m.id)
-            .bind(&m.policy)
-            .bind(m.kind.as_str())
-            .bind(&m.label)
-            .bind(&m.run_id)
-            .bind(crate::rfc3339(m.created_at))
-            .bind(crate::rfc3339(m.completed_at))
-            .bind(targets)
-            .bind(m.stored_bytes() as i64)
-            .bind(m.raw_bytes() as i64)
-            .bind(witness)
-            .execute(&self.pool),
+            sqlx::query("INSERT OR REPLACE INTO drills (id, policy, snapshot_id, started_at, seconds, ok, report) VALUES (?, ?, ?, ?, ?, ?, ?)")
+                .bind(&d.id)
+                .bind(&d.policy)
+                .bind(&d.snapshot_id)
+                .bind(&d.started_at)
+                .bind(d.seconds)
+                .bind(d.ok)
+                .bind(d.report.to_string())
+                .execute(&self.pool),
+        )?;
+        block_on(
+            sqlx::query("UPDATE snapshots SET drilled_at = ?, drilled_ok = ? WHERE id = ?")
+                .bind(&d.started_at)
+                .bind(d.ok)
+                .bind(&d.snapshot_id)
+                .execute(&self.pool),
         )?;
         Ok(())
+    }
+
+    /// Drills, newest first.
+    pub fn drills(&self, policy: Option<&str>, limit: i64) -> Result<Vec<DrillRow>> {
+        let rows = block_on(
+            sqlx::query(
+                "SELECT id, policy, snapshot_id, started_at, seconds, ok, report FROM drills
+                 WHERE (?1 IS NULL OR policy = ?1) ORDER BY started_at DESC, id DESC LIMIT ?2",
+            )
+            .bind(policy)
+            .bind(limit)
+            .fetch_all(&self.pool),
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|r| DrillRow {
+                id: r.get(0),
+                policy: r.get(1),
+                snapshot_id: r.get(2),
+                started_at: r.get(3),
+                seconds: r.get(4),
+                ok: r.get(5),
+                report: serde_json::from_str(&r.get::<String, _>(6)).unwrap_or(serde_json::Value::Null),
+            })
+            .collect())
     }
 
     /// The manifest witness recorded when the snapshot was indexed.
@@ -243,7 +342,11 @@ impl Catalog {
             .bind(j.command.join(" "))
             .execute(&mut *tx),
         )?;
-        block_on(sqlx::query("DELETE FROM check_results WHERE run_id = ?").bind(&j.run_id).execute(&mut *tx))?;
+        block_on(
+            sqlx::query("DELETE FROM check_results WHERE run_id = ?")
+                .bind(&j.run_id)
+                .execute(&mut *tx),
+        )?;
         for c in &j.checks {
             block_on(
                 sqlx::query(
@@ -269,7 +372,7 @@ impl Catalog {
     pub fn snapshots(&self, policy: Option<&str>) -> Result<Vec<SnapshotRow>> {
         let rows = block_on(
             sqlx::query(
-                "SELECT id, policy, kind, label, run_id, created_at, targets, bytes, raw_bytes, verified_at, verified_ok
+                "SELECT id, policy, kind, label, run_id, created_at, targets, bytes, raw_bytes, verified_at, verified_ok, drilled_ok
                  FROM snapshots WHERE (?1 IS NULL OR policy = ?1) ORDER BY created_at DESC, id DESC",
             )
             .bind(policy)
@@ -289,6 +392,7 @@ impl Catalog {
                 raw_bytes: r.get(8),
                 verified_at: r.get(9),
                 verified_ok: r.get(10),
+                drilled_ok: r.get(11),
             })
             .collect())
     }
@@ -319,6 +423,33 @@ impl Catalog {
             })
             .collect())
     }
+}
+
+/// Insert or update a snapshot row (see [`Catalog::record_snapshot`]).
+async fn insert_snapshot<'e, E: sqlx::SqliteExecutor<'e>>(e: E, m: &Manifest) -> Result<()> {
+    let targets = m.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(",");
+    let witness = crate::archive::digest(&m.to_json()[..])?.sha256;
+    sqlx::query(
+            "INSERT INTO snapshots (id, policy, kind, label, run_id, created_at, completed_at, targets, bytes, raw_bytes, manifest_sha256)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT(id) DO UPDATE SET policy=excluded.policy, kind=excluded.kind, label=excluded.label,
+               run_id=excluded.run_id, created_at=excluded.created_at, completed_at=excluded.completed_at,
+               targets=excluded.targets, bytes=excluded.bytes, raw_bytes=excluded.raw_bytes",
+        )
+        .bind(&m.id)
+        .bind(&m.policy)
+        .bind(m.kind.as_str())
+        .bind(&m.label)
+        .bind(&m.run_id)
+        .bind(crate::rfc3339(m.created_at))
+        .bind(crate::rfc3339(m.completed_at))
+        .bind(targets)
+        .bind(m.stored_bytes() as i64)
+        .bind(m.raw_bytes() as i64)
+        .bind(witness)
+        .execute(e)
+        .await?;
+    Ok(())
 }
 
 fn tracing_warn(msg: &str) {

@@ -11,7 +11,7 @@ use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::Manifest;
-use crate::policy::{CheckSpec, CheckWhat, Expect, Op, Policy};
+use crate::policy::{CheckSpec, CheckWhat, Expect, Measure, Op, Policy};
 use crate::targets::Target;
 
 /// The outcome of one check.
@@ -45,11 +45,28 @@ pub fn before_values(policy: &Policy, targets: &[Box<dyn Target>]) -> Result<BTr
     let mut out = BTreeMap::new();
     for c in &policy.checks {
         if let (Some(t), CheckWhat::Sql { sql, .. }) = (&c.target, &c.what) {
-            let v = target(targets, t)?.query(sql).with_context(|| format!("check {:?} (policy line {}): query failed", c.name, c.line))?;
+            let v = target(targets, t)?
+                .query(sql)
+                .with_context(|| format!("check {:?} (policy line {}): query failed", c.name, c.line))?;
+            out.insert(c.name.clone(), v);
+        }
+        if let (Some(t), CheckWhat::Objects { prefix, measure, .. }) = (&c.target, &c.what) {
+            let v = objects_value(target(targets, t)?, prefix, *measure)
+                .with_context(|| format!("check {:?} (policy line {})", c.name, c.line))?;
             out.insert(c.name.clone(), v);
         }
     }
     Ok(out)
+}
+
+/// The value of an `objects`/`bytes` check now.
+fn objects_value(t: &dyn Target, prefix: &str, measure: Measure) -> Result<String> {
+    let (count, bytes) = t.objects(prefix)?;
+    Ok(match measure {
+        Measure::Count => count,
+        Measure::Bytes => bytes,
+    }
+    .to_string())
 }
 
 fn compare(value: &str, op: Op, n: f64) -> Result<bool> {
@@ -69,11 +86,24 @@ fn kind_of(c: &CheckSpec) -> &'static str {
         CheckWhat::Untouched(_) => "untouched",
         CheckWhat::Sql { .. } => "sql",
         CheckWhat::Command { .. } => "command",
+        CheckWhat::Objects {
+            measure: Measure::Count,
+            ..
+        } => "objects",
+        CheckWhat::Objects {
+            measure: Measure::Bytes,
+            ..
+        } => "bytes",
     }
 }
 
 /// Evaluate one check after the command. Errors become failed checks, never panics.
-fn evaluate_one(c: &CheckSpec, targets: &[Box<dyn Target>], before: &BTreeMap<String, String>, snapshot: &Manifest) -> CheckResult {
+fn evaluate_one(
+    c: &CheckSpec,
+    targets: &[Box<dyn Target>],
+    before: &BTreeMap<String, String>,
+    snapshot: &Manifest,
+) -> CheckResult {
     let mut r = CheckResult {
         name: c.name.clone(),
         target: c.target.clone(),
@@ -89,14 +119,19 @@ fn evaluate_one(c: &CheckSpec, targets: &[Box<dyn Target>], before: &BTreeMap<St
             CheckWhat::Untouched(items) => {
                 r.expect = format!("{} untouched", items.join(", "));
                 let tname = c.target.as_deref().expect("validated");
-                let rec = snapshot.target(tname).ok_or_else(|| anyhow!("snapshot has no target {tname}"))?;
+                let rec = snapshot
+                    .target(tname)
+                    .ok_or_else(|| anyhow!("snapshot has no target {tname}"))?;
                 let t = target(targets, tname)?;
                 let now = t.fingerprint(items)?;
                 let mut rows_before = 0;
                 let mut rows_after = 0;
                 let mut diffs = Vec::new();
                 for i in items {
-                    let b = rec.fingerprints.get(i).ok_or_else(|| anyhow!("snapshot recorded no fingerprint of {i}"))?;
+                    let b = rec
+                        .fingerprints
+                        .get(i)
+                        .ok_or_else(|| anyhow!("snapshot recorded no fingerprint of {i}"))?;
                     let a = now.get(i).ok_or_else(|| anyhow!("no fingerprint of {i}"))?;
                     rows_before += b.rows;
                     rows_after += a.rows;
@@ -126,6 +161,23 @@ fn evaluate_one(c: &CheckSpec, targets: &[Box<dyn Target>], before: &BTreeMap<St
                     Expect::Literal(s) => after == *s,
                 };
             }
+            CheckWhat::Objects {
+                prefix,
+                measure,
+                expect,
+            } => {
+                r.expect = expect.to_string();
+                let t = target(targets, c.target.as_deref().expect("validated"))?;
+                r.before = before.get(&c.name).cloned();
+                let after = objects_value(t, prefix, *measure)?;
+                r.after = Some(after.clone());
+                r.passed = match expect {
+                    Expect::Unchanged => r.before.as_deref() == Some(after.as_str()),
+                    Expect::Changed => r.before.as_deref() != Some(after.as_str()),
+                    Expect::Compare(op, n) => compare(&after, *op, *n)?,
+                    Expect::Literal(s) => after == *s,
+                };
+            }
             CheckWhat::Command { command } => {
                 r.expect = "exit 0".into();
                 let out = Command::new("sh")
@@ -134,7 +186,11 @@ fn evaluate_one(c: &CheckSpec, targets: &[Box<dyn Target>], before: &BTreeMap<St
                     .stdin(Stdio::null())
                     .output()
                     .with_context(|| format!("cannot run {command:?}"))?;
-                let code = out.status.code().map(|c| c.to_string()).unwrap_or_else(|| "signal".into());
+                let code = out
+                    .status
+                    .code()
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "signal".into());
                 r.after = Some(format!("exit {code}"));
                 r.passed = out.status.success();
                 if !r.passed {
@@ -156,6 +212,24 @@ fn evaluate_one(c: &CheckSpec, targets: &[Box<dyn Target>], before: &BTreeMap<St
 }
 
 /// Evaluate every check of the policy.
-pub fn evaluate(policy: &Policy, targets: &[Box<dyn Target>], before: &BTreeMap<String, String>, snapshot: &Manifest) -> Vec<CheckResult> {
-    policy.checks.iter().map(|c| evaluate_one(c, targets, before, snapshot)).collect()
+pub fn evaluate(
+    policy: &Policy,
+    targets: &[Box<dyn Target>],
+    before: &BTreeMap<String, String>,
+    snapshot: &Manifest,
+) -> Vec<CheckResult> {
+    evaluate_checks(&policy.checks, targets, before, snapshot)
+}
+
+/// Evaluate `checks` (the policy's, or its `[[drill.check]]`s against restored copies).
+pub fn evaluate_checks(
+    checks: &[CheckSpec],
+    targets: &[Box<dyn Target>],
+    before: &BTreeMap<String, String>,
+    snapshot: &Manifest,
+) -> Vec<CheckResult> {
+    checks
+        .iter()
+        .map(|c| evaluate_one(c, targets, before, snapshot))
+        .collect()
 }

@@ -85,6 +85,59 @@ pub enum Sub {
     },
     /// Rebuild the catalog from the manifests in the store.
     Reindex,
+    /// Delete snapshots past retention (never the last good ones; see README "Retention").
+    Prune {
+        /// Every policy in ./policies/ instead of one.
+        #[arg(long, conflicts_with = "policy")]
+        all: bool,
+        /// Keep snapshots younger than this [default: the policy's retention.keep_within]
+        #[arg(long, value_parser = humantime::parse_duration)]
+        keep_within: Option<std::time::Duration>,
+        /// Keep this many newest snapshots per target [default: the policy's retention.keep_last]
+        #[arg(long)]
+        keep_last: Option<usize>,
+        /// Show what would be deleted and why each kept snapshot stays; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Restore a snapshot into scratch, check it, and record how long it took.
+    Drill {
+        /// Every policy in ./policies/ instead of one.
+        #[arg(long, conflicts_with = "policy")]
+        all: bool,
+        /// Snapshot id, unique prefix, or `latest` [default: the newest complete snapshot]
+        id: Option<String>,
+    },
+    /// The drill history: when, which snapshot, time to restore, result.
+    Drills,
+    /// Print (or install) a systemd timer or crontab line that runs drills and retention.
+    Schedule {
+        /// hourly, daily or weekly.
+        #[arg(long, default_value = "daily")]
+        every: String,
+        /// Write the units (or the crontab line) instead of printing them.
+        #[arg(long)]
+        install: bool,
+        /// Where the systemd units go.
+        #[arg(long, default_value = "/etc/systemd/system")]
+        unit_dir: std::path::PathBuf,
+        /// With --install: write the units but do not run systemctl.
+        #[arg(long)]
+        no_enable: bool,
+    },
+    /// Protect a snapshot from pruning.
+    Pin {
+        /// Snapshot id, unique prefix, or `latest`.
+        id: String,
+        /// Why it must be kept.
+        #[arg(long, short = 'r')]
+        reason: String,
+    },
+    /// Let retention consider a pinned snapshot again.
+    Unpin {
+        /// Snapshot id or unique prefix.
+        id: String,
+    },
 }
 
 pub const EXIT_CODES: &str = "Exit codes:
@@ -93,6 +146,7 @@ pub const EXIT_CODES: &str = "Exit codes:
   1    internal error
   64   bad usage or policy; nothing was run
   65   a snapshot failed verification (corrupt, truncated or missing artifact)
+  66   a restore drill failed
   69   snapshot failed; the command was not run
   75   another guard holds the policy's lock
   76   confirmation declined; nothing was run

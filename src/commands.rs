@@ -31,11 +31,24 @@ pub fn resolve_id(catalog: &Catalog, policy: &Policy, id: &str) -> Result<String
             .map(|s| s.id.clone())
             .ok_or_else(|| Failure::msg(Kind::Usage, format!("policy {} has no snapshot yet", policy.name)));
     }
-    let matches: Vec<&str> = snaps.iter().filter(|s| s.id.starts_with(id)).map(|s| s.id.as_str()).collect();
+    let matches: Vec<&str> = snaps
+        .iter()
+        .filter(|s| s.id.starts_with(id))
+        .map(|s| s.id.as_str())
+        .collect();
     match matches.as_slice() {
         [one] => Ok(one.to_string()),
-        [] => Err(Failure::msg(Kind::Usage, format!("no complete snapshot {id:?} of policy {} (see `guard list`)", policy.name))),
-        many => Err(Failure::msg(Kind::Usage, format!("{id:?} matches {} snapshots; give more of the id", many.len()))),
+        [] => Err(Failure::msg(
+            Kind::Usage,
+            format!(
+                "no complete snapshot {id:?} of policy {} (see `guard list`)",
+                policy.name
+            ),
+        )),
+        many => Err(Failure::msg(
+            Kind::Usage,
+            format!("{id:?} matches {} snapshots; give more of the id", many.len()),
+        )),
     }
 }
 
@@ -43,12 +56,23 @@ pub fn resolve_id(catalog: &Catalog, policy: &Policy, id: &str) -> Result<String
 pub fn snapshot_cmd(policy: &Policy, only: &[String], label: Option<String>, ui: &Ui) -> Result<u8, Failure> {
     for o in only {
         if !policy.targets.iter().any(|t| &t.name == o) {
-            return Err(Failure::msg(Kind::Usage, format!("policy {} has no target {o:?}", policy.name)));
+            return Err(Failure::msg(
+                Kind::Usage,
+                format!("policy {} has no target {o:?}", policy.name),
+            ));
         }
     }
-    let targets: Vec<Box<dyn Target>> = policy.targets.iter().map(targets::build).collect::<Result<_>>().kind(Kind::Usage)?;
+    let targets: Vec<Box<dyn Target>> = policy
+        .targets
+        .iter()
+        .map(targets::build)
+        .collect::<Result<_>>()
+        .kind(Kind::Usage)?;
     if targets.is_empty() {
-        return Err(Failure::msg(Kind::Usage, format!("policy {} names no target", policy.name)));
+        return Err(Failure::msg(
+            Kind::Usage,
+            format!("policy {} names no target", policy.name),
+        ));
     }
     let (store, catalog) = open(policy)?;
     let store = store.as_ref();
@@ -112,7 +136,10 @@ pub fn list(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
             ]
         })
         .collect();
-    print!("{}", ui::table(&["id", "kind", "targets", "size", "verified", "label"], &rows));
+    print!(
+        "{}",
+        ui::table(&["id", "kind", "targets", "size", "verified", "label"], &rows)
+    );
     Ok(0)
 }
 
@@ -126,7 +153,13 @@ pub fn show(policy: &Policy, id: &str, ui: &Ui) -> Result<u8, Failure> {
         return Ok(0);
     }
     let mut s = format!("snapshot {} ({}) of policy {}\n", m.id, m.kind.as_str(), m.policy);
-    s.push_str(&format!("taken {} → {} on {} by guard {}\n", crate::rfc3339(m.created_at), crate::rfc3339(m.completed_at), m.host, m.guard_version));
+    s.push_str(&format!(
+        "taken {} → {} on {} by guard {}\n",
+        crate::rfc3339(m.created_at),
+        crate::rfc3339(m.completed_at),
+        m.host,
+        m.guard_version
+    ));
     if let Some(l) = &m.label {
         s.push_str(&format!("label: {l}\n"));
     }
@@ -137,7 +170,13 @@ pub fn show(policy: &Policy, id: &str, ui: &Ui) -> Result<u8, Failure> {
         s.push_str(&format!("run: {r}\n"));
     }
     for t in &m.targets {
-        s.push_str(&format!("\ntarget {} ({}) {}{}\n", t.name, t.kind, t.source, if t.absent { " — absent" } else { "" }));
+        s.push_str(&format!(
+            "\ntarget {} ({}) {}{}\n",
+            t.name,
+            t.kind,
+            t.source,
+            if t.absent { " — absent" } else { "" }
+        ));
         for a in &t.artifacts {
             s.push_str(&format!(
                 "  {}/{}\n    {} ({} uncompressed) sha256 {}\n",
@@ -165,10 +204,17 @@ pub fn verify(policy: &Policy, id: Option<&str>, quick: bool, ui: &Ui) -> Result
     let store = store.as_ref();
     let ids: Vec<String> = match id {
         Some(id) => vec![resolve_id(&catalog, policy, id)?],
-        None => catalog.snapshots(Some(&policy.name))?.into_iter().map(|s| s.id).collect(),
+        None => catalog
+            .snapshots(Some(&policy.name))?
+            .into_iter()
+            .map(|s| s.id)
+            .collect(),
     };
     if ids.is_empty() {
-        return Err(Failure::msg(Kind::Usage, format!("policy {} has no snapshot to verify", policy.name)));
+        return Err(Failure::msg(
+            Kind::Usage,
+            format!("policy {} has no snapshot to verify", policy.name),
+        ));
     }
     let depth = if quick { Depth::Checksums } else { Depth::Deep };
     let scratch = snapshot::scratch_dir(store)?;
@@ -176,7 +222,9 @@ pub fn verify(policy: &Policy, id: Option<&str>, quick: bool, ui: &Ui) -> Result
     let mut bad = 0;
     for id in &ids {
         let spinner = ui.spinner(&format!("verify {id}"));
-        let r = catalog.load_manifest(store, id).and_then(|m| snapshot::verify(store, &m, depth, scratch.path()));
+        let r = catalog
+            .load_manifest(store, id)
+            .and_then(|m| snapshot::verify_for(Some(policy), store, &m, depth, scratch.path()));
         spinner.finish();
         let _ = catalog.mark_verified(id, r.is_ok());
         match &r {
@@ -186,13 +234,19 @@ pub fn verify(policy: &Policy, id: Option<&str>, quick: bool, ui: &Ui) -> Result
                 eprintln!("{id}: FAILED: {}", crate::secrets::redact(&format!("{e:#}")));
             }
         }
-        results.push(json!({"id": id, "ok": r.is_ok(), "error": r.err().map(|e| crate::secrets::redact(&format!("{e:#}")))}));
+        results.push(
+            json!({"id": id, "ok": r.is_ok(), "error": r.err().map(|e| crate::secrets::redact(&format!("{e:#}")))}),
+        );
     }
     if ui.json {
         ui::print_json(&json!({"verified": results, "failed": bad}));
     }
     if bad > 0 {
-        return Err(Failure::msg(Kind::Corrupt, format!("{bad} of {} snapshot(s) failed verification", ids.len())));
+        let f = Failure::msg(
+            Kind::Corrupt,
+            format!("{bad} of {} snapshot(s) failed verification", ids.len()),
+        );
+        return Err(if ui.json { f.reported() } else { f });
     }
     Ok(0)
 }
@@ -208,10 +262,23 @@ pub fn restore(policy: &Policy, id: &str, only: &[String], no_rescue: bool, yes:
             return Err(Failure::msg(Kind::Usage, format!("snapshot {id} has no target {o:?}")));
         }
     }
-    let names: Vec<String> = m.targets.iter().map(|t| t.name.clone()).filter(|n| only.is_empty() || only.contains(n)).collect();
+    let names: Vec<String> = m
+        .targets
+        .iter()
+        .map(|t| t.name.clone())
+        .filter(|n| only.is_empty() || only.contains(n))
+        .collect();
     let _lock = crate::lock::acquire(store, &policy.name, &format!("guard restore {id}"), None)?;
-    if !yes && !ui.confirm(&format!("guard: replace the live data of {} with snapshot {id}?", names.join(", "))) {
-        return Err(Failure::msg(Kind::Declined, "not confirmed (pass --yes to restore without asking); nothing was changed"));
+    if !yes
+        && !ui.confirm(&format!(
+            "guard: replace the live data of {} with snapshot {id}?",
+            names.join(", ")
+        ))
+    {
+        return Err(Failure::msg(
+            Kind::Declined,
+            "not confirmed (pass --yes to restore without asking); nothing was changed",
+        ));
     }
     // Refuse a corrupt snapshot before touching anything.
     snapshot::verify_artifacts(store, &m, Depth::Content).kind(Kind::Corrupt)?;
@@ -243,7 +310,10 @@ pub fn restore(policy: &Policy, id: &str, only: &[String], no_rescue: bool, yes:
             ui.info(&format!("guard: current state kept in rescue snapshot {}", rescue.id));
             rescue_id = Some(rescue.id);
         }
-        let sub = Manifest { targets: m.targets.iter().filter(|t| names.contains(&t.name)).cloned().collect(), ..m.clone() };
+        let sub = Manifest {
+            targets: m.targets.iter().filter(|t| names.contains(&t.name)).cloned().collect(),
+            ..m.clone()
+        };
         let results = crate::run::restore_deferring_signals(policy, store, &sub, ui);
         Ok((rescue_id, results))
     })();
@@ -257,10 +327,14 @@ pub fn restore(policy: &Policy, id: &str, only: &[String], no_rescue: bool, yes:
         ui::print_json(&json!({"snapshot_id": id, "rescue_id": rescue_id, "targets": results}));
     }
     if !failed.is_empty() {
-        return Err(Failure::msg(
+        let f = Failure::msg(
             Kind::RestoreFailed,
-            format!("restore failed for {} — act now; the snapshot is intact, retry with `guard restore {id}`", failed.iter().map(|r| r.target.as_str()).collect::<Vec<_>>().join(", ")),
-        ));
+            format!(
+                "restore failed for {} — act now; the snapshot is intact, retry with `guard restore {id}`",
+                failed.iter().map(|r| r.target.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        );
+        return Err(if ui.json { f.reported() } else { f });
     }
     ui.info(&format!("guard: restored {} from {id} and verified", names.join(", ")));
     Ok(0)

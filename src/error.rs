@@ -27,6 +27,8 @@ pub enum Kind {
     KeptFailed,
     /// The user declined the confirmation prompt.
     Declined,
+    /// A restore drill failed.
+    DrillFailed,
 }
 
 impl Kind {
@@ -36,6 +38,7 @@ impl Kind {
             Kind::Internal => 1,
             Kind::Usage => 64,
             Kind::Corrupt => 65,
+            Kind::DrillFailed => 66,
             Kind::Snapshot => 69,
             Kind::Locked => 75,
             Kind::Declined => 76,
@@ -51,6 +54,7 @@ impl Kind {
             Kind::Internal => "internal",
             Kind::Usage => "usage",
             Kind::Corrupt => "corrupt",
+            Kind::DrillFailed => "drill_failed",
             Kind::Snapshot => "snapshot_failed",
             Kind::Locked => "locked",
             Kind::Declined => "declined",
@@ -66,14 +70,30 @@ impl Kind {
 pub struct Failure {
     pub kind: Kind,
     pub error: anyhow::Error,
+    /// The command already printed its `--json` document (which carries the failure).
+    pub reported: bool,
 }
 
 impl Failure {
     pub fn new(kind: Kind, error: impl Into<anyhow::Error>) -> Self {
-        Failure { kind, error: error.into() }
+        Failure {
+            kind,
+            error: error.into(),
+            reported: false,
+        }
     }
     pub fn msg(kind: Kind, msg: impl fmt::Display) -> Self {
-        Failure { kind, error: anyhow::anyhow!("{msg}") }
+        Failure {
+            kind,
+            error: anyhow::anyhow!("{msg}"),
+            reported: false,
+        }
+    }
+    /// Mark that the `--json` document describing this failure was already printed, so stdout
+    /// keeps exactly one JSON document.
+    pub fn reported(mut self) -> Self {
+        self.reported = true;
+        self
     }
 }
 
@@ -88,8 +108,16 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
         let error = e.into();
         // A Failure that travelled through anyhow keeps its kind.
         match error.downcast::<KindTag>() {
-            Ok(tag) => Failure { kind: tag.0, error: anyhow::anyhow!("{}", tag.1) },
-            Err(error) => Failure { kind: Kind::Internal, error },
+            Ok(tag) => Failure {
+                kind: tag.0,
+                error: anyhow::anyhow!("{}", tag.1),
+                reported: false,
+            },
+            Err(error) => Failure {
+                kind: Kind::Internal,
+                error,
+                reported: false,
+            },
         }
     }
 }
@@ -113,7 +141,11 @@ pub trait ResultExt<T> {
 
 impl<T, E: Into<anyhow::Error>> ResultExt<T> for Result<T, E> {
     fn kind(self, kind: Kind) -> Result<T, Failure> {
-        self.map_err(|e| Failure { kind, error: e.into() })
+        self.map_err(|e| Failure {
+            kind,
+            error: e.into(),
+            reported: false,
+        })
     }
 }
 

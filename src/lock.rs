@@ -29,7 +29,11 @@ pub struct Holder {
 
 impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "pid {} on {} since {} ({})", self.pid, self.host, self.since, self.command)
+        write!(
+            f,
+            "pid {} on {} since {} ({})",
+            self.pid, self.host, self.since, self.command
+        )
     }
 }
 
@@ -38,6 +42,8 @@ pub struct Lock {
     pub path: PathBuf,
     /// The holder found in the file when the lock was taken: a guard that died holding it.
     pub taken_over: Option<Holder>,
+    /// On an S3 store: the store-wide lease object (see store/s3.rs), released before the flock.
+    remote: Option<crate::store::s3::Lease>,
 }
 
 fn read_holder(f: &mut File) -> Option<Holder> {
@@ -49,9 +55,17 @@ fn read_holder(f: &mut File) -> Option<Holder> {
 
 /// What the lock file of `policy` says, without taking it: `(held_by_a_live_process, holder)`.
 pub fn inspect(store: &dyn Store, policy: &str) -> Result<(bool, Option<Holder>)> {
-    let Some(root) = store.local_root() else { return Ok((false, None)) };
+    if let Some(s3) = store.as_s3() {
+        let (held, holder) = s3.inspect_lease(&format!("locks/{policy}.lock"))?;
+        return Ok((held, holder.and_then(|h| serde_json::from_value(h).ok())));
+    }
+    let Some(root) = store.local_root() else {
+        return Ok((false, None));
+    };
     let path = root.join("locks").join(format!("{policy}.lock"));
-    let Ok(mut f) = File::open(&path) else { return Ok((false, None)) };
+    let Ok(mut f) = File::open(&path) else {
+        return Ok((false, None));
+    };
     let holder = read_holder(&mut f);
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
     let held = rc != 0;
@@ -63,9 +77,9 @@ pub fn inspect(store: &dyn Store, policy: &str) -> Result<(bool, Option<Holder>)
 
 /// Take the policy's lock or fail with [`Kind::Locked`] naming the holder.
 pub fn acquire(store: &dyn Store, policy: &str, command: &str, run_id: Option<&str>) -> Result<Lock, Failure> {
-    let root = store
-        .local_root()
-        .ok_or_else(|| Failure::msg(Kind::Internal, "locks on remote stores are not supported yet"))?;
+    // The flock lives in the store directory, or for a remote store in its local state
+    // directory (guards on this machine); a remote store adds a lease object (other machines).
+    let root = crate::store::state_dir(store)?;
     let dir = root.join("locks");
     crate::store::local::create_dir_all_private(&dir)?;
     let path = dir.join(format!("{policy}.lock"));
@@ -81,15 +95,20 @@ pub fn acquire(store: &dyn Store, policy: &str, command: &str, run_id: Option<&s
     if rc != 0 {
         let err = std::io::Error::last_os_error();
         if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            let who = read_holder(&mut file).map(|h| h.to_string()).unwrap_or_else(|| "another process".into());
+            let who = read_holder(&mut file)
+                .map(|h| h.to_string())
+                .unwrap_or_else(|| "another process".into());
             return Err(Failure::msg(
                 Kind::Locked,
-                format!("policy {policy} is locked by another guard: {who}; lock file {}", path.display()),
+                format!(
+                    "policy {policy} is locked by another guard: {who}; lock file {}",
+                    path.display()
+                ),
             ));
         }
         return Err(Failure::new(Kind::Internal, err).into());
     }
-    let taken_over = read_holder(&mut file);
+    let mut taken_over = read_holder(&mut file);
     let me = Holder {
         host: crate::hostname(),
         pid: std::process::id(),
@@ -97,15 +116,46 @@ pub fn acquire(store: &dyn Store, policy: &str, command: &str, run_id: Option<&s
         command: crate::secrets::redact(command),
         run_id: run_id.map(str::to_string),
     };
+    let remote = match store.as_s3() {
+        None => None,
+        Some(s3) => match s3.lease(&format!("locks/{policy}.lock"), &serde_json::to_value(&me)?)? {
+            crate::store::s3::LeaseOutcome::Acquired {
+                lease,
+                taken_over: stale,
+            } => {
+                taken_over = stale.and_then(|h| serde_json::from_value(h).ok()).or(taken_over);
+                Some(lease)
+            }
+            crate::store::s3::LeaseOutcome::Held { holder, .. } => {
+                let who = holder
+                    .and_then(|h| serde_json::from_value::<Holder>(h).ok())
+                    .map(|h| h.to_string());
+                return Err(Failure::msg(
+                    Kind::Locked,
+                    format!(
+                        "policy {policy} is locked by another guard: {}; lock object {}/locks/{policy}.lock",
+                        who.unwrap_or_else(|| "unknown holder".into()),
+                        store.location()
+                    ),
+                ));
+            }
+        },
+    };
     file.set_len(0)?;
     file.seek(SeekFrom::Start(0))?;
     file.write_all(serde_json::to_string(&me)?.as_bytes())?;
     file.sync_all()?;
-    Ok(Lock { file, path, taken_over })
+    Ok(Lock {
+        file,
+        path,
+        taken_over,
+        remote,
+    })
 }
 
 impl Drop for Lock {
     fn drop(&mut self) {
+        drop(self.remote.take());
         // Clear the holder first: an empty lock file means "released cleanly".
         let _ = self.file.set_len(0);
         let _ = self.file.sync_all();

@@ -6,7 +6,11 @@ fn main() {
     let cli = match guard::cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { guard::error::Kind::Usage.exit_code() } else { 0 };
+            let code = if e.use_stderr() {
+                guard::error::Kind::Usage.exit_code()
+            } else {
+                0
+            };
             let _ = e.print();
             std::process::exit(code.into());
         }

@@ -151,10 +151,13 @@ impl Manifest {
     }
 
     pub fn from_json(bytes: &[u8], what: &str) -> Result<Manifest> {
-        let m: Manifest = serde_json::from_slice(bytes)
-            .with_context(|| format!("{what}: not a valid guard manifest"))?;
+        let m: Manifest =
+            serde_json::from_slice(bytes).with_context(|| format!("{what}: not a valid guard manifest"))?;
         if m.format != FORMAT {
-            bail!("{what}: manifest format {} is not supported by this guard (expects {FORMAT})", m.format);
+            bail!(
+                "{what}: manifest format {} is not supported by this guard (expects {FORMAT})",
+                m.format
+            );
         }
         Ok(m)
     }
@@ -162,10 +165,16 @@ impl Manifest {
     /// Read a snapshot's manifest from the store.
     pub fn load(store: &dyn Store, id: &str) -> Result<Manifest> {
         let key = manifest_key(id);
-        let bytes = store.get(&key).with_context(|| format!("snapshot {id} has no manifest ({key}): it is missing or incomplete"))?;
+        let bytes = store
+            .get(&key)
+            .with_context(|| format!("snapshot {id} has no manifest ({key}): it is missing or incomplete"))?;
         let m = Manifest::from_json(&bytes, &format!("{}/{key}", store.location()))?;
         if m.id != id {
-            bail!("{}/{key}: manifest claims id {} (tampered or moved)", store.location(), m.id);
+            bail!(
+                "{}/{key}: manifest claims id {} (tampered or moved)",
+                store.location(),
+                m.id
+            );
         }
         Ok(m)
     }
@@ -180,7 +189,11 @@ impl Manifest {
     }
 
     pub fn raw_bytes(&self) -> u64 {
-        self.targets.iter().flat_map(|t| &t.artifacts).map(|a| a.raw_bytes).sum()
+        self.targets
+            .iter()
+            .flat_map(|t| &t.artifacts)
+            .map(|a| a.raw_bytes)
+            .sum()
     }
 
     pub fn target(&self, name: &str) -> Option<&TargetRecord> {
@@ -190,9 +203,7 @@ impl Manifest {
 
 /// A new snapshot id: UTC time to the millisecond plus a random suffix, so ids sort by time.
 pub fn new_id(now: OffsetDateTime) -> String {
-    let f = time::macros::format_description!(
-        "[year][month][day]T[hour][minute][second].[subsecond digits:3]Z"
-    );
+    let f = time::macros::format_description!("[year][month][day]T[hour][minute][second].[subsecond digits:3]Z");
     format!("{}-{:04x}", now.format(&f).expect("formats"), rand::random::<u16>())
 }
 

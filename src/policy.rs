@@ -30,6 +30,18 @@ pub struct Policy {
     pub targets: Vec<TargetSpec>,
     pub hooks: Hooks,
     pub checks: Vec<CheckSpec>,
+    pub drill: Drill,
+}
+
+/// `[drill]`: restore drills.
+#[derive(Debug, Clone, Default)]
+pub struct Drill {
+    /// `guard status` warns when the newest restorable snapshot is older than this.
+    pub max_age: Option<Duration>,
+    /// Shell command run when a drill fails, with the report's facts in `GUARD_DRILL_*`.
+    pub on_failure: Option<String>,
+    /// `[[drill.check]]`: checks run against the restored scratch copy.
+    pub checks: Vec<CheckSpec>,
 }
 
 /// Where snapshots are kept.
@@ -56,7 +68,10 @@ pub struct Retention {
 
 impl Default for Retention {
     fn default() -> Self {
-        Retention { keep_within: Duration::from_secs(30 * 86400), keep_last: 3 }
+        Retention {
+            keep_within: Duration::from_secs(30 * 86400),
+            keep_last: 3,
+        }
     }
 }
 
@@ -115,7 +130,10 @@ impl TargetKind {
 
     /// Does this kind answer `sql` checks?
     pub fn answers_sql(&self) -> bool {
-        matches!(self, TargetKind::Sqlite { .. } | TargetKind::Postgres(_) | TargetKind::Turso(_))
+        matches!(
+            self,
+            TargetKind::Sqlite { .. } | TargetKind::Postgres(_) | TargetKind::Turso(_)
+        )
     }
 }
 
@@ -225,6 +243,21 @@ pub enum CheckWhat {
     Sql { sql: String, expect: Expect },
     /// A shell command that must exit 0.
     Command { command: String },
+    /// Object count or total bytes under a key prefix of an s3 target, compared with `expect`.
+    Objects {
+        prefix: String,
+        measure: Measure,
+        expect: Expect,
+    },
+}
+
+/// What an [`CheckWhat::Objects`] check measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    /// `objects = "prefix/"`: how many objects.
+    Count,
+    /// `bytes = "prefix/"`: their total size.
+    Bytes,
 }
 
 /// What a check's value must satisfy.
@@ -288,9 +321,10 @@ impl Expect {
             (">", Op::Gt),
         ] {
             if let Some(rest) = t.strip_prefix(prefix) {
-                let n: f64 = rest.trim().parse().map_err(|_| {
-                    anyhow!("expect {s:?}: {:?} is not a number after {prefix}", rest.trim())
-                })?;
+                let n: f64 = rest
+                    .trim()
+                    .parse()
+                    .map_err(|_| anyhow!("expect {s:?}: {:?} is not a number after {prefix}", rest.trim()))?;
                 return Ok(Expect::Compare(op, n));
             }
         }
@@ -308,11 +342,21 @@ struct RawPolicy {
     store: Option<Spanned<String>>,
     #[serde(default)]
     confirm: bool,
-    retention: Option<Spanned<RawRetention>>,
-    compression: Option<Spanned<RawCompression>>,
+    retention: Option<RawRetention>,
+    compression: Option<RawCompression>,
     #[serde(default)]
     target: Vec<Spanned<RawTarget>>,
     hooks: Option<RawHooks>,
+    #[serde(default)]
+    check: Vec<Spanned<RawCheck>>,
+    drill: Option<RawDrill>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDrill {
+    max_age: Option<Spanned<String>>,
+    on_failure: Option<String>,
     #[serde(default)]
     check: Vec<Spanned<RawCheck>>,
 }
@@ -320,15 +364,15 @@ struct RawPolicy {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRetention {
-    keep_within: Option<String>,
-    keep_last: Option<usize>,
+    keep_within: Option<Spanned<String>>,
+    keep_last: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCompression {
-    level: Option<u32>,
-    threads: Option<usize>,
+    level: Option<Spanned<u32>>,
+    threads: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -370,8 +414,29 @@ impl RawTarget {
         macro_rules! k {
             ($($f:ident),*) => { $( if self.$f.is_some() { v.push(stringify!($f)); } )* };
         }
-        k!(path, url, format, csv_tables, pg_bin, sessions, drill_url, bucket, prefix, clone_bucket, endpoint, region,
-           organization, database, group, api_token, api_url, db_url, db_token, export, restore);
+        k!(
+            path,
+            url,
+            format,
+            csv_tables,
+            pg_bin,
+            sessions,
+            drill_url,
+            bucket,
+            prefix,
+            clone_bucket,
+            endpoint,
+            region,
+            organization,
+            database,
+            group,
+            api_token,
+            api_url,
+            db_url,
+            db_token,
+            export,
+            restore
+        );
         v
     }
 }
@@ -394,11 +459,18 @@ struct RawCheck {
     sql: Option<String>,
     expect: Option<String>,
     command: Option<String>,
+    /// s3 targets: count of objects / total bytes under this key prefix.
+    objects: Option<String>,
+    bytes: Option<String>,
 }
 
 /// Line (1-based) of a byte offset in `text`.
 fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// Find the policy file the user means.
@@ -438,8 +510,7 @@ pub fn locate(arg: Option<&str>) -> Result<PathBuf> {
 
 /// Read and validate a policy file.
 pub fn load(path: &Path) -> Result<Policy> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read policy {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read policy {}", path.display()))?;
     parse(&text, path)
 }
 
@@ -507,14 +578,16 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy> {
 
     let mut retention = Retention::default();
     if let Some(r) = &raw.retention {
-        let span = r.span();
-        let r = r.get_ref();
+        let mut span = 0..0;
         if let Some(w) = &r.keep_within {
+            span = w.span();
+            let w = w.get_ref();
             retention.keep_within = humantime::parse_duration(&expand(w))
                 .map_err(|e| anyhow!("{}: retention.keep_within {w:?}: {e}", at(span.clone())))?;
         }
-        if let Some(n) = r.keep_last {
-            retention.keep_last = n;
+        if let Some(n) = &r.keep_last {
+            span = n.span();
+            retention.keep_last = *n.get_ref();
         }
         if retention.keep_last == 0 && retention.keep_within.is_zero() {
             bail!(
@@ -526,19 +599,17 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy> {
 
     let mut compression = Compression::default();
     if let Some(c) = &raw.compression {
-        let span = c.span();
-        let c = c.get_ref();
-        if let Some(l) = c.level {
-            if l > 9 {
-                bail!("{}: compression.level {l} must be 0-9", at(span));
+        if let Some(l) = &c.level {
+            if *l.get_ref() > 9 {
+                bail!("{}: compression.level {} must be 0-9", at(l.span()), l.get_ref());
             }
-            compression.level = l;
+            compression.level = *l.get_ref();
         }
-        if let Some(t) = c.threads {
-            if t == 0 {
-                bail!("{}: compression.threads must be at least 1", at(span));
+        if let Some(t) = &c.threads {
+            if *t.get_ref() == 0 {
+                bail!("{}: compression.threads must be at least 1", at(t.span()));
             }
-            compression.threads = t;
+            compression.threads = *t.get_ref();
         }
     }
 
@@ -550,7 +621,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy> {
         let t = t.get_ref();
         let tname = expand(&t.name);
         if !valid_name(&tname) {
-            bail!("{}: target name {tname:?} must be 1-64 characters of letters, digits, '-', '_' or '.'", at(span));
+            bail!(
+                "{}: target name {tname:?} must be 1-64 characters of letters, digits, '-', '_' or '.'",
+                at(span)
+            );
         }
         if !seen.insert(tname.clone()) {
             bail!("{}: target {tname:?} is defined twice", at(span));
@@ -565,25 +639,47 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy> {
             "sqlite" | "dir" => &["path"],
             "postgres" => &["url", "format", "csv_tables", "pg_bin", "sessions", "drill_url"],
             "s3" => &["bucket", "prefix", "clone_bucket", "endpoint", "region"],
-            "turso" => &["organization", "database", "group", "api_token", "api_url", "db_url", "db_token", "export", "restore"],
+            "turso" => &[
+                "organization",
+                "database",
+                "group",
+                "api_token",
+                "api_url",
+                "db_url",
+                "db_token",
+                "export",
+                "restore",
+            ],
             other => bail!(
                 "{}: target {tname:?}: unknown kind {other:?} (known: sqlite, dir, postgres, s3, turso)",
                 at(span)
             ),
         };
         if let Some(k) = t.present_keys().into_iter().find(|k| !allowed.contains(k)) {
-            bail!("{}: target {tname:?}: key `{k}` does not apply to kind {:?}", at(span), t.kind);
+            bail!(
+                "{}: target {tname:?}: key `{k}` does not apply to kind {:?}",
+                at(span),
+                t.kind
+            );
         }
         let need = |key: &str, v: &Option<String>| -> Result<String> {
             match v {
                 Some(s) if !expand(s).trim().is_empty() => Ok(expand(s)),
-                _ => bail!("{}: target {tname:?} of kind {:?} needs `{key}`", at(span.clone()), t.kind),
+                _ => bail!(
+                    "{}: target {tname:?} of kind {:?} needs `{key}`",
+                    at(span.clone()),
+                    t.kind
+                ),
             }
         };
         let opt = |v: &Option<String>| v.as_ref().map(|s| expand(s)).filter(|s| !s.trim().is_empty());
         let kind = match t.kind.as_str() {
-            "sqlite" => TargetKind::Sqlite { path: need_path("sqlite")? },
-            "dir" => TargetKind::Dir { path: need_path("dir")? },
+            "sqlite" => TargetKind::Sqlite {
+                path: need_path("sqlite")?,
+            },
+            "dir" => TargetKind::Dir {
+                path: need_path("dir")?,
+            },
             "postgres" => {
                 let url = need("url", &t.url)?;
                 if let Some(pw) = secrets::url_password(&url) {
@@ -592,17 +688,29 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy> {
                 let format = match t.format.as_deref().unwrap_or("custom") {
                     "custom" => PgFormat::Custom,
                     "plain" => PgFormat::Plain,
-                    f => bail!("{}: target {tname:?}: format {f:?} must be \"custom\" or \"plain\"", at(span)),
+                    f => bail!(
+                        "{}: target {tname:?}: format {f:?} must be \"custom\" or \"plain\"",
+                        at(span)
+                    ),
                 };
                 let sessions = match t.sessions.as_deref().unwrap_or("refuse") {
                     "refuse" => Sessions::Refuse,
                     "terminate" => Sessions::Terminate,
-                    x => bail!("{}: target {tname:?}: sessions {x:?} must be \"refuse\" or \"terminate\"", at(span)),
+                    x => bail!(
+                        "{}: target {tname:?}: sessions {x:?} must be \"refuse\" or \"terminate\"",
+                        at(span)
+                    ),
                 };
                 TargetKind::Postgres(PostgresSpec {
                     url,
                     format,
-                    csv_tables: t.csv_tables.clone().unwrap_or_default().iter().map(|s| expand(s)).collect(),
+                    csv_tables: t
+                        .csv_tables
+                        .clone()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|s| expand(s))
+                        .collect(),
                     pg_bin: opt(&t.pg_bin).map(|p| resolve(&p)),
                     sessions,
                     drill_url: opt(&t.drill_url),
@@ -634,42 +742,68 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy> {
                     restore: match t.restore.as_deref().unwrap_or("reload") {
                         "reload" => TursoRestore::Reload,
                         "promote" => TursoRestore::Promote,
-                        x => bail!("{}: target {tname:?}: restore {x:?} must be \"reload\" or \"promote\"", at(span)),
+                        x => bail!(
+                            "{}: target {tname:?}: restore {x:?} must be \"reload\" or \"promote\"",
+                            at(span)
+                        ),
                     },
                 })
             }
             _ => unreachable!("kind checked above"),
         };
-        targets.push(TargetSpec { name: tname, line, kind });
+        targets.push(TargetSpec {
+            name: tname,
+            line,
+            kind,
+        });
     }
 
     // Hooks and command checks are shell commands: `${VAR}` in them is left for the shell to
     // expand from the environment, so a secret never appears on `sh -c`'s command line.
     let hooks = raw
         .hooks
-        .map(|h| Hooks { before: h.before, after: h.after })
+        .map(|h| Hooks {
+            before: h.before,
+            after: h.after,
+        })
         .unwrap_or_default();
 
     let mut checks = Vec::new();
+    let mut drill_checks = Vec::new();
     let mut seen_checks = BTreeSet::new();
-    for c in &raw.check {
+    let raw_drill_checks: &[Spanned<RawCheck>] = raw.drill.as_ref().map(|d| d.check.as_slice()).unwrap_or(&[]);
+    let all_checks = raw
+        .check
+        .iter()
+        .map(|c| (false, c))
+        .chain(raw_drill_checks.iter().map(|c| (true, c)));
+    for (is_drill, c) in all_checks {
         let span = c.span();
         let line = line_of(text, span.start);
         let c = c.get_ref();
         let cname = expand(&c.name);
-        if !seen_checks.insert(cname.clone()) {
+        if !seen_checks.insert((is_drill, cname.clone())) {
             bail!("{}: check {cname:?} is defined twice", at(span));
         }
         let target = c.target.as_ref().map(|t| expand(t));
         if let Some(t) = &target {
             if !targets.iter().any(|x| &x.name == t) {
-                bail!("{}: check {cname:?} names target {t:?}, which the policy does not define", at(span));
+                bail!(
+                    "{}: check {cname:?} names target {t:?}, which the policy does not define",
+                    at(span)
+                );
             }
         }
-        let kinds = [c.untouched.is_some(), c.sql.is_some(), c.command.is_some()];
+        let kinds = [
+            c.untouched.is_some(),
+            c.sql.is_some(),
+            c.command.is_some(),
+            c.objects.is_some(),
+            c.bytes.is_some(),
+        ];
         if kinds.iter().filter(|&&k| k).count() != 1 {
             bail!(
-                "{}: check {cname:?} needs exactly one of `untouched`, `sql` or `command`",
+                "{}: check {cname:?} needs exactly one of `untouched`, `sql`, `command`, `objects` or `bytes`",
                 at(span)
             );
         }
@@ -689,33 +823,125 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy> {
                 bail!("{}: check {cname:?}: `sql` needs `target`", at(span));
             }
             let Some(e) = &c.expect else {
-                bail!("{}: check {cname:?}: `sql` needs `expect` (for example \"unchanged\" or \">= 1\")", at(span));
+                bail!(
+                    "{}: check {cname:?}: `sql` needs `expect` (for example \"unchanged\" or \">= 1\")",
+                    at(span)
+                );
             };
-            let expect = Expect::parse(&expand(e)).map_err(|e| anyhow!("{}: check {cname:?}: {e}", at(span.clone())))?;
-            CheckWhat::Sql { sql: expand(sql), expect }
+            let expect =
+                Expect::parse(&expand(e)).map_err(|e| anyhow!("{}: check {cname:?}: {e}", at(span.clone())))?;
+            CheckWhat::Sql {
+                sql: expand(sql),
+                expect,
+            }
+        } else if let Some((prefix, measure)) = c
+            .objects
+            .as_ref()
+            .map(|p| (p, Measure::Count))
+            .or(c.bytes.as_ref().map(|p| (p, Measure::Bytes)))
+        {
+            let key = if measure == Measure::Count { "objects" } else { "bytes" };
+            if target.is_none() {
+                bail!("{}: check {cname:?}: `{key}` needs `target` (an s3 target)", at(span));
+            }
+            let Some(e) = &c.expect else {
+                bail!(
+                    "{}: check {cname:?}: `{key}` needs `expect` (for example \">= 2000\" or \"unchanged\")",
+                    at(span)
+                );
+            };
+            let expect =
+                Expect::parse(&expand(e)).map_err(|e| anyhow!("{}: check {cname:?}: {e}", at(span.clone())))?;
+            if is_drill && matches!(expect, Expect::Unchanged | Expect::Changed) {
+                bail!(
+                    "{}: drill check {cname:?}: a drill has no \"before\" value; use a comparison such as \">= 1\"",
+                    at(span)
+                );
+            }
+            CheckWhat::Objects {
+                prefix: expand(prefix),
+                measure,
+                expect,
+            }
         } else {
             if target.is_some() {
                 bail!("{}: check {cname:?}: a `command` check takes no `target`", at(span));
             }
             if c.expect.is_some() {
-                bail!("{}: check {cname:?}: a `command` check passes when the command exits 0; `expect` does not apply", at(span));
+                bail!(
+                    "{}: check {cname:?}: a `command` check passes when the command exits 0; `expect` does not apply",
+                    at(span)
+                );
             }
-            CheckWhat::Command { command: c.command.clone().unwrap_or_default() }
+            CheckWhat::Command {
+                command: c.command.clone().unwrap_or_default(),
+            }
         };
-        checks.push(CheckSpec { name: cname, line, target, what });
+        if is_drill {
+            if let CheckWhat::Sql {
+                expect: Expect::Unchanged | Expect::Changed,
+                ..
+            } = &what
+            {
+                bail!(
+                    "{}: drill check {cname:?}: a drill has no \"before\" value; use a comparison such as \">= 1\"",
+                    at(span)
+                );
+            }
+            drill_checks.push(CheckSpec {
+                name: cname,
+                line,
+                target,
+                what,
+            });
+        } else {
+            checks.push(CheckSpec {
+                name: cname,
+                line,
+                target,
+                what,
+            });
+        }
     }
     // Directory targets answer `untouched` but not SQL.
-    for c in &checks {
+    for c in checks.iter().chain(drill_checks.iter()) {
+        if let (Some(t), CheckWhat::Objects { .. }) = (&c.target, &c.what) {
+            let spec = targets.iter().find(|x| &x.name == t).expect("validated above");
+            if !matches!(spec.kind, TargetKind::S3(_)) {
+                bail!("{shown}:{}: check {:?}: target {t:?} is of kind {}; `objects` and `bytes` checks need an s3 target", c.line, c.name, spec.kind.as_str());
+            }
+        }
         if let (Some(t), CheckWhat::Sql { .. }) = (&c.target, &c.what) {
             let spec = targets.iter().find(|x| &x.name == t).expect("validated above");
             if !spec.kind.answers_sql() {
-                bail!("{shown}:{}: check {:?}: target {t:?} is of kind {}; `sql` checks need a database target", c.line, c.name, spec.kind.as_str());
+                bail!(
+                    "{shown}:{}: check {:?}: target {t:?} is of kind {}; `sql` checks need a database target",
+                    c.line,
+                    c.name,
+                    spec.kind.as_str()
+                );
             }
         }
     }
 
+    let mut drill = Drill {
+        checks: drill_checks,
+        ..Drill::default()
+    };
+    if let Some(d) = &raw.drill {
+        if let Some(a) = &d.max_age {
+            let text = a.get_ref();
+            drill.max_age = Some(
+                humantime::parse_duration(&expand(text))
+                    .map_err(|e| anyhow!("{}: drill.max_age {text:?}: {e}", at(a.span())))?,
+            );
+        }
+        drill.on_failure = d.on_failure.clone();
+    }
+
     Ok(Policy {
         name,
+        drill,
         file: path.to_path_buf(),
         base_dir,
         store,
@@ -733,7 +959,8 @@ pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && !s.starts_with('.')
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Every `${VAR}` outside comments must be set; report the first missing one with its line.
@@ -745,7 +972,10 @@ fn check_variables(text: &str, shown: &str) -> Result<()> {
                 // Secret-looking values are masked in all output, including what hooks, checks
                 // and the wrapped command print.
                 Ok(value) => secrets::register_from_env(&name, &value),
-                Err(_) => bail!("{shown}:{}: environment variable {name} is not set (the policy uses ${{{name}}})", i + 1),
+                Err(_) => bail!(
+                    "{shown}:{}: environment variable {name} is not set (the policy uses ${{{name}}})",
+                    i + 1
+                ),
             }
         }
     }
@@ -829,7 +1059,8 @@ mod tests {
 
     #[test]
     fn unknown_key_names_line() {
-        let e = p("name = \"a\"\n\n[[target]]\nname = \"db\"\nkind = \"sqlite\"\npath = \"a.db\"\npaht = 1\n").unwrap_err();
+        let e =
+            p("name = \"a\"\n\n[[target]]\nname = \"db\"\nkind = \"sqlite\"\npath = \"a.db\"\npaht = 1\n").unwrap_err();
         let s = format!("{e:#}");
         assert!(s.contains("policy.toml:7"), "{s}");
         assert!(s.contains("paht"), "{s}");
@@ -859,13 +1090,15 @@ mod tests {
 
     #[test]
     fn check_must_name_known_target() {
-        let e = p("name = \"a\"\n[[check]]\nname = \"c\"\ntarget = \"nope\"\nsql = \"select 1\"\nexpect = \"== 1\"\n").unwrap_err();
+        let e = p("name = \"a\"\n[[check]]\nname = \"c\"\ntarget = \"nope\"\nsql = \"select 1\"\nexpect = \"== 1\"\n")
+            .unwrap_err();
         assert!(format!("{e:#}").contains("policy.toml:2"), "{e:#}");
     }
 
     #[test]
     fn keys_of_other_kinds_are_refused() {
-        let e = p("name = \"a\"\n[[target]]\nname = \"db\"\nkind = \"sqlite\"\npath = \"a.db\"\nbucket = \"b\"\n").unwrap_err();
+        let e = p("name = \"a\"\n[[target]]\nname = \"db\"\nkind = \"sqlite\"\npath = \"a.db\"\nbucket = \"b\"\n")
+            .unwrap_err();
         let s = format!("{e:#}");
         assert!(s.contains("policy.toml:2") && s.contains("bucket"), "{s}");
     }
@@ -873,10 +1106,20 @@ mod tests {
     #[test]
     fn postgres_password_is_not_in_debug_output() {
         std::env::set_var("GUARD_TEST_PG_URL", "postgres://app:pw-in-url-123@db/x");
-        let pol = p("name = \"a\"\n[[target]]\nname = \"db\"\nkind = \"postgres\"\nurl = \"${GUARD_TEST_PG_URL}\"\n").unwrap();
+        let pol = p("name = \"a\"\n[[target]]\nname = \"db\"\nkind = \"postgres\"\nurl = \"${GUARD_TEST_PG_URL}\"\n")
+            .unwrap();
         let dbg = format!("{pol:?}");
         assert!(!dbg.contains("pw-in-url-123"), "{dbg}");
         assert_eq!(crate::secrets::redact("x pw-in-url-123 y"), "x *** y");
+    }
+
+    #[test]
+    fn implicit_tables_parse() {
+        let pol = p("name = \"a\"\nretention.keep_last = 5\n[[target]]\nname = \"app\"\nkind = \"sqlite\"\npath = \"a.db\"\n[[drill.check]]\nname = \"c\"\ntarget = \"app\"\nsql = \"select 1\"\nexpect = \"== 1\"\n").unwrap();
+        assert_eq!(pol.retention.keep_last, 5);
+        assert_eq!(pol.drill.checks.len(), 1);
+        let e = p("name = \"a\"\n[drill]\nmax_age = \"soon\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("policy.toml:3"), "{e:#}");
     }
 
     #[test]

@@ -28,7 +28,12 @@ pub struct TargetRestore {
 pub fn target_for(policy: &Policy, rec: &TargetRecord) -> Result<Box<dyn Target>> {
     if let Some(spec) = policy.targets.iter().find(|t| t.name == rec.name) {
         if spec.kind.as_str() != rec.kind {
-            anyhow::bail!("target {} is a {} in the policy but a {} in the snapshot", rec.name, spec.kind.as_str(), rec.kind);
+            anyhow::bail!(
+                "target {} is a {} in the policy but a {} in the snapshot",
+                rec.name,
+                spec.kind.as_str(),
+                rec.kind
+            );
         }
         return targets::build(spec);
     }
@@ -36,7 +41,13 @@ pub fn target_for(policy: &Policy, rec: &TargetRecord) -> Result<Box<dyn Target>
 }
 
 /// Restore every target of `m` (or those in `only`), in manifest order, and verify each.
-pub fn restore_all(policy: &Policy, store: &dyn Store, m: &Manifest, only: Option<&[String]>, ui: &Ui) -> Vec<TargetRestore> {
+pub fn restore_all(
+    policy: &Policy,
+    store: &dyn Store,
+    m: &Manifest,
+    only: Option<&[String]>,
+    ui: &Ui,
+) -> Vec<TargetRestore> {
     let mut out = Vec::new();
     for rec in &m.targets {
         if let Some(only) = only {
@@ -48,15 +59,25 @@ pub fn restore_all(policy: &Policy, store: &dyn Store, m: &Manifest, only: Optio
         let spinner = ui.spinner(&format!("restore {}", rec.name));
         let r = target_for(policy, rec).and_then(|t| {
             t.restore(rec, store)?;
-            t.verify_restored(rec).map_err(|e| anyhow::anyhow!("restored, but it does not match the snapshot: {e:#}"))
+            t.verify_restored(rec)
+                .map_err(|e| anyhow::anyhow!("restored, but it does not match the snapshot: {e:#}"))
         });
         spinner.finish();
         let seconds = started.elapsed().as_secs_f64();
         match &r {
             Ok(()) => ui.info(&format!("  {:<16} restored and verified in {seconds:.1}s", rec.name)),
-            Err(e) => eprintln!("guard: restore of {} FAILED: {}", rec.name, crate::secrets::redact(&format!("{e:#}"))),
+            Err(e) => eprintln!(
+                "guard: restore of {} FAILED: {}",
+                rec.name,
+                crate::secrets::redact(&format!("{e:#}"))
+            ),
         }
-        out.push(TargetRestore { target: rec.name.clone(), ok: r.is_ok(), seconds, error: r.err().map(|e| crate::secrets::redact(&format!("{e:#}"))) });
+        out.push(TargetRestore {
+            target: rec.name.clone(),
+            ok: r.is_ok(),
+            seconds,
+            error: r.err().map(|e| crate::secrets::redact(&format!("{e:#}"))),
+        });
         crate::journal::test_pause("restore-between-targets");
     }
     out

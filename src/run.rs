@@ -47,7 +47,11 @@ fn print_plan(policy: &Policy, targets: &[Box<dyn Target>], opts: &Options, ui: 
         }));
         return;
     }
-    let mut s = format!("dry run of policy {} ({}): nothing will be touched\n", policy.name, policy.file.display());
+    let mut s = format!(
+        "dry run of policy {} ({}): nothing will be touched\n",
+        policy.name,
+        policy.file.display()
+    );
     s.push_str(&format!("store: {}\n", policy.store));
     if policy.confirm && !opts.yes {
         s.push_str("confirm: guard would ask before running (--yes skips)\n");
@@ -64,8 +68,17 @@ fn print_plan(policy: &Policy, targets: &[Box<dyn Target>], opts: &Options, ui: 
             CheckWhat::Untouched(items) => format!("{} untouched", items.join(", ")),
             CheckWhat::Sql { sql, expect } => format!("{sql} → {expect}"),
             CheckWhat::Command { command } => format!("`{command}` exits 0"),
+            CheckWhat::Objects {
+                prefix,
+                measure,
+                expect,
+            } => format!("{measure:?} under {prefix:?} → {expect}"),
         };
-        s.push_str(&format!("check: {} [{}] {what}\n", c.name, c.target.as_deref().unwrap_or("-")));
+        s.push_str(&format!(
+            "check: {} [{}] {what}\n",
+            c.name,
+            c.target.as_deref().unwrap_or("-")
+        ));
     }
     s.push_str(if opts.no_restore {
         "on failure: keep the failed state (--no-restore)\n"
@@ -95,7 +108,11 @@ pub fn shell_words(args: &[String]) -> String {
 /// Is `program` something we can execute? (PATH lookup for bare names.)
 fn command_exists(program: &str) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &std::path::Path| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
+    let executable = |p: &std::path::Path| {
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
     if program.contains('/') {
         return executable(std::path::Path::new(program));
     }
@@ -185,8 +202,15 @@ fn run_command(cmd: &[String], log: File, ui: &Ui) -> Result<i32> {
             None => std::thread::sleep(Duration::from_millis(25)),
         }
     };
-    let _ = out.join();
-    let _ = err.join();
+    // The command has exited, but a process it left behind (a daemon, `sleep &`) may still hold
+    // its stdout/stderr open: drain what is there for a moment, then stop waiting for EOF.
+    let grace = std::time::Instant::now() + Duration::from_secs(2);
+    while !(out.is_finished() && err.is_finished()) && std::time::Instant::now() < grace {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if !(out.is_finished() && err.is_finished()) {
+        ui.warn("the command exited but something it started still holds its output open; no longer waiting for it");
+    }
     if let Ok(l) = log.lock() {
         let _ = l.sync_all();
     }
@@ -194,8 +218,8 @@ fn run_command(cmd: &[String], log: File, ui: &Ui) -> Result<i32> {
 }
 
 fn open_log(store: &dyn Store, run_id: &str) -> Result<File> {
-    let root = store.local_root().context("run logs need a local store")?;
-    let path = root.join(journal::log_key(run_id));
+    // A remote store's log is written locally and uploaded when the command ends (publish_log).
+    let path = store::state_dir(store)?.join(journal::log_key(run_id));
     store::local::create_dir_all_private(path.parent().expect("has parent"))?;
     Ok(OpenOptions::new().create(true).append(true).mode(0o600).open(&path)?)
 }
@@ -213,28 +237,52 @@ pub fn print_checks(results: &[CheckResult], ui: &Ui) {
                 r.before.clone().unwrap_or_else(|| "-".into()),
                 r.after.clone().unwrap_or_else(|| "-".into()),
                 r.expect.clone(),
-                if r.passed { "pass".into() } else { format!("FAIL{}", r.detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default()) },
+                if r.passed {
+                    "pass".into()
+                } else {
+                    format!(
+                        "FAIL{}",
+                        r.detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default()
+                    )
+                },
             ]
         })
         .collect();
-    eprint!("{}", crate::secrets::redact(&ui::table(&["check", "before", "after", "expect", "result"], &rows)));
+    eprint!(
+        "{}",
+        crate::secrets::redact(&ui::table(&["check", "before", "after", "expect", "result"], &rows))
+    );
 }
 
 /// The guarded run. Returns guard's exit code.
 pub fn guarded(policy: &Policy, opts: &Options, ui: &Ui) -> Result<u8, Failure> {
     if opts.command.is_empty() {
-        return Err(Failure::msg(Kind::Usage, "nothing to run: use `guard [--policy P] -- COMMAND [ARGS...]`"));
+        return Err(Failure::msg(
+            Kind::Usage,
+            "nothing to run: use `guard [--policy P] -- COMMAND [ARGS...]`",
+        ));
     }
-    let targets: Vec<Box<dyn Target>> = policy.targets.iter().map(targets::build).collect::<Result<_>>().kind(Kind::Usage)?;
+    let targets: Vec<Box<dyn Target>> = policy
+        .targets
+        .iter()
+        .map(targets::build)
+        .collect::<Result<_>>()
+        .kind(Kind::Usage)?;
     if opts.dry_run {
         print_plan(policy, &targets, opts, ui);
         return Ok(0);
     }
     if !command_exists(&opts.command[0]) {
-        return Err(Failure::msg(Kind::Usage, format!("command not found: {:?} (nothing was run)", opts.command[0])));
+        return Err(Failure::msg(
+            Kind::Usage,
+            format!("command not found: {:?} (nothing was run)", opts.command[0]),
+        ));
     }
     if policy.targets.is_empty() {
-        return Err(Failure::msg(Kind::Usage, format!("policy {} names no target: nothing to protect", policy.name)));
+        return Err(Failure::msg(
+            Kind::Usage,
+            format!("policy {} names no target: nothing to protect", policy.name),
+        ));
     }
     let store = store::open(&policy.store).kind(Kind::Snapshot)?;
     let store = store.as_ref();
@@ -242,7 +290,9 @@ pub fn guarded(policy: &Policy, opts: &Options, ui: &Ui) -> Result<u8, Failure> 
     let cmdline = shell_words(&opts.command);
     let lock = crate::lock::acquire(store, &policy.name, &cmdline, Some(&run_id))?;
     if let Some(h) = &lock.taken_over {
-        ui.warn(&format!("took over the lock of a guard that died ({h}); `guard status` shows what it left behind"));
+        ui.warn(&format!(
+            "took over the lock of a guard that died ({h}); `guard status` shows what it left behind"
+        ));
     }
     refuse_if_interrupted(store, policy)?;
     let catalog = crate::catalog::Catalog::open(store).kind(Kind::Snapshot)?;
@@ -252,10 +302,18 @@ pub fn guarded(policy: &Policy, opts: &Options, ui: &Ui) -> Result<u8, Failure> 
             "guard: run `{}` on {} (targets: {})?",
             cmdline,
             policy.name,
-            policy.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+            policy
+                .targets
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         if !ui.confirm(&q) {
-            return Err(Failure::msg(Kind::Declined, "not confirmed (pass --yes to skip the question); nothing was run"));
+            return Err(Failure::msg(
+                Kind::Declined,
+                "not confirmed (pass --yes to skip the question); nothing was run",
+            ));
         }
     }
 
@@ -322,13 +380,18 @@ pub fn guarded(policy: &Policy, opts: &Options, ui: &Ui) -> Result<u8, Failure> 
     }
     match result {
         Ok((code, _)) => Ok(code),
+        Err(f) if ui.json => Err(f.reported()),
         Err(f) => Err(f),
     }
 }
 
 /// Refuse to start while an earlier run of this policy was interrupted and not yet recovered.
 fn refuse_if_interrupted(store: &dyn Store, policy: &Policy) -> Result<(), Failure> {
-    if let Some(j) = crate::status::interrupted_runs(store, &policy.name).kind(Kind::Internal)?.into_iter().next() {
+    if let Some(j) = crate::status::interrupted_runs(store, &policy.name)
+        .kind(Kind::Internal)?
+        .into_iter()
+        .next()
+    {
         return Err(Failure::msg(
             Kind::Usage,
             format!(
@@ -379,7 +442,11 @@ fn lifecycle(
     let _ = catalog.mark_verified(&snap.id, true);
     j.snapshot_id = Some(snap.id.clone());
     j.enter(store, Phase::SnapshotVerified).kind(Kind::Snapshot)?;
-    ui.info(&format!("guard: snapshot {} verified; running {}", snap.id, shell_words(&opts.command)));
+    ui.info(&format!(
+        "guard: snapshot {} verified; running {}",
+        snap.id,
+        shell_words(&opts.command)
+    ));
 
     let log = open_log(store, &j.run_id).kind(Kind::Snapshot)?;
     j.enter(store, Phase::CommandRunning).kind(Kind::Internal)?;
@@ -392,6 +459,9 @@ fn lifecycle(
         }
     };
     j.command_exit = Some(code);
+    if let Err(e) = store::publish_log(store, &j.run_id) {
+        ui.warn(&format!("could not upload the run log to {}: {e:#}", store.location()));
+    }
     j.enter(store, Phase::Checking).kind(Kind::Internal)?;
     let results = checks::evaluate(policy, targets, &before, &snap);
     print_checks(&results, ui);
@@ -400,21 +470,35 @@ fn lifecycle(
     j.save(store).kind(Kind::Internal)?;
 
     if code == 0 && checks_ok {
-        ui.info(&format!("guard: command succeeded and every check passed; changes kept (pre-run snapshot {})", snap.id));
+        ui.info(&format!(
+            "guard: command succeeded and every check passed; changes kept (pre-run snapshot {})",
+            snap.id
+        ));
         return Ok((0, "kept".into()));
     }
-    let why = if code != 0 { format!("the command exited {code}") } else { "a check failed".to_string() };
+    let why = if code != 0 {
+        format!("the command exited {code}")
+    } else {
+        "a check failed".to_string()
+    };
     if opts.no_restore {
         ui.info(&format!(
             "guard: {why}; --no-restore keeps the failed state. To roll back later: guard --policy {} restore {}",
             policy.file.display(),
             snap.id
         ));
-        let exit = if code != 0 { clamp(code) } else { Kind::KeptFailed.exit_code() };
+        let exit = if code != 0 {
+            clamp(code)
+        } else {
+            Kind::KeptFailed.exit_code()
+        };
         return Ok((exit, "failed-kept".into()));
     }
 
-    ui.info(&format!("guard: {why}; taking a rescue snapshot of the failed state, then restoring {}", snap.id));
+    ui.info(&format!(
+        "guard: {why}; taking a rescue snapshot of the failed state, then restoring {}",
+        snap.id
+    ));
     j.enter(store, Phase::Rescuing).kind(Kind::Internal)?;
     let rescue = snapshot::take(
         policy,
@@ -488,7 +572,9 @@ pub fn restore_deferring_signals(policy: &Policy, store: &dyn Store, m: &Manifes
     crate::signals::install();
     let r = restore::restore_all(policy, store, m, None, ui);
     if let Some(sig) = crate::signals::take() {
-        ui.warn(&format!("signal {sig} arrived during the restore; it was deferred until the targets were consistent"));
+        ui.warn(&format!(
+            "signal {sig} arrived during the restore; it was deferred until the targets were consistent"
+        ));
     }
     r
 }

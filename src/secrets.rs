@@ -106,7 +106,10 @@ mod tests {
 
     #[test]
     fn urls_are_masked() {
-        assert_eq!(redact_url("postgres://app:s3cret@db:5432/x"), "postgres://app:***@db:5432/x");
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
         assert_eq!(redact_url("postgres://db/x"), "postgres://db/x");
         assert_eq!(url_password("postgres://a:b%40c@h/d").as_deref(), Some("b%40c"));
     }

@@ -42,7 +42,7 @@ pub struct Request<'a> {
 /// Tables/paths each target must fingerprint because an `untouched` check names them.
 pub fn fingerprint_items(policy: &Policy) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for c in &policy.checks {
+    for c in policy.checks.iter().chain(policy.drill.checks.iter()) {
         if let (Some(t), CheckWhat::Untouched(items)) = (&c.target, &c.what) {
             let v = out.entry(t.clone()).or_default();
             for i in items {
@@ -66,13 +66,22 @@ pub fn scratch_dir(store: &dyn Store) -> Result<tempfile::TempDir> {
 }
 
 /// Take, verify and complete a snapshot of `targets`.
-pub fn take(policy: &Policy, targets: &[Box<dyn Target>], store: &dyn Store, req: Request, ui: &Ui) -> Result<Manifest> {
+pub fn take(
+    policy: &Policy,
+    targets: &[Box<dyn Target>],
+    store: &dyn Store,
+    req: Request,
+    ui: &Ui,
+) -> Result<Manifest> {
     let created_at = crate::now();
     let id = manifest::new_id(created_at);
     let scratch = scratch_dir(store)?;
     let items = fingerprint_items(policy);
+    // Records of the targets snapshotted so far, so a failure can release what they created
+    // outside the store.
+    let mut taken: Vec<crate::manifest::TargetRecord> = Vec::new();
     let result = (|| -> Result<Manifest> {
-        let mut records = Vec::new();
+        let records = &mut taken;
         for t in targets {
             if let Some(only) = req.only {
                 if !only.iter().any(|o| o == t.name()) {
@@ -83,6 +92,7 @@ pub fn take(policy: &Policy, targets: &[Box<dyn Target>], store: &dyn Store, req
             let ctx = SnapshotCtx {
                 store,
                 snapshot_id: &id,
+                policy: &policy.name,
                 compression: policy.compression,
                 scratch: scratch.path(),
                 fingerprint: items.get(t.name()).unwrap_or(&empty),
@@ -90,9 +100,14 @@ pub fn take(policy: &Policy, targets: &[Box<dyn Target>], store: &dyn Store, req
             };
             let started = std::time::Instant::now();
             let spinner = ui.spinner(&format!("snapshot {} ({})", t.name(), t.kind()));
-            let rec = t.snapshot(&ctx).with_context(|| format!("snapshot of target {} failed", t.name()))?;
+            let rec = t
+                .snapshot(&ctx)
+                .with_context(|| format!("snapshot of target {} failed", t.name()))?;
             spinner.finish();
-            let (raw, stored): (u64, u64) = rec.artifacts.iter().fold((0, 0), |(r, s), a| (r + a.raw_bytes, s + a.bytes));
+            let (raw, stored): (u64, u64) = rec
+                .artifacts
+                .iter()
+                .fold((0, 0), |(r, s), a| (r + a.raw_bytes, s + a.bytes));
             if rec.absent {
                 ui.info(&format!("  {:<16} absent (recorded as missing)", t.name()));
             } else {
@@ -121,8 +136,11 @@ pub fn take(policy: &Policy, targets: &[Box<dyn Target>], store: &dyn Store, req
             completed_at: crate::now(),
             host: crate::hostname(),
             guard_version: env!("CARGO_PKG_VERSION").to_string(),
-            command: req.command.clone().map(|c| c.iter().map(|a| crate::secrets::redact(a)).collect()),
-            targets: records,
+            command: req
+                .command
+                .clone()
+                .map(|c| c.iter().map(|a| crate::secrets::redact(a)).collect()),
+            targets: records.clone(),
         };
         verify_artifacts(store, &m, Depth::Content).context("the new snapshot failed verification")?;
         m.save(store)?;
@@ -130,6 +148,20 @@ pub fn take(policy: &Policy, targets: &[Box<dyn Target>], store: &dyn Store, req
     })();
     if result.is_err() {
         discard(store, &id);
+        // A Turso branch made for this snapshot would otherwise outlive it. (Bucket clones share
+        // objects with earlier snapshots: what only this one copied is left for prune.)
+        for rec in &taken {
+            if let Some(t) = targets.iter().find(|t| t.name() == rec.name) {
+                if !t.release_needs_kept() {
+                    if let Err(e) = t.release(rec, &[], store) {
+                        ui.warn(&format!(
+                            "could not release what the failed snapshot made for {}: {e:#}",
+                            rec.name
+                        ));
+                    }
+                }
+            }
+        }
     }
     result
 }
@@ -148,7 +180,11 @@ pub fn discard(store: &dyn Store, id: &str) {
 pub fn compare_digests(store: &dyn Store, a: &Artifact, got: &Compressed) -> Result<()> {
     let where_ = format!("{}/{}", store.location(), a.key);
     if got.stored.bytes != a.bytes {
-        bail!("{where_}: {} bytes, manifest says {} (truncated or replaced)", got.stored.bytes, a.bytes);
+        bail!(
+            "{where_}: {} bytes, manifest says {} (truncated or replaced)",
+            got.stored.bytes,
+            a.bytes
+        );
     }
     if got.stored.sha256 != a.sha256 {
         bail!("{where_}: SHA-256 mismatch (the stored file is corrupt or was modified)");
@@ -166,7 +202,9 @@ pub fn verify_artifacts(store: &dyn Store, m: &Manifest, depth: Depth) -> Result
             let where_ = format!("{}/{}", store.location(), a.key);
             match store.size(&a.key)? {
                 None => bail!("{where_}: missing"),
-                Some(n) if n != a.bytes => bail!("{where_}: {n} bytes, manifest says {} (truncated or replaced)", a.bytes),
+                Some(n) if n != a.bytes => {
+                    bail!("{where_}: {n} bytes, manifest says {} (truncated or replaced)", a.bytes)
+                }
                 _ => {}
             }
             if depth == Depth::Checksums {
@@ -195,14 +233,38 @@ pub fn verify_artifacts(store: &dyn Store, m: &Manifest, depth: Depth) -> Result
 
 /// Full verification: checksums, content, and each target's engine-level checks.
 pub fn verify(store: &dyn Store, m: &Manifest, depth: Depth, scratch: &Path) -> Result<()> {
+    verify_for(None, store, m, depth, scratch)
+}
+
+/// [`verify`], falling back on the policy's target when a record alone cannot rebuild one (a
+/// Turso target needs the policy's tokens).
+pub fn verify_for(
+    policy: Option<&Policy>,
+    store: &dyn Store,
+    m: &Manifest,
+    depth: Depth,
+    scratch: &Path,
+) -> Result<()> {
     verify_artifacts(store, m, depth.min(Depth::Content))?;
     if depth == Depth::Deep {
         for rec in &m.targets {
             if rec.absent {
                 continue;
             }
-            let t = targets::from_record(rec)?;
-            t.deep_verify(rec, store, scratch).with_context(|| format!("target {}", rec.name))?;
+            // The policy's own target when it still names this one (its settings, such as
+            // `pg_bin`, apply); otherwise one rebuilt from the record.
+            let t = match policy {
+                Some(p)
+                    if p.targets
+                        .iter()
+                        .any(|t| t.name == rec.name && t.kind.as_str() == rec.kind) =>
+                {
+                    crate::restore::target_for(p, rec)?
+                }
+                _ => targets::from_record(rec)?,
+            };
+            t.deep_verify(rec, store, scratch)
+                .with_context(|| format!("target {}", rec.name))?;
         }
     }
     Ok(())

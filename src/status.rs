@@ -20,7 +20,11 @@ use crate::ui::{self, Ui};
 pub fn journals(store: &dyn Store) -> Result<Vec<Journal>> {
     let mut out = Vec::new();
     for e in store.list("runs/")? {
-        if let Some(id) = e.key.strip_prefix("runs/").and_then(|k| k.strip_suffix("/journal.json")) {
+        if let Some(id) = e
+            .key
+            .strip_prefix("runs/")
+            .and_then(|k| k.strip_suffix("/journal.json"))
+        {
             if let Ok(j) = Journal::load(store, id) {
                 out.push(j);
             }
@@ -46,8 +50,12 @@ pub fn interrupted_runs(store: &dyn Store, policy: &str) -> Result<Vec<Journal>>
 pub fn incomplete_snapshots(store: &dyn Store) -> Result<Vec<String>> {
     let mut ids = std::collections::BTreeMap::<String, bool>::new();
     for e in store.list("snapshots/")? {
-        let Some(rest) = e.key.strip_prefix("snapshots/") else { continue };
-        let Some((id, file)) = rest.split_once('/') else { continue };
+        let Some(rest) = e.key.strip_prefix("snapshots/") else {
+            continue;
+        };
+        let Some((id, file)) = rest.split_once('/') else {
+            continue;
+        };
         let has = ids.entry(id.to_string()).or_insert(false);
         if file == "manifest.json" {
             *has = true;
@@ -94,6 +102,34 @@ pub fn status(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
     let snaps = catalog.snapshots(Some(&policy.name))?;
     let runs = catalog.runs(Some(&policy.name), 1)?;
     let file = policy.file.display().to_string();
+    let drills = catalog.drills(Some(&policy.name), 1000)?;
+    let last_drill = drills.first();
+    let last_good_drill = drills.iter().find(|d| d.ok);
+    // The newest snapshot nothing has found wrong with: what a restore would use.
+    let restorable = snaps.iter().find(|s| {
+        s.kind != crate::manifest::SnapshotKind::Rescue.as_str()
+            && s.verified_ok != Some(false)
+            && s.drilled_ok != Some(false)
+    });
+    let stale = match (policy.drill.max_age, restorable) {
+        (Some(max), Some(s)) => {
+            let t = time::OffsetDateTime::parse(&s.created_at, &time::format_description::well_known::Rfc3339)?;
+            let age = crate::now() - t;
+            (age > time::Duration::try_from(max).unwrap_or(time::Duration::MAX)).then(|| {
+                format!(
+                    "the newest restorable snapshot ({}) is {} old, more than drill.max_age = {}",
+                    s.id,
+                    humantime::format_duration(std::time::Duration::from_secs(age.whole_seconds().max(0) as u64)),
+                    humantime::format_duration(max)
+                )
+            })
+        }
+        (Some(max), None) => Some(format!(
+            "there is no restorable snapshot (drill.max_age = {})",
+            humantime::format_duration(max)
+        )),
+        _ => None,
+    };
     if ui.json {
         ui::print_json(&json!({
             "policy": policy.name,
@@ -107,12 +143,19 @@ pub fn status(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
                 json!({"run_id": j.run_id, "phase": j.phase.as_str(), "snapshot_id": j.snapshot_id, "rescue_id": j.rescue_id, "state": state, "todo": todo})
             }).collect::<Vec<_>>(),
             "incomplete_snapshots": incomplete,
+            "last_drill": last_drill.map(|d| json!({"id": d.id, "snapshot_id": d.snapshot_id, "started_at": d.started_at, "ok": d.ok, "seconds": d.seconds})),
+            "last_good_drill": last_good_drill.map(|d| json!({"id": d.id, "snapshot_id": d.snapshot_id, "started_at": d.started_at, "seconds": d.seconds})),
+            "newest_restorable_snapshot": restorable.map(|s| s.id.clone()),
+            "warnings": stale.iter().collect::<Vec<_>>(),
         }));
         return Ok(0);
     }
     let mut s = format!("policy {} — store {}\n", policy.name, store.location());
     if held {
-        s.push_str(&format!("running now: {}\n", holder.map(|h| h.to_string()).unwrap_or_else(|| "another guard".into())));
+        s.push_str(&format!(
+            "running now: {}\n",
+            holder.map(|h| h.to_string()).unwrap_or_else(|| "another guard".into())
+        ));
     }
     match runs.first() {
         Some(r) => s.push_str(&format!(
@@ -126,8 +169,37 @@ pub fn status(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
         None => s.push_str("last run: none\n"),
     }
     match snaps.first() {
-        Some(n) => s.push_str(&format!("snapshots: {} complete; newest {} ({}, {})\n", snaps.len(), n.id, n.kind, n.created_at)),
+        Some(n) => s.push_str(&format!(
+            "snapshots: {} complete; newest {} ({}, {})\n",
+            snaps.len(),
+            n.id,
+            n.kind,
+            n.created_at
+        )),
         None => s.push_str("snapshots: none\n"),
+    }
+    match (last_drill, last_good_drill) {
+        (None, _) => s.push_str("drills: none yet (`guard drill`)\n"),
+        (Some(d), Some(g)) if d.id == g.id => s.push_str(&format!(
+            "last drill: passed {} (snapshot {}, {:.2}s)\n",
+            d.started_at, d.snapshot_id, d.seconds
+        )),
+        (Some(d), g) => {
+            s.push_str(&format!(
+                "last drill: FAILED {} (snapshot {})\n",
+                d.started_at, d.snapshot_id
+            ));
+            match g {
+                Some(g) => s.push_str(&format!(
+                    "last good drill: {} (snapshot {}, {:.2}s)\n",
+                    g.started_at, g.snapshot_id, g.seconds
+                )),
+                None => s.push_str("last good drill: none\n"),
+            }
+        }
+    }
+    if let Some(w) = &stale {
+        s.push_str(&format!("WARNING: {w}\n"));
     }
     for j in &interrupted {
         let (state, todo) = advice(j, &file);
@@ -146,7 +218,7 @@ pub fn status(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
             incomplete.join(", ")
         ));
     }
-    if interrupted.is_empty() && !held {
+    if interrupted.is_empty() && !held && stale.is_none() {
         s.push_str("nothing needs attention\n");
     }
     print!("{}", crate::secrets::redact(&s));
@@ -173,21 +245,43 @@ pub fn recover(policy: &Policy, keep: bool, yes: bool, ui: &Ui) -> Result<u8, Fa
     }
     let mut done = Vec::new();
     for mut j in interrupted {
-        let touched = matches!(j.phase, Phase::CommandRunning | Phase::Checking | Phase::Rescuing | Phase::Restoring);
+        let touched = matches!(
+            j.phase,
+            Phase::CommandRunning | Phase::Checking | Phase::Rescuing | Phase::Restoring
+        );
         let outcome = if !touched {
             "abandoned".to_string()
         } else if keep {
             "kept-after-interrupt".to_string()
         } else {
-            let snap_id = j.snapshot_id.clone().ok_or_else(|| Failure::msg(Kind::RestoreFailed, format!("run {} has no pre-run snapshot to restore", j.run_id)))?;
+            let snap_id = j.snapshot_id.clone().ok_or_else(|| {
+                Failure::msg(
+                    Kind::RestoreFailed,
+                    format!("run {} has no pre-run snapshot to restore", j.run_id),
+                )
+            })?;
             let m = catalog.load_manifest(store, &snap_id).kind(Kind::Corrupt)?;
-            if !yes && !ui.confirm(&format!("guard: restore {} (targets: {}) from snapshot {snap_id}?", policy.name, m.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "))) {
-                return Err(Failure::msg(Kind::Declined, "not confirmed (pass --yes); nothing was changed"));
+            if !yes
+                && !ui.confirm(&format!(
+                    "guard: restore {} (targets: {}) from snapshot {snap_id}?",
+                    policy.name,
+                    m.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+                ))
+            {
+                return Err(Failure::msg(
+                    Kind::Declined,
+                    "not confirmed (pass --yes); nothing was changed",
+                ));
             }
             snapshot::verify(store, &m, snapshot::Depth::Content, std::path::Path::new("/")).kind(Kind::Corrupt)?;
             crate::run::run_hooks("before", &policy.hooks.before, ui).kind(Kind::RestoreFailed)?;
             if j.phase != Phase::Restoring || j.rescue_id.is_none() {
-                let targets: Vec<Box<dyn Target>> = policy.targets.iter().map(targets::build).collect::<Result<_>>().kind(Kind::Usage)?;
+                let targets: Vec<Box<dyn Target>> = policy
+                    .targets
+                    .iter()
+                    .map(targets::build)
+                    .collect::<Result<_>>()
+                    .kind(Kind::Usage)?;
                 let rescue = snapshot::take(
                     policy,
                     &targets,
@@ -212,7 +306,11 @@ pub fn recover(policy: &Policy, keep: bool, yes: bool, ui: &Ui) -> Result<u8, Fa
             if let Some(bad) = results.iter().find(|r| !r.ok) {
                 return Err(Failure::msg(
                     Kind::RestoreFailed,
-                    format!("restore of {} from {snap_id} failed: {} — act now; `guard recover` can be run again", bad.target, bad.error.as_deref().unwrap_or("?")),
+                    format!(
+                        "restore of {} from {snap_id} failed: {} — act now; `guard recover` can be run again",
+                        bad.target,
+                        bad.error.as_deref().unwrap_or("?")
+                    ),
                 ));
             }
             j.restored = results.into_iter().map(|r| r.target).collect();

@@ -26,7 +26,10 @@ impl Spinner {
 
 impl Ui {
     pub fn new(json: bool) -> Self {
-        Ui { json, tty: std::io::stderr().is_terminal() }
+        Ui {
+            json,
+            tty: std::io::stderr().is_terminal(),
+        }
     }
 
     /// A progress line for human readers (suppressed with `--json`).

@@ -9,7 +9,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 fn script() -> String {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/migrate_cashback_tables.py").display().to_string()
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/migrate_cashback_tables.py")
+        .display()
+        .to_string()
 }
 
 /// Start a guarded run of the buggy migration that pauses at `point`, wait for the pause, and
@@ -65,7 +68,10 @@ fn sigkill_in_every_phase_then_status_and_recover_bring_targets_back() {
         assert!(!interrupted[0]["todo"].as_str().unwrap().is_empty());
         if point == "snapshot-between-targets" {
             assert_eq!(v["incomplete_snapshots"].as_array().unwrap().len(), 1, "{v}");
-            assert!(snapshots(&env).is_empty(), "a partial snapshot is never listed as complete");
+            assert!(
+                snapshots(&env).is_empty(),
+                "a partial snapshot is never listed as complete"
+            );
         }
         if changed && point != "restore-between-targets" {
             assert_ne!(dump(&db(&env)), before_db, "{point}: the buggy migration had run");
@@ -78,12 +84,22 @@ fn sigkill_in_every_phase_then_status_and_recover_bring_targets_back() {
         assert_eq!(refused.code, 64, "{point}: {refused:?}");
         assert!(refused.stderr.contains("interrupted"), "{point}: {refused:?}");
         // The first guard after the crash takes over the dead holder's lock, and says so.
-        assert!(refused.stderr.contains("took over the lock of a guard that died"), "{point}: the dead holder is named: {refused:?}");
+        assert!(
+            refused.stderr.contains("took over the lock of a guard that died"),
+            "{point}: the dead holder is named: {refused:?}"
+        );
 
         let r = env.guard(&["recover", "--yes"]);
         assert_eq!(r.code, 0, "{point}: {r:?}");
-        assert_eq!(dump(&db(&env)), before_db, "{point}: database back to the pre-run state");
-        assert_eq!(std::fs::read_to_string(env.path("data/rent_history/2025-01.json")).unwrap(), before_file);
+        assert_eq!(
+            dump(&db(&env)),
+            before_db,
+            "{point}: database back to the pre-run state"
+        );
+        assert_eq!(
+            std::fs::read_to_string(env.path("data/rent_history/2025-01.json")).unwrap(),
+            before_file
+        );
         let after = env.guard(&["status", "--json"]);
         let v: serde_json::Value = serde_json::from_str(&after.stdout).unwrap();
         assert!(v["interrupted"].as_array().unwrap().is_empty(), "{point}: {v}");
@@ -116,10 +132,18 @@ fn truncated_missing_and_tampered_snapshots_are_refused_naming_the_file() {
     let id = snapshot_id(&env);
     let f = env.path(&format!("backups/snapshots/{id}/app.sqlite.gz"));
     let len = std::fs::metadata(&f).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(len / 2).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     let r = env.guard(&["verify", &id]);
     assert_eq!(r.code, 65, "{r:?}");
-    assert!(r.stderr.contains("app.sqlite.gz") && r.stderr.contains("truncated"), "{r:?}");
+    assert!(
+        r.stderr.contains("app.sqlite.gz") && r.stderr.contains("truncated"),
+        "{r:?}"
+    );
     let r = env.guard(&["restore", &id, "--yes"]);
     assert_eq!(r.code, 65, "{r:?}");
 
@@ -138,7 +162,10 @@ fn truncated_missing_and_tampered_snapshots_are_refused_naming_the_file() {
     std::fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
     let r = env.guard(&["verify", &id3]);
     assert_eq!(r.code, 65, "{r:?}");
-    assert!(r.stderr.contains("manifest.json") && r.stderr.contains("tampered"), "{r:?}");
+    assert!(
+        r.stderr.contains("manifest.json") && r.stderr.contains("tampered"),
+        "{r:?}"
+    );
     let before = dump(&db(&env));
     let r = env.guard(&["restore", &id3, "--yes"]);
     assert_eq!(r.code, 65, "{r:?}");
@@ -158,7 +185,10 @@ fn disk_full_while_snapshotting_runs_nothing_and_leaves_no_complete_snapshot() {
     let env = simple_env("");
     // A database of incompressible data, larger than the store's filesystem.
     let c = rusqlite::Connection::open(env.path("app.db")).unwrap();
-    c.execute_batch("CREATE TABLE blob (b BLOB); INSERT INTO blob SELECT randomblob(100000) FROM generate_series(1, 40);").unwrap_or_else(|_| {
+    c.execute_batch(
+        "CREATE TABLE blob (b BLOB); INSERT INTO blob SELECT randomblob(100000) FROM generate_series(1, 40);",
+    )
+    .unwrap_or_else(|_| {
         for _ in 0..40 {
             c.execute("INSERT INTO blob VALUES (randomblob(100000))", []).unwrap();
         }
@@ -166,7 +196,12 @@ fn disk_full_while_snapshotting_runs_nothing_and_leaves_no_complete_snapshot() {
     drop(c);
     let store = env.path("backups");
     std::fs::create_dir_all(&store).unwrap();
-    let ok = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&store).status().map(|s| s.success()).unwrap_or(false);
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&store)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
     if !ok {
         eprintln!("SKIPPED: cannot mount a tmpfs here");
         return;
@@ -187,9 +222,14 @@ fn disk_full_while_snapshotting_runs_nothing_and_leaves_no_complete_snapshot() {
         .into_iter()
         .filter_map(|e| e.ok())
         .map(|e| e.path().display().to_string())
-        .filter(|p| p.ends_with("manifest.json") || p.contains(".guard-tmp-") || p.ends_with(".gz") || p.contains("/tmp/guard-"))
+        .filter(|p| {
+            p.ends_with("manifest.json") || p.contains(".guard-tmp-") || p.ends_with(".gz") || p.contains("/tmp/guard-")
+        })
         .collect();
-    assert!(leftovers.is_empty(), "no partial snapshot or temp file left: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "no partial snapshot or temp file left: {leftovers:?}"
+    );
 }
 
 #[test]
@@ -201,10 +241,18 @@ fn megabytes_of_binary_output_are_streamed_and_logged_intact() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let mut expected: Vec<u8> = (0..=255u8).collect::<Vec<u8>>().repeat(4096 * 5);
     expected.extend_from_slice(b"\xff\xfe not utf-8 \x00 end");
-    assert!(out.stdout == expected, "stdout intact ({} vs {} bytes)", out.stdout.len(), expected.len());
+    assert!(
+        out.stdout == expected,
+        "stdout intact ({} vs {} bytes)",
+        out.stdout.len(),
+        expected.len()
+    );
     let runs: Vec<_> = std::fs::read_dir(env.path("backups/runs")).unwrap().collect();
     let mut log = Vec::new();
-    std::fs::File::open(runs[0].as_ref().unwrap().path().join("run.log")).unwrap().read_to_end(&mut log).unwrap();
+    std::fs::File::open(runs[0].as_ref().unwrap().path().join("run.log"))
+        .unwrap()
+        .read_to_end(&mut log)
+        .unwrap();
     assert!(log == expected, "run log intact ({} bytes)", log.len());
 }
 
@@ -215,21 +263,47 @@ fn bad_input_gets_one_clear_message_and_runs_nothing() {
     let touch = ["--", "touch", marker.to_str().unwrap()];
     let cases: &[(&str, &str, &[&str])] = &[
         ("confirm = \"yes\"\n", "guard.toml:1", &["invalid type"]),
-        ("store = \"${GUARD_FAULTS_UNSET_VAR}\"\n", "guard.toml:1", &["GUARD_FAULTS_UNSET_VAR"]),
-        ("[[target]]\nname = \"x\"\nkind = \"mysql\"\npath = \"a\"\n", "guard.toml:1", &["unknown kind"]),
-        ("[[check]]\nname = \"c\"\ntarget = \"app\"\nsql = \"select 1\"\n", "guard.toml:1", &["expect"]),
-        ("[retention]\nkeep_within = \"forever\"\n", "guard.toml:1", &["keep_within"]),
+        (
+            "store = \"${GUARD_FAULTS_UNSET_VAR}\"\n",
+            "guard.toml:1",
+            &["GUARD_FAULTS_UNSET_VAR"],
+        ),
+        (
+            "[[target]]\nname = \"x\"\nkind = \"mysql\"\npath = \"a\"\n",
+            "guard.toml:1",
+            &["unknown kind"],
+        ),
+        (
+            "[[check]]\nname = \"c\"\ntarget = \"app\"\nsql = \"select 1\"\n",
+            "guard.toml:1",
+            &["expect"],
+        ),
+        (
+            "[retention]\nkeep_within = \"forever\"\n",
+            "guard.toml:2",
+            &["keep_within"],
+        ),
     ];
     for (text, at, words) in cases {
-        env.write("guard.toml", &format!("name = \"p\"\n{text}\n[[target]]\nname = \"app\"\nkind = \"sqlite\"\npath = \"app.db\"\n"));
+        env.write(
+            "guard.toml",
+            &format!("name = \"p\"\n{text}\n[[target]]\nname = \"app\"\nkind = \"sqlite\"\npath = \"app.db\"\n"),
+        );
         let r = env.guard(&touch);
         assert_eq!(r.code, 64, "{text}: {r:?}");
-        let line_shift = at.replace(":1", ":2");
-        assert!(r.stderr.contains(&line_shift), "{text}: names the line ({line_shift}): {r:?}");
+        let line_shift = at.replace(":2", ":3").replace(":1", ":2");
+        assert!(
+            r.stderr.contains(&line_shift),
+            "{text}: names the line ({line_shift}): {r:?}"
+        );
         for w in *words {
             assert!(r.stderr.contains(w), "{text}: mentions {w}: {r:?}");
         }
-        assert_eq!(r.stderr.lines().filter(|l| l.starts_with("guard: error")).count(), 1, "one message: {r:?}");
+        assert_eq!(
+            r.stderr.lines().filter(|l| l.starts_with("guard: error")).count(),
+            1,
+            "one message: {r:?}"
+        );
         assert!(!marker.exists());
     }
 }
@@ -246,7 +320,13 @@ fn secrets_never_appear_in_output_logs_manifests_or_child_argv() {
         ),
     );
     let mut child = env
-        .cmd(&["--json", "--", "sh", "-c", "echo token is $GUARD_FAULTS_API_TOKEN; echo err $GUARD_FAULTS_API_TOKEN >&2; sleep 1"])
+        .cmd(&[
+            "--json",
+            "--",
+            "sh",
+            "-c",
+            "echo token is $GUARD_FAULTS_API_TOKEN; echo err $GUARD_FAULTS_API_TOKEN >&2; sleep 1",
+        ])
         .env("GUARD_FAULTS_API_TOKEN", secret)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -258,9 +338,17 @@ fn secrets_never_appear_in_output_logs_manifests_or_child_argv() {
     let mut seen_children = 0;
     while Instant::now() < deadline {
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let Ok(cmdline) = std::fs::read(format!("/proc/{p}/cmdline")) else { continue };
-            assert!(!String::from_utf8_lossy(&cmdline).contains(secret), "secret in argv of pid {p}: {:?}", String::from_utf8_lossy(&cmdline));
+            let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(format!("/proc/{p}/cmdline")) else {
+                continue;
+            };
+            assert!(
+                !String::from_utf8_lossy(&cmdline).contains(secret),
+                "secret in argv of pid {p}: {:?}",
+                String::from_utf8_lossy(&cmdline)
+            );
             if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
                 if stat.split_whitespace().nth(3) == Some(&pid.to_string()) {
                     seen_children += 1;
@@ -274,7 +362,10 @@ fn secrets_never_appear_in_output_logs_manifests_or_child_argv() {
     assert!(seen_children > 0, "the scan saw guard's children");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stdout.contains(secret) && !stderr.contains(secret), "{stdout}\n{stderr}");
+    assert!(
+        !stdout.contains(secret) && !stderr.contains(secret),
+        "{stdout}\n{stderr}"
+    );
     assert!(stderr.contains("token is ***"), "redacted, not dropped: {stderr}");
     for e in walkdir::WalkDir::new(env.path("backups")).into_iter().flatten() {
         if e.file_type().is_file() {
@@ -282,9 +373,82 @@ fn secrets_never_appear_in_output_logs_manifests_or_child_argv() {
             let mut all = bytes.clone();
             if e.path().extension().and_then(|x| x.to_str()) == Some("gz") {
                 all.clear();
-                flate2::read::MultiGzDecoder::new(&bytes[..]).read_to_end(&mut all).unwrap();
+                flate2::read::MultiGzDecoder::new(&bytes[..])
+                    .read_to_end(&mut all)
+                    .unwrap();
             }
-            assert!(!all.windows(secret.len()).any(|w| w == secret.as_bytes()), "secret in {}", e.path().display());
+            assert!(
+                !all.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "secret in {}",
+                e.path().display()
+            );
         }
     }
+}
+
+fn wait_for(path: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigterm_during_the_command_goes_to_the_command() {
+    let env = lending_env("");
+    let before = dump(&db(&env));
+    let ready = env.path("ready");
+    let script = format!(
+        "trap 'echo got-term > {got}; exit 143' TERM; touch {ready}; sleep 20 & wait",
+        got = env.path("got-term").display(),
+        ready = ready.display()
+    );
+    let child = env
+        .cmd(&["--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&ready);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(143),
+        "guard survives and passes the command's code through: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(env.path("got-term").exists(), "the command received SIGTERM");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("restored"));
+    assert_eq!(dump(&db(&env)), before);
+}
+
+#[test]
+fn sigterm_during_a_restore_is_deferred_until_targets_are_consistent() {
+    let env = lending_env("");
+    let before = dump(&db(&env));
+    let before_file = std::fs::read_to_string(env.path("data/rent_history/2025-01.json")).unwrap();
+    let pause = env.path("paused");
+    let child = env
+        .cmd(&["--", "sh", "-c", "echo broken > data/rent_history/2025-01.json; exit 3"])
+        .env("GUARD_TEST_PAUSE", "restore-between-targets")
+        .env("GUARD_TEST_PAUSE_FILE", &pause)
+        .env("GUARD_TEST_PAUSE_SECS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("deferred"), "{stderr}");
+    assert_eq!(dump(&db(&env)), before);
+    assert_eq!(
+        std::fs::read_to_string(env.path("data/rent_history/2025-01.json")).unwrap(),
+        before_file,
+        "every target restored"
+    );
 }

@@ -7,7 +7,11 @@ use std::io::Read;
 
 fn migrate(env: &Env, extra: &[&str]) -> Vec<String> {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/migrate_cashback_tables.py");
-    let mut v = vec!["python3".to_string(), script.display().to_string(), db(env).display().to_string()];
+    let mut v = vec![
+        "python3".to_string(),
+        script.display().to_string(),
+        db(env).display().to_string(),
+    ];
     v.extend(extra.iter().map(|s| s.to_string()));
     v
 }
@@ -24,8 +28,17 @@ fn good_migration_is_kept() {
     let env = lending_env("");
     let r = guarded(&env, &[], &migrate(&env, &[]));
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.stdout.contains("cashback_transaction table created"), "command output streams through: {r:?}");
-    assert_eq!(count(&db(&env), "SELECT count(*) FROM sqlite_master WHERE name LIKE 'cashback%'"), 2);
+    assert!(
+        r.stdout.contains("cashback_transaction table created"),
+        "command output streams through: {r:?}"
+    );
+    assert_eq!(
+        count(
+            &db(&env),
+            "SELECT count(*) FROM sqlite_master WHERE name LIKE 'cashback%'"
+        ),
+        2
+    );
     assert!(r.stderr.contains("pass"), "{r:?}");
     let snaps = snapshots(&env);
     assert_eq!(snaps.len(), 1, "one pre-run snapshot: {snaps:?}");
@@ -61,9 +74,20 @@ fn deleting_untouched_rows_fails_the_check_and_restores() {
     assert_eq!(r.code, 79, "checks failed, restored: {r:?}");
     let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("one JSON document on stdout");
     assert_eq!(v["outcome"], "restored");
-    let failed: Vec<_> = v["checks"].as_array().unwrap().iter().filter(|c| c["passed"] == false).collect();
+    let failed: Vec<_> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["passed"] == false)
+        .collect();
     assert_eq!(failed.len(), 1, "{v}");
-    assert!(failed[0]["detail"].as_str().unwrap().contains("payment: 150 → 135 rows"), "{v}");
+    assert!(
+        failed[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("payment: 150 → 135 rows"),
+        "{v}"
+    );
     assert_eq!(dump(&db(&env)), before);
 
     // The rescue snapshot holds the failed state: payments deleted, cashback tables created.
@@ -78,7 +102,10 @@ fn deleting_untouched_rows_fails_the_check_and_restores() {
     let copy = env.path("rescued.db");
     std::fs::write(&copy, raw).unwrap();
     assert_eq!(count(&copy, "SELECT count(*) FROM payment"), 135);
-    assert_eq!(count(&copy, "SELECT count(*) FROM sqlite_master WHERE name LIKE 'cashback%'"), 2);
+    assert_eq!(
+        count(&copy, "SELECT count(*) FROM sqlite_master WHERE name LIKE 'cashback%'"),
+        2
+    );
 }
 
 #[test]
@@ -87,14 +114,25 @@ fn directory_target_comes_back_exactly() {
     let cmd = vec![
         "sh".to_string(),
         "-c".to_string(),
-        "echo new > data/rent_history/2025-03.json && echo changed > data/rent_history/2025-01.json && exit 5".to_string(),
+        "echo new > data/rent_history/2025-03.json && echo changed > data/rent_history/2025-01.json && exit 5"
+            .to_string(),
     ];
     let r = guarded(&env, &[], &cmd);
     assert_eq!(r.code, 5, "{r:?}");
-    let mut names: Vec<String> = std::fs::read_dir(env.path("data/rent_history")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(env.path("data/rent_history"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
-    assert_eq!(names, vec!["2025-01.json", "2025-02.json"], "file added since the snapshot removed");
-    assert_eq!(std::fs::read_to_string(env.path("data/rent_history/2025-01.json")).unwrap(), "{\"rent\": 1200}\n");
+    assert_eq!(
+        names,
+        vec!["2025-01.json", "2025-02.json"],
+        "file added since the snapshot removed"
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.path("data/rent_history/2025-01.json")).unwrap(),
+        "{\"rent\": 1200}\n"
+    );
 }
 
 #[test]
@@ -102,7 +140,11 @@ fn no_restore_keeps_the_failed_state_and_says_how_to_restore() {
     let env = lending_env("");
     let r = guarded(&env, &["--no-restore"], &migrate(&env, &["--bug"]));
     assert_eq!(r.code, 81, "{r:?}");
-    assert_eq!(count(&db(&env), "SELECT count(*) FROM payment"), 135, "failed state kept");
+    assert_eq!(
+        count(&db(&env), "SELECT count(*) FROM payment"),
+        135,
+        "failed state kept"
+    );
     assert!(r.stderr.contains("restore"), "{r:?}");
     let snaps = snapshots(&env);
     let id = snaps[0]["id"].as_str().unwrap();
@@ -138,7 +180,11 @@ fn snapshot_while_another_process_writes_is_consistent_and_restores() {
             c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
             let mut n = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                c.execute("INSERT INTO payment (loan_id, amount, paid_at) VALUES (1, ?1, 'now')", [n as i64]).unwrap();
+                c.execute(
+                    "INSERT INTO payment (loan_id, amount, paid_at) VALUES (1, ?1, 'now')",
+                    [n as i64],
+                )
+                .unwrap();
                 n += 1;
             }
             n
@@ -230,7 +276,12 @@ fn unknown_command_is_refused_before_anything() {
 #[test]
 fn second_guard_on_the_same_policy_is_refused_naming_the_holder() {
     let env = simple_env("");
-    let mut first = env.cmd(&["--", "sleep", "3"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut first = env
+        .cmd(&["--", "sleep", "3"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     // Wait until the first guard is running its command.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
@@ -243,7 +294,10 @@ fn second_guard_on_the_same_policy_is_refused_naming_the_holder() {
     }
     let r = env.guard(&["--", "true"]);
     assert_eq!(r.code, 75, "{r:?}");
-    assert!(r.stderr.contains(&format!("pid {}", first.id())), "names the holder: {r:?}");
+    assert!(
+        r.stderr.contains(&format!("pid {}", first.id())),
+        "names the holder: {r:?}"
+    );
     assert!(first.wait().unwrap().success());
 }
 
@@ -258,7 +312,10 @@ after = ["echo start >> hooks.log"]
     );
     let r = env.guard(&["--", "sh", "-c", "echo run >> hooks.log; exit 1"]);
     assert_eq!(r.code, 1, "{r:?}");
-    assert_eq!(std::fs::read_to_string(env.path("hooks.log")).unwrap(), "stop\nrun\nstart\n");
+    assert_eq!(
+        std::fs::read_to_string(env.path("hooks.log")).unwrap(),
+        "stop\nrun\nstart\n"
+    );
 }
 
 #[test]
@@ -279,14 +336,25 @@ fn artifacts_restore_by_hand_with_gunzip_and_are_private() {
     let id = r.stdout.trim();
     let gz = env.path(&format!("backups/snapshots/{id}/app.sqlite.gz"));
     assert_eq!(std::fs::metadata(&gz).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(std::fs::metadata(env.path("backups")).unwrap().permissions().mode() & 0o777, 0o700);
-    let out = std::process::Command::new("gunzip").arg("-c").arg(&gz).output().unwrap();
+    assert_eq!(
+        std::fs::metadata(env.path("backups")).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let out = std::process::Command::new("gunzip")
+        .arg("-c")
+        .arg(&gz)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let copy = env.path("by-hand.db");
     std::fs::write(&copy, out.stdout).unwrap();
     assert_eq!(dump(&copy), dump(&db(&env)));
     let tgz = env.path(&format!("backups/snapshots/{id}/rent-history.tar.gz"));
-    let out = std::process::Command::new("tar").arg("-tzf").arg(&tgz).output().unwrap();
+    let out = std::process::Command::new("tar")
+        .arg("-tzf")
+        .arg(&tgz)
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("2025-01.json"));
 }
 
@@ -314,11 +382,39 @@ fn every_example_policy_parses() {
         }
         // Example policies use ${VARS}; give every one a value.
         let text = std::fs::read_to_string(&p).unwrap();
-        for var in text.split("${").skip(1).filter_map(|s| s.split_once('}')).map(|(v, _)| v.to_string()) {
+        for var in text
+            .split("${")
+            .skip(1)
+            .filter_map(|s| s.split_once('}'))
+            .map(|(v, _)| v.to_string())
+        {
             std::env::set_var(&var, format!("value-of-{var}"));
         }
         guard::policy::load(&p).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
         n += 1;
     }
     assert!(n >= 1, "no example policies found");
+}
+
+#[test]
+fn a_migration_that_corrupts_the_database_file_is_still_restored() {
+    let env = lending_env("");
+    let before = dump(&db(&env));
+    let garbage: Vec<u8> = (0..50_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    env.write("garbage.bin", "");
+    std::fs::write(env.path("garbage.bin"), &garbage).unwrap();
+    let dbp = db(&env).display().to_string();
+    let r = env.guard(&["--json", "--", "sh", "-c", &format!("cp garbage.bin {dbp}; exit 4")]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert_eq!(dump(&db(&env)), before, "restored over the broken file");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let rescue = v["rescue_id"].as_str().unwrap();
+    // The rescue snapshot kept the broken bytes exactly as the command left them.
+    let gz = std::fs::read(env.path(&format!("backups/snapshots/{rescue}/app.raw.gz"))).unwrap();
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut raw).unwrap();
+    assert!(raw == garbage);
+    assert_eq!(env.guard(&["verify", rescue]).code, 0);
 }

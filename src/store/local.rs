@@ -17,17 +17,13 @@ pub struct LocalStore {
 impl LocalStore {
     /// Open (creating if needed, mode 0700) a store directory.
     pub fn open(root: &Path) -> Result<Self> {
-        create_dir_all_private(root)
-            .with_context(|| format!("cannot create store directory {}", root.display()))?;
+        create_dir_all_private(root).with_context(|| format!("cannot create store directory {}", root.display()))?;
         let root = fs::canonicalize(root)?;
         Ok(LocalStore { root })
     }
 
     fn path(&self, key: &str) -> Result<PathBuf> {
-        if key.is_empty()
-            || key.starts_with('/')
-            || key.split('/').any(|c| c.is_empty() || c == "." || c == "..")
-        {
+        if key.is_empty() || key.starts_with('/') || key.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
             bail!("invalid store key {key:?}");
         }
         Ok(self.root.join(key))
@@ -47,7 +43,10 @@ pub fn sync_dir(p: &Path) -> io::Result<()> {
 /// Create a new private (0600) temp file next to `dest`, named so it is recognisably guard's.
 pub fn private_temp_beside(dest: &Path) -> io::Result<(File, PathBuf)> {
     let dir = dest.parent().unwrap_or(Path::new("."));
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     for _ in 0..100 {
         let tmp = dir.join(format!(".{name}.guard-tmp-{:08x}", rand::random::<u32>()));
         match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp) {
@@ -95,8 +94,7 @@ impl Upload for LocalUpload {
         let f = f.into_inner().map_err(|e| e.into_error())?;
         f.sync_all().with_context(|| format!("fsync {}", self.tmp.display()))?;
         drop(f);
-        fs::rename(&self.tmp, &self.dest)
-            .with_context(|| format!("rename into {}", self.dest.display()))?;
+        fs::rename(&self.tmp, &self.dest).with_context(|| format!("rename into {}", self.dest.display()))?;
         sync_dir(self.dest.parent().expect("key has a parent"))?;
         Ok(())
     }
@@ -119,11 +117,14 @@ impl Store for LocalStore {
     fn create(&self, key: &str) -> Result<Box<dyn Upload>> {
         let dest = self.path(key)?;
         let parent = dest.parent().expect("key has a parent");
-        create_dir_all_private(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-        let (file, tmp) = private_temp_beside(&dest)
-            .with_context(|| format!("cannot create a file in {}", parent.display()))?;
-        Ok(Box::new(LocalUpload { file: Some(io::BufWriter::with_capacity(1 << 20, file)), tmp, dest }))
+        create_dir_all_private(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        let (file, tmp) =
+            private_temp_beside(&dest).with_context(|| format!("cannot create a file in {}", parent.display()))?;
+        Ok(Box::new(LocalUpload {
+            file: Some(io::BufWriter::with_capacity(1 << 20, file)),
+            tmp,
+            dest,
+        }))
     }
 
     fn open(&self, key: &str) -> Result<Box<dyn Read + Send>> {
@@ -137,7 +138,11 @@ impl Store for LocalStore {
             Some(i) => &prefix[..i],
             None => "",
         };
-        let start = if dir_part.is_empty() { self.root.clone() } else { self.root.join(dir_part) };
+        let start = if dir_part.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(dir_part)
+        };
         if !start.exists() {
             return Ok(Vec::new());
         }
@@ -154,7 +159,10 @@ impl Store for LocalStore {
             let rel = e.path().strip_prefix(&self.root).expect("under root");
             let key = rel.to_string_lossy().replace('\\', "/");
             if key.starts_with(prefix) {
-                out.push(Entry { key, size: e.metadata()?.len() });
+                out.push(Entry {
+                    key,
+                    size: e.metadata()?.len(),
+                });
             }
         }
         Ok(out)
@@ -189,6 +197,29 @@ impl Store for LocalStore {
     fn local_root(&self) -> Option<&Path> {
         Some(&self.root)
     }
+
+    fn put_many(&self, items: &[(String, Vec<u8>)]) -> Result<()> {
+        for (key, data) in items {
+            let dest = self.path(key)?;
+            let parent = dest.parent().expect("key has a parent");
+            create_dir_all_private(parent)?;
+            let (mut f, tmp) = private_temp_beside(&dest)?;
+            f.write_all(data)?;
+            drop(f);
+            fs::rename(&tmp, &dest)?;
+        }
+        self.sync()
+    }
+
+    fn sync(&self) -> Result<()> {
+        let f = File::open(&self.root)?;
+        // syncfs: one flush of the store's filesystem makes every write and rename durable.
+        let rc = unsafe { libc::syncfs(std::os::unix::io::AsRawFd::as_raw_fd(&f)) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error()).context("syncfs on the store");
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -209,9 +240,15 @@ mod tests {
         assert!(s.list("snapshots/").unwrap().is_empty());
         s.put("snapshots/a/x.gz", b"hello").unwrap();
         assert_eq!(s.get("snapshots/a/x.gz").unwrap(), b"hello");
-        let mode = fs::metadata(d.path().join("store/snapshots/a/x.gz")).unwrap().permissions().mode();
+        let mode = fs::metadata(d.path().join("store/snapshots/a/x.gz"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let dmode = fs::metadata(d.path().join("store/snapshots")).unwrap().permissions().mode();
+        let dmode = fs::metadata(d.path().join("store/snapshots"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(dmode & 0o777, 0o700);
         assert!(s.path("../etc/passwd").is_err());
     }

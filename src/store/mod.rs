@@ -14,9 +14,10 @@
 //! Every write is atomic: an [`Upload`] becomes visible under its key only on `commit`.
 
 pub mod local;
+pub mod s3;
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
@@ -51,12 +52,28 @@ pub trait Store: Send + Sync {
     fn remove(&self, key: &str) -> Result<()>;
     /// The directory behind the store, when it is local (scratch space, catalog).
     fn local_root(&self) -> Option<&Path>;
+    /// The S3 store behind this one, for its lease lock.
+    fn as_s3(&self) -> Option<&s3::S3Store> {
+        None
+    }
 
     /// Write a small object atomically.
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
         let mut u = self.create(key)?;
         u.write_all(data)?;
         u.commit()
+    }
+    /// Write many small objects, each atomically, durable together when this returns (a local
+    /// store syncs the filesystem once instead of twice per object).
+    fn put_many(&self, items: &[(String, Vec<u8>)]) -> Result<()> {
+        for (k, v) in items {
+            self.put(k, v)?;
+        }
+        Ok(())
+    }
+    /// Make every earlier `remove` durable.
+    fn sync(&self) -> Result<()> {
+        Ok(())
     }
     /// Read a small object whole.
     fn get(&self, key: &str) -> Result<Vec<u8>> {
@@ -70,8 +87,44 @@ pub trait Store: Send + Sync {
 pub fn open(spec: &StoreSpec) -> Result<Box<dyn Store>> {
     match spec {
         StoreSpec::Local(path) => Ok(Box::new(local::LocalStore::open(path)?)),
-        StoreSpec::S3 { .. } => anyhow::bail!(
-            "store {spec}: S3 stores are not supported by this build yet; use a local directory"
-        ),
+        StoreSpec::S3 { bucket, prefix } => Ok(Box::new(s3::S3Store::open(bucket, prefix)?)),
     }
+}
+
+/// A local directory for what a store keeps on this machine: the store's own directory when
+/// it is local; for a remote store, a private cache directory named after the store's
+/// location (`$XDG_CACHE_HOME/guard/<hash>`, else `~/.cache/guard/<hash>`) holding its
+/// catalog (rebuildable from the manifests), lock files and run logs being written.
+pub fn state_dir(store: &dyn Store) -> Result<PathBuf> {
+    if let Some(root) = store.local_root() {
+        return Ok(root.to_path_buf());
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })
+        .unwrap_or_else(std::env::temp_dir);
+    let id = crate::archive::digest(store.location().as_bytes())?.sha256;
+    let dir = base.join("guard").join(&id[..16]);
+    local::create_dir_all_private(&dir)?;
+    Ok(dir)
+}
+
+/// After a command ran: a remote store receives the run log written locally meanwhile
+/// (`runs/RUN/run.log` in [`state_dir`]). Nothing to do for a local store.
+pub fn publish_log(store: &dyn Store, run_id: &str) -> Result<()> {
+    if store.local_root().is_some() {
+        return Ok(());
+    }
+    let key = crate::journal::log_key(run_id);
+    let path = state_dir(store)?.join(&key);
+    let mut u = store.create(&key)?;
+    std::io::copy(&mut std::fs::File::open(&path)?, &mut u)?;
+    u.commit()?;
+    std::fs::remove_file(&path)?;
+    Ok(())
 }

@@ -19,7 +19,7 @@ use sha2::{Digest as _, Sha256};
 use super::{SnapshotCtx, Target};
 use crate::archive::HashingReader;
 use crate::manifest::{FileEntry, Fingerprint, TargetRecord};
-use crate::policy::TargetSpec;
+use crate::policy::{TargetKind, TargetSpec};
 use crate::store::local::{create_dir_all_private, sync_dir};
 use crate::store::Store;
 
@@ -35,13 +35,20 @@ impl DirTarget {
 }
 
 fn rel_string(root: &Path, p: &Path) -> String {
-    p.strip_prefix(root).expect("under root").to_string_lossy().replace('\\', "/")
+    p.strip_prefix(root)
+        .expect("under root")
+        .to_string_lossy()
+        .replace('\\', "/")
 }
 
 /// Walk `root` and describe every entry, hashing files.
 fn scan(root: &Path) -> Result<Vec<FileEntry>> {
     let mut out = Vec::new();
-    for e in walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name().min_depth(1) {
+    for e in walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .sort_by_file_name()
+        .min_depth(1)
+    {
         let e = e?;
         let meta = e.path().symlink_metadata()?;
         let path = rel_string(root, e.path());
@@ -49,12 +56,33 @@ fn scan(root: &Path) -> Result<Vec<FileEntry>> {
         let ft = meta.file_type();
         if ft.is_symlink() {
             let link = fs::read_link(e.path())?.to_string_lossy().into_owned();
-            out.push(FileEntry { path, kind: "symlink".into(), size: 0, sha256: None, link: Some(link), mode });
+            out.push(FileEntry {
+                path,
+                kind: "symlink".into(),
+                size: 0,
+                sha256: None,
+                link: Some(link),
+                mode,
+            });
         } else if ft.is_dir() {
-            out.push(FileEntry { path, kind: "dir".into(), size: 0, sha256: None, link: None, mode });
+            out.push(FileEntry {
+                path,
+                kind: "dir".into(),
+                size: 0,
+                sha256: None,
+                link: None,
+                mode,
+            });
         } else if ft.is_file() {
             let d = crate::archive::digest(fs::File::open(e.path())?)?;
-            out.push(FileEntry { path, kind: "file".into(), size: d.bytes, sha256: Some(d.sha256), link: None, mode });
+            out.push(FileEntry {
+                path,
+                kind: "file".into(),
+                size: d.bytes,
+                sha256: Some(d.sha256),
+                link: None,
+                mode,
+            });
         }
     }
     Ok(out)
@@ -67,7 +95,12 @@ fn fingerprint_of(entries: &[FileEntry], item: &str) -> Fingerprint {
     let mut h = Sha256::new();
     let mut n = 0;
     for e in entries.iter().filter(|e| inside(&e.path)) {
-        for part in [e.path.as_str(), e.kind.as_str(), e.sha256.as_deref().unwrap_or(""), e.link.as_deref().unwrap_or("")] {
+        for part in [
+            e.path.as_str(),
+            e.kind.as_str(),
+            e.sha256.as_deref().unwrap_or(""),
+            e.link.as_deref().unwrap_or(""),
+        ] {
             h.update((part.len() as u64).to_le_bytes());
             h.update(part.as_bytes());
         }
@@ -75,7 +108,10 @@ fn fingerprint_of(entries: &[FileEntry], item: &str) -> Fingerprint {
             n += 1;
         }
     }
-    Fingerprint { rows: n, hash: Some(hex::encode(&h.finalize()[..16])) }
+    Fingerprint {
+        rows: n,
+        hash: Some(hex::encode(&h.finalize()[..16])),
+    }
 }
 
 /// Name every difference between two listings.
@@ -86,7 +122,9 @@ fn compare_listings(expected: &[FileEntry], got: &[FileEntry]) -> Result<()> {
     for (p, f) in &e {
         match g.get(p) {
             None => diffs.push(format!("{p}: missing")),
-            Some(x) if x.kind != f.kind || x.sha256 != f.sha256 || x.link != f.link => diffs.push(format!("{p}: differs")),
+            Some(x) if x.kind != f.kind || x.sha256 != f.sha256 || x.link != f.link => {
+                diffs.push(format!("{p}: differs"))
+            }
             _ => {}
         }
     }
@@ -100,7 +138,12 @@ fn compare_listings(expected: &[FileEntry], got: &[FileEntry]) -> Result<()> {
     }
     let n = diffs.len();
     diffs.truncate(10);
-    bail!("{} difference(s): {}{}", n, diffs.join(", "), if n > 10 { ", …" } else { "" })
+    bail!(
+        "{} difference(s): {}{}",
+        n,
+        diffs.join(", "),
+        if n > 10 { ", …" } else { "" }
+    )
 }
 
 /// Write the tree at `root` as a tar stream into `w`, returning the listing with hashes.
@@ -108,7 +151,11 @@ fn write_tar(root: &Path, w: impl Write) -> Result<Vec<FileEntry>> {
     let mut b = tar::Builder::new(w);
     b.follow_symlinks(false);
     let mut out = Vec::new();
-    for e in walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name().min_depth(1) {
+    for e in walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .sort_by_file_name()
+        .min_depth(1)
+    {
         let e = e?;
         let meta = e.path().symlink_metadata()?;
         let path = rel_string(root, e.path());
@@ -125,16 +172,40 @@ fn write_tar(root: &Path, w: impl Write) -> Result<Vec<FileEntry>> {
             b.append_data(&mut h, &path, &mut r)?;
             let d = r.finish();
             if d.bytes != size {
-                bail!("{} changed while it was being read; stop writers (a `before` hook) and retry", e.path().display());
+                bail!(
+                    "{} changed while it was being read; stop writers (a `before` hook) and retry",
+                    e.path().display()
+                );
             }
-            out.push(FileEntry { path, kind: "file".into(), size, sha256: Some(d.sha256), link: None, mode });
+            out.push(FileEntry {
+                path,
+                kind: "file".into(),
+                size,
+                sha256: Some(d.sha256),
+                link: None,
+                mode,
+            });
         } else if ft.is_dir() {
             b.append_data(&mut h, &path, std::io::empty())?;
-            out.push(FileEntry { path, kind: "dir".into(), size: 0, sha256: None, link: None, mode });
+            out.push(FileEntry {
+                path,
+                kind: "dir".into(),
+                size: 0,
+                sha256: None,
+                link: None,
+                mode,
+            });
         } else if ft.is_symlink() {
             let link = fs::read_link(e.path())?;
             b.append_link(&mut h, &path, &link)?;
-            out.push(FileEntry { path, kind: "symlink".into(), size: 0, sha256: None, link: Some(link.to_string_lossy().into_owned()), mode });
+            out.push(FileEntry {
+                path,
+                kind: "symlink".into(),
+                size: 0,
+                sha256: None,
+                link: Some(link.to_string_lossy().into_owned()),
+                mode,
+            });
         }
         // Sockets, fifos and devices are not data: skipped.
     }
@@ -153,19 +224,43 @@ fn listing_of_tar(r: impl Read) -> Result<Vec<FileEntry>> {
         let et = e.header().entry_type();
         if et.is_file() {
             let d = crate::archive::digest(&mut e)?;
-            out.push(FileEntry { path, kind: "file".into(), size: d.bytes, sha256: Some(d.sha256), link: None, mode });
+            out.push(FileEntry {
+                path,
+                kind: "file".into(),
+                size: d.bytes,
+                sha256: Some(d.sha256),
+                link: None,
+                mode,
+            });
         } else if et.is_dir() {
-            out.push(FileEntry { path, kind: "dir".into(), size: 0, sha256: None, link: None, mode });
+            out.push(FileEntry {
+                path,
+                kind: "dir".into(),
+                size: 0,
+                sha256: None,
+                link: None,
+                mode,
+            });
         } else if et.is_symlink() {
             let link = e.link_name()?.map(|l| l.to_string_lossy().into_owned());
-            out.push(FileEntry { path, kind: "symlink".into(), size: 0, sha256: None, link, mode });
+            out.push(FileEntry {
+                path,
+                kind: "symlink".into(),
+                size: 0,
+                sha256: None,
+                link,
+                mode,
+            });
         }
     }
     Ok(out)
 }
 
 fn sibling(path: &Path, what: &str) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.guard-{what}-{:08x}", rand::random::<u32>()))
 }
 
@@ -180,9 +275,14 @@ impl Target for DirTarget {
 
     fn preflight(&self) -> Result<()> {
         if !self.path.is_dir() {
-            bail!("target {}: directory {} does not exist", self.spec.name, self.path.display());
+            bail!(
+                "target {}: directory {} does not exist",
+                self.spec.name,
+                self.path.display()
+            );
         }
-        fs::read_dir(&self.path).with_context(|| format!("target {}: cannot read {}", self.spec.name, self.path.display()))?;
+        fs::read_dir(&self.path)
+            .with_context(|| format!("target {}: cannot read {}", self.spec.name, self.path.display()))?;
         Ok(())
     }
 
@@ -199,7 +299,8 @@ impl Target for DirTarget {
         }
         self.preflight()?;
         let meta = fs::metadata(&self.path)?;
-        rec.meta.insert("mode".into(), format!("{:o}", meta.permissions().mode() & 0o7777));
+        rec.meta
+            .insert("mode".into(), format!("{:o}", meta.permissions().mode() & 0o7777));
         rec.meta.insert("uid".into(), meta.uid().to_string());
         rec.meta.insert("gid".into(), meta.gid().to_string());
         rec.tools.insert("format".into(), "tar (GNU headers)".into());
@@ -214,7 +315,11 @@ impl Target for DirTarget {
         for item in ctx.fingerprint {
             let p = self.path.join(item.trim_matches('/'));
             if !p.exists() {
-                bail!("target {}: {} does not exist (named by an `untouched` check)", self.spec.name, p.display());
+                bail!(
+                    "target {}: {} does not exist (named by an `untouched` check)",
+                    self.spec.name,
+                    p.display()
+                );
             }
             rec.fingerprints.insert(item.clone(), fingerprint_of(&listing, item));
         }
@@ -233,7 +338,41 @@ impl Target for DirTarget {
         let listing = consumer.join().map_err(|_| anyhow!("tar reader panicked"))?;
         r?;
         let listing = listing.with_context(|| format!("{}/{}: not a valid tar stream", store.location(), a.key))?;
-        compare_listings(&rec.files, &listing).with_context(|| format!("{}/{}: content differs from the manifest", store.location(), a.key))
+        compare_listings(&rec.files, &listing)
+            .with_context(|| format!("{}/{}: content differs from the manifest", store.location(), a.key))
+    }
+
+    fn drill(&self, rec: &TargetRecord, store: &dyn Store, scratch: &Path) -> Result<Option<Box<dyn Target>>> {
+        let Some(a) = rec.artifacts.first() else {
+            return Ok(None);
+        };
+        let dest = scratch.join(&rec.name);
+        create_dir_all_private(&dest)?;
+        let (reader, writer) = std::io::pipe()?;
+        let unpack_to = dest.clone();
+        let consumer = std::thread::spawn(move || -> Result<()> {
+            let mut ar = tar::Archive::new(std::io::BufReader::new(reader));
+            ar.set_preserve_permissions(true);
+            ar.unpack(&unpack_to)?;
+            Ok(())
+        });
+        let r = super::read_artifact(store, a, writer);
+        let unpacked = consumer.join().map_err(|_| anyhow!("tar reader panicked"))?;
+        r?;
+        unpacked.with_context(|| format!("{}/{}: not a valid tar stream", store.location(), a.key))?;
+        compare_listings(&rec.files, &scan(&dest)?).with_context(|| {
+            format!(
+                "{}/{}: restored tree differs from the manifest",
+                store.location(),
+                a.key
+            )
+        })?;
+        let spec = TargetSpec {
+            name: rec.name.clone(),
+            line: self.spec.line,
+            kind: TargetKind::Dir { path: dest.clone() },
+        };
+        Ok(Some(Box::new(DirTarget::new(spec, dest))))
     }
 
     fn restore(&self, rec: &TargetRecord, store: &dyn Store) -> Result<()> {
@@ -247,7 +386,10 @@ impl Target for DirTarget {
             }
             return Ok(());
         }
-        let a = rec.artifacts.first().ok_or_else(|| anyhow!("snapshot of {} has no artifact", rec.name))?;
+        let a = rec
+            .artifacts
+            .first()
+            .ok_or_else(|| anyhow!("snapshot of {} has no artifact", rec.name))?;
         fs::create_dir_all(parent)?;
         let staging = sibling(&self.path, "restore");
         create_dir_all_private(&staging)?;
@@ -269,7 +411,10 @@ impl Target for DirTarget {
             if let Some(mode) = rec.meta.get("mode").and_then(|m| u32::from_str_radix(m, 8).ok()) {
                 fs::set_permissions(&staging, fs::Permissions::from_mode(mode))?;
             }
-            if let (Some(Ok(u)), Some(Ok(g))) = (rec.meta.get("uid").map(|s| s.parse::<u32>()), rec.meta.get("gid").map(|s| s.parse::<u32>())) {
+            if let (Some(Ok(u)), Some(Ok(g))) = (
+                rec.meta.get("uid").map(|s| s.parse::<u32>()),
+                rec.meta.get("gid").map(|s| s.parse::<u32>()),
+            ) {
                 let _ = std::os::unix::fs::chown(&staging, Some(u), Some(g));
             }
             // Swap: the live tree steps aside, the verified one takes its name.

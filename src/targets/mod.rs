@@ -5,7 +5,10 @@
 //! and answer the policy's checks (queries and fingerprints).
 
 pub mod dir;
+pub mod postgres;
+pub mod s3;
 pub mod sqlite;
+pub mod turso;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -22,6 +25,8 @@ use crate::store::Store;
 pub struct SnapshotCtx<'a> {
     pub store: &'a dyn Store,
     pub snapshot_id: &'a str,
+    /// The policy taking the snapshot (names per-policy state such as S3 clone objects).
+    pub policy: &'a str,
     pub compression: Compression,
     /// Private scratch directory, removed after the snapshot.
     pub scratch: &'a Path,
@@ -78,33 +83,83 @@ pub trait Target: Send + Sync {
     fn fingerprint(&self, items: &[String]) -> Result<BTreeMap<String, Fingerprint>>;
     /// Run a query and return its single value as text.
     fn query(&self, sql: &str) -> Result<String>;
+    /// Object count and total bytes under `prefix` (object-store targets: `objects`/`bytes` checks).
+    fn objects(&self, prefix: &str) -> Result<(u64, u64)> {
+        let _ = prefix;
+        anyhow::bail!(
+            "target {} holds no objects; `objects` and `bytes` checks need an s3 target",
+            self.name()
+        )
+    }
+    /// Restore drill: restore `rec` into `scratch` (never over the live data) and check it
+    /// there — engine integrity and the fingerprints recorded at snapshot time. Returns a
+    /// target over the restored copy for the policy's `[[drill.check]]`s, or `None` when this
+    /// kind offers none (the record was still checked). Anything the drill creates outside
+    /// `scratch` (a scratch database) is removed when the returned target is dropped, and
+    /// before an error is returned.
+    fn drill(&self, rec: &TargetRecord, store: &dyn Store, scratch: &Path) -> Result<Option<Box<dyn Target>>> {
+        self.deep_verify(rec, store, scratch)?;
+        Ok(None)
+    }
+    /// Delete what a pruned snapshot alone owns outside the store (a Turso branch database,
+    /// bucket-clone objects no kept snapshot references). `kept` holds this target's records
+    /// in the snapshots that stay. Artifacts in the store are removed by retention itself.
+    fn release(&self, rec: &TargetRecord, kept: &[TargetRecord], store: &dyn Store) -> Result<()> {
+        let _ = (rec, kept, store);
+        Ok(())
+    }
+    /// Does [`Target::release`] need the kept records? (Loading them costs a manifest read each.)
+    fn release_needs_kept(&self) -> bool {
+        false
+    }
 }
+
+/// Kinds whose snapshots own something outside the store (a Turso branch database, bucket-clone
+/// objects) that retention must release through [`Target::release`].
+pub const EXTERNAL_KINDS: &[&str] = &["turso", "s3"];
 
 /// Build the target a spec describes.
 pub fn build(spec: &TargetSpec) -> Result<Box<dyn Target>> {
     Ok(match &spec.kind {
         TargetKind::Sqlite { path } => Box::new(sqlite::SqliteTarget::new(spec.clone(), path.clone())),
         TargetKind::Dir { path } => Box::new(dir::DirTarget::new(spec.clone(), path.clone())),
-        other => anyhow::bail!("target {}: kind {} is not supported by this build", spec.name, other.as_str()),
+        TargetKind::Postgres(pg) => Box::new(postgres::PostgresTarget::new(spec.clone(), pg.clone())?),
+        TargetKind::Turso(t) => Box::new(turso::TursoTarget::new(spec.clone(), t.clone())?),
+        TargetKind::S3(s) => Box::new(s3::S3Target::new(spec.clone(), s.clone())),
     })
 }
 
 /// A target rebuilt from a manifest record, for snapshots whose policy no longer names it.
 pub fn from_record(rec: &TargetRecord) -> Result<Box<dyn Target>> {
+    if rec.kind == "postgres" {
+        // Offline checks only: guard never stores database URLs (they may hold passwords).
+        return Ok(Box::new(postgres::PostgresTarget::from_record(rec)?));
+    }
+    if rec.kind == "s3" {
+        return Ok(Box::new(s3::S3Target::from_record(rec)?));
+    }
     let path = std::path::PathBuf::from(&rec.source);
     let kind = match rec.kind.as_str() {
         "sqlite" => TargetKind::Sqlite { path },
         "dir" => TargetKind::Dir { path },
+        "turso" => anyhow::bail!(
+            "target {}: a Turso target cannot be rebuilt from a manifest (its API and database tokens are never stored); the policy must name target {:?} of kind \"turso\"",
+            rec.name,
+            rec.name
+        ),
         k => anyhow::bail!("target {}: kind {k} cannot be rebuilt from a manifest", rec.name),
     };
-    build(&TargetSpec { name: rec.name.clone(), line: 0, kind })
+    build(&TargetSpec {
+        name: rec.name.clone(),
+        line: 0,
+        kind,
+    })
 }
 
 /// Open the artifact of `rec` with the given format and check the gzip's stored digest and
 /// content digest while streaming the content to `sink`.
 pub fn read_artifact(store: &dyn Store, a: &Artifact, sink: impl std::io::Write) -> Result<()> {
     let input = store.open(&a.key)?;
-    let got = archive::decompress(input, sink)
-        .map_err(|e| anyhow::anyhow!("{}/{}: {e:#}", store.location(), a.key))?;
+    let got = archive::decompress(input, sink).map_err(|e| anyhow::anyhow!("{}/{}: {e:#}", store.location(), a.key))?;
     crate::snapshot::compare_digests(store, a, &got)
 }

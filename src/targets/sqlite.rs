@@ -18,7 +18,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::{read_artifact, SnapshotCtx, Target};
 use crate::manifest::{Fingerprint, TargetRecord};
-use crate::policy::TargetSpec;
+use crate::policy::{TargetKind, TargetSpec};
 use crate::store::local::{private_temp_beside, sync_dir};
 use crate::store::Store;
 
@@ -34,10 +34,17 @@ impl SqliteTarget {
 
     fn open_live(&self) -> Result<Connection> {
         if !self.path.is_file() {
-            bail!("target {}: database {} does not exist", self.spec.name, self.path.display());
+            bail!(
+                "target {}: database {} does not exist",
+                self.spec.name,
+                self.path.display()
+            );
         }
-        let c = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .with_context(|| format!("target {}: cannot open {}", self.spec.name, self.path.display()))?;
+        let c = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("target {}: cannot open {}", self.spec.name, self.path.display()))?;
         c.busy_timeout(Duration::from_secs(30))?;
         Ok(c)
     }
@@ -59,8 +66,11 @@ pub fn quote_ident(s: &str) -> String {
 
 /// User tables of a database.
 fn tables(c: &Connection) -> Result<Vec<String>> {
-    let mut st = c.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")?;
-    let names = st.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut st =
+        c.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")?;
+    let names = st
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(names)
 }
 
@@ -110,12 +120,17 @@ fn table_fingerprint(c: &Connection, table: &str) -> Result<Fingerprint> {
         sum = sum.wrapping_add(u128::from_le_bytes(d[..16].try_into().expect("16 bytes")));
         count += 1;
     }
-    Ok(Fingerprint { rows: count, hash: Some(format!("{sum:032x}")) })
+    Ok(Fingerprint {
+        rows: count,
+        hash: Some(format!("{sum:032x}")),
+    })
 }
 
 /// Hash of the schema (every CREATE statement), recorded as the `@schema` fingerprint.
 fn schema_fingerprint(c: &Connection) -> Result<Fingerprint> {
-    let mut st = c.prepare("SELECT type, name, coalesce(sql, '') FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name")?;
+    let mut st = c.prepare(
+        "SELECT type, name, coalesce(sql, '') FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name",
+    )?;
     let mut rows = st.query([])?;
     let mut h = Sha256::new();
     let mut n = 0;
@@ -127,7 +142,10 @@ fn schema_fingerprint(c: &Connection) -> Result<Fingerprint> {
         }
         n += 1;
     }
-    Ok(Fingerprint { rows: n, hash: Some(hex::encode(&h.finalize()[..16])) })
+    Ok(Fingerprint {
+        rows: n,
+        hash: Some(hex::encode(&h.finalize()[..16])),
+    })
 }
 
 /// Row counts of every table, hashes of the named ones, and the schema hash.
@@ -136,7 +154,13 @@ fn fingerprints(c: &Connection, hashed: &[String]) -> Result<BTreeMap<String, Fi
     for t in tables(c)? {
         if !hashed.contains(&t) {
             let rows: i64 = c.query_row(&format!("SELECT count(*) FROM {}", quote_ident(&t)), [], |r| r.get(0))?;
-            out.insert(t, Fingerprint { rows: rows as u64, hash: None });
+            out.insert(
+                t,
+                Fingerprint {
+                    rows: rows as u64,
+                    hash: None,
+                },
+            );
         }
     }
     for t in hashed {
@@ -148,11 +172,16 @@ fn fingerprints(c: &Connection, hashed: &[String]) -> Result<BTreeMap<String, Fi
 
 fn integrity_check(c: &Connection) -> Result<()> {
     let mut st = c.prepare("PRAGMA integrity_check")?;
-    let msgs = st.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+    let msgs = st
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
     if msgs.len() == 1 && msgs[0] == "ok" {
         Ok(())
     } else {
-        bail!("integrity_check: {}", msgs.into_iter().take(5).collect::<Vec<_>>().join("; "))
+        bail!(
+            "integrity_check: {}",
+            msgs.into_iter().take(5).collect::<Vec<_>>().join("; ")
+        )
     }
 }
 
@@ -188,37 +217,14 @@ fn sqlite_version() -> String {
     rusqlite::version().to_string()
 }
 
-impl Target for SqliteTarget {
-    fn spec(&self) -> &TargetSpec {
-        &self.spec
-    }
-
-    fn source(&self) -> String {
-        self.path.display().to_string()
-    }
-
-    fn preflight(&self) -> Result<()> {
-        let c = self.open_live()?;
-        c.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))
-            .with_context(|| format!("target {}: {} is not a readable SQLite database", self.spec.name, self.path.display()))?;
-        Ok(())
-    }
-
-    fn snapshot(&self, ctx: &SnapshotCtx) -> Result<TargetRecord> {
-        let mut rec = TargetRecord {
-            name: self.spec.name.clone(),
-            kind: "sqlite".into(),
-            source: self.source(),
-            ..Default::default()
-        };
-        rec.tools.insert("sqlite".into(), sqlite_version());
-        if !self.path.exists() && ctx.allow_absent {
-            rec.absent = true;
-            return Ok(rec);
-        }
+impl SqliteTarget {
+    /// The normal snapshot: a consistent copy through the online backup API, integrity-checked
+    /// and fingerprinted, then compressed into the store.
+    fn consistent_copy(&self, ctx: &SnapshotCtx, rec: &mut TargetRecord) -> Result<()> {
         let src = self.open_live()?;
         let meta = fs::metadata(&self.path)?;
-        rec.meta.insert("mode".into(), format!("{:o}", meta.permissions().mode() & 0o7777));
+        rec.meta
+            .insert("mode".into(), format!("{:o}", meta.permissions().mode() & 0o7777));
         rec.meta.insert("uid".into(), meta.uid().to_string());
         rec.meta.insert("gid".into(), meta.gid().to_string());
         let jm: String = src.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
@@ -227,7 +233,11 @@ impl Target for SqliteTarget {
         let copy = ctx.scratch.join(format!("{}.db", self.spec.name));
         let full = |e: rusqlite::Error| -> anyhow::Error {
             if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
-                anyhow!("No space left on device: the filesystem of {} filled up while copying {}", ctx.scratch.display(), self.path.display())
+                anyhow!(
+                    "No space left on device: the filesystem of {} filled up while copying {}",
+                    ctx.scratch.display(),
+                    self.path.display()
+                )
             } else {
                 e.into()
             }
@@ -251,8 +261,10 @@ impl Target for SqliteTarget {
         drop(src);
         {
             let c = Connection::open(&copy)?;
-            integrity_check(&c).with_context(|| format!("target {}: the copy failed its integrity check", self.spec.name))?;
-            rec.fingerprints = fingerprints(&c, ctx.fingerprint).with_context(|| format!("target {}", self.spec.name))?;
+            integrity_check(&c)
+                .with_context(|| format!("target {}: the copy failed its integrity check", self.spec.name))?;
+            rec.fingerprints =
+                fingerprints(&c, ctx.fingerprint).with_context(|| format!("target {}", self.spec.name))?;
         }
         for s in sidecars(&copy) {
             let _ = fs::remove_file(s);
@@ -261,19 +273,100 @@ impl Target for SqliteTarget {
         let artifact = ctx.write_artifact(ctx.key(&self.spec.name, "sqlite.gz"), "sqlite", f)?;
         fs::remove_file(&copy)?;
         rec.artifacts.push(artifact);
+        Ok(())
+    }
+
+    /// The raw bytes of the database file (and its `-wal`), for a rescue snapshot of a database
+    /// SQLite can no longer read.
+    fn raw_copy(&self, ctx: &SnapshotCtx, mut rec: TargetRecord, why: &anyhow::Error) -> Result<TargetRecord> {
+        rec.fingerprints.clear();
+        rec.artifacts.clear();
+        rec.meta.insert(
+            "raw_copy".into(),
+            format!("SQLite could not copy it ({why:#}); its bytes are kept as they were"),
+        );
+        let f = fs::File::open(&self.path).with_context(|| format!("cannot read {}", self.path.display()))?;
+        rec.artifacts
+            .push(ctx.write_artifact(ctx.key(&self.spec.name, "raw.gz"), "raw-file", f)?);
+        let wal = &sidecars(&self.path)[0];
+        if let Ok(f) = fs::File::open(wal) {
+            rec.artifacts
+                .push(ctx.write_artifact(ctx.key(&self.spec.name, "raw-wal.gz"), "raw-wal", f)?);
+        }
         Ok(rec)
+    }
+}
+
+fn is_raw(rec: &TargetRecord) -> bool {
+    rec.artifacts.first().is_some_and(|a| a.format == "raw-file")
+}
+
+impl Target for SqliteTarget {
+    fn spec(&self) -> &TargetSpec {
+        &self.spec
+    }
+
+    fn source(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn preflight(&self) -> Result<()> {
+        let c = self.open_live()?;
+        c.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))
+            .with_context(|| {
+                format!(
+                    "target {}: {} is not a readable SQLite database",
+                    self.spec.name,
+                    self.path.display()
+                )
+            })?;
+        Ok(())
+    }
+
+    fn snapshot(&self, ctx: &SnapshotCtx) -> Result<TargetRecord> {
+        let mut rec = TargetRecord {
+            name: self.spec.name.clone(),
+            kind: "sqlite".into(),
+            source: self.source(),
+            ..Default::default()
+        };
+        rec.tools.insert("sqlite".into(), sqlite_version());
+        if !self.path.exists() && ctx.allow_absent {
+            rec.absent = true;
+            return Ok(rec);
+        }
+        match self.consistent_copy(ctx, &mut rec) {
+            Ok(()) => Ok(rec),
+            // A rescue must never fail because the command broke the database: keep its bytes.
+            Err(e) if ctx.allow_absent => self.raw_copy(ctx, rec, &e),
+            Err(e) => Err(e),
+        }
     }
 
     fn deep_verify(&self, rec: &TargetRecord, store: &dyn Store, scratch: &Path) -> Result<()> {
+        let dir = tempfile::Builder::new().prefix("verify-").tempdir_in(scratch)?;
+        self.drill(rec, store, dir.path()).map(|_| ())
+    }
+
+    fn drill(&self, rec: &TargetRecord, store: &dyn Store, scratch: &Path) -> Result<Option<Box<dyn Target>>> {
         let Some(a) = rec.artifacts.first() else {
-            return Ok(());
+            return Ok(None);
         };
-        let copy = scratch.join(format!("{}.verify.db", rec.name));
+        if is_raw(rec) {
+            // The bytes of a database the command broke: checksums are all there is to check.
+            for a in &rec.artifacts {
+                read_artifact(store, a, std::io::sink())?;
+            }
+            return Ok(None);
+        }
+        let copy = scratch.join(format!("{}.db", rec.name));
         {
             let f = fs::File::create(&copy)?;
-            read_artifact(store, a, std::io::BufWriter::new(f))?;
+            let mut w = std::io::BufWriter::new(f);
+            read_artifact(store, a, &mut w)?;
+            w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         }
-        let r = (|| {
+        (|| {
             let c = Connection::open_with_flags(&copy, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
             integrity_check(&c)?;
             let hashed: Vec<String> = rec
@@ -283,14 +376,16 @@ impl Target for SqliteTarget {
                 .map(|(k, _)| k.clone())
                 .collect();
             let got = fingerprints(&c, &hashed)?;
-            compare_fingerprints(&rec.fingerprints, &got).context("fingerprints differ from those recorded at snapshot time")
+            compare_fingerprints(&rec.fingerprints, &got)
+                .context("fingerprints differ from those recorded at snapshot time")
         })()
-        .with_context(|| format!("{}/{}", store.location(), a.key));
-        let _ = fs::remove_file(&copy);
-        for s in sidecars(&copy) {
-            let _ = fs::remove_file(s);
-        }
-        r
+        .with_context(|| format!("{}/{}", store.location(), a.key))?;
+        let spec = TargetSpec {
+            name: rec.name.clone(),
+            line: self.spec.line,
+            kind: TargetKind::Sqlite { path: copy.clone() },
+        };
+        Ok(Some(Box::new(SqliteTarget::new(spec, copy))))
     }
 
     fn restore(&self, rec: &TargetRecord, store: &dyn Store) -> Result<()> {
@@ -304,7 +399,10 @@ impl Target for SqliteTarget {
             }
             return Ok(());
         }
-        let a = rec.artifacts.first().ok_or_else(|| anyhow!("snapshot of {} has no artifact", rec.name))?;
+        let a = rec
+            .artifacts
+            .first()
+            .ok_or_else(|| anyhow!("snapshot of {} has no artifact", rec.name))?;
         if let Some(parent) = self.path.parent() {
             fs::create_dir_all(parent)?;
         }
@@ -340,6 +438,15 @@ impl Target for SqliteTarget {
                 }
             }
             fs::rename(&tmp, &self.path)?;
+            // A raw rescue of a broken database also kept its WAL: put it back beside it.
+            if let Some(w) = rec.artifacts.iter().find(|a| a.format == "raw-wal") {
+                let wal = &sidecars(&self.path)[0];
+                let (f, wtmp) = private_temp_beside(wal)?;
+                let mut out = std::io::BufWriter::new(f);
+                read_artifact(store, w, &mut out)?;
+                out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                fs::rename(&wtmp, wal)?;
+            }
             sync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
             Ok(())
         })();
@@ -360,6 +467,10 @@ impl Target for SqliteTarget {
         let d = crate::archive::digest(fs::File::open(&self.path)?)?;
         if d.sha256 != a.raw_sha256 || d.bytes != a.raw_bytes {
             bail!("{} differs from the snapshot's content checksum", self.path.display());
+        }
+        if is_raw(rec) {
+            // Not a database SQLite can open: the bytes are the proof.
+            return Ok(());
         }
         let hashed: Vec<String> = rec
             .fingerprints

@@ -2,6 +2,10 @@
 //! helpers to make SQLite databases and read results back.
 #![allow(dead_code)]
 
+pub mod pg;
+pub mod s3;
+pub mod turso;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -23,7 +27,11 @@ impl Run {
 
 impl std::fmt::Debug for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
     }
 }
 
@@ -43,7 +51,9 @@ pub fn guard_bin() -> &'static str {
 
 impl Env {
     pub fn new() -> Env {
-        Env { dir: tempfile::tempdir().expect("tempdir") }
+        Env {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -60,7 +70,10 @@ impl Env {
     /// A `guard` command running in the env's directory, with no policy from the environment.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(guard_bin());
-        c.current_dir(self.dir.path()).args(args).env_remove("GUARD_POLICY").stdin(Stdio::null());
+        c.current_dir(self.dir.path())
+            .args(args)
+            .env_remove("GUARD_POLICY")
+            .stdin(Stdio::null());
         c
     }
 
@@ -94,10 +107,22 @@ pub fn lending_db(db: &Path, users: usize) {
     .unwrap();
     let tx = c.transaction().unwrap();
     for i in 0..users {
-        tx.execute("INSERT INTO user (name, email) VALUES (?1, ?2)", (format!("user {i}"), format!("u{i}@example.com"))).unwrap();
-        tx.execute("INSERT INTO loan (user_id, principal, rate) VALUES (?1, ?2, 0.05)", (i as i64 + 1, 1000 + i as i64)).unwrap();
+        tx.execute(
+            "INSERT INTO user (name, email) VALUES (?1, ?2)",
+            (format!("user {i}"), format!("u{i}@example.com")),
+        )
+        .unwrap();
+        tx.execute(
+            "INSERT INTO loan (user_id, principal, rate) VALUES (?1, ?2, 0.05)",
+            (i as i64 + 1, 1000 + i as i64),
+        )
+        .unwrap();
         for k in 0..3 {
-            tx.execute("INSERT INTO payment (loan_id, amount, paid_at) VALUES (?1, ?2, '2025-01-0' || ?3)", (i as i64 + 1, 50 + k, k + 1)).unwrap();
+            tx.execute(
+                "INSERT INTO payment (loan_id, amount, paid_at) VALUES (?1, ?2, '2025-01-0' || ?3)",
+                (i as i64 + 1, 50 + k, k + 1),
+            )
+            .unwrap();
         }
     }
     tx.commit().unwrap();
@@ -107,8 +132,14 @@ pub fn lending_db(db: &Path, users: usize) {
 pub fn dump(db: &Path) -> String {
     let c = rusqlite::Connection::open(db).unwrap();
     let mut out = String::new();
-    let mut st = c.prepare("SELECT name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name").unwrap();
-    let tables: Vec<(String, Option<String>)> = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(|r| r.unwrap()).collect();
+    let mut st = c
+        .prepare("SELECT name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name")
+        .unwrap();
+    let tables: Vec<(String, Option<String>)> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
     for (t, s) in tables {
         out.push_str(&format!("{t}: {}\n", s.unwrap_or_default()));
         if let Ok(mut q) = c.prepare(&format!("SELECT * FROM \"{t}\" ORDER BY 1")) {
@@ -172,7 +203,11 @@ pub fn db(env: &Env) -> PathBuf {
 pub fn snapshots(env: &Env) -> Vec<serde_json::Value> {
     let r = env.guard(&["list", "--json"]);
     assert_eq!(r.code, 0, "{r:?}");
-    serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap().as_array().unwrap().clone()
+    serde_json::from_str::<serde_json::Value>(&r.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 /// A minimal env: one SQLite target, no checks; `top` goes before the first table.

@@ -1,0 +1,530 @@
+//! Retention: pruning old snapshots, boringly safely.
+//!
+//! Ages come from the `created_at` recorded in each manifest (through the catalog), never from
+//! ids, names or file times. A snapshot is kept when any rail holds:
+//!
+//! - it is younger than `keep_within`;
+//! - it is one of the `keep_last` newest non-rescue snapshots holding one of its targets;
+//! - it is the newest snapshot that passed verification or a drill;
+//! - it is pinned (`guard pin ID --reason …`);
+//! - it belongs to a run that is in progress or was interrupted (its recovery needs it).
+//!
+//! Deleting is crash-safe: a `prune.json` marker is written into the snapshot first (from then
+//! on it is no longer listed or restorable), external resources are released (Turso branches,
+//! bucket clones), artifacts are deleted, then the manifest, then the marker, then the catalog
+//! row. A rerun finishes any snapshot it finds marked. Incomplete snapshots (no manifest) more
+//! than a day old are removed as garbage.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::catalog::{Catalog, SnapshotRow};
+use crate::error::{Failure, Kind, ResultExt};
+use crate::manifest::{self, Manifest, SnapshotKind};
+use crate::policy::{Policy, Retention};
+use crate::store::{self, Store};
+use crate::ui::{self, Ui};
+
+/// Why a snapshot stays or goes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub id: String,
+    pub kind: String,
+    pub created_at: String,
+    pub keep: bool,
+    pub reasons: Vec<String>,
+    pub bytes: u64,
+}
+
+/// A pin: a snapshot retention must never delete.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pin {
+    pub id: String,
+    pub reason: String,
+    pub pinned_at: String,
+}
+
+pub fn pin_key(id: &str) -> String {
+    format!("pins/{id}.json")
+}
+
+fn marker_key(id: &str) -> String {
+    format!("snapshots/{id}/prune.json")
+}
+
+/// Every pin in the store.
+pub fn pins(store: &dyn Store) -> Result<BTreeMap<String, Pin>> {
+    let mut out = BTreeMap::new();
+    for e in store.list("pins/")? {
+        if let Ok(p) = serde_json::from_slice::<Pin>(&store.get(&e.key)?) {
+            out.insert(p.id.clone(), p);
+        }
+    }
+    Ok(out)
+}
+
+fn parse_time(s: &str) -> Result<OffsetDateTime> {
+    Ok(OffsetDateTime::parse(
+        s,
+        &time::format_description::well_known::Rfc3339,
+    )?)
+}
+
+fn age_text(d: time::Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.whole_seconds().max(0) as u64)).to_string()
+}
+
+/// Decide what stays. Pure: no I/O besides what is passed in.
+pub fn plan(
+    snaps: &[SnapshotRow],
+    retention: &Retention,
+    now: OffsetDateTime,
+    pinned: &BTreeMap<String, Pin>,
+    protected_runs: &BTreeSet<String>,
+    protected_snaps: &BTreeSet<String>,
+) -> Result<Vec<Decision>> {
+    let mut rows: Vec<(&SnapshotRow, OffsetDateTime)> = snaps
+        .iter()
+        .map(|s| Ok((s, parse_time(&s.created_at)?)))
+        .collect::<Result<_>>()?;
+    // Newest first, by recorded time (ids only break ties).
+    rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.id.cmp(&a.0.id)));
+    if let Some((s, t)) = rows.first() {
+        if *t > now + time::Duration::days(1) {
+            anyhow::bail!(
+                "snapshot {} was recorded at {} — more than a day in the future of this machine's clock ({}); refusing to prune with a clock that looks wrong",
+                s.id, s.created_at, crate::rfc3339(now)
+            );
+        }
+    }
+    let keep_within = time::Duration::try_from(retention.keep_within).unwrap_or(time::Duration::MAX);
+    let mut per_target: BTreeMap<&str, usize> = BTreeMap::new();
+    let newest_verified = rows
+        .iter()
+        .find(|(s, _)| s.verified_ok == Some(true) || s.drilled_ok == Some(true))
+        .map(|(s, _)| s.id.clone());
+    let mut out = Vec::new();
+    for (s, t) in &rows {
+        let mut reasons = Vec::new();
+        let age = now - *t;
+        if age < keep_within {
+            reasons.push(format!(
+                "younger than {} ({} old)",
+                humantime::format_duration(retention.keep_within),
+                age_text(age)
+            ));
+        }
+        if s.kind != SnapshotKind::Rescue.as_str() {
+            for target in s.targets.split(',').filter(|t| !t.is_empty()) {
+                let n = per_target.entry(target).or_default();
+                if *n < retention.keep_last {
+                    *n += 1;
+                    reasons.push(format!("one of the {} newest of target {target}", retention.keep_last));
+                }
+            }
+        }
+        if newest_verified.as_deref() == Some(s.id.as_str()) {
+            reasons.push("the newest snapshot that passed verification or a drill".into());
+        }
+        if let Some(p) = pinned.get(&s.id) {
+            reasons.push(format!("pinned: {}", p.reason));
+        }
+        if s.run_id.as_ref().is_some_and(|r| protected_runs.contains(r)) || protected_snaps.contains(&s.id) {
+            reasons.push("belongs to a run in progress or not yet recovered".into());
+        }
+        let keep = !reasons.is_empty();
+        if !keep {
+            reasons.push(format!(
+                "older than {} ({} old)",
+                humantime::format_duration(retention.keep_within),
+                age_text(age)
+            ));
+        }
+        out.push(Decision {
+            id: s.id.clone(),
+            kind: s.kind.clone(),
+            created_at: s.created_at.clone(),
+            keep,
+            reasons,
+            bytes: s.bytes as u64,
+        });
+    }
+    Ok(out)
+}
+
+/// Delete snapshots and everything they own. Safe to call again after a crash: every snapshot
+/// is marked (durably) before anything of it is deleted, and a marked snapshot is finished by the
+/// next prune. Returns the bytes freed.
+fn delete_snapshots(
+    policy: &Policy,
+    store: &dyn Store,
+    catalog: &Catalog,
+    ids: &[String],
+    kept: &dyn Fn(&str) -> Vec<crate::manifest::TargetRecord>,
+) -> Result<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    // 1. mark them all, durably, and drop them from the catalog: from here on they are neither
+    //    listed nor restorable.
+    let marker = serde_json::to_vec(&json!({"pruning_since": crate::rfc3339(crate::now())}))?;
+    store.put_many(
+        &ids.iter()
+            .map(|id| (marker_key(id), marker.clone()))
+            .collect::<Vec<_>>(),
+    )?;
+    catalog.forget_snapshots(ids)?;
+    crate::journal::test_pause("prune-marked");
+    // Only a policy with a target of an external kind can own something outside the store (and
+    // only its credentials can release it), so only then are manifests read.
+    let external = policy
+        .targets
+        .iter()
+        .any(|t| crate::targets::EXTERNAL_KINDS.contains(&t.kind.as_str()));
+    let mut freed = 0;
+    for id in ids {
+        // 2. release what lives outside the store
+        let entries = store.list(&manifest::snapshot_prefix(id))?;
+        let has_manifest = entries.iter().any(|e| e.key.ends_with("/manifest.json"));
+        if has_manifest && external {
+            if let Ok(m) = Manifest::load(store, id) {
+                for rec in m
+                    .targets
+                    .iter()
+                    .filter(|r| !r.absent && crate::targets::EXTERNAL_KINDS.contains(&r.kind.as_str()))
+                {
+                    let target = match crate::restore::target_for(policy, rec) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            eprintln!(
+                                "guard: warning: snapshot {id}: cannot release target {}: {e:#}",
+                                rec.name
+                            );
+                            continue;
+                        }
+                    };
+                    let others = if target.release_needs_kept() {
+                        kept(&rec.name)
+                    } else {
+                        Vec::new()
+                    };
+                    target
+                        .release(rec, &others, store)
+                        .with_context(|| format!("snapshot {id}: releasing target {}", rec.name))?;
+                }
+            }
+        }
+        // 3. artifacts, then the manifest, then the marker and any pin
+        for e in entries
+            .iter()
+            .filter(|e| !e.key.ends_with("/manifest.json") && !e.key.ends_with("/prune.json"))
+        {
+            store.remove(&e.key)?;
+            freed += e.size;
+        }
+        if let Some(e) = entries.iter().find(|e| e.key.ends_with("/manifest.json")) {
+            store.remove(&e.key)?;
+            freed += e.size;
+        }
+        store.remove(&marker_key(id))?;
+        let _ = store.remove(&pin_key(id));
+    }
+    store.sync()?;
+    Ok(freed)
+}
+
+/// Ids of snapshots marked for pruning (a prune that did not finish).
+fn marked(store: &dyn Store) -> Result<Vec<String>> {
+    Ok(store
+        .list("snapshots/")?
+        .into_iter()
+        .filter_map(|e| {
+            e.key
+                .strip_prefix("snapshots/")?
+                .strip_suffix("/prune.json")
+                .map(str::to_string)
+        })
+        .collect())
+}
+
+/// `guard prune`.
+pub fn prune(
+    policy: &Policy,
+    keep_within: Option<Duration>,
+    keep_last: Option<usize>,
+    dry_run: bool,
+    ui: &Ui,
+) -> Result<u8, Failure> {
+    let retention = Retention {
+        keep_within: keep_within.unwrap_or(policy.retention.keep_within),
+        keep_last: keep_last.unwrap_or(policy.retention.keep_last),
+    };
+    if retention.keep_last == 0 && retention.keep_within.is_zero() {
+        return Err(Failure::msg(
+            Kind::Usage,
+            "refusing to prune with keep_last = 0 and keep_within = 0: that keeps nothing",
+        ));
+    }
+    let store = store::open(&policy.store).kind(Kind::Usage)?;
+    let store = store.as_ref();
+    let _lock = crate::lock::acquire(store, &policy.name, "guard prune", None)?;
+    let catalog = Catalog::open(store)?;
+    let now = crate::now();
+
+    // Runs not done (in progress elsewhere, or interrupted) keep their snapshots.
+    let mut protected_runs = BTreeSet::new();
+    let mut protected_snaps = BTreeSet::new();
+    for j in crate::status::journals(store)? {
+        if j.phase != crate::journal::Phase::Done {
+            protected_runs.insert(j.run_id.clone());
+            protected_snaps.extend(j.snapshot_id.clone());
+            protected_snaps.extend(j.rescue_id.clone());
+        }
+    }
+    let snaps = catalog.snapshots(Some(&policy.name))?;
+    let decisions = plan(
+        &snaps,
+        &retention,
+        now,
+        &pins(store)?,
+        &protected_runs,
+        &protected_snaps,
+    )
+    .kind(Kind::Usage)?;
+    let unfinished = marked(store)?;
+    let garbage: Vec<String> = crate::status::incomplete_snapshots(store)?
+        .into_iter()
+        .filter(|id| !unfinished.contains(id))
+        .filter(|id| id_time(id).is_some_and(|t| now - t > time::Duration::days(1)))
+        .collect();
+
+    let doomed: Vec<&Decision> = decisions.iter().filter(|d| !d.keep).collect();
+    let mut freed = 0u64;
+    let mut deleted = Vec::new();
+    if !dry_run {
+        let kept_ids: Vec<String> = decisions.iter().filter(|d| d.keep).map(|d| d.id.clone()).collect();
+        let kept_records = |target: &str| -> Vec<crate::manifest::TargetRecord> {
+            kept_ids
+                .iter()
+                .filter_map(|id| Manifest::load(store, id).ok())
+                .filter_map(|m| m.target(target).cloned())
+                .collect()
+        };
+        let ids: Vec<String> = unfinished
+            .iter()
+            .cloned()
+            .chain(doomed.iter().map(|d| d.id.clone()))
+            .collect();
+        freed += delete_snapshots(policy, store, &catalog, &ids, &kept_records).kind(Kind::Internal)?;
+        deleted = ids;
+        for id in &garbage {
+            for e in store.list(&manifest::snapshot_prefix(id))? {
+                store.remove(&e.key)?;
+                freed += e.size;
+            }
+        }
+    }
+
+    if ui.json {
+        ui::print_json(&json!({
+            "policy": policy.name,
+            "dry_run": dry_run,
+            "keep_within": humantime::format_duration(retention.keep_within).to_string(),
+            "keep_last": retention.keep_last,
+            "decisions": decisions,
+            "finished_interrupted_prunes": unfinished,
+            "garbage": garbage,
+            "deleted": deleted,
+            "bytes_freed": freed,
+        }));
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = decisions
+        .iter()
+        .map(|d| {
+            vec![
+                d.id.clone(),
+                d.kind.clone(),
+                if d.keep {
+                    "keep".into()
+                } else if dry_run {
+                    "would prune".into()
+                } else {
+                    "pruned".into()
+                },
+                d.reasons.join("; "),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        print!("{}", ui::table(&["id", "kind", "decision", "why"], &rows));
+    }
+    for id in &unfinished {
+        println!("{id}: finished an interrupted prune");
+    }
+    for id in &garbage {
+        println!(
+            "{id}: incomplete (no manifest), more than a day old: {}",
+            if dry_run { "would remove" } else { "removed" }
+        );
+    }
+    if dry_run {
+        println!(
+            "dry run: {} of {} snapshot(s) would be pruned ({})",
+            doomed.len(),
+            decisions.len(),
+            ui::bytes(doomed.iter().map(|d| d.bytes).sum())
+        );
+    } else {
+        println!("pruned {} snapshot(s), freed {}", deleted.len(), ui::bytes(freed));
+    }
+    Ok(0)
+}
+
+/// The time in a snapshot id (used only for incomplete snapshots, which have no manifest).
+fn id_time(id: &str) -> Option<OffsetDateTime> {
+    let ts = id.split('-').next()?;
+    let f = time::macros::format_description!("[year][month][day]T[hour][minute][second].[subsecond digits:3]Z");
+    time::PrimitiveDateTime::parse(ts, &f).ok().map(|t| t.assume_utc())
+}
+
+/// `guard pin ID --reason R` / `guard unpin ID`.
+pub fn pin(policy: &Policy, id: &str, reason: Option<&str>, unpin: bool, ui: &Ui) -> Result<u8, Failure> {
+    let store = store::open(&policy.store).kind(Kind::Usage)?;
+    let store = store.as_ref();
+    let catalog = Catalog::open(store)?;
+    let id = crate::commands::resolve_id(&catalog, policy, id)?;
+    if unpin {
+        if store.size(&pin_key(&id))?.is_none() {
+            return Err(Failure::msg(Kind::Usage, format!("snapshot {id} is not pinned")));
+        }
+        store.remove(&pin_key(&id))?;
+        ui.info(&format!("unpinned {id}"));
+    } else {
+        let reason = reason
+            .filter(|r| !r.trim().is_empty())
+            .ok_or_else(|| Failure::msg(Kind::Usage, "say why: guard pin ID --reason \"…\""))?;
+        let p = Pin {
+            id: id.clone(),
+            reason: reason.to_string(),
+            pinned_at: crate::rfc3339(crate::now()),
+        };
+        store.put(&pin_key(&id), &serde_json::to_vec_pretty(&p)?)?;
+        ui.info(&format!("pinned {id}: {reason}"));
+    }
+    if ui.json {
+        ui::print_json(&json!({"id": id, "pinned": !unpin}));
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, days_ago: i64, kind: &str, targets: &str, verified: bool) -> SnapshotRow {
+        let now = time::macros::datetime!(2026-06-01 00:00 UTC);
+        SnapshotRow {
+            id: id.into(),
+            policy: "p".into(),
+            kind: kind.into(),
+            label: None,
+            run_id: None,
+            created_at: crate::rfc3339(now - time::Duration::days(days_ago)),
+            targets: targets.into(),
+            bytes: 10,
+            raw_bytes: 20,
+            verified_at: None,
+            verified_ok: verified.then_some(true),
+            drilled_ok: None,
+        }
+    }
+
+    fn decide(rows: &[SnapshotRow], within_days: u64, last: usize) -> BTreeMap<String, bool> {
+        let r = Retention {
+            keep_within: Duration::from_secs(within_days * 86400),
+            keep_last: last,
+        };
+        plan(
+            rows,
+            &r,
+            time::macros::datetime!(2026-06-01 00:00 UTC),
+            &BTreeMap::new(),
+            &BTreeSet::new(),
+            &BTreeSet::new(),
+        )
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.id, d.keep))
+        .collect()
+    }
+
+    #[test]
+    fn old_snapshots_go_but_keep_last_stays_whatever_the_age() {
+        let rows = vec![
+            row("a", 100, "pre-run", "app", false),
+            row("b", 90, "pre-run", "app", false),
+            row("c", 80, "pre-run", "app", false),
+            row("d", 70, "pre-run", "app", false),
+            row("e", 2, "pre-run", "app", false),
+        ];
+        let d = decide(&rows, 30, 3);
+        assert_eq!(d["e"], true);
+        assert_eq!(d["d"], true);
+        assert_eq!(d["c"], true);
+        assert_eq!(d["b"], false);
+        assert_eq!(d["a"], false);
+    }
+
+    #[test]
+    fn ordering_is_by_recorded_time_not_by_id() {
+        // ids sort the other way round from their times: a keep rule sorting names would
+        // delete the newest.
+        let rows = vec![
+            row("z-old", 100, "pre-run", "app", false),
+            row("a-new", 50, "pre-run", "app", false),
+        ];
+        let d = decide(&rows, 30, 1);
+        assert_eq!(d["a-new"], true);
+        assert_eq!(d["z-old"], false);
+    }
+
+    #[test]
+    fn rescue_snapshots_do_not_count_toward_keep_last_and_verified_one_stays() {
+        let rows = vec![
+            row("r", 40, "rescue", "app", false),
+            row("old-verified", 60, "pre-run", "app", true),
+            row("p", 50, "pre-run", "app", false),
+        ];
+        let d = decide(&rows, 30, 1);
+        assert_eq!(d["p"], true);
+        assert_eq!(d["r"], false);
+        assert_eq!(d["old-verified"], true, "newest verified snapshot survives");
+    }
+
+    #[test]
+    fn a_clock_in_the_past_refuses() {
+        let rows = vec![row("future", -10, "pre-run", "app", false)];
+        let r = Retention::default();
+        assert!(plan(
+            &rows,
+            &r,
+            time::macros::datetime!(2026-06-01 00:00 UTC),
+            &BTreeMap::new(),
+            &BTreeSet::new(),
+            &BTreeSet::new()
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn ids_carry_their_time() {
+        let t = id_time("20261123T164800.123Z-a3f2").unwrap();
+        assert_eq!(crate::rfc3339(t), "2026-11-23T16:48:00.123Z");
+    }
+}
