@@ -14,7 +14,10 @@
 #   wrapper          `guard -- true` on a small SQLite policy vs `guard snapshot` of it
 #   levels           guard snapshot at compression levels 1, 6, 9: time and size
 #   postgres         guard snapshot vs pg_dump -Fc, guard restore vs createdb + pg_restore on a
-#                    pgbench database (PG_SCALE, default 30: ~450 MB); SKIP_PG=1 skips it
+#                    generated database (PG_ROWS, default 3.5M rows: ~450 MB); SKIP_PG=1 skips it
+#   s3               guard's bucket clone vs `aws s3 sync` (awscli from PyPI) on a local moto
+#                    server (S3_OBJECTS × S3_SIZE, default 2,000 × 200 KB), and a repeat
+#                    snapshot of the unchanged bucket; SKIP_S3=1 skips it
 #   prune            guard prune over a catalog of 10,000 snapshots
 # Peak memory (max RSS) of guard is reported for the big snapshot.
 set -euo pipefail
@@ -219,7 +222,7 @@ pruned=$(python3 -c "import json; print(len(json.load(open('$work/prune.json'))[
 pg_line=""
 pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 if [ "${SKIP_PG:-}" != 1 ] && [ -n "$pgbin" ] && [ -x "$pgbin/initdb" ]; then
-    PG_SCALE="${PG_SCALE:-30}"   # pgbench scale 30: 3M accounts, ~450 MB on disk
+    PG_ROWS="${PG_ROWS:-3500000}"   # ~450 MB of readings with incompressible-ish text
     pgroot="$work/pg"
     as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
     if [ -f "$pgroot/data/postmaster.pid" ]; then as_pg "$pgbin/pg_ctl" stop -D "$pgroot/data" -m fast >/dev/null 2>&1 || true; fi
@@ -231,8 +234,21 @@ if [ "${SKIP_PG:-}" != 1 ] && [ -n "$pgbin" ] && [ -x "$pgbin/initdb" ]; then
     trap 'as_pg "$pgbin/pg_ctl" stop -D "$pgroot/data" -m fast >/dev/null 2>&1 || true' EXIT
     export PGHOST="$pgroot/sock" PGPORT=55432 PGUSER=postgres
     "$pgbin/createdb" bench
-    say "postgres: generating pgbench scale $PG_SCALE"
-    "$pgbin/pgbench" -i -q -s "$PG_SCALE" bench >/dev/null 2>&1
+    say "postgres: generating $PG_ROWS rows"
+    "$pgbin/psql" -Xq bench <<SQL >/dev/null
+CREATE TABLE sensor (id int PRIMARY KEY, name text, site text);
+INSERT INTO sensor SELECT g, 'sensor-' || g, 'site-' || (g % 37) FROM generate_series(1, 1000) g;
+CREATE TABLE reading (
+  id bigint PRIMARY KEY, sensor_id int REFERENCES sensor(id), taken_at timestamptz,
+  value double precision, unit text, note text, checksum text);
+INSERT INTO reading
+  SELECT g, 1 + g % 1000, timestamptz '2025-01-01' + g * interval '7 seconds', random() * 5000,
+         (ARRAY['kWh','W','V','A','C'])[1 + g % 5], 'reading ' || (g % 977) || ' of batch ' || (g / 1000),
+         md5(g::text || random()::text)
+  FROM generate_series(1, $PG_ROWS) g;
+CREATE INDEX reading_sensor ON reading (sensor_id, taken_at);
+ANALYZE;
+SQL
     pg_bytes=$("$pgbin/psql" -XAtc "select pg_database_size('bench')" bench)
     cat > "$work/pg.toml" <<TOML
 name = "pgbench"
@@ -265,6 +281,69 @@ TOML
     pg_sizes="PostgreSQL artifact: guard $(numfmt --to=iec "$size_guard_pg") vs pg_dump -Fc $(numfmt --to=iec "$size_pgdump") ($(echo "scale=1; 100 * ($size_guard_pg - $size_pgdump) / $size_pgdump" | bc -l)%); guard's peak memory $((peak_pg_kb / 1024)) MiB."
 fi
 
+# --- S3: guard's bucket clone vs `aws s3 sync`, against a local moto server ------------------
+s3_line=""
+if [ "${SKIP_S3:-}" != 1 ]; then
+    S3_OBJECTS="${S3_OBJECTS:-2000}"
+    S3_SIZE="${S3_SIZE:-200000}"
+    python3 -c 'import moto.server' 2>/dev/null || python3 -m pip install -q 'moto[server]>=5,<6'
+    # awscli in its own virtualenv: its pinned botocore must not disturb moto's.
+    if [ ! -x "$work/awscli/bin/aws" ]; then
+        say "installing awscli (PyPI) into $work/awscli"
+        python3 -m venv "$work/awscli" && "$work/awscli/bin/pip" install -q awscli
+    fi
+    aws="$work/awscli/bin/aws"
+    s3port=55433
+    python3 -m moto.server -H 127.0.0.1 -p "$s3port" >"$work/moto.log" 2>&1 &
+    moto_pid=$!
+    trap 'kill $moto_pid 2>/dev/null; if [ -n "${pgroot:-}" ]; then as_pg "$pgbin/pg_ctl" stop -D "$pgroot/data" -m fast >/dev/null 2>&1 || true; fi' EXIT
+    export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1 AWS_REGION=us-east-1
+    endpoint="http://127.0.0.1:$s3port"
+    for _ in $(seq 100); do
+        python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' "$endpoint" 2>/dev/null && break
+        sleep 0.1
+    done
+    say "s3: uploading $S3_OBJECTS objects of $S3_SIZE bytes to moto"
+    python3 - "$endpoint" "$S3_OBJECTS" "$S3_SIZE" <<'PY'
+import concurrent.futures, os, sys, boto3
+endpoint, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+for b in ("src", "dst", "clones"):
+    s3.create_bucket(Bucket=b)
+def put(i):
+    body = os.urandom(size // 4) * 4
+    s3.put_object(Bucket="src", Key=f"images/{i % 50:02d}/{i:05d}.jpg", Body=body, ContentType="image/jpeg")
+with concurrent.futures.ThreadPoolExecutor(16) as ex:
+    list(ex.map(put, range(n)))
+PY
+    cat > "$work/s3.toml" <<TOML
+name = "s3bench"
+store = "s3store"
+[[target]]
+name = "images"
+kind = "s3"
+bucket = "src"
+clone_bucket = "clones"
+endpoint = "$endpoint"
+TOML
+    aws_sync() { "$aws" --endpoint-url "$endpoint" s3 sync s3://src s3://dst --only-show-errors; }
+    clear_dst() { "$aws" --endpoint-url "$endpoint" s3 rm s3://dst --recursive --only-show-errors; }
+    clear_clones() { "$aws" --endpoint-url "$endpoint" s3 rm s3://clones --recursive --only-show-errors; rm -rf "$work/s3store" "$HOME/.cache/guard"; }
+    guard_clone() { "$guard" --policy "$work/s3.toml" snapshot; }
+    say "s3: aws s3 sync"
+    prep="clear_dst"
+    t_sync=$(median aws_sync)
+    say "s3: guard snapshot (first: copies every object)"
+    prep="clear_clones"
+    t_clone=$(median guard_clone)
+    prep=""
+    say "s3: guard snapshot (repeat of an unchanged bucket)"
+    t_repeat=$(median guard_clone)
+    kill $moto_pid 2>/dev/null || true
+    s3_line="| S3 bucket clone ($S3_OBJECTS objects × $(numfmt --to=iec "$S3_SIZE"), moto on 127.0.0.1) | ${t_clone} s | aws s3 sync s3://src s3://dst | ${t_sync} s | **$(echo "scale=2; $t_clone / $t_sync" | bc -l | sed 's/^\./0./')×** |
+| S3 repeat snapshot, bucket unchanged | ${t_repeat} s | guard's first snapshot | ${t_clone} s | **$(echo "scale=2; $t_repeat / $t_clone" | bc -l | sed 's/^\./0./')×** |"
+fi
+
 ratio() { echo "scale=2; $1 / $2" | bc -l | sed 's/^\./0./'; }
 report="$work/results.md"
 {
@@ -280,6 +359,7 @@ report="$work/results.md"
     echo "| verify (checksums) | ${t_verify} s | openssl dgst -sha256 | ${t_openssl} s | $(ratio "$t_verify" "$t_openssl")× |"
     echo "| verify (deep: gunzip + integrity_check + fingerprints) | ${t_verify_deep} s | — | — | — |"
     [ -n "$pg_line" ] && echo "$pg_line"
+    [ -n "$s3_line" ] && echo "$s3_line"
     echo "| \`guard -- true\`, small policy | ${t_small_run} s | guard snapshot of the same | ${t_small_snap} s | +$(echo "($t_small_run - $t_small_snap) * 1000" | bc -l | xargs printf '%.0f') ms |"
     echo
     echo "Artifact size: guard $(numfmt --to=iec "$size_guard") vs gzip -6 $(numfmt --to=iec "$size_gzip") ($(echo "scale=2; 100 * ($size_guard - $size_gzip) / $size_gzip" | bc -l)% difference)."

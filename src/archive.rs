@@ -119,6 +119,7 @@ fn fill(r: &mut impl Read, buf: &mut Vec<u8>, want: usize) -> io::Result<()> {
 
 struct Job {
     seq: u64,
+    #[cfg_attr(not(feature = "zlib-rs"), allow(dead_code))]
     dict: Vec<u8>,
     data: Vec<u8>,
     last: bool,
@@ -126,6 +127,9 @@ struct Job {
 
 fn deflate_block(level: u32, job: &Job) -> Result<Vec<u8>> {
     let mut c = Compress::new(flate2::Compression::new(level), false);
+    // Carrying the previous block's last 32 KiB keeps the ratio of one long stream; only the
+    // zlib-compatible backends can prime a raw deflate stream with a dictionary.
+    #[cfg(feature = "zlib-rs")]
     if !job.dict.is_empty() {
         c.set_dictionary(&job.dict)
             .map_err(|e| anyhow!("deflate dictionary: {e}"))?;

@@ -802,3 +802,88 @@ expect = "t"
         "1"
     );
 }
+
+/// Issue 6: a healthy SQLite + PostgreSQL policy drills green and records each target's time to
+/// restore; a damaged artifact fails the drill naming it, and no scratch database or file is
+/// left behind even though the drill failed halfway (after the PostgreSQL target).
+#[test]
+fn sqlite_and_postgres_policy_drills_green_then_fails_cleanly() {
+    let cluster = rent_cluster();
+    let env = env_with(
+        &cluster,
+        "",
+        r#"
+[[target]]
+name = "app"
+kind = "sqlite"
+path = "app.db"
+
+[[drill.check]]
+name = "ledger restored"
+target = "rent"
+sql = 'SELECT count(*) FROM "RentLedger"'
+expect = "== 31"
+
+[[drill.check]]
+name = "payments restored"
+target = "app"
+sql = "SELECT count(*) FROM payment"
+expect = "== 30"
+"#,
+    );
+    lending_db(&env.path("app.db"), 10);
+    let snap = run_env(&env, &cluster, &["snapshot"]);
+    assert_eq!(snap.code, 0, "{snap:?}");
+    let id = snap.stdout.trim().to_string();
+
+    let r = run_env(&env, &cluster, &["drill", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    let targets = v["targets"].as_array().unwrap();
+    assert_eq!(
+        targets
+            .iter()
+            .map(|t| t["target"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        vec!["rent", "app"]
+    );
+    assert!(
+        targets
+            .iter()
+            .all(|t| t["ok"] == true && t["restore_seconds"].as_f64().is_some()),
+        "{v}"
+    );
+    assert!(
+        v["checks"].as_array().unwrap().iter().all(|c| c["passed"] == true),
+        "{v}"
+    );
+    let history = run_env(&env, &cluster, &["drills", "--json"]);
+    let h: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
+    assert_eq!(h.as_array().unwrap().len(), 1, "{h}");
+
+    // Damage the SQLite artifact: the drill restores `rent` into scratch first, then fails on `app`.
+    let gz = env.path(&format!("backups/snapshots/{id}/app.sqlite.gz"));
+    let mut bytes = std::fs::read(&gz).unwrap();
+    let n = bytes.len();
+    bytes[n / 3] ^= 0x40;
+    std::fs::write(&gz, bytes).unwrap();
+    let r = run_env(&env, &cluster, &["drill"]);
+    assert_eq!(r.code, 66, "{r:?}");
+    assert!(r.all().contains("app.sqlite.gz"), "names the artifact: {r:?}");
+    assert_eq!(
+        cluster.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'guard_drill%'"
+        ),
+        "0",
+        "no scratch database left"
+    );
+    let leftovers = std::fs::read_dir(env.path("backups/tmp"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(leftovers, 0, "no scratch files left");
+    let s: serde_json::Value = serde_json::from_str(&run_env(&env, &cluster, &["status", "--json"]).stdout).unwrap();
+    assert_eq!(s["last_drill"]["ok"], false, "{s}");
+    assert_eq!(s["last_good_drill"]["snapshot_id"], id.as_str(), "{s}");
+}

@@ -2,7 +2,8 @@
 //!
 //! Snapshot: the online backup API copies the database into scratch in one step under a read
 //! transaction, so the copy is consistent while other processes keep writing (WAL databases
-//! included); `PRAGMA integrity_check` runs on the copy before it is compressed. Restore:
+//! included); `PRAGMA quick_check` runs on the copy before it is compressed (`guard verify` and
+//! drills run the full `integrity_check` on the stored artifact). Restore:
 //! decompress beside the live file, check the content checksum, checkpoint and remove the live
 //! `-wal`/`-shm`/`-journal`, then rename over the original and fsync the directory.
 
@@ -170,18 +171,28 @@ fn fingerprints(c: &Connection, hashed: &[String]) -> Result<BTreeMap<String, Fi
     Ok(out)
 }
 
+/// `PRAGMA integrity_check`: every page, b-tree, record, and every index against its table.
 fn integrity_check(c: &Connection) -> Result<()> {
-    let mut st = c.prepare("PRAGMA integrity_check")?;
+    check_pragma(c, "integrity_check")
+}
+
+/// `PRAGMA quick_check`: every page, b-tree and record in O(N), without cross-checking index
+/// contents (measured: 0.33 s against integrity_check's 7.3 s on a 232 MB database). Used on
+/// the pre-command copy, where it sits on the critical path; `guard verify` and drills run the
+/// full [`integrity_check`].
+fn quick_check(c: &Connection) -> Result<()> {
+    check_pragma(c, "quick_check")
+}
+
+fn check_pragma(c: &Connection, pragma: &str) -> Result<()> {
+    let mut st = c.prepare(&format!("PRAGMA {pragma}"))?;
     let msgs = st
         .query_map([], |r| r.get::<_, String>(0))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     if msgs.len() == 1 && msgs[0] == "ok" {
         Ok(())
     } else {
-        bail!(
-            "integrity_check: {}",
-            msgs.into_iter().take(5).collect::<Vec<_>>().join("; ")
-        )
+        bail!("{pragma}: {}", msgs.into_iter().take(5).collect::<Vec<_>>().join("; "))
     }
 }
 
@@ -261,7 +272,7 @@ impl SqliteTarget {
         drop(src);
         {
             let c = Connection::open(&copy)?;
-            integrity_check(&c)
+            quick_check(&c)
                 .with_context(|| format!("target {}: the copy failed its integrity check", self.spec.name))?;
             rec.fingerprints =
                 fingerprints(&c, ctx.fingerprint).with_context(|| format!("target {}", self.spec.name))?;
