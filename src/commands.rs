@@ -62,12 +62,7 @@ pub fn snapshot_cmd(policy: &Policy, only: &[String], label: Option<String>, ui:
             ));
         }
     }
-    let targets: Vec<Box<dyn Target>> = policy
-        .targets
-        .iter()
-        .map(targets::build)
-        .collect::<Result<_>>()
-        .kind(Kind::Usage)?;
+    let targets = targets::build_all(policy).kind(Kind::Usage)?;
     if targets.is_empty() {
         return Err(Failure::msg(
             Kind::Usage,

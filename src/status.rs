@@ -13,7 +13,7 @@ use crate::manifest::SnapshotKind;
 use crate::policy::Policy;
 use crate::snapshot::{self, Request};
 use crate::store::{self, Store};
-use crate::targets::{self, Target};
+use crate::targets;
 use crate::ui::{self, Ui};
 
 /// Every journal in the store (any policy), oldest first.
@@ -276,12 +276,7 @@ pub fn recover(policy: &Policy, keep: bool, yes: bool, ui: &Ui) -> Result<u8, Fa
             snapshot::verify(store, &m, snapshot::Depth::Content, std::path::Path::new("/")).kind(Kind::Corrupt)?;
             crate::run::run_hooks("before", &policy.hooks.before, ui).kind(Kind::RestoreFailed)?;
             if j.phase != Phase::Restoring || j.rescue_id.is_none() {
-                let targets: Vec<Box<dyn Target>> = policy
-                    .targets
-                    .iter()
-                    .map(targets::build)
-                    .collect::<Result<_>>()
-                    .kind(Kind::Usage)?;
+                let targets = targets::build_all(policy).kind(Kind::Usage)?;
                 let rescue = snapshot::take(
                     policy,
                     &targets,

@@ -118,6 +118,11 @@ pub trait Target: Send + Sync {
 /// objects) that retention must release through [`Target::release`].
 pub const EXTERNAL_KINDS: &[&str] = &["turso", "s3"];
 
+/// Build every target a policy names.
+pub fn build_all(policy: &crate::policy::Policy) -> Result<Vec<Box<dyn Target>>> {
+    policy.targets.iter().map(build).collect()
+}
+
 /// Build the target a spec describes.
 pub fn build(spec: &TargetSpec) -> Result<Box<dyn Target>> {
     Ok(match &spec.kind {
