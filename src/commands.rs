@@ -322,13 +322,13 @@ pub fn restore(policy: &Policy, id: &str, only: &[String], no_rescue: bool, yes:
         ui::print_json(&json!({"snapshot_id": id, "rescue_id": rescue_id, "targets": results}));
     }
     if !failed.is_empty() {
-        let f = Failure::msg(
-            Kind::RestoreFailed,
-            format!(
-                "restore failed for {} — act now; the snapshot is intact, retry with `guard restore {id}`",
-                failed.iter().map(|r| r.target.as_str()).collect::<Vec<_>>().join(", ")
-            ),
-        );
+        let names = failed.iter().map(|r| r.target.as_str()).collect::<Vec<_>>().join(", ");
+        let msg = if failed.iter().all(|r| r.manual) {
+            format!("{names} is not restored in place automatically — act now, following the instructions above")
+        } else {
+            format!("restore failed for {names} — act now; the snapshot is intact, retry with `guard restore {id}`")
+        };
+        let f = Failure::msg(Kind::RestoreFailed, msg);
         return Err(if ui.json { f.reported() } else { f });
     }
     ui.info(&format!("guard: restored {} from {id} and verified", names.join(", ")));

@@ -21,7 +21,23 @@ pub struct TargetRestore {
     pub seconds: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The target cannot be restored in place by guard; `error` holds what a person must do.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub manual: bool,
 }
+
+/// A restore that a person must finish (for example a Turso `promote`: repoint the app at the
+/// branch). Returned as the error of [`Target::restore`]; its text is the instructions.
+#[derive(Debug)]
+pub struct ManualStep(pub String);
+
+impl std::fmt::Display for ManualStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ManualStep {}
 
 /// The live target for a record: the policy's target of that name, or one rebuilt from the
 /// record when the policy no longer names it.
@@ -64,8 +80,17 @@ pub fn restore_all(
         });
         spinner.finish();
         let seconds = started.elapsed().as_secs_f64();
+        let manual = r
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.downcast_ref::<ManualStep>().is_some());
         match &r {
             Ok(()) => ui.info(&format!("  {:<16} restored and verified in {seconds:.1}s", rec.name)),
+            Err(e) if manual => eprintln!(
+                "guard: {} is not restored in place automatically — it needs you:\n{}",
+                rec.name,
+                crate::secrets::redact(&format!("{e:#}"))
+            ),
             Err(e) => eprintln!(
                 "guard: restore of {} FAILED: {}",
                 rec.name,
@@ -77,6 +102,7 @@ pub fn restore_all(
             ok: r.is_ok(),
             seconds,
             error: r.err().map(|e| crate::secrets::redact(&format!("{e:#}"))),
+            manual,
         });
         crate::journal::test_pause("restore-between-targets");
     }

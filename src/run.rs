@@ -528,6 +528,19 @@ fn lifecycle(
     let restored = restore_deferring_signals(policy, store, &snap, ui);
     j.restored = restored.iter().filter(|r| r.ok).map(|r| r.target.clone()).collect();
     let failed: Vec<&TargetRestore> = restored.iter().filter(|r| !r.ok).collect();
+    if !failed.is_empty() && failed.iter().all(|r| r.manual) {
+        // Nothing went wrong, but guard cannot finish: the instructions were printed above.
+        return Err(Failure::msg(
+            Kind::RestoreFailed,
+            format!(
+                "{why}; restore is not automatic for {} — act now, following the instructions above.{} The failed state is kept in rescue snapshot {}; the pre-run snapshot is {}.",
+                failed.iter().map(|r| r.target.as_str()).collect::<Vec<_>>().join(", "),
+                if j.restored.is_empty() { String::new() } else { format!(" Restored and verified: {}.", j.restored.join(", ")) },
+                rescue.id,
+                snap.id
+            ),
+        ));
+    }
     if !failed.is_empty() {
         return Err(Failure::msg(
             Kind::RestoreFailed,

@@ -1648,7 +1648,7 @@ impl Target for TursoTarget {
             TursoRestore::Reload => self.reload(rec, store),
             TursoRestore::Promote => {
                 // Not a success: the source still holds the failed state until someone repoints.
-                Err(anyhow!("{}", self.promote_instructions(rec)?))
+                Err(crate::restore::ManualStep(self.promote_instructions(rec)?).into())
             }
         }
     }
