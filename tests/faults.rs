@@ -319,7 +319,7 @@ fn secrets_never_appear_in_output_logs_manifests_or_child_argv() {
             "{text}\n[hooks]\nbefore = [\"test -n \\\"${{GUARD_FAULTS_API_TOKEN}}\\\"\"]\n\n[[check]]\nname = \"token works\"\ncommand = \"test \\\"${{GUARD_FAULTS_API_TOKEN}}\\\" = {secret}\"\n"
         ),
     );
-    let mut child = env
+    let child = env
         .cmd(&[
             "--json",
             "--",
