@@ -86,6 +86,18 @@ pub struct TargetRecord {
     pub meta: BTreeMap<String, String>,
 }
 
+impl TargetRecord {
+    /// The tables (or items) whose content hash the record holds — those named by `untouched`
+    /// checks — leaving out the `@schema` entries.
+    pub fn hashed_items(&self) -> Vec<String> {
+        self.fingerprints
+            .iter()
+            .filter(|(k, f)| f.hash.is_some() && !k.starts_with('@'))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
 /// One stored file of a snapshot.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

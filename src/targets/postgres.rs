@@ -1267,14 +1267,6 @@ async fn fingerprints(c: &mut PgConnection, hashed: &[String], lenient: bool) ->
     Ok(out)
 }
 
-fn hashed_items(rec: &TargetRecord) -> Vec<String> {
-    rec.fingerprints
-        .iter()
-        .filter(|(k, f)| f.hash.is_some() && !k.starts_with('@'))
-        .map(|(k, _)| k.clone())
-        .collect()
-}
-
 /// The SQL run before the dump's own, in the restore's transaction: drop every user schema
 /// (with everything in it, including what a failed migration added), recreate `public` as
 /// recorded, and unlink large objects (the dump recreates its own).
@@ -1586,7 +1578,7 @@ impl Target for PostgresTarget {
             };
         }
         let mut c = self.connect()?;
-        let hashed = hashed_items(rec);
+        let hashed = rec.hashed_items();
         let got = crate::block_on(async {
             let r = fingerprints(&mut c, &hashed, false).await;
             let _ = c.close().await;

@@ -308,15 +308,6 @@ impl SqliteTarget {
     }
 }
 
-/// The tables whose content hash a record holds (those named by `untouched` checks).
-fn hashed_tables(rec: &TargetRecord) -> Vec<String> {
-    rec.fingerprints
-        .iter()
-        .filter(|(k, f)| f.hash.is_some() && !k.starts_with('@'))
-        .map(|(k, _)| k.clone())
-        .collect()
-}
-
 fn is_raw(rec: &TargetRecord) -> bool {
     rec.artifacts.first().is_some_and(|a| a.format == "raw-file")
 }
@@ -389,7 +380,7 @@ impl Target for SqliteTarget {
         (|| {
             let c = Connection::open_with_flags(&copy, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
             integrity_check(&c)?;
-            let hashed = hashed_tables(rec);
+            let hashed = rec.hashed_items();
             let got = fingerprints(&c, &hashed)?;
             compare_fingerprints(&rec.fingerprints, &got)
                 .context("fingerprints differ from those recorded at snapshot time")
@@ -487,7 +478,7 @@ impl Target for SqliteTarget {
             // Not a database SQLite can open: the bytes are the proof.
             return Ok(());
         }
-        let hashed = hashed_tables(rec);
+        let hashed = rec.hashed_items();
         let c = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         let got = fingerprints(&c, &hashed)?;
         compare_fingerprints(&rec.fingerprints, &got)

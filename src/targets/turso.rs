@@ -499,14 +499,6 @@ fn fingerprints(c: &mut dyn Sql, hashed: &[String]) -> Result<BTreeMap<String, F
     Ok(out)
 }
 
-fn hashed_of(rec: &TargetRecord) -> Vec<String> {
-    rec.fingerprints
-        .iter()
-        .filter(|(k, f)| f.hash.is_some() && !k.starts_with('@'))
-        .map(|(k, _)| k.clone())
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------------
 // HTTP: Platform API and Hrana
 
@@ -939,7 +931,7 @@ fn load_export(store: &dyn Store, a: &crate::manifest::Artifact, db: &Path) -> R
 /// The export loads into an empty SQLite file at `db` and holds the recorded data.
 fn check_export(rec: &TargetRecord, store: &dyn Store, a: &crate::manifest::Artifact, db: &Path) -> Result<()> {
     let mut c = load_export(store, a, db)?;
-    let got = fingerprints(&mut c, &hashed_of(rec))?;
+    let got = fingerprints(&mut c, &rec.hashed_items())?;
     compare_fingerprints(&rec.fingerprints, &got)
         .context("the export's data differs from the fingerprints recorded at snapshot time")
         .with_context(|| format!("{}/{}", store.location(), a.key))
@@ -1607,7 +1599,7 @@ impl Target for TursoTarget {
         let info = self.recorded_branch(rec)?;
         let branch = self.branch_db(&info)?;
         branch.answer(Duration::from_secs(10))?;
-        let got = self.read_fingerprints(&branch, &hashed_of(rec))?;
+        let got = self.read_fingerprints(&branch, &rec.hashed_items())?;
         compare_fingerprints(&rec.fingerprints, &got).with_context(|| {
             format!(
                 "branch {} differs from the fingerprints recorded at snapshot time",
@@ -1661,7 +1653,7 @@ impl Target for TursoTarget {
             };
         }
         let source = self.source_db()?;
-        let got = self.read_fingerprints(&source, &hashed_of(rec))?;
+        let got = self.read_fingerprints(&source, &rec.hashed_items())?;
         compare_fingerprints(&rec.fingerprints, &got)?;
         // Beyond the recorded hashes: every table's content equals the branch's (when the
         // branch is gone the restore came from the export, checked against the record above).
