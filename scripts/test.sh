@@ -58,6 +58,8 @@ export GUARD_TEST_MOTO="${GUARD_TEST_MOTO:-$(python3 -c 'import shutil; print(sh
 
 say "cargo fmt --check"
 cargo fmt --check
+say "cargo clippy (warnings are errors)"
+cargo clippy --all-targets --quiet -- -D warnings
 say "cargo test"
 extra=()
 if [ "${1:-}" = "--" ]; then shift; extra=("$@"); fi

@@ -106,7 +106,7 @@ pub fn acquire(store: &dyn Store, policy: &str, command: &str, run_id: Option<&s
                 ),
             ));
         }
-        return Err(Failure::new(Kind::Internal, err).into());
+        return Err(Failure::new(Kind::Internal, err));
     }
     let mut taken_over = read_holder(&mut file);
     let me = Holder {

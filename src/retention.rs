@@ -474,11 +474,11 @@ mod tests {
             row("e", 2, "pre-run", "app", false),
         ];
         let d = decide(&rows, 30, 3);
-        assert_eq!(d["e"], true);
-        assert_eq!(d["d"], true);
-        assert_eq!(d["c"], true);
-        assert_eq!(d["b"], false);
-        assert_eq!(d["a"], false);
+        assert!(d["e"]);
+        assert!(d["d"]);
+        assert!(d["c"]);
+        assert!(!d["b"]);
+        assert!(!d["a"]);
     }
 
     #[test]
@@ -490,8 +490,8 @@ mod tests {
             row("a-new", 50, "pre-run", "app", false),
         ];
         let d = decide(&rows, 30, 1);
-        assert_eq!(d["a-new"], true);
-        assert_eq!(d["z-old"], false);
+        assert!(d["a-new"]);
+        assert!(!d["z-old"]);
     }
 
     #[test]
@@ -502,9 +502,9 @@ mod tests {
             row("p", 50, "pre-run", "app", false),
         ];
         let d = decide(&rows, 30, 1);
-        assert_eq!(d["p"], true);
-        assert_eq!(d["r"], false);
-        assert_eq!(d["old-verified"], true, "newest verified snapshot survives");
+        assert!(d["p"]);
+        assert!(!d["r"]);
+        assert!(d["old-verified"], "newest verified snapshot survives");
     }
 
     #[test]

@@ -55,7 +55,8 @@ const PARTS_IN_FLIGHT: usize = 2;
 /// A custom endpoint (the target's `endpoint`, `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`) is
 /// addressed path-style, which every S3-compatible server understands. Clients are cached.
 pub fn client(endpoint: Option<&str>, region: Option<&str>) -> Client {
-    static CLIENTS: OnceLock<Mutex<Vec<((Option<String>, Option<String>), Client)>>> = OnceLock::new();
+    type Key = (Option<String>, Option<String>);
+    static CLIENTS: OnceLock<Mutex<Vec<(Key, Client)>>> = OnceLock::new();
     let id = (endpoint.map(str::to_string), region.map(str::to_string));
     let cache = CLIENTS.get_or_init(|| Mutex::new(Vec::new()));
     if let Some((_, c)) = cache.lock().expect("client cache").iter().find(|(k, _)| *k == id) {

@@ -121,8 +121,11 @@ pub struct S3Target {
     known: Mutex<HashMap<(String, String, u64), String>>,
     /// Listings read by `restore`, by artifact SHA-256, for `verify_restored`.
     /// With the keys whose bytes and attributes the restore found equal and left alone.
-    restored: Mutex<HashMap<String, (Arc<Vec<ObjectEntry>>, HashSet<String>)>>,
+    restored: Mutex<HashMap<String, RestoredListing>>,
 }
+
+/// A listing a restore read, and the keys it found equal and left alone.
+type RestoredListing = (Arc<Vec<ObjectEntry>>, HashSet<String>);
 
 fn unquote(e: &str) -> String {
     e.trim_matches('"').to_string()

@@ -793,7 +793,7 @@ impl Stream<'_> {
                     e["code"].as_str().unwrap_or("-")
                 );
             }
-            if results.get(i).map_or(true, Json::is_null) {
+            if results.get(i).is_none_or(Json::is_null) {
                 bail!("{}: `{}` did not run", self.db.label, shorten(sql));
             }
         }
