@@ -165,7 +165,7 @@ fn delete_snapshots(
     store: &dyn Store,
     catalog: &Catalog,
     ids: &[String],
-    kept: &dyn Fn(&str) -> Vec<crate::manifest::TargetRecord>,
+    kept: &dyn Fn(&str) -> Result<Vec<crate::manifest::TargetRecord>>,
 ) -> Result<u64> {
     if ids.is_empty() {
         return Ok(0);
@@ -209,7 +209,7 @@ fn delete_snapshots(
                         }
                     };
                     let others = if target.release_needs_kept() {
-                        kept(&rec.name)
+                        kept(&rec.name)?
                     } else {
                         Vec::new()
                     };
@@ -308,12 +308,16 @@ pub fn prune(
     let mut deleted = Vec::new();
     if !dry_run {
         let kept_ids: Vec<String> = decisions.iter().filter(|d| d.keep).map(|d| d.id.clone()).collect();
-        let kept_records = |target: &str| -> Vec<crate::manifest::TargetRecord> {
-            kept_ids
-                .iter()
-                .filter_map(|id| Manifest::load(store, id).ok())
-                .filter_map(|m| m.target(target).cloned())
-                .collect()
+        // Fail closed: a kept snapshot whose manifest cannot be read might reference what a
+        // release would delete, so it stops the prune instead of being skipped.
+        let kept_records = |target: &str| -> Result<Vec<crate::manifest::TargetRecord>> {
+            let mut out = Vec::new();
+            for id in &kept_ids {
+                let m = Manifest::load(store, id)
+                    .with_context(|| format!("kept snapshot {id} is unreadable; nothing it may share was released"))?;
+                out.extend(m.target(target).cloned());
+            }
+            Ok(out)
         };
         let ids: Vec<String> = unfinished
             .iter()
