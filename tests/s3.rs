@@ -683,3 +683,46 @@ fn prune_deletes_only_the_clone_objects_no_kept_snapshot_needs() {
     assert_eq!(r.code, 0, "{r:?}");
     assert!(diff_states(&want, &bucket_state(&c, SRC)).is_empty());
 }
+
+/// Fail closed: when a kept snapshot's manifest cannot be read, prune deletes no clone object
+/// (that snapshot might reference any of them) and says which snapshot is unreadable.
+#[test]
+fn prune_deletes_no_clone_when_a_kept_manifest_is_unreadable() {
+    let e = S3Env::new(Moto::start());
+    let c = e.moto.client().clone();
+    let mut objs = images(20);
+    put_all(&c, SRC, objs.clone());
+    e.env.write(
+        "guard.toml",
+        &art_policy("backups", "[retention]\nkeep_within = \"30d\"\nkeep_last = 1\n"),
+    );
+    let now = time::OffsetDateTime::now_utc();
+    let snap = |days: i64| {
+        let when = guard::rfc3339(now - time::Duration::days(days));
+        let r: Run = e
+            .cmd(&["snapshot"])
+            .env("GUARD_TEST_NOW", when)
+            .output()
+            .unwrap()
+            .into();
+        assert_eq!(r.code, 0, "{r:?}");
+        r.stdout.trim().to_string()
+    };
+    snap(100);
+    for o in objs.iter_mut().take(5) {
+        o.body.extend_from_slice(b" v2");
+    }
+    put_all(&c, SRC, objs[..5].to_vec());
+    let newest = snap(0);
+    let before = keys(&c, CLONES, "guard/").len();
+    assert_eq!(before, 25);
+    std::fs::write(
+        e.env.path(&format!("backups/snapshots/{newest}/manifest.json")),
+        b"{ damaged",
+    )
+    .unwrap();
+    let r = e.guard(&["prune"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains(&newest) && r.stderr.contains("unreadable"), "{r:?}");
+    assert_eq!(keys(&c, CLONES, "guard/").len(), before, "no clone deleted");
+}
