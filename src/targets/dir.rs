@@ -41,6 +41,39 @@ fn rel_string(root: &Path, p: &Path) -> String {
         .replace('\\', "/")
 }
 
+fn file_entry(path: String, size: u64, sha256: String, mode: u32) -> FileEntry {
+    FileEntry {
+        path,
+        kind: "file".into(),
+        size,
+        sha256: Some(sha256),
+        link: None,
+        mode,
+    }
+}
+
+fn dir_entry(path: String, mode: u32) -> FileEntry {
+    FileEntry {
+        path,
+        kind: "dir".into(),
+        size: 0,
+        sha256: None,
+        link: None,
+        mode,
+    }
+}
+
+fn symlink_entry(path: String, link: Option<String>, mode: u32) -> FileEntry {
+    FileEntry {
+        path,
+        kind: "symlink".into(),
+        size: 0,
+        sha256: None,
+        link,
+        mode,
+    }
+}
+
 /// Walk `root` and describe every entry, hashing files.
 fn scan(root: &Path) -> Result<Vec<FileEntry>> {
     let mut out = Vec::new();
@@ -56,33 +89,12 @@ fn scan(root: &Path) -> Result<Vec<FileEntry>> {
         let ft = meta.file_type();
         if ft.is_symlink() {
             let link = fs::read_link(e.path())?.to_string_lossy().into_owned();
-            out.push(FileEntry {
-                path,
-                kind: "symlink".into(),
-                size: 0,
-                sha256: None,
-                link: Some(link),
-                mode,
-            });
+            out.push(symlink_entry(path, Some(link), mode));
         } else if ft.is_dir() {
-            out.push(FileEntry {
-                path,
-                kind: "dir".into(),
-                size: 0,
-                sha256: None,
-                link: None,
-                mode,
-            });
+            out.push(dir_entry(path, mode));
         } else if ft.is_file() {
             let d = crate::archive::digest(fs::File::open(e.path())?)?;
-            out.push(FileEntry {
-                path,
-                kind: "file".into(),
-                size: d.bytes,
-                sha256: Some(d.sha256),
-                link: None,
-                mode,
-            });
+            out.push(file_entry(path, d.bytes, d.sha256, mode));
         }
     }
     Ok(out)
@@ -177,35 +189,14 @@ fn write_tar(root: &Path, w: impl Write) -> Result<Vec<FileEntry>> {
                     e.path().display()
                 );
             }
-            out.push(FileEntry {
-                path,
-                kind: "file".into(),
-                size,
-                sha256: Some(d.sha256),
-                link: None,
-                mode,
-            });
+            out.push(file_entry(path, size, d.sha256, mode));
         } else if ft.is_dir() {
             b.append_data(&mut h, &path, std::io::empty())?;
-            out.push(FileEntry {
-                path,
-                kind: "dir".into(),
-                size: 0,
-                sha256: None,
-                link: None,
-                mode,
-            });
+            out.push(dir_entry(path, mode));
         } else if ft.is_symlink() {
             let link = fs::read_link(e.path())?;
             b.append_link(&mut h, &path, &link)?;
-            out.push(FileEntry {
-                path,
-                kind: "symlink".into(),
-                size: 0,
-                sha256: None,
-                link: Some(link.to_string_lossy().into_owned()),
-                mode,
-            });
+            out.push(symlink_entry(path, Some(link.to_string_lossy().into_owned()), mode));
         }
         // Sockets, fifos and devices are not data: skipped.
     }
@@ -224,33 +215,12 @@ fn listing_of_tar(r: impl Read) -> Result<Vec<FileEntry>> {
         let et = e.header().entry_type();
         if et.is_file() {
             let d = crate::archive::digest(&mut e)?;
-            out.push(FileEntry {
-                path,
-                kind: "file".into(),
-                size: d.bytes,
-                sha256: Some(d.sha256),
-                link: None,
-                mode,
-            });
+            out.push(file_entry(path, d.bytes, d.sha256, mode));
         } else if et.is_dir() {
-            out.push(FileEntry {
-                path,
-                kind: "dir".into(),
-                size: 0,
-                sha256: None,
-                link: None,
-                mode,
-            });
+            out.push(dir_entry(path, mode));
         } else if et.is_symlink() {
             let link = e.link_name()?.map(|l| l.to_string_lossy().into_owned());
-            out.push(FileEntry {
-                path,
-                kind: "symlink".into(),
-                size: 0,
-                sha256: None,
-                link,
-                mode,
-            });
+            out.push(symlink_entry(path, link, mode));
         }
     }
     Ok(out)

@@ -240,6 +240,17 @@ impl ConnInfo {
 // ---------------------------------------------------------------------------------------------
 // Tools
 
+/// `pg_restore -f -`: turns a custom archive on stdin into SQL on stdout (all three piped).
+fn spawn_pg_restore_to_sql(tools: &Tools) -> Result<std::process::Child> {
+    Command::new(tools.bin("pg_restore"))
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {}", tools.bin("pg_restore").display()))
+}
+
 /// The client tools chosen for a server.
 #[derive(Clone, Debug)]
 pub struct Tools {
@@ -767,13 +778,7 @@ impl PostgresTarget {
             }
             return Ok(());
         }
-        let mut child = Command::new(tools.bin("pg_restore"))
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("cannot run {}", tools.bin("pg_restore").display()))?;
+        let mut child = spawn_pg_restore_to_sql(tools)?;
         let err = drain(child.stderr.take().expect("piped"));
         let mut out = child.stdout.take().expect("piped");
         let counter = std::thread::spawn(move || {
@@ -1511,13 +1516,7 @@ impl Target for PostgresTarget {
                     read_artifact(store, a, &mut to_psql)?;
                 }
                 _ => {
-                    let mut pr = Command::new(tools.bin("pg_restore"))
-                        .args(["-f", "-"])
-                        .stdin(Stdio::piped())
-                        .stdout(Stdio::piped())
-                        .stderr(Stdio::piped())
-                        .spawn()
-                        .with_context(|| format!("cannot run {}", tools.bin("pg_restore").display()))?;
+                    let mut pr = spawn_pg_restore_to_sql(&tools)?;
                     let pr_err = drain(pr.stderr.take().expect("piped"));
                     let mut pr_out = pr.stdout.take().expect("piped");
                     let pr_in = pr.stdin.take().expect("piped");

@@ -543,6 +543,22 @@ fn transport(e: reqwest::Error) -> HttpFail {
     }
 }
 
+/// The JSON body of a successful response; otherwise the status and the API's own message.
+async fn json_response(resp: reqwest::Response, not_json: &str) -> std::result::Result<Json, HttpFail> {
+    let status = resp.status();
+    let text = resp.text().await.map_err(transport)?;
+    if !status.is_success() {
+        return Err(HttpFail {
+            status: Some(status.as_u16()),
+            message: error_message(&text),
+        });
+    }
+    serde_json::from_str(&text).map_err(|e| HttpFail {
+        status: Some(status.as_u16()),
+        message: format!("{not_json}: {e}"),
+    })
+}
+
 /// A database's Hrana endpoint and the token for it.
 struct Db {
     http: reqwest::Client,
@@ -565,18 +581,7 @@ impl Db {
                 .send()
                 .await
                 .map_err(transport)?;
-            let status = resp.status();
-            let text = resp.text().await.map_err(transport)?;
-            if !status.is_success() {
-                return Err(HttpFail {
-                    status: Some(status.as_u16()),
-                    message: error_message(&text),
-                });
-            }
-            serde_json::from_str(&text).map_err(|e| HttpFail {
-                status: Some(status.as_u16()),
-                message: format!("not a Hrana response: {e}"),
-            })
+            json_response(resp, "not a Hrana response").await
         })
     }
 
@@ -1075,18 +1080,7 @@ impl TursoTarget {
                 rb = rb.json(&b);
             }
             let resp = rb.send().await.map_err(transport)?;
-            let status = resp.status();
-            let text = resp.text().await.map_err(transport)?;
-            if !status.is_success() {
-                return Err(HttpFail {
-                    status: Some(status.as_u16()),
-                    message: error_message(&text),
-                });
-            }
-            serde_json::from_str(&text).map_err(|e| HttpFail {
-                status: Some(status.as_u16()),
-                message: format!("not JSON: {e}"),
-            })
+            json_response(resp, "not JSON").await
         })
     }
 
