@@ -92,7 +92,7 @@ median() {
         [ -n "$prep" ] && eval "$prep"
         sync
         t0=$(date +%s.%N)
-        "$@" >/dev/null 2>&1
+        "$@" >/dev/null 2>"$work/last.err" || { echo "bench: '$*' failed:" >&2; cat "$work/last.err" >&2; exit 1; }
         t1=$(date +%s.%N)
         times+=("$(echo "$t1 - $t0" | bc -l)")
     done
@@ -326,10 +326,12 @@ bucket = "src"
 clone_bucket = "clones"
 endpoint = "$endpoint"
 TOML
+    sed -e 's/^name = "s3bench"/name = "s3bench-wc"/' -e 's/^endpoint = .*/&\ntags = "with-content"/' "$work/s3.toml" > "$work/s3wc.toml"
     aws_sync() { "$aws" --endpoint-url "$endpoint" s3 sync s3://src s3://dst --only-show-errors; }
     clear_dst() { "$aws" --endpoint-url "$endpoint" s3 rm s3://dst --recursive --only-show-errors; }
     clear_clones() { "$aws" --endpoint-url "$endpoint" s3 rm s3://clones --recursive --only-show-errors; rm -rf "$work/s3store" "$HOME/.cache/guard"; }
     guard_clone() { "$guard" --policy "$work/s3.toml" snapshot; }
+    guard_clone_wc() { "$guard" --policy "$work/s3wc.toml" snapshot; }
     say "s3: aws s3 sync"
     prep="clear_dst"
     t_sync=$(median aws_sync)
@@ -339,9 +341,17 @@ TOML
     prep=""
     say "s3: guard snapshot (repeat of an unchanged bucket)"
     t_repeat=$(median guard_clone)
+    say "s3: guard snapshot, tags = \"with-content\" (first, then a repeat)"
+    prep="clear_clones"
+    t_clone_wc=$(median guard_clone_wc)
+    prep=""
+    t_repeat_wc=$(median guard_clone_wc)
     kill $moto_pid 2>/dev/null || true
-    s3_line="| S3 bucket clone ($S3_OBJECTS objects × $(numfmt --to=iec "$S3_SIZE"), moto on 127.0.0.1) | ${t_clone} s | aws s3 sync s3://src s3://dst | ${t_sync} s | **$(echo "scale=2; $t_clone / $t_sync" | bc -l | sed 's/^\./0./')×** |
-| S3 repeat snapshot, bucket unchanged | ${t_repeat} s | guard's first snapshot | ${t_clone} s | **$(echo "scale=2; $t_repeat / $t_clone" | bc -l | sed 's/^\./0./')×** |"
+    r() { echo "scale=2; $1 / $2" | bc -l | sed 's/^\./0./'; }
+    s3_line="| S3 bucket clone ($S3_OBJECTS objects × $(numfmt --to=iec "$S3_SIZE"), moto on 127.0.0.1), tags exact (default) | ${t_clone} s | aws s3 sync s3://src s3://dst | ${t_sync} s | **$(r "$t_clone" "$t_sync")×** |
+| S3 bucket clone, \`tags = \"with-content\"\` | ${t_clone_wc} s | aws s3 sync s3://src s3://dst | ${t_sync} s | **$(r "$t_clone_wc" "$t_sync")×** |
+| S3 repeat snapshot, bucket unchanged, tags exact (default) | ${t_repeat} s | guard's first snapshot | ${t_clone} s | **$(r "$t_repeat" "$t_clone")×** |
+| S3 repeat snapshot, bucket unchanged, \`tags = \"with-content\"\` | ${t_repeat_wc} s | guard's first snapshot (same mode) | ${t_clone_wc} s | **$(r "$t_repeat_wc" "$t_clone_wc")×** |"
 fi
 
 ratio() { echo "scale=2; $1 / $2" | bc -l | sed 's/^\./0./'; }

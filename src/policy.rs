@@ -187,6 +187,26 @@ pub struct S3Spec {
     pub clone_bucket: String,
     pub endpoint: Option<String>,
     pub region: Option<String>,
+    pub tags: S3Tags,
+}
+
+/// `tags` of an s3 target: how object tags are snapshotted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S3Tags {
+    /// Every snapshot reads every object's tag set; restore puts tag sets back exactly.
+    Exact,
+    /// Tags travel with the clone made when an object's content or metadata last changed;
+    /// tag-only changes are neither seen nor undone. No per-object request for unchanged objects.
+    WithContent,
+}
+
+impl S3Tags {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            S3Tags::Exact => "exact",
+            S3Tags::WithContent => "with-content",
+        }
+    }
 }
 
 /// `kind = "turso"`.
@@ -395,6 +415,7 @@ struct RawTarget {
     clone_bucket: Option<String>,
     endpoint: Option<String>,
     region: Option<String>,
+    tags: Option<String>,
     // turso
     organization: Option<String>,
     database: Option<String>,
@@ -427,6 +448,7 @@ impl RawTarget {
             clone_bucket,
             endpoint,
             region,
+            tags,
             organization,
             database,
             group,
@@ -638,7 +660,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy> {
         let allowed: &[&str] = match t.kind.as_str() {
             "sqlite" | "dir" => &["path"],
             "postgres" => &["url", "format", "csv_tables", "pg_bin", "sessions", "drill_url"],
-            "s3" => &["bucket", "prefix", "clone_bucket", "endpoint", "region"],
+            "s3" => &["bucket", "prefix", "clone_bucket", "endpoint", "region", "tags"],
             "turso" => &[
                 "organization",
                 "database",
@@ -722,6 +744,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy> {
                 clone_bucket: need("clone_bucket", &t.clone_bucket)?,
                 endpoint: opt(&t.endpoint),
                 region: opt(&t.region),
+                tags: match t.tags.as_deref().unwrap_or("exact") {
+                    "exact" => S3Tags::Exact,
+                    "with-content" => S3Tags::WithContent,
+                    x => bail!(
+                        "{}: target {tname:?}: tags {x:?} must be \"exact\" or \"with-content\"",
+                        at(span)
+                    ),
+                },
             }),
             "turso" => {
                 let api_token = need("api_token", &t.api_token)?;
@@ -1101,6 +1131,23 @@ mod tests {
             .unwrap_err();
         let s = format!("{e:#}");
         assert!(s.contains("policy.toml:2") && s.contains("bucket"), "{s}");
+    }
+
+    #[test]
+    fn s3_tags_mode_parses_and_bad_values_name_the_line() {
+        let s3 = |extra: &str| {
+            p(&format!(
+                "name = \"a\"\n[[target]]\nname = \"img\"\nkind = \"s3\"\nbucket = \"b\"\nclone_bucket = \"c\"\n{extra}"
+            ))
+        };
+        let tags = |pol: Policy| match &pol.targets[0].kind {
+            TargetKind::S3(s) => s.tags,
+            _ => unreachable!(),
+        };
+        assert_eq!(tags(s3("").unwrap()), S3Tags::Exact);
+        assert_eq!(tags(s3("tags = \"with-content\"\n").unwrap()), S3Tags::WithContent);
+        let e = format!("{:#}", s3("tags = \"none\"\n").unwrap_err());
+        assert!(e.contains("policy.toml:2") && e.contains("with-content"), "{e}");
     }
 
     #[test]

@@ -134,9 +134,10 @@ untouched = ["images/"]
         2000,
         "every object got a SHA-256: {first}"
     );
-    assert!(
-        meta(&first, "server_checksums") > 300,
-        "the server's checksums are used where it gives them: {first}"
+    assert_eq!(
+        meta(&first, "server_checksums"),
+        2000,
+        "each copy's SHA-256 comes back from the server with the copy: {first}"
     );
 
     let t = Instant::now();
@@ -170,7 +171,8 @@ untouched = ["images/"]
         "unchanged objects reuse the recorded SHA-256: {pre}"
     );
     // The rescue snapshot kept the failed state: 20 deleted, 30 added; 20 rewritten + 5
-    // relabelled + 5 retagged + 30 new objects were copied, nothing else.
+    // relabelled + 30 new objects were copied, nothing else (the 5 retagged ones keep their
+    // clones; their new tag sets are in the rescue listing).
     let rescue = e.show(v["rescue_id"].as_str().unwrap());
     assert_eq!(rescue["kind"], "rescue");
     assert_eq!(
@@ -179,14 +181,63 @@ untouched = ["images/"]
             meta(&rescue, "copied"),
             meta(&rescue, "reused")
         ),
-        (2010, 60, 1950),
+        (2010, 55, 1955),
         "{rescue}"
     );
-    assert_eq!(keys(&c, CLONES, "guard/art-exchange/images/objects/").len(), 2060);
+    assert_eq!(keys(&c, CLONES, "guard/art-exchange/images/objects/").len(), 2055);
 
     let r = e.guard(&["verify"]);
     assert_eq!(r.code, 0, "every snapshot verifies, clones included: {r:?}");
     eprintln!("2,000 objects: first snapshot {first_secs:.1}s; guarded run (repeat snapshot, migration, rescue, restore, verify) {run_secs:.1}s");
+}
+
+#[test]
+fn tags_with_content_restores_bytes_and_metadata_but_not_tag_only_changes() {
+    // `tags = "with-content"`: no per-object request for unchanged objects, and the documented
+    // price: a tag-only change (PutObjectTagging) is neither seen nor undone.
+    let e = S3Env::new(Moto::start());
+    let c = e.moto.client().clone();
+    put_all(&c, SRC, images(300));
+    e.env.write(
+        "guard.toml",
+        &art_policy(
+            "backups",
+            r#"tags = "with-content"
+
+[[check]]
+name = "originals untouched"
+target = "images"
+untouched = ["images/"]
+"#,
+        ),
+    );
+    let before = bucket_state(&c, SRC);
+    let first = json(&e.guard(&["snapshot", "--json"]));
+    assert_eq!(
+        (meta(&first, "copied"), meta(&first, "server_checksums")),
+        (300, 300),
+        "{first}"
+    );
+    assert_eq!(first["targets"][0]["meta"]["tags"], "with-content", "{first}");
+    let r = e.guarded(&["--json"], &e.migrate("break"));
+    assert_eq!(r.code, 1, "{r:?}");
+    let v = json(&r);
+    assert_eq!(v["outcome"], "restored", "{v}");
+    let pre = e.show(v["snapshot_id"].as_str().unwrap());
+    assert_eq!((meta(&pre, "copied"), meta(&pre, "reused")), (0, 300), "{pre}");
+
+    let after = bucket_state(&c, SRC);
+    let d = diff_states(&before, &after);
+    // Deleted, rewritten and relabelled objects are back and the new ones are gone; only the
+    // five retagged objects (bytes and metadata untouched) keep the migration's tags.
+    assert_eq!(d.len(), 5, "{d:?}");
+    for k in &d {
+        let key = k.split(':').next().unwrap();
+        assert_eq!(before[key].sha256, after[key].sha256, "{k}");
+        assert_eq!(before[key].content_type, after[key].content_type, "{k}");
+        assert_eq!(before[key].metadata, after[key].metadata, "{k}");
+        assert_eq!(after[key].tags.get("public").map(String::as_str), Some("no"), "{k}");
+    }
 }
 
 #[test]

@@ -1,20 +1,30 @@
 //! S3 buckets (or a prefix of one), cloned server-side into a clone bucket.
 //!
-//! Snapshot: list the source (every page), read each object's attributes (HeadObject with
-//! checksums enabled, GetObjectTagging), and server-side copy it into the clone bucket under
-//! `guard/<policy>/<target>/objects/<sha256(key)>/<etag>-<size>-<attrs>`: CopyObject with
-//! `MetadataDirective`/`TaggingDirective` COPY, or a multipart UploadPartCopy with the
-//! attributes set explicitly above the multipart threshold. Each copy is pinned to the listed
-//! version with `x-amz-copy-source-if-match`, so an object that changes meanwhile fails the
-//! snapshot instead of being cloned half-old.
+//! Snapshot: list the source (every page) and the clone prefix, then server-side copy each
+//! object that has no usable clone into the clone bucket under
+//! `guard/<policy>/<target>/objects/<sha256(key)>/<etag>-<size>-<last-modified>`: CopyObject
+//! with `MetadataDirective`/`TaggingDirective` COPY and `x-amz-checksum-algorithm: SHA256`, so
+//! the server hands back the copy's SHA-256 in the same request (objects above the multipart
+//! threshold go through UploadPartCopy with their attributes set explicitly and are hashed by
+//! reading the clone). Each copy is pinned to the listed version with
+//! `x-amz-copy-source-if-match`, so an object that changes meanwhile fails the snapshot instead
+//! of being cloned half-old.
 //!
-//! The clone key is a function of the object's key, ETag, size and attributes, so an object
-//! that did not change since an earlier snapshot already has its clone: it is found by
-//! listing the clone prefix (one request per 1,000 clones) and not copied again. The
-//! snapshot's own record is a listing artifact (`TARGET.objects.jsonl.gz`: key, size, ETag,
-//! SHA-256, attributes, clone key and clone ETag of every object), gzip'd and checksummed like
-//! every artifact. Restore copies back what differs, deletes what the snapshot did not have,
-//! then proves the bucket equals the listing.
+//! Change detection: S3 can change an object's bytes or metadata only by writing a new object,
+//! which gets a new Last-Modified. So a clone copied in a later second than the object's
+//! Last-Modified holds exactly that object's bytes and metadata for as long as the object's
+//! (key, size, ETag, Last-Modified) stay the same, and a repeat snapshot reuses it with no
+//! request for that object. A clone copied in the same second as the object's last change is
+//! not trusted again (a second change in that second would be invisible); the next snapshot
+//! copies it anew, under a key of its own. Tags are the exception (PutObjectTagging changes
+//! neither ETag nor Last-Modified): with `tags = "exact"` (the default) every snapshot reads
+//! every tag set and restore puts them back; with `tags = "with-content"` they travel with
+//! the clone only.
+//!
+//! The snapshot's own record is a listing artifact (`TARGET.objects.jsonl.gz`: key, size, ETag,
+//! Last-Modified, SHA-256, tags, clone key, clone ETag and clone time of every object), gzip'd
+//! and checksummed like every artifact. Restore copies back what differs, deletes what the
+//! snapshot did not have, then proves the bucket equals the listing.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -22,7 +32,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aws_sdk_s3::types::{
-    ChecksumMode, CompletedPart, Delete, MetadataDirective, ObjectIdentifier, Tag, Tagging, TaggingDirective,
+    ChecksumAlgorithm, ChecksumMode, CompletedPart, Delete, MetadataDirective, ObjectIdentifier, Tag, Tagging,
+    TaggingDirective,
 };
 use aws_sdk_s3::Client;
 use serde::{Deserialize, Serialize};
@@ -30,7 +41,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::{SnapshotCtx, Target};
 use crate::manifest::{Artifact, Fingerprint, TargetRecord};
-use crate::policy::{S3Spec, TargetKind, TargetSpec};
+use crate::policy::{S3Spec, S3Tags, TargetKind, TargetSpec};
 use crate::store::s3::{client, complete_multipart, sdk_error, status_of, wait};
 use crate::store::Store;
 
@@ -81,12 +92,6 @@ pub struct Attrs {
     pub tags: BTreeMap<String, String>,
 }
 
-impl Attrs {
-    fn digest(&self) -> String {
-        hex::encode(Sha256::digest(serde_json::to_vec(self).expect("serializes")))
-    }
-}
-
 /// One object of a snapshot's listing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectEntry {
@@ -94,14 +99,77 @@ pub struct ObjectEntry {
     pub size: u64,
     /// ETag of the source object (quotes removed).
     pub etag: String,
+    /// Last-Modified of the source object, Unix seconds (0 in listings written before it was
+    /// recorded: such entries are never trusted as unchanged, only copied back).
+    #[serde(default)]
+    pub modified: i64,
     /// SHA-256 of the content, hex.
     pub sha256: String,
     /// `server` (the server's full-object checksum) or `computed` (read and hashed).
     pub sha256_from: String,
-    pub attrs: Attrs,
-    /// Where the copy lives in the clone bucket, and its ETag.
+    /// The tag set, read by this snapshot (`tags = "exact"`); absent with `tags = "with-content"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
+    /// Where the copy lives in the clone bucket, its ETag and its Last-Modified (Unix seconds).
     pub clone_key: String,
     pub clone_etag: String,
+    #[serde(default)]
+    pub cloned: i64,
+}
+
+impl ObjectEntry {
+    fn same_object(&self, l: &Listed) -> bool {
+        self.etag == l.etag && self.size == l.size && self.modified == l.modified
+    }
+
+    /// The clone was copied in a later second than the object's last change, so nothing can
+    /// have changed the object since without changing its Last-Modified.
+    fn settled(&self) -> bool {
+        self.cloned > self.modified
+    }
+}
+
+/// What a snapshot does for one listed object.
+#[derive(Debug, PartialEq)]
+enum Plan {
+    /// The previous snapshot's entry still describes the object: reuse it, no request.
+    Reuse(ObjectEntry),
+    /// A usable clone is already at this key (left by a snapshot whose listing is gone, say
+    /// one that failed later): adopt it, reading only its checksum.
+    Adopt(String),
+    /// Copy the object to this key.
+    Copy(String),
+}
+
+/// Decide what to do for object `o`, given its entry in the previous snapshot, the clone
+/// prefix's listing and the clone key `base` named after its (key, ETag, size, Last-Modified).
+/// A clone is usable when it was copied in a later second than the object's Last-Modified:
+/// S3 changes bytes or metadata only by writing a new object, so the object is still exactly
+/// what was copied. A clone found without a previous entry is adopted only when it shows the
+/// object's own ETag. An existing clone key that is not usable may belong to a kept snapshot and
+/// is never overwritten: the copy goes to a key of this snapshot's own.
+fn plan(
+    o: &Listed,
+    prev: Option<&ObjectEntry>,
+    clones: &HashMap<String, Listed>,
+    base: String,
+    snapshot_id: &str,
+) -> Plan {
+    let usable = |k: &str| clones.get(k).filter(|cl| cl.size == o.size && cl.modified > o.modified);
+    if let Some(p) = prev {
+        if p.same_object(o) && p.settled() && usable(&p.clone_key).is_some_and(|cl| cl.etag == p.clone_etag) {
+            return Plan::Reuse(p.clone());
+        }
+    }
+    // A server-side copy keeps a single-part object's ETag (its MD5): an adopted clone must
+    // show the object's own ETag, so its bytes are the object's.
+    if usable(&base).is_some_and(|cl| cl.etag == o.etag) {
+        Plan::Adopt(base)
+    } else if clones.contains_key(&base) {
+        Plan::Copy(format!("{base}-{snapshot_id}"))
+    } else {
+        Plan::Copy(base)
+    }
 }
 
 /// Counters of a snapshot or restore, for the record and for tests.
@@ -124,8 +192,8 @@ pub struct S3Target {
     restored: Mutex<HashMap<String, RestoredListing>>,
 }
 
-/// A listing a restore read, and the keys it found equal and left alone.
-type RestoredListing = (Arc<Vec<ObjectEntry>>, HashSet<String>);
+/// A listing a restore read, and what it put back: key → the attributes the object must now have.
+type RestoredListing = (Arc<Vec<ObjectEntry>>, HashMap<String, Attrs>);
 
 fn unquote(e: &str) -> String {
     e.trim_matches('"').to_string()
@@ -231,12 +299,13 @@ where
     Ok(out)
 }
 
-/// A listed object: key, size, ETag.
+/// A listed object: key, size, ETag, Last-Modified (Unix seconds).
 #[derive(Debug, Clone)]
 struct Listed {
     key: String,
     size: u64,
     etag: String,
+    modified: i64,
 }
 
 async fn list_all(c: &Client, bucket: &str, prefix: &str) -> Result<Vec<Listed>> {
@@ -255,6 +324,7 @@ async fn list_all(c: &Client, bucket: &str, prefix: &str) -> Result<Vec<Listed>>
                 key: k.to_string(),
                 size: o.size().unwrap_or(0).max(0) as u64,
                 etag: unquote(o.e_tag().unwrap_or_default()),
+                modified: o.last_modified().map(|t| t.secs()).unwrap_or(0),
             });
         }
     }
@@ -277,22 +347,8 @@ async fn read_attrs(
     if let Some(e) = etag {
         req = req.if_match(format!("\"{e}\""));
     }
-    let h = req.send().await.map_err(|e| {
-        if status_of(&e) == Some(412) {
-            anyhow!(
-                "s3://{bucket}/{key} changed while guard was reading it (stop writers with a `before` hook and retry)"
-            )
-        } else {
-            sdk_error(format!("reading s3://{bucket}/{key}"), e)
-        }
-    })?;
-    let t = c
-        .get_object_tagging()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .map_err(|e| sdk_error(format!("reading the tags of s3://{bucket}/{key}"), e))?;
+    let h = req.send().await.map_err(|e| read_error(bucket, key, e))?;
+    let tags = get_tags(c, bucket, key).await?;
     let attrs = Attrs {
         content_type: h.content_type().map(str::to_string),
         content_encoding: h.content_encoding().map(str::to_string),
@@ -303,11 +359,7 @@ async fn read_attrs(
             .metadata()
             .map(|m| m.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect())
             .unwrap_or_default(),
-        tags: t
-            .tag_set()
-            .iter()
-            .map(|t| (t.key().to_string(), t.value().to_string()))
-            .collect(),
+        tags,
     };
     Ok((
         attrs,
@@ -317,82 +369,68 @@ async fn read_attrs(
     ))
 }
 
-/// Attributes of `bucket/key` (pinned to `etag`) with one GetObject, plus GetObjectTagging
-/// only when the object has tags (`x-amz-tagging-count`). With `hash`, also its SHA-256: the
-/// server's full-object checksum when it gives one (the body is then not read), otherwise the
-/// body is read and hashed. Without `hash` only the first byte is asked for.
-async fn probe(
-    c: &Client,
+/// The tag set of `bucket/key`.
+async fn get_tags(c: &Client, bucket: &str, key: &str) -> Result<BTreeMap<String, String>> {
+    let t = c
+        .get_object_tagging()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| sdk_error(format!("reading the tags of s3://{bucket}/{key}"), e))?;
+    Ok(t.tag_set()
+        .iter()
+        .map(|t| (t.key().to_string(), t.value().to_string()))
+        .collect())
+}
+
+/// SHA-256 of `bucket/key` (pinned to `etag`) and where it came from: the server's
+/// full-object checksum when it gives one (the body is then not read), otherwise the body is
+/// read and hashed.
+async fn object_sha256(c: &Client, bucket: &str, key: &str, etag: &str, size: u64) -> Result<(String, &'static str)> {
+    let r = c
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .if_match(format!("\"{etag}\""))
+        .checksum_mode(ChecksumMode::Enabled)
+        .send()
+        .await
+        .map_err(|e| read_error(bucket, key, e))?;
+    if let Some(s) = server_sha256(r.checksum_sha256()) {
+        return Ok((s, "server"));
+    }
+    let mut body = r.body;
+    let mut h = Sha256::new();
+    let mut n = 0u64;
+    while let Some(chunk) = body
+        .try_next()
+        .await
+        .map_err(|e| anyhow!("reading s3://{bucket}/{key}: {e}"))?
+    {
+        h.update(&chunk);
+        n += chunk.len() as u64;
+    }
+    if n != size {
+        bail!("s3://{bucket}/{key}: read {n} bytes, listed with {size} (changing while guard reads it?)");
+    }
+    Ok((hex::encode(h.finalize()), "computed"))
+}
+
+/// The error of a read pinned to an ETag: 412 means the object changed under guard.
+fn read_error<E>(
     bucket: &str,
     key: &str,
-    etag: &str,
-    size: u64,
-    hash: bool,
-) -> Result<(Attrs, Option<(String, &'static str)>)> {
-    let mut req = c.get_object().bucket(bucket).key(key).if_match(format!("\"{etag}\""));
-    if hash {
-        req = req.checksum_mode(ChecksumMode::Enabled);
-    } else if size > 0 {
-        req = req.range("bytes=0-0");
-    }
-    let r = req.send().await.map_err(|e| {
-        if status_of(&e) == Some(412) {
-            anyhow!(
-                "s3://{bucket}/{key} changed while guard was reading it (stop writers with a `before` hook and retry)"
-            )
-        } else {
-            sdk_error(format!("reading s3://{bucket}/{key}"), e)
-        }
-    })?;
-    let mut attrs = Attrs {
-        content_type: r.content_type().map(str::to_string),
-        content_encoding: r.content_encoding().map(str::to_string),
-        cache_control: r.cache_control().map(str::to_string),
-        content_disposition: r.content_disposition().map(str::to_string),
-        content_language: r.content_language().map(str::to_string),
-        metadata: r
-            .metadata()
-            .map(|m| m.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect())
-            .unwrap_or_default(),
-        tags: BTreeMap::new(),
-    };
-    let tag_count = r.tag_count().unwrap_or(0);
-    let sha = if !hash {
-        None
-    } else if let Some(s) = server_sha256(r.checksum_sha256()) {
-        Some((s, "server"))
+    e: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> anyhow::Error
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    if status_of(&e) == Some(412) {
+        anyhow!("s3://{bucket}/{key} changed while guard was reading it (stop writers with a `before` hook and retry)")
     } else {
-        let mut body = r.body;
-        let mut h = Sha256::new();
-        let mut n = 0u64;
-        while let Some(chunk) = body
-            .try_next()
-            .await
-            .map_err(|e| anyhow!("reading s3://{bucket}/{key}: {e}"))?
-        {
-            h.update(&chunk);
-            n += chunk.len() as u64;
-        }
-        if n != size {
-            bail!("s3://{bucket}/{key}: read {n} bytes, listed with {size} (changing while guard reads it?)");
-        }
-        Some((hex::encode(h.finalize()), "computed"))
-    };
-    if tag_count > 0 {
-        let t = c
-            .get_object_tagging()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| sdk_error(format!("reading the tags of s3://{bucket}/{key}"), e))?;
-        attrs.tags = t
-            .tag_set()
-            .iter()
-            .map(|t| (t.key().to_string(), t.value().to_string()))
-            .collect();
+        sdk_error(format!("reading s3://{bucket}/{key}"), e)
     }
-    Ok((attrs, sha))
 }
 
 /// Read `bucket/key` (pinned to `etag`) and hash it.
@@ -401,15 +439,7 @@ async fn hash_object(c: &Client, bucket: &str, key: &str, etag: Option<&str>) ->
     if let Some(e) = etag {
         req = req.if_match(format!("\"{e}\""));
     }
-    let r = req.send().await.map_err(|e| {
-        if status_of(&e) == Some(412) {
-            anyhow!(
-                "s3://{bucket}/{key} changed while guard was reading it (stop writers with a `before` hook and retry)"
-            )
-        } else {
-            sdk_error(format!("reading s3://{bucket}/{key}"), e)
-        }
-    })?;
+    let r = req.send().await.map_err(|e| read_error(bucket, key, e))?;
     let mut body = r.body;
     let mut h = Sha256::new();
     let mut n = 0u64;
@@ -424,8 +454,19 @@ async fn hash_object(c: &Client, bucket: &str, key: &str, etag: Option<&str>) ->
     Ok((hex::encode(h.finalize()), n))
 }
 
+/// What a server-side copy made.
+struct Copied {
+    etag: String,
+    /// Last-Modified of the copy, Unix seconds.
+    modified: i64,
+    /// SHA-256 (hex) of the copy, when the server computed it.
+    sha256: Option<String>,
+}
+
 /// Server-side copy `src_bucket/src_key` (pinned to `src_etag`) to `dst_bucket/dst_key`,
-/// keeping content-type, metadata and tags. Returns the new object's ETag.
+/// keeping content-type, metadata and tags, and asking the server for the copy's SHA-256.
+/// `attrs` are needed only above the multipart threshold (UploadPartCopy does not carry them):
+/// they are read from the source when not given.
 #[allow(clippy::too_many_arguments)]
 async fn copy_object(
     c: &Client,
@@ -433,10 +474,10 @@ async fn copy_object(
     src_key: &str,
     src_etag: &str,
     size: u64,
-    attrs: &Attrs,
+    attrs: Option<&Attrs>,
     dst_bucket: &str,
     dst_key: &str,
-) -> Result<String> {
+) -> Result<Copied> {
     let source = format!("{src_bucket}/{}", encode_key(src_key));
     let what = || format!("copying s3://{src_bucket}/{src_key} to s3://{dst_bucket}/{dst_key}");
     let changed = || {
@@ -451,6 +492,7 @@ async fn copy_object(
             .copy_source_if_match(format!("\"{src_etag}\""))
             .metadata_directive(MetadataDirective::Copy)
             .tagging_directive(TaggingDirective::Copy)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .send()
             .await
             .map_err(|e| {
@@ -460,14 +502,22 @@ async fn copy_object(
                     sdk_error(what(), e)
                 }
             })?;
-        let etag = r
-            .copy_object_result()
-            .and_then(|x| x.e_tag())
-            .map(unquote)
-            .unwrap_or_default();
-        return Ok(etag);
+        let r = r.copy_object_result();
+        return Ok(Copied {
+            etag: r.and_then(|x| x.e_tag()).map(unquote).unwrap_or_default(),
+            modified: r.and_then(|x| x.last_modified()).map(|t| t.secs()).unwrap_or(0),
+            sha256: server_sha256(r.and_then(|x| x.checksum_sha256())),
+        });
     }
     // Multipart: the attributes do not come along by themselves.
+    let read;
+    let attrs = match attrs {
+        Some(a) => a,
+        None => {
+            read = read_attrs(c, src_bucket, src_key, Some(src_etag)).await?.0;
+            &read
+        }
+    };
     let up = c
         .create_multipart_upload()
         .bucket(dst_bucket)
@@ -502,7 +552,7 @@ async fn copy_object(
         .upload_id()
         .ok_or_else(|| anyhow!("{}: no upload id", what()))?
         .to_string();
-    let result: Result<String> = async {
+    let result: Result<Copied> = async {
         let ps = part_size();
         let mut parts = Vec::new();
         let mut start = 0u64;
@@ -532,9 +582,23 @@ async fn copy_object(
             start = end + 1;
             n += 1;
         }
-        complete_multipart(c, dst_bucket, dst_key, &id, parts, size)
+        let etag = complete_multipart(c, dst_bucket, dst_key, &id, parts, size)
             .await
-            .with_context(what)
+            .with_context(what)?;
+        let etag = unquote(&etag);
+        let h = c
+            .head_object()
+            .bucket(dst_bucket)
+            .key(dst_key)
+            .if_match(format!("\"{etag}\""))
+            .send()
+            .await
+            .map_err(|e| read_error(dst_bucket, dst_key, e))?;
+        Ok(Copied {
+            etag,
+            modified: h.last_modified().map(|t| t.secs()).unwrap_or(0),
+            sha256: None,
+        })
     }
     .await;
     if result.is_err() {
@@ -662,6 +726,10 @@ impl S3Target {
                 .ok_or_else(|| anyhow!("snapshot of {}: no clone bucket recorded", rec.name))?,
             endpoint: get("endpoint"),
             region: get("region"),
+            tags: match get("tags").as_deref() {
+                Some("with-content") => S3Tags::WithContent,
+                _ => S3Tags::Exact,
+            },
         };
         Ok(S3Target::new(
             TargetSpec {
@@ -749,83 +817,87 @@ impl S3Target {
         Ok(entries)
     }
 
-    /// Clone every object; returns the listing and what it cost.
+    /// Clone every object that has no usable clone yet; returns the listing and what it cost.
     async fn clone_all(
         &self,
         c: Client,
         clone_prefix: String,
+        snapshot_id: String,
         previous: Vec<ObjectEntry>,
     ) -> Result<(Vec<ObjectEntry>, Stats)> {
         let s3 = &self.s3;
         let source = list_all(&c, &s3.bucket, &s3.prefix).await?;
-        let clones: HashMap<String, (u64, String)> = list_all(&c, &s3.clone_bucket, &clone_prefix)
+        let clones: HashMap<String, Listed> = list_all(&c, &s3.clone_bucket, &clone_prefix)
             .await?
             .into_iter()
-            .map(|l| (l.key, (l.size, l.etag)))
+            .map(|l| (l.key.clone(), l))
             .collect();
         let clones = Arc::new(clones);
         let prev: Arc<HashMap<String, ObjectEntry>> =
             Arc::new(previous.into_iter().map(|e| (e.key.clone(), e)).collect());
         let (bucket, clone_bucket) = (s3.bucket.clone(), s3.clone_bucket.clone());
+        let exact_tags = s3.tags == S3Tags::Exact;
         type Done = (ObjectEntry, Stats);
         let results: Vec<Done> = bounded(source, concurrency(), move |o: Listed| {
-            let (c, clones, prev, bucket, clone_bucket, clone_prefix) = (
+            let (c, clones, prev, bucket, clone_bucket, clone_prefix, snapshot_id) = (
                 c.clone(),
                 Arc::clone(&clones),
                 Arc::clone(&prev),
                 bucket.clone(),
                 clone_bucket.clone(),
                 clone_prefix.clone(),
+                snapshot_id.clone(),
             );
             async move {
                 let mut st = Stats::default();
-                // Unchanged since the previous snapshot (key, size, ETag): its SHA-256 is known
-                // and only its attributes are read; otherwise it is read and hashed too.
-                let reuse = prev.get(&o.key).filter(|p| p.etag == o.etag && p.size == o.size);
-                let (attrs, sha) = probe(&c, &bucket, &o.key, &o.etag, o.size, reuse.is_none()).await?;
+                let tags = if exact_tags {
+                    Some(get_tags(&c, &bucket, &o.key).await?)
+                } else {
+                    None
+                };
                 let key_hash = hex::encode(Sha256::digest(o.key.as_bytes()));
-                let clone_key = format!(
-                    "{clone_prefix}{}/{}-{}-{}",
-                    &key_hash[..32],
-                    o.etag,
-                    o.size,
-                    &attrs.digest()[..16]
-                );
-                let (sha256, sha256_from) = match (reuse, sha) {
-                    (Some(p), _) => (p.sha256.clone(), p.sha256_from.clone()),
-                    (None, Some((s, from))) => {
-                        if from == "server" {
-                            st.server_checksums += 1;
-                        } else {
-                            st.hashed += 1;
+                let base = format!("{clone_prefix}{}/{}-{}-{}", &key_hash[..32], o.etag, o.size, o.modified);
+                let (clone_key, clone_etag, cloned, (sha256, from)) =
+                    match plan(&o, prev.get(&o.key), &clones, base, &snapshot_id) {
+                        Plan::Reuse(p) => {
+                            st.reused += 1;
+                            return Ok((ObjectEntry { tags, ..p }, st));
                         }
-                        (s, from.to_string())
-                    }
-                    (None, None) => bail!("s3://{bucket}/{}: no checksum was read", o.key),
-                };
-                let clone_etag = match clones.get(&clone_key) {
-                    Some((n, etag)) if *n == o.size => {
-                        st.reused += 1;
-                        etag.clone()
-                    }
-                    _ => {
-                        let e = copy_object(&c, &bucket, &o.key, &o.etag, o.size, &attrs, &clone_bucket, &clone_key)
-                            .await?;
-                        st.copied += 1;
-                        st.copied_bytes += o.size;
-                        e
-                    }
-                };
+                        Plan::Adopt(key) => {
+                            st.reused += 1;
+                            let cl = &clones[&key];
+                            let sha = object_sha256(&c, &clone_bucket, &key, &cl.etag, cl.size).await?;
+                            (key, cl.etag.clone(), cl.modified, sha)
+                        }
+                        Plan::Copy(key) => {
+                            let copied =
+                                copy_object(&c, &bucket, &o.key, &o.etag, o.size, None, &clone_bucket, &key).await?;
+                            st.copied += 1;
+                            st.copied_bytes += o.size;
+                            let sha = match copied.sha256 {
+                                Some(s) => (s, "server"),
+                                None => object_sha256(&c, &clone_bucket, &key, &copied.etag, o.size).await?,
+                            };
+                            (key, copied.etag, copied.modified, sha)
+                        }
+                    };
+                if from == "server" {
+                    st.server_checksums += 1;
+                } else {
+                    st.hashed += 1;
+                }
                 Ok((
                     ObjectEntry {
                         key: o.key,
                         size: o.size,
                         etag: o.etag,
+                        modified: o.modified,
                         sha256,
-                        sha256_from,
-                        attrs,
+                        sha256_from: from.to_string(),
+                        tags,
                         clone_key,
                         clone_etag,
+                        cloned,
                     },
                     st,
                 ))
@@ -856,8 +928,7 @@ impl S3Target {
                 if let Some(s) = known.get(&(o.key.clone(), o.etag.clone(), o.size)) {
                     return Ok((o.key, s.clone()));
                 }
-                let (_, sha) = probe(&c, &bucket, &o.key, &o.etag, o.size, true).await?;
-                let (sha, _) = sha.ok_or_else(|| anyhow!("s3://{bucket}/{}: no checksum was read", o.key))?;
+                let (sha, _) = object_sha256(&c, &bucket, &o.key, &o.etag, o.size).await?;
                 Ok((o.key, sha))
             }
         })
@@ -918,6 +989,7 @@ impl Target for S3Target {
         rec.meta.insert("bucket".into(), s3.bucket.clone());
         rec.meta.insert("prefix".into(), s3.prefix.clone());
         rec.meta.insert("clone_bucket".into(), s3.clone_bucket.clone());
+        rec.meta.insert("tags".into(), s3.tags.as_str().into());
         if let Some(e) = &s3.endpoint {
             rec.meta.insert("endpoint".into(), e.clone());
         }
@@ -937,7 +1009,7 @@ impl Target for S3Target {
         let clone_prefix = self.clone_prefix(ctx.policy);
         rec.meta.insert("clone_prefix".into(), clone_prefix.clone());
         let previous = self.previous_listing(ctx.store);
-        let (entries, st) = wait(self.clone_all(c, clone_prefix, previous))
+        let (entries, st) = wait(self.clone_all(c, clone_prefix, ctx.snapshot_id.to_string(), previous))
             .with_context(|| format!("cloning {} into s3://{}", self.where_(), s3.clone_bucket))?;
         let bytes: u64 = entries.iter().map(|e| e.size).sum();
         for (k, v) in [
@@ -1126,62 +1198,67 @@ impl Target for S3Target {
             let live = list_all(&c, &s3.bucket, &s3.prefix).await?;
             let live_map: HashMap<&str, &Listed> = live.iter().map(|l| (l.key.as_str(), l)).collect();
             let wanted: HashSet<&str> = entries.iter().map(|e| e.key.as_str()).collect();
-            // Same key, size and ETag: the bytes are the snapshot's; the attributes are checked.
-            let same_bytes: Vec<ObjectEntry> = entries
+            // Same key, size, ETag and Last-Modified as a settled entry: the object's bytes and
+            // metadata are the snapshot's and it is left alone (its tag set is put back when
+            // the snapshot read it). Everything else is copied back from its clone.
+            let (same, put_back): (Vec<ObjectEntry>, Vec<ObjectEntry>) = entries
                 .iter()
-                .filter(|e| {
-                    live_map
-                        .get(e.key.as_str())
-                        .map(|l| l.size == e.size && l.etag == e.etag)
-                        .unwrap_or(false)
-                })
                 .cloned()
-                .collect();
-            let same_keys: Vec<String> = same_bytes.iter().map(|e| e.key.clone()).collect();
+                .partition(|e| e.settled() && live_map.get(e.key.as_str()).is_some_and(|l| e.same_object(l)));
             let (c2, b2) = (c.clone(), s3.bucket.clone());
-            let attrs_differ: HashSet<String> = bounded(same_bytes, concurrency(), move |e: ObjectEntry| {
+            let tagged: Vec<ObjectEntry> = same.into_iter().filter(|e| e.tags.is_some()).collect();
+            bounded(tagged, concurrency(), move |e: ObjectEntry| {
                 let (c, b) = (c2.clone(), b2.clone());
                 async move {
-                    let (attrs, _) = probe(&c, &b, &e.key, &e.etag, e.size, false).await?;
-                    Ok((attrs != e.attrs).then_some(e.key))
+                    let want = e.tags.as_ref().expect("filtered");
+                    if get_tags(&c, &b, &e.key).await? != *want {
+                        set_tags(&c, &b, &e.key, want).await?;
+                    }
+                    Ok(())
                 }
             })
-            .await?
-            .into_iter()
-            .flatten()
-            .collect();
-            let put_back: Vec<ObjectEntry> = entries
-                .iter()
-                .filter(|e| {
-                    attrs_differ.contains(&e.key)
-                        || !live_map
-                            .get(e.key.as_str())
-                            .map(|l| l.size == e.size && l.etag == e.etag)
-                            .unwrap_or(false)
-                })
-                .cloned()
-                .collect();
+            .await?;
             let (c2, s2) = (c.clone(), s3.clone());
-            bounded(put_back, concurrency(), move |e: ObjectEntry| {
+            let put_back: HashMap<String, Attrs> = bounded(put_back, concurrency(), move |e: ObjectEntry| {
                 let (c, s3) = (c2.clone(), s2.clone());
                 async move {
-                    copy_object(
+                    // The clone carries the object's content-type and metadata (and its tags,
+                    // unless the snapshot read them itself).
+                    let (mut attrs, _, _, _) =
+                        read_attrs(&c, &s3.clone_bucket, &e.clone_key, Some(&e.clone_etag)).await?;
+                    if let Some(t) = &e.tags {
+                        attrs.tags = t.clone();
+                    }
+                    let copied = copy_object(
                         &c,
                         &s3.clone_bucket,
                         &e.clone_key,
                         &e.clone_etag,
                         e.size,
-                        &e.attrs,
+                        Some(&attrs),
                         &s3.bucket,
                         &e.key,
                     )
                     .await?;
+                    if let Some(sha) = copied.sha256 {
+                        if sha != e.sha256 {
+                            bail!(
+                                "s3://{}/{}: the restored copy's SHA-256 {sha} is not the snapshot's {}",
+                                s3.bucket,
+                                e.key,
+                                e.sha256
+                            );
+                        }
+                    }
                     // Set the tag set explicitly: some servers keep an overwritten key's old
                     // tags when the copy brings none.
-                    set_tags(&c, &s3.bucket, &e.key, &e.attrs.tags).await
+                    set_tags(&c, &s3.bucket, &e.key, &attrs.tags).await?;
+                    Ok((e.key, attrs))
                 }
             })
-            .await?;
+            .await?
+            .into_iter()
+            .collect();
             let extra: Vec<String> = live
                 .iter()
                 .filter(|l| !wanted.contains(l.key.as_str()))
@@ -1229,10 +1306,7 @@ impl Target for S3Target {
                     );
                 }
             }
-            Ok(same_keys
-                .into_iter()
-                .filter(|k| !attrs_differ.contains(k))
-                .collect::<HashSet<String>>())
+            Ok(put_back)
         })
         .with_context(|| format!("restoring {}", self.where_()))?;
         self.restored
@@ -1247,7 +1321,7 @@ impl Target for S3Target {
             .artifacts
             .first()
             .ok_or_else(|| anyhow!("snapshot of {} has no listing artifact", rec.name))?;
-        let (entries, confirmed) = self
+        let (entries, put_back) = self
             .restored
             .lock()
             .expect("restored")
@@ -1271,6 +1345,8 @@ impl Target for S3Target {
                     diffs.push(format!("{k}: not in the snapshot"));
                 }
             }
+            // What each object must be now: a put-back object its clone's attributes and the
+            // snapshot's content; a left-alone one its snapshot identity (and tag set).
             let mut to_check = Vec::new();
             for e in entries.iter() {
                 match live_map.get(&e.key) {
@@ -1278,18 +1354,29 @@ impl Target for S3Target {
                     Some(l) if l.size != e.size => {
                         diffs.push(format!("{}: {} bytes, snapshot has {}", e.key, l.size, e.size))
                     }
-                    // Left alone by the restore after comparing bytes (ETag) and attributes.
-                    Some(l) if l.etag == e.etag && confirmed.contains(&e.key) => {}
-                    Some(l) => to_check.push((e.clone(), l.etag.clone())),
+                    Some(l) => match put_back.get(&e.key) {
+                        Some(attrs) => to_check.push((e.clone(), l.etag.clone(), Some(attrs.clone()))),
+                        None if !e.same_object(l) => {
+                            diffs.push(format!("{}: changed since the restore left it alone", e.key))
+                        }
+                        None if e.tags.is_some() => to_check.push((e.clone(), l.etag.clone(), None)),
+                        None => {}
+                    },
                 }
             }
-            // Every object's attributes; its content by checksum unless its ETag is the snapshot's.
             let b = s3.bucket.clone();
-            let found = bounded(to_check, concurrency(), move |(e, live_etag): (ObjectEntry, String)| {
+            type Check = (ObjectEntry, String, Option<Attrs>);
+            let found = bounded(to_check, concurrency(), move |(e, live_etag, want): Check| {
                 let (c, b) = (c.clone(), b.clone());
                 async move {
-                    let (attrs, server, _, _) = read_attrs(&c, &b, &e.key, Some(&live_etag)).await?;
                     let mut d = Vec::new();
+                    let Some(want) = want else {
+                        if Some(get_tags(&c, &b, &e.key).await?) != e.tags {
+                            d.push(format!("{}: tags differ", e.key));
+                        }
+                        return Ok(d);
+                    };
+                    let (attrs, server, _, _) = read_attrs(&c, &b, &e.key, Some(&live_etag)).await?;
                     if live_etag != e.etag {
                         let sha = match server {
                             Some(s) => s,
@@ -1299,7 +1386,7 @@ impl Target for S3Target {
                             d.push(format!("{}: content differs (SHA-256)", e.key));
                         }
                     }
-                    if attrs != e.attrs {
+                    if attrs != want {
                         d.push(format!("{}: content-type, metadata or tags differ", e.key));
                     }
                     Ok(d)
@@ -1360,6 +1447,74 @@ mod tests {
             "composite checksums are not content hashes"
         );
         assert_eq!(server_sha256(None), None);
+    }
+
+    fn listed(key: &str, etag: &str, size: u64, modified: i64) -> Listed {
+        Listed {
+            key: key.into(),
+            size,
+            etag: etag.into(),
+            modified,
+        }
+    }
+
+    fn entry(o: &Listed, clone_key: &str, cloned: i64) -> ObjectEntry {
+        ObjectEntry {
+            key: o.key.clone(),
+            size: o.size,
+            etag: o.etag.clone(),
+            modified: o.modified,
+            sha256: "ab".repeat(32),
+            sha256_from: "server".into(),
+            tags: None,
+            clone_key: clone_key.into(),
+            clone_etag: "e1".into(),
+            cloned,
+        }
+    }
+
+    #[test]
+    fn a_clone_is_reused_only_while_the_object_is_provably_unchanged() {
+        let o = listed("a.jpg", "e1", 10, 100);
+        let base = || "p/a/e1-10-100".to_string();
+        let clones: HashMap<String, Listed> = [("p/a/e1-10-100".to_string(), listed("p/a/e1-10-100", "e1", 10, 101))]
+            .into_iter()
+            .collect();
+        let settled = entry(&o, "p/a/e1-10-100", 101);
+        assert_eq!(
+            plan(&o, Some(&settled), &clones, base(), "S2"),
+            Plan::Reuse(settled.clone())
+        );
+        // The object was rewritten (new Last-Modified, same bytes and size): copied again.
+        let rewritten = listed("a.jpg", "e1", 10, 105);
+        assert_eq!(
+            plan(&rewritten, Some(&settled), &clones, "p/a/e1-10-105".into(), "S2"),
+            Plan::Copy("p/a/e1-10-105".into())
+        );
+        // Copied in the same second as the object's last change: a second change in that
+        // second would be invisible, so the clone is not trusted and its key not overwritten.
+        let racy_clones: HashMap<String, Listed> =
+            [("p/a/e1-10-100".to_string(), listed("p/a/e1-10-100", "e1", 10, 100))]
+                .into_iter()
+                .collect();
+        let racy = entry(&o, "p/a/e1-10-100", 100);
+        assert_eq!(
+            plan(&o, Some(&racy), &racy_clones, base(), "S2"),
+            Plan::Copy("p/a/e1-10-100-S2".into())
+        );
+        // The clone was replaced or removed behind guard's back: copied again.
+        let mut replaced = clones.clone();
+        replaced.get_mut("p/a/e1-10-100").unwrap().etag = "other".into();
+        assert_eq!(
+            plan(&o, Some(&settled), &replaced, base(), "S2"),
+            Plan::Copy("p/a/e1-10-100-S2".into())
+        );
+        assert_eq!(
+            plan(&o, Some(&settled), &HashMap::new(), base(), "S2"),
+            Plan::Copy(base())
+        );
+        // No previous listing, but a usable clone under the object's name: adopted.
+        assert_eq!(plan(&o, None, &clones, base(), "S2"), Plan::Adopt(base()));
     }
 
     #[test]
