@@ -163,7 +163,7 @@ pub fn from_record(rec: &TargetRecord) -> Result<Box<dyn Target>> {
 
 /// Open the artifact of `rec` with the given format and check the gzip's stored digest and
 /// content digest while streaming the content to `sink`.
-pub fn read_artifact(store: &dyn Store, a: &Artifact, sink: impl std::io::Write) -> Result<()> {
+pub fn read_artifact(store: &dyn Store, a: &Artifact, sink: impl std::io::Write + Send) -> Result<()> {
     let input = store.open(&a.key)?;
     let got = archive::decompress(input, sink).map_err(|e| anyhow::anyhow!("{}/{}: {e:#}", store.location(), a.key))?;
     crate::snapshot::compare_digests(store, a, &got)
