@@ -322,7 +322,16 @@ mod tests {
     use std::io::Cursor;
 
     fn roundtrip(data: &[u8], threads: usize, level: u32) {
-        let (c, gz) = compress(Cursor::new(data), Vec::new(), Compression { level, threads }).unwrap();
+        let (c, gz) = compress(
+            Cursor::new(data),
+            Vec::new(),
+            Compression {
+                level,
+                threads,
+                level_set: true,
+            },
+        )
+        .unwrap();
         assert_eq!(c.raw.bytes, data.len() as u64);
         assert_eq!(c.stored.bytes, gz.len() as u64);
         assert_eq!(c.stored.sha256, hex::encode(Sha256::digest(&gz)));
@@ -360,7 +369,11 @@ mod tests {
         let (_, mut gz) = compress(
             Cursor::new(vec![7u8; 100_000]),
             Vec::new(),
-            Compression { level: 6, threads: 2 },
+            Compression {
+                level: 6,
+                threads: 2,
+                level_set: true,
+            },
         )
         .unwrap();
         let n = gz.len();
