@@ -1442,17 +1442,19 @@ impl Target for PostgresTarget {
         self.handle_sessions(&db)?;
         let preamble = restore_preamble(rec)?;
 
+        // psql reads one pipe: guard writes the preamble into it, then pg_restore writes the
+        // dump's SQL straight into it (no copy through guard), then guard writes COMMIT.
+        let (from_guard, mut to_psql) = std::io::pipe().context("creating a pipe for psql")?;
         let mut psql = self
             .child(&tools, "psql")
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"])
-            .stdin(Stdio::piped())
+            .stdin(from_guard)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("cannot run {}", tools.bin("psql").display()))?;
         let psql_err = drain(psql.stderr.take().expect("piped"));
         let psql_out = drain(psql.stdout.take().expect("piped"));
-        let mut to_psql = psql.stdin.take().expect("piped");
 
         // Feed psql: preamble, the dump's SQL, and COMMIT only when all of it arrived intact.
         let fed: Result<()> = (|| {
@@ -1462,29 +1464,24 @@ impl Target for PostgresTarget {
                     read_artifact(store, a, &mut to_psql)?;
                 }
                 _ => {
+                    // The Command (holding the other copy of the pipe's write end) is dropped
+                    // at the end of this statement: pg_restore's is the only one left open.
                     let mut pr = Command::new(tools.bin("pg_restore"))
                         .args(["-f", "-"])
                         .stdin(Stdio::piped())
-                        .stdout(Stdio::piped())
+                        .stdout(to_psql.try_clone().context("creating a pipe for psql")?)
                         .stderr(Stdio::piped())
                         .spawn()
                         .with_context(|| format!("cannot run {}", tools.bin("pg_restore").display()))?;
                     let pr_err = drain(pr.stderr.take().expect("piped"));
-                    let mut pr_out = pr.stdout.take().expect("piped");
                     let pr_in = pr.stdin.take().expect("piped");
-                    let (fed, copied) = std::thread::scope(|s| {
-                        let feeder = s.spawn(|| read_artifact(store, a, pr_in));
-                        let copied = std::io::copy(&mut pr_out, &mut to_psql);
-                        (feeder.join().expect("feeder thread"), copied)
-                    });
-                    drop(pr_out);
+                    let fed = read_artifact(store, a, pr_in);
                     let status = pr.wait()?;
                     let stderr = pr_err.join().unwrap_or_default();
                     fed.context("reading the artifact")?;
                     if !status.success() {
                         bail!("pg_restore {}: {}", status_text(status), tail(&stderr));
                     }
-                    copied.context("psql stopped reading")?;
                 }
             }
             to_psql.write_all(b"\nCOMMIT;\n").context("psql stopped reading")?;
