@@ -270,17 +270,46 @@ pub fn digest(mut r: impl Read) -> io::Result<Digest> {
 
 /// Read a stored gzip artifact once: the digest of the stored bytes, and of the content it
 /// decompresses to, written to `sink`.
-pub fn decompress(stored: impl Read, sink: impl Write) -> Result<Compressed> {
+///
+/// The calling thread reads and inflates; a second thread hashes the content and writes it to
+/// `sink`, so inflating (the serial part) is all the calling thread does per block.
+pub fn decompress(stored: impl Read, sink: impl Write + Send) -> Result<Compressed> {
+    /// Content blocks handed to the hashing and writing thread.
+    const CHUNK: usize = 1 << 20;
     let mut reader = HashingReader::new(stored);
-    let mut writer = HashingWriter::new(sink);
-    {
-        let mut dec = flate2::read::MultiGzDecoder::new(&mut reader);
-        io::copy(&mut dec, &mut writer).context("not a valid gzip stream")?;
-    }
+    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(2);
+    let (back_tx, back_rx) = mpsc::channel::<Vec<u8>>();
+    let (read, written) = std::thread::scope(|s| {
+        let writer = s.spawn(move || -> io::Result<Digest> {
+            let mut w = HashingWriter::new(sink);
+            for buf in rx {
+                w.write_all(&buf)?;
+                let _ = back_tx.send(buf);
+            }
+            w.flush()?;
+            Ok(w.finish().1)
+        });
+        let read = (|| -> Result<()> {
+            let mut dec = flate2::read::MultiGzDecoder::new(&mut reader);
+            loop {
+                let mut buf = back_rx.try_recv().unwrap_or_default();
+                fill(&mut dec, &mut buf, CHUNK).context("not a valid gzip stream")?;
+                if buf.is_empty() {
+                    return Ok(());
+                }
+                if tx.send(buf).is_err() {
+                    // The writer stopped: its error is the one to report.
+                    return Ok(());
+                }
+            }
+        })();
+        drop(tx);
+        (read, writer.join().expect("decompress writer thread"))
+    });
+    read?;
+    let raw = written.context("writing the decompressed content")?;
     // Anything after the gzip stream would be hashed as stored bytes but never read: drain it.
     io::copy(&mut reader, &mut io::sink())?;
-    writer.flush()?;
-    let (_, raw) = writer.finish();
     Ok(Compressed {
         raw,
         stored: reader.finish(),
@@ -293,7 +322,16 @@ mod tests {
     use std::io::Cursor;
 
     fn roundtrip(data: &[u8], threads: usize, level: u32) {
-        let (c, gz) = compress(Cursor::new(data), Vec::new(), Compression { level, threads }).unwrap();
+        let (c, gz) = compress(
+            Cursor::new(data),
+            Vec::new(),
+            Compression {
+                level,
+                threads,
+                level_set: true,
+            },
+        )
+        .unwrap();
         assert_eq!(c.raw.bytes, data.len() as u64);
         assert_eq!(c.stored.bytes, gz.len() as u64);
         assert_eq!(c.stored.sha256, hex::encode(Sha256::digest(&gz)));
@@ -331,7 +369,11 @@ mod tests {
         let (_, mut gz) = compress(
             Cursor::new(vec![7u8; 100_000]),
             Vec::new(),
-            Compression { level: 6, threads: 2 },
+            Compression {
+                level: 6,
+                threads: 2,
+                level_set: true,
+            },
         )
         .unwrap();
         let n = gz.len();

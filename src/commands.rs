@@ -275,8 +275,12 @@ pub fn restore(policy: &Policy, id: &str, only: &[String], no_rescue: bool, yes:
             "not confirmed (pass --yes to restore without asking); nothing was changed",
         ));
     }
-    // Refuse a corrupt snapshot before touching anything.
-    snapshot::verify_artifacts(store, &m, Depth::Content).kind(Kind::Corrupt)?;
+    // Refuse a corrupt snapshot before touching anything: every stored artifact must have its
+    // recorded size and SHA-256, i.e. be the very bytes whose content was checked when the
+    // snapshot was taken. (Each target's restore decompresses its artifacts once more and
+    // compares the content checksum before it commits; checking it here too would read and
+    // inflate every artifact twice.)
+    snapshot::verify_artifacts(store, &m, Depth::Checksums).kind(Kind::Corrupt)?;
     crate::run::run_hooks("before", &policy.hooks.before, ui).kind(Kind::RestoreFailed)?;
     let result = (|| -> Result<(Option<String>, Vec<crate::restore::TargetRestore>), Failure> {
         let mut rescue_id = None;

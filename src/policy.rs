@@ -80,12 +80,30 @@ impl Default for Retention {
 pub struct Compression {
     pub level: u32,
     pub threads: usize,
+    /// `[compression] level` is set in the policy: it then applies to every artifact, over the
+    /// default of a target kind that has its own (PostgreSQL dumps).
+    pub level_set: bool,
 }
 
 impl Default for Compression {
     fn default() -> Self {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        Compression { level: 6, threads }
+        Compression {
+            level: 6,
+            threads,
+            level_set: false,
+        }
+    }
+}
+
+impl Compression {
+    /// These settings with `level` as the default: the policy's own level still wins when set.
+    pub fn default_level(self, level: u32) -> Compression {
+        if self.level_set {
+            self
+        } else {
+            Compression { level, ..self }
+        }
     }
 }
 
@@ -626,6 +644,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy> {
                 bail!("{}: compression.level {} must be 0-9", at(l.span()), l.get_ref());
             }
             compression.level = *l.get_ref();
+            compression.level_set = true;
         }
         if let Some(t) = &c.threads {
             if *t.get_ref() == 0 {
@@ -1101,6 +1120,17 @@ mod tests {
         let e = p("name = \"a\"\nstore = \"${GUARD_TEST_SURELY_UNSET}\"\n").unwrap_err();
         let s = format!("{e:#}");
         assert!(s.contains(":2:") && s.contains("GUARD_TEST_SURELY_UNSET"), "{s}");
+    }
+
+    #[test]
+    fn a_set_compression_level_wins_over_a_kinds_default() {
+        let t = "[[target]]\nname = \"db\"\nkind = \"sqlite\"\npath = \"a.db\"\n";
+        let unset = p(&format!("name = \"a\"\n{t}")).unwrap().compression;
+        assert_eq!((unset.level, unset.default_level(2).level), (6, 2));
+        let set = p(&format!("name = \"a\"\n[compression]\nlevel = 6\n{t}"))
+            .unwrap()
+            .compression;
+        assert_eq!(set.default_level(2).level, 6);
     }
 
     #[test]

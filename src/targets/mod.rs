@@ -44,8 +44,13 @@ impl SnapshotCtx<'_> {
 
     /// Stream `input` through gzip + SHA-256 into the store under `key`.
     pub fn write_artifact(&self, key: String, format: &str, input: impl Read) -> Result<Artifact> {
+        self.write_artifact_with(key, format, input, self.compression)
+    }
+
+    /// [`SnapshotCtx::write_artifact`] with these compression settings.
+    pub fn write_artifact_with(&self, key: String, format: &str, input: impl Read, c: Compression) -> Result<Artifact> {
         let upload = self.store.create(&key)?;
-        let (c, upload) = archive::compress(input, upload, self.compression)?;
+        let (c, upload) = archive::compress(input, upload, c)?;
         upload.commit()?;
         Ok(Artifact {
             key,
@@ -73,6 +78,11 @@ pub trait Target: Send + Sync {
     fn preflight(&self) -> Result<()>;
     /// Write the target's artifacts and describe them.
     fn snapshot(&self, ctx: &SnapshotCtx) -> Result<TargetRecord>;
+    /// Does [`Target::snapshot`] itself read every artifact it wrote back from the store, checking
+    /// the stored and content checksums (as [`crate::snapshot::take`] otherwise does after it)?
+    fn reads_back_artifacts(&self) -> bool {
+        false
+    }
     /// Check the artifacts' content beyond checksums (engine integrity, fingerprints).
     fn deep_verify(&self, rec: &TargetRecord, store: &dyn Store, scratch: &Path) -> Result<()>;
     /// Put the target back to the state in `rec`, atomically.
@@ -163,7 +173,7 @@ pub fn from_record(rec: &TargetRecord) -> Result<Box<dyn Target>> {
 
 /// Open the artifact of `rec` with the given format and check the gzip's stored digest and
 /// content digest while streaming the content to `sink`.
-pub fn read_artifact(store: &dyn Store, a: &Artifact, sink: impl std::io::Write) -> Result<()> {
+pub fn read_artifact(store: &dyn Store, a: &Artifact, sink: impl std::io::Write + Send) -> Result<()> {
     let input = store.open(&a.key)?;
     let got = archive::decompress(input, sink).map_err(|e| anyhow::anyhow!("{}/{}: {e:#}", store.location(), a.key))?;
     crate::snapshot::compare_digests(store, a, &got)

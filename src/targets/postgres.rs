@@ -3,9 +3,10 @@
 //! Snapshot: one REPEATABLE READ transaction exports its snapshot; the fingerprints (row
 //! counts, content hashes, schema) and CSV exports are read in that transaction while
 //! `pg_dump --snapshot=…` dumps exactly the same state. pg_dump writes uncompressed (`-Fc -Z0`
-//! or `-Fp`) to a pipe and guard compresses and hashes the stream on every core. The artifact is
-//! then read back and parsed whole by `pg_restore` (custom) or checked for pg_dump's completion
-//! trailer (plain) before the guarded command may run.
+//! or `-Fp`) to a pipe and guard compresses (level [`DUMP_LEVEL`] unless the policy sets one)
+//! and hashes the stream on every core. The artifact is then read back from the store, its
+//! checksums compared, and parsed whole by `pg_restore` (custom) or checked for pg_dump's
+//! completion trailer (plain) before the guarded command may run.
 //!
 //! Tools: the newest `pg_dump` whose major version is at least the server's, from `pg_bin` (only
 //! there when set), `PATH` and `/usr/lib/postgresql/*/bin`, with `pg_restore` and `psql` beside it.
@@ -37,6 +38,12 @@ use crate::manifest::{Fingerprint, TargetRecord};
 use crate::policy::{PgFormat, PostgresSpec, Sessions, TargetKind, TargetSpec};
 use crate::secrets;
 use crate::store::Store;
+
+/// gzip level of PostgreSQL artifacts when the policy sets no `[compression] level`. Measured on
+/// the bench's 416 MB `pg_dump -Fc -Z0` stream (README, Performance): level 2 (zlib-rs's "fast"
+/// deflate) costs two thirds of level 6's CPU for an artifact 2% larger, about as large as
+/// `pg_dump -Fc`'s own; level 1 ("quick") is 46% larger than that.
+pub const DUMP_LEVEL: u32 = 2;
 
 /// Session settings under which `row::text` is stable, for content hashes.
 const SESSION_SETTINGS: [(&str, &str); 5] = [
@@ -239,17 +246,6 @@ impl ConnInfo {
 
 // ---------------------------------------------------------------------------------------------
 // Tools
-
-/// `pg_restore -f -`: turns a custom archive on stdin into SQL on stdout (all three piped).
-fn spawn_pg_restore_to_sql(tools: &Tools) -> Result<std::process::Child> {
-    Command::new(tools.bin("pg_restore"))
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot run {}", tools.bin("pg_restore").display()))
-}
 
 /// The client tools chosen for a server.
 #[derive(Clone, Debug)]
@@ -760,7 +756,10 @@ impl PostgresTarget {
 
     /// Check a stored dump whole with the stock tools: `pg_restore` parses every entry and
     /// data block of a custom archive; a plain dump must end with pg_dump's completion trailer.
-    fn validate_artifact(&self, rec: &TargetRecord, store: &dyn Store, tools: &Tools) -> Result<()> {
+    /// The artifact is read back from the store on the way, its stored and content checksums
+    /// compared. With `sql`, pg_restore also writes out the SQL it would run (and must write
+    /// some); without, it parses into `/dev/null`, which is cheaper.
+    fn validate_artifact(&self, rec: &TargetRecord, store: &dyn Store, tools: &Tools, sql: bool) -> Result<()> {
         let Some(a) = rec
             .artifacts
             .iter()
@@ -778,10 +777,19 @@ impl PostgresTarget {
             }
             return Ok(());
         }
-        let mut child = spawn_pg_restore_to_sql(tools)?;
+        let mut child = Command::new(tools.bin("pg_restore"))
+            .args(["-f", if sql { "-" } else { "/dev/null" }])
+            .stdin(Stdio::piped())
+            .stdout(if sql { Stdio::piped() } else { Stdio::null() })
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot run {}", tools.bin("pg_restore").display()))?;
         let err = drain(child.stderr.take().expect("piped"));
-        let mut out = child.stdout.take().expect("piped");
+        let out = child.stdout.take();
         let counter = std::thread::spawn(move || {
+            let Some(mut out) = out else {
+                return (1, 0);
+            };
             let mut n = 0u64;
             let mut creates = 0u64;
             let mut buf = vec![0u8; 1 << 16];
@@ -803,12 +811,19 @@ impl PostgresTarget {
             }
             (n, creates)
         });
-        let stdin = child.stdin.take().expect("piped");
-        let fed = read_artifact(store, a, stdin);
+        let mut stdin = WriteFailed {
+            inner: child.stdin.take().expect("piped"),
+            failed: false,
+        };
+        let fed = read_artifact(store, a, &mut stdin);
+        drop(stdin.inner);
         let status = child.wait()?;
-        let (n, _) = counter.join().map_err(|_| anyhow!("reader thread panicked"))?;
+        let (n, _): (u64, u64) = counter.join().map_err(|_| anyhow!("reader thread panicked"))?;
         let stderr = err.join().unwrap_or_default();
-        fed.with_context(|| format!("{where_}: reading the artifact for pg_restore"))?;
+        // pg_restore stopping early breaks the pipe: then its own error is the one to report.
+        if fed.is_ok() || status.success() || !stdin.failed {
+            fed.with_context(|| format!("{where_}: reading the artifact for pg_restore"))?;
+        }
         if !status.success() {
             bail!(
                 "{where_}: pg_restore cannot read the archive ({}): {}",
@@ -895,13 +910,7 @@ impl PostgresTarget {
             .with_context(|| format!("cannot run {}", tools.bin("pg_dump").display()))?;
         let err = drain(child.stderr.take().expect("piped"));
         let stdout = child.stdout.take().expect("piped");
-        // Validated as it is stored: pg_restore parses the very bytes being compressed, and the
-        // content checksum checked when the artifact is read back proves the gzip holds them.
-        let mut check = StreamCheck::start(self.pg.format, tools)?;
-        let mut tee = Tee {
-            inner: stdout,
-            check: &mut check,
-        };
+        let compression = ctx.compression.default_level(DUMP_LEVEL);
         let items = ctx.fingerprint.to_vec();
         let lenient = ctx.allow_absent;
 
@@ -911,7 +920,7 @@ impl PostgresTarget {
                 let r = crate::block_on(fingerprints(&mut conn, &items, lenient));
                 (conn, r)
             });
-            let w = ctx.write_artifact(ctx.key(name, ext), format, &mut tee);
+            let w = ctx.write_artifact_with(ctx.key(name, ext), format, stdout, compression);
             (w, fp.join().expect("fingerprint thread"))
         });
         let mut conn = conn_back;
@@ -939,9 +948,6 @@ impl PostgresTarget {
         if written.raw_bytes == 0 {
             bail!("target {name}: pg_dump wrote nothing");
         }
-        check
-            .finish()
-            .with_context(|| format!("target {name}: the dump failed validation"))?;
         rec.artifacts.push(written);
         rec.fingerprints = fps;
 
@@ -955,7 +961,7 @@ impl PostgresTarget {
                     buf: Vec::new(),
                     pos: 0,
                 };
-                ctx.write_artifact(ctx.key(name, &format!("{table}.csv.gz")), "csv", reader)
+                ctx.write_artifact_with(ctx.key(name, &format!("{table}.csv.gz")), "csv", reader, compression)
                     .with_context(|| format!("target {name}: exporting {table} as CSV"))?
             };
             rec.artifacts.push(a);
@@ -964,101 +970,37 @@ impl PostgresTarget {
             let _ = sqlx::query("COMMIT").execute(&mut conn).await;
             let _ = conn.close().await;
         });
-        Ok(())
-    }
-}
 
-/// Checks a dump while it streams into the store: a custom archive is parsed whole by
-/// `pg_restore -f /dev/null` (every TOC entry and data block); a plain dump must end with
-/// pg_dump's completion trailer.
-struct StreamCheck {
-    child: Option<Child>,
-    stdin: Option<std::process::ChildStdin>,
-    err: Option<std::thread::JoinHandle<Vec<u8>>>,
-    tail: TailWriter,
-}
-
-impl StreamCheck {
-    fn start(format: PgFormat, tools: &Tools) -> Result<StreamCheck> {
-        let mut c = StreamCheck {
-            child: None,
-            stdin: None,
-            err: None,
-            tail: TailWriter::default(),
-        };
-        if format == PgFormat::Custom {
-            let mut child = Command::new(tools.bin("pg_restore"))
-                .args(["-f", "/dev/null"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .with_context(|| format!("cannot run {}", tools.bin("pg_restore").display()))?;
-            c.err = Some(drain(child.stderr.take().expect("piped")));
-            c.stdin = child.stdin.take();
-            c.child = Some(child);
-        }
-        Ok(c)
-    }
-
-    fn feed(&mut self, b: &[u8]) {
-        let _ = self.tail.write(b);
-        if let Some(i) = &mut self.stdin {
-            // pg_restore stopped reading: it failed, and says why when it is waited for.
-            if i.write_all(b).is_err() {
-                self.stdin = None;
-            }
-        }
-    }
-
-    fn finish(mut self) -> Result<()> {
-        drop(self.stdin.take());
-        match self.child.take() {
-            Some(mut child) => {
-                let status = child.wait()?;
-                let stderr = self
-                    .err
-                    .take()
-                    .map(|h| h.join().unwrap_or_default())
-                    .unwrap_or_default();
-                if !status.success() {
-                    bail!(
-                        "pg_restore cannot read the archive ({}): {}",
-                        status_text(status),
-                        tail(&stderr)
-                    );
-                }
-            }
-            None => {
-                if !String::from_utf8_lossy(&self.tail.tail).contains("PostgreSQL database dump complete") {
-                    bail!("the plain dump lacks pg_dump's \"dump complete\" trailer (truncated)");
-                }
-            }
+        // Read every artifact back from the store, checking its stored and content checksums;
+        // the dump on the way through pg_restore, which parses every entry and data block of a
+        // custom archive (a plain dump must end with pg_dump's completion trailer). pg_restore
+        // runs on another core than the decompression, so the parse costs little time here;
+        // during the dump it competed with pg_dump and the compression for the cores.
+        self.validate_artifact(rec, ctx.store, tools, false)
+            .with_context(|| format!("target {name}: the dump failed validation"))?;
+        for a in rec.artifacts.iter().filter(|a| a.format == "csv") {
+            read_artifact(ctx.store, a, std::io::sink())?;
         }
         Ok(())
     }
 }
 
-impl Drop for StreamCheck {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        if let Some(mut c) = self.child.take() {
-            kill(&mut c);
-        }
+/// Passes writes through, remembering whether one failed.
+struct WriteFailed<W> {
+    inner: W,
+    failed: bool,
+}
+
+impl<W: Write> Write for WriteFailed<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let r = self.inner.write(buf);
+        self.failed |= r.is_err();
+        r
     }
-}
-
-/// Passes a reader through, feeding a [`StreamCheck`] on the way.
-struct Tee<'a, R> {
-    inner: R,
-    check: &'a mut StreamCheck,
-}
-
-impl<R: Read> Read for Tee<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.check.feed(&buf[..n]);
-        Ok(n)
+    fn flush(&mut self) -> std::io::Result<()> {
+        let r = self.inner.flush();
+        self.failed |= r.is_err();
+        r
     }
 }
 
@@ -1415,6 +1357,10 @@ impl Target for PostgresTarget {
         self.tools().map(|_| ())
     }
 
+    fn reads_back_artifacts(&self) -> bool {
+        true
+    }
+
     fn snapshot(&self, ctx: &SnapshotCtx) -> Result<TargetRecord> {
         self.live()?;
         let mut rec = TargetRecord {
@@ -1453,7 +1399,7 @@ impl Target for PostgresTarget {
 
     fn deep_verify(&self, rec: &TargetRecord, store: &dyn Store, _scratch: &Path) -> Result<()> {
         let tools = self.tools_for_dump(rec)?;
-        self.validate_artifact(rec, store, &tools)?;
+        self.validate_artifact(rec, store, &tools, true)?;
         for a in rec.artifacts.iter().filter(|a| a.format == "csv") {
             read_artifact(store, a, std::io::sink())?;
         }
@@ -1496,17 +1442,19 @@ impl Target for PostgresTarget {
         self.handle_sessions(&db)?;
         let preamble = restore_preamble(rec)?;
 
+        // psql reads one pipe: guard writes the preamble into it, then pg_restore writes the
+        // dump's SQL straight into it (no copy through guard), then guard writes COMMIT.
+        let (from_guard, mut to_psql) = std::io::pipe().context("creating a pipe for psql")?;
         let mut psql = self
             .child(&tools, "psql")
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"])
-            .stdin(Stdio::piped())
+            .stdin(from_guard)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("cannot run {}", tools.bin("psql").display()))?;
         let psql_err = drain(psql.stderr.take().expect("piped"));
         let psql_out = drain(psql.stdout.take().expect("piped"));
-        let mut to_psql = psql.stdin.take().expect("piped");
 
         // Feed psql: preamble, the dump's SQL, and COMMIT only when all of it arrived intact.
         let fed: Result<()> = (|| {
@@ -1516,23 +1464,24 @@ impl Target for PostgresTarget {
                     read_artifact(store, a, &mut to_psql)?;
                 }
                 _ => {
-                    let mut pr = spawn_pg_restore_to_sql(&tools)?;
+                    // The Command (holding the other copy of the pipe's write end) is dropped
+                    // at the end of this statement: pg_restore's is the only one left open.
+                    let mut pr = Command::new(tools.bin("pg_restore"))
+                        .args(["-f", "-"])
+                        .stdin(Stdio::piped())
+                        .stdout(to_psql.try_clone().context("creating a pipe for psql")?)
+                        .stderr(Stdio::piped())
+                        .spawn()
+                        .with_context(|| format!("cannot run {}", tools.bin("pg_restore").display()))?;
                     let pr_err = drain(pr.stderr.take().expect("piped"));
-                    let mut pr_out = pr.stdout.take().expect("piped");
                     let pr_in = pr.stdin.take().expect("piped");
-                    let (fed, copied) = std::thread::scope(|s| {
-                        let feeder = s.spawn(|| read_artifact(store, a, pr_in));
-                        let copied = std::io::copy(&mut pr_out, &mut to_psql);
-                        (feeder.join().expect("feeder thread"), copied)
-                    });
-                    drop(pr_out);
+                    let fed = read_artifact(store, a, pr_in);
                     let status = pr.wait()?;
                     let stderr = pr_err.join().unwrap_or_default();
                     fed.context("reading the artifact")?;
                     if !status.success() {
                         bail!("pg_restore {}: {}", status_text(status), tail(&stderr));
                     }
-                    copied.context("psql stopped reading")?;
                 }
             }
             to_psql.write_all(b"\nCOMMIT;\n").context("psql stopped reading")?;
