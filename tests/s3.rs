@@ -192,6 +192,26 @@ untouched = ["images/"]
 }
 
 #[test]
+fn first_guarded_run_restores_tag_sets_from_the_clones_it_just_made() {
+    // No earlier snapshot: the pre-run snapshot copies every object and reads no tag set (the
+    // copies carry them); a failed migration that retags, relabels, rewrites and deletes must
+    // still come back exactly, tag sets included.
+    let e = S3Env::new(Moto::start());
+    let c = e.moto.client().clone();
+    put_all(&c, SRC, images(300));
+    e.env.write("guard.toml", &art_policy("backups", ""));
+    let before = bucket_state(&c, SRC);
+    let r = e.guarded(&["--json"], &e.migrate("break"));
+    assert_eq!(r.code, 1, "{r:?}");
+    let v = json(&r);
+    assert_eq!(v["outcome"], "restored", "{v}");
+    let pre = e.show(v["snapshot_id"].as_str().unwrap());
+    assert_eq!((meta(&pre, "copied"), meta(&pre, "reused")), (300, 0), "{pre}");
+    let d = diff_states(&before, &bucket_state(&c, SRC));
+    assert!(d.is_empty(), "the bucket came back exactly; differences: {d:?}");
+}
+
+#[test]
 fn tags_with_content_restores_bytes_and_metadata_but_not_tag_only_changes() {
     // `tags = "with-content"`: no per-object request for unchanged objects, and the documented
     // price: a tag-only change (PutObjectTagging) is neither seen nor undone.

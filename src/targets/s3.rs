@@ -18,7 +18,8 @@
 //! not trusted again (a second change in that second would be invisible); the next snapshot
 //! copies it anew, under a key of its own. Tags are the exception (PutObjectTagging changes
 //! neither ETag nor Last-Modified): with `tags = "exact"` (the default) every snapshot reads
-//! every tag set and restore puts them back; with `tags = "with-content"` they travel with
+//! the tag set of every object it does not copy (a copy carries the set it has at that moment)
+//! and restore puts tag sets back; with `tags = "with-content"` they travel with
 //! the clone only.
 //!
 //! The snapshot's own record is a listing artifact (`TARGET.objects.jsonl.gz`: key, size, ETag,
@@ -107,7 +108,9 @@ pub struct ObjectEntry {
     pub sha256: String,
     /// `server` (the server's full-object checksum) or `computed` (read and hashed).
     pub sha256_from: String,
-    /// The tag set, read by this snapshot (`tags = "exact"`); absent with `tags = "with-content"`.
+    /// The tag set, read by this snapshot (`tags = "exact"`, objects it did not copy); absent
+    /// when the clone carries it (an object copied by an exact snapshot) or unknown
+    /// (`tags = "with-content"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<BTreeMap<String, String>>,
     /// Where the copy lives in the clone bucket, its ETag and its Last-Modified (Unix seconds).
@@ -382,6 +385,27 @@ async fn get_tags(c: &Client, bucket: &str, key: &str) -> Result<BTreeMap<String
         .iter()
         .map(|t| (t.key().to_string(), t.value().to_string()))
         .collect())
+}
+
+/// Whether a snapshot was taken with `tags = "exact"`.
+fn exact_tags(rec: &TargetRecord) -> bool {
+    rec.meta.get("tags").map(String::as_str) == Some(S3Tags::Exact.as_str())
+}
+
+/// The tag set object `e` had when its snapshot was taken, if the snapshot knows it: recorded
+/// in the listing, or (`exact`: the snapshot copied the object and did not read its tags) the
+/// clone's, which the copy took from the object at that moment.
+async fn snapshot_tags(
+    c: &Client,
+    clone_bucket: &str,
+    e: &ObjectEntry,
+    exact: bool,
+) -> Result<Option<BTreeMap<String, String>>> {
+    match &e.tags {
+        Some(t) => Ok(Some(t.clone())),
+        None if exact => Ok(Some(get_tags(c, clone_bucket, &e.clone_key).await?)),
+        None => Ok(None),
+    }
 }
 
 /// SHA-256 of `bucket/key` (pinned to `etag`) and where it came from: the server's
@@ -850,37 +874,41 @@ impl S3Target {
             );
             async move {
                 let mut st = Stats::default();
-                let tags = if exact_tags {
+                let key_hash = hex::encode(Sha256::digest(o.key.as_bytes()));
+                let base = format!("{clone_prefix}{}/{}-{}-{}", &key_hash[..32], o.etag, o.size, o.modified);
+                let plan = plan(&o, prev.get(&o.key), &clones, base, &snapshot_id);
+                // With exact tags, an object copied now needs no read: the copy carries the
+                // tag set it has at this moment (TaggingDirective COPY), so the listing leaves
+                // `tags` out and restore takes them from the clone. A reused clone may carry
+                // older tags: read the object's current set.
+                let tags = if exact_tags && !matches!(plan, Plan::Copy(_)) {
                     Some(get_tags(&c, &bucket, &o.key).await?)
                 } else {
                     None
                 };
-                let key_hash = hex::encode(Sha256::digest(o.key.as_bytes()));
-                let base = format!("{clone_prefix}{}/{}-{}-{}", &key_hash[..32], o.etag, o.size, o.modified);
-                let (clone_key, clone_etag, cloned, (sha256, from)) =
-                    match plan(&o, prev.get(&o.key), &clones, base, &snapshot_id) {
-                        Plan::Reuse(p) => {
-                            st.reused += 1;
-                            return Ok((ObjectEntry { tags, ..p }, st));
-                        }
-                        Plan::Adopt(key) => {
-                            st.reused += 1;
-                            let cl = &clones[&key];
-                            let sha = object_sha256(&c, &clone_bucket, &key, &cl.etag, cl.size).await?;
-                            (key, cl.etag.clone(), cl.modified, sha)
-                        }
-                        Plan::Copy(key) => {
-                            let copied =
-                                copy_object(&c, &bucket, &o.key, &o.etag, o.size, None, &clone_bucket, &key).await?;
-                            st.copied += 1;
-                            st.copied_bytes += o.size;
-                            let sha = match copied.sha256 {
-                                Some(s) => (s, "server"),
-                                None => object_sha256(&c, &clone_bucket, &key, &copied.etag, o.size).await?,
-                            };
-                            (key, copied.etag, copied.modified, sha)
-                        }
-                    };
+                let (clone_key, clone_etag, cloned, (sha256, from)) = match plan {
+                    Plan::Reuse(p) => {
+                        st.reused += 1;
+                        return Ok((ObjectEntry { tags, ..p }, st));
+                    }
+                    Plan::Adopt(key) => {
+                        st.reused += 1;
+                        let cl = &clones[&key];
+                        let sha = object_sha256(&c, &clone_bucket, &key, &cl.etag, cl.size).await?;
+                        (key, cl.etag.clone(), cl.modified, sha)
+                    }
+                    Plan::Copy(key) => {
+                        let copied =
+                            copy_object(&c, &bucket, &o.key, &o.etag, o.size, None, &clone_bucket, &key).await?;
+                        st.copied += 1;
+                        st.copied_bytes += o.size;
+                        let sha = match copied.sha256 {
+                            Some(s) => (s, "server"),
+                            None => object_sha256(&c, &clone_bucket, &key, &copied.etag, o.size).await?,
+                        };
+                        (key, copied.etag, copied.modified, sha)
+                    }
+                };
                 if from == "server" {
                     st.server_checksums += 1;
                 } else {
@@ -1175,6 +1203,7 @@ impl Target for S3Target {
         let c = self.client();
         let s3 = self.s3.clone();
         let listing = Arc::clone(&entries);
+        let exact = exact_tags(rec);
         let confirmed = wait(async move {
             // Every clone must be there before anything live is touched.
             let clone_prefix = rec.meta.get("clone_prefix").cloned().unwrap_or_default();
@@ -1206,13 +1235,14 @@ impl Target for S3Target {
                 .cloned()
                 .partition(|e| e.settled() && live_map.get(e.key.as_str()).is_some_and(|l| e.same_object(l)));
             let (c2, b2) = (c.clone(), s3.bucket.clone());
-            let tagged: Vec<ObjectEntry> = same.into_iter().filter(|e| e.tags.is_some()).collect();
+            let tagged: Vec<ObjectEntry> = same.into_iter().filter(|e| exact || e.tags.is_some()).collect();
+            let cb = s3.clone_bucket.clone();
             bounded(tagged, concurrency(), move |e: ObjectEntry| {
-                let (c, b) = (c2.clone(), b2.clone());
+                let (c, b, cb) = (c2.clone(), b2.clone(), cb.clone());
                 async move {
-                    let want = e.tags.as_ref().expect("filtered");
-                    if get_tags(&c, &b, &e.key).await? != *want {
-                        set_tags(&c, &b, &e.key, want).await?;
+                    let want = snapshot_tags(&c, &cb, &e, exact).await?.expect("exact or recorded");
+                    if get_tags(&c, &b, &e.key).await? != want {
+                        set_tags(&c, &b, &e.key, &want).await?;
                     }
                     Ok(())
                 }
@@ -1335,6 +1365,7 @@ impl Target for S3Target {
             })?;
         let c = self.client();
         let s3 = self.s3.clone();
+        let exact = exact_tags(rec);
         wait(async move {
             let live = list_all(&c, &s3.bucket, &s3.prefix).await?;
             let live_map: HashMap<String, Listed> = live.into_iter().map(|l| (l.key.clone(), l)).collect();
@@ -1359,19 +1390,19 @@ impl Target for S3Target {
                         None if !e.same_object(l) => {
                             diffs.push(format!("{}: changed since the restore left it alone", e.key))
                         }
-                        None if e.tags.is_some() => to_check.push((e.clone(), l.etag.clone(), None)),
+                        None if exact || e.tags.is_some() => to_check.push((e.clone(), l.etag.clone(), None)),
                         None => {}
                     },
                 }
             }
-            let b = s3.bucket.clone();
+            let (b, cb) = (s3.bucket.clone(), s3.clone_bucket.clone());
             type Check = (ObjectEntry, String, Option<Attrs>);
             let found = bounded(to_check, concurrency(), move |(e, live_etag, want): Check| {
-                let (c, b) = (c.clone(), b.clone());
+                let (c, b, cb) = (c.clone(), b.clone(), cb.clone());
                 async move {
                     let mut d = Vec::new();
                     let Some(want) = want else {
-                        if Some(get_tags(&c, &b, &e.key).await?) != e.tags {
+                        if Some(get_tags(&c, &b, &e.key).await?) != snapshot_tags(&c, &cb, &e, exact).await? {
                             d.push(format!("{}: tags differ", e.key));
                         }
                         return Ok(d);
