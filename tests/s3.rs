@@ -80,6 +80,16 @@ endpoint = "${{S3_ENDPOINT}}"
     )
 }
 
+/// moto with `n` images in the source bucket, and the art-exchange policy (local store) with
+/// `extra` appended to its target.
+fn art_env(n: usize, extra: &str) -> (S3Env, aws_sdk_s3::Client) {
+    let e = S3Env::new(Moto::start());
+    let c = e.moto.client().clone();
+    put_all(&c, SRC, images(n));
+    e.env.write("guard.toml", &art_policy("backups", extra));
+    (e, c)
+}
+
 fn meta(m: &Value, key: &str) -> u64 {
     m["targets"][0]["meta"][key]
         .as_str()
@@ -94,14 +104,9 @@ fn json(r: &Run) -> Value {
 
 #[test]
 fn seed_004_failed_migration_puts_the_bucket_back_exactly() {
-    let e = S3Env::new(Moto::start());
-    let c = e.moto.client().clone();
-    put_all(&c, SRC, images(2000));
-    e.env.write(
-        "guard.toml",
-        &art_policy(
-            "backups",
-            r#"
+    let (e, c) = art_env(
+        2000,
+        r#"
 [[check]]
 name = "every image is still there"
 target = "images"
@@ -113,7 +118,6 @@ name = "originals untouched"
 target = "images"
 untouched = ["images/"]
 "#,
-        ),
     );
     let before = bucket_state(&c, SRC);
     assert_eq!(before.len(), 2000);
@@ -196,10 +200,7 @@ fn first_guarded_run_restores_tag_sets_from_the_clones_it_just_made() {
     // No earlier snapshot: the pre-run snapshot copies every object and reads no tag set (the
     // copies carry them); a failed migration that retags, relabels, rewrites and deletes must
     // still come back exactly, tag sets included.
-    let e = S3Env::new(Moto::start());
-    let c = e.moto.client().clone();
-    put_all(&c, SRC, images(300));
-    e.env.write("guard.toml", &art_policy("backups", ""));
+    let (e, c) = art_env(300, "");
     let before = bucket_state(&c, SRC);
     let r = e.guarded(&["--json"], &e.migrate("break"));
     assert_eq!(r.code, 1, "{r:?}");
@@ -215,21 +216,15 @@ fn first_guarded_run_restores_tag_sets_from_the_clones_it_just_made() {
 fn tags_with_content_restores_bytes_and_metadata_but_not_tag_only_changes() {
     // `tags = "with-content"`: no per-object request for unchanged objects, and the documented
     // price: a tag-only change (PutObjectTagging) is neither seen nor undone.
-    let e = S3Env::new(Moto::start());
-    let c = e.moto.client().clone();
-    put_all(&c, SRC, images(300));
-    e.env.write(
-        "guard.toml",
-        &art_policy(
-            "backups",
-            r#"tags = "with-content"
+    let (e, c) = art_env(
+        300,
+        r#"tags = "with-content"
 
 [[check]]
 name = "originals untouched"
 target = "images"
 untouched = ["images/"]
 "#,
-        ),
     );
     let before = bucket_state(&c, SRC);
     let first = json(&e.guard(&["snapshot", "--json"]));
@@ -262,14 +257,9 @@ untouched = ["images/"]
 
 #[test]
 fn kept_migration_and_a_repeat_snapshot_copies_nothing() {
-    let e = S3Env::new(Moto::start());
-    let c = e.moto.client().clone();
-    put_all(&c, SRC, images(300));
-    e.env.write(
-        "guard.toml",
-        &art_policy(
-            "backups",
-            r#"
+    let (e, c) = art_env(
+        300,
+        r#"
 [[check]]
 name = "originals untouched"
 target = "images"
@@ -293,7 +283,6 @@ target = "images"
 objects = "images/"
 expect = "unchanged"
 "#,
-        ),
     );
     let t = Instant::now();
     let first = json(&e.guard(&["snapshot", "--json"]));

@@ -457,27 +457,6 @@ where
     }
 }
 
-/// Read `bucket/key` (pinned to `etag`) and hash it.
-async fn hash_object(c: &Client, bucket: &str, key: &str, etag: Option<&str>) -> Result<(String, u64)> {
-    let mut req = c.get_object().bucket(bucket).key(key);
-    if let Some(e) = etag {
-        req = req.if_match(format!("\"{e}\""));
-    }
-    let r = req.send().await.map_err(|e| read_error(bucket, key, e))?;
-    let mut body = r.body;
-    let mut h = Sha256::new();
-    let mut n = 0u64;
-    while let Some(chunk) = body
-        .try_next()
-        .await
-        .map_err(|e| anyhow!("reading s3://{bucket}/{key}: {e}"))?
-    {
-        h.update(&chunk);
-        n += chunk.len() as u64;
-    }
-    Ok((hex::encode(h.finalize()), n))
-}
-
 /// What a server-side copy made.
 struct Copied {
     etag: String,
@@ -1411,7 +1390,7 @@ impl Target for S3Target {
                     if live_etag != e.etag {
                         let sha = match server {
                             Some(s) => s,
-                            None => hash_object(&c, &b, &e.key, Some(&live_etag)).await?.0,
+                            None => object_sha256(&c, &b, &e.key, &live_etag, e.size).await?.0,
                         };
                         if sha != e.sha256 {
                             d.push(format!("{}: content differs (SHA-256)", e.key));
