@@ -174,10 +174,7 @@ impl Catalog {
                 insert_snapshot(&mut *tx, m).await?;
             }
             for id in known.difference(&in_store) {
-                sqlx::query("DELETE FROM snapshots WHERE id = ?")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                delete_snapshot(&mut *tx, id).await?;
             }
             tx.commit().await?;
             anyhow::Ok(())
@@ -229,10 +226,7 @@ impl Catalog {
         block_on(async {
             let mut tx = self.pool.begin().await?;
             for id in ids {
-                sqlx::query("DELETE FROM snapshots WHERE id = ?")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                delete_snapshot(&mut *tx, id).await?;
             }
             tx.commit().await?;
             anyhow::Ok(())
@@ -423,6 +417,14 @@ impl Catalog {
             })
             .collect())
     }
+}
+
+async fn delete_snapshot<'e, E: sqlx::SqliteExecutor<'e>>(e: E, id: &str) -> Result<()> {
+    sqlx::query("DELETE FROM snapshots WHERE id = ?")
+        .bind(id)
+        .execute(e)
+        .await?;
+    Ok(())
 }
 
 /// Insert or update a snapshot row (see [`Catalog::record_snapshot`]).

@@ -69,6 +69,17 @@ fn objects_value(t: &dyn Target, prefix: &str, measure: Measure) -> Result<Strin
     .to_string())
 }
 
+/// Whether the value read after the command (`after`, with `before` from before it) meets
+/// `expect`.
+fn meets(expect: &Expect, before: Option<&str>, after: &str) -> Result<bool> {
+    Ok(match expect {
+        Expect::Unchanged => before == Some(after),
+        Expect::Changed => before != Some(after),
+        Expect::Compare(op, n) => compare(after, *op, *n)?,
+        Expect::Literal(s) => after == s,
+    })
+}
+
 fn compare(value: &str, op: Op, n: f64) -> Result<bool> {
     let v: f64 = value.trim().parse().map_err(|_| anyhow!("{value:?} is not a number"))?;
     Ok(match op {
@@ -154,12 +165,7 @@ fn evaluate_one(
                 r.before = before.get(&c.name).cloned();
                 let after = t.query(sql)?;
                 r.after = Some(after.clone());
-                r.passed = match expect {
-                    Expect::Unchanged => r.before.as_deref() == Some(after.as_str()),
-                    Expect::Changed => r.before.as_deref() != Some(after.as_str()),
-                    Expect::Compare(op, n) => compare(&after, *op, *n)?,
-                    Expect::Literal(s) => after == *s,
-                };
+                r.passed = meets(expect, r.before.as_deref(), &after)?;
             }
             CheckWhat::Objects {
                 prefix,
@@ -171,12 +177,7 @@ fn evaluate_one(
                 r.before = before.get(&c.name).cloned();
                 let after = objects_value(t, prefix, *measure)?;
                 r.after = Some(after.clone());
-                r.passed = match expect {
-                    Expect::Unchanged => r.before.as_deref() == Some(after.as_str()),
-                    Expect::Changed => r.before.as_deref() != Some(after.as_str()),
-                    Expect::Compare(op, n) => compare(&after, *op, *n)?,
-                    Expect::Literal(s) => after == *s,
-                };
+                r.passed = meets(expect, r.before.as_deref(), &after)?;
             }
             CheckWhat::Command { command } => {
                 r.expect = "exit 0".into();

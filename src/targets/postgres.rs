@@ -244,6 +244,25 @@ impl ConnInfo {
     }
 }
 
+/// `CREATE DATABASE name` with the encoding and collation the snapshot recorded (and its owner,
+/// with `owner`), from `template0` so the restore starts empty.
+fn create_database_sql(name: &str, rec: &TargetRecord, owner: bool) -> String {
+    let mut sql = format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(name));
+    if let Some(o) = rec.meta.get("db_owner").filter(|_| owner) {
+        sql.push_str(&format!(" OWNER {}", quote_ident(o)));
+    }
+    for (key, clause) in [
+        ("db_encoding", "ENCODING"),
+        ("db_collate", "LC_COLLATE"),
+        ("db_ctype", "LC_CTYPE"),
+    ] {
+        if let Some(v) = rec.meta.get(key) {
+            sql.push_str(&format!(" {clause} {}", quote_literal(v)));
+        }
+    }
+    sql
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tools
 
@@ -605,19 +624,7 @@ impl PostgresTarget {
             if exists.is_some() {
                 return Ok(());
             }
-            let mut sql = format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(db));
-            if let Some(o) = rec.meta.get("db_owner") {
-                sql.push_str(&format!(" OWNER {}", quote_ident(o)));
-            }
-            if let Some(e) = rec.meta.get("db_encoding") {
-                sql.push_str(&format!(" ENCODING {}", quote_literal(e)));
-            }
-            if let Some(l) = rec.meta.get("db_collate") {
-                sql.push_str(&format!(" LC_COLLATE {}", quote_literal(l)));
-            }
-            if let Some(l) = rec.meta.get("db_ctype") {
-                sql.push_str(&format!(" LC_CTYPE {}", quote_literal(l)));
-            }
+            let sql = create_database_sql(db, rec, true);
             sqlx::query(&sql).execute(&mut c).await?;
             eprintln!(
                 "guard: target {}: database {db} did not exist; created it to restore into",
@@ -1298,16 +1305,7 @@ impl PostgresTarget {
             if exists.is_some() {
                 bail!("the drill's scratch database {name} already exists on {shown}; guard never drops a database it did not create (drop it by hand if a killed drill left it)");
             }
-            let mut sql = format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(&name));
-            if let Some(e) = rec.meta.get("db_encoding") {
-                sql.push_str(&format!(" ENCODING {}", quote_literal(e)));
-            }
-            if let Some(l) = rec.meta.get("db_collate") {
-                sql.push_str(&format!(" LC_COLLATE {}", quote_literal(l)));
-            }
-            if let Some(l) = rec.meta.get("db_ctype") {
-                sql.push_str(&format!(" LC_CTYPE {}", quote_literal(l)));
-            }
+            let sql = create_database_sql(&name, rec, false);
             sqlx::query(&sql).execute(&mut maint).await.with_context(|| format!("creating the drill's scratch database {name} on {shown} (set drill_url to a server where guard may create databases)"))?;
             Ok(())
         });

@@ -616,6 +616,44 @@ async fn copy_object(
     result
 }
 
+/// Delete `keys` from `bucket` with DeleteObjects, 1,000 keys a request; `what` names them in
+/// errors. The first key the server refuses fails the call.
+async fn delete_keys(c: &Client, bucket: &str, keys: &[String], what: &str) -> Result<()> {
+    for batch in keys.chunks(1000) {
+        let ids = batch
+            .iter()
+            .map(|k| {
+                ObjectIdentifier::builder()
+                    .key(k)
+                    .build()
+                    .map_err(|e| anyhow!("{k}: {e}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let r = c
+            .delete_objects()
+            .bucket(bucket)
+            .delete(
+                Delete::builder()
+                    .set_objects(Some(ids))
+                    .quiet(true)
+                    .build()
+                    .map_err(|e| anyhow!("{e}"))?,
+            )
+            .send()
+            .await
+            .map_err(|e| sdk_error(format!("deleting {} {what} from s3://{bucket}", batch.len()), e))?;
+        if let Some(err) = r.errors().first() {
+            bail!(
+                "deleting s3://{bucket}/{} failed: {} {}",
+                err.key().unwrap_or("?"),
+                err.code().unwrap_or(""),
+                err.message().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Make the tag set of `bucket/key` exactly `tags`.
 async fn set_tags(c: &Client, bucket: &str, key: &str, tags: &BTreeMap<String, String>) -> Result<()> {
     let what = || format!("setting the tags of s3://{bucket}/{key}");
@@ -1123,46 +1161,7 @@ impl Target for S3Target {
             .get("clone_bucket")
             .cloned()
             .unwrap_or_else(|| self.s3.clone_bucket.clone());
-        wait(async move {
-            for batch in doomed.chunks(1000) {
-                let ids = batch
-                    .iter()
-                    .map(|k| {
-                        ObjectIdentifier::builder()
-                            .key(k)
-                            .build()
-                            .map_err(|e| anyhow!("{k}: {e}"))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let r = c
-                    .delete_objects()
-                    .bucket(&bucket)
-                    .delete(
-                        Delete::builder()
-                            .set_objects(Some(ids))
-                            .quiet(true)
-                            .build()
-                            .map_err(|e| anyhow!("{e}"))?,
-                    )
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        sdk_error(
-                            format!("deleting {} clone object(s) from s3://{bucket}", batch.len()),
-                            e,
-                        )
-                    })?;
-                if let Some(err) = r.errors().first() {
-                    bail!(
-                        "deleting s3://{bucket}/{} failed: {} {}",
-                        err.key().unwrap_or("?"),
-                        err.code().unwrap_or(""),
-                        err.message().unwrap_or("")
-                    );
-                }
-            }
-            Ok(())
-        })
+        wait(delete_keys(&c, &bucket, &doomed, "clone object(s)"))
     }
 
     fn release_needs_kept(&self) -> bool {
@@ -1273,48 +1272,7 @@ impl Target for S3Target {
                 .filter(|l| !wanted.contains(l.key.as_str()))
                 .map(|l| l.key.clone())
                 .collect();
-            for batch in extra.chunks(1000) {
-                let ids = batch
-                    .iter()
-                    .map(|k| {
-                        ObjectIdentifier::builder()
-                            .key(k)
-                            .build()
-                            .map_err(|e| anyhow!("{k}: {e}"))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let r = c
-                    .delete_objects()
-                    .bucket(&s3.bucket)
-                    .delete(
-                        Delete::builder()
-                            .set_objects(Some(ids))
-                            .quiet(true)
-                            .build()
-                            .map_err(|e| anyhow!("{e}"))?,
-                    )
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        sdk_error(
-                            format!(
-                                "deleting {} object(s) created since the snapshot from s3://{}",
-                                batch.len(),
-                                s3.bucket
-                            ),
-                            e,
-                        )
-                    })?;
-                if let Some(err) = r.errors().first() {
-                    bail!(
-                        "deleting s3://{}/{} failed: {} {}",
-                        s3.bucket,
-                        err.key().unwrap_or("?"),
-                        err.code().unwrap_or(""),
-                        err.message().unwrap_or("")
-                    );
-                }
-            }
+            delete_keys(&c, &s3.bucket, &extra, "object(s) created since the snapshot").await?;
             Ok(put_back)
         })
         .with_context(|| format!("restoring {}", self.where_()))?;

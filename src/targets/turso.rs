@@ -1253,19 +1253,10 @@ impl TursoTarget {
 
     /// The recorded branch of a snapshot, which must still exist.
     fn recorded_branch(&self, rec: &TargetRecord) -> Result<DbInfo> {
-        let name = rec
-            .meta
-            .get("branch")
-            .ok_or_else(|| anyhow!("the snapshot of {} records no branch database", rec.name))?;
-        if !is_guard_branch(name) {
-            bail!(
-                "the snapshot of {} records {name:?}, which is not a guard branch name",
-                rec.name
-            );
-        }
-        self.find_database(name)?.ok_or_else(|| {
+        self.find_recorded_branch(rec)?.ok_or_else(|| {
             anyhow!(
-                "branch database {name} of this snapshot no longer exists in organization {} (deleted outside guard?)",
+                "branch database {} of this snapshot no longer exists in organization {} (deleted outside guard?)",
+                rec.meta.get("branch").map(String::as_str).unwrap_or("?"),
                 self.t.organization
             )
         })
