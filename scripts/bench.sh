@@ -230,7 +230,7 @@ if [ "${SKIP_PG:-}" != 1 ] && [ -n "$pgbin" ] && [ -x "$pgbin/initdb" ]; then
     [ "$(id -u)" = 0 ] && chown -R postgres "$pgroot" && chmod 755 "$work" "$pgroot"
     as_pg "$pgbin/initdb" -D "$pgroot/data" -A trust -U postgres >/dev/null
     as_pg "$pgbin/pg_ctl" start -w -D "$pgroot/data" -l "$pgroot/server.log" \
-        -o "-k $pgroot/sock -c listen_addresses='' -p 55432" >/dev/null
+        -o "-k $pgroot/sock -c listen_addresses='' -p 55432 -c autovacuum=off" >/dev/null
     trap 'as_pg "$pgbin/pg_ctl" stop -D "$pgroot/data" -m fast >/dev/null 2>&1 || true' EXIT
     export PGHOST="$pgroot/sock" PGPORT=55432 PGUSER=postgres
     "$pgbin/createdb" bench
@@ -258,11 +258,16 @@ name = "bench"
 kind = "postgres"
 url = "postgres://postgres@/bench?host=$pgroot/sock&port=55432"
 TOML
+    # Quiet server between timed runs, the same for guard and the recipes: autovacuum is off
+    # (it would analyze each restored copy during the next measurement) and every run starts
+    # after a CHECKPOINT (so none pays for the previous one's dirty pages).
+    pg_quiet() { "$pgbin/psql" -XAtqc CHECKPOINT bench >/dev/null; }
     pg_dump_fc() { "$pgbin/pg_dump" -Fc -f "$work/pg.dump" bench; }
     guard_pg_snapshot() { "$guard" --policy "$work/pg.toml" snapshot; }
     say "postgres: pg_dump -Fc"
+    prep="pg_quiet"
     t_pgdump=$(median pg_dump_fc)
-    prep="rm -rf '$work/pgstore'"
+    prep="rm -rf '$work/pgstore'; pg_quiet"
     say "postgres: guard snapshot"
     t_guard_pg=$(median guard_pg_snapshot)
     prep=""
@@ -273,9 +278,11 @@ TOML
     pg_restore_new() { "$pgbin/dropdb" --if-exists restored && "$pgbin/createdb" -T template0 restored && "$pgbin/pg_restore" -d restored "$work/pg.dump"; }
     guard_pg_restore() { "$guard" --policy "$work/pg.toml" restore latest --yes --no-rescue; }
     say "postgres: createdb + pg_restore"
+    prep="pg_quiet"
     t_pgrestore=$(median pg_restore_new)
     say "postgres: guard restore"
     t_guard_pgrestore=$(median guard_pg_restore)
+    prep=""
     pg_line="| PostgreSQL snapshot ($(numfmt --to=iec "$pg_bytes") database) | ${t_guard_pg} s | pg_dump -Fc | ${t_pgdump} s | **$(echo "scale=2; $t_guard_pg / $t_pgdump" | bc -l | sed 's/^\./0./')×** |
 | PostgreSQL restore (in place, one transaction, verified) | ${t_guard_pgrestore} s | createdb + pg_restore (new database) | ${t_pgrestore} s | **$(echo "scale=2; $t_guard_pgrestore / $t_pgrestore" | bc -l | sed 's/^\./0./')×** |"
     pg_sizes="PostgreSQL artifact: guard $(numfmt --to=iec "$size_guard_pg") vs pg_dump -Fc $(numfmt --to=iec "$size_pgdump") ($(echo "scale=1; 100 * ($size_guard_pg - $size_pgdump) / $size_pgdump" | bc -l)%); guard's peak memory $((peak_pg_kb / 1024)) MiB."

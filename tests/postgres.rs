@@ -199,7 +199,9 @@ fn list(env: &Env, cluster: &Cluster) -> Vec<serde_json::Value> {
 fn gunzip(path: &Path) -> Vec<u8> {
     let gz = std::fs::read(path).unwrap();
     let mut raw = Vec::new();
-    flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut raw).unwrap();
+    flate2::read::MultiGzDecoder::new(&gz[..])
+        .read_to_end(&mut raw)
+        .unwrap();
     raw
 }
 
@@ -659,6 +661,12 @@ fn broken_pg_dump_bin(env: &Env, real: &Path, body: &str) -> PathBuf {
 #[test]
 fn pg_dump_failing_or_writing_nothing_stops_the_run() {
     let cluster = rent_cluster();
+    // A real dump whose last bytes never arrive, from a pg_dump that still exits 0: its table
+    // of contents is whole (`pg_restore --list` reads it), a data block is cut short.
+    let truncated = format!(
+        "f=$(mktemp); '{}' \"$@\" > \"$f\"; n=$(wc -c < \"$f\"); head -c $((n - 40)) \"$f\"; rm -f \"$f\"; exit 0",
+        cluster.bin.join("pg_dump").display()
+    );
     for (format, body, expect) in [
         (
             "custom",
@@ -671,6 +679,7 @@ fn pg_dump_failing_or_writing_nothing_stops_the_run() {
             "printf 'PGDMP-not-really'; exit 0",
             "pg_restore cannot read the archive",
         ),
+        ("custom", truncated.as_str(), "pg_restore cannot read the archive"),
         (
             "plain",
             "printf -- '--\\n-- PostgreSQL database dump\\n--\\nCREATE TABLE x (id int);\\n'; exit 0",
@@ -696,6 +705,40 @@ fn pg_dump_failing_or_writing_nothing_stops_the_run() {
             .unwrap_or(0);
         assert_eq!(snaps, 0, "{body}: nothing partial is left in the store");
     }
+}
+
+#[test]
+fn without_stdbuf_the_tools_run_alone_and_the_lifecycle_is_unchanged() {
+    // guard gives pg_dump, pg_restore and psql 1 MiB stdio buffers through coreutils' stdbuf
+    // when it works here; on a machine without it (here: a PATH where it cannot be found) they
+    // run alone, and snapshot, validation, restore and its proof all still happen.
+    let cluster = rent_cluster();
+    let env = env_with(
+        &cluster,
+        "",
+        "\n[[check]]\nname = \"tenants untouched\"\ntarget = \"rent\"\nuntouched = [\"Tenant\"]\n",
+    );
+    let before = cluster.dump("rent");
+    let psql = cluster.bin.join("psql");
+    let empty = env.path("empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut cmd = env.cmd(&[
+        "--",
+        psql.to_str().unwrap(),
+        "-X",
+        "-c",
+        "UPDATE \"Tenant\" SET name = name || ' (moved)'",
+    ]);
+    cmd.env("PATH", &empty)
+        .env("DATABASE_URL", cluster.url("rent"))
+        .env("PGHOST", cluster.sock())
+        .env("PGPORT", cluster.port.to_string())
+        .env("PGUSER", "postgres")
+        .env("PGDATABASE", "rent");
+    let r: Run = cmd.output().expect("run guard").into();
+    assert_eq!(r.code, 79, "the check fails and the database is restored: {r:?}");
+    assert!(r.stderr.contains("restored"), "{r:?}");
+    assert_eq!(cluster.dump("rent"), before);
 }
 
 #[test]

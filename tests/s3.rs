@@ -217,7 +217,9 @@ fn listing(e: &S3Env, id: &str) -> std::collections::HashMap<String, Value> {
     use std::io::Read as _;
     let gz = std::fs::read(e.env.path(&format!("backups/snapshots/{id}/images.objects.jsonl.gz"))).unwrap();
     let mut text = String::new();
-    flate2::read::GzDecoder::new(&gz[..]).read_to_string(&mut text).unwrap();
+    flate2::read::MultiGzDecoder::new(&gz[..])
+        .read_to_string(&mut text)
+        .unwrap();
     text.lines()
         .map(|l| {
             let v: Value = serde_json::from_str(l).unwrap();

@@ -98,7 +98,9 @@ fn deleting_untouched_rows_fails_the_check_and_restores() {
     let key = m["targets"][0]["artifacts"][0]["key"].as_str().unwrap();
     let gz = std::fs::read(env.path("backups").join(key)).unwrap();
     let mut raw = Vec::new();
-    flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut raw).unwrap();
+    flate2::read::MultiGzDecoder::new(&gz[..])
+        .read_to_end(&mut raw)
+        .unwrap();
     let copy = env.path("rescued.db");
     std::fs::write(&copy, raw).unwrap();
     assert_eq!(count(&copy, "SELECT count(*) FROM payment"), 135);
@@ -414,7 +416,9 @@ fn a_migration_that_corrupts_the_database_file_is_still_restored() {
     // The rescue snapshot kept the broken bytes exactly as the command left them.
     let gz = std::fs::read(env.path(&format!("backups/snapshots/{rescue}/app.raw.gz"))).unwrap();
     let mut raw = Vec::new();
-    flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut raw).unwrap();
+    flate2::read::MultiGzDecoder::new(&gz[..])
+        .read_to_end(&mut raw)
+        .unwrap();
     assert!(raw == garbage);
     assert_eq!(env.guard(&["verify", rescue]).code, 0);
 }

@@ -615,7 +615,7 @@ fn corrupted_export_fails_verification() {
     let id = r.stdout.trim();
     let gz = s.env.path(&format!("backups/snapshots/{id}/readings.sql.gz"));
     let mut raw = Vec::new();
-    flate2::read::GzDecoder::new(&std::fs::read(&gz).unwrap()[..])
+    flate2::read::MultiGzDecoder::new(&std::fs::read(&gz).unwrap()[..])
         .read_to_end(&mut raw)
         .unwrap();
     assert!(String::from_utf8_lossy(&raw).trim_end().ends_with("COMMIT;"));

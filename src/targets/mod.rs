@@ -78,11 +78,6 @@ pub trait Target: Send + Sync {
     fn preflight(&self) -> Result<()>;
     /// Write the target's artifacts and describe them.
     fn snapshot(&self, ctx: &SnapshotCtx) -> Result<TargetRecord>;
-    /// Does [`Target::snapshot`] itself read every artifact it wrote back from the store, checking
-    /// the stored and content checksums (as [`crate::snapshot::take`] otherwise does after it)?
-    fn reads_back_artifacts(&self) -> bool {
-        false
-    }
     /// Check the artifacts' content beyond checksums (engine integrity, fingerprints).
     fn deep_verify(&self, rec: &TargetRecord, store: &dyn Store, scratch: &Path) -> Result<()>;
     /// Put the target back to the state in `rec`, atomically.
