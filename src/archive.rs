@@ -1,10 +1,13 @@
 //! Streaming compression and hashing of artifacts.
 //!
-//! [`compress`] reads its input once: each block is hashed (SHA-256 and CRC-32) as it is read,
-//! compressed on a pool of worker threads, and written in order as one ordinary single-member
-//! gzip stream that stock `gunzip` reads. The compressed bytes are hashed as they are written,
-//! so an artifact's two checksums (of the stored file and of its content) cost no second read.
-//! Memory is bounded by the number of blocks in flight, not by the size of the input.
+//! [`compress`] reads its input once: each 1 MiB block is hashed (SHA-256) as it is read,
+//! compressed on a pool of worker threads into a gzip member of its own, inflated again and
+//! compared with its input (so the stored bytes are known to decompress to the content whose
+//! checksum is recorded), and written in order. Stock `gunzip` reads the members as one stream.
+//! The compressed bytes are hashed as they are written, so an artifact's two checksums (of the
+//! stored file and of its content) cost no second read. Memory is bounded by the number of
+//! blocks in flight, not by the size of the input. [`decompress`] reads guard's members whole
+//! (each says its length) and any other gzip as a stream.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};

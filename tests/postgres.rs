@@ -158,7 +158,8 @@ fn guard_psql(env: &Env, cluster: &Cluster, flags: &[&str], sql_file: &Path) -> 
     run_env(env, cluster, &a)
 }
 
-fn run_env(env: &Env, cluster: &Cluster, args: &[&str]) -> Run {
+/// `guard ARGS` with DATABASE_URL and the libpq environment pointing at the rent database.
+fn pg_cmd(env: &Env, cluster: &Cluster, args: &[&str]) -> std::process::Command {
     let mut cmd = env.cmd(args);
     cmd.env("DATABASE_URL", cluster.url("rent"))
         .env("PGHOST", cluster.sock())
@@ -168,8 +169,14 @@ fn run_env(env: &Env, cluster: &Cluster, args: &[&str]) -> Run {
     if let Some(pw) = &cluster.password {
         cmd.env("PGPASSWORD", pw);
     }
-    cmd.output().expect("run guard").into()
+    cmd
 }
+
+fn run_env(env: &Env, cluster: &Cluster, args: &[&str]) -> Run {
+    pg_cmd(env, cluster, args).output().expect("run guard").into()
+}
+
+const TENANT_CHECK: &str = "\n[[check]]\nname = \"tenants untouched\"\ntarget = \"rent\"\nuntouched = [\"Tenant\"]\n";
 
 fn manifest(env: &Env, cluster: &Cluster, id: &str) -> serde_json::Value {
     let r = run_env(env, cluster, &["show", id, "--json"]);
@@ -713,29 +720,26 @@ fn without_stdbuf_the_tools_run_alone_and_the_lifecycle_is_unchanged() {
     // when it works here; on a machine without it (here: a PATH where it cannot be found) they
     // run alone, and snapshot, validation, restore and its proof all still happen.
     let cluster = rent_cluster();
-    let env = env_with(
-        &cluster,
-        "",
-        "\n[[check]]\nname = \"tenants untouched\"\ntarget = \"rent\"\nuntouched = [\"Tenant\"]\n",
-    );
+    let env = env_with(&cluster, "", TENANT_CHECK);
     let before = cluster.dump("rent");
     let psql = cluster.bin.join("psql");
     let empty = env.path("empty-path");
     std::fs::create_dir_all(&empty).unwrap();
-    let mut cmd = env.cmd(&[
-        "--",
-        psql.to_str().unwrap(),
-        "-X",
-        "-c",
-        "UPDATE \"Tenant\" SET name = name || ' (moved)'",
-    ]);
-    cmd.env("PATH", &empty)
-        .env("DATABASE_URL", cluster.url("rent"))
-        .env("PGHOST", cluster.sock())
-        .env("PGPORT", cluster.port.to_string())
-        .env("PGUSER", "postgres")
-        .env("PGDATABASE", "rent");
-    let r: Run = cmd.output().expect("run guard").into();
+    let r: Run = pg_cmd(
+        &env,
+        &cluster,
+        &[
+            "--",
+            psql.to_str().unwrap(),
+            "-X",
+            "-c",
+            "UPDATE \"Tenant\" SET name = name || ' (moved)'",
+        ],
+    )
+    .env("PATH", &empty)
+    .output()
+    .expect("run guard")
+    .into();
     assert_eq!(r.code, 79, "the check fails and the database is restored: {r:?}");
     assert!(r.stderr.contains("restored"), "{r:?}");
     assert_eq!(cluster.dump("rent"), before);
@@ -744,11 +748,7 @@ fn without_stdbuf_the_tools_run_alone_and_the_lifecycle_is_unchanged() {
 #[test]
 fn a_database_dropped_by_the_command_is_recreated_and_restored() {
     let cluster = rent_cluster();
-    let env = env_with(
-        &cluster,
-        "",
-        "\n[[check]]\nname = \"tenants untouched\"\ntarget = \"rent\"\nuntouched = [\"Tenant\"]\n",
-    );
+    let env = env_with(&cluster, "", TENANT_CHECK);
     let before = cluster.dump("rent");
     let psql = cluster.bin.join("psql");
     let r = run_env(

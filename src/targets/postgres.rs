@@ -816,10 +816,7 @@ impl PostgresTarget {
         if a.format == "pg-plain" {
             let mut w = TailWriter::default();
             read_artifact(store, a, &mut w)?;
-            let t = String::from_utf8_lossy(&w.tail);
-            if !t.contains("PostgreSQL database dump complete") {
-                bail!("{where_}: the plain dump lacks pg_dump's \"dump complete\" trailer (truncated)");
-            }
+            w.plain_dump_complete().with_context(|| where_.clone())?;
             return Ok(());
         }
         let mut child = Command::new(tools.bin("pg_restore"))
@@ -1088,12 +1085,7 @@ impl DumpCheck {
 
     fn finish(mut self) -> Result<()> {
         match &mut self {
-            DumpCheck::Plain(t) => {
-                if !String::from_utf8_lossy(&t.tail).contains("PostgreSQL database dump complete") {
-                    bail!("the plain dump lacks pg_dump's \"dump complete\" trailer (truncated)");
-                }
-                Ok(())
-            }
+            DumpCheck::Plain(t) => t.plain_dump_complete(),
             DumpCheck::Custom { child, stdin, stderr } => {
                 stdin.take();
                 let status = child.wait()?;
@@ -1160,6 +1152,16 @@ impl<W: Write> Write for WriteFailed<W> {
 #[derive(Default)]
 struct TailWriter {
     tail: Vec<u8>,
+}
+
+impl TailWriter {
+    /// Did a plain dump end with pg_dump's completion trailer?
+    fn plain_dump_complete(&self) -> Result<()> {
+        if !String::from_utf8_lossy(&self.tail).contains("PostgreSQL database dump complete") {
+            bail!("the plain dump lacks pg_dump's \"dump complete\" trailer (truncated)");
+        }
+        Ok(())
+    }
 }
 
 impl Write for TailWriter {
