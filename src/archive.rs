@@ -506,6 +506,7 @@ mod tests {
         }
         for level in 0..=9 {
             roundtrip(&data, 1 + level as usize % 3, level);
+            roundtrip(b"", 1, level);
         }
     }
 
