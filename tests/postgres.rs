@@ -425,7 +425,9 @@ fn wrapper_bin(env: &Env, real: &Path) -> (PathBuf, PathBuf) {
         std::fs::write(
             &p,
             format!(
-                "#!/bin/sh\n{{ printf '%s' '{tool}'; for a in \"$@\"; do printf ' %s' \"$a\"; done; printf ' | cmdline='; tr '\\0' ' ' < /proc/$$/cmdline; [ -n \"$PGPASSWORD\" ] && printf ' | env-password'; echo; }} >> '{}'\nexec '{}' \"$@\"\n",
+                // One write per line: pg_dump and the pg_restore checking its stream run at
+                // the same time, and their lines must not interleave.
+                "#!/bin/sh\nline='{tool}'\nfor a in \"$@\"; do line=\"$line $a\"; done\nline=\"$line | cmdline=$(tr '\\0' ' ' < /proc/$$/cmdline)\"\n[ -n \"$PGPASSWORD\" ] && line=\"$line | env-password\"\nprintf '%s\\n' \"$line\" >> '{}'\nexec '{}' \"$@\"\n",
                 log.display(),
                 real.join(tool).display()
             ),
