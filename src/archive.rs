@@ -236,32 +236,22 @@ impl Deflater {
 pub fn compress<R: Read, W: Write>(mut input: R, out: W, c: Compression) -> Result<(Compressed, W)> {
     let mut out = HashingWriter::new(out);
     let threads = c.threads.max(1);
-    let level = c.level;
-    Deflater::new(level)?;
     let (job_tx, job_rx) = mpsc::channel::<Job>();
     let job_rx = Arc::new(Mutex::new(job_rx));
     let (res_tx, res_rx) = mpsc::channel::<(u64, Result<Vec<u8>>)>();
     let mut workers = Vec::new();
     for _ in 0..threads {
+        let mut d = Deflater::new(c.level)?;
         let job_rx = Arc::clone(&job_rx);
         let res_tx = res_tx.clone();
-        workers.push(std::thread::spawn(move || {
-            let mut d = match Deflater::new(level) {
-                Ok(d) => d,
-                Err(e) => {
-                    let _ = res_tx.send((u64::MAX, Err(e)));
-                    return;
-                }
+        workers.push(std::thread::spawn(move || loop {
+            let job = match job_rx.lock().expect("job queue").recv() {
+                Ok(j) => j,
+                Err(_) => return,
             };
-            loop {
-                let job = match job_rx.lock().expect("job queue").recv() {
-                    Ok(j) => j,
-                    Err(_) => return,
-                };
-                let r = d.member(job.seq, &job.data);
-                if res_tx.send((job.seq, r)).is_err() {
-                    return;
-                }
+            let r = d.member(job.seq, &job.data);
+            if res_tx.send((job.seq, r)).is_err() {
+                return;
             }
         }));
     }

@@ -827,32 +827,9 @@ impl PostgresTarget {
             .spawn()
             .with_context(|| format!("cannot run {}", tools.bin("pg_restore").display()))?;
         let err = drain(child.stderr.take().expect("piped"));
-        let out = child.stdout.take();
-        let counter = std::thread::spawn(move || {
-            let Some(mut out) = out else {
-                return (0, 0);
-            };
-            let mut n = 0u64;
-            let mut creates = 0u64;
-            let mut buf = vec![0u8; 1 << 16];
-            let mut carry = Vec::new();
-            while let Ok(k) = out.read(&mut buf) {
-                if k == 0 {
-                    break;
-                }
-                n += k as u64;
-                // Count statements that create objects, for the message only.
-                carry.extend_from_slice(&buf[..k]);
-                for line in carry.split(|&b| b == b'\n') {
-                    if line.starts_with(b"CREATE ") {
-                        creates += 1;
-                    }
-                }
-                let keep = carry.iter().rposition(|&b| b == b'\n').map(|p| p + 1).unwrap_or(0);
-                carry.drain(..keep);
-            }
-            (n, creates)
-        });
+        let mut out = child.stdout.take().expect("piped");
+        // Bytes of SQL pg_restore wrote: an archive with nothing in it is not a dump.
+        let counter = std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()).unwrap_or(0));
         let mut stdin = WriteFailed {
             inner: child.stdin.take().expect("piped"),
             failed: false,
@@ -860,7 +837,7 @@ impl PostgresTarget {
         let fed = read_artifact(store, a, &mut stdin);
         drop(stdin.inner);
         let status = child.wait()?;
-        let (n, _): (u64, u64) = counter.join().map_err(|_| anyhow!("reader thread panicked"))?;
+        let n = counter.join().map_err(|_| anyhow!("reader thread panicked"))?;
         let stderr = err.join().unwrap_or_default();
         // pg_restore stopping early breaks the pipe: then its own error is the one to report.
         if fed.is_ok() || status.success() || !stdin.failed {
