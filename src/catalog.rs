@@ -13,10 +13,10 @@ use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::Row;
 
-use crate::block_on;
 use crate::journal::Journal;
 use crate::manifest::Manifest;
-use crate::store::Store;
+use crate::runtime::block_on;
+use crate::store::{keys, Store};
 
 pub struct Catalog {
     pool: SqlitePool,
@@ -122,7 +122,7 @@ impl Catalog {
     /// Open (creating) the catalog of a store and bring it up to date.
     pub fn open(store: &dyn Store) -> Result<Catalog> {
         // A remote store's catalog is a local cache file (rebuilt from the manifests by `sync`).
-        let path = crate::store::state_dir(store)?.join("catalog.db");
+        let path = crate::store::state::state_dir(store)?.join(keys::CATALOG);
         let opts = SqliteConnectOptions::from_str("sqlite://")?
             .filename(&path)
             .create_if_missing(true)
@@ -142,15 +142,12 @@ impl Catalog {
     /// Index manifests and journals that are in the store but not in the catalog, and forget
     /// rows whose manifest is gone.
     pub fn sync(&self, store: &dyn Store) -> Result<()> {
-        let keys = store.list("snapshots/")?;
+        let listed = store.list(keys::SNAPSHOTS)?;
         // A snapshot being pruned (it carries a prune marker) is no longer complete.
-        let pruning: BTreeSet<&str> = keys
+        let pruning: BTreeSet<&str> = listed.iter().filter_map(|e| keys::prune_marker_id(&e.key)).collect();
+        let in_store: BTreeSet<String> = listed
             .iter()
-            .filter_map(|e| e.key.strip_prefix("snapshots/")?.strip_suffix("/prune.json"))
-            .collect();
-        let in_store: BTreeSet<String> = keys
-            .iter()
-            .filter_map(|e| e.key.strip_prefix("snapshots/")?.strip_suffix("/manifest.json"))
+            .filter_map(|e| keys::manifest_id(&e.key))
             .filter(|id| !pruning.contains(id))
             .map(str::to_string)
             .collect();
@@ -180,9 +177,9 @@ impl Catalog {
             anyhow::Ok(())
         })?;
         let runs: BTreeSet<String> = store
-            .list("runs/")?
+            .list(keys::RUNS)?
             .iter()
-            .filter_map(|e| e.key.strip_prefix("runs/")?.strip_suffix("/journal.json"))
+            .filter_map(|e| keys::journal_run_id(&e.key))
             .map(str::to_string)
             .collect();
         let known_runs: BTreeSet<String> = block_on(
@@ -300,7 +297,7 @@ impl Catalog {
                 anyhow::bail!(
                     "{}/{}: the manifest changed after the snapshot was recorded (tampered with or replaced); refusing to trust it",
                     store.location(),
-                    crate::manifest::manifest_key(id)
+                    keys::manifest_key(id)
                 );
             }
         }
@@ -310,7 +307,7 @@ impl Catalog {
     pub fn mark_verified(&self, id: &str, ok: bool) -> Result<()> {
         block_on(
             sqlx::query("UPDATE snapshots SET verified_at = ?, verified_ok = ? WHERE id = ?")
-                .bind(crate::rfc3339(crate::now()))
+                .bind(crate::clock::rfc3339(crate::clock::now()))
                 .bind(ok)
                 .bind(id)
                 .execute(&self.pool),
@@ -327,7 +324,7 @@ impl Catalog {
             )
             .bind(&j.run_id)
             .bind(&j.policy)
-            .bind(crate::rfc3339(j.started_at))
+            .bind(crate::clock::rfc3339(j.started_at))
             .bind(j.phase.as_str())
             .bind(&j.outcome)
             .bind(j.exit_code.map(i64::from))
@@ -443,8 +440,8 @@ async fn insert_snapshot<'e, E: sqlx::SqliteExecutor<'e>>(e: E, m: &Manifest) ->
         .bind(m.kind.as_str())
         .bind(&m.label)
         .bind(&m.run_id)
-        .bind(crate::rfc3339(m.created_at))
-        .bind(crate::rfc3339(m.completed_at))
+        .bind(crate::clock::rfc3339(m.created_at))
+        .bind(crate::clock::rfc3339(m.completed_at))
         .bind(targets)
         .bind(m.stored_bytes() as i64)
         .bind(m.raw_bytes() as i64)

@@ -2,34 +2,18 @@
 //!
 //! `untouched` compares fingerprints recorded in the pre-run snapshot with the live target;
 //! `sql` compares a query's value with its expectation (`unchanged`/`changed` against the value
-//! read before the command); `command` runs a shell command that must exit 0.
+//! read before the command); `command` runs a shell command that must exit 0. Each result is a
+//! [`CheckResult`], recorded in the run's journal.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, Context, Result};
-use serde::{Deserialize, Serialize};
 
+use crate::journal::CheckResult;
 use crate::manifest::Manifest;
 use crate::policy::{CheckSpec, CheckWhat, Expect, Measure, Op, Policy};
 use crate::targets::Target;
-
-/// The outcome of one check.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CheckResult {
-    pub name: String,
-    #[serde(default)]
-    pub target: Option<String>,
-    pub kind: String,
-    pub expect: String,
-    #[serde(default)]
-    pub before: Option<String>,
-    #[serde(default)]
-    pub after: Option<String>,
-    pub passed: bool,
-    #[serde(default)]
-    pub detail: Option<String>,
-}
 
 fn target<'a>(targets: &'a [Box<dyn Target>], name: &str) -> Result<&'a dyn Target> {
     targets

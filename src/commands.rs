@@ -150,8 +150,8 @@ pub fn show(policy: &Policy, id: &str, ui: &Ui) -> Result<u8, Failure> {
     let mut s = format!("snapshot {} ({}) of policy {}\n", m.id, m.kind.as_str(), m.policy);
     s.push_str(&format!(
         "taken {} → {} on {} by guard {}\n",
-        crate::rfc3339(m.created_at),
-        crate::rfc3339(m.completed_at),
+        crate::clock::rfc3339(m.created_at),
+        crate::clock::rfc3339(m.completed_at),
         m.host,
         m.guard_version
     ));
@@ -159,7 +159,7 @@ pub fn show(policy: &Policy, id: &str, ui: &Ui) -> Result<u8, Failure> {
         s.push_str(&format!("label: {l}\n"));
     }
     if let Some(c) = &m.command {
-        s.push_str(&format!("command: {}\n", crate::run::shell_words(c)));
+        s.push_str(&format!("command: {}\n", crate::process::shell_words(c)));
     }
     if let Some(r) = &m.run_id {
         s.push_str(&format!("run: {r}\n"));
@@ -212,7 +212,7 @@ pub fn verify(policy: &Policy, id: Option<&str>, quick: bool, ui: &Ui) -> Result
         ));
     }
     let depth = if quick { Depth::Checksums } else { Depth::Deep };
-    let scratch = snapshot::scratch_dir(store)?;
+    let scratch = crate::store::state::scratch_dir(store)?;
     let mut results = Vec::new();
     let mut bad = 0;
     for id in &ids {
@@ -281,13 +281,13 @@ pub fn restore(policy: &Policy, id: &str, only: &[String], no_rescue: bool, yes:
     // compares the content checksum before it commits; checking it here too would read and
     // inflate every artifact twice.)
     snapshot::verify_artifacts(store, &m, Depth::Checksums).kind(Kind::Corrupt)?;
-    crate::run::run_hooks("before", &policy.hooks.before, ui).kind(Kind::RestoreFailed)?;
+    crate::process::run_hooks("before", &policy.hooks.before, ui).kind(Kind::RestoreFailed)?;
     let result = (|| -> Result<(Option<String>, Vec<crate::restore::TargetRestore>), Failure> {
         let mut rescue_id = None;
         if !no_rescue {
             let targets: Vec<Box<dyn Target>> = names
                 .iter()
-                .map(|n| crate::restore::target_for(policy, m.target(n).expect("checked")))
+                .map(|n| crate::targets::target_for(policy, m.target(n).expect("checked")))
                 .collect::<Result<_>>()
                 .kind(Kind::Usage)?;
             let rescue = snapshot::take(
@@ -313,10 +313,10 @@ pub fn restore(policy: &Policy, id: &str, only: &[String], no_rescue: bool, yes:
             targets: m.targets.iter().filter(|t| names.contains(&t.name)).cloned().collect(),
             ..m.clone()
         };
-        let results = crate::run::restore_deferring_signals(policy, store, &sub, ui);
+        let results = crate::restore::restore_deferring_signals(policy, store, &sub, ui);
         Ok((rescue_id, results))
     })();
-    let after = crate::run::run_hooks("after", &policy.hooks.after, ui);
+    let after = crate::process::run_hooks("after", &policy.hooks.after, ui);
     if let Err(e) = &after {
         ui.warn(&format!("{e:#}"));
     }

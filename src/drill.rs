@@ -14,8 +14,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::catalog::{Catalog, DrillRow};
-use crate::checks::{self, CheckResult};
+use crate::checks;
 use crate::error::{Failure, Kind, ResultExt};
+use crate::journal::CheckResult;
 use crate::policy::Policy;
 use crate::snapshot::{self, Depth};
 use crate::store::{self, Store};
@@ -55,9 +56,9 @@ pub struct Report {
 
 fn run_drill(policy: &Policy, store: &dyn Store, catalog: &Catalog, id: &str, ui: &Ui) -> Result<Report> {
     let started = std::time::Instant::now();
-    let started_at = crate::rfc3339(crate::now());
+    let started_at = crate::clock::rfc3339(crate::clock::now());
     let mut report = Report {
-        drill_id: crate::manifest::new_id(crate::now()),
+        drill_id: crate::manifest::new_id(crate::clock::now()),
         policy: policy.name.clone(),
         snapshot_id: id.to_string(),
         snapshot_created_at: String::new(),
@@ -75,12 +76,12 @@ fn run_drill(policy: &Policy, store: &dyn Store, catalog: &Catalog, id: &str, ui
             return Ok(report);
         }
     };
-    report.snapshot_created_at = crate::rfc3339(m.created_at);
+    report.snapshot_created_at = crate::clock::rfc3339(m.created_at);
     if let Err(e) = snapshot::verify_artifacts(store, &m, Depth::Checksums) {
         report.failure = Some(format!("{e:#}"));
         return Ok(report);
     }
-    let scratch = snapshot::scratch_dir(store)?;
+    let scratch = store::state::scratch_dir(store)?;
     let mut restored: Vec<Box<dyn Target>> = Vec::new();
     for rec in &m.targets {
         if rec.absent {
@@ -88,7 +89,7 @@ fn run_drill(policy: &Policy, store: &dyn Store, catalog: &Catalog, id: &str, ui
         }
         let t0 = std::time::Instant::now();
         let spinner = ui.spinner(&format!("drill {}", rec.name));
-        let r = crate::restore::target_for(policy, rec).and_then(|t| t.drill(rec, store, scratch.path()));
+        let r = crate::targets::target_for(policy, rec).and_then(|t| t.drill(rec, store, scratch.path()));
         spinner.finish();
         let seconds = t0.elapsed().as_secs_f64();
         let bytes = rec.artifacts.iter().map(|a| a.raw_bytes).sum();

@@ -1,14 +1,14 @@
 //! The run journal: each guarded run's phase, written atomically to the store at every step.
 //!
 //! If guard dies, the journal says how far the run got, which snapshot holds the pre-run
-//! state, and so what to do next (`guard status` reads it).
+//! state, and so what to do next (`guard status` reads it). The queries over journals
+//! ([`journals`], [`interrupted_runs`]) live here too.
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::checks::CheckResult;
-use crate::store::Store;
+use crate::store::{keys, Store};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -36,6 +36,23 @@ impl Phase {
             Phase::Done => "done",
         }
     }
+}
+
+/// The outcome of one check, as the journal (and `--json`) records it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub name: String,
+    #[serde(default)]
+    pub target: Option<String>,
+    pub kind: String,
+    pub expect: String,
+    #[serde(default)]
+    pub before: Option<String>,
+    #[serde(default)]
+    pub after: Option<String>,
+    pub passed: bool,
+    #[serde(default)]
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,49 +86,49 @@ pub struct Journal {
     pub message: Option<String>,
 }
 
-pub fn key(run_id: &str) -> String {
-    format!("runs/{run_id}/journal.json")
-}
-
-pub fn log_key(run_id: &str) -> String {
-    format!("runs/{run_id}/run.log")
-}
-
 impl Journal {
     pub fn save(&mut self, store: &dyn Store) -> Result<()> {
-        self.updated_at = crate::now();
+        self.updated_at = crate::clock::now();
         let mut v = serde_json::to_vec_pretty(self)?;
         v.push(b'\n');
-        store.put(&key(&self.run_id), &v)
+        store.put(&keys::journal_key(&self.run_id), &v)
     }
 
     /// Move to `phase` and persist it before doing that phase's work.
     pub fn enter(&mut self, store: &dyn Store, phase: Phase) -> Result<()> {
         self.phase = phase;
         self.save(store)?;
-        test_pause(phase.as_str());
+        crate::faults::test_pause(phase.as_str());
         Ok(())
     }
 
     pub fn load(store: &dyn Store, run_id: &str) -> Result<Journal> {
-        Ok(serde_json::from_slice(&store.get(&key(run_id))?)?)
+        Ok(serde_json::from_slice(&store.get(&keys::journal_key(run_id))?)?)
     }
 }
 
-/// Fault injection for the crash-recovery tests. When the environment variable
-/// `GUARD_TEST_PAUSE` names `point` (a phase such as `command-running`, or
-/// `snapshot-between-targets`, `restore-between-targets`), guard writes its pid to the file
-/// named by `GUARD_TEST_PAUSE_FILE` and sleeps (`GUARD_TEST_PAUSE_SECS`, default 120), so a
-/// test can SIGKILL it at exactly that moment. Without the variable this does nothing.
-pub fn test_pause(point: &str) {
-    if std::env::var("GUARD_TEST_PAUSE").ok().as_deref() == Some(point) {
-        if let Ok(f) = std::env::var("GUARD_TEST_PAUSE_FILE") {
-            let _ = std::fs::write(f, std::process::id().to_string());
+/// Every journal in the store (any policy), oldest first.
+pub fn journals(store: &dyn Store) -> Result<Vec<Journal>> {
+    let mut out = Vec::new();
+    for e in store.list(keys::RUNS)? {
+        if let Some(id) = keys::journal_run_id(&e.key) {
+            if let Ok(j) = Journal::load(store, id) {
+                out.push(j);
+            }
         }
-        let secs = std::env::var("GUARD_TEST_PAUSE_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(120);
-        std::thread::sleep(std::time::Duration::from_secs(secs));
     }
+    out.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+    Ok(out)
+}
+
+/// Runs of `policy` that stopped before `done` and whose guard is gone, newest first.
+pub fn interrupted_runs(store: &dyn Store, policy: &str) -> Result<Vec<Journal>> {
+    let (held, holder) = crate::lock::inspect(store, policy)?;
+    let live_run = if held { holder.and_then(|h| h.run_id) } else { None };
+    let mut v: Vec<Journal> = journals(store)?
+        .into_iter()
+        .filter(|j| j.policy == policy && j.phase != Phase::Done && Some(&j.run_id) != live_run.as_ref())
+        .collect();
+    v.reverse();
+    Ok(v)
 }

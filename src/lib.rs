@@ -1,37 +1,45 @@
 //! guard: snapshot → run → verify → restore-on-failure for production data.
 //!
-//! `main.rs` parses arguments and calls [`run`]; everything else lives here, one module per
-//! concept:
+//! `main.rs` parses arguments and calls [`run`]; this file is the module list, [`run`] and the
+//! subcommand dispatch. Everything else lives in one module per concept:
 //!
-//! - [`policy`]: the TOML policy (targets, checks, hooks, retention)
-//! - [`store`]: where snapshots live (local directory)
-//! - [`targets`]: the things protected (SQLite, directories), behind one trait
-//! - [`archive`]: streaming parallel gzip with SHA-256 in the same pass
-//! - [`manifest`]: a snapshot's record, written last
-//! - [`snapshot`]: taking and verifying snapshots
-//! - [`catalog`]: the SQLite index of snapshots and runs
-//! - [`run`]: the guarded lifecycle; [`journal`] records its phases
-//! - [`checks`]: the policy's checks
-//! - [`restore`]: putting targets back
-//! - [`status`]: what state things are in, and `recover`
-//! - [`retention`]: pruning with rails, pins
-//! - [`drill`]: restore drills and their schedule
-//! - [`lock`], [`signals`], [`secrets`], [`ui`], [`error`]: the supporting cast
+//! - [`cli`]: the command line; [`policy`]: the TOML policy (targets, checks, hooks, retention)
+//! - [`run`]: the guarded lifecycle; [`journal`] records its phases (and answers which runs
+//!   were interrupted); [`status`]: what state things are in, and `recover`
+//! - [`commands`]: `snapshot`, `list`, `show`, `verify`, `restore`, `reindex`
+//! - [`snapshot`]: taking and verifying snapshots; [`restore`]: putting targets back
+//! - [`checks`]: the policy's checks; [`retention`]: pruning with rails, pins;
+//!   [`drill`]: restore drills and their schedule
+//! - [`targets`]: the things protected (SQLite, PostgreSQL, Turso, S3 buckets, directories),
+//!   behind one trait, and the registry of kinds
+//! - [`store`]: where snapshots live (a local directory or an S3 bucket), its key layout and
+//!   local state; [`catalog`]: the SQLite index of snapshots and runs; [`lock`]: one guard per
+//!   policy
+//! - [`manifest`]: a snapshot's record, written last; [`artifact`]: writing and reading back
+//!   one artifact; [`archive`]: streaming parallel gzip with SHA-256 in the same pass
+//! - [`process`]: hooks, exit statuses, quoting; [`runtime`]: the tokio runtime;
+//!   [`clock`]: time and host name; [`faults`]: fault points for the crash tests
+//! - [`signals`], [`secrets`], [`ui`], [`error`]: the supporting cast
 
 pub mod archive;
+pub mod artifact;
 pub mod catalog;
 pub mod checks;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod drill;
 pub mod error;
+pub mod faults;
 pub mod journal;
 pub mod lock;
 pub mod manifest;
 pub mod policy;
+pub mod process;
 pub mod restore;
 pub mod retention;
 pub mod run;
+pub mod runtime;
 pub mod secrets;
 pub mod signals;
 pub mod snapshot;
@@ -40,52 +48,7 @@ pub mod store;
 pub mod targets;
 pub mod ui;
 
-use std::future::Future;
-use std::sync::OnceLock;
-
 use error::{Failure, Kind, ResultExt};
-use time::OffsetDateTime;
-
-/// Run an async operation (sqlx) to completion on guard's runtime.
-pub fn block_on<F: Future>(f: F) -> F::Output {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime")
-    })
-    .block_on(f)
-}
-
-/// The current time.
-///
-/// `GUARD_TEST_NOW` (RFC 3339) overrides it, so the retention tests can age snapshots without
-/// waiting; nothing else should set it.
-pub fn now() -> OffsetDateTime {
-    if let Ok(s) = std::env::var("GUARD_TEST_NOW") {
-        if let Ok(t) = OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339) {
-            return t;
-        }
-    }
-    OffsetDateTime::now_utc()
-}
-
-pub fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .expect("formats")
-}
-
-pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
-    if rc != 0 {
-        return "unknown".into();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
 
 /// Run the parsed command line; returns the process exit code.
 pub fn run(cli: cli::Cli) -> u8 {

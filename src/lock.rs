@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Failure, Kind};
-use crate::store::Store;
+use crate::store::{keys, Store};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Holder {
@@ -56,13 +56,13 @@ fn read_holder(f: &mut File) -> Option<Holder> {
 /// What the lock file of `policy` says, without taking it: `(held_by_a_live_process, holder)`.
 pub fn inspect(store: &dyn Store, policy: &str) -> Result<(bool, Option<Holder>)> {
     if let Some(s3) = store.as_s3() {
-        let (held, holder) = s3.inspect_lease(&format!("locks/{policy}.lock"))?;
+        let (held, holder) = s3.inspect_lease(&keys::lock_key(policy))?;
         return Ok((held, holder.and_then(|h| serde_json::from_value(h).ok())));
     }
     let Some(root) = store.local_root() else {
         return Ok((false, None));
     };
-    let path = root.join("locks").join(format!("{policy}.lock"));
+    let path = root.join(keys::lock_key(policy));
     let Ok(mut f) = File::open(&path) else {
         return Ok((false, None));
     };
@@ -79,10 +79,9 @@ pub fn inspect(store: &dyn Store, policy: &str) -> Result<(bool, Option<Holder>)
 pub fn acquire(store: &dyn Store, policy: &str, command: &str, run_id: Option<&str>) -> Result<Lock, Failure> {
     // The flock lives in the store directory, or for a remote store in its local state
     // directory (guards on this machine); a remote store adds a lease object (other machines).
-    let root = crate::store::state_dir(store)?;
-    let dir = root.join("locks");
-    crate::store::local::create_dir_all_private(&dir)?;
-    let path = dir.join(format!("{policy}.lock"));
+    let root = crate::store::state::state_dir(store)?;
+    let path = root.join(keys::lock_key(policy));
+    crate::store::local::create_dir_all_private(path.parent().expect("has parent"))?;
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -110,15 +109,15 @@ pub fn acquire(store: &dyn Store, policy: &str, command: &str, run_id: Option<&s
     }
     let mut taken_over = read_holder(&mut file);
     let me = Holder {
-        host: crate::hostname(),
+        host: crate::clock::hostname(),
         pid: std::process::id(),
-        since: crate::rfc3339(crate::now()),
+        since: crate::clock::rfc3339(crate::clock::now()),
         command: crate::secrets::redact(command),
         run_id: run_id.map(str::to_string),
     };
     let remote = match store.as_s3() {
         None => None,
-        Some(s3) => match s3.lease(&format!("locks/{policy}.lock"), &serde_json::to_value(&me)?)? {
+        Some(s3) => match s3.lease(&keys::lock_key(policy), &serde_json::to_value(&me)?)? {
             crate::store::s3::LeaseOutcome::Acquired {
                 lease,
                 taken_over: stale,
@@ -133,9 +132,10 @@ pub fn acquire(store: &dyn Store, policy: &str, command: &str, run_id: Option<&s
                 return Err(Failure::msg(
                     Kind::Locked,
                     format!(
-                        "policy {policy} is locked by another guard: {}; lock object {}/locks/{policy}.lock",
+                        "policy {policy} is locked by another guard: {}; lock object {}/{}",
                         who.unwrap_or_else(|| "unknown holder".into()),
-                        store.location()
+                        store.location(),
+                        keys::lock_key(policy)
                     ),
                 ));
             }

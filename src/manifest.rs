@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::store::Store;
+use crate::store::{keys, Store};
 
 pub const FORMAT: u32 = 1;
 
@@ -147,14 +147,6 @@ pub struct FileEntry {
     pub mode: u32,
 }
 
-pub fn snapshot_prefix(id: &str) -> String {
-    format!("snapshots/{id}/")
-}
-
-pub fn manifest_key(id: &str) -> String {
-    format!("snapshots/{id}/manifest.json")
-}
-
 impl Manifest {
     pub fn to_json(&self) -> Vec<u8> {
         let mut v = serde_json::to_vec_pretty(self).expect("manifest serializes");
@@ -176,7 +168,7 @@ impl Manifest {
 
     /// Read a snapshot's manifest from the store.
     pub fn load(store: &dyn Store, id: &str) -> Result<Manifest> {
-        let key = manifest_key(id);
+        let key = keys::manifest_key(id);
         let bytes = store
             .get(&key)
             .with_context(|| format!("snapshot {id} has no manifest ({key}): it is missing or incomplete"))?;
@@ -193,7 +185,7 @@ impl Manifest {
 
     /// Write the manifest, completing the snapshot.
     pub fn save(&self, store: &dyn Store) -> Result<()> {
-        store.put(&manifest_key(&self.id), &self.to_json())
+        store.put(&keys::manifest_key(&self.id), &self.to_json())
     }
 
     pub fn stored_bytes(&self) -> u64 {
@@ -217,6 +209,21 @@ impl Manifest {
 pub fn new_id(now: OffsetDateTime) -> String {
     let f = time::macros::format_description!("[year][month][day]T[hour][minute][second].[subsecond digits:3]Z");
     format!("{}-{:04x}", now.format(&f).expect("formats"), rand::random::<u16>())
+}
+
+/// Snapshot ids that have objects but no manifest: incomplete, never usable.
+pub fn incomplete_snapshots(store: &dyn Store) -> Result<Vec<String>> {
+    let mut ids = std::collections::BTreeMap::<String, bool>::new();
+    for e in store.list(keys::SNAPSHOTS)? {
+        let Some((id, file)) = keys::split_snapshot_key(&e.key) else {
+            continue;
+        };
+        let has = ids.entry(id.to_string()).or_insert(false);
+        if file == "manifest.json" {
+            *has = true;
+        }
+    }
+    Ok(ids.into_iter().filter(|(_, has)| !has).map(|(id, _)| id).collect())
 }
 
 #[cfg(test)]

@@ -4,13 +4,12 @@
 //! target restores atomically on its own; afterwards the live target is compared with what the
 //! snapshot recorded (content checksums and fingerprints), so "restored" means "proven equal".
 
-use anyhow::Result;
 use serde::Serialize;
 
-use crate::manifest::{Manifest, TargetRecord};
+use crate::manifest::Manifest;
 use crate::policy::Policy;
 use crate::store::Store;
-use crate::targets::{self, Target};
+use crate::targets::{target_for, ManualStep};
 use crate::ui::Ui;
 
 /// How one target's restore went.
@@ -24,36 +23,6 @@ pub struct TargetRestore {
     /// The target cannot be restored in place by guard; `error` holds what a person must do.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub manual: bool,
-}
-
-/// A restore that a person must finish (for example a Turso `promote`: repoint the app at the
-/// branch). Returned as the error of [`Target::restore`]; its text is the instructions.
-#[derive(Debug)]
-pub struct ManualStep(pub String);
-
-impl std::fmt::Display for ManualStep {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for ManualStep {}
-
-/// The live target for a record: the policy's target of that name, or one rebuilt from the
-/// record when the policy no longer names it.
-pub fn target_for(policy: &Policy, rec: &TargetRecord) -> Result<Box<dyn Target>> {
-    if let Some(spec) = policy.targets.iter().find(|t| t.name == rec.name) {
-        if spec.kind.as_str() != rec.kind {
-            anyhow::bail!(
-                "target {} is a {} in the policy but a {} in the snapshot",
-                rec.name,
-                spec.kind.as_str(),
-                rec.kind
-            );
-        }
-        return targets::build(spec);
-    }
-    targets::from_record(rec)
 }
 
 /// Restore every target of `m` (or those in `only`), in manifest order, and verify each.
@@ -104,7 +73,19 @@ pub fn restore_all(
             error: r.err().map(|e| crate::secrets::redact(&format!("{e:#}"))),
             manual,
         });
-        crate::journal::test_pause("restore-between-targets");
+        crate::faults::test_pause("restore-between-targets");
     }
     out
+}
+
+/// Restore with SIGINT/SIGTERM deferred until every target is consistent.
+pub fn restore_deferring_signals(policy: &Policy, store: &dyn Store, m: &Manifest, ui: &Ui) -> Vec<TargetRestore> {
+    crate::signals::install();
+    let r = restore_all(policy, store, m, None, ui);
+    if let Some(sig) = crate::signals::take() {
+        ui.warn(&format!(
+            "signal {sig} arrived during the restore; it was deferred until the targets were consistent"
+        ));
+    }
+    r
 }

@@ -25,9 +25,9 @@ use time::OffsetDateTime;
 
 use crate::catalog::{Catalog, SnapshotRow};
 use crate::error::{Failure, Kind, ResultExt};
-use crate::manifest::{self, Manifest, SnapshotKind};
+use crate::manifest::{Manifest, SnapshotKind};
 use crate::policy::{Policy, Retention};
-use crate::store::{self, Store};
+use crate::store::{self, keys, Store};
 use crate::ui::{self, Ui};
 
 /// Why a snapshot stays or goes.
@@ -49,18 +49,10 @@ pub struct Pin {
     pub pinned_at: String,
 }
 
-pub fn pin_key(id: &str) -> String {
-    format!("pins/{id}.json")
-}
-
-fn marker_key(id: &str) -> String {
-    format!("snapshots/{id}/prune.json")
-}
-
 /// Every pin in the store.
 pub fn pins(store: &dyn Store) -> Result<BTreeMap<String, Pin>> {
     let mut out = BTreeMap::new();
-    for e in store.list("pins/")? {
+    for e in store.list(keys::PINS)? {
         if let Ok(p) = serde_json::from_slice::<Pin>(&store.get(&e.key)?) {
             out.insert(p.id.clone(), p);
         }
@@ -98,7 +90,7 @@ pub fn plan(
         if *t > now + time::Duration::days(1) {
             anyhow::bail!(
                 "snapshot {} was recorded at {} — more than a day in the future of this machine's clock ({}); refusing to prune with a clock that looks wrong",
-                s.id, s.created_at, crate::rfc3339(now)
+                s.id, s.created_at, crate::clock::rfc3339(now)
             );
         }
     }
@@ -172,14 +164,14 @@ fn delete_snapshots(
     }
     // 1. mark them all, durably, and drop them from the catalog: from here on they are neither
     //    listed nor restorable.
-    let marker = serde_json::to_vec(&json!({"pruning_since": crate::rfc3339(crate::now())}))?;
+    let marker = serde_json::to_vec(&json!({"pruning_since": crate::clock::rfc3339(crate::clock::now())}))?;
     store.put_many(
         &ids.iter()
-            .map(|id| (marker_key(id), marker.clone()))
+            .map(|id| (keys::prune_marker_key(id), marker.clone()))
             .collect::<Vec<_>>(),
     )?;
     catalog.forget_snapshots(ids)?;
-    crate::journal::test_pause("prune-marked");
+    crate::faults::test_pause("prune-marked");
     // Only a policy with a target of an external kind can own something outside the store (and
     // only its credentials can release it), so only then are manifests read.
     let external = policy
@@ -189,8 +181,8 @@ fn delete_snapshots(
     let mut freed = 0;
     for id in ids {
         // 2. release what lives outside the store
-        let entries = store.list(&manifest::snapshot_prefix(id))?;
-        let has_manifest = entries.iter().any(|e| e.key.ends_with("/manifest.json"));
+        let entries = store.list(&keys::snapshot_prefix(id))?;
+        let has_manifest = entries.iter().any(|e| keys::is_manifest(&e.key));
         if has_manifest && external {
             if let Ok(m) = Manifest::load(store, id) {
                 for rec in m
@@ -198,7 +190,7 @@ fn delete_snapshots(
                     .iter()
                     .filter(|r| !r.absent && crate::targets::EXTERNAL_KINDS.contains(&r.kind.as_str()))
                 {
-                    let target = match crate::restore::target_for(policy, rec) {
+                    let target = match crate::targets::target_for(policy, rec) {
                         Ok(t) => t,
                         Err(e) => {
                             eprintln!(
@@ -222,17 +214,17 @@ fn delete_snapshots(
         // 3. artifacts, then the manifest, then the marker and any pin
         for e in entries
             .iter()
-            .filter(|e| !e.key.ends_with("/manifest.json") && !e.key.ends_with("/prune.json"))
+            .filter(|e| !keys::is_manifest(&e.key) && !keys::is_prune_marker(&e.key))
         {
             store.remove(&e.key)?;
             freed += e.size;
         }
-        if let Some(e) = entries.iter().find(|e| e.key.ends_with("/manifest.json")) {
+        if let Some(e) = entries.iter().find(|e| keys::is_manifest(&e.key)) {
             store.remove(&e.key)?;
             freed += e.size;
         }
-        store.remove(&marker_key(id))?;
-        let _ = store.remove(&pin_key(id));
+        store.remove(&keys::prune_marker_key(id))?;
+        let _ = store.remove(&keys::pin_key(id));
     }
     store.sync()?;
     Ok(freed)
@@ -241,14 +233,9 @@ fn delete_snapshots(
 /// Ids of snapshots marked for pruning (a prune that did not finish).
 fn marked(store: &dyn Store) -> Result<Vec<String>> {
     Ok(store
-        .list("snapshots/")?
+        .list(keys::SNAPSHOTS)?
         .into_iter()
-        .filter_map(|e| {
-            e.key
-                .strip_prefix("snapshots/")?
-                .strip_suffix("/prune.json")
-                .map(str::to_string)
-        })
+        .filter_map(|e| keys::prune_marker_id(&e.key).map(str::to_string))
         .collect())
 }
 
@@ -274,12 +261,12 @@ pub fn prune(
     let store = store.as_ref();
     let _lock = crate::lock::acquire(store, &policy.name, "guard prune", None)?;
     let catalog = Catalog::open(store)?;
-    let now = crate::now();
+    let now = crate::clock::now();
 
     // Runs not done (in progress elsewhere, or interrupted) keep their snapshots.
     let mut protected_runs = BTreeSet::new();
     let mut protected_snaps = BTreeSet::new();
-    for j in crate::status::journals(store)? {
+    for j in crate::journal::journals(store)? {
         if j.phase != crate::journal::Phase::Done {
             protected_runs.insert(j.run_id.clone());
             protected_snaps.extend(j.snapshot_id.clone());
@@ -297,7 +284,7 @@ pub fn prune(
     )
     .kind(Kind::Usage)?;
     let unfinished = marked(store)?;
-    let garbage: Vec<String> = crate::status::incomplete_snapshots(store)?
+    let garbage: Vec<String> = crate::manifest::incomplete_snapshots(store)?
         .into_iter()
         .filter(|id| !unfinished.contains(id))
         .filter(|id| id_time(id).is_some_and(|t| now - t > time::Duration::days(1)))
@@ -327,7 +314,7 @@ pub fn prune(
         freed += delete_snapshots(policy, store, &catalog, &ids, &kept_records).kind(Kind::Internal)?;
         deleted = ids;
         for id in &garbage {
-            for e in store.list(&manifest::snapshot_prefix(id))? {
+            for e in store.list(&keys::snapshot_prefix(id))? {
                 store.remove(&e.key)?;
                 freed += e.size;
             }
@@ -404,10 +391,10 @@ pub fn pin(policy: &Policy, id: &str, reason: Option<&str>, unpin: bool, ui: &Ui
     let catalog = Catalog::open(store)?;
     let id = crate::commands::resolve_id(&catalog, policy, id)?;
     if unpin {
-        if store.size(&pin_key(&id))?.is_none() {
+        if store.size(&keys::pin_key(&id))?.is_none() {
             return Err(Failure::msg(Kind::Usage, format!("snapshot {id} is not pinned")));
         }
-        store.remove(&pin_key(&id))?;
+        store.remove(&keys::pin_key(&id))?;
         ui.info(&format!("unpinned {id}"));
     } else {
         let reason = reason
@@ -416,9 +403,9 @@ pub fn pin(policy: &Policy, id: &str, reason: Option<&str>, unpin: bool, ui: &Ui
         let p = Pin {
             id: id.clone(),
             reason: reason.to_string(),
-            pinned_at: crate::rfc3339(crate::now()),
+            pinned_at: crate::clock::rfc3339(crate::clock::now()),
         };
-        store.put(&pin_key(&id), &serde_json::to_vec_pretty(&p)?)?;
+        store.put(&keys::pin_key(&id), &serde_json::to_vec_pretty(&p)?)?;
         ui.info(&format!("pinned {id}: {reason}"));
     }
     if ui.json {
@@ -439,7 +426,7 @@ mod tests {
             kind: kind.into(),
             label: None,
             run_id: None,
-            created_at: crate::rfc3339(now - time::Duration::days(days_ago)),
+            created_at: crate::clock::rfc3339(now - time::Duration::days(days_ago)),
             targets: targets.into(),
             bytes: 10,
             raw_bytes: 20,
@@ -529,6 +516,6 @@ mod tests {
     #[test]
     fn ids_carry_their_time() {
         let t = id_time("20261123T164800.123Z-a3f2").unwrap();
-        assert_eq!(crate::rfc3339(t), "2026-11-23T16:48:00.123Z");
+        assert_eq!(crate::clock::rfc3339(t), "2026-11-23T16:48:00.123Z");
     }
 }

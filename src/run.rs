@@ -15,14 +15,15 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use crate::checks::{self, CheckResult};
+use crate::checks;
 use crate::error::{Failure, Kind, ResultExt};
-use crate::journal::{self, Journal, Phase};
-use crate::manifest::{Manifest, SnapshotKind};
+use crate::journal::{CheckResult, Journal, Phase};
+use crate::manifest::SnapshotKind;
 use crate::policy::{CheckWhat, Policy};
-use crate::restore::{self, TargetRestore};
+use crate::process::{command_exists, exit_code_of, run_hooks, shell_words};
+use crate::restore::{restore_deferring_signals, TargetRestore};
 use crate::snapshot::{self, Request};
-use crate::store::{self, Store};
+use crate::store::{self, keys, Store};
 use crate::targets::{self, Target};
 use crate::ui::{self, Ui};
 
@@ -91,69 +92,6 @@ fn print_plan(policy: &Policy, targets: &[Box<dyn Target>], opts: &Options, ui: 
     print!("{}", crate::secrets::redact(&s));
 }
 
-/// Quote a command line for display.
-pub fn shell_words(args: &[String]) -> String {
-    args.iter()
-        .map(|a| {
-            if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
-                a.clone()
-            } else {
-                format!("'{}'", a.replace('\'', "'\\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Is `program` something we can execute? (PATH lookup for bare names.)
-fn command_exists(program: &str) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &std::path::Path| {
-        p.metadata()
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    };
-    if program.contains('/') {
-        return executable(std::path::Path::new(program));
-    }
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|d| executable(&d.join(program))))
-        .unwrap_or(false)
-}
-
-/// Run shell hooks in order; stop at the first failure.
-pub fn run_hooks(which: &str, hooks: &[String], ui: &Ui) -> Result<()> {
-    for h in hooks {
-        ui.info(&format!("guard: {which} hook: {h}"));
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg(h)
-            .stdin(Stdio::null())
-            .stdout(if ui.json { Stdio::null() } else { Stdio::inherit() })
-            .status()
-            .with_context(|| format!("{which} hook {h:?} could not start"))?;
-        if !status.success() {
-            anyhow::bail!("{which} hook {h:?} failed ({})", describe_status(&status));
-        }
-    }
-    Ok(())
-}
-
-fn describe_status(s: &std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (s.code(), s.signal()) {
-        (Some(c), _) => format!("exit {c}"),
-        (None, Some(sig)) => format!("killed by signal {sig}"),
-        _ => "unknown status".into(),
-    }
-}
-
-/// Exit code of a finished child, with signals as 128+n like a shell.
-fn exit_code_of(s: &std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
-}
-
 /// Copy a child's stream to our own stream and the run log, bytes intact (secrets masked).
 fn tee(mut from: impl Read + Send + 'static, to_stdout: bool, log: Arc<Mutex<File>>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
@@ -219,7 +157,7 @@ fn run_command(cmd: &[String], log: File, ui: &Ui) -> Result<i32> {
 
 fn open_log(store: &dyn Store, run_id: &str) -> Result<File> {
     // A remote store's log is written locally and uploaded when the command ends (publish_log).
-    let path = store::state_dir(store)?.join(journal::log_key(run_id));
+    let path = store::state::state_dir(store)?.join(keys::log_key(run_id));
     store::local::create_dir_all_private(path.parent().expect("has parent"))?;
     Ok(OpenOptions::new().create(true).append(true).mode(0o600).open(&path)?)
 }
@@ -281,7 +219,7 @@ pub fn guarded(policy: &Policy, opts: &Options, ui: &Ui) -> Result<u8, Failure> 
     }
     let store = store::open(&policy.store).kind(Kind::Snapshot)?;
     let store = store.as_ref();
-    let run_id = crate::manifest::new_id(crate::now());
+    let run_id = crate::manifest::new_id(crate::clock::now());
     let cmdline = shell_words(&opts.command);
     let lock = crate::lock::acquire(store, &policy.name, &cmdline, Some(&run_id))?;
     if let Some(h) = &lock.taken_over {
@@ -316,10 +254,10 @@ pub fn guarded(policy: &Policy, opts: &Options, ui: &Ui) -> Result<u8, Failure> 
         run_id: run_id.clone(),
         policy: policy.name.clone(),
         policy_file: policy.file.display().to_string(),
-        host: crate::hostname(),
+        host: crate::clock::hostname(),
         pid: std::process::id(),
-        started_at: crate::now(),
-        updated_at: crate::now(),
+        started_at: crate::clock::now(),
+        updated_at: crate::clock::now(),
         phase: Phase::Locked,
         command: opts.command.iter().map(|a| crate::secrets::redact(a)).collect(),
         snapshot_id: None,
@@ -369,7 +307,7 @@ pub fn guarded(policy: &Policy, opts: &Options, ui: &Ui) -> Result<u8, Failure> 
             "checks": j.checks,
             "restored": j.restored,
             "error": j.message,
-            "log": format!("{}/{}", store.location(), journal::log_key(&j.run_id)),
+            "log": format!("{}/{}", store.location(), keys::log_key(&j.run_id)),
             "after_hooks_failed": after_err.map(|e| format!("{e:#}")),
         }));
     }
@@ -382,7 +320,7 @@ pub fn guarded(policy: &Policy, opts: &Options, ui: &Ui) -> Result<u8, Failure> 
 
 /// Refuse to start while an earlier run of this policy was interrupted and not yet recovered.
 fn refuse_if_interrupted(store: &dyn Store, policy: &Policy) -> Result<(), Failure> {
-    if let Some(j) = crate::status::interrupted_runs(store, &policy.name)
+    if let Some(j) = crate::journal::interrupted_runs(store, &policy.name)
         .kind(Kind::Internal)?
         .into_iter()
         .next()
@@ -573,16 +511,4 @@ fn clamp(code: i32) -> u8 {
     } else {
         1
     }
-}
-
-/// Restore with SIGINT/SIGTERM deferred until every target is consistent.
-pub fn restore_deferring_signals(policy: &Policy, store: &dyn Store, m: &Manifest, ui: &Ui) -> Vec<TargetRestore> {
-    crate::signals::install();
-    let r = restore::restore_all(policy, store, m, None, ui);
-    if let Some(sig) = crate::signals::take() {
-        ui.warn(&format!(
-            "signal {sig} arrived during the restore; it was deferred until the targets were consistent"
-        ));
-    }
-    r
 }

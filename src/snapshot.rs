@@ -9,10 +9,9 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::archive::Compressed;
-use crate::manifest::{self, Artifact, Manifest, SnapshotKind};
+use crate::manifest::{self, Manifest, SnapshotKind};
 use crate::policy::{CheckWhat, Policy};
-use crate::store::Store;
+use crate::store::{keys, Store};
 use crate::targets::{self, SnapshotCtx, Target};
 use crate::ui::Ui;
 
@@ -55,16 +54,6 @@ pub fn fingerprint_items(policy: &Policy) -> BTreeMap<String, Vec<String>> {
     out
 }
 
-/// A private scratch directory, inside the store when it is local (same disk, same quota).
-pub fn scratch_dir(store: &dyn Store) -> Result<tempfile::TempDir> {
-    let base = match store.local_root() {
-        Some(root) => root.join("tmp"),
-        None => std::env::temp_dir(),
-    };
-    crate::store::local::create_dir_all_private(&base)?;
-    Ok(tempfile::Builder::new().prefix("guard-").tempdir_in(&base)?)
-}
-
 /// Take, verify and complete a snapshot of `targets`.
 pub fn take(
     policy: &Policy,
@@ -73,9 +62,9 @@ pub fn take(
     req: Request,
     ui: &Ui,
 ) -> Result<Manifest> {
-    let created_at = crate::now();
+    let created_at = crate::clock::now();
     let id = manifest::new_id(created_at);
-    let scratch = scratch_dir(store)?;
+    let scratch = crate::store::state::scratch_dir(store)?;
     let items = fingerprint_items(policy);
     // Records of the targets snapshotted so far, so a failure can release what they created
     // outside the store.
@@ -120,7 +109,7 @@ pub fn take(
                 ));
             }
             records.push(rec);
-            crate::journal::test_pause("snapshot-between-targets");
+            crate::faults::test_pause("snapshot-between-targets");
         }
         if records.is_empty() {
             bail!("no target to snapshot");
@@ -133,8 +122,8 @@ pub fn take(
             label: req.label.clone(),
             run_id: req.run_id.clone(),
             created_at,
-            completed_at: crate::now(),
-            host: crate::hostname(),
+            completed_at: crate::clock::now(),
+            host: crate::clock::hostname(),
             guard_version: env!("CARGO_PKG_VERSION").to_string(),
             command: req
                 .command
@@ -171,31 +160,12 @@ pub fn take(
 
 /// Remove every object of a snapshot (manifest first, so it stops counting as complete).
 pub fn discard(store: &dyn Store, id: &str) {
-    let _ = store.remove(&manifest::manifest_key(id));
-    if let Ok(entries) = store.list(&manifest::snapshot_prefix(id)) {
+    let _ = store.remove(&keys::manifest_key(id));
+    if let Ok(entries) = store.list(&keys::snapshot_prefix(id)) {
         for e in entries {
             let _ = store.remove(&e.key);
         }
     }
-}
-
-/// Compare what was read back with what the manifest promises; name the file on mismatch.
-pub fn compare_digests(store: &dyn Store, a: &Artifact, got: &Compressed) -> Result<()> {
-    let where_ = format!("{}/{}", store.location(), a.key);
-    if got.stored.bytes != a.bytes {
-        bail!(
-            "{where_}: {} bytes, manifest says {} (truncated or replaced)",
-            got.stored.bytes,
-            a.bytes
-        );
-    }
-    if got.stored.sha256 != a.sha256 {
-        bail!("{where_}: SHA-256 mismatch (the stored file is corrupt or was modified)");
-    }
-    if got.raw.sha256 != a.raw_sha256 || got.raw.bytes != a.raw_bytes {
-        bail!("{where_}: content checksum mismatch after decompression");
-    }
-    Ok(())
 }
 
 /// Check every artifact of a manifest at `depth` (up to [`Depth::Content`]).
@@ -218,7 +188,7 @@ pub fn verify_artifacts(store: &dyn Store, m: &Manifest, depth: Depth) -> Result
             } else {
                 let got = crate::archive::decompress(store.open(&a.key)?, std::io::sink());
                 match got {
-                    Ok(got) => compare_digests(store, a, &got)?,
+                    Ok(got) => crate::artifact::compare_digests(store, a, &got)?,
                     Err(e) => {
                         // Say which is wrong: the stored bytes or the gzip inside them.
                         let d = crate::archive::digest(store.open(&a.key)?)?;
@@ -262,7 +232,7 @@ pub fn verify_for(
                         .iter()
                         .any(|t| t.name == rec.name && t.kind.as_str() == rec.kind) =>
                 {
-                    crate::restore::target_for(p, rec)?
+                    crate::targets::target_for(p, rec)?
                 }
                 _ => targets::from_record(rec)?,
             };

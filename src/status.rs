@@ -12,57 +12,9 @@ use crate::journal::{Journal, Phase};
 use crate::manifest::SnapshotKind;
 use crate::policy::Policy;
 use crate::snapshot::{self, Request};
-use crate::store::{self, Store};
+use crate::store;
 use crate::targets;
 use crate::ui::{self, Ui};
-
-/// Every journal in the store (any policy), oldest first.
-pub fn journals(store: &dyn Store) -> Result<Vec<Journal>> {
-    let mut out = Vec::new();
-    for e in store.list("runs/")? {
-        if let Some(id) = e
-            .key
-            .strip_prefix("runs/")
-            .and_then(|k| k.strip_suffix("/journal.json"))
-        {
-            if let Ok(j) = Journal::load(store, id) {
-                out.push(j);
-            }
-        }
-    }
-    out.sort_by(|a, b| a.run_id.cmp(&b.run_id));
-    Ok(out)
-}
-
-/// Runs of `policy` that stopped before `done` and whose guard is gone, newest first.
-pub fn interrupted_runs(store: &dyn Store, policy: &str) -> Result<Vec<Journal>> {
-    let (held, holder) = crate::lock::inspect(store, policy)?;
-    let live_run = if held { holder.and_then(|h| h.run_id) } else { None };
-    let mut v: Vec<Journal> = journals(store)?
-        .into_iter()
-        .filter(|j| j.policy == policy && j.phase != Phase::Done && Some(&j.run_id) != live_run.as_ref())
-        .collect();
-    v.reverse();
-    Ok(v)
-}
-
-/// Snapshot ids that have objects but no manifest: incomplete, never usable.
-pub fn incomplete_snapshots(store: &dyn Store) -> Result<Vec<String>> {
-    let mut ids = std::collections::BTreeMap::<String, bool>::new();
-    for e in store.list("snapshots/")? {
-        let Some(rest) = e.key.strip_prefix("snapshots/") else {
-            continue;
-        };
-        let Some((id, file)) = rest.split_once('/') else {
-            continue;
-        };
-        let has = ids.entry(id.to_string()).or_insert(false);
-        if file == "manifest.json" {
-            *has = true;
-        }
-    }
-    Ok(ids.into_iter().filter(|(_, has)| !has).map(|(id, _)| id).collect())
-}
 
 /// What an interrupted run means for the targets, and what to do.
 pub fn advice(j: &Journal, policy_file: &str) -> (String, String) {
@@ -97,8 +49,8 @@ pub fn status(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
     let store = store.as_ref();
     let catalog = crate::catalog::Catalog::open(store)?;
     let (held, holder) = crate::lock::inspect(store, &policy.name)?;
-    let interrupted = interrupted_runs(store, &policy.name)?;
-    let incomplete = incomplete_snapshots(store)?;
+    let interrupted = crate::journal::interrupted_runs(store, &policy.name)?;
+    let incomplete = crate::manifest::incomplete_snapshots(store)?;
     let snaps = catalog.snapshots(Some(&policy.name))?;
     let runs = catalog.runs(Some(&policy.name), 1)?;
     let file = policy.file.display().to_string();
@@ -114,7 +66,7 @@ pub fn status(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
     let stale = match (policy.drill.max_age, restorable) {
         (Some(max), Some(s)) => {
             let t = time::OffsetDateTime::parse(&s.created_at, &time::format_description::well_known::Rfc3339)?;
-            let age = crate::now() - t;
+            let age = crate::clock::now() - t;
             (age > time::Duration::try_from(max).unwrap_or(time::Duration::MAX)).then(|| {
                 format!(
                     "the newest restorable snapshot ({}) is {} old, more than drill.max_age = {}",
@@ -206,7 +158,7 @@ pub fn status(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
         s.push_str(&format!(
             "\nINTERRUPTED run {} (started {}, pid {} on {}), stopped in phase {}:\n  {state}\n  to do: {todo}\n",
             j.run_id,
-            crate::rfc3339(j.started_at),
+            crate::clock::rfc3339(j.started_at),
             j.pid,
             j.host,
             j.phase.as_str()
@@ -235,7 +187,7 @@ pub fn recover(policy: &Policy, keep: bool, yes: bool, ui: &Ui) -> Result<u8, Fa
         ui.warn(&format!("took over the lock of a guard that died ({h})"));
     }
     let catalog = crate::catalog::Catalog::open(store)?;
-    let interrupted = interrupted_runs(store, &policy.name)?;
+    let interrupted = crate::journal::interrupted_runs(store, &policy.name)?;
     if interrupted.is_empty() {
         ui.info("guard: no interrupted run; nothing to recover");
         if ui.json {
@@ -274,7 +226,7 @@ pub fn recover(policy: &Policy, keep: bool, yes: bool, ui: &Ui) -> Result<u8, Fa
                 ));
             }
             snapshot::verify(store, &m, snapshot::Depth::Content, std::path::Path::new("/")).kind(Kind::Corrupt)?;
-            crate::run::run_hooks("before", &policy.hooks.before, ui).kind(Kind::RestoreFailed)?;
+            crate::process::run_hooks("before", &policy.hooks.before, ui).kind(Kind::RestoreFailed)?;
             if j.phase != Phase::Restoring || j.rescue_id.is_none() {
                 let targets = targets::build_all(policy).kind(Kind::Usage)?;
                 let rescue = snapshot::take(
@@ -296,8 +248,8 @@ pub fn recover(policy: &Policy, keep: bool, yes: bool, ui: &Ui) -> Result<u8, Fa
                 j.rescue_id = Some(rescue.id);
             }
             j.enter(store, Phase::Restoring).kind(Kind::RestoreFailed)?;
-            let results = crate::run::restore_deferring_signals(policy, store, &m, ui);
-            let _ = crate::run::run_hooks("after", &policy.hooks.after, ui);
+            let results = crate::restore::restore_deferring_signals(policy, store, &m, ui);
+            let _ = crate::process::run_hooks("after", &policy.hooks.after, ui);
             if let Some(bad) = results.iter().find(|r| !r.ok) {
                 return Err(Failure::msg(
                     Kind::RestoreFailed,

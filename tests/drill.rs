@@ -133,7 +133,7 @@ fn status_warns_when_the_newest_restorable_snapshot_is_too_old() {
     let old = time::OffsetDateTime::now_utc() - time::Duration::days(5);
     let r: Run = env
         .cmd(&["snapshot"])
-        .env("GUARD_TEST_NOW", guard::rfc3339(old))
+        .env("GUARD_TEST_NOW", guard::clock::rfc3339(old))
         .output()
         .unwrap()
         .into();

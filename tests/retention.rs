@@ -11,7 +11,7 @@ const NOW: &str = "2026-06-01T12:00:00Z";
 fn days_ago(d: i64) -> String {
     let t = time::OffsetDateTime::parse(NOW, &time::format_description::well_known::Rfc3339).unwrap()
         - time::Duration::days(d);
-    guard::rfc3339(t)
+    guard::clock::rfc3339(t)
 }
 
 fn snap_at(env: &Env, when: &str) -> String {

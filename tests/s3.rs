@@ -239,7 +239,7 @@ fn an_object_cloned_in_the_second_it_changed_is_copied_again_under_a_new_key() {
     assert_eq!(meta(&first, "copied"), 5, "{first}");
     let key = keys(&c, SRC, "images/")[2].clone();
     // Relabel it (metadata rewrite: new Last-Modified, same bytes) and snapshot at once.
-    guard::block_on(
+    guard::runtime::block_on(
         c.copy_object()
             .bucket(SRC)
             .key(&key)
@@ -406,7 +406,7 @@ expect = "unchanged"
     let r = e.guard(&["verify"]);
     assert_eq!(r.code, 0, "{r:?}");
     let victim = keys(&c, CLONES, "guard/")[17].clone();
-    guard::block_on(c.delete_object().bucket(CLONES).key(&victim).send()).unwrap();
+    guard::runtime::block_on(c.delete_object().bucket(CLONES).key(&victim).send()).unwrap();
     let r = e.guard(&["verify"]);
     assert_eq!(r.code, 65, "{r:?}");
     assert!(r.all().contains(&victim) && r.all().contains("is missing"), "{r:?}");
@@ -478,7 +478,7 @@ fn objects_above_the_multipart_threshold() {
     let multipart = clones
         .iter()
         .filter(|k| {
-            let h = guard::block_on(c.head_object().bucket(CLONES).key(*k).send()).unwrap();
+            let h = guard::runtime::block_on(c.head_object().bucket(CLONES).key(*k).send()).unwrap();
             h.e_tag().unwrap_or_default().trim_matches('"').contains('-')
         })
         .count();
@@ -591,7 +591,7 @@ fn s3_store_snapshot_verify_restore_of_sqlite() {
         .unwrap()
         .to_string();
     let key = format!("prod/snapshots/{id2}/app.sqlite.gz");
-    let mut bytes = guard::block_on(async {
+    let mut bytes = guard::runtime::block_on(async {
         c.get_object()
             .bucket("guard-store")
             .key(&key)
@@ -607,7 +607,7 @@ fn s3_store_snapshot_verify_restore_of_sqlite() {
     .to_vec();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
-    guard::block_on(c.put_object().bucket("guard-store").key(&key).body(bytes.into()).send()).unwrap();
+    guard::runtime::block_on(c.put_object().bucket("guard-store").key(&key).body(bytes.into()).send()).unwrap();
     let r = e.guard(&["verify", &id2]);
     assert_eq!(r.code, 65, "{r:?}");
     assert!(
@@ -624,7 +624,7 @@ fn s3_store_snapshot_verify_restore_of_sqlite() {
     let v = json(&r);
     assert_eq!(v["outcome"], "restored", "{v}");
     let log_key = format!("prod/runs/{}/run.log", v["run_id"].as_str().unwrap());
-    let log = guard::block_on(async {
+    let log = guard::runtime::block_on(async {
         c.get_object()
             .bucket("guard-store")
             .key(&log_key)
@@ -696,7 +696,7 @@ fn s3_store_lock_keeps_a_second_guard_out() {
 
     // A live lease of another machine refuses us, naming it.
     let put = |body: Vec<u8>| {
-        guard::block_on(
+        guard::runtime::block_on(
             c.put_object()
                 .bucket("guard-store")
                 .key(lock_key)
@@ -723,7 +723,7 @@ fn s3_store_lock_keeps_a_second_guard_out() {
     let mut dead = std::process::Command::new("true").spawn().unwrap();
     let dead_pid = dead.id();
     dead.wait().unwrap();
-    put(lease(&guard::hostname(), dead_pid, 3600));
+    put(lease(&guard::clock::hostname(), dead_pid, 3600));
     let r = e.guarded(&[], &["true".into()]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
@@ -746,7 +746,7 @@ fn prune_deletes_only_the_clone_objects_no_kept_snapshot_needs() {
         &art_policy("backups", "[retention]\nkeep_within = \"30d\"\nkeep_last = 2\n"),
     );
     let now = time::OffsetDateTime::now_utc();
-    let at = |days: i64| guard::rfc3339(now - time::Duration::days(days));
+    let at = |days: i64| guard::clock::rfc3339(now - time::Duration::days(days));
     let snap = |when: &str| {
         let r: Run = e
             .cmd(&["snapshot"])
@@ -820,7 +820,7 @@ fn prune_deletes_no_clone_when_a_kept_manifest_is_unreadable() {
     );
     let now = time::OffsetDateTime::now_utc();
     let snap = |days: i64| {
-        let when = guard::rfc3339(now - time::Duration::days(days));
+        let when = guard::clock::rfc3339(now - time::Duration::days(days));
         let r: Run = e
             .cmd(&["snapshot"])
             .env("GUARD_TEST_NOW", when)

@@ -1,23 +1,19 @@
-//! Where snapshots live: a small trait with a local-directory implementation.
+//! Where snapshots live: a small [`Store`] trait with two implementations, a local directory
+//! ([`local`]) and an S3 bucket ([`s3`]).
 //!
-//! Keys are `/`-separated paths relative to the store's root:
-//!
-//! ```text
-//! snapshots/<id>/manifest.json     written last: a snapshot without it is incomplete
-//! snapshots/<id>/<target>.<ext>.gz artifacts
-//! runs/<run-id>/journal.json       the guarded run's phases and results
-//! runs/<run-id>/run.log            the wrapped command's output
-//! locks/<policy>.lock              who is running the policy now
-//! catalog.db                       index over the above (rebuildable)
-//! ```
+//! Keys are `/`-separated paths relative to the store's root; [`keys`] is the one place that
+//! spells them. [`state`] is what guard keeps on this machine beside a store (catalog, lock
+//! files, scratch).
 //!
 //! Every write is atomic: an [`Upload`] becomes visible under its key only on `commit`.
 
+pub mod keys;
 pub mod local;
 pub mod s3;
+pub mod state;
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Result;
 
@@ -91,37 +87,14 @@ pub fn open(spec: &StoreSpec) -> Result<Box<dyn Store>> {
     }
 }
 
-/// A local directory for what a store keeps on this machine: the store's own directory when
-/// it is local; for a remote store, a private cache directory named after the store's
-/// location (`$XDG_CACHE_HOME/guard/<hash>`, else `~/.cache/guard/<hash>`) holding its
-/// catalog (rebuildable from the manifests), lock files and run logs being written.
-pub fn state_dir(store: &dyn Store) -> Result<PathBuf> {
-    if let Some(root) = store.local_root() {
-        return Ok(root.to_path_buf());
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .map(|h| PathBuf::from(h).join(".cache"))
-        })
-        .unwrap_or_else(std::env::temp_dir);
-    let id = crate::archive::digest(store.location().as_bytes())?.sha256;
-    let dir = base.join("guard").join(&id[..16]);
-    local::create_dir_all_private(&dir)?;
-    Ok(dir)
-}
-
 /// After a command ran: a remote store receives the run log written locally meanwhile
-/// (`runs/RUN/run.log` in [`state_dir`]). Nothing to do for a local store.
+/// (`runs/RUN/run.log` in [`state::state_dir`]). Nothing to do for a local store.
 pub fn publish_log(store: &dyn Store, run_id: &str) -> Result<()> {
     if store.local_root().is_some() {
         return Ok(());
     }
-    let key = crate::journal::log_key(run_id);
-    let path = state_dir(store)?.join(&key);
+    let key = keys::log_key(run_id);
+    let path = state::state_dir(store)?.join(&key);
     let mut u = store.create(&key)?;
     std::io::copy(&mut std::fs::File::open(&path)?, &mut u)?;
     u.commit()?;

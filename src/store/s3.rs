@@ -28,22 +28,7 @@ use aws_sdk_s3::Client;
 use serde::{Deserialize, Serialize};
 
 use super::{Entry, Store, Upload};
-use crate::block_on;
-
-/// Run `f` to completion on guard's runtime, from sync code — also when the caller is itself
-/// inside the runtime (a store method called from an async block): the future then runs on a
-/// helper thread, since a runtime cannot be blocked on from within itself.
-pub fn wait<F>(f: F) -> F::Output
-where
-    F: std::future::Future + Send,
-    F::Output: Send,
-{
-    if tokio::runtime::Handle::try_current().is_ok() {
-        std::thread::scope(|s| s.spawn(|| block_on(f)).join().expect("S3 request thread panicked"))
-    } else {
-        block_on(f)
-    }
-}
+use crate::runtime::wait;
 
 /// Size of the parts of a streamed upload.
 const PART: usize = 8 << 20;
@@ -232,10 +217,6 @@ struct S3Upload {
     done: bool,
 }
 
-fn runtime() -> tokio::runtime::Handle {
-    tokio::runtime::Handle::try_current().unwrap_or_else(|_| block_on(async { tokio::runtime::Handle::current() }))
-}
-
 impl S3Upload {
     /// Send the buffered bytes as the next part (starting the multipart upload if needed).
     fn send_part(&mut self) -> Result<()> {
@@ -269,7 +250,7 @@ impl S3Upload {
             .part_number(n)
             .body(ByteStream::from(data));
         let shown = self.shown.clone();
-        self.in_flight.push_back(runtime().spawn(async move {
+        self.in_flight.push_back(crate::runtime::handle().spawn(async move {
             let r = req
                 .send()
                 .await
@@ -577,11 +558,11 @@ fn pid_alive(pid: u32) -> bool {
 impl LeaseBody {
     /// Why this lease no longer protects anything, or `None` when its holder is alive.
     fn stale(&self) -> Option<String> {
-        let now = crate::now().unix_timestamp();
+        let now = crate::clock::now().unix_timestamp();
         if self.expires < now {
             return Some(format!("its lease expired {}s ago without renewal", now - self.expires));
         }
-        if self.host == crate::hostname() && !pid_alive(self.pid) {
+        if self.host == crate::clock::hostname() && !pid_alive(self.pid) {
             return Some(format!("process {} no longer runs on this host", self.pid));
         }
         None
@@ -592,9 +573,9 @@ impl S3Store {
     fn lease_body(&self, holder: &serde_json::Value) -> Vec<u8> {
         let b = LeaseBody {
             holder: holder.clone(),
-            host: crate::hostname(),
+            host: crate::clock::hostname(),
             pid: std::process::id(),
-            expires: crate::now().unix_timestamp() + lease_ttl(),
+            expires: crate::clock::now().unix_timestamp() + lease_ttl(),
         };
         serde_json::to_vec(&b).expect("serializes")
     }

@@ -304,7 +304,7 @@ impl Target for DirTarget {
         };
         let (reader, writer) = std::io::pipe()?;
         let consumer = std::thread::spawn(move || listing_of_tar(std::io::BufReader::new(reader)));
-        let r = super::read_artifact(store, a, writer);
+        let r = crate::artifact::read_artifact(store, a, writer);
         let listing = consumer.join().map_err(|_| anyhow!("tar reader panicked"))?;
         r?;
         let listing = listing.with_context(|| format!("{}/{}: not a valid tar stream", store.location(), a.key))?;
@@ -326,7 +326,7 @@ impl Target for DirTarget {
             ar.unpack(&unpack_to)?;
             Ok(())
         });
-        let r = super::read_artifact(store, a, writer);
+        let r = crate::artifact::read_artifact(store, a, writer);
         let unpacked = consumer.join().map_err(|_| anyhow!("tar reader panicked"))?;
         r?;
         unpacked.with_context(|| format!("{}/{}: not a valid tar stream", store.location(), a.key))?;
@@ -373,7 +373,7 @@ impl Target for DirTarget {
                 ar.unpack(&dest)?;
                 Ok(())
             });
-            let r = super::read_artifact(store, a, writer);
+            let r = crate::artifact::read_artifact(store, a, writer);
             let unpacked = consumer.join().map_err(|_| anyhow!("tar reader panicked"))?;
             r?;
             unpacked.context("unpacking")?;

@@ -16,9 +16,8 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::archive;
 use crate::manifest::{Artifact, Fingerprint, TargetRecord};
-use crate::policy::{Compression, TargetKind, TargetSpec};
+use crate::policy::{Compression, Policy, TargetKind, TargetSpec};
 use crate::store::Store;
 
 /// What a target needs while snapshotting.
@@ -39,7 +38,7 @@ pub struct SnapshotCtx<'a> {
 impl SnapshotCtx<'_> {
     /// Store key for an artifact of `target` with extension `ext`.
     pub fn key(&self, target: &str, ext: &str) -> String {
-        format!("snapshots/{}/{target}.{ext}", self.snapshot_id)
+        crate::store::keys::artifact_key(self.snapshot_id, target, ext)
     }
 
     /// Stream `input` through gzip + SHA-256 into the store under `key`.
@@ -49,17 +48,7 @@ impl SnapshotCtx<'_> {
 
     /// [`SnapshotCtx::write_artifact`] with these compression settings.
     pub fn write_artifact_with(&self, key: String, format: &str, input: impl Read, c: Compression) -> Result<Artifact> {
-        let upload = self.store.create(&key)?;
-        let (c, upload) = archive::compress(input, upload, c)?;
-        upload.commit()?;
-        Ok(Artifact {
-            key,
-            format: format.to_string(),
-            bytes: c.stored.bytes,
-            sha256: c.stored.sha256,
-            raw_bytes: c.raw.bytes,
-            raw_sha256: c.raw.sha256,
-        })
+        crate::artifact::write_artifact(self.store, key, format, input, c)
     }
 }
 
@@ -119,12 +108,25 @@ pub trait Target: Send + Sync {
     }
 }
 
+/// A restore that a person must finish (for example a Turso `promote`: repoint the app at the
+/// branch). Returned as the error of [`Target::restore`]; its text is the instructions.
+#[derive(Debug)]
+pub struct ManualStep(pub String);
+
+impl std::fmt::Display for ManualStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ManualStep {}
+
 /// Kinds whose snapshots own something outside the store (a Turso branch database, bucket-clone
 /// objects) that retention must release through [`Target::release`].
 pub const EXTERNAL_KINDS: &[&str] = &["turso", "s3"];
 
 /// Build every target a policy names.
-pub fn build_all(policy: &crate::policy::Policy) -> Result<Vec<Box<dyn Target>>> {
+pub fn build_all(policy: &Policy) -> Result<Vec<Box<dyn Target>>> {
     policy.targets.iter().map(build).collect()
 }
 
@@ -166,10 +168,19 @@ pub fn from_record(rec: &TargetRecord) -> Result<Box<dyn Target>> {
     })
 }
 
-/// Open the artifact of `rec` with the given format and check the gzip's stored digest and
-/// content digest while streaming the content to `sink`.
-pub fn read_artifact(store: &dyn Store, a: &Artifact, sink: impl std::io::Write + Send) -> Result<()> {
-    let input = store.open(&a.key)?;
-    let got = archive::decompress(input, sink).map_err(|e| anyhow::anyhow!("{}/{}: {e:#}", store.location(), a.key))?;
-    crate::snapshot::compare_digests(store, a, &got)
+/// The live target for a record: the policy's target of that name, or one rebuilt from the
+/// record when the policy no longer names it.
+pub fn target_for(policy: &Policy, rec: &TargetRecord) -> Result<Box<dyn Target>> {
+    if let Some(spec) = policy.targets.iter().find(|t| t.name == rec.name) {
+        if spec.kind.as_str() != rec.kind {
+            anyhow::bail!(
+                "target {} is a {} in the policy but a {} in the snapshot",
+                rec.name,
+                spec.kind.as_str(),
+                rec.kind
+            );
+        }
+        return build(spec);
+    }
+    from_record(rec)
 }

@@ -33,7 +33,8 @@ use sha2::{Digest as _, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
 use sqlx::{Connection as _, Row as _};
 
-use super::{read_artifact, SnapshotCtx, Target};
+use super::{SnapshotCtx, Target};
+use crate::artifact::read_artifact;
 use crate::manifest::{Fingerprint, TargetRecord};
 use crate::policy::{PgFormat, PostgresSpec, Sessions, TargetKind, TargetSpec};
 use crate::secrets;
@@ -518,7 +519,7 @@ struct ScratchDb {
 
 impl ScratchDb {
     fn drop_now(&self) -> Result<()> {
-        crate::block_on(async {
+        crate::runtime::block_on(async {
             let mut c = match PgConnection::connect_with(&self.conn.sqlx(Some("postgres"))?).await {
                 Ok(c) => c,
                 Err(_) => PgConnection::connect_with(&self.conn.sqlx(Some("template1"))?).await?,
@@ -626,18 +627,20 @@ impl PostgresTarget {
 
     fn connect(&self) -> Result<PgConnection> {
         self.live()?;
-        crate::block_on(self.connect_to(None))
+        crate::runtime::block_on(self.connect_to(None))
     }
 
     /// A connection to the target's database, or to a maintenance database of the same
     /// server when the target's does not exist (a command dropped it).
     fn connect_server(&self) -> Result<PgConnection> {
         self.live()?;
-        match crate::block_on(self.connect_to(None)) {
+        match crate::runtime::block_on(self.connect_to(None)) {
             Ok(c) => Ok(c),
-            Err(e) if format!("{e:#}").contains("does not exist") => crate::block_on(self.connect_to(Some("postgres")))
-                .or_else(|_| crate::block_on(self.connect_to(Some("template1"))))
-                .map_err(|_| e),
+            Err(e) if format!("{e:#}").contains("does not exist") => {
+                crate::runtime::block_on(self.connect_to(Some("postgres")))
+                    .or_else(|_| crate::runtime::block_on(self.connect_to(Some("template1"))))
+                    .map_err(|_| e)
+            }
             Err(e) => Err(e),
         }
     }
@@ -645,15 +648,15 @@ impl PostgresTarget {
     /// Recreate the target's database when it is gone, as recorded at snapshot time (owner,
     /// encoding, collation), so the dump has somewhere to go.
     fn ensure_database(&self, rec: &TargetRecord, db: &str) -> Result<()> {
-        if let Ok(c) = crate::block_on(self.connect_to(Some(db))) {
-            crate::block_on(async {
+        if let Ok(c) = crate::runtime::block_on(self.connect_to(Some(db))) {
+            crate::runtime::block_on(async {
                 let _ = c.close().await;
             });
             return Ok(());
         }
-        let mut c = crate::block_on(self.connect_to(Some("postgres")))
-            .or_else(|_| crate::block_on(self.connect_to(Some("template1"))))?;
-        let r: Result<()> = crate::block_on(async {
+        let mut c = crate::runtime::block_on(self.connect_to(Some("postgres")))
+            .or_else(|_| crate::runtime::block_on(self.connect_to(Some("template1"))))?;
+        let r: Result<()> = crate::runtime::block_on(async {
             let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
                 .bind(db)
                 .fetch_optional(&mut c)
@@ -669,7 +672,7 @@ impl PostgresTarget {
             );
             Ok(())
         });
-        crate::block_on(async {
+        crate::runtime::block_on(async {
             let _ = c.close().await;
         });
         r.with_context(|| format!("target {}: cannot recreate database {db}", self.spec.name))
@@ -681,7 +684,7 @@ impl PostgresTarget {
             return Ok(t.clone());
         }
         let mut c = self.connect_server()?;
-        let num: String = crate::block_on(async {
+        let num: String = crate::runtime::block_on(async {
             let r = sqlx::query_scalar::<_, String>("SHOW server_version_num")
                 .fetch_one(&mut c)
                 .await;
@@ -733,7 +736,7 @@ impl PostgresTarget {
         let deadline = Instant::now() + Duration::from_secs(3);
         loop {
             let mut c = self.connect_server()?;
-            let rows = crate::block_on(async {
+            let rows = crate::runtime::block_on(async {
                 let r = sqlx::query(
                     "SELECT pid, coalesce(usename, ''), coalesce(application_name, ''), coalesce(client_addr::text, 'local'), coalesce(state, '')
                      FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend' ORDER BY pid",
@@ -779,7 +782,7 @@ impl PostgresTarget {
             ),
             Sessions::Terminate => {
                 let mut c = self.connect_server()?;
-                crate::block_on(async {
+                crate::runtime::block_on(async {
                     let r = sqlx::query(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
                     )
@@ -860,7 +863,7 @@ impl PostgresTarget {
     fn snapshot_live(&self, ctx: &SnapshotCtx, rec: &mut TargetRecord, tools: &Tools) -> Result<()> {
         let name = &self.spec.name;
         let mut conn = self.connect()?;
-        let (snapshot_id, server_version) = crate::block_on(async {
+        let (snapshot_id, server_version) = crate::runtime::block_on(async {
             sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 .execute(&mut conn)
                 .await?;
@@ -873,7 +876,7 @@ impl PostgresTarget {
         .with_context(|| format!("target {name}: cannot open a snapshot transaction"))?;
         rec.tools.insert("server".into(), server_version);
         rec.tools.insert("pg_dump".into(), tools.version.clone());
-        let dbmeta: Option<(String, String, String, String)> = crate::block_on(
+        let dbmeta: Option<(String, String, String, String)> = crate::runtime::block_on(
             sqlx::query_as(
                 "SELECT pg_encoding_to_char(d.encoding)::text, d.datcollate::text, d.datctype::text, r.rolname::text
                  FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE d.datname = current_database()",
@@ -888,7 +891,7 @@ impl PostgresTarget {
         }
 
         // public schema's owner and grants, to recreate it exactly on restore.
-        let public: Option<(String, Vec<(String, String)>)> = crate::block_on(async {
+        let public: Option<(String, Vec<(String, String)>)> = crate::runtime::block_on(async {
             let owner: Option<String> =
                 sqlx::query_scalar("SELECT r.rolname::text FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner WHERE n.nspname = 'public'")
                     .fetch_optional(&mut conn)
@@ -948,7 +951,7 @@ impl PostgresTarget {
         // Fingerprints run in the exported snapshot while pg_dump streams into the store.
         let (written, (conn_back, fps)) = std::thread::scope(|s| {
             let fp = s.spawn(move || {
-                let r = crate::block_on(fingerprints(&mut conn, &items, lenient));
+                let r = crate::runtime::block_on(fingerprints(&mut conn, &items, lenient));
                 (conn, r)
             });
             let w = ctx.write_artifact_with(ctx.key(name, ext), format, stdout, compression);
@@ -988,7 +991,7 @@ impl PostgresTarget {
         for table in &self.pg.csv_tables {
             let stmt = format!("COPY {} TO STDOUT WITH (FORMAT csv, HEADER)", qualified(table));
             let a = {
-                let stream = crate::block_on(conn.copy_out_raw(&stmt))
+                let stream = crate::runtime::block_on(conn.copy_out_raw(&stmt))
                     .with_context(|| format!("target {name}: exporting {table} as CSV"))?;
                 let reader = StreamReader {
                     stream,
@@ -1000,7 +1003,7 @@ impl PostgresTarget {
             };
             rec.artifacts.push(a);
         }
-        crate::block_on(async {
+        crate::runtime::block_on(async {
             let _ = sqlx::query("COMMIT").execute(&mut conn).await;
             let _ = conn.close().await;
         });
@@ -1170,7 +1173,7 @@ where
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         use futures_util::StreamExt as _;
         while self.pos >= self.buf.len() {
-            match crate::block_on(self.stream.next()) {
+            match crate::runtime::block_on(self.stream.next()) {
                 None => return Ok(0),
                 Some(Ok(b)) => {
                     self.buf = b.as_ref().to_vec();
@@ -1411,8 +1414,8 @@ impl PostgresTarget {
         let maint = {
             let o = conn.sqlx(Some("postgres"))?;
             let o1 = conn.sqlx(Some("template1"))?;
-            crate::block_on(PgConnection::connect_with(&o))
-                .or_else(|_| crate::block_on(PgConnection::connect_with(&o1)))
+            crate::runtime::block_on(PgConnection::connect_with(&o))
+                .or_else(|_| crate::runtime::block_on(PgConnection::connect_with(&o1)))
                 .map_err(|e| {
                     anyhow!(
                         "cannot connect to the drill server {shown}: {}",
@@ -1421,7 +1424,7 @@ impl PostgresTarget {
                 })?
         };
         let mut maint = maint;
-        let created: Result<()> = crate::block_on(async {
+        let created: Result<()> = crate::runtime::block_on(async {
             let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
                 .bind(&name)
                 .fetch_optional(&mut maint)
@@ -1433,7 +1436,7 @@ impl PostgresTarget {
             sqlx::query(&sql).execute(&mut maint).await.with_context(|| format!("creating the drill's scratch database {name} on {shown} (set drill_url to a server where guard may create databases)"))?;
             Ok(())
         });
-        crate::block_on(async {
+        crate::runtime::block_on(async {
             let _ = maint.close().await;
         });
         created?;
@@ -1490,8 +1493,8 @@ impl Target for PostgresTarget {
         rec.meta.insert("database".into(), self.dbname());
         if ctx.allow_absent {
             // A rescue of a dropped database records it as absent.
-            match crate::block_on(self.connect_to(None)) {
-                Ok(c) => crate::block_on(async {
+            match crate::runtime::block_on(self.connect_to(None)) {
+                Ok(c) => crate::runtime::block_on(async {
                     let _ = c.close().await;
                 }),
                 Err(e) if format!("{e:#}").contains("does not exist") => {
@@ -1530,8 +1533,8 @@ impl Target for PostgresTarget {
         let db = self.dbname();
         if rec.absent {
             self.handle_sessions(&db)?;
-            let mut c = crate::block_on(self.connect_to(Some("postgres")))?;
-            crate::block_on(async {
+            let mut c = crate::runtime::block_on(self.connect_to(Some("postgres")))?;
+            crate::runtime::block_on(async {
                 let r = sqlx::query(&format!("DROP DATABASE IF EXISTS {}", quote_ident(&db)))
                     .execute(&mut c)
                     .await;
@@ -1639,7 +1642,7 @@ impl Target for PostgresTarget {
     fn verify_restored(&self, rec: &TargetRecord) -> Result<()> {
         self.live()?;
         if rec.absent {
-            let c = crate::block_on(self.connect_to(None));
+            let c = crate::runtime::block_on(self.connect_to(None));
             return match c {
                 Err(e) if format!("{e:#}").contains("does not exist") => Ok(()),
                 Ok(_) => bail!("database {} exists but the snapshot recorded none", self.dbname()),
@@ -1648,7 +1651,7 @@ impl Target for PostgresTarget {
         }
         let mut c = self.connect()?;
         let hashed = rec.hashed_items();
-        let got = crate::block_on(async {
+        let got = crate::runtime::block_on(async {
             let r = fingerprints(&mut c, &hashed, false).await;
             let _ = c.close().await;
             r
@@ -1658,7 +1661,7 @@ impl Target for PostgresTarget {
 
     fn fingerprint(&self, items: &[String]) -> Result<BTreeMap<String, Fingerprint>> {
         let mut c = self.connect()?;
-        crate::block_on(async {
+        crate::runtime::block_on(async {
             let mut out = BTreeMap::new();
             let r: Result<()> = async {
                 let schema =
@@ -1681,7 +1684,7 @@ impl Target for PostgresTarget {
 
     fn query(&self, sql: &str) -> Result<String> {
         let mut c = self.connect()?;
-        crate::block_on(async {
+        crate::runtime::block_on(async {
             // The simple protocol returns every value in its text form, whatever its type.
             use futures_util::StreamExt as _;
             let r: Result<String> = async {

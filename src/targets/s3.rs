@@ -43,8 +43,9 @@ use sha2::{Digest as _, Sha256};
 use super::{SnapshotCtx, Target};
 use crate::manifest::{Artifact, Fingerprint, TargetRecord};
 use crate::policy::{S3Spec, S3Tags, TargetKind, TargetSpec};
-use crate::store::s3::{client, complete_multipart, sdk_error, status_of, wait};
-use crate::store::Store;
+use crate::runtime::wait;
+use crate::store::s3::{client, complete_multipart, sdk_error, status_of};
+use crate::store::{keys, Store};
 
 /// Objects larger than this are copied with multipart UploadPartCopy (CopyObject stops at 5 GiB).
 const DEFAULT_MULTIPART_THRESHOLD: u64 = 5 << 30;
@@ -799,13 +800,10 @@ impl S3Target {
 
     /// The listing of the newest complete snapshot in `store` holding this target, if any.
     fn previous_listing(&self, store: &dyn Store) -> Vec<ObjectEntry> {
-        let Ok(keys) = store.list("snapshots/") else {
+        let Ok(listed) = store.list(keys::SNAPSHOTS) else {
             return Vec::new();
         };
-        let mut ids: Vec<&str> = keys
-            .iter()
-            .filter_map(|e| e.key.strip_prefix("snapshots/")?.strip_suffix("/manifest.json"))
-            .collect();
+        let mut ids: Vec<&str> = listed.iter().filter_map(|e| keys::manifest_id(&e.key)).collect();
         ids.sort_unstable_by(|a, b| b.cmp(a));
         for id in ids.into_iter().take(50) {
             let Ok(m) = crate::manifest::Manifest::load(store, id) else {
@@ -842,7 +840,7 @@ impl S3Target {
             .first()
             .ok_or_else(|| anyhow!("snapshot of {} has no listing artifact", rec.name))?;
         let mut buf = Vec::new();
-        super::read_artifact(store, a, &mut buf)?;
+        crate::artifact::read_artifact(store, a, &mut buf)?;
         let entries = from_jsonl(&buf, &format!("{}/{}", store.location(), a.key))?;
         if let Some(n) = rec.meta.get("objects").and_then(|s| s.parse::<usize>().ok()) {
             if n != entries.len() {

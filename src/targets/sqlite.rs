@@ -17,7 +17,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use rusqlite::{Connection, OpenFlags};
 use sha2::{Digest as _, Sha256};
 
-use super::{read_artifact, SnapshotCtx, Target};
+use super::{SnapshotCtx, Target};
+use crate::artifact::read_artifact;
 use crate::manifest::{Fingerprint, TargetRecord};
 use crate::policy::{TargetKind, TargetSpec};
 use crate::store::local::{private_temp_beside, sync_dir};

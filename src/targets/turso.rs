@@ -32,7 +32,8 @@ use serde_json::{json, Value as Json};
 use sha2::{Digest as _, Sha256};
 
 use super::sqlite::{compare_fingerprints, quote_ident};
-use super::{read_artifact, SnapshotCtx, Target};
+use super::{SnapshotCtx, Target};
+use crate::artifact::read_artifact;
 use crate::manifest::{Fingerprint, TargetRecord};
 use crate::policy::{TargetKind, TargetSpec, TursoRestore, TursoSpec};
 use crate::store::Store;
@@ -572,7 +573,7 @@ struct Db {
 impl Db {
     fn pipeline(&self, base: &str, body: &Json) -> std::result::Result<Json, HttpFail> {
         let url = format!("{base}/v2/pipeline");
-        crate::block_on(async {
+        crate::runtime::block_on(async {
             let resp = self
                 .http
                 .post(&url)
@@ -638,7 +639,7 @@ impl Db {
     /// `GET /dump`: the database as SQL text, one transaction.
     fn dump(&self) -> Result<reqwest::Response> {
         let url = format!("{}/dump", self.url);
-        crate::block_on(async {
+        crate::runtime::block_on(async {
             let resp = self
                 .http
                 .get(&url)
@@ -855,7 +856,7 @@ impl DumpReader {
 impl Read for DumpReader {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         while self.pos == self.buf.len() {
-            match crate::block_on(self.resp.chunk()) {
+            match crate::runtime::block_on(self.resp.chunk()) {
                 Ok(Some(c)) => {
                     self.buf = c.to_vec();
                     self.pos = 0;
@@ -1070,7 +1071,7 @@ impl TursoTarget {
             "{}/v1/organizations/{}/databases{path}",
             self.api_base, self.t.organization
         );
-        crate::block_on(async {
+        crate::runtime::block_on(async {
             let mut rb = self
                 .http
                 .request(method, &url)
@@ -1338,7 +1339,7 @@ impl TursoTarget {
             store.location(),
             a.key
         );
-        let scratch = crate::snapshot::scratch_dir(store)?;
+        let scratch = crate::store::state::scratch_dir(store)?;
         let mut c = load_export(store, a, &scratch.path().join("export.db"))?;
         c.execute_batch("BEGIN")?;
         self.reload_from(&mut c, &format!("the export {}", a.key))
@@ -1498,8 +1499,8 @@ impl TursoTarget {
 }
 
 fn seed_timestamp() -> String {
-    let now = crate::now();
-    crate::rfc3339(now.replace_nanosecond(0).unwrap_or(now))
+    let now = crate::clock::now();
+    crate::clock::rfc3339(now.replace_nanosecond(0).unwrap_or(now))
 }
 
 impl Target for TursoTarget {
@@ -1625,7 +1626,7 @@ impl Target for TursoTarget {
             TursoRestore::Reload => self.reload(rec, store),
             TursoRestore::Promote => {
                 // Not a success: the source still holds the failed state until someone repoints.
-                Err(crate::restore::ManualStep(self.promote_instructions(rec)?).into())
+                Err(super::ManualStep(self.promote_instructions(rec)?).into())
             }
         }
     }

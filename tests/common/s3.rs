@@ -91,7 +91,7 @@ impl Moto {
                 if TcpStream::connect(("127.0.0.1", port)).is_ok() {
                     let endpoint = format!("http://127.0.0.1:{port}");
                     let client = client_for(&endpoint);
-                    if guard::block_on(client.list_buckets().send()).is_ok() {
+                    if guard::runtime::block_on(client.list_buckets().send()).is_ok() {
                         return Moto {
                             child: Some(child),
                             endpoint,
@@ -138,7 +138,7 @@ impl Moto {
     }
 
     pub fn create_bucket(&self, b: &str) {
-        guard::block_on(self.client.create_bucket().bucket(b).send())
+        guard::runtime::block_on(self.client.create_bucket().bucket(b).send())
             .unwrap_or_else(|e| panic!("create bucket {b}: {e:?}"));
     }
 }
@@ -196,7 +196,7 @@ pub fn images(n: usize) -> Vec<Obj> {
 /// Upload `objs` into `bucket`, 16 at a time.
 /// Upload `objs` (16 at a time), then wait for the clock's second to change.
 pub fn put_all(client: &Client, bucket: &str, objs: Vec<Obj>) {
-    guard::block_on(async {
+    guard::runtime::block_on(async {
         let mut set = tokio::task::JoinSet::new();
         let mut it = objs.into_iter();
         loop {
@@ -255,7 +255,7 @@ pub struct State {
 
 /// Keys under `prefix` of `bucket`, every page.
 pub fn keys(client: &Client, bucket: &str, prefix: &str) -> Vec<String> {
-    guard::block_on(async {
+    guard::runtime::block_on(async {
         let mut out = Vec::new();
         let mut pages = client
             .list_objects_v2()
@@ -275,7 +275,7 @@ pub fn keys(client: &Client, bucket: &str, prefix: &str) -> Vec<String> {
 /// The state of every object of `bucket`: bytes (SHA-256), content-type, metadata, tags.
 pub fn bucket_state(client: &Client, bucket: &str) -> BTreeMap<String, State> {
     let keys = keys(client, bucket, "");
-    guard::block_on(async {
+    guard::runtime::block_on(async {
         let mut set = tokio::task::JoinSet::new();
         let mut out = BTreeMap::new();
         let mut it = keys.into_iter();

@@ -63,7 +63,7 @@ impl TursoFake {
     }
 
     fn call(&self, method: reqwest::Method, url: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
-        guard::block_on(async {
+        guard::runtime::block_on(async {
             let mut rb = self.http.request(method, url);
             if let Some(t) = token {
                 rb = rb.bearer_auth(t);

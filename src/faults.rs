@@ -1,0 +1,19 @@
+//! Named fault points for the crash-recovery tests (`tests/faults.rs`).
+
+/// Fault injection for the crash-recovery tests. When the environment variable
+/// `GUARD_TEST_PAUSE` names `point` (a phase such as `command-running`, or
+/// `snapshot-between-targets`, `restore-between-targets`), guard writes its pid to the file
+/// named by `GUARD_TEST_PAUSE_FILE` and sleeps (`GUARD_TEST_PAUSE_SECS`, default 120), so a
+/// test can SIGKILL it at exactly that moment. Without the variable this does nothing.
+pub fn test_pause(point: &str) {
+    if std::env::var("GUARD_TEST_PAUSE").ok().as_deref() == Some(point) {
+        if let Ok(f) = std::env::var("GUARD_TEST_PAUSE_FILE") {
+            let _ = std::fs::write(f, std::process::id().to_string());
+        }
+        let secs = std::env::var("GUARD_TEST_PAUSE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(120);
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+    }
+}

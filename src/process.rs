@@ -1,0 +1,71 @@
+//! Child processes: shell hooks, exit statuses as people and shells read them, and command
+//! lines quoted for display.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result};
+
+use crate::ui::Ui;
+
+/// Quote a command line for display.
+pub fn shell_words(args: &[String]) -> String {
+    args.iter()
+        .map(|a| {
+            if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Is `program` something we can execute? (PATH lookup for bare names.)
+pub fn command_exists(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if program.contains('/') {
+        return executable(std::path::Path::new(program));
+    }
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| executable(&d.join(program))))
+        .unwrap_or(false)
+}
+
+/// Run shell hooks in order; stop at the first failure.
+pub fn run_hooks(which: &str, hooks: &[String], ui: &Ui) -> Result<()> {
+    for h in hooks {
+        ui.info(&format!("guard: {which} hook: {h}"));
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(h)
+            .stdin(Stdio::null())
+            .stdout(if ui.json { Stdio::null() } else { Stdio::inherit() })
+            .status()
+            .with_context(|| format!("{which} hook {h:?} could not start"))?;
+        if !status.success() {
+            anyhow::bail!("{which} hook {h:?} failed ({})", describe_status(&status));
+        }
+    }
+    Ok(())
+}
+
+pub fn describe_status(s: &std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (s.code(), s.signal()) {
+        (Some(c), _) => format!("exit {c}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "unknown status".into(),
+    }
+}
+
+/// Exit code of a finished child, with signals as 128+n like a shell.
+pub fn exit_code_of(s: &std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
+}

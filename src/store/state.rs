@@ -1,0 +1,41 @@
+//! What guard keeps on this machine beside a store: its state directory (catalog, lock
+//! files, run logs being written) and private scratch directories.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use super::Store;
+
+/// A local directory for what a store keeps on this machine: the store's own directory when
+/// it is local; for a remote store, a private cache directory named after the store's
+/// location (`$XDG_CACHE_HOME/guard/<hash>`, else `~/.cache/guard/<hash>`) holding its
+/// catalog (rebuildable from the manifests), lock files and run logs being written.
+pub fn state_dir(store: &dyn Store) -> Result<PathBuf> {
+    if let Some(root) = store.local_root() {
+        return Ok(root.to_path_buf());
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })
+        .unwrap_or_else(std::env::temp_dir);
+    let id = crate::archive::digest(store.location().as_bytes())?.sha256;
+    let dir = base.join("guard").join(&id[..16]);
+    super::local::create_dir_all_private(&dir)?;
+    Ok(dir)
+}
+
+/// A private scratch directory, inside the store when it is local (same disk, same quota).
+pub fn scratch_dir(store: &dyn Store) -> Result<tempfile::TempDir> {
+    let base = match store.local_root() {
+        Some(root) => root.join("tmp"),
+        None => std::env::temp_dir(),
+    };
+    super::local::create_dir_all_private(&base)?;
+    Ok(tempfile::Builder::new().prefix("guard-").tempdir_in(&base)?)
+}
