@@ -5,7 +5,9 @@
 #   scripts/test.sh -- NAME    # extra arguments go to `cargo test`
 #
 # Needs: cargo (the machine's toolchain), python3. Installs when missing: the PostgreSQL
-# server and client (Debian packages), moto[server] (PyPI) for the S3 tests.
+# server and client (Debian packages), moto[server] (PyPI) for the S3 tests, node and npm
+# (Debian packages) and Turso's official npm clients (npm registry, pinned) for the Turso fake's
+# check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,6 +57,22 @@ if ! python3 -c 'import moto.server' 2>/dev/null; then
     python3 -m pip install -q 'moto[server]>=5,<6'
 fi
 export GUARD_TEST_MOTO="${GUARD_TEST_MOTO:-$(python3 -c 'import shutil; print(shutil.which("moto_server") or "")')}"
+
+# Turso's official npm clients, pinned in tests/turso_clients/package-lock.json, for the check that
+# the Turso fake answers as the real service does (tests/turso_clients.rs). Installed once into
+# target/turso-clients; again only when the lock file changed.
+clients=target/turso-clients
+if [ ! -d "$clients/node_modules" ] || ! cmp -s tests/turso_clients/package-lock.json "$clients/package-lock.json"; then
+    if ! command -v npm >/dev/null || ! command -v node >/dev/null; then
+        say "installing nodejs and npm (Debian packages)"
+        apt_install nodejs npm
+    fi
+    say "installing Turso's official npm clients into $clients"
+    rm -rf "$clients"
+    mkdir -p "$clients"
+    cp tests/turso_clients/package.json tests/turso_clients/package-lock.json "$clients/"
+    (cd "$clients" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error)
+fi
 
 say "cargo fmt --check"
 cargo fmt --check
