@@ -39,9 +39,9 @@ def modules():
 
 
 def strip(text):
-    text = re.sub(r"//[^\n]*", "", text)
-    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
-    text = re.sub(r'"(?:\\.|[^"\\])*"', '""', text)
+    """Comments out, string and char literals emptied (one pass, so `"//"` stays a string)."""
+    tok = re.compile(r"""//[^\n]*|/\*.*?\*/|r(#*)"(?:.|\n)*?"\1|"(?:\\.|[^"\\])*"|'(?:\\.[^']*|[^\\'])'""", re.S)
+    text = tok.sub(lambda m: "" if m.group(0).startswith("/") else '""', text)
     # drop `#[cfg(test)] mod tests { … }` (brace matched)
     while True:
         m = re.search(r"#\[cfg\(test\)\]\s*(pub\s+)?mod\s+\w+\s*\{", text)

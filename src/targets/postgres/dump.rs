@@ -1,0 +1,413 @@
+//! Snapshot: `pg_dump` in the exported snapshot of one REPEATABLE READ transaction, streamed
+//! through the compressor, parsed by `pg_restore` (or checked for the plain dump's trailer) as it
+//! streams, and read back from the store.
+
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{anyhow, bail, Context, Result};
+use sqlx::Connection as _;
+
+use super::conn::qualified;
+use super::fingerprint::fingerprints;
+use super::tools::{drain, kill, status_text, tail, widen_pipe, Tools};
+use super::{PostgresTarget, DUMP_LEVEL};
+use crate::artifact::read_artifact;
+use crate::manifest::TargetRecord;
+use crate::policy::PgFormat;
+use crate::store::Store;
+use crate::targets::SnapshotCtx;
+
+impl PostgresTarget {
+    pub(super) fn artifact_ext(&self) -> (&'static str, &'static str) {
+        match self.pg.format {
+            PgFormat::Custom => ("dump.gz", "pg-custom"),
+            PgFormat::Plain => ("sql.gz", "pg-plain"),
+        }
+    }
+
+    /// Check a stored dump whole with the stock tools: `pg_restore` parses every entry and
+    /// data block of a custom archive and writes out the SQL it would run (and must write
+    /// some); a plain dump must end with pg_dump's completion trailer. The artifact is read
+    /// back from the store on the way, its stored and content checksums compared.
+    pub(super) fn validate_artifact(&self, rec: &TargetRecord, store: &dyn Store, tools: &Tools) -> Result<()> {
+        let Some(a) = rec
+            .artifacts
+            .iter()
+            .find(|a| a.format == "pg-custom" || a.format == "pg-plain")
+        else {
+            bail!("snapshot of {} has no dump artifact", rec.name);
+        };
+        let where_ = format!("{}/{}", store.location(), a.key);
+        if a.format == "pg-plain" {
+            let mut w = TailWriter::default();
+            read_artifact(store, a, &mut w)?;
+            w.plain_dump_complete().with_context(|| where_.clone())?;
+            return Ok(());
+        }
+        let mut child = Command::new(tools.bin("pg_restore"))
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot run {}", tools.bin("pg_restore").display()))?;
+        let err = drain(child.stderr.take().expect("piped"));
+        let mut out = child.stdout.take().expect("piped");
+        // Bytes of SQL pg_restore wrote: an archive with nothing in it is not a dump.
+        let counter = std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()).unwrap_or(0));
+        let mut stdin = WriteFailed {
+            inner: child.stdin.take().expect("piped"),
+            failed: false,
+        };
+        let fed = read_artifact(store, a, &mut stdin);
+        drop(stdin.inner);
+        let status = child.wait()?;
+        let n = counter.join().map_err(|_| anyhow!("reader thread panicked"))?;
+        let stderr = err.join().unwrap_or_default();
+        // pg_restore stopping early breaks the pipe: then its own error is the one to report.
+        if fed.is_ok() || status.success() || !stdin.failed {
+            fed.with_context(|| format!("{where_}: reading the artifact for pg_restore"))?;
+        }
+        if !status.success() {
+            bail!(
+                "{where_}: pg_restore cannot read the archive ({}): {}",
+                status_text(status),
+                tail(&stderr)
+            );
+        }
+        if n == 0 {
+            bail!("{where_}: pg_restore found nothing in the archive");
+        }
+        Ok(())
+    }
+
+    /// pg_dump into the store, fingerprints and CSV exports, all from one database snapshot.
+    pub(super) fn snapshot_live(&self, ctx: &SnapshotCtx, rec: &mut TargetRecord, tools: &Tools) -> Result<()> {
+        let name = &self.spec.name;
+        let mut conn = self.connect()?;
+        let (snapshot_id, server_version) = crate::runtime::block_on(async {
+            sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut conn)
+                .await?;
+            let id: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
+                .fetch_one(&mut conn)
+                .await?;
+            let v: String = sqlx::query_scalar("SHOW server_version").fetch_one(&mut conn).await?;
+            Ok::<_, sqlx::Error>((id, v))
+        })
+        .with_context(|| format!("target {name}: cannot open a snapshot transaction"))?;
+        rec.tools.insert("server".into(), server_version);
+        rec.tools.insert("pg_dump".into(), tools.version.clone());
+        let dbmeta: Option<(String, String, String, String)> = crate::runtime::block_on(
+            sqlx::query_as(
+                "SELECT pg_encoding_to_char(d.encoding)::text, d.datcollate::text, d.datctype::text, r.rolname::text
+                 FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE d.datname = current_database()",
+            )
+            .fetch_optional(&mut conn),
+        )?;
+        if let Some((enc, collate, ctype, owner)) = dbmeta {
+            rec.meta.insert("db_encoding".into(), enc);
+            rec.meta.insert("db_collate".into(), collate);
+            rec.meta.insert("db_ctype".into(), ctype);
+            rec.meta.insert("db_owner".into(), owner);
+        }
+
+        // public schema's owner and grants, to recreate it exactly on restore.
+        let public: Option<(String, Vec<(String, String)>)> = crate::runtime::block_on(async {
+            let owner: Option<String> =
+                sqlx::query_scalar("SELECT r.rolname::text FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner WHERE n.nspname = 'public'")
+                    .fetch_optional(&mut conn)
+                    .await?;
+            let Some(owner) = owner else {
+                return Ok::<_, sqlx::Error>(None);
+            };
+            let grants: Vec<(String, String)> = sqlx::query_as(
+                "SELECT CASE WHEN a.grantee = 0 THEN '' ELSE (SELECT rolname::text FROM pg_roles WHERE oid = a.grantee) END, a.privilege_type
+                 FROM pg_namespace n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
+                 WHERE n.nspname = 'public' AND a.grantee <> n.nspowner ORDER BY 1, 2",
+            )
+            .fetch_all(&mut conn)
+            .await?;
+            Ok(Some((owner, grants)))
+        })?;
+        if let Some((owner, grants)) = public {
+            rec.meta.insert(
+                "public_schema".into(),
+                serde_json::json!({"owner": owner, "grants": grants}).to_string(),
+            );
+        }
+
+        let (ext, format) = self.artifact_ext();
+        let mut cmd = self.child(tools, "pg_dump", &["-o"]);
+        cmd.arg("--no-password")
+            .arg("--lock-wait-timeout=120s")
+            .arg(format!("--snapshot={snapshot_id}"));
+        match self.pg.format {
+            PgFormat::Custom => cmd.args(["-Fc", "-Z0"]),
+            PgFormat::Plain => cmd.args(["-Fp"]),
+        };
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot run {}", tools.bin("pg_dump").display()))?;
+        let err = drain(child.stderr.take().expect("piped"));
+        let mut check = match DumpCheck::start(tools, self.pg.format) {
+            Ok(c) => c,
+            Err(e) => {
+                kill(&mut child);
+                return Err(e);
+            }
+        };
+        let out = child.stdout.take().expect("piped");
+        widen_pipe(&out);
+        let stdout = Tee {
+            inner: out,
+            check: &mut check,
+        };
+        let compression = ctx.compression.default_level(DUMP_LEVEL);
+        let items = ctx.fingerprint.to_vec();
+        let lenient = ctx.allow_absent;
+
+        // Fingerprints run in the exported snapshot while pg_dump streams into the store.
+        let (written, (conn_back, fps)) = std::thread::scope(|s| {
+            let fp = s.spawn(move || {
+                let r = crate::runtime::block_on(fingerprints(&mut conn, &items, lenient));
+                (conn, r)
+            });
+            let w = ctx.write_artifact_with(ctx.key(name, ext), format, stdout, compression);
+            (w, fp.join().expect("fingerprint thread"))
+        });
+        let mut conn = conn_back;
+        let written = match written {
+            Ok(a) => a,
+            Err(e) => {
+                kill(&mut child);
+                return Err(e.context(format!("target {name}: storing pg_dump's output")));
+            }
+        };
+        // A failed fingerprint query aborts the exporting transaction, which then fails
+        // pg_dump's snapshot import: report the cause, not the symptom.
+        let fps = match fps {
+            Ok(f) => f,
+            Err(e) => {
+                kill(&mut child);
+                return Err(e.context(format!("target {name}: fingerprints")));
+            }
+        };
+        let status = child.wait()?;
+        let stderr = err.join().unwrap_or_default();
+        if !status.success() {
+            bail!("target {name}: pg_dump {}: {}", status_text(status), tail(&stderr));
+        }
+        if written.raw_bytes == 0 {
+            bail!("target {name}: pg_dump wrote nothing");
+        }
+        check
+            .finish()
+            .with_context(|| format!("target {name}: the dump failed validation"))?;
+        rec.artifacts.push(written);
+        rec.fingerprints = fps;
+
+        for table in &self.pg.csv_tables {
+            let stmt = format!("COPY {} TO STDOUT WITH (FORMAT csv, HEADER)", qualified(table));
+            let a = {
+                let stream = crate::runtime::block_on(conn.copy_out_raw(&stmt))
+                    .with_context(|| format!("target {name}: exporting {table} as CSV"))?;
+                let reader = StreamReader {
+                    stream,
+                    buf: Vec::new(),
+                    pos: 0,
+                };
+                ctx.write_artifact_with(ctx.key(name, &format!("{table}.csv.gz")), "csv", reader, compression)
+                    .with_context(|| format!("target {name}: exporting {table} as CSV"))?
+            };
+            rec.artifacts.push(a);
+        }
+        crate::runtime::block_on(async {
+            let _ = sqlx::query("COMMIT").execute(&mut conn).await;
+            let _ = conn.close().await;
+        });
+        // The artifacts are read back from the store, against their checksums, by
+        // snapshot::take; the compressor proved each block inflates to what pg_dump wrote.
+        Ok(())
+    }
+}
+
+/// The stock tools' check of a dump, on pg_dump's output as it streams into the store:
+/// `pg_restore` parses every entry and data block of a custom archive (into /dev/null); a
+/// plain dump must end with pg_dump's completion trailer.
+pub(super) enum DumpCheck {
+    Custom {
+        child: Child,
+        stdin: Option<std::process::ChildStdin>,
+        stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
+    },
+    Plain(TailWriter),
+}
+
+impl DumpCheck {
+    pub(super) fn start(tools: &Tools, format: PgFormat) -> Result<DumpCheck> {
+        if format == PgFormat::Plain {
+            return Ok(DumpCheck::Plain(TailWriter::default()));
+        }
+        let mut child = tools
+            .buffered("pg_restore", &["-i"])
+            .args(["-f", "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot run {}", tools.bin("pg_restore").display()))?;
+        let stderr = Some(drain(child.stderr.take().expect("piped")));
+        let stdin = child.stdin.take();
+        if let Some(w) = &stdin {
+            widen_pipe(w);
+        }
+        Ok(DumpCheck::Custom { child, stdin, stderr })
+    }
+
+    /// Feed the checker. A pg_restore that stopped reading is not an error here: its exit
+    /// status, in [`DumpCheck::finish`], says why.
+    pub(super) fn feed(&mut self, buf: &[u8]) {
+        match self {
+            DumpCheck::Plain(t) => {
+                let _ = t.write_all(buf);
+            }
+            DumpCheck::Custom { stdin, .. } => {
+                if let Some(w) = stdin {
+                    if w.write_all(buf).is_err() {
+                        *stdin = None;
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn finish(mut self) -> Result<()> {
+        match &mut self {
+            DumpCheck::Plain(t) => t.plain_dump_complete(),
+            DumpCheck::Custom { child, stdin, stderr } => {
+                stdin.take();
+                let status = child.wait()?;
+                let stderr = stderr.take().and_then(|h| h.join().ok()).unwrap_or_default();
+                if !status.success() {
+                    bail!(
+                        "pg_restore cannot read the archive ({}): {}",
+                        status_text(status),
+                        tail(&stderr)
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for DumpCheck {
+    fn drop(&mut self) {
+        if let DumpCheck::Custom { child, stdin, .. } = self {
+            stdin.take();
+            // Finished already, or stopped early: never leave a pg_restore behind.
+            if let Ok(None) = child.try_wait() {
+                kill(child);
+            }
+        }
+    }
+}
+
+/// pg_dump's output on its way into the store, fed to the [`DumpCheck`] as it is read.
+pub(super) struct Tee<'a, R> {
+    pub(super) inner: R,
+    pub(super) check: &'a mut DumpCheck,
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.check.feed(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Passes writes through, remembering whether one failed.
+pub(super) struct WriteFailed<W> {
+    pub(super) inner: W,
+    pub(super) failed: bool,
+}
+
+impl<W: Write> Write for WriteFailed<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let r = self.inner.write(buf);
+        self.failed |= r.is_err();
+        r
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let r = self.inner.flush();
+        self.failed |= r.is_err();
+        r
+    }
+}
+
+/// Keeps the last 4 KiB written to it.
+#[derive(Default)]
+pub(super) struct TailWriter {
+    pub(super) tail: Vec<u8>,
+}
+
+impl TailWriter {
+    /// Did a plain dump end with pg_dump's completion trailer?
+    pub(super) fn plain_dump_complete(&self) -> Result<()> {
+        if !String::from_utf8_lossy(&self.tail).contains("PostgreSQL database dump complete") {
+            bail!("the plain dump lacks pg_dump's \"dump complete\" trailer (truncated)");
+        }
+        Ok(())
+    }
+}
+
+impl Write for TailWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tail.extend_from_slice(buf);
+        if self.tail.len() > 8192 {
+            let cut = self.tail.len() - 4096;
+            self.tail.drain(..cut);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A blocking reader over sqlx's COPY OUT stream.
+pub(super) struct StreamReader<S> {
+    pub(super) stream: S,
+    pub(super) buf: Vec<u8>,
+    pub(super) pos: usize,
+}
+
+impl<S, B> Read for StreamReader<S>
+where
+    S: futures_util::Stream<Item = sqlx::Result<B>> + Unpin,
+    B: AsRef<[u8]>,
+{
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        use futures_util::StreamExt as _;
+        while self.pos >= self.buf.len() {
+            match crate::runtime::block_on(self.stream.next()) {
+                None => return Ok(0),
+                Some(Ok(b)) => {
+                    self.buf = b.as_ref().to_vec();
+                    self.pos = 0;
+                }
+                Some(Err(e)) => return Err(std::io::Error::other(e.to_string())),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..n + self.pos]);
+        self.pos += n;
+        Ok(n)
+    }
+}

@@ -1,0 +1,392 @@
+//! PostgreSQL databases (`kind = "postgres"`).
+//!
+//! Snapshot: one REPEATABLE READ transaction exports its snapshot; the fingerprints (row
+//! counts, content hashes, schema) and CSV exports are read in that transaction while
+//! `pg_dump --snapshot=…` dumps exactly the same state. pg_dump writes uncompressed (`-Fc -Z0`
+//! or `-Fp`) to a pipe and guard compresses (level [`DUMP_LEVEL`] unless the policy sets one)
+//! and hashes the stream on every core. The artifact is then read back from the store, its
+//! checksums compared, and parsed whole by `pg_restore` (custom) or checked for pg_dump's
+//! completion trailer (plain) before the guarded command may run.
+//!
+//! Tools: the newest `pg_dump` whose major version is at least the server's, from `pg_bin` (only
+//! there when set), `PATH` and `/usr/lib/postgresql/*/bin`, with `pg_restore` and `psql` beside it.
+//!
+//! Restore, in one transaction on the live database through `psql -v ON_ERROR_STOP=1`: every
+//! user schema is dropped (so tables, columns, functions and triggers a failed migration added
+//! are gone too), `public` is recreated with its recorded owner and grants, large objects are
+//! unlinked, then the dump's SQL (from `pg_restore -f -` for custom archives) is replayed and
+//! `COMMIT` is sent only after the artifact's checksums verified and `pg_restore` exited 0.
+//! Anything else rolls back and the database is left exactly as it was.
+//!
+//! Connection parameters reach children through `PGHOST`/`PGPORT`/`PGUSER`/`PGDATABASE`/
+//! `PGPASSWORD` in their environment, never on their argv.
+
+mod conn;
+mod drill;
+mod dump;
+mod fingerprint;
+mod restore;
+mod tools;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::OnceLock;
+
+use anyhow::{anyhow, bail, Context, Result};
+use sqlx::{Connection as _, Row as _};
+
+use super::{SnapshotCtx, Target};
+use crate::artifact::read_artifact;
+use crate::manifest::{Fingerprint, TargetRecord};
+use crate::policy::{PgFormat, PostgresSpec, Sessions, TargetKind, TargetSpec};
+use crate::secrets;
+use crate::store::Store;
+
+use conn::{quote_ident, ConnInfo};
+use drill::ScratchDb;
+use fingerprint::{fingerprints, schema_fingerprints, table_fingerprint};
+use restore::restore_preamble;
+use tools::{drain, kill, major_name, major_of, status_text, tail, widen_pipe, Tools};
+
+/// gzip level of PostgreSQL artifacts when the policy sets no `[compression] level`. Measured on
+/// the bench's 416 MB `pg_dump -Fc -Z0` stream (README, Performance): level 2 (zlib-rs's "fast"
+/// deflate) costs two thirds of level 6's CPU for an artifact 2% larger, about as large as
+/// `pg_dump -Fc`'s own; level 1 ("quick") is 46% larger than that.
+pub const DUMP_LEVEL: u32 = 2;
+
+/// Session settings under which `row::text` is stable, for content hashes.
+const SESSION_SETTINGS: [(&str, &str); 5] = [
+    ("DateStyle", "ISO"),
+    ("TimeZone", "UTC"),
+    ("IntervalStyle", "postgres"),
+    ("bytea_output", "hex"),
+    ("extra_float_digits", "3"),
+];
+
+pub struct PostgresTarget {
+    spec: TargetSpec,
+    pg: PostgresSpec,
+    conn: ConnInfo,
+    /// Rebuilt from a manifest: the URL is the redacted one, so only offline checks work.
+    from_manifest: bool,
+    tools: OnceLock<Tools>,
+    /// A drill's scratch database, dropped with the target (held only for its `Drop`).
+    #[allow(dead_code)]
+    scratch: Option<ScratchDb>,
+}
+
+impl PostgresTarget {
+    pub fn new(spec: TargetSpec, pg: PostgresSpec) -> Result<Self> {
+        let conn = ConnInfo::parse(&pg.url).with_context(|| format!("target {}", spec.name))?;
+        if let Some(p) = &conn.password {
+            secrets::register(p);
+        }
+        Ok(PostgresTarget {
+            spec,
+            pg,
+            conn,
+            from_manifest: false,
+            tools: OnceLock::new(),
+            scratch: None,
+        })
+    }
+
+    /// A target rebuilt from a manifest's record: it can check artifacts offline (`guard
+    /// verify`), but reaching the database needs the policy's URL, which guard never stores.
+    pub fn from_record(rec: &TargetRecord) -> Result<Self> {
+        let pg = PostgresSpec {
+            url: rec.source.clone(),
+            format: if rec.artifacts.first().map(|a| a.format.as_str()) == Some("pg-plain") {
+                PgFormat::Plain
+            } else {
+                PgFormat::Custom
+            },
+            csv_tables: Vec::new(),
+            pg_bin: None,
+            sessions: Sessions::Refuse,
+            drill_url: None,
+        };
+        let spec = TargetSpec {
+            name: rec.name.clone(),
+            line: 0,
+            kind: TargetKind::Postgres(pg.clone()),
+        };
+        let conn = ConnInfo::parse(&pg.url).unwrap_or_default();
+        Ok(PostgresTarget {
+            spec,
+            pg,
+            conn,
+            from_manifest: true,
+            tools: OnceLock::new(),
+            scratch: None,
+        })
+    }
+
+    fn dbname(&self) -> String {
+        self.conn
+            .dbname
+            .clone()
+            .or_else(|| std::env::var("PGDATABASE").ok())
+            .or_else(|| self.conn.user.clone())
+            .or_else(|| std::env::var("PGUSER").ok())
+            .unwrap_or_else(|| "postgres".into())
+    }
+
+    fn live(&self) -> Result<()> {
+        if self.from_manifest {
+            bail!(
+                "target {}: the policy no longer names this postgres target, and guard does not store database URLs (they may hold passwords); add the target back to the policy to restore or query it",
+                self.spec.name
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Target for PostgresTarget {
+    fn spec(&self) -> &TargetSpec {
+        &self.spec
+    }
+
+    fn source(&self) -> String {
+        secrets::redact(&secrets::redact_url(&self.pg.url))
+    }
+
+    fn preflight(&self) -> Result<()> {
+        self.live()?;
+        self.tools().map(|_| ())
+    }
+
+    fn snapshot(&self, ctx: &SnapshotCtx) -> Result<TargetRecord> {
+        self.live()?;
+        let mut rec = TargetRecord {
+            name: self.spec.name.clone(),
+            kind: "postgres".into(),
+            source: self.source(),
+            ..Default::default()
+        };
+        rec.meta.insert("database".into(), self.dbname());
+        if ctx.allow_absent {
+            // A rescue of a dropped database records it as absent.
+            match crate::runtime::block_on(self.connect_to(None)) {
+                Ok(c) => crate::runtime::block_on(async {
+                    let _ = c.close().await;
+                }),
+                Err(e) if format!("{e:#}").contains("does not exist") => {
+                    rec.absent = true;
+                    return Ok(rec);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let tools = self.tools()?;
+        self.snapshot_live(ctx, &mut rec, &tools)?;
+        Ok(rec)
+    }
+
+    fn drill(&self, rec: &TargetRecord, store: &dyn Store, scratch: &Path) -> Result<Option<Box<dyn Target>>> {
+        self.deep_verify(rec, store, scratch)?;
+        if rec.absent {
+            return Ok(None);
+        }
+        self.live()?;
+        Ok(Some(Box::new(self.drill_into_scratch(rec, store)?)))
+    }
+
+    fn deep_verify(&self, rec: &TargetRecord, store: &dyn Store, _scratch: &Path) -> Result<()> {
+        let tools = self.tools_for_dump(rec)?;
+        self.validate_artifact(rec, store, &tools)?;
+        for a in rec.artifacts.iter().filter(|a| a.format == "csv") {
+            read_artifact(store, a, std::io::sink())?;
+        }
+        Ok(())
+    }
+
+    fn restore(&self, rec: &TargetRecord, store: &dyn Store) -> Result<()> {
+        self.live()?;
+        let name = &self.spec.name;
+        let db = self.dbname();
+        if rec.absent {
+            self.handle_sessions(&db)?;
+            let mut c = crate::runtime::block_on(self.connect_to(Some("postgres")))?;
+            crate::runtime::block_on(async {
+                let r = sqlx::query(&format!("DROP DATABASE IF EXISTS {}", quote_ident(&db)))
+                    .execute(&mut c)
+                    .await;
+                let _ = c.close().await;
+                r
+            })?;
+            return Ok(());
+        }
+        let a = rec
+            .artifacts
+            .iter()
+            .find(|a| a.format == "pg-custom" || a.format == "pg-plain")
+            .ok_or_else(|| anyhow!("snapshot of {name} has no dump artifact"))?;
+        let tools = self.tools()?;
+        if let Some(need) = rec.tools.get("pg_dump").and_then(|v| major_of(v)) {
+            if tools.major < need {
+                bail!(
+                    "target {name}: the dump was made by pg_dump {}; pg_restore {} cannot read it. Install postgresql-client-{} or set pg_bin",
+                    rec.tools["pg_dump"],
+                    tools.version,
+                    major_name(need)
+                );
+            }
+        }
+        self.ensure_database(rec, &db)?;
+        self.handle_sessions(&db)?;
+        let preamble = restore_preamble(rec)?;
+
+        // psql reads one pipe: guard writes the preamble into it, then pg_restore writes the
+        // dump's SQL straight into it (no copy through guard), then guard writes COMMIT.
+        let (from_guard, mut to_psql) = std::io::pipe().context("creating a pipe for psql")?;
+        widen_pipe(&to_psql);
+        let mut psql = self
+            .child(&tools, "psql", &["-i"])
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"])
+            .stdin(from_guard)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot run {}", tools.bin("psql").display()))?;
+        let psql_err = drain(psql.stderr.take().expect("piped"));
+        let psql_out = drain(psql.stdout.take().expect("piped"));
+
+        // Feed psql: preamble, the dump's SQL, and COMMIT only when all of it arrived intact.
+        let fed: Result<()> = (|| {
+            to_psql.write_all(preamble.as_bytes()).context("psql stopped reading")?;
+            match a.format.as_str() {
+                "pg-plain" => {
+                    read_artifact(store, a, &mut to_psql)?;
+                }
+                _ => {
+                    // The Command (holding the other copy of the pipe's write end) is dropped
+                    // at the end of this statement: pg_restore's is the only one left open.
+                    let mut pr = tools
+                        .buffered("pg_restore", &["-i", "-o"])
+                        .args(["-f", "-"])
+                        .stdin(Stdio::piped())
+                        .stdout(to_psql.try_clone().context("creating a pipe for psql")?)
+                        .stderr(Stdio::piped())
+                        .spawn()
+                        .with_context(|| format!("cannot run {}", tools.bin("pg_restore").display()))?;
+                    let pr_err = drain(pr.stderr.take().expect("piped"));
+                    let pr_in = pr.stdin.take().expect("piped");
+                    widen_pipe(&pr_in);
+                    let fed = read_artifact(store, a, pr_in);
+                    let status = pr.wait()?;
+                    let stderr = pr_err.join().unwrap_or_default();
+                    fed.context("reading the artifact")?;
+                    if !status.success() {
+                        bail!("pg_restore {}: {}", status_text(status), tail(&stderr));
+                    }
+                }
+            }
+            to_psql.write_all(b"\nCOMMIT;\n").context("psql stopped reading")?;
+            Ok(())
+        })();
+        drop(to_psql);
+        if fed.is_err() {
+            // No COMMIT was sent: make sure the transaction cannot complete.
+            kill(&mut psql);
+        }
+        let status = psql.wait()?;
+        let stderr = psql_err.join().unwrap_or_default();
+        let _ = psql_out.join();
+        if let Err(e) = fed {
+            if !status.success() && !stderr.is_empty() {
+                bail!(
+                    "target {name}: restore rolled back, the database is unchanged: psql {}: {}",
+                    status_text(status),
+                    tail(&stderr)
+                );
+            }
+            return Err(e.context(format!("target {name}: restore rolled back, the database is unchanged")));
+        }
+        if !status.success() {
+            bail!(
+                "target {name}: restore rolled back, the database is unchanged: psql {}: {}",
+                status_text(status),
+                tail(&stderr)
+            );
+        }
+        Ok(())
+    }
+
+    fn verify_restored(&self, rec: &TargetRecord) -> Result<()> {
+        self.live()?;
+        if rec.absent {
+            let c = crate::runtime::block_on(self.connect_to(None));
+            return match c {
+                Err(e) if format!("{e:#}").contains("does not exist") => Ok(()),
+                Ok(_) => bail!("database {} exists but the snapshot recorded none", self.dbname()),
+                Err(e) => Err(e),
+            };
+        }
+        let mut c = self.connect()?;
+        let hashed = rec.hashed_items();
+        let got = crate::runtime::block_on(async {
+            let r = fingerprints(&mut c, &hashed, false).await;
+            let _ = c.close().await;
+            r
+        })?;
+        super::sqlite::compare_fingerprints(&rec.fingerprints, &got)
+    }
+
+    fn fingerprint(&self, items: &[String]) -> Result<BTreeMap<String, Fingerprint>> {
+        let mut c = self.connect()?;
+        crate::runtime::block_on(async {
+            let mut out = BTreeMap::new();
+            let r: Result<()> = async {
+                let schema =
+                    if items.iter().any(|i| i.starts_with('@')) { schema_fingerprints(&mut c).await? } else { BTreeMap::new() };
+                for t in items {
+                    if t.starts_with('@') {
+                        let f = schema.get(t).ok_or_else(|| anyhow!("unknown fingerprint {t:?} (known: @schema, @schema.tables, @schema.columns, @schema.indexes, @schema.constraints, @schema.triggers, @schema.functions, @schema.schemas)"))?;
+                        out.insert(t.clone(), f.clone());
+                    } else {
+                        out.insert(t.clone(), table_fingerprint(&mut c, t).await?);
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            let _ = c.close().await;
+            r.map(|_| out)
+        })
+    }
+
+    fn query(&self, sql: &str) -> Result<String> {
+        let mut c = self.connect()?;
+        crate::runtime::block_on(async {
+            // The simple protocol returns every value in its text form, whatever its type.
+            use futures_util::StreamExt as _;
+            let r: Result<String> = async {
+                let mut rows = sqlx::raw_sql(sql).fetch(&mut c);
+                let first = rows
+                    .next()
+                    .await
+                    .transpose()
+                    .map_err(|e| anyhow!("{}", secrets::redact(&e.to_string())))?;
+                // Read the rest so errors in later statements are not silently dropped.
+                while let Some(r) = rows.next().await {
+                    r.map_err(|e| anyhow!("{}", secrets::redact(&e.to_string())))?;
+                }
+                let Some(row) = first else {
+                    return Ok("NULL".to_string());
+                };
+                if row.is_empty() {
+                    return Ok("NULL".to_string());
+                }
+                let v: Option<String> = row.try_get_unchecked(0)?;
+                Ok(v.unwrap_or_else(|| "NULL".into()))
+            }
+            .await;
+            let _ = c.close().await;
+            r
+        })
+    }
+}

@@ -1,0 +1,336 @@
+//! HTTP: errors of the Platform API and Hrana, and Hrana pipelines ([`Db`], [`Stream`]) over
+//! HTTP.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+use serde_json::{json, Value as Json};
+
+use super::values::{Rows, Sql, Val};
+
+/// A failed HTTP exchange: the status and the service's own message, or no status when the
+/// service could not be reached.
+#[derive(Debug)]
+pub(super) struct HttpFail {
+    pub(super) status: Option<u16>,
+    pub(super) message: String,
+}
+
+pub(super) fn error_message(text: &str) -> String {
+    serde_json::from_str::<Json>(text)
+        .ok()
+        .and_then(|v| {
+            v.get("error").and_then(|e| {
+                e.as_str()
+                    .map(String::from)
+                    .or_else(|| e.get("message").and_then(Json::as_str).map(String::from))
+            })
+        })
+        .unwrap_or_else(|| {
+            let t = text.trim();
+            if t.is_empty() {
+                "(no message)".into()
+            } else {
+                t.chars().take(300).collect()
+            }
+        })
+}
+
+pub(super) fn transport(e: reqwest::Error) -> HttpFail {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    HttpFail {
+        status: None,
+        message: msg,
+    }
+}
+
+/// The JSON body of a successful response; otherwise the status and the API's own message.
+pub(super) async fn json_response(resp: reqwest::Response, not_json: &str) -> std::result::Result<Json, HttpFail> {
+    let status = resp.status();
+    let text = resp.text().await.map_err(transport)?;
+    if !status.is_success() {
+        return Err(HttpFail {
+            status: Some(status.as_u16()),
+            message: error_message(&text),
+        });
+    }
+    serde_json::from_str(&text).map_err(|e| HttpFail {
+        status: Some(status.as_u16()),
+        message: format!("{not_json}: {e}"),
+    })
+}
+
+/// A database's Hrana endpoint and the token for it.
+pub(super) struct Db {
+    pub(super) http: reqwest::Client,
+    /// `https://host` (no trailing slash).
+    pub(super) url: String,
+    pub(super) token: String,
+    /// "source database X" / "branch database Y", for messages.
+    pub(super) label: String,
+}
+
+impl Db {
+    pub(super) fn pipeline(&self, base: &str, body: &Json) -> std::result::Result<Json, HttpFail> {
+        let url = format!("{base}/v2/pipeline");
+        crate::runtime::block_on(async {
+            let resp = self
+                .http
+                .post(&url)
+                .bearer_auth(&self.token)
+                .json(body)
+                .send()
+                .await
+                .map_err(transport)?;
+            json_response(resp, "not a Hrana response").await
+        })
+    }
+
+    pub(super) fn fail(&self, f: HttpFail) -> anyhow::Error {
+        match f.status {
+            None => anyhow!("{}: cannot reach {}: {}", self.label, self.url, f.message),
+            Some(401) => anyhow!(
+                "{}: the database token was rejected (HTTP 401: {})",
+                self.label,
+                f.message
+            ),
+            Some(s) => anyhow!("{}: HTTP {s} from {}/v2/pipeline: {}", self.label, self.url, f.message),
+        }
+    }
+
+    pub(super) fn stream(&self) -> Stream<'_> {
+        Stream {
+            db: self,
+            baton: None,
+            base: None,
+            closed: false,
+            started: false,
+        }
+    }
+
+    /// Does the database answer `SELECT 1`? Retries while it is unreachable or answers 5xx/404
+    /// (a new database can take a moment to be served), for at most `patience`.
+    pub(super) fn answer(&self, patience: Duration) -> Result<()> {
+        let deadline = Instant::now() + patience;
+        let mut wait = Duration::from_millis(200);
+        let body = json!({"baton": null, "requests": [
+            {"type": "execute", "stmt": {"sql": "SELECT 1"}}, {"type": "close"}]});
+        loop {
+            match self.pipeline(&self.url, &body) {
+                Ok(r) => {
+                    let res = &r["results"][0];
+                    if res["type"] == "ok" && res["response"]["result"]["rows"][0][0]["value"] == "1" {
+                        return Ok(());
+                    }
+                    bail!("{}: SELECT 1 did not answer 1: {}", self.label, res);
+                }
+                Err(f)
+                    if (f.status.is_none() || f.status == Some(404) || f.status.is_some_and(|s| s >= 500))
+                        && Instant::now() + wait < deadline =>
+                {
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(3));
+                }
+                Err(f) => return Err(self.fail(f)),
+            }
+        }
+    }
+
+    /// `GET /dump`: the database as SQL text, one transaction.
+    pub(super) fn dump(&self) -> Result<reqwest::Response> {
+        let url = format!("{}/dump", self.url);
+        crate::runtime::block_on(async {
+            let resp = self
+                .http
+                .get(&url)
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .map_err(transport)?;
+            let status = resp.status();
+            if status.is_success() {
+                return Ok(resp);
+            }
+            let text = resp.text().await.unwrap_or_default();
+            Err(HttpFail {
+                status: Some(status.as_u16()),
+                message: error_message(&text),
+            })
+        })
+        .map_err(|f| match f.status {
+            None => anyhow!("{}: cannot reach {url}: {}", self.label, f.message),
+            Some(401) => anyhow!(
+                "{}: the database token was rejected by /dump (HTTP 401: {})",
+                self.label,
+                f.message
+            ),
+            Some(s) => anyhow!("{}: HTTP {s} from {url}: {}", self.label, f.message),
+        })
+    }
+}
+
+/// One Hrana stream: a connection (and its transaction) kept between requests by the baton.
+pub(super) struct Stream<'a> {
+    pub(super) db: &'a Db,
+    pub(super) baton: Option<String>,
+    pub(super) base: Option<String>,
+    pub(super) closed: bool,
+    pub(super) started: bool,
+}
+
+pub(super) fn shorten(sql: &str) -> String {
+    let one: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one.chars().count() > 120 {
+        format!("{}…", one.chars().take(120).collect::<String>())
+    } else {
+        one
+    }
+}
+
+pub(super) fn stmt(sql: &str, args: &[Val]) -> Json {
+    if args.is_empty() {
+        json!({"sql": sql})
+    } else {
+        json!({"sql": sql, "args": args.iter().map(Val::to_json).collect::<Vec<_>>()})
+    }
+}
+
+pub(super) fn parse_rows(result: &Json) -> Result<Rows> {
+    let cols = result["cols"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .map(|c| c["name"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut rows = Vec::new();
+    for r in result["rows"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let vals = r.as_array().ok_or_else(|| anyhow!("malformed Hrana row {r}"))?;
+        rows.push(vals.iter().map(Val::from_json).collect::<Result<Vec<_>>>()?);
+    }
+    Ok(Rows { cols, rows })
+}
+
+impl Stream<'_> {
+    pub(super) fn send(&mut self, requests: Vec<Json>) -> Result<Vec<Json>> {
+        if self.closed {
+            bail!(
+                "{}: the Hrana stream was closed by the server (its transaction is gone)",
+                self.db.label
+            );
+        }
+        if self.started && self.baton.is_none() {
+            self.closed = true;
+            bail!(
+                "{}: the Hrana stream was closed by the server (its transaction is gone)",
+                self.db.label
+            );
+        }
+        let base = self.base.clone().unwrap_or_else(|| self.db.url.clone());
+        let body = json!({"baton": self.baton, "requests": requests});
+        let n = requests_len(&body);
+        let resp = self.db.pipeline(&base, &body).map_err(|f| self.db.fail(f))?;
+        self.started = true;
+        self.baton = resp["baton"].as_str().map(String::from);
+        if let Some(b) = resp["base_url"].as_str() {
+            self.base = Some(b.trim_end_matches('/').to_string());
+        }
+        let results = resp["results"].as_array().cloned().unwrap_or_default();
+        if results.len() != n {
+            bail!(
+                "{}: Hrana answered {} results to {n} requests",
+                self.db.label,
+                results.len()
+            );
+        }
+        Ok(results)
+    }
+
+    pub(super) fn execute(&mut self, sql: &str, args: &[Val]) -> Result<Rows> {
+        let r = self.send(vec![json!({"type": "execute", "stmt": stmt(sql, args)})])?;
+        match r[0]["type"].as_str() {
+            Some("ok") => parse_rows(&r[0]["response"]["result"]),
+            _ => bail!(
+                "{}: `{}` failed: {} [{}]",
+                self.db.label,
+                shorten(sql),
+                r[0]["error"]["message"].as_str().unwrap_or("unknown error"),
+                r[0]["error"]["code"].as_str().unwrap_or("-")
+            ),
+        }
+    }
+
+    /// Run statements as one Hrana batch, each only if the one before succeeded; the first
+    /// failure is the error.
+    pub(super) fn batch(&mut self, stmts: &[(String, Vec<Val>)]) -> Result<()> {
+        if stmts.is_empty() {
+            return Ok(());
+        }
+        let steps: Vec<Json> = stmts
+            .iter()
+            .enumerate()
+            .map(|(i, (sql, args))| {
+                if i == 0 {
+                    json!({"stmt": stmt(sql, args)})
+                } else {
+                    json!({"condition": {"type": "ok", "step": i - 1}, "stmt": stmt(sql, args)})
+                }
+            })
+            .collect();
+        let r = self.send(vec![json!({"type": "batch", "batch": {"steps": steps}})])?;
+        if r[0]["type"] != "ok" {
+            bail!(
+                "{}: batch refused: {}",
+                self.db.label,
+                r[0]["error"]["message"].as_str().unwrap_or("unknown error")
+            );
+        }
+        let res = &r[0]["response"]["result"];
+        let errors = res["step_errors"].as_array().cloned().unwrap_or_default();
+        let results = res["step_results"].as_array().cloned().unwrap_or_default();
+        for (i, (sql, _)) in stmts.iter().enumerate() {
+            if let Some(e) = errors.get(i).filter(|e| !e.is_null()) {
+                bail!(
+                    "{}: `{}` failed: {} [{}]",
+                    self.db.label,
+                    shorten(sql),
+                    e["message"].as_str().unwrap_or("?"),
+                    e["code"].as_str().unwrap_or("-")
+                );
+            }
+            if results.get(i).is_none_or(Json::is_null) {
+                bail!("{}: `{}` did not run", self.db.label, shorten(sql));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn close(&mut self) {
+        if !self.closed && self.started && self.baton.is_some() {
+            let _ = self.send(vec![json!({"type": "close"})]);
+        }
+        self.closed = true;
+    }
+}
+
+pub(super) fn requests_len(body: &Json) -> usize {
+    body["requests"].as_array().map(Vec::len).unwrap_or(0)
+}
+
+impl Drop for Stream<'_> {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Sql for Stream<'_> {
+    fn rows(&mut self, sql: &str, args: &[Val]) -> Result<Rows> {
+        self.execute(sql, args)
+    }
+}

@@ -1,0 +1,203 @@
+//! Values of Hrana and SQLite ([`Val`]), result rows, and the [`Sql`] trait that lets one
+//! fingerprint run over a Hrana stream or a rusqlite connection.
+
+use anyhow::{anyhow, Result};
+use base64::Engine as _;
+use serde_json::{json, Value as Json};
+use sha2::{Digest as _, Sha256};
+
+/// A typed SQLite value as Hrana carries it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Val {
+    Null,
+    Int(i64),
+    Float(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+pub(super) fn b64() -> base64::engine::GeneralPurpose {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_encode_padding(false)
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    )
+}
+
+impl Val {
+    /// Hrana JSON: integers as strings, blobs as unpadded base64.
+    pub fn to_json(&self) -> Json {
+        match self {
+            Val::Null => json!({"type": "null"}),
+            Val::Int(i) => json!({"type": "integer", "value": i.to_string()}),
+            Val::Float(f) => json!({"type": "float", "value": f}),
+            Val::Text(s) => json!({"type": "text", "value": s}),
+            Val::Blob(b) => json!({"type": "blob", "base64": b64().encode(b)}),
+        }
+    }
+
+    pub fn from_json(v: &Json) -> Result<Val> {
+        let bad = || anyhow!("malformed Hrana value {v}");
+        Ok(match v.get("type").and_then(Json::as_str).ok_or_else(bad)? {
+            "null" => Val::Null,
+            "integer" => {
+                let s = v.get("value").ok_or_else(bad)?;
+                match s {
+                    Json::String(s) => Val::Int(s.parse().map_err(|_| bad())?),
+                    Json::Number(n) => Val::Int(n.as_i64().ok_or_else(bad)?),
+                    _ => return Err(bad()),
+                }
+            }
+            "float" => Val::Float(v.get("value").and_then(Json::as_f64).ok_or_else(bad)?),
+            "text" => Val::Text(v.get("value").and_then(Json::as_str).ok_or_else(bad)?.to_string()),
+            "blob" => Val::Blob(
+                b64()
+                    .decode(v.get("base64").and_then(Json::as_str).ok_or_else(bad)?)
+                    .map_err(|_| bad())?,
+            ),
+            _ => return Err(bad()),
+        })
+    }
+
+    /// As `sql` checks show a value (the same rendering as SQLite targets).
+    pub fn to_text(&self) -> String {
+        match self {
+            Val::Null => "NULL".into(),
+            Val::Int(i) => i.to_string(),
+            Val::Float(f) => f.to_string(),
+            Val::Text(t) => t.clone(),
+            Val::Blob(b) => format!("x'{}'", hex::encode(b)),
+        }
+    }
+
+    pub(super) fn as_str(&self) -> Option<&str> {
+        match self {
+            Val::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub(super) fn as_int(&self) -> Option<i64> {
+        match self {
+            Val::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+}
+
+/// Add one row's typed values to a running fingerprint: exactly the hashing of SQLite targets
+/// (tag byte, then little-endian value or length-prefixed bytes; first 128 bits of SHA-256,
+/// summed), so equal data gives equal fingerprints whichever target kind read it.
+pub(super) fn row_digest(vals: &[Val]) -> u128 {
+    let mut h = Sha256::new();
+    for v in vals {
+        match v {
+            Val::Null => h.update([0u8]),
+            Val::Int(i) => {
+                h.update([1u8]);
+                h.update(i.to_le_bytes());
+            }
+            Val::Float(f) => {
+                h.update([2u8]);
+                h.update(f.to_bits().to_le_bytes());
+            }
+            Val::Text(t) => {
+                h.update([3u8]);
+                h.update((t.len() as u64).to_le_bytes());
+                h.update(t.as_bytes());
+            }
+            Val::Blob(b) => {
+                h.update([4u8]);
+                h.update((b.len() as u64).to_le_bytes());
+                h.update(b);
+            }
+        }
+    }
+    let d = h.finalize();
+    u128::from_le_bytes(d[..16].try_into().expect("16 bytes"))
+}
+
+/// Rows of a statement.
+#[derive(Debug, Default)]
+pub struct Rows {
+    pub cols: Vec<String>,
+    pub rows: Vec<Vec<Val>>,
+}
+
+impl Rows {
+    pub(super) fn first(&self) -> Option<&Val> {
+        self.rows.first().and_then(|r| r.first())
+    }
+}
+
+/// Anything that runs a statement and returns its rows: a Hrana stream, or a local SQLite file
+/// (to check an export).
+pub(super) trait Sql {
+    fn rows(&mut self, sql: &str, args: &[Val]) -> Result<Rows>;
+}
+
+impl Sql for rusqlite::Connection {
+    fn rows(&mut self, sql: &str, args: &[Val]) -> Result<Rows> {
+        use rusqlite::types::{Value, ValueRef};
+        let mut st = self.prepare(sql)?;
+        let cols: Vec<String> = st.column_names().iter().map(|s| s.to_string()).collect();
+        let params: Vec<Value> = args
+            .iter()
+            .map(|v| match v {
+                Val::Null => Value::Null,
+                Val::Int(i) => Value::Integer(*i),
+                Val::Float(f) => Value::Real(*f),
+                Val::Text(s) => Value::Text(s.clone()),
+                Val::Blob(b) => Value::Blob(b.clone()),
+            })
+            .collect();
+        let mut q = st.query(rusqlite::params_from_iter(params))?;
+        let mut rows = Vec::new();
+        while let Some(r) = q.next()? {
+            let mut row = Vec::with_capacity(cols.len());
+            for i in 0..cols.len() {
+                row.push(match r.get_ref(i)? {
+                    ValueRef::Null => Val::Null,
+                    ValueRef::Integer(i) => Val::Int(i),
+                    ValueRef::Real(f) => Val::Float(f),
+                    ValueRef::Text(t) => Val::Text(String::from_utf8_lossy(t).into_owned()),
+                    ValueRef::Blob(b) => Val::Blob(b.to_vec()),
+                });
+            }
+            rows.push(row);
+        }
+        Ok(Rows { cols, rows })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_hrana_json() {
+        for v in [
+            Val::Null,
+            Val::Int(i64::MIN),
+            Val::Int(42),
+            Val::Float(0.1 + 0.2),
+            Val::Text("é\"x".into()),
+            Val::Blob(vec![0, 255, 7]),
+        ] {
+            let j = serde_json::to_string(&v.to_json()).unwrap();
+            assert_eq!(Val::from_json(&serde_json::from_str(&j).unwrap()).unwrap(), v, "{j}");
+        }
+        assert_eq!(Val::Blob(vec![0, 255]).to_json()["base64"], "AP8");
+        assert_eq!(
+            Val::from_json(&json!({"type": "blob", "base64": "AP8="})).unwrap(),
+            Val::Blob(vec![0, 255])
+        );
+        assert_eq!(
+            Val::from_json(&json!({"type": "integer", "value": "-7"})).unwrap(),
+            Val::Int(-7)
+        );
+        assert!(Val::from_json(&json!({"type": "integer", "value": "x"})).is_err());
+    }
+}
