@@ -7,6 +7,7 @@
 pub mod dir;
 pub mod postgres;
 pub mod s3;
+pub mod sql;
 pub mod sqlite;
 pub mod turso;
 

@@ -333,7 +333,7 @@ impl Target for PostgresTarget {
             let _ = c.close().await;
             r
         })?;
-        super::sqlite::compare_fingerprints(&rec.fingerprints, &got)
+        super::sql::fingerprint::compare_fingerprints(&rec.fingerprints, &got)
     }
 
     fn fingerprint(&self, items: &[String]) -> Result<BTreeMap<String, Fingerprint>> {

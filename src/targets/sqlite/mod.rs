@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use rusqlite::{Connection, OpenFlags};
-use sha2::{Digest as _, Sha256};
 
+use super::sql::fingerprint::{compare_fingerprints, fingerprints, table_fingerprint};
 use super::{SnapshotCtx, Target};
 use crate::artifact::read_artifact;
 use crate::manifest::{Fingerprint, TargetRecord};
@@ -61,117 +61,6 @@ fn sidecars(path: &Path) -> [PathBuf; 3] {
     ]
 }
 
-/// Double-quote an SQL identifier.
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-/// User tables of a database.
-fn tables(c: &Connection) -> Result<Vec<String>> {
-    let mut st =
-        c.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")?;
-    let names = st
-        .query_map([], |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(names)
-}
-
-/// Order-independent content hash and row count of a table: the wrapping sum of the first 128
-/// bits of SHA-256 over each row's typed values.
-fn table_fingerprint(c: &Connection, table: &str) -> Result<Fingerprint> {
-    let exists: i64 = c.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE type IN ('table','view') AND name = ?1",
-        [table],
-        |r| r.get(0),
-    )?;
-    if exists == 0 {
-        bail!("table {table:?} does not exist");
-    }
-    let mut st = c.prepare(&format!("SELECT * FROM {}", quote_ident(table)))?;
-    let ncol = st.column_count();
-    let mut rows = st.query([])?;
-    let mut sum: u128 = 0;
-    let mut count = 0u64;
-    while let Some(row) = rows.next()? {
-        let mut h = Sha256::new();
-        for i in 0..ncol {
-            use rusqlite::types::ValueRef;
-            match row.get_ref(i)? {
-                ValueRef::Null => h.update([0u8]),
-                ValueRef::Integer(v) => {
-                    h.update([1u8]);
-                    h.update(v.to_le_bytes());
-                }
-                ValueRef::Real(v) => {
-                    h.update([2u8]);
-                    h.update(v.to_bits().to_le_bytes());
-                }
-                ValueRef::Text(t) => {
-                    h.update([3u8]);
-                    h.update((t.len() as u64).to_le_bytes());
-                    h.update(t);
-                }
-                ValueRef::Blob(b) => {
-                    h.update([4u8]);
-                    h.update((b.len() as u64).to_le_bytes());
-                    h.update(b);
-                }
-            }
-        }
-        let d = h.finalize();
-        sum = sum.wrapping_add(u128::from_le_bytes(d[..16].try_into().expect("16 bytes")));
-        count += 1;
-    }
-    Ok(Fingerprint {
-        rows: count,
-        hash: Some(format!("{sum:032x}")),
-    })
-}
-
-/// Hash of the schema (every CREATE statement), recorded as the `@schema` fingerprint.
-fn schema_fingerprint(c: &Connection) -> Result<Fingerprint> {
-    let mut st = c.prepare(
-        "SELECT type, name, coalesce(sql, '') FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name",
-    )?;
-    let mut rows = st.query([])?;
-    let mut h = Sha256::new();
-    let mut n = 0;
-    while let Some(r) = rows.next()? {
-        for i in 0..3 {
-            let s: String = r.get(i)?;
-            h.update((s.len() as u64).to_le_bytes());
-            h.update(s.as_bytes());
-        }
-        n += 1;
-    }
-    Ok(Fingerprint {
-        rows: n,
-        hash: Some(hex::encode(&h.finalize()[..16])),
-    })
-}
-
-/// Row counts of every table, hashes of the named ones, and the schema hash.
-fn fingerprints(c: &Connection, hashed: &[String]) -> Result<BTreeMap<String, Fingerprint>> {
-    let mut out = BTreeMap::new();
-    for t in tables(c)? {
-        if !hashed.contains(&t) {
-            let rows: i64 = c.query_row(&format!("SELECT count(*) FROM {}", quote_ident(&t)), [], |r| r.get(0))?;
-            out.insert(
-                t,
-                Fingerprint {
-                    rows: rows as u64,
-                    hash: None,
-                },
-            );
-        }
-    }
-    for t in hashed {
-        out.insert(t.clone(), table_fingerprint(c, t)?);
-    }
-    out.insert("@schema".into(), schema_fingerprint(c)?);
-    Ok(out)
-}
-
 /// `PRAGMA integrity_check`: every page, b-tree, record, and every index against its table.
 fn integrity_check(c: &Connection) -> Result<()> {
     check_pragma(c, "integrity_check")
@@ -194,34 +83,6 @@ fn check_pragma(c: &Connection, pragma: &str) -> Result<()> {
         Ok(())
     } else {
         bail!("{pragma}: {}", msgs.into_iter().take(5).collect::<Vec<_>>().join("; "))
-    }
-}
-
-/// Compare recorded fingerprints with fresh ones; name every difference.
-pub fn compare_fingerprints(
-    expected: &BTreeMap<String, Fingerprint>,
-    got: &BTreeMap<String, Fingerprint>,
-) -> Result<()> {
-    let mut diffs = Vec::new();
-    for (k, e) in expected {
-        match got.get(k) {
-            None => diffs.push(format!("{k}: missing")),
-            Some(g) if g.rows != e.rows => diffs.push(format!("{k}: {} rows, expected {}", g.rows, e.rows)),
-            Some(g) if e.hash.is_some() && g.hash.is_some() && g.hash != e.hash => {
-                diffs.push(format!("{k}: content differs ({} rows)", g.rows))
-            }
-            _ => {}
-        }
-    }
-    for k in got.keys() {
-        if !expected.contains_key(k) {
-            diffs.push(format!("{k}: not in the snapshot"));
-        }
-    }
-    if diffs.is_empty() {
-        Ok(())
-    } else {
-        bail!("{}", diffs.join(", "))
     }
 }
 
@@ -272,11 +133,11 @@ impl SqliteTarget {
         }
         drop(src);
         {
-            let c = Connection::open(&copy)?;
+            let mut c = Connection::open(&copy)?;
             quick_check(&c)
                 .with_context(|| format!("target {}: the copy failed its integrity check", self.spec.name))?;
             rec.fingerprints =
-                fingerprints(&c, ctx.fingerprint).with_context(|| format!("target {}", self.spec.name))?;
+                fingerprints(&mut c, ctx.fingerprint).with_context(|| format!("target {}", self.spec.name))?;
         }
         for s in sidecars(&copy) {
             let _ = fs::remove_file(s);
@@ -379,10 +240,10 @@ impl Target for SqliteTarget {
             w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         }
         (|| {
-            let c = Connection::open_with_flags(&copy, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+            let mut c = Connection::open_with_flags(&copy, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
             integrity_check(&c)?;
             let hashed = rec.hashed_items();
-            let got = fingerprints(&c, &hashed)?;
+            let got = fingerprints(&mut c, &hashed)?;
             compare_fingerprints(&rec.fingerprints, &got)
                 .context("fingerprints differ from those recorded at snapshot time")
         })()
@@ -480,16 +341,16 @@ impl Target for SqliteTarget {
             return Ok(());
         }
         let hashed = rec.hashed_items();
-        let c = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        let got = fingerprints(&c, &hashed)?;
+        let mut c = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let got = fingerprints(&mut c, &hashed)?;
         compare_fingerprints(&rec.fingerprints, &got)
     }
 
     fn fingerprint(&self, items: &[String]) -> Result<BTreeMap<String, Fingerprint>> {
-        let c = self.open_live()?;
+        let mut c = self.open_live()?;
         let mut out = BTreeMap::new();
         for t in items {
-            out.insert(t.clone(), table_fingerprint(&c, t)?);
+            out.insert(t.clone(), table_fingerprint(&mut c, t)?);
         }
         Ok(out)
     }

@@ -7,16 +7,15 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use super::fingerprint::fingerprints;
 use super::hrana::transport;
 use super::platform::DbInfo;
-use super::values::Val;
 use super::TursoTarget;
 use crate::artifact::read_artifact;
 use crate::manifest::TargetRecord;
 use crate::policy::TursoRestore;
 use crate::store::Store;
-use crate::targets::sqlite::compare_fingerprints;
+use crate::targets::sql::fingerprint::{compare_fingerprints, fingerprints};
+use crate::targets::sql::Val;
 use crate::targets::SnapshotCtx;
 
 /// How long a new branch may take to answer before the snapshot fails.

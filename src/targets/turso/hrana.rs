@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value as Json};
 
-use super::values::{Rows, Sql, Val};
+use crate::targets::sql::{page, Rows, Sql, Val, ValRef};
 
 /// A failed HTTP exchange: the status and the service's own message, or no status when the
 /// service could not be reached.
@@ -332,5 +332,10 @@ impl Drop for Stream<'_> {
 impl Sql for Stream<'_> {
     fn rows(&mut self, sql: &str, args: &[Val]) -> Result<Rows> {
         self.execute(sql, args)
+    }
+
+    /// In pages of [`page::PAGE`] rows, one Hrana request each.
+    fn each_row(&mut self, table: &str, is_table: bool, f: &mut dyn FnMut(&[ValRef<'_>])) -> Result<()> {
+        page::each_row_paged(self, table, is_table, f)
     }
 }

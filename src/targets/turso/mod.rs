@@ -22,11 +22,9 @@
 
 mod branch;
 mod export;
-mod fingerprint;
 mod hrana;
 mod platform;
 mod reload;
-mod values;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -35,7 +33,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::sqlite::compare_fingerprints;
+use super::sql::fingerprint::{compare_fingerprints, fingerprints, table_fingerprint};
+use super::sql::Val;
 use super::{SnapshotCtx, Target};
 use crate::manifest::{Fingerprint, TargetRecord};
 use crate::policy::{TargetKind, TargetSpec, TursoRestore, TursoSpec};
@@ -43,9 +42,7 @@ use crate::store::Store;
 pub use branch::branch_name;
 use branch::{is_guard_branch, MAX_NAME};
 use export::check_export;
-use fingerprint::{fingerprints, table_fingerprint};
 use hrana::Db;
-pub use values::{Rows, Val};
 
 pub struct TursoTarget {
     spec: TargetSpec,

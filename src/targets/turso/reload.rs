@@ -4,13 +4,12 @@
 use anyhow::{bail, Context, Result};
 
 use super::export::load_export;
-use super::fingerprint::{columns, for_each_page, paging, Column, Paging};
 use super::hrana::Stream;
-use super::values::{Sql, Val};
 use super::TursoTarget;
 use crate::manifest::TargetRecord;
 use crate::store::Store;
-use crate::targets::sqlite::quote_ident;
+use crate::targets::sql::page::{columns, for_each_page, paging, Column, Paging};
+use crate::targets::sql::{quote_ident, Sql, Val};
 
 impl TursoTarget {
     /// Replace every table, index, trigger and view of the source with the branch's, in one

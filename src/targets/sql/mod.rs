@@ -1,5 +1,12 @@
-//! Values of Hrana and SQLite ([`Val`]), result rows, and the [`Sql`] trait that lets one
-//! fingerprint run over a Hrana stream or a rusqlite connection.
+//! The SQLite dialect shared by SQLite and Turso targets: typed values ([`Val`]), result rows,
+//! and the [`Sql`] trait that lets one [`fingerprint`] algorithm run over a local SQLite file
+//! (rusqlite) or a Hrana stream over HTTP (Turso).
+//!
+//! Equal data gives equal fingerprints whichever kind read it: there is one copy of the
+//! algorithm, in [`fingerprint`], and each [`Sql`] only supplies rows.
+
+pub mod fingerprint;
+pub mod page;
 
 use anyhow::{anyhow, Result};
 use base64::Engine as _;
@@ -16,7 +23,7 @@ pub enum Val {
     Blob(Vec<u8>),
 }
 
-pub(super) fn b64() -> base64::engine::GeneralPurpose {
+fn b64() -> base64::engine::GeneralPurpose {
     use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
     GeneralPurpose::new(
         &base64::alphabet::STANDARD,
@@ -72,14 +79,14 @@ impl Val {
         }
     }
 
-    pub(super) fn as_str(&self) -> Option<&str> {
+    pub fn as_str(&self) -> Option<&str> {
         match self {
             Val::Text(s) => Some(s),
             _ => None,
         }
     }
 
-    pub(super) fn as_int(&self) -> Option<i64> {
+    pub fn as_int(&self) -> Option<i64> {
         match self {
             Val::Int(i) => Some(*i),
             _ => None,
@@ -87,28 +94,51 @@ impl Val {
     }
 }
 
-/// Add one row's typed values to a running fingerprint: exactly the hashing of SQLite targets
-/// (tag byte, then little-endian value or length-prefixed bytes; first 128 bits of SHA-256,
-/// summed), so equal data gives equal fingerprints whichever target kind read it.
-pub(super) fn row_digest(vals: &[Val]) -> u128 {
+/// A value borrowed from a row, as fingerprints hash it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ValRef<'a> {
+    Null,
+    Int(i64),
+    Float(f64),
+    /// Text as its bytes.
+    Text(&'a [u8]),
+    Blob(&'a [u8]),
+}
+
+impl Val {
+    /// This value, borrowed.
+    pub fn as_ref(&self) -> ValRef<'_> {
+        match self {
+            Val::Null => ValRef::Null,
+            Val::Int(i) => ValRef::Int(*i),
+            Val::Float(f) => ValRef::Float(*f),
+            Val::Text(t) => ValRef::Text(t.as_bytes()),
+            Val::Blob(b) => ValRef::Blob(b),
+        }
+    }
+}
+
+/// One row's digest, summed into a table's content hash: per value a tag byte, then the
+/// little-endian value or the length-prefixed bytes; the first 128 bits of SHA-256 over them.
+pub fn row_digest(vals: &[ValRef<'_>]) -> u128 {
     let mut h = Sha256::new();
     for v in vals {
-        match v {
-            Val::Null => h.update([0u8]),
-            Val::Int(i) => {
+        match *v {
+            ValRef::Null => h.update([0u8]),
+            ValRef::Int(i) => {
                 h.update([1u8]);
                 h.update(i.to_le_bytes());
             }
-            Val::Float(f) => {
+            ValRef::Float(f) => {
                 h.update([2u8]);
                 h.update(f.to_bits().to_le_bytes());
             }
-            Val::Text(t) => {
+            ValRef::Text(t) => {
                 h.update([3u8]);
                 h.update((t.len() as u64).to_le_bytes());
-                h.update(t.as_bytes());
+                h.update(t);
             }
-            Val::Blob(b) => {
+            ValRef::Blob(b) => {
                 h.update([4u8]);
                 h.update((b.len() as u64).to_le_bytes());
                 h.update(b);
@@ -119,6 +149,11 @@ pub(super) fn row_digest(vals: &[Val]) -> u128 {
     u128::from_le_bytes(d[..16].try_into().expect("16 bytes"))
 }
 
+/// Double-quote an SQL identifier.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
 /// Rows of a statement.
 #[derive(Debug, Default)]
 pub struct Rows {
@@ -127,15 +162,19 @@ pub struct Rows {
 }
 
 impl Rows {
-    pub(super) fn first(&self) -> Option<&Val> {
+    pub fn first(&self) -> Option<&Val> {
         self.rows.first().and_then(|r| r.first())
     }
 }
 
-/// Anything that runs a statement and returns its rows: a Hrana stream, or a local SQLite file
-/// (to check an export).
-pub(super) trait Sql {
+/// Anything that runs SQLite-dialect statements: a Hrana stream (Turso), or a local SQLite file
+/// (a SQLite target, a Turso export).
+pub trait Sql {
+    /// Run a statement and return its rows.
     fn rows(&mut self, sql: &str, args: &[Val]) -> Result<Rows>;
+    /// Call `f` with every row of `SELECT * FROM table` (a table when `is_table`, else a view),
+    /// in no particular order.
+    fn each_row(&mut self, table: &str, is_table: bool, f: &mut dyn FnMut(&[ValRef<'_>])) -> Result<()>;
 }
 
 impl Sql for rusqlite::Connection {
@@ -169,6 +208,29 @@ impl Sql for rusqlite::Connection {
             rows.push(row);
         }
         Ok(Rows { cols, rows })
+    }
+
+    /// One statement over the whole table, values hashed as SQLite returns them (text as its
+    /// bytes, valid UTF-8 or not).
+    fn each_row(&mut self, table: &str, _is_table: bool, f: &mut dyn FnMut(&[ValRef<'_>])) -> Result<()> {
+        use rusqlite::types::ValueRef;
+        let mut st = self.prepare(&format!("SELECT * FROM {}", quote_ident(table)))?;
+        let ncol = st.column_count();
+        let mut rows = st.query([])?;
+        while let Some(row) = rows.next()? {
+            let mut vals = Vec::with_capacity(ncol);
+            for i in 0..ncol {
+                vals.push(match row.get_ref(i)? {
+                    ValueRef::Null => ValRef::Null,
+                    ValueRef::Integer(v) => ValRef::Int(v),
+                    ValueRef::Real(v) => ValRef::Float(v),
+                    ValueRef::Text(t) => ValRef::Text(t),
+                    ValueRef::Blob(b) => ValRef::Blob(b),
+                });
+            }
+            f(&vals);
+        }
+        Ok(())
     }
 }
 

@@ -1,0 +1,198 @@
+//! Fingerprints of a SQLite-dialect database over any [`Sql`]: row counts of every table,
+//! order-independent content hashes of the tables named, and a hash of the schema. SQLite and
+//! Turso targets both record these, so equal data gives equal fingerprints whichever kind read it.
+
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, bail, Result};
+use sha2::{Digest as _, Sha256};
+
+use super::{quote_ident, row_digest, Sql, Val};
+use crate::manifest::Fingerprint;
+
+/// User tables of a database.
+pub fn user_tables(c: &mut dyn Sql) -> Result<Vec<String>> {
+    let r = c.rows(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        &[],
+    )?;
+    Ok(r.rows
+        .iter()
+        .filter_map(|r| r.first().and_then(Val::as_str).map(String::from))
+        .collect())
+}
+
+/// Row count and order-independent content hash of a table or view: the wrapping sum of
+/// [`row_digest`] over every row of `SELECT *`.
+pub fn table_fingerprint(c: &mut dyn Sql, table: &str) -> Result<Fingerprint> {
+    let kind = c.rows(
+        "SELECT type FROM sqlite_master WHERE type IN ('table','view') AND name = ?1",
+        &[Val::Text(table.into())],
+    )?;
+    let Some(kind) = kind.first().and_then(Val::as_str).map(String::from) else {
+        bail!("table {table:?} does not exist");
+    };
+    let mut sum: u128 = 0;
+    let mut count = 0u64;
+    c.each_row(table, kind == "table", &mut |row| {
+        sum = sum.wrapping_add(row_digest(row));
+        count += 1;
+    })?;
+    Ok(Fingerprint {
+        rows: count,
+        hash: Some(format!("{sum:032x}")),
+    })
+}
+
+/// Hash of every CREATE statement, the `@schema` fingerprint.
+pub fn schema_fingerprint(c: &mut dyn Sql) -> Result<Fingerprint> {
+    let r = c.rows(
+        "SELECT type, name, coalesce(sql, '') FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name",
+        &[],
+    )?;
+    let mut h = Sha256::new();
+    for row in &r.rows {
+        for v in row.iter().take(3) {
+            let s = v.as_str().unwrap_or_default();
+            h.update((s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        }
+    }
+    Ok(Fingerprint {
+        rows: r.rows.len() as u64,
+        hash: Some(hex::encode(&h.finalize()[..16])),
+    })
+}
+
+/// Row counts of every table, content hashes of `hashed`, and the schema hash.
+pub fn fingerprints(c: &mut dyn Sql, hashed: &[String]) -> Result<BTreeMap<String, Fingerprint>> {
+    let mut out = BTreeMap::new();
+    for t in user_tables(c)? {
+        if !hashed.contains(&t) {
+            let n = c.rows(&format!("SELECT count(*) FROM {}", quote_ident(&t)), &[])?;
+            let rows = n
+                .first()
+                .and_then(Val::as_int)
+                .ok_or_else(|| anyhow!("count(*) of {t} returned no integer"))?;
+            out.insert(
+                t,
+                Fingerprint {
+                    rows: rows as u64,
+                    hash: None,
+                },
+            );
+        }
+    }
+    for t in hashed {
+        out.insert(t.clone(), table_fingerprint(c, t)?);
+    }
+    out.insert("@schema".into(), schema_fingerprint(c)?);
+    Ok(out)
+}
+
+/// Compare recorded fingerprints with fresh ones; name every difference.
+pub fn compare_fingerprints(
+    expected: &BTreeMap<String, Fingerprint>,
+    got: &BTreeMap<String, Fingerprint>,
+) -> Result<()> {
+    let mut diffs = Vec::new();
+    for (k, e) in expected {
+        match got.get(k) {
+            None => diffs.push(format!("{k}: missing")),
+            Some(g) if g.rows != e.rows => diffs.push(format!("{k}: {} rows, expected {}", g.rows, e.rows)),
+            Some(g) if e.hash.is_some() && g.hash.is_some() && g.hash != e.hash => {
+                diffs.push(format!("{k}: content differs ({} rows)", g.rows))
+            }
+            _ => {}
+        }
+    }
+    for k in got.keys() {
+        if !expected.contains_key(k) {
+            diffs.push(format!("{k}: not in the snapshot"));
+        }
+    }
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", diffs.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{TargetKind, TargetSpec};
+    use crate::targets::sql::{page, ValRef};
+    use crate::targets::Target;
+
+    /// The Turso code path over a local file: every statement goes through `rows` on its own and
+    /// tables are read in pages, exactly as over a Hrana stream (`turso::hrana::Stream`).
+    struct Paged {
+        c: rusqlite::Connection,
+        statements: usize,
+    }
+
+    impl Sql for Paged {
+        fn rows(&mut self, sql: &str, args: &[Val]) -> Result<crate::targets::sql::Rows> {
+            self.statements += 1;
+            self.c.rows(sql, args)
+        }
+        fn each_row(&mut self, table: &str, is_table: bool, f: &mut dyn FnMut(&[ValRef<'_>])) -> Result<()> {
+            page::each_row_paged(self, table, is_table, f)
+        }
+    }
+
+    #[test]
+    fn a_sqlite_target_and_the_turso_path_agree_on_the_same_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, v REAL, s TEXT, b BLOB);
+             CREATE TABLE w (k TEXT PRIMARY KEY, n INT) WITHOUT ROWID;
+             CREATE TABLE plain (x, y);
+             CREATE VIEW vt AS SELECT id, s FROM t;",
+        )
+        .unwrap();
+        for i in 0..1234 {
+            c.execute(
+                "INSERT INTO t (v, s, b) VALUES (?1, ?2, ?3)",
+                (i as f64 / 7.0, format!("s{i} é"), vec![i as u8; 3]),
+            )
+            .unwrap();
+            c.execute("INSERT INTO w VALUES (?1, ?2)", (format!("k{i}"), -i))
+                .unwrap();
+            c.execute("INSERT INTO plain VALUES (?1, NULL)", [i]).unwrap();
+        }
+        let items: Vec<String> = ["t", "w", "plain", "vt"].iter().map(|s| s.to_string()).collect();
+        let spec = TargetSpec {
+            name: "app".into(),
+            line: 0,
+            kind: TargetKind::Sqlite { path: path.clone() },
+        };
+        // A SQLite target reads each table in one statement through rusqlite.
+        let sqlite = crate::targets::sqlite::SqliteTarget::new(spec, path.clone());
+        let want = sqlite.fingerprint(&items).unwrap();
+        let mut paged = Paged { c, statements: 0 };
+        for i in &items {
+            assert_eq!(table_fingerprint(&mut paged, i).unwrap(), want[i], "{i}");
+        }
+        assert_eq!(want["t"].rows, 1234);
+        // 1234 rows are three pages of each table (rowid pages for t and plain, offsets for the
+        // WITHOUT ROWID table and the view), plus the lookups before them.
+        assert!(paged.statements >= 4 * 3, "{} statements", paged.statements);
+        // Row counts of every table and the schema hash agree too.
+        let all = fingerprints(&mut paged, &items[..1]).unwrap();
+        assert_eq!(fingerprints(&mut paged.c, &items[..1]).unwrap(), all);
+        assert_eq!(all["w"].rows, 1234);
+        assert!(all["w"].hash.is_none() && all["t"].hash.is_some() && all.contains_key("@schema"));
+        // One changed row changes the hash, the same way on both paths.
+        paged
+            .c
+            .execute("UPDATE t SET s = 'changed' WHERE id = 617", [])
+            .unwrap();
+        let after = sqlite.fingerprint(&items[..1]).unwrap();
+        assert_ne!(after["t"], want["t"]);
+        assert_eq!(table_fingerprint(&mut paged, "t").unwrap(), after["t"]);
+    }
+}
