@@ -17,12 +17,14 @@
 //!   policy
 //! - [`manifest`]: a snapshot's record, written last; [`artifact`]: writing and reading back
 //!   one artifact; [`archive`]: streaming parallel gzip with SHA-256 in the same pass
+//! - [`aws`]: the S3 client and SDK errors the S3 store and the S3 target share
 //! - [`process`]: hooks, exit statuses, quoting; [`runtime`]: the tokio runtime;
 //!   [`clock`]: time and host name; [`faults`]: fault points for the crash tests
 //! - [`signals`], [`secrets`], [`ui`], [`error`]: the supporting cast
 
 pub mod archive;
 pub mod artifact;
+pub mod aws;
 pub mod catalog;
 pub mod checks;
 pub mod cli;

@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Failure, Kind};
-use crate::store::{keys, Store};
+use crate::store::{keys, LeaseOutcome, Store};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Holder {
@@ -42,8 +42,9 @@ pub struct Lock {
     pub path: PathBuf,
     /// The holder found in the file when the lock was taken: a guard that died holding it.
     pub taken_over: Option<Holder>,
-    /// On an S3 store: the store-wide lease object (see store/s3.rs), released before the flock.
-    remote: Option<crate::store::s3::Lease>,
+    /// On a store with its own lock (S3: a lease object, store/s3/lease.rs), that lease,
+    /// released before the flock.
+    remote: Option<Box<dyn Send>>,
 }
 
 fn read_holder(f: &mut File) -> Option<Holder> {
@@ -55,8 +56,8 @@ fn read_holder(f: &mut File) -> Option<Holder> {
 
 /// What the lock file of `policy` says, without taking it: `(held_by_a_live_process, holder)`.
 pub fn inspect(store: &dyn Store, policy: &str) -> Result<(bool, Option<Holder>)> {
-    if let Some(s3) = store.as_s3() {
-        let (held, holder) = s3.inspect_lease(&keys::lock_key(policy))?;
+    if let Some(leaser) = store.leaser() {
+        let (held, holder) = leaser.inspect_lease(&keys::lock_key(policy))?;
         return Ok((held, holder.and_then(|h| serde_json::from_value(h).ok())));
     }
     let Some(root) = store.local_root() else {
@@ -115,17 +116,17 @@ pub fn acquire(store: &dyn Store, policy: &str, command: &str, run_id: Option<&s
         command: crate::secrets::redact(command),
         run_id: run_id.map(str::to_string),
     };
-    let remote = match store.as_s3() {
+    let remote = match store.leaser() {
         None => None,
-        Some(s3) => match s3.lease(&keys::lock_key(policy), &serde_json::to_value(&me)?)? {
-            crate::store::s3::LeaseOutcome::Acquired {
+        Some(leaser) => match leaser.lease(&keys::lock_key(policy), &serde_json::to_value(&me)?)? {
+            LeaseOutcome::Acquired {
                 lease,
                 taken_over: stale,
             } => {
                 taken_over = stale.and_then(|h| serde_json::from_value(h).ok()).or(taken_over);
                 Some(lease)
             }
-            crate::store::s3::LeaseOutcome::Held { holder, .. } => {
+            LeaseOutcome::Held { holder, .. } => {
                 let who = holder
                     .and_then(|h| serde_json::from_value::<Holder>(h).ok())
                     .map(|h| h.to_string());

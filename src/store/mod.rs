@@ -48,8 +48,8 @@ pub trait Store: Send + Sync {
     fn remove(&self, key: &str) -> Result<()>;
     /// The directory behind the store, when it is local (scratch space, catalog).
     fn local_root(&self) -> Option<&Path>;
-    /// The S3 store behind this one, for its lease lock.
-    fn as_s3(&self) -> Option<&s3::S3Store> {
+    /// The store's own store-wide lock, when it has one (an S3 store's lease object).
+    fn leaser(&self) -> Option<&dyn Leaser> {
         None
     }
 
@@ -77,6 +77,30 @@ pub trait Store: Send + Sync {
         self.open(key)?.read_to_end(&mut buf)?;
         Ok(buf)
     }
+}
+
+/// A lock kept in the store itself, for guards on several machines sharing it (an S3 store's
+/// lease object). A local store has none: the `flock` on its lock file is enough.
+pub trait Leaser {
+    /// Take the lease `key` for `holder`, or say who holds it.
+    fn lease(&self, key: &str, holder: &serde_json::Value) -> Result<LeaseOutcome>;
+    /// Who holds the lease `key`, without taking it: `(held_by_a_live_guard, holder)`.
+    fn inspect_lease(&self, key: &str) -> Result<(bool, Option<serde_json::Value>)>;
+}
+
+/// The outcome of trying to take a lease.
+pub enum LeaseOutcome {
+    /// Ours; `taken_over` is the stale holder it replaced.
+    Acquired {
+        /// Renewed while it lives, released when dropped.
+        lease: Box<dyn Send>,
+        taken_over: Option<serde_json::Value>,
+    },
+    /// Held by a live holder.
+    Held {
+        holder: Option<serde_json::Value>,
+        expires: i64,
+    },
 }
 
 /// Open the store a policy names.

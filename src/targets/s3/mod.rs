@@ -39,10 +39,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use aws_sdk_s3::Client;
 
 use super::{SnapshotCtx, Target};
+use crate::aws::{client, sdk_error, status_of};
 use crate::manifest::{Fingerprint, TargetRecord};
 use crate::policy::{S3Spec, S3Tags, TargetKind, TargetSpec};
 use crate::runtime::wait;
-use crate::store::s3::{client, sdk_error, status_of};
 use crate::store::Store;
 
 use copy::delete_keys;

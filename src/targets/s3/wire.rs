@@ -3,7 +3,7 @@
 
 use anyhow::anyhow;
 
-use crate::store::s3::{sdk_error, status_of};
+use crate::aws::{sdk_error, status_of};
 
 pub(super) fn unquote(e: &str) -> String {
     e.trim_matches('"').to_string()
