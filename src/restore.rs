@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::manifest::Manifest;
 use crate::policy::Policy;
 use crate::store::Store;
-use crate::targets::{target_for, ManualStep};
+use crate::targets::{target_for, Restored};
 use crate::ui::Ui;
 
 /// How one target's restore went.
@@ -42,35 +42,39 @@ pub fn restore_all(
         }
         let started = std::time::Instant::now();
         let spinner = ui.spinner(&format!("restore {}", rec.name));
-        let r = target_for(policy, rec).and_then(|t| {
-            t.restore(rec, store)?;
-            t.verify_restored(rec)
-                .map_err(|e| anyhow::anyhow!("restored, but it does not match the snapshot: {e:#}"))
+        let r = target_for(policy, rec).and_then(|t| match t.restore(rec, store)? {
+            Restored::Done => t
+                .verify_restored(rec)
+                .map(|()| Restored::Done)
+                .map_err(|e| anyhow::anyhow!("restored, but it does not match the snapshot: {e:#}")),
+            manual => Ok(manual),
         });
         spinner.finish();
         let seconds = started.elapsed().as_secs_f64();
-        let manual = r
-            .as_ref()
-            .err()
-            .is_some_and(|e| e.downcast_ref::<ManualStep>().is_some());
-        match &r {
-            Ok(()) => ui.info(&format!("  {:<16} restored and verified in {seconds:.1}s", rec.name)),
-            Err(e) if manual => eprintln!(
-                "guard: {} is not restored in place automatically — it needs you:\n{}",
-                rec.name,
-                crate::secrets::redact(&format!("{e:#}"))
-            ),
-            Err(e) => eprintln!(
-                "guard: restore of {} FAILED: {}",
-                rec.name,
-                crate::secrets::redact(&format!("{e:#}"))
-            ),
-        }
+        let (ok, manual, error) = match r {
+            Ok(Restored::Done) => {
+                ui.info(&format!("  {:<16} restored and verified in {seconds:.1}s", rec.name));
+                (true, false, None)
+            }
+            Ok(Restored::Manual(steps)) => {
+                let steps = crate::secrets::redact(&steps);
+                eprintln!(
+                    "guard: {} is not restored in place automatically — it needs you:\n{steps}",
+                    rec.name
+                );
+                (false, true, Some(steps))
+            }
+            Err(e) => {
+                let e = crate::secrets::redact(&format!("{e:#}"));
+                eprintln!("guard: restore of {} FAILED: {e}", rec.name);
+                (false, false, Some(e))
+            }
+        };
         out.push(TargetRestore {
             target: rec.name.clone(),
-            ok: r.is_ok(),
+            ok,
             seconds,
-            error: r.err().map(|e| crate::secrets::redact(&format!("{e:#}"))),
+            error,
             manual,
         });
         crate::faults::test_pause("restore-between-targets");

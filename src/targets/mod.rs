@@ -70,9 +70,10 @@ pub trait Target: Send + Sync {
     fn snapshot(&self, ctx: &SnapshotCtx) -> Result<TargetRecord>;
     /// Check the artifacts' content beyond checksums (engine integrity, fingerprints).
     fn deep_verify(&self, rec: &TargetRecord, store: &dyn Store, scratch: &Path) -> Result<()>;
-    /// Put the target back to the state in `rec`, atomically.
-    fn restore(&self, rec: &TargetRecord, store: &dyn Store) -> Result<()>;
-    /// Prove the live target now equals `rec`.
+    /// Put the target back to the state in `rec`, atomically; or, for a kind that cannot be
+    /// put back in place (a Turso `promote`), say what a person must do.
+    fn restore(&self, rec: &TargetRecord, store: &dyn Store) -> Result<Restored>;
+    /// Prove the live target now equals `rec` (after [`Restored::Done`]).
     fn verify_restored(&self, rec: &TargetRecord) -> Result<()>;
     /// Row counts and content hashes of tables (or paths) of the live target.
     fn fingerprint(&self, items: &[String]) -> Result<BTreeMap<String, Fingerprint>>;
@@ -109,18 +110,15 @@ pub trait Target: Send + Sync {
     }
 }
 
-/// A restore that a person must finish (for example a Turso `promote`: repoint the app at the
-/// branch). Returned as the error of [`Target::restore`]; its text is the instructions.
-#[derive(Debug)]
-pub struct ManualStep(pub String);
-
-impl std::fmt::Display for ManualStep {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+/// What [`Target::restore`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restored {
+    /// The live target was put back; [`Target::verify_restored`] proves it.
+    Done,
+    /// Nothing went wrong, but the target is not restored in place: a person must finish (for
+    /// example a Turso `promote`: repoint the app at the branch). The text is the instructions.
+    Manual(String),
 }
-
-impl std::error::Error for ManualStep {}
 
 /// Kinds whose snapshots own something outside the store (a Turso branch database, bucket-clone
 /// objects) that retention must release through [`Target::release`].

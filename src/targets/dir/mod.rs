@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::{SnapshotCtx, Target};
+use super::{Restored, SnapshotCtx, Target};
 use crate::manifest::{Fingerprint, TargetRecord};
 use crate::policy::{TargetKind, TargetSpec};
 use crate::store::local::{create_dir_all_private, sync_dir};
@@ -154,7 +154,7 @@ impl Target for DirTarget {
         Ok(Some(Box::new(DirTarget::new(spec, dest))))
     }
 
-    fn restore(&self, rec: &TargetRecord, store: &dyn Store) -> Result<()> {
+    fn restore(&self, rec: &TargetRecord, store: &dyn Store) -> Result<Restored> {
         let parent = self.path.parent().unwrap_or(Path::new("."));
         if rec.absent {
             if self.path.exists() {
@@ -163,7 +163,7 @@ impl Target for DirTarget {
                 sync_dir(parent)?;
                 fs::remove_dir_all(&old)?;
             }
-            return Ok(());
+            return Ok(Restored::Done);
         }
         let a = rec
             .artifacts
@@ -217,7 +217,9 @@ impl Target for DirTarget {
         if result.is_err() && staging.exists() {
             let _ = fs::remove_dir_all(&staging);
         }
-        result.with_context(|| format!("restoring {}", self.path.display()))
+        result
+            .with_context(|| format!("restoring {}", self.path.display()))
+            .map(|()| Restored::Done)
     }
 
     fn verify_restored(&self, rec: &TargetRecord) -> Result<()> {

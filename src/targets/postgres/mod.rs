@@ -37,7 +37,7 @@ use std::sync::OnceLock;
 use anyhow::{anyhow, bail, Context, Result};
 use sqlx::{Connection as _, Row as _};
 
-use super::{SnapshotCtx, Target};
+use super::{Restored, SnapshotCtx, Target};
 use crate::artifact::read_artifact;
 use crate::manifest::{Fingerprint, TargetRecord};
 use crate::policy::{PgFormat, PostgresSpec, Sessions, TargetKind, TargetSpec};
@@ -204,7 +204,7 @@ impl Target for PostgresTarget {
         Ok(())
     }
 
-    fn restore(&self, rec: &TargetRecord, store: &dyn Store) -> Result<()> {
+    fn restore(&self, rec: &TargetRecord, store: &dyn Store) -> Result<Restored> {
         self.live()?;
         let name = &self.spec.name;
         let db = self.dbname();
@@ -218,7 +218,7 @@ impl Target for PostgresTarget {
                 let _ = c.close().await;
                 r
             })?;
-            return Ok(());
+            return Ok(Restored::Done);
         }
         let a = rec
             .artifacts
@@ -313,7 +313,7 @@ impl Target for PostgresTarget {
                 tail(&stderr)
             );
         }
-        Ok(())
+        Ok(Restored::Done)
     }
 
     fn verify_restored(&self, rec: &TargetRecord) -> Result<()> {

@@ -38,7 +38,7 @@ use std::sync::Mutex;
 use anyhow::{anyhow, bail, Context, Result};
 use aws_sdk_s3::Client;
 
-use super::{SnapshotCtx, Target};
+use super::{Restored, SnapshotCtx, Target};
 use crate::aws::{client, sdk_error, status_of};
 use crate::manifest::{Fingerprint, TargetRecord};
 use crate::policy::{S3Spec, S3Tags, TargetKind, TargetSpec};
@@ -298,8 +298,8 @@ impl Target for S3Target {
         true
     }
 
-    fn restore(&self, rec: &TargetRecord, store: &dyn Store) -> Result<()> {
-        self.restore_bucket(rec, store)
+    fn restore(&self, rec: &TargetRecord, store: &dyn Store) -> Result<Restored> {
+        self.restore_bucket(rec, store).map(|()| Restored::Done)
     }
 
     fn verify_restored(&self, rec: &TargetRecord) -> Result<()> {

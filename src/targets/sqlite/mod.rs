@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use rusqlite::{Connection, OpenFlags};
 
 use super::sql::fingerprint::{compare_fingerprints, fingerprints, table_fingerprint};
-use super::{SnapshotCtx, Target};
+use super::{Restored, SnapshotCtx, Target};
 use crate::artifact::read_artifact;
 use crate::manifest::{Fingerprint, TargetRecord};
 use crate::policy::{TargetKind, TargetSpec};
@@ -256,7 +256,7 @@ impl Target for SqliteTarget {
         Ok(Some(Box::new(SqliteTarget::new(spec, copy))))
     }
 
-    fn restore(&self, rec: &TargetRecord, store: &dyn Store) -> Result<()> {
+    fn restore(&self, rec: &TargetRecord, store: &dyn Store) -> Result<Restored> {
         if rec.absent {
             // The snapshot recorded no database: restoring it means removing the live one.
             if self.path.exists() {
@@ -265,7 +265,7 @@ impl Target for SqliteTarget {
             for s in sidecars(&self.path) {
                 let _ = fs::remove_file(s);
             }
-            return Ok(());
+            return Ok(Restored::Done);
         }
         let a = rec
             .artifacts
@@ -321,7 +321,9 @@ impl Target for SqliteTarget {
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
-        result.with_context(|| format!("restoring {}", self.path.display()))
+        result
+            .with_context(|| format!("restoring {}", self.path.display()))
+            .map(|()| Restored::Done)
     }
 
     fn verify_restored(&self, rec: &TargetRecord) -> Result<()> {

@@ -35,7 +35,7 @@ use anyhow::{bail, Context, Result};
 
 use super::sql::fingerprint::{compare_fingerprints, fingerprints, table_fingerprint};
 use super::sql::Val;
-use super::{SnapshotCtx, Target};
+use super::{Restored, SnapshotCtx, Target};
 use crate::manifest::{Fingerprint, TargetRecord};
 use crate::policy::{TargetKind, TargetSpec, TursoRestore, TursoSpec};
 use crate::store::Store;
@@ -268,16 +268,14 @@ impl Target for TursoTarget {
         Ok(Some(Box::new(super::sqlite::SqliteTarget::new(spec, path))))
     }
 
-    fn restore(&self, rec: &TargetRecord, store: &dyn Store) -> Result<()> {
+    fn restore(&self, rec: &TargetRecord, store: &dyn Store) -> Result<Restored> {
         if rec.absent {
             bail!("the snapshot recorded no database {}; guard never deletes a Turso database — remove it yourself if that is what you want", self.t.database);
         }
         match self.t.restore {
-            TursoRestore::Reload => self.reload(rec, store),
-            TursoRestore::Promote => {
-                // Not a success: the source still holds the failed state until someone repoints.
-                Err(super::ManualStep(self.promote_instructions(rec)?).into())
-            }
+            TursoRestore::Reload => self.reload(rec, store).map(|()| Restored::Done),
+            // Not a success: the source still holds the failed state until someone repoints.
+            TursoRestore::Promote => Ok(Restored::Manual(self.promote_instructions(rec)?)),
         }
     }
 
