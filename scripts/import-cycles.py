@@ -11,6 +11,8 @@ Two levels are checked:
   - inside each folder: its files and sub-folders are the nodes, edges to the folder's own
     `mod.rs` (the parent: trait, registry) are reported separately because a child using its
     parent's contract while the parent's registry names the child is the usual Rust shape.
+    (A parent reaches its children by relative paths, `postgres::PostgresTarget`, which are
+    not `crate::`/`super::` paths and so are not edges here.)
 
     scripts/import-cycles.py          # prints the circles, exit 1 when any
 """
@@ -88,9 +90,8 @@ def resolve(path, here, mods):
     if segs[0] == "crate":
         base, segs = [], segs[1:]
     else:
-        base = list(here)
-        # a file's `super` is its folder's parent module; mod.rs's `super` is one more up
-        base = base[:-1]
+        # `super` is the parent module (for `a/b.rs` and `a/b/mod.rs` alike: `a`)
+        base = list(here)[:-1]
         segs = segs[1:]
         while segs and segs[0] == "super":
             base = base[:-1]

@@ -59,7 +59,7 @@ fi
 export GUARD_TEST_MOTO="${GUARD_TEST_MOTO:-$(python3 -c 'import shutil; print(shutil.which("moto_server") or "")')}"
 
 # Turso's official npm clients, pinned in tests/turso_clients/package-lock.json, for the check that
-# the Turso fake answers as the real service does (tests/turso_clients.rs). Installed once into
+# the Turso fake answers as the real service does (tests/it/turso_clients.rs). Installed once into
 # target/turso-clients; again only when the lock file changed.
 clients=target/turso-clients
 if [ ! -d "$clients/node_modules" ] || ! cmp -s tests/turso_clients/package-lock.json "$clients/package-lock.json"; then

@@ -105,34 +105,13 @@ impl fmt::Display for Failure {
 
 impl<E: Into<anyhow::Error>> From<E> for Failure {
     fn from(e: E) -> Self {
-        let error = e.into();
-        // A Failure that travelled through anyhow keeps its kind.
-        match error.downcast::<KindTag>() {
-            Ok(tag) => Failure {
-                kind: tag.0,
-                error: anyhow::anyhow!("{}", tag.1),
-                reported: false,
-            },
-            Err(error) => Failure {
-                kind: Kind::Internal,
-                error,
-                reported: false,
-            },
+        Failure {
+            kind: Kind::Internal,
+            error: e.into(),
+            reported: false,
         }
     }
 }
-
-/// A kind carried inside an `anyhow::Error`, for code that returns `anyhow::Result` but knows
-/// the category (for example "this is a policy error").
-#[derive(Debug)]
-pub struct KindTag(pub Kind, pub String);
-
-impl fmt::Display for KindTag {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.1)
-    }
-}
-impl std::error::Error for KindTag {}
 
 /// Attach a [`Kind`] to any error result.
 pub trait ResultExt<T> {
@@ -147,9 +126,4 @@ impl<T, E: Into<anyhow::Error>> ResultExt<T> for Result<T, E> {
             reported: false,
         })
     }
-}
-
-/// Build an `anyhow::Error` that will become a [`Failure`] of the given kind.
-pub fn tagged(kind: Kind, msg: impl fmt::Display) -> anyhow::Error {
-    anyhow::Error::new(KindTag(kind, msg.to_string()))
 }

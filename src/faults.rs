@@ -1,4 +1,4 @@
-//! Named fault points for the crash-recovery tests (`tests/faults.rs`).
+//! Named fault points for the crash-recovery tests (`tests/it/faults.rs`).
 
 /// Fault injection for the crash-recovery tests. When the environment variable
 /// `GUARD_TEST_PAUSE` names `point` (a phase such as `command-running`, or

@@ -1,9 +1,7 @@
 //! Faults, bad input and attackers: guard killed in every phase, dead lock holders, corrupt
 //! artifacts and manifests, a full disk, binary output, and secrets.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::io::Read;
 use std::process::Stdio;
 use std::time::{Duration, Instant};

@@ -3,10 +3,8 @@
 //! mismatches refused before anything runs, passwords kept out of every output and argv,
 //! plain-format restores through psql, and other sessions refused or terminated.
 
-mod common;
-
-use common::pg::Cluster;
-use common::*;
+use crate::common::pg::Cluster;
+use crate::common::*;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

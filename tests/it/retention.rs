@@ -1,8 +1,6 @@
 //! Retention with the real binary: snapshots aged with the test clock (`GUARD_TEST_NOW`).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 

@@ -2,13 +2,11 @@
 //! Platform API and Hrana-over-HTTP contract (tests/fakes/turso_fake.py): the live service is
 //! not reachable from here.
 
-mod common;
-
 use std::io::{Read, Write as _};
 use std::path::Path;
 
-use common::turso::{TursoFake, API_TOKEN, ORG};
-use common::*;
+use crate::common::turso::{TursoFake, API_TOKEN, ORG};
+use crate::common::*;
 
 const DB: &str = "liveone-tokyo";
 

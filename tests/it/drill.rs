@@ -1,8 +1,6 @@
 //! Restore drills with the real binary.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 fn drill_env() -> Env {
     let env = lending_env("");

@@ -1,10 +1,8 @@
 //! S3 bucket clones (`kind = "s3"`) and S3 as the snapshot store, with the real binary against
 //! a real S3-protocol server (moto) on 127.0.0.1.
 
-mod common;
-
-use common::s3::*;
-use common::*;
+use crate::common::s3::*;
+use crate::common::*;
 use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};

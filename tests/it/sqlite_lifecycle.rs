@@ -1,8 +1,6 @@
 //! The guarded run end to end on SQLite and directories, with the real binary.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::io::Read;
 
 fn migrate(env: &Env, extra: &[&str]) -> Vec<String> {

@@ -4,12 +4,10 @@
 //! scripts/test.sh. The checks themselves are tests/turso_clients/check.mjs; any failure means
 //! the fake drifted from what the official clients expect of the real service.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::turso::{TursoFake, API_TOKEN, ORG};
+use crate::common::turso::{TursoFake, API_TOKEN, ORG};
 
 fn clients_dir() -> PathBuf {
     std::env::var_os("GUARD_TURSO_CLIENTS")

@@ -1,0 +1,15 @@
+//! guard's integration tests, one binary (`cargo test --test it`): one module per area, each
+//! running the real `guard` binary against real engines, and the harness (`common/`) compiled
+//! and linked once. Run one area with a filter: `cargo test --test it postgres::`.
+
+mod common;
+
+mod drill;
+mod faults;
+mod fuzz_parsers;
+mod postgres;
+mod retention;
+mod s3;
+mod sqlite_lifecycle;
+mod turso;
+mod turso_clients;
