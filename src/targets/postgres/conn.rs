@@ -2,6 +2,8 @@
 //! their environment and to sqlx, and the connections guard opens itself; SQL quoting.
 
 use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
@@ -10,6 +12,42 @@ use sqlx::Connection as _;
 use super::{PostgresTarget, SESSION_SETTINGS};
 use crate::secrets;
 use crate::targets::Target;
+
+/// How long any of guard's own sessions waits for a lock before it gives up: the `lock_timeout`
+/// of guard's connections and the restore's psql, pg_dump's `--lock-wait-timeout`, and how long
+/// [`super::watch::BlockerWatch`] lets a statement of guard's sit blocked (README, PostgreSQL:
+/// "Bounded waits").
+pub const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// The `statement_timeout` of guard's own queries (fingerprints, checks, catalog reads): a
+/// backstop, far above what a fingerprint of a large table takes, so nothing guard asks the
+/// server waits without end. The restore's psql has none: a `COPY` of a big table takes as long
+/// as it takes, and its lock waits are bounded by [`LOCK_WAIT`].
+pub const STATEMENT_TIMEOUT: &str = "30min";
+
+/// How long guard waits for a connection to be established.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Settings of every session guard opens, whatever the database's or role's defaults say: a
+/// command may have run `ALTER DATABASE … SET statement_timeout = '2s'`,
+/// `idle_in_transaction_session_timeout`, `default_transaction_read_only = on` or `lock_timeout
+/// = 0`, and guard's rescue and restore must not inherit them.
+pub(super) fn bounded_settings(statement_timeout: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("lock_timeout", format!("{}s", LOCK_WAIT.as_secs())),
+        ("statement_timeout", statement_timeout.to_string()),
+        ("idle_in_transaction_session_timeout", "0".into()),
+        ("default_transaction_read_only", "off".into()),
+        ("standard_conforming_strings", "on".into()),
+    ]
+}
+
+/// The `application_name` of every session this guard process opens (`guard PID`): how its
+/// watch tells its own sessions from the ones that block them.
+pub fn app_name() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| format!("guard {}", std::process::id()))
+}
 
 /// A parsed `postgres://` URL.
 #[derive(Clone, Default)]
@@ -150,9 +188,24 @@ impl ConnInfo {
                 cmd.env(e, v);
             }
         }
-        cmd.env("PGAPPNAME", "guard");
-        // Keep NOTICEs (drop cascades to …) out of what guard reports.
-        cmd.env("PGOPTIONS", "-c client_min_messages=warning");
+        if !self.params.iter().any(|(k, _)| k == "connect_timeout") {
+            cmd.env("PGCONNECT_TIMEOUT", CONNECT_TIMEOUT.as_secs().to_string());
+        }
+        cmd.env("PGAPPNAME", app_name());
+        // Keep NOTICEs (drop cascades to …) out of what guard reports; bound the session's
+        // lock waits and override what the database's defaults may say (pg_dump sets its own
+        // timeouts and bounds its locks with --lock-wait-timeout).
+        let mut options = String::from("-c client_min_messages=warning");
+        for (k, v) in bounded_settings("0") {
+            options.push_str(&format!(" -c {k}={v}"));
+        }
+        cmd.env("PGOPTIONS", options).env("PGCLIENTENCODING", "UTF8");
+    }
+
+    /// The URL's `connect_timeout`, if it sets one.
+    pub fn connect_timeout(&self) -> Option<Duration> {
+        let (_, v) = self.params.iter().find(|(k, _)| k == "connect_timeout")?;
+        v.parse::<u64>().ok().filter(|&s| s > 0).map(Duration::from_secs)
     }
 
     /// sqlx options for the same parameters, with the fixed session settings.
@@ -189,12 +242,13 @@ impl ConnInfo {
                 _ => {}
             }
         }
-        let settings: Vec<(&str, &str)> = SESSION_SETTINGS
+        let mut settings: Vec<(&str, String)> = SESSION_SETTINGS
             .iter()
-            .copied()
             .filter(|(k, _)| *k != "extra_float_digits")
+            .map(|(k, v)| (*k, v.to_string()))
             .collect();
-        Ok(o.application_name("guard").extra_float_digits(3).options(settings))
+        settings.extend(bounded_settings(STATEMENT_TIMEOUT));
+        Ok(o.application_name(app_name()).extra_float_digits(3).options(settings))
     }
 }
 
@@ -218,14 +272,23 @@ pub(super) fn qualified(name: &str) -> String {
 impl PostgresTarget {
     pub(super) async fn connect_to(&self, dbname: Option<&str>) -> Result<PgConnection> {
         let o = self.conn.sqlx(dbname)?;
-        PgConnection::connect_with(&o).await.map_err(|e| {
-            anyhow!(
-                "target {}: cannot connect to {}: {}",
+        let timeout = self.conn.connect_timeout().unwrap_or(CONNECT_TIMEOUT);
+        match tokio::time::timeout(timeout, PgConnection::connect_with(&o)).await {
+            Ok(r) => r.map_err(|e| {
+                anyhow!(
+                    "target {}: cannot connect to {}: {}",
+                    self.spec.name,
+                    self.source(),
+                    secrets::redact(&e.to_string())
+                )
+            }),
+            Err(_) => bail!(
+                "target {}: cannot connect to {}: no answer within {} s",
                 self.spec.name,
                 self.source(),
-                secrets::redact(&e.to_string())
-            )
-        })
+                timeout.as_secs()
+            ),
+        }
     }
 
     pub(super) fn connect(&self) -> Result<PgConnection> {

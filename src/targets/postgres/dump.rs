@@ -8,13 +8,14 @@ use std::process::{Child, Command, Stdio};
 use anyhow::{anyhow, bail, Context, Result};
 use sqlx::Connection as _;
 
-use super::conn::qualified;
+use super::conn::{qualified, LOCK_WAIT};
 use super::fingerprint::fingerprints;
 use super::tools::{drain, kill, status_text, tail, widen_pipe, Tools};
+use super::watch::BlockerWatch;
 use super::{PostgresTarget, DUMP_LEVEL};
 use crate::artifact::read_artifact;
 use crate::manifest::TargetRecord;
-use crate::policy::PgFormat;
+use crate::policy::{PgFormat, Sessions};
 use crate::store::Store;
 use crate::targets::SnapshotCtx;
 
@@ -82,8 +83,34 @@ impl PostgresTarget {
         Ok(())
     }
 
-    /// pg_dump into the store, fingerprints and CSV exports, all from one database snapshot.
+    /// pg_dump into the store, fingerprints and CSV exports, all from one database snapshot,
+    /// with a [`BlockerWatch`] on the sessions that block them: a rescue snapshot under
+    /// `sessions = "terminate"` ends them; otherwise an error names them.
     pub(super) fn snapshot_live(&self, ctx: &SnapshotCtx, rec: &mut TargetRecord, tools: &Tools) -> Result<()> {
+        let rescue = ctx.allow_absent;
+        let terminate = rescue && self.pg.sessions == Sessions::Terminate;
+        let step = if rescue { "the rescue snapshot" } else { "the snapshot" };
+        let watch = BlockerWatch::start(&self.conn, &self.dbname(), &self.spec.name, step, terminate);
+        let r = self.snapshot_watched(ctx, rec, tools);
+        let report = watch.finish();
+        let Err(e) = r else { return Ok(()) };
+        let Some(blocked) = report.blocked_by() else {
+            return Err(e);
+        };
+        let hint = if !rescue {
+            "Let them finish (or stop them) and run again: before the command runs, guard ends no session"
+        } else if terminate {
+            "guard ended the ones it saw blocking it"
+        } else {
+            "End them, or set `sessions = \"terminate\"` on the target so that guard ends the sessions blocking its rescue snapshot and restore"
+        };
+        Err(anyhow!(
+            "{e:#}; guard waits at most {} s for a lock, and it was {blocked}. {hint}",
+            LOCK_WAIT.as_secs()
+        ))
+    }
+
+    fn snapshot_watched(&self, ctx: &SnapshotCtx, rec: &mut TargetRecord, tools: &Tools) -> Result<()> {
         let name = &self.spec.name;
         let mut conn = self.connect()?;
         let (snapshot_id, server_version) = crate::runtime::block_on(async {
@@ -141,7 +168,7 @@ impl PostgresTarget {
         let (ext, format) = self.artifact_ext();
         let mut cmd = self.child(tools, "pg_dump", &["-o"]);
         cmd.arg("--no-password")
-            .arg("--lock-wait-timeout=120s")
+            .arg(format!("--lock-wait-timeout={}s", LOCK_WAIT.as_secs()))
             .arg(format!("--snapshot={snapshot_id}"));
         match self.pg.format {
             PgFormat::Custom => cmd.args(["-Fc", "-Z0"]),

@@ -18,6 +18,11 @@
 //! `COMMIT` is sent only after the artifact's checksums verified and `pg_restore` exited 0.
 //! Anything else rolls back and the database is left exactly as it was.
 //!
+//! Bounded waits: guard's sessions carry `lock_timeout`, `statement_timeout` (not the restore's)
+//! and override the defaults a command may have set on the database ([`conn::bounded_settings`]);
+//! a [`watch::BlockerWatch`] names, and under `sessions = "terminate"` ends, the sessions that
+//! block a rescue snapshot or a restore.
+//!
 //! Connection parameters reach children through `PGHOST`/`PGPORT`/`PGUSER`/`PGDATABASE`/
 //! `PGPASSWORD` in their environment, never on their argv.
 
@@ -27,6 +32,7 @@ mod dump;
 mod fingerprint;
 mod restore;
 mod tools;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -49,6 +55,7 @@ use drill::ScratchDb;
 use fingerprint::{fingerprints, schema_fingerprints, table_fingerprint};
 use restore::restore_preamble;
 use tools::{drain, kill, major_name, major_of, status_text, tail, widen_pipe, Tools};
+use watch::BlockerWatch;
 
 /// gzip level of PostgreSQL artifacts when the policy sets no `[compression] level`. Measured on
 /// the bench's 416 MB `pg_dump -Fc -Z0` stream (README, Performance): level 2 (zlib-rs's "fast"
@@ -75,6 +82,12 @@ pub struct PostgresTarget {
     /// A drill's scratch database, dropped with the target (held only for its `Drop`).
     #[allow(dead_code)]
     scratch: Option<ScratchDb>,
+}
+
+/// A line on stderr for the person at the terminal, secrets masked. A closed or broken stderr
+/// is ignored: nothing guard prints may abort a snapshot or a restore.
+fn say(msg: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{}", secrets::redact(msg));
 }
 
 impl PostgresTarget {
@@ -253,6 +266,11 @@ impl Target for PostgresTarget {
             .spawn()
             .with_context(|| format!("cannot run {}", tools.bin("psql").display()))?;
         let psql_err = drain(psql.stderr.take().expect("piped"));
+        // Sessions that block the restore: ended under `sessions = "terminate"`, else named.
+        let watch = self.scratch.is_none().then(|| {
+            let terminate = self.pg.sessions == Sessions::Terminate;
+            BlockerWatch::start(&self.conn, &db, name, "the restore", terminate)
+        });
         let psql_out = drain(psql.stdout.take().expect("piped"));
 
         // Feed psql: preamble, the dump's SQL, and COMMIT only when all of it arrived intact.
@@ -296,19 +314,26 @@ impl Target for PostgresTarget {
         let status = psql.wait()?;
         let stderr = psql_err.join().unwrap_or_default();
         let _ = psql_out.join();
+        let blocked = watch
+            .map(|w| w.finish())
+            .and_then(|r| r.blocked_by())
+            .map(|b| format!(" ({b})"))
+            .unwrap_or_default();
         if let Err(e) = fed {
             if !status.success() && !stderr.is_empty() {
                 bail!(
-                    "target {name}: restore rolled back, the database is unchanged: psql {}: {}",
+                    "target {name}: restore rolled back, the database is unchanged: psql {}: {}{blocked}",
                     status_text(status),
                     tail(&stderr)
                 );
             }
-            return Err(e.context(format!("target {name}: restore rolled back, the database is unchanged")));
+            return Err(e.context(format!(
+                "target {name}: restore rolled back, the database is unchanged{blocked}"
+            )));
         }
         if !status.success() {
             bail!(
-                "target {name}: restore rolled back, the database is unchanged: psql {}: {}",
+                "target {name}: restore rolled back, the database is unchanged: psql {}: {}{blocked}",
                 status_text(status),
                 tail(&stderr)
             );
