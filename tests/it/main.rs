@@ -7,6 +7,7 @@ mod common;
 mod drill;
 mod faults;
 mod fuzz_parsers;
+mod pg_hangs;
 mod postgres;
 mod retention;
 mod s3;

@@ -3,10 +3,8 @@
 //! Real binary, throwaway clusters; each guard run is killed if it outlives a generous hang
 //! limit, which turns a hang into a failure instead of a stuck suite (no timing is asserted).
 
-mod common;
-
-use common::pg::Cluster;
-use common::*;
+use crate::common::pg::Cluster;
+use crate::common::*;
 use std::time::{Duration, Instant};
 
 /// Far above guard's documented bounds (30 s lock waits), far below the 200 s the lock holders
