@@ -17,7 +17,37 @@ use std::sync::{Arc, Mutex};
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest as _, Sha256};
 
-use crate::policy::Compression;
+/// gzip level and worker threads for artifacts (`[compression]` in the policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compression {
+    pub level: u32,
+    pub threads: usize,
+    /// `[compression] level` is set in the policy: it then applies to every artifact, over the
+    /// default of a target kind that has its own (PostgreSQL dumps).
+    pub level_set: bool,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        Compression {
+            level: 6,
+            threads,
+            level_set: false,
+        }
+    }
+}
+
+impl Compression {
+    /// These settings with `level` as the default: the policy's own level still wins when set.
+    pub fn default_level(self, level: u32) -> Compression {
+        if self.level_set {
+            self
+        } else {
+            Compression { level, ..self }
+        }
+    }
+}
 
 /// Size of the blocks compressed independently. Large enough that starting each with an empty
 /// dictionary costs little ratio (measured: under 0.1% against 4 MiB blocks); small enough to

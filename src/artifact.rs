@@ -5,9 +5,9 @@ use std::io::{Read, Write};
 
 use anyhow::{bail, Result};
 
+use crate::archive::Compression;
 use crate::archive::{self, Compressed};
 use crate::manifest::Artifact;
-use crate::policy::Compression;
 use crate::store::Store;
 
 /// Stream `input` through gzip + SHA-256 into `store` under `key`, with compression `c`.

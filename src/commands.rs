@@ -62,7 +62,7 @@ pub fn snapshot_cmd(policy: &Policy, only: &[String], label: Option<String>, ui:
             ));
         }
     }
-    let targets = targets::build_all(policy).kind(Kind::Usage)?;
+    let targets = targets::build_all(&policy.targets).kind(Kind::Usage)?;
     if targets.is_empty() {
         return Err(Failure::msg(
             Kind::Usage,
@@ -287,7 +287,7 @@ pub fn restore(policy: &Policy, id: &str, only: &[String], no_rescue: bool, yes:
         if !no_rescue {
             let targets: Vec<Box<dyn Target>> = names
                 .iter()
-                .map(|n| crate::targets::target_for(policy, m.target(n).expect("checked")))
+                .map(|n| crate::targets::target_for(&policy.targets, m.target(n).expect("checked")))
                 .collect::<Result<_>>()
                 .kind(Kind::Usage)?;
             let rescue = snapshot::take(

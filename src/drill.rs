@@ -89,7 +89,7 @@ fn run_drill(policy: &Policy, store: &dyn Store, catalog: &Catalog, id: &str, ui
         }
         let t0 = std::time::Instant::now();
         let spinner = ui.spinner(&format!("drill {}", rec.name));
-        let r = crate::targets::target_for(policy, rec).and_then(|t| t.drill(rec, store, scratch.path()));
+        let r = crate::targets::target_for(&policy.targets, rec).and_then(|t| t.drill(rec, store, scratch.path()));
         spinner.finish();
         let seconds = t0.elapsed().as_secs_f64();
         let bytes = rec.artifacts.iter().map(|a| a.raw_bytes).sum();

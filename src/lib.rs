@@ -36,6 +36,7 @@ pub mod faults;
 pub mod journal;
 pub mod lock;
 pub mod manifest;
+pub mod parse_ctx;
 pub mod policy;
 pub mod process;
 pub mod restore;
@@ -49,6 +50,7 @@ pub mod status;
 pub mod store;
 pub mod targets;
 pub mod ui;
+pub mod vars;
 
 use error::{Failure, Kind, ResultExt};
 

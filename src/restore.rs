@@ -42,7 +42,7 @@ pub fn restore_all(
         }
         let started = std::time::Instant::now();
         let spinner = ui.spinner(&format!("restore {}", rec.name));
-        let r = target_for(policy, rec).and_then(|t| match t.restore(rec, store)? {
+        let r = target_for(&policy.targets, rec).and_then(|t| match t.restore(rec, store)? {
             Restored::Done => t
                 .verify_restored(rec)
                 .map(|()| Restored::Done)

@@ -174,10 +174,7 @@ fn delete_snapshots(
     crate::faults::test_pause("prune-marked");
     // Only a policy with a target of an external kind can own something outside the store (and
     // only its credentials can release it), so only then are manifests read.
-    let external = policy
-        .targets
-        .iter()
-        .any(|t| crate::targets::EXTERNAL_KINDS.contains(&t.kind.as_str()));
+    let external = policy.targets.iter().any(|t| t.kind.caps().owns_external);
     let mut freed = 0;
     for id in ids {
         // 2. release what lives outside the store
@@ -185,12 +182,10 @@ fn delete_snapshots(
         let has_manifest = entries.iter().any(|e| keys::is_manifest(&e.key));
         if has_manifest && external {
             if let Ok(m) = Manifest::load(store, id) {
-                for rec in m
-                    .targets
-                    .iter()
-                    .filter(|r| !r.absent && crate::targets::EXTERNAL_KINDS.contains(&r.kind.as_str()))
-                {
-                    let target = match crate::targets::target_for(policy, rec) {
+                for rec in m.targets.iter().filter(|r| {
+                    !r.absent && crate::targets::Kind::parse(&r.kind).is_some_and(|k| k.caps().owns_external)
+                }) {
+                    let target = match crate::targets::target_for(&policy.targets, rec) {
                         Ok(t) => t,
                         Err(e) => {
                             eprintln!(

@@ -200,7 +200,7 @@ pub fn guarded(policy: &Policy, opts: &Options, ui: &Ui) -> Result<u8, Failure> 
             "nothing to run: use `guard [--policy P] -- COMMAND [ARGS...]`",
         ));
     }
-    let targets = targets::build_all(policy).kind(Kind::Usage)?;
+    let targets = targets::build_all(&policy.targets).kind(Kind::Usage)?;
     if opts.dry_run {
         print_plan(policy, &targets, opts, ui);
         return Ok(0);

@@ -232,7 +232,7 @@ pub fn verify_for(
                         .iter()
                         .any(|t| t.name == rec.name && t.kind.as_str() == rec.kind) =>
                 {
-                    crate::targets::target_for(p, rec)?
+                    crate::targets::target_for(&p.targets, rec)?
                 }
                 _ => targets::from_record(rec)?,
             };

@@ -228,7 +228,7 @@ pub fn recover(policy: &Policy, keep: bool, yes: bool, ui: &Ui) -> Result<u8, Fa
             snapshot::verify(store, &m, snapshot::Depth::Content, std::path::Path::new("/")).kind(Kind::Corrupt)?;
             crate::process::run_hooks("before", &policy.hooks.before, ui).kind(Kind::RestoreFailed)?;
             if j.phase != Phase::Restoring || j.rescue_id.is_none() {
-                let targets = targets::build_all(policy).kind(Kind::Usage)?;
+                let targets = targets::build_all(&policy.targets).kind(Kind::Usage)?;
                 let rescue = snapshot::take(
                     policy,
                     &targets,

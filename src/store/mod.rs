@@ -13,11 +13,25 @@ pub mod s3;
 pub mod state;
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use crate::policy::StoreSpec;
+/// Where snapshots are kept (`store` in the policy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    Local(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+impl std::fmt::Display for StoreSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreSpec::Local(p) => write!(f, "{}", p.display()),
+            StoreSpec::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
+}
 
 /// One stored object.
 #[derive(Debug, Clone)]

@@ -1,8 +1,12 @@
-//! The things guard protects, one file per kind behind one [`Target`] trait.
+//! The things guard protects, one folder per kind behind one [`Target`] trait.
 //!
 //! A target knows how to snapshot itself into artifacts in a store, check those artifacts
 //! beyond their checksums, restore itself from them atomically, prove the restore matches,
 //! and answer the policy's checks (queries and fingerprints).
+//!
+//! This file is the only place that lists the kinds: [`Kind`] (names and [`Caps`]),
+//! [`KindSpec`] (a kind's parsed keys, from its `config.rs`), [`parse_spec`], [`build`],
+//! [`from_record`] and [`target_for`]. Everything else asks these instead of matching names.
 
 pub mod dir;
 pub mod postgres;
@@ -15,11 +19,152 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
+use crate::archive::Compression;
 use crate::manifest::{Artifact, Fingerprint, TargetRecord};
-use crate::policy::{Compression, Policy, TargetKind, TargetSpec};
+use crate::parse_ctx::ParseCtx;
 use crate::store::Store;
+
+pub use dir::DirSpec;
+pub use postgres::{PgFormat, PostgresSpec, Sessions};
+pub use s3::{S3Spec, S3Tags};
+pub use sqlite::SqliteSpec;
+pub use turso::{TursoRestore, TursoSpec};
+
+/// A target kind: its name in policies and manifests, and what it can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sqlite,
+    Dir,
+    Postgres,
+    S3,
+    Turso,
+}
+
+/// What a kind can do, for the rules that depend on it (which checks apply, what retention
+/// must release).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    /// Answers `sql` checks ([`Target::query`]).
+    pub sql: bool,
+    /// Answers `objects` and `bytes` checks ([`Target::objects`]).
+    pub objects: bool,
+    /// Its snapshots own something outside the store (a Turso branch database, bucket-clone
+    /// objects) that retention must release through [`Target::release`].
+    pub owns_external: bool,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [Kind::Sqlite, Kind::Dir, Kind::Postgres, Kind::S3, Kind::Turso];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Sqlite => "sqlite",
+            Kind::Dir => "dir",
+            Kind::Postgres => "postgres",
+            Kind::S3 => "s3",
+            Kind::Turso => "turso",
+        }
+    }
+
+    /// The kind named `s` (a policy's `kind`, a manifest record's `kind`).
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    pub fn caps(self) -> Caps {
+        let none = Caps {
+            sql: false,
+            objects: false,
+            owns_external: false,
+        };
+        match self {
+            Kind::Sqlite | Kind::Postgres => Caps { sql: true, ..none },
+            Kind::Dir => none,
+            Kind::S3 => Caps {
+                objects: true,
+                owns_external: true,
+                ..none
+            },
+            Kind::Turso => Caps {
+                sql: true,
+                owns_external: true,
+                ..none
+            },
+        }
+    }
+
+    /// The names of the kinds with a capability, for messages: `"sqlite, postgres, turso"`.
+    pub fn names_with(cap: impl Fn(Caps) -> bool) -> String {
+        let names: Vec<&str> = Kind::ALL
+            .into_iter()
+            .filter(|k| cap(k.caps()))
+            .map(Kind::as_str)
+            .collect();
+        names.join(", ")
+    }
+}
+
+/// One thing guard protects, as the policy describes it.
+#[derive(Debug, Clone)]
+pub struct TargetSpec {
+    pub name: String,
+    /// Line of its `[[target]]` table in the policy (0: not from a policy).
+    pub line: usize,
+    pub kind: KindSpec,
+}
+
+/// A kind and its parsed keys.
+#[derive(Debug, Clone)]
+pub enum KindSpec {
+    /// A SQLite database file.
+    Sqlite(SqliteSpec),
+    /// A directory tree.
+    Dir(DirSpec),
+    /// A PostgreSQL database, dumped with pg_dump.
+    Postgres(PostgresSpec),
+    /// An S3 bucket (or a prefix of one), cloned server-side.
+    S3(S3Spec),
+    /// A Turso database, branched through the Platform API.
+    Turso(TursoSpec),
+}
+
+impl KindSpec {
+    pub fn kind(&self) -> Kind {
+        match self {
+            KindSpec::Sqlite(_) => Kind::Sqlite,
+            KindSpec::Dir(_) => Kind::Dir,
+            KindSpec::Postgres(_) => Kind::Postgres,
+            KindSpec::S3(_) => Kind::S3,
+            KindSpec::Turso(_) => Kind::Turso,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        self.kind().as_str()
+    }
+
+    pub fn caps(&self) -> Caps {
+        self.kind().caps()
+    }
+}
+
+/// Parse the keys of a `[[target]]` table of kind `kind` (everything but `name` and `kind`):
+/// each kind's `config.rs` denies keys it does not know.
+pub fn parse_spec(kind: &str, keys: toml::Table, cx: &mut ParseCtx) -> Result<KindSpec> {
+    let Some(k) = Kind::parse(kind) else {
+        let known: Vec<&str> = Kind::ALL.into_iter().map(Kind::as_str).collect();
+        crate::parse_ctx::fail!(cx, "unknown kind {kind:?} (known: {})", known.join(", "));
+    };
+    Ok(match k {
+        Kind::Sqlite => KindSpec::Sqlite(sqlite::config::parse(cx.keys(keys)?, cx)?),
+        Kind::Dir => KindSpec::Dir(dir::config::parse(cx.keys(keys)?, cx)?),
+        Kind::Postgres => KindSpec::Postgres(postgres::config::parse(cx.keys(keys)?, cx)?),
+        Kind::S3 => KindSpec::S3(s3::config::parse(cx.keys(keys)?, cx)?),
+        Kind::Turso => KindSpec::Turso(turso::config::parse(cx.keys(keys)?, cx)?),
+    })
+}
 
 /// What a target needs while snapshotting.
 pub struct SnapshotCtx<'a> {
@@ -120,45 +265,37 @@ pub enum Restored {
     Manual(String),
 }
 
-/// Kinds whose snapshots own something outside the store (a Turso branch database, bucket-clone
-/// objects) that retention must release through [`Target::release`].
-pub const EXTERNAL_KINDS: &[&str] = &["turso", "s3"];
-
-/// Build every target a policy names.
-pub fn build_all(policy: &Policy) -> Result<Vec<Box<dyn Target>>> {
-    policy.targets.iter().map(build).collect()
+/// Build every target of a policy.
+pub fn build_all(specs: &[TargetSpec]) -> Result<Vec<Box<dyn Target>>> {
+    specs.iter().map(build).collect()
 }
 
 /// Build the target a spec describes.
 pub fn build(spec: &TargetSpec) -> Result<Box<dyn Target>> {
     Ok(match &spec.kind {
-        TargetKind::Sqlite { path } => Box::new(sqlite::SqliteTarget::new(spec.clone(), path.clone())),
-        TargetKind::Dir { path } => Box::new(dir::DirTarget::new(spec.clone(), path.clone())),
-        TargetKind::Postgres(pg) => Box::new(postgres::PostgresTarget::new(spec.clone(), pg.clone())?),
-        TargetKind::Turso(t) => Box::new(turso::TursoTarget::new(spec.clone(), t.clone())?),
-        TargetKind::S3(s) => Box::new(s3::S3Target::new(spec.clone(), s.clone())),
+        KindSpec::Sqlite(s) => Box::new(sqlite::SqliteTarget::new(spec.clone(), s.path.clone())),
+        KindSpec::Dir(d) => Box::new(dir::DirTarget::new(spec.clone(), d.path.clone())),
+        KindSpec::Postgres(pg) => Box::new(postgres::PostgresTarget::new(spec.clone(), pg.clone())?),
+        KindSpec::Turso(t) => Box::new(turso::TursoTarget::new(spec.clone(), t.clone())?),
+        KindSpec::S3(s) => Box::new(s3::S3Target::new(spec.clone(), s.clone())),
     })
 }
 
 /// A target rebuilt from a manifest record, for snapshots whose policy no longer names it.
 pub fn from_record(rec: &TargetRecord) -> Result<Box<dyn Target>> {
-    if rec.kind == "postgres" {
-        // Offline checks only: guard never stores database URLs (they may hold passwords).
-        return Ok(Box::new(postgres::PostgresTarget::from_record(rec)?));
-    }
-    if rec.kind == "s3" {
-        return Ok(Box::new(s3::S3Target::from_record(rec)?));
-    }
     let path = std::path::PathBuf::from(&rec.source);
-    let kind = match rec.kind.as_str() {
-        "sqlite" => TargetKind::Sqlite { path },
-        "dir" => TargetKind::Dir { path },
-        "turso" => anyhow::bail!(
+    let kind = match Kind::parse(&rec.kind) {
+        // Offline checks only: guard never stores database URLs (they may hold passwords).
+        Some(Kind::Postgres) => return Ok(Box::new(postgres::PostgresTarget::from_record(rec)?)),
+        Some(Kind::S3) => return Ok(Box::new(s3::S3Target::from_record(rec)?)),
+        Some(Kind::Sqlite) => KindSpec::Sqlite(SqliteSpec { path }),
+        Some(Kind::Dir) => KindSpec::Dir(DirSpec { path }),
+        Some(Kind::Turso) => bail!(
             "target {}: a Turso target cannot be rebuilt from a manifest (its API and database tokens are never stored); the policy must name target {:?} of kind \"turso\"",
             rec.name,
             rec.name
         ),
-        k => anyhow::bail!("target {}: kind {k} cannot be rebuilt from a manifest", rec.name),
+        None => bail!("target {}: kind {} cannot be rebuilt from a manifest", rec.name, rec.kind),
     };
     build(&TargetSpec {
         name: rec.name.clone(),
@@ -169,10 +306,10 @@ pub fn from_record(rec: &TargetRecord) -> Result<Box<dyn Target>> {
 
 /// The live target for a record: the policy's target of that name, or one rebuilt from the
 /// record when the policy no longer names it.
-pub fn target_for(policy: &Policy, rec: &TargetRecord) -> Result<Box<dyn Target>> {
-    if let Some(spec) = policy.targets.iter().find(|t| t.name == rec.name) {
+pub fn target_for(specs: &[TargetSpec], rec: &TargetRecord) -> Result<Box<dyn Target>> {
+    if let Some(spec) = specs.iter().find(|t| t.name == rec.name) {
         if spec.kind.as_str() != rec.kind {
-            anyhow::bail!(
+            bail!(
                 "target {} is a {} in the policy but a {} in the snapshot",
                 rec.name,
                 spec.kind.as_str(),
@@ -182,4 +319,20 @@ pub fn target_for(policy: &Policy, rec: &TargetRecord) -> Result<Box<dyn Target>
         return build(spec);
     }
     from_record(rec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips_its_name() {
+        for k in Kind::ALL {
+            assert_eq!(Kind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(Kind::parse("mysql"), None);
+        assert_eq!(Kind::names_with(|c| c.sql), "sqlite, postgres, turso");
+        assert_eq!(Kind::names_with(|c| c.objects), "s3");
+        assert_eq!(Kind::names_with(|c| c.owns_external), "s3, turso");
+    }
 }

@@ -191,10 +191,10 @@ impl Setup {
 
     /// The target as the library builds it from the policy's settings.
     fn target(&self) -> guard::targets::turso::TursoTarget {
-        let spec = guard::policy::TargetSpec {
+        let spec = guard::targets::TargetSpec {
             name: "readings".into(),
             line: 0,
-            kind: guard::policy::TargetKind::Turso(guard::policy::TursoSpec {
+            kind: guard::targets::KindSpec::Turso(guard::targets::TursoSpec {
                 organization: ORG.into(),
                 database: DB.into(),
                 group: "default".into(),
@@ -203,7 +203,7 @@ impl Setup {
                 db_url: None,
                 db_token: None,
                 export: true,
-                restore: guard::policy::TursoRestore::Reload,
+                restore: guard::targets::TursoRestore::Reload,
             }),
         };
         guard::targets::turso::TursoTarget::from_spec(&spec).unwrap()

@@ -7,6 +7,7 @@
 //! manifest, then swap it in place of the live tree, so files created since the snapshot are
 //! gone and nothing is ever half-restored under the live name.
 
+pub mod config;
 mod tree;
 
 use std::collections::BTreeMap;
@@ -18,9 +19,10 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use super::{Restored, SnapshotCtx, Target};
 use crate::manifest::{Fingerprint, TargetRecord};
-use crate::policy::{TargetKind, TargetSpec};
 use crate::store::local::{create_dir_all_private, sync_dir};
 use crate::store::Store;
+use crate::targets::{KindSpec, TargetSpec};
+pub use config::DirSpec;
 
 use tree::{compare_listings, fingerprint_of, listing_of_tar, scan, write_tar};
 
@@ -149,7 +151,7 @@ impl Target for DirTarget {
         let spec = TargetSpec {
             name: rec.name.clone(),
             line: self.spec.line,
-            kind: TargetKind::Dir { path: dest.clone() },
+            kind: KindSpec::Dir(DirSpec { path: dest.clone() }),
         };
         Ok(Some(Box::new(DirTarget::new(spec, dest))))
     }

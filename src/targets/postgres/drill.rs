@@ -9,11 +9,12 @@ use sqlx::Connection as _;
 use super::conn::{quote_ident, ConnInfo};
 use super::restore::create_database_sql;
 use super::PostgresTarget;
+use super::{PostgresSpec, Sessions};
 use crate::manifest::TargetRecord;
-use crate::policy::{PostgresSpec, Sessions, TargetKind, TargetSpec};
 use crate::secrets;
 use crate::store::Store;
 use crate::targets::Target;
+use crate::targets::{KindSpec, TargetSpec};
 
 /// A scratch database created for a restore drill; dropped when this is.
 pub(super) struct ScratchDb {
@@ -118,7 +119,7 @@ impl PostgresTarget {
         };
         let t = PostgresTarget {
             spec: TargetSpec {
-                kind: TargetKind::Postgres(pg.clone()),
+                kind: KindSpec::Postgres(pg.clone()),
                 ..self.spec.clone()
             },
             pg,

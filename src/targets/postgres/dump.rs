@@ -12,10 +12,9 @@ use super::conn::{qualified, LOCK_WAIT};
 use super::fingerprint::fingerprints;
 use super::tools::{drain, kill, status_text, tail, widen_pipe, Tools};
 use super::watch::BlockerWatch;
-use super::{PostgresTarget, DUMP_LEVEL};
+use super::{PgFormat, PostgresTarget, Sessions, DUMP_LEVEL};
 use crate::artifact::read_artifact;
 use crate::manifest::TargetRecord;
-use crate::policy::{PgFormat, Sessions};
 use crate::store::Store;
 use crate::targets::SnapshotCtx;
 

@@ -26,6 +26,7 @@
 //! Connection parameters reach children through `PGHOST`/`PGPORT`/`PGUSER`/`PGDATABASE`/
 //! `PGPASSWORD` in their environment, never on their argv.
 
+pub mod config;
 mod conn;
 mod drill;
 mod dump;
@@ -46,9 +47,10 @@ use sqlx::{Connection as _, Row as _};
 use super::{Restored, SnapshotCtx, Target};
 use crate::artifact::read_artifact;
 use crate::manifest::{Fingerprint, TargetRecord};
-use crate::policy::{PgFormat, PostgresSpec, Sessions, TargetKind, TargetSpec};
 use crate::secrets;
 use crate::store::Store;
+use crate::targets::{KindSpec, TargetSpec};
+pub use config::{PgFormat, PostgresSpec, Sessions};
 
 use conn::{quote_ident, ConnInfo};
 use drill::ScratchDb;
@@ -124,7 +126,7 @@ impl PostgresTarget {
         let spec = TargetSpec {
             name: rec.name.clone(),
             line: 0,
-            kind: TargetKind::Postgres(pg.clone()),
+            kind: KindSpec::Postgres(pg.clone()),
         };
         let conn = ConnInfo::parse(&pg.url).unwrap_or_default();
         Ok(PostgresTarget {

@@ -8,8 +8,8 @@ use sqlx::{Connection as _, Row as _};
 
 use super::conn::{quote_ident, quote_literal};
 use super::PostgresTarget;
+use super::Sessions;
 use crate::manifest::TargetRecord;
-use crate::policy::Sessions;
 
 /// `CREATE DATABASE name` with the encoding and collation the snapshot recorded (and its owner,
 /// with `owner`), from `template0` so the restore starts empty.

@@ -16,9 +16,9 @@ use sha2::{Digest as _, Sha256};
 
 use super::listing::{list_all, plan, Attrs, Listed, ObjectEntry, Plan};
 use super::wire::{encode_key, form_encode, read_error, server_sha256, unquote};
+use super::S3Tags;
 use super::{S3Target, Stats};
 use crate::aws::{complete_multipart, sdk_error, status_of};
-use crate::policy::S3Tags;
 
 /// Objects larger than this are copied with multipart UploadPartCopy (CopyObject stops at 5 GiB).
 pub(super) const DEFAULT_MULTIPART_THRESHOLD: u64 = 5 << 30;

@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use super::wire::unquote;
+use super::S3Tags;
 use super::S3Target;
 use crate::aws::sdk_error;
 use crate::manifest::{Artifact, Fingerprint, TargetRecord};
-use crate::policy::S3Tags;
 use crate::store::{keys, Store};
 
 /// What a copy must carry besides the bytes.

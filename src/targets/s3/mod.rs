@@ -27,6 +27,7 @@
 //! and checksummed like every artifact. Restore copies back what differs, deletes what the
 //! snapshot did not have, then proves the bucket equals the listing.
 
+pub mod config;
 mod copy;
 mod listing;
 mod restore;
@@ -41,9 +42,10 @@ use aws_sdk_s3::Client;
 use super::{Restored, SnapshotCtx, Target};
 use crate::aws::{client, sdk_error, status_of};
 use crate::manifest::{Fingerprint, TargetRecord};
-use crate::policy::{S3Spec, S3Tags, TargetKind, TargetSpec};
 use crate::runtime::wait;
 use crate::store::Store;
+use crate::targets::{KindSpec, TargetSpec};
+pub use config::{S3Spec, S3Tags};
 
 use copy::delete_keys;
 use listing::{fingerprint_of, list_all, summarize, to_jsonl};
@@ -98,7 +100,7 @@ impl S3Target {
             TargetSpec {
                 name: rec.name.clone(),
                 line: 0,
-                kind: TargetKind::S3(s3.clone()),
+                kind: KindSpec::S3(s3.clone()),
             },
             s3,
         ))

@@ -121,9 +121,9 @@ pub fn compare_fingerprints(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{TargetKind, TargetSpec};
     use crate::targets::sql::{page, ValRef};
     use crate::targets::Target;
+    use crate::targets::{KindSpec, SqliteSpec, TargetSpec};
 
     /// The Turso code path over a local file: every statement goes through `rows` on its own and
     /// tables are read in pages, exactly as over a Hrana stream (`turso::hrana::Stream`).
@@ -168,7 +168,7 @@ mod tests {
         let spec = TargetSpec {
             name: "app".into(),
             line: 0,
-            kind: TargetKind::Sqlite { path: path.clone() },
+            kind: KindSpec::Sqlite(SqliteSpec { path: path.clone() }),
         };
         // A SQLite target reads each table in one statement through rusqlite.
         let sqlite = crate::targets::sqlite::SqliteTarget::new(spec, path.clone());

@@ -7,6 +7,8 @@
 //! decompress beside the live file, check the content checksum, checkpoint and remove the live
 //! `-wal`/`-shm`/`-journal`, then rename over the original and fsync the directory.
 
+pub mod config;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -20,9 +22,10 @@ use super::sql::fingerprint::{compare_fingerprints, fingerprints, table_fingerpr
 use super::{Restored, SnapshotCtx, Target};
 use crate::artifact::read_artifact;
 use crate::manifest::{Fingerprint, TargetRecord};
-use crate::policy::{TargetKind, TargetSpec};
 use crate::store::local::{private_temp_beside, sync_dir};
 use crate::store::Store;
+use crate::targets::{KindSpec, TargetSpec};
+pub use config::SqliteSpec;
 
 pub struct SqliteTarget {
     spec: TargetSpec,
@@ -251,7 +254,7 @@ impl Target for SqliteTarget {
         let spec = TargetSpec {
             name: rec.name.clone(),
             line: self.spec.line,
-            kind: TargetKind::Sqlite { path: copy.clone() },
+            kind: KindSpec::Sqlite(SqliteSpec { path: copy.clone() }),
         };
         Ok(Some(Box::new(SqliteTarget::new(spec, copy))))
     }

@@ -9,10 +9,10 @@ use anyhow::{bail, Context, Result};
 
 use super::hrana::transport;
 use super::platform::DbInfo;
+use super::TursoRestore;
 use super::TursoTarget;
 use crate::artifact::read_artifact;
 use crate::manifest::TargetRecord;
-use crate::policy::TursoRestore;
 use crate::store::Store;
 use crate::targets::sql::fingerprint::{compare_fingerprints, fingerprints};
 use crate::targets::sql::Val;

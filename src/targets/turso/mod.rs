@@ -21,6 +21,7 @@
 //! for the real service, `http` when `api_url` is a plain-HTTP local endpoint (the test fake).
 
 mod branch;
+pub mod config;
 mod export;
 mod hrana;
 mod platform;
@@ -37,10 +38,11 @@ use super::sql::fingerprint::{compare_fingerprints, fingerprints, table_fingerpr
 use super::sql::Val;
 use super::{Restored, SnapshotCtx, Target};
 use crate::manifest::{Fingerprint, TargetRecord};
-use crate::policy::{TargetKind, TargetSpec, TursoRestore, TursoSpec};
 use crate::store::Store;
+use crate::targets::{KindSpec, SqliteSpec, TargetSpec};
 pub use branch::branch_name;
 use branch::{is_guard_branch, MAX_NAME};
+pub use config::{TursoRestore, TursoSpec};
 use export::check_export;
 use hrana::Db;
 
@@ -113,7 +115,7 @@ impl TursoTarget {
     /// The target for a policy spec of kind `turso`.
     pub fn from_spec(spec: &TargetSpec) -> Result<Self> {
         match &spec.kind {
-            TargetKind::Turso(t) => TursoTarget::new(spec.clone(), t.clone()),
+            KindSpec::Turso(t) => TursoTarget::new(spec.clone(), t.clone()),
             other => bail!("target {} is of kind {}, not turso", spec.name, other.as_str()),
         }
     }
@@ -263,7 +265,7 @@ impl Target for TursoTarget {
         let spec = TargetSpec {
             name: rec.name.clone(),
             line: 0,
-            kind: TargetKind::Sqlite { path: path.clone() },
+            kind: KindSpec::Sqlite(SqliteSpec { path: path.clone() }),
         };
         Ok(Some(Box::new(super::sqlite::SqliteTarget::new(spec, path))))
     }

@@ -1,0 +1,386 @@
+//! `[[check]]` and `[[drill.check]]`: what is verified after the command (or in a drill's
+//! restored copy), and the rules of which check applies to which target kind (asked of the
+//! kind's [`crate::targets::Caps`], never of its name).
+
+use std::collections::BTreeSet;
+
+use anyhow::{anyhow, Result};
+use toml::Spanned;
+
+use super::raw::RawCheck;
+use crate::parse_ctx::fail;
+use crate::parse_ctx::{ParseCtx, Scope, Seg};
+use crate::targets::{Kind, TargetSpec};
+
+/// One verification run after the command.
+#[derive(Debug, Clone)]
+pub struct CheckSpec {
+    pub name: String,
+    pub line: usize,
+    pub target: Option<String>,
+    pub what: CheckWhat,
+}
+
+#[derive(Debug, Clone)]
+pub enum CheckWhat {
+    /// Fingerprints of these tables (or paths, for directory targets) must not change.
+    Untouched(Vec<String>),
+    /// A query whose single value is compared with `expect`.
+    Sql { sql: String, expect: Expect },
+    /// A shell command that must exit 0.
+    Command { command: String },
+    /// Object count or total bytes under a key prefix of an s3 target, compared with `expect`.
+    Objects {
+        prefix: String,
+        measure: Measure,
+        expect: Expect,
+    },
+}
+
+/// What an [`CheckWhat::Objects`] check measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    /// `objects = "prefix/"`: how many objects.
+    Count,
+    /// `bytes = "prefix/"`: their total size.
+    Bytes,
+}
+
+/// What a check's value must satisfy.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expect {
+    Unchanged,
+    Changed,
+    Compare(Op, f64),
+    Literal(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Eq => "==",
+            Op::Ne => "!=",
+            Op::Lt => "<",
+            Op::Le => "<=",
+            Op::Gt => ">",
+            Op::Ge => ">=",
+        }
+    }
+}
+
+impl std::fmt::Display for Expect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expect::Unchanged => f.write_str("unchanged"),
+            Expect::Changed => f.write_str("changed"),
+            Expect::Compare(op, n) => write!(f, "{} {}", op.as_str(), n),
+            Expect::Literal(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+impl Expect {
+    /// Parse the `expect` string of a check.
+    pub fn parse(s: &str) -> Result<Expect> {
+        let t = s.trim();
+        match t {
+            "unchanged" => return Ok(Expect::Unchanged),
+            "changed" => return Ok(Expect::Changed),
+            _ => {}
+        }
+        for (prefix, op) in [
+            ("==", Op::Eq),
+            ("!=", Op::Ne),
+            ("<=", Op::Le),
+            (">=", Op::Ge),
+            ("<", Op::Lt),
+            (">", Op::Gt),
+        ] {
+            if let Some(rest) = t.strip_prefix(prefix) {
+                let n: f64 = rest
+                    .trim()
+                    .parse()
+                    .map_err(|_| anyhow!("expect {s:?}: {:?} is not a number after {prefix}", rest.trim()))?;
+                return Ok(Expect::Compare(op, n));
+            }
+        }
+        Ok(Expect::Literal(t.to_string()))
+    }
+}
+
+/// The policy's checks and its drill checks, in file order.
+pub fn parse(
+    checks: &[Spanned<RawCheck>],
+    drill_checks: &[Spanned<RawCheck>],
+    targets: &[TargetSpec],
+    cx: &mut ParseCtx,
+) -> Result<(Vec<CheckSpec>, Vec<CheckSpec>)> {
+    let mut seen = BTreeSet::new();
+    let mut out = (Vec::new(), Vec::new());
+    for (is_drill, list) in [(false, checks), (true, drill_checks)] {
+        for (i, c) in list.iter().enumerate() {
+            let path = match is_drill {
+                false => vec![Seg::Key("check"), Seg::Index(i)],
+                true => vec![Seg::Key("drill"), Seg::Key("check"), Seg::Index(i)],
+            };
+            let name = cx.expand(&c.get_ref().name);
+            if !seen.insert((is_drill, name.clone())) {
+                fail!(cx, @c.span(), "check {name:?} is defined twice");
+            }
+            let spec = one(c, name, path, is_drill, targets, cx)?;
+            if is_drill { &mut out.1 } else { &mut out.0 }.push(spec);
+        }
+    }
+    Ok(out)
+}
+
+/// One check: its name, its target (defined, and of a kind that answers it), and what it checks.
+fn one(
+    raw: &Spanned<RawCheck>,
+    name: String,
+    path: Vec<Seg>,
+    is_drill: bool,
+    targets: &[TargetSpec],
+    cx: &mut ParseCtx,
+) -> Result<CheckSpec> {
+    let span = raw.span();
+    let c = raw.get_ref();
+    let target = c.target.as_ref().map(|t| cx.expand(t));
+    let kind = match &target {
+        None => None,
+        Some(t) => match targets.iter().find(|x| &x.name == t) {
+            Some(x) => Some(x.kind.kind()),
+            None => fail!(
+                cx,
+                @span.clone(),
+                "check {name:?} names target {t:?}, which the policy does not define"
+            ),
+        },
+    };
+    let scope = Scope {
+        subject: format!("check {name:?}"),
+        kind: None,
+        span: span.clone(),
+        path,
+    };
+    let what = cx.within(scope, |cx| what(c, kind, cx))?;
+    if let (Some(t), Some(k)) = (&target, kind) {
+        applies(&what, t, k).map_err(|msg| cx.err_at(span.clone(), format!("check {name:?}: target {msg}")))?;
+    }
+    if is_drill && needs_before(&what) {
+        fail!(
+            cx,
+            @span,
+            "drill check {name:?}: a drill has no \"before\" value; use a comparison such as \">= 1\""
+        );
+    }
+    Ok(CheckSpec {
+        name,
+        line: cx.line(span.start),
+        target,
+        what,
+    })
+}
+
+/// Which of `untouched`, `sql`, `objects`/`bytes` or `command` the check is, with its keys.
+fn what(c: &RawCheck, target: Option<Kind>, cx: &mut ParseCtx) -> Result<CheckWhat> {
+    let set = [
+        c.untouched.is_some(),
+        c.sql.is_some(),
+        c.command.is_some(),
+        c.objects.is_some(),
+        c.bytes.is_some(),
+    ];
+    if set.iter().filter(|&&k| k).count() != 1 {
+        return Err(cx.fail_sentence("needs exactly one of `untouched`, `sql`, `command`, `objects` or `bytes`"));
+    }
+    if let Some(u) = &c.untouched {
+        if target.is_none() {
+            fail!(cx, "`untouched` needs `target`");
+        }
+        if c.expect.is_some() {
+            fail!(cx, "`expect` does not apply to `untouched`");
+        }
+        if u.is_empty() {
+            fail!(cx, "`untouched` lists nothing");
+        }
+        return Ok(CheckWhat::Untouched(u.iter().map(|s| cx.expand(s)).collect()));
+    }
+    if let Some(sql) = &c.sql {
+        if target.is_none() {
+            fail!(cx, "`sql` needs `target`");
+        }
+        let expect = expect(c, "sql", "\"unchanged\" or \">= 1\"", cx)?;
+        return Ok(CheckWhat::Sql {
+            sql: cx.expand(sql),
+            expect,
+        });
+    }
+    let measured = (c.objects.as_ref().map(|p| (p, Measure::Count, "objects")))
+        .or(c.bytes.as_ref().map(|p| (p, Measure::Bytes, "bytes")));
+    if let Some((prefix, measure, key)) = measured {
+        if target.is_none() {
+            fail!(cx, "`{key}` needs `target` (an s3 target)");
+        }
+        let expect = expect(c, key, "\">= 2000\" or \"unchanged\"", cx)?;
+        return Ok(CheckWhat::Objects {
+            prefix: cx.expand(prefix),
+            measure,
+            expect,
+        });
+    }
+    if target.is_some() {
+        fail!(cx, "a `command` check takes no `target`");
+    }
+    if c.expect.is_some() {
+        fail!(
+            cx,
+            "a `command` check passes when the command exits 0; `expect` does not apply"
+        );
+    }
+    Ok(CheckWhat::Command {
+        command: c.command.clone().unwrap_or_default(),
+    })
+}
+
+/// The check's `expect`, required for `sql`, `objects` and `bytes`.
+fn expect(c: &RawCheck, key: &str, example: &str, cx: &mut ParseCtx) -> Result<Expect> {
+    let Some(e) = &c.expect else {
+        fail!(cx, "`{key}` needs `expect` (for example {example})");
+    };
+    let e = cx.expand(e);
+    Expect::parse(&e).map_err(|e| cx.fail(e))
+}
+
+/// Does a check of this shape apply to a target of this kind? `Err` says why not.
+fn applies(what: &CheckWhat, target: &str, kind: Kind) -> Result<(), String> {
+    let caps = kind.caps();
+    let k = kind.as_str();
+    match what {
+        CheckWhat::Objects { .. } if !caps.objects => Err(format!(
+            "{target:?} is of kind {k}; `objects` and `bytes` checks need a target of kind {}",
+            Kind::names_with(|c| c.objects)
+        )),
+        CheckWhat::Sql { .. } if !caps.sql => Err(format!(
+            "{target:?} is of kind {k}; `sql` checks need a database target ({})",
+            Kind::names_with(|c| c.sql)
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A check whose expectation compares with a value read before the command.
+fn needs_before(what: &CheckWhat) -> bool {
+    matches!(
+        what,
+        CheckWhat::Sql {
+            expect: Expect::Unchanged | Expect::Changed,
+            ..
+        } | CheckWhat::Objects {
+            expect: Expect::Unchanged | Expect::Changed,
+            ..
+        }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::{raw, targets};
+    use super::*;
+
+    const TARGETS: &str = "name = \"p\"\n[[target]]\nname = \"db\"\nkind = \"sqlite\"\npath = \"a.db\"\n[[target]]\nname = \"files\"\nkind = \"dir\"\npath = \"f\"\n";
+
+    fn checks(extra: &str) -> Result<(Vec<CheckSpec>, Vec<CheckSpec>), String> {
+        let text = format!("{TARGETS}{extra}");
+        let mut cx = ParseCtx::new(&text, Path::new("/nonexistent-guard-c/policy.toml"));
+        let raw = raw::from_str(&text, &cx).map_err(|e| e.to_string())?;
+        let t = targets::parse(raw.target, &mut cx).map_err(|e| e.to_string())?;
+        let drill = raw.drill.as_ref().map(|d| d.check.as_slice()).unwrap_or(&[]);
+        parse(&raw.check, drill, &t, &mut cx).map_err(|e| format!("{e:#}"))
+    }
+
+    #[test]
+    fn each_shape_parses() {
+        let (c, d) = checks(concat!(
+            "[[check]]\nname = \"u\"\ntarget = \"files\"\nuntouched = [\"x\"]\n",
+            "[[check]]\nname = \"q\"\ntarget = \"db\"\nsql = \"select 1\"\nexpect = \"== 1\"\n",
+            "[[check]]\nname = \"c\"\ncommand = \"true\"\n",
+            "[[drill.check]]\nname = \"q\"\ntarget = \"db\"\nsql = \"select 1\"\nexpect = \">= 1\"\n",
+        ))
+        .unwrap();
+        assert_eq!(c.iter().map(|c| c.line).collect::<Vec<_>>(), [10, 14, 19]);
+        assert!(matches!(&c[0].what, CheckWhat::Untouched(u) if u == &["x"]));
+        assert!(matches!(&c[1].what, CheckWhat::Sql { expect: Expect::Compare(Op::Eq, n), .. } if *n == 1.0));
+        assert!(matches!(&c[2].what, CheckWhat::Command { command } if command == "true"));
+        assert_eq!((d.len(), d[0].line), (1, 22));
+    }
+
+    #[test]
+    fn kind_rules_come_from_caps() {
+        let e =
+            checks("[[check]]\nname = \"q\"\ntarget = \"files\"\nsql = \"select 1\"\nexpect = \"== 1\"\n").unwrap_err();
+        assert!(e.contains("policy.toml:10: check \"q\": target \"files\" is of kind dir; `sql` checks need a database target (sqlite, postgres, turso)"), "{e}");
+        let e = checks("[[check]]\nname = \"o\"\ntarget = \"db\"\nobjects = \"p/\"\nexpect = \">= 1\"\n").unwrap_err();
+        assert!(e.contains("policy.toml:10: check \"o\": target \"db\" is of kind sqlite; `objects` and `bytes` checks need a target of kind s3"), "{e}");
+    }
+
+    #[test]
+    fn shape_errors_name_the_checks_line() {
+        let cases = [
+            ("[[check]]\nname = \"x\"\n", "check \"x\" needs exactly one of"),
+            (
+                "[[check]]\nname = \"x\"\ntarget = \"nope\"\ncommand = \"true\"\n",
+                "names target \"nope\", which the policy does not define",
+            ),
+            (
+                "[[check]]\nname = \"x\"\nuntouched = [\"t\"]\n",
+                "check \"x\": `untouched` needs `target`",
+            ),
+            (
+                "[[check]]\nname = \"x\"\ntarget = \"db\"\nuntouched = []\n",
+                "`untouched` lists nothing",
+            ),
+            (
+                "[[check]]\nname = \"x\"\ntarget = \"db\"\nsql = \"select 1\"\n",
+                "`sql` needs `expect`",
+            ),
+            (
+                "[[check]]\nname = \"x\"\ntarget = \"db\"\nsql = \"s\"\nexpect = \">= x\"\n",
+                "\"x\" is not a number after >=",
+            ),
+            (
+                "[[check]]\nname = \"x\"\ntarget = \"db\"\ncommand = \"true\"\n",
+                "a `command` check takes no `target`",
+            ),
+            (
+                "[[check]]\nname = \"x\"\ncommand = \"true\"\nexpect = \"ok\"\n",
+                "`expect` does not apply",
+            ),
+            (
+                "[[check]]\nname = \"x\"\ncommand = \"true\"\n[[check]]\nname = \"x\"\ncommand = \"true\"\n",
+                "policy.toml:13: check \"x\" is defined twice",
+            ),
+            (
+                "[[drill.check]]\nname = \"x\"\ntarget = \"db\"\nsql = \"s\"\nexpect = \"unchanged\"\n",
+                "drill check \"x\": a drill has no \"before\" value",
+            ),
+        ];
+        for (extra, want) in cases {
+            let e = checks(extra).unwrap_err();
+            assert!(e.contains("policy.toml:10: ") || e.contains("policy.toml:13: "), "{e}");
+            assert!(e.contains(want), "{extra}: {e}");
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The policy file: what to protect, where snapshots go, what to check.
+//!
+//! A policy is TOML. Parsing is strict: unknown keys and wrong types are errors that name the
+//! file and line; `${VAR}` references are expanded from the environment after the file has been
+//! checked, and a missing variable is an error naming it and its line. Nothing is run or touched
+//! while loading a policy.
+//!
+//! One file per section: [`raw`] (the TOML shape), [`sections`] (name, store, retention,
+//! compression, hooks, drill), [`targets`] (`[[target]]`; each kind's keys are its own
+//! `targets/<kind>/config.rs`), [`checks`] (`[[check]]`, `[[drill.check]]`). Every error is
+//! located by one [`ParseCtx`].
+
+mod checks;
+mod raw;
+mod sections;
+mod targets;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+pub use checks::{CheckSpec, CheckWhat, Expect, Measure, Op};
+
+use crate::archive::Compression;
+use crate::parse_ctx::ParseCtx;
+use crate::store::StoreSpec;
+use crate::targets::TargetSpec;
+use crate::vars;
+
+/// A loaded, validated policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    /// The policy file.
+    pub file: PathBuf,
+    /// Directory relative paths in the policy are resolved against.
+    pub base_dir: PathBuf,
+    pub store: StoreSpec,
+    pub confirm: bool,
+    pub retention: Retention,
+    pub compression: Compression,
+    pub targets: Vec<TargetSpec>,
+    pub hooks: Hooks,
+    pub checks: Vec<CheckSpec>,
+    pub drill: Drill,
+}
+
+/// `[drill]`: restore drills.
+#[derive(Debug, Clone, Default)]
+pub struct Drill {
+    /// `guard status` warns when the newest restorable snapshot is older than this.
+    pub max_age: Option<Duration>,
+    /// Shell command run when a drill fails, with the report's facts in `GUARD_DRILL_*`.
+    pub on_failure: Option<String>,
+    /// `[[drill.check]]`: checks run against the restored scratch copy.
+    pub checks: Vec<CheckSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    pub keep_within: Duration,
+    pub keep_last: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            keep_within: Duration::from_secs(30 * 86400),
+            keep_last: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    pub before: Vec<String>,
+    pub after: Vec<String>,
+}
+
+/// Find the policy file the user means.
+///
+/// `--policy PATH` (an existing file), `--policy NAME` (`policies/NAME.toml`), `$GUARD_POLICY`,
+/// or `./guard.toml`, in that order.
+pub fn locate(arg: Option<&str>) -> Result<PathBuf> {
+    let chosen = match arg {
+        Some(a) => Some(a.to_string()),
+        None => std::env::var("GUARD_POLICY").ok().filter(|s| !s.is_empty()),
+    };
+    match chosen {
+        Some(p) => {
+            let path = PathBuf::from(&p);
+            if path.is_file() {
+                return Ok(path);
+            }
+            let named = PathBuf::from("policies").join(format!("{p}.toml"));
+            if !p.contains('/') && !p.ends_with(".toml") && named.is_file() {
+                return Ok(named);
+            }
+            bail!(
+                "policy {p:?} not found (looked for the file {p:?} and {})",
+                named.display()
+            )
+        }
+        None => {
+            let path = PathBuf::from("guard.toml");
+            if path.is_file() {
+                Ok(path)
+            } else {
+                bail!("no policy given: pass --policy PATH|NAME, set GUARD_POLICY, or create ./guard.toml")
+            }
+        }
+    }
+}
+
+/// Read and validate a policy file.
+pub fn load(path: &Path) -> Result<Policy> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read policy {}", path.display()))?;
+    parse(&text, path)
+}
+
+/// Parse policy text; `path` names the file in messages and anchors relative paths.
+pub fn parse(text: &str, path: &Path) -> Result<Policy> {
+    let mut cx = ParseCtx::new(text, path);
+    vars::check_variables(text, cx.file())?;
+    let raw = raw::from_str(text, &cx)?;
+    let name = sections::name(&raw.name, &mut cx)?;
+    let store = sections::store(raw.store.as_ref(), &mut cx)?;
+    let retention = sections::retention(raw.retention.as_ref(), &mut cx)?;
+    let compression = sections::compression(raw.compression.as_ref(), &cx)?;
+    let targets = targets::parse(raw.target, &mut cx)?;
+    let hooks = sections::hooks(raw.hooks);
+    let drill_checks = raw.drill.as_ref().map(|d| d.check.as_slice()).unwrap_or(&[]);
+    let (checks, drill_checks) = checks::parse(&raw.check, drill_checks, &targets, &mut cx)?;
+    let drill = sections::drill(raw.drill.as_ref(), drill_checks, &mut cx)?;
+    Ok(Policy {
+        name,
+        file: path.to_path_buf(),
+        base_dir: cx.base_dir().to_path_buf(),
+        store,
+        confirm: raw.confirm,
+        retention,
+        compression,
+        targets,
+        hooks,
+        checks,
+        drill,
+    })
+}
+
+/// Names used in file names and ids: letters, digits, `-`, `_`, `.`; not starting with `.`.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<Policy> {
+        parse(text, Path::new("/tmp/x/policy.toml"))
+    }
+
+    #[test]
+    fn unknown_key_names_line() {
+        let e =
+            p("name = \"a\"\n\n[[target]]\nname = \"db\"\nkind = \"sqlite\"\npath = \"a.db\"\npaht = 1\n").unwrap_err();
+        let s = format!("{e:#}");
+        assert!(s.contains("policy.toml:7"), "{s}");
+        assert!(s.contains("paht"), "{s}");
+    }
+
+    #[test]
+    fn missing_variable_names_it_and_line() {
+        let e = p("name = \"a\"\nstore = \"${GUARD_TEST_SURELY_UNSET}\"\n").unwrap_err();
+        let s = format!("{e:#}");
+        assert!(s.contains(":2:") && s.contains("GUARD_TEST_SURELY_UNSET"), "{s}");
+    }
+
+    #[test]
+    fn a_set_compression_level_wins_over_a_kinds_default() {
+        let t = "[[target]]\nname = \"db\"\nkind = \"sqlite\"\npath = \"a.db\"\n";
+        let unset = p(&format!("name = \"a\"\n{t}")).unwrap().compression;
+        assert_eq!((unset.level, unset.default_level(2).level), (6, 2));
+        let set = p(&format!("name = \"a\"\n[compression]\nlevel = 6\n{t}"))
+            .unwrap()
+            .compression;
+        assert_eq!(set.default_level(2).level, 6);
+    }
+
+    #[test]
+    fn variables_in_comments_are_ignored() {
+        p("name = \"a\" # uses ${NOT_SET_ANYWHERE}\n").unwrap();
+    }
+
+    #[test]
+    fn expectations_parse() {
+        assert_eq!(Expect::parse(">= 4").unwrap(), Expect::Compare(Op::Ge, 4.0));
+        assert_eq!(Expect::parse("== 6").unwrap(), Expect::Compare(Op::Eq, 6.0));
+        assert_eq!(Expect::parse("<1").unwrap(), Expect::Compare(Op::Lt, 1.0));
+        assert_eq!(Expect::parse("unchanged").unwrap(), Expect::Unchanged);
+        assert_eq!(Expect::parse("ok").unwrap(), Expect::Literal("ok".into()));
+        assert!(Expect::parse(">= x").is_err());
+    }
+
+    #[test]
+    fn check_must_name_known_target() {
+        let e = p("name = \"a\"\n[[check]]\nname = \"c\"\ntarget = \"nope\"\nsql = \"select 1\"\nexpect = \"== 1\"\n")
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("policy.toml:2"), "{e:#}");
+    }
+
+    #[test]
+    fn keys_of_other_kinds_are_refused() {
+        let e = p("name = \"a\"\n[[target]]\nname = \"db\"\nkind = \"sqlite\"\npath = \"a.db\"\nbucket = \"b\"\n")
+            .unwrap_err();
+        let s = format!("{e:#}");
+        // The key's own line, and the keys the kind takes.
+        assert!(
+            s.contains("policy.toml:6") && s.contains("`bucket`, expected `path`"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn s3_tags_mode_parses_and_bad_values_name_the_line() {
+        let s3 = |extra: &str| {
+            p(&format!(
+                "name = \"a\"\n[[target]]\nname = \"img\"\nkind = \"s3\"\nbucket = \"b\"\nclone_bucket = \"c\"\n{extra}"
+            ))
+        };
+        let tags = |pol: Policy| match &pol.targets[0].kind {
+            crate::targets::KindSpec::S3(s) => s.tags,
+            _ => unreachable!(),
+        };
+        use crate::targets::S3Tags;
+        assert_eq!(tags(s3("").unwrap()), S3Tags::Exact);
+        assert_eq!(tags(s3("tags = \"with-content\"\n").unwrap()), S3Tags::WithContent);
+        let e = format!("{:#}", s3("tags = \"none\"\n").unwrap_err());
+        assert!(e.contains("policy.toml:2") && e.contains("with-content"), "{e}");
+    }
+
+    #[test]
+    fn postgres_password_is_not_in_debug_output() {
+        std::env::set_var("GUARD_TEST_PG_URL", "postgres://app:pw-in-url-123@db/x");
+        let pol = p("name = \"a\"\n[[target]]\nname = \"db\"\nkind = \"postgres\"\nurl = \"${GUARD_TEST_PG_URL}\"\n")
+            .unwrap();
+        let dbg = format!("{pol:?}");
+        assert!(!dbg.contains("pw-in-url-123"), "{dbg}");
+        assert_eq!(crate::secrets::redact("x pw-in-url-123 y"), "x *** y");
+    }
+
+    #[test]
+    fn implicit_tables_parse() {
+        let pol = p("name = \"a\"\nretention.keep_last = 5\n[[target]]\nname = \"app\"\nkind = \"sqlite\"\npath = \"a.db\"\n[[drill.check]]\nname = \"c\"\ntarget = \"app\"\nsql = \"select 1\"\nexpect = \"== 1\"\n").unwrap();
+        assert_eq!(pol.retention.keep_last, 5);
+        assert_eq!(pol.drill.checks.len(), 1);
+        let e = p("name = \"a\"\n[drill]\nmax_age = \"soon\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("policy.toml:3"), "{e:#}");
+    }
+
+    #[test]
+    fn retention_that_keeps_nothing_is_refused() {
+        let e = p("name = \"a\"\n[retention]\nkeep_within = \"0s\"\nkeep_last = 0\n").unwrap_err();
+        assert!(format!("{e:#}").contains("keeps nothing"));
+    }
+}

@@ -1,0 +1,219 @@
+//! The small sections of a policy: its name, `store`, `[retention]`, `[compression]`,
+//! `[hooks]` and `[drill]`. Each is one function from its raw table to its value.
+
+use anyhow::Result;
+use toml::Spanned;
+
+use super::raw::{RawCompression, RawDrill, RawHooks, RawRetention};
+use super::{valid_name, CheckSpec, Drill, Hooks, Retention};
+use crate::archive::Compression;
+use crate::parse_ctx::fail;
+use crate::parse_ctx::ParseCtx;
+use crate::store::StoreSpec;
+
+/// `name`: used in file names and ids.
+pub fn name(raw: &Spanned<String>, cx: &mut ParseCtx) -> Result<String> {
+    let name = cx.expand(raw.get_ref());
+    if !valid_name(&name) {
+        fail!(
+            cx,
+            @raw.span(),
+            "policy name {name:?} must be 1-64 characters of letters, digits, '-', '_' or '.'"
+        );
+    }
+    Ok(name)
+}
+
+/// `store`: a local directory (relative to the policy) or `s3://bucket/prefix`; unset is
+/// `backups/` beside the policy.
+pub fn store(raw: Option<&Spanned<String>>, cx: &mut ParseCtx) -> Result<StoreSpec> {
+    let Some(s) = raw else {
+        return Ok(StoreSpec::Local(cx.base_dir().join("backups")));
+    };
+    let v = cx.expand(s.get_ref());
+    if let Some(rest) = v.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            fail!(cx, @s.span(), "store {v:?} names no bucket");
+        }
+        Ok(StoreSpec::S3 {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+        })
+    } else if v.contains("://") {
+        fail!(cx, @s.span(), "store {v:?}: only local directories and s3:// are supported");
+    } else if v.is_empty() {
+        fail!(cx, @s.span(), "store is empty");
+    } else {
+        Ok(StoreSpec::Local(cx.resolve(&v)))
+    }
+}
+
+/// `[retention]`: refuses settings that would keep nothing.
+pub fn retention(raw: Option<&RawRetention>, cx: &mut ParseCtx) -> Result<Retention> {
+    let mut retention = Retention::default();
+    let Some(r) = raw else { return Ok(retention) };
+    let mut span = 0..0;
+    if let Some(w) = &r.keep_within {
+        span = w.span();
+        let text = w.get_ref();
+        retention.keep_within = humantime::parse_duration(&cx.expand(text))
+            .map_err(|e| cx.err_at(w.span(), format!("retention.keep_within {text:?}: {e}")))?;
+    }
+    if let Some(n) = &r.keep_last {
+        span = n.span();
+        retention.keep_last = *n.get_ref();
+    }
+    if retention.keep_last == 0 && retention.keep_within.is_zero() {
+        fail!(
+            cx,
+            @span,
+            "retention keeps nothing (keep_last = 0 and keep_within = 0); guard refuses a policy that would prune every snapshot"
+        );
+    }
+    Ok(retention)
+}
+
+/// `[compression]`: level 0-9, at least one thread.
+pub fn compression(raw: Option<&RawCompression>, cx: &ParseCtx) -> Result<Compression> {
+    let mut compression = Compression::default();
+    let Some(c) = raw else { return Ok(compression) };
+    if let Some(l) = &c.level {
+        if *l.get_ref() > 9 {
+            fail!(cx, @l.span(), "compression.level {} must be 0-9", l.get_ref());
+        }
+        compression.level = *l.get_ref();
+        compression.level_set = true;
+    }
+    if let Some(t) = &c.threads {
+        if *t.get_ref() == 0 {
+            fail!(cx, @t.span(), "compression.threads must be at least 1");
+        }
+        compression.threads = *t.get_ref();
+    }
+    Ok(compression)
+}
+
+/// `[hooks]`: shell commands. `${VAR}` in them is left for the shell to expand from the
+/// environment, so a secret never appears on `sh -c`'s command line.
+pub fn hooks(raw: Option<RawHooks>) -> Hooks {
+    raw.map(|h| Hooks {
+        before: h.before,
+        after: h.after,
+    })
+    .unwrap_or_default()
+}
+
+/// `[drill]`: `max_age`, `on_failure`, and the `[[drill.check]]`s parsed with the others.
+pub fn drill(raw: Option<&RawDrill>, checks: Vec<CheckSpec>, cx: &mut ParseCtx) -> Result<Drill> {
+    let mut drill = Drill {
+        checks,
+        ..Drill::default()
+    };
+    let Some(d) = raw else { return Ok(drill) };
+    if let Some(a) = &d.max_age {
+        let text = a.get_ref();
+        drill.max_age = Some(
+            humantime::parse_duration(&cx.expand(text))
+                .map_err(|e| cx.err_at(a.span(), format!("drill.max_age {text:?}: {e}")))?,
+        );
+    }
+    drill.on_failure = d.on_failure.clone();
+    Ok(drill)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::super::raw::{self, RawPolicy};
+    use super::*;
+
+    /// The raw policy of `text` and a context over it.
+    fn parsed(text: &str) -> (RawPolicy, ParseCtx<'_>) {
+        let cx = ParseCtx::new(text, Path::new("/nonexistent-guard-p/policy.toml"));
+        (raw::from_str(text, &cx).unwrap(), cx)
+    }
+
+    #[test]
+    fn store_forms() {
+        let (raw, mut cx) = parsed("name = \"p\"\n");
+        let local = |p: &str| StoreSpec::Local(Path::new("/nonexistent-guard-p").join(p));
+        assert_eq!(store(raw.store.as_ref(), &mut cx).unwrap(), local("backups"));
+        let (raw, mut cx) = parsed("name = \"p\"\nstore = \"snaps\"\n");
+        assert_eq!(store(raw.store.as_ref(), &mut cx).unwrap(), local("snaps"));
+        let (raw, mut cx) = parsed("name = \"p\"\nstore = \"s3://b/p/q/\"\n");
+        let s3 = StoreSpec::S3 {
+            bucket: "b".into(),
+            prefix: "p/q".into(),
+        };
+        assert_eq!(store(raw.store.as_ref(), &mut cx).unwrap(), s3);
+        for bad in ["s3://", "ftp://h/x", ""] {
+            let text = format!("name = \"p\"\nstore = {bad:?}\n");
+            let (raw, mut cx) = parsed(&text);
+            let e = store(raw.store.as_ref(), &mut cx).unwrap_err().to_string();
+            assert!(e.starts_with("/nonexistent-guard-p/policy.toml:2: store"), "{e}");
+        }
+    }
+
+    #[test]
+    fn retention_defaults_and_refusal() {
+        let (raw, mut cx) = parsed("name = \"p\"\n");
+        assert_eq!(
+            retention(raw.retention.as_ref(), &mut cx).unwrap(),
+            Retention::default()
+        );
+        let (raw, mut cx) = parsed("name = \"p\"\n[retention]\nkeep_within = \"2d\"\n");
+        let r = retention(raw.retention.as_ref(), &mut cx).unwrap();
+        assert_eq!(r.keep_within, Duration::from_secs(2 * 86400));
+        let (raw, mut cx) = parsed("name = \"p\"\n[retention]\nkeep_within = \"0s\"\nkeep_last = 0\n");
+        let e = retention(raw.retention.as_ref(), &mut cx).unwrap_err().to_string();
+        assert!(e.contains("policy.toml:4: retention keeps nothing"), "{e}");
+        let (raw, mut cx) = parsed("name = \"p\"\n[retention]\nkeep_within = \"3x\"\n");
+        let e = retention(raw.retention.as_ref(), &mut cx).unwrap_err().to_string();
+        assert!(e.contains("policy.toml:3: retention.keep_within \"3x\""), "{e}");
+    }
+
+    #[test]
+    fn compression_limits() {
+        let c = |text: &str| {
+            let (raw, cx) = parsed(text);
+            compression(raw.compression.as_ref(), &cx).map_err(|e| e.to_string())
+        };
+        let e = c("name = \"p\"\n[compression]\nlevel = 10\n").unwrap_err();
+        assert!(e.contains("policy.toml:3: compression.level 10 must be 0-9"), "{e}");
+        let e = c("name = \"p\"\n[compression]\nthreads = 0\n").unwrap_err();
+        assert!(
+            e.contains("policy.toml:3: compression.threads must be at least 1"),
+            "{e}"
+        );
+        let got = c("name = \"p\"\n[compression]\nlevel = 1\nthreads = 3\n").unwrap();
+        assert_eq!((got.level, got.threads, got.level_set), (1, 3, true));
+        assert!(!c("name = \"p\"\n").unwrap().level_set);
+    }
+
+    #[test]
+    fn drill_max_age_and_on_failure() {
+        let (raw, mut cx) = parsed("name = \"p\"\n[drill]\nmax_age = \"soon\"\n");
+        let e = drill(raw.drill.as_ref(), Vec::new(), &mut cx).unwrap_err().to_string();
+        assert!(
+            e.starts_with("/nonexistent-guard-p/policy.toml:3: drill.max_age \"soon\""),
+            "{e}"
+        );
+        let (raw, mut cx) = parsed("name = \"p\"\n[drill]\nmax_age = \"3d\"\non_failure = \"true\"\n");
+        let got = drill(raw.drill.as_ref(), Vec::new(), &mut cx).unwrap();
+        assert_eq!(got.max_age, Some(Duration::from_secs(3 * 86400)));
+        assert_eq!(got.on_failure.as_deref(), Some("true"));
+    }
+
+    #[test]
+    fn policy_names_are_checked() {
+        let (raw, mut cx) = parsed("name = \"../x\"\n");
+        let e = name(&raw.name, &mut cx).unwrap_err().to_string();
+        assert!(
+            e.starts_with("/nonexistent-guard-p/policy.toml:1: policy name \"../x\""),
+            "{e}"
+        );
+    }
+}

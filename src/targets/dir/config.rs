@@ -1,0 +1,27 @@
+//! The keys of a `kind = "dir"` target.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde::Deserialize;
+
+use crate::parse_ctx::ParseCtx;
+
+/// `kind = "dir"`: a directory tree.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DirSpec {
+    /// The directory (absolute, resolved against the policy's directory).
+    pub path: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Raw {
+    path: Option<String>,
+}
+
+pub fn parse(raw: Raw, cx: &mut ParseCtx) -> Result<DirSpec> {
+    Ok(DirSpec {
+        path: cx.need_path("path", raw.path)?,
+    })
+}
