@@ -67,11 +67,13 @@ Configuration: command-line flags, and `POST /_fake/config {key: value, ...}` at
   default all; a missing one answers 403);
 * `unavailable` (name prefixes the service refuses with 422 "database name … is not available");
 * `token_not_before` (seconds: a database token is refused with 401 until this long after its
-  database was created, as a brand-new branch may do).
+  database was created, as a brand-new branch may do);
+* `fail_statements` (regular expressions: a Hrana statement matching one fails in-band with
+  `SQLite error: injected failure`, to test what a client does when a step fails).
 
 Other test-only helpers, not part of Turso: `POST /_fake/databases {"name", "group"}` creates an
 empty database and returns its file path; `GET /_fake/databases` lists databases with paths and
-`forced_rollbacks` (transactions the window rolled back); `GET /_fake/requests` returns the
+`forced_rollbacks` (transactions the window rolled back) and `longest_write_txn` (seconds); `GET /_fake/requests` returns the
 Platform API requests received (method, path, query, body); `POST /_fake/squat {"prefix"}`
 makes another client take a name: a create whose name starts with the prefix finds a database
 of that name already there (a genuine 409); `POST /_fake/contend {"name", "interval"}` starts
@@ -188,12 +190,14 @@ class WriteLock:
         self.holder = None
         self.since = 0.0
         self.forced = 0
+        self.longest = 0.0
 
     def note(self, conn_owner, holds):
         with self.mutex:
             if holds and self.holder is not conn_owner:
                 self.holder, self.since = conn_owner, time.monotonic()
             elif not holds and self.holder is conn_owner:
+                self.longest = max(self.longest, time.monotonic() - self.since)
                 self.holder = None
 
     def wait(self, waiter, deadline):
@@ -673,7 +677,8 @@ class ApiHandler(JsonHandler):
     def fake_admin(self, method, rest):
         with self.state.lock:
             if rest == ["databases"] and method == "GET":
-                return self.send(200, {"databases": [dict(d.describe(), path=d.path, forced_rollbacks=d.lock.forced)
+                return self.send(200, {"databases": [dict(d.describe(), path=d.path, forced_rollbacks=d.lock.forced,
+                                                          longest_write_txn=d.lock.longest)
                                                      for d in self.state.dbs.values()]})
             if rest == ["databases"] and method == "POST":
                 body = self.json_body()
@@ -866,6 +871,9 @@ def run_stmt(stream, stmt, budget):
     if named:
         params = {a["name"].lstrip(":@$"): decode_value(a["value"]) for a in named}
     check_one(sql)
+    for pattern in stream.conn.db.state.config["fail_statements"]:
+        if re.search(pattern, sql, re.I | re.S):
+            raise HranaError("SQLite error: injected failure (fail_statements)", "SQLITE_ERROR")
     try:
         cur, rows = stream.conn.run(sql, params)
     except sqlite3.Error as e:
@@ -1329,6 +1337,7 @@ def main():
         "scopes": list(ALL_SCOPES),
         "unavailable": [],
         "token_not_before": 0.0,
+        "fail_statements": [],
     }
     state = State(a.data, a.org, a.api_token, a.group or ["default"], config)
     ApiHandler.state = state
