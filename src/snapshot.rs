@@ -86,6 +86,11 @@ pub fn take(
                 scratch: scratch.path(),
                 fingerprint: items.get(t.name()).unwrap_or(&empty),
                 allow_absent: req.allow_absent,
+                // In a guarded run the pre-run and rescue snapshots are taken after the before
+                // hooks (which stop the app) and before the after hooks.
+                quiesced: req.command.is_some()
+                    && matches!(req.kind, SnapshotKind::PreRun | SnapshotKind::Rescue)
+                    && !policy.hooks.before.is_empty(),
             };
             let started = std::time::Instant::now();
             let spinner = ui.spinner(&format!("snapshot {} ({})", t.name(), t.kind()));

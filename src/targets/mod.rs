@@ -179,6 +179,9 @@ pub struct SnapshotCtx<'a> {
     pub fingerprint: &'a [String],
     /// A missing target is recorded as absent instead of failing (rescue snapshots).
     pub allow_absent: bool,
+    /// The policy's `before` hooks ran just before this snapshot (they stop the application):
+    /// nothing else is writing, so a target can take its current state as exact.
+    pub quiesced: bool,
 }
 
 impl SnapshotCtx<'_> {

@@ -852,3 +852,391 @@ expect = "== 1200"
     assert_eq!(r.code, 66, "{r:?}");
     assert!(r.all().contains("no longer exists"), "{r:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 19: Turso as the real service behaves (the fake enforces sqld's limits).
+
+fn setup_on(fake: TursoFake, target_extra: &str, checks: &str) -> Setup {
+    seed(&fake.create_db(DB));
+    let db_token = fake.mint(DB);
+    let env = Env::new();
+    env.write("guard.toml", &policy(&fake, target_extra, checks));
+    Setup { fake, env, db_token }
+}
+
+/// A table of `n` rows added to the source, enough to make a reload take a while.
+fn add_bulk(path: &Path, n: i64) {
+    let mut c = rusqlite::Connection::open(path).unwrap();
+    c.execute_batch(
+        "CREATE TABLE bulk (k INTEGER PRIMARY KEY, system_id INTEGER, v TEXT, x REAL);
+         CREATE INDEX bulk_system ON bulk (system_id);",
+    )
+    .unwrap();
+    let tx = c.transaction().unwrap();
+    for i in 0..n {
+        tx.execute(
+            "INSERT INTO bulk (system_id, v, x) VALUES (?1, ?2, ?3)",
+            (i % 7, format!("reading {i} of the bulk table"), i as f64 / 3.0),
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+}
+
+fn snapshot_id(s: &Setup) -> String {
+    let r = s.guard(&["snapshot"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    r.stdout.trim().to_string()
+}
+
+fn damage(s: &Setup) {
+    rusqlite::Connection::open(s.source())
+        .unwrap()
+        .execute_batch(
+            "DELETE FROM readings WHERE system_id = 2; UPDATE point_info SET name = 'changed';
+             DROP VIEW system_totals; CREATE TABLE stray (x);",
+        )
+        .unwrap();
+}
+
+#[test]
+fn reload_larger_than_the_transaction_window_restores_in_short_transactions() {
+    // A test-sized window (Turso's is 5 s): reloading this database in one transaction takes
+    // several times longer than it (about 10 s here), so only a reload made of short
+    // transactions gets through while another writer waits for the lock (sqld rolls the old
+    // transaction back then). The longest of guard's transactions took 0.65 s on a loaded
+    // 2-core machine.
+    let s = setup_on(TursoFake::start_with(&["--txn-timeout", "2.5"]), "", CHECKS);
+    add_bulk(&s.source(), 20_000);
+    let before = full_dump(&s.source());
+    let id = snapshot_id(&s);
+    damage(&s);
+    rusqlite::Connection::open(s.source())
+        .unwrap()
+        .execute_batch("UPDATE bulk SET v = 'overwritten' WHERE k % 3 = 0; DELETE FROM bulk WHERE k > 15000;")
+        .unwrap();
+    s.fake.contend(DB);
+    let r = s.guard(&["restore", &id, "--yes", "--no-rescue"]);
+    s.fake.stop_contending(DB);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        full_dump(&s.source()),
+        before,
+        "every table, row, rowid, index, trigger, view and counter came back"
+    );
+    let d = s.fake.db(DB).unwrap();
+    assert_eq!(
+        d["forced_rollbacks"], 0,
+        "no transaction of the restore outlived the window: {d}"
+    );
+    eprintln!("longest write transaction: {} s", d["longest_write_txn"]);
+}
+
+#[test]
+fn a_failing_swap_leaves_the_source_as_it_was() {
+    let s = setup("", CHECKS);
+    let id = snapshot_id(&s);
+    damage(&s);
+    let damaged = full_dump(&s.source());
+    let damaged_schema = dump(&s.source());
+    // The last transaction of the reload, which swaps the staged tables in, fails at a step.
+    s.fake
+        .config(serde_json::json!({"fail_statements": ["^INSERT INTO .* SELECT .* FROM \"_guard_reload_"]}));
+    let r = s.guard(&["restore", &id, "--yes", "--no-rescue"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("injected failure") && r.stderr.contains("nothing visible changed"),
+        "{r:?}"
+    );
+    assert_eq!(
+        full_dump(&s.source()),
+        damaged,
+        "the source is exactly as it was: the swap rolled back and the loaded tables were dropped"
+    );
+    assert_eq!(dump(&s.source()), damaged_schema);
+    // With the fault gone the same restore goes through.
+    s.fake.config(serde_json::json!({"fail_statements": []}));
+    let r = s.guard(&["restore", &id, "--yes", "--no-rescue"]);
+    assert_eq!(r.code, 0, "{r:?}");
+}
+
+const DOCS_CHECK: &str = r#"
+[[check]]
+name = "documents untouched"
+target = "readings"
+untouched = ["docs"]
+"#;
+
+fn add_docs(path: &Path, rows: usize, size: usize) {
+    let mut c = rusqlite::Connection::open(path).unwrap();
+    c.execute_batch("CREATE TABLE docs (id INTEGER PRIMARY KEY, body BLOB, note TEXT)")
+        .unwrap();
+    let tx = c.transaction().unwrap();
+    for i in 0..rows {
+        let body: Vec<u8> = (0..size).map(|j| ((i * 31 + j * 7) % 251) as u8).collect();
+        tx.execute(
+            "INSERT INTO docs (body, note) VALUES (?1, ?2)",
+            (body, format!("doc {i}")),
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+}
+
+#[test]
+fn rows_too_large_for_one_response_are_read_and_copied_in_smaller_pages() {
+    // A test-sized response cap (sqld's default is 10 MB): 500 rows of these are 6 MB.
+    let s = setup_on(
+        TursoFake::start_with(&["--max-response-size", "300000"]),
+        "",
+        DOCS_CHECK,
+    );
+    add_docs(&s.source(), 400, 12_000);
+    let before = full_dump(&s.source());
+    let docs_before = dump(&s.source());
+    let id = snapshot_id(&s);
+    rusqlite::Connection::open(s.source())
+        .unwrap()
+        .execute_batch("DELETE FROM docs WHERE id % 2 = 0; UPDATE docs SET note = 'x';")
+        .unwrap();
+    let r = s.guard(&["restore", &id, "--yes", "--no-rescue"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(full_dump(&s.source()), before);
+    assert_eq!(dump(&s.source()), docs_before);
+}
+
+#[test]
+fn a_row_larger_than_the_response_cap_is_named_before_anything_runs() {
+    let s = setup_on(
+        TursoFake::start_with(&["--max-response-size", "300000"]),
+        "",
+        DOCS_CHECK,
+    );
+    add_docs(&s.source(), 3, 400_000);
+    let marker = s.env.path("ran");
+    let r = s.guard(&["--", "touch", marker.to_str().unwrap()]);
+    assert_eq!(r.code, 69, "{r:?}");
+    assert!(
+        r.stderr.contains("docs") && r.stderr.contains("RESPONSE_TOO_LARGE") && r.stderr.contains("single row"),
+        "{r:?}"
+    );
+    assert!(!marker.exists());
+    assert!(s.branches().is_empty(), "{:?}", s.branches());
+}
+
+fn creates(s: &Setup) -> Vec<serde_json::Value> {
+    s.fake
+        .requests()
+        .into_iter()
+        .filter(|q| q["method"] == "POST" && q["path"] == format!("/v1/organizations/{ORG}/databases"))
+        .map(|q| q["body"].clone())
+        .collect()
+}
+
+#[test]
+fn with_before_hooks_the_branch_is_the_current_state_without_a_timestamp() {
+    let s = setup("", CHECKS);
+    let text = std::fs::read_to_string(s.env.path("guard.toml")).unwrap();
+    s.env.write(
+        "guard.toml",
+        &text.replace(
+            "store = \"backups\"",
+            "store = \"backups\"\n\n[hooks]\nbefore = [\"true\"]",
+        ),
+    );
+    let before = full_dump(&s.source());
+    let r = s.migrate(&["--crash"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert_eq!(full_dump(&s.source()), before);
+    let c = creates(&s);
+    assert_eq!(c.len(), 2, "pre-run and rescue branches: {c:?}");
+    for body in &c {
+        assert_eq!(body["seed"]["name"], DB);
+        assert!(
+            body["seed"].get("timestamp").is_none(),
+            "the app is stopped: the branch is the current state, no timestamp: {body}"
+        );
+    }
+    let pre = s.snapshots().into_iter().find(|x| x["kind"] == "pre-run").unwrap();
+    let m = s.manifest(pre["id"].as_str().unwrap());
+    let meta = &m["targets"][0]["meta"];
+    assert!(meta.get("seed_timestamp").is_none(), "{meta}");
+    assert!(
+        meta["point_in_time"].as_str().unwrap().contains("current state"),
+        "{meta}"
+    );
+}
+
+#[test]
+fn the_seed_timestamp_is_never_ahead_of_the_services_clock() {
+    // The service's clock is 30 s behind this machine's.
+    let s = setup_on(TursoFake::start_with(&["--clock-offset", "-30"]), "", CHECKS);
+    let id = snapshot_id(&s);
+    let c = creates(&s);
+    let ts = c[0]["seed"]["timestamp"].as_str().unwrap();
+    let t = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).unwrap();
+    let server_now = time::OffsetDateTime::now_utc() - time::Duration::seconds(30);
+    assert!(t <= server_now, "{ts} is ahead of the service's clock ({server_now})");
+    let m = s.manifest(&id);
+    let meta = &m["targets"][0]["meta"];
+    assert_eq!(meta["seed_timestamp"], ts);
+    assert!(
+        meta["point_in_time"].as_str().unwrap().contains("15 s"),
+        "the gap is recorded: {meta}"
+    );
+}
+
+#[test]
+fn a_branch_the_service_did_not_seed_fails_the_snapshot() {
+    let s = setup("", CHECKS);
+    // A service that ignores `seed.name` (Turso's CLI sends `seed.value`) creates an empty
+    // database without a parent.
+    s.fake.config(serde_json::json!({"seed_fields": ["value"]}));
+    let marker = s.env.path("ran");
+    let r = s.guard(&["--", "touch", marker.to_str().unwrap()]);
+    assert_eq!(r.code, 69, "{r:?}");
+    assert!(
+        r.stderr.contains("parent") && r.stderr.contains(DB) && r.stderr.contains("seed"),
+        "{r:?}"
+    );
+    assert!(!marker.exists(), "the command must not run");
+    assert!(
+        s.branches().is_empty(),
+        "the unseeded branch was deleted: {:?}",
+        s.branches()
+    );
+}
+
+#[test]
+fn infinities_are_snapshotted_and_restored() {
+    let s = setup("", CHECKS);
+    rusqlite::Connection::open(s.source())
+        .unwrap()
+        .execute_batch(
+            "UPDATE readings SET solar_w = 9e999 WHERE id = 1; UPDATE readings SET load_w = -9e999 WHERE id = 2;
+             UPDATE readings_agg_5m SET solar_w_avg = 9e999 WHERE interval_end = (SELECT min(interval_end) FROM readings_agg_5m);",
+        )
+        .unwrap();
+    let before = full_dump(&s.source());
+    assert!(before.contains("inf"), "{}", &before[..2000.min(before.len())]);
+    let r = s.migrate(&["--crash"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert_eq!(full_dump(&s.source()), before, "±Infinity came back with their signs");
+    assert_eq!(
+        count(&s.source(), "SELECT count(*) FROM readings WHERE solar_w = 9e999"),
+        1
+    );
+    assert_eq!(
+        count(&s.source(), "SELECT count(*) FROM readings WHERE load_w = -9e999"),
+        1
+    );
+}
+
+#[test]
+fn a_new_branch_whose_token_is_refused_at_first_is_retried() {
+    let s = setup("", CHECKS);
+    // Every database refuses tokens for its first second (the source's has passed by then).
+    s.fake.config(serde_json::json!({"token_not_before": 1.0}));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let r = s.guard(&["snapshot"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(s.branches().len(), 1);
+}
+
+#[test]
+fn a_403_names_every_scope_guard_needs() {
+    let s = setup("", CHECKS);
+    s.fake
+        .config(serde_json::json!({"scopes": ["db:create", "db:delete", "db:mint-token"]}));
+    let marker = s.env.path("ran");
+    let r = s.guard(&["--", "touch", marker.to_str().unwrap()]);
+    assert_eq!(r.code, 69, "{r:?}");
+    assert!(
+        r.stderr.contains("403") && r.stderr.contains("scopes read, db:create, db:delete and db:mint-token"),
+        "guard's hint names every scope: {r:?}"
+    );
+    assert!(!marker.exists());
+}
+
+#[test]
+fn a_422_says_the_branch_name_is_not_available() {
+    let s = setup("", CHECKS);
+    s.fake.config(serde_json::json!({"unavailable": ["guard-"]}));
+    let marker = s.env.path("ran");
+    let r = s.guard(&["--", "touch", marker.to_str().unwrap()]);
+    assert_eq!(r.code, 69, "{r:?}");
+    assert!(
+        r.stderr.contains("422")
+            && r.stderr.contains("Turso does not allow this name")
+            && r.stderr.contains("guard-liveone-tokyo-"),
+        "{r:?}"
+    );
+    assert!(!marker.exists());
+}
+
+#[test]
+fn restore_from_the_export_keeps_rowids() {
+    let s = setup("", CHECKS);
+    // A gap in the rowids of a table without an INTEGER PRIMARY KEY: a dump that renumbers
+    // them would close it.
+    rusqlite::Connection::open(s.source())
+        .unwrap()
+        .execute_batch("DELETE FROM point_info WHERE system_id = 2 AND point_id = 1")
+        .unwrap();
+    let before = full_dump(&s.source());
+    let id = snapshot_id(&s);
+    let branch = guard::targets::turso::branch_name(DB, &id);
+    let (code, body) = s.fake.api(reqwest::Method::DELETE, &format!("/{branch}"), None);
+    assert_eq!(code, 200, "{body}");
+    damage(&s);
+    let r = s.guard(&["restore", &id, "--yes", "--no-rescue"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        full_dump(&s.source()),
+        before,
+        "rowids of tables without an INTEGER PRIMARY KEY came back from the export too"
+    );
+}
+
+#[test]
+fn with_before_hooks_a_branch_that_differs_from_the_source_fails_the_snapshot() {
+    // The hooks say the application is stopped, but something still writes: the branch (the
+    // current state) cannot be checked against the source, so no snapshot, no command.
+    let s = setup("", CHECKS);
+    let text = std::fs::read_to_string(s.env.path("guard.toml")).unwrap();
+    s.env.write(
+        "guard.toml",
+        &text.replace(
+            "store = \"backups\"",
+            "store = \"backups\"\n\n[hooks]\nbefore = [\"true\"]",
+        ),
+    );
+    let path = s.source();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+            let mut n = 0i64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                c.execute("INSERT INTO audit VALUES ('still writing', ?1)", [n])
+                    .unwrap();
+                n += 1;
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            n
+        })
+    };
+    let marker = s.env.path("ran");
+    let r = s.guard(&["--", "touch", marker.to_str().unwrap()]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(writer.join().unwrap() > 0);
+    assert_eq!(r.code, 69, "{r:?}");
+    assert!(
+        r.stderr.contains("although the before hooks stopped the application") && r.stderr.contains("audit"),
+        "{r:?}"
+    );
+    assert!(!marker.exists(), "the command must not run");
+    assert!(s.branches().is_empty(), "{:?}", s.branches());
+}

@@ -3,7 +3,7 @@
 // Pinned in package.json / package-lock.json beside this file: @tursodatabase/api 2.0.5 (the
 // Platform API client), @libsql/client 0.18.0 (the SDK applications use) and
 // @libsql/hrana-client 0.10.0 (Hrana over HTTP). scripts/test.sh installs them under
-// target/turso-clients/; tests/turso_clients.rs copies this file there and runs it with
+// target/turso-clients/; tests/it/turso_clients.rs copies this file there and runs it with
 //   FAKE_API=http://127.0.0.1:PORT FAKE_ORG=org FAKE_TOKEN=platform-token node check.mjs
 // Every check prints `ok NAME` or `FAIL NAME: why`; the last line is `N passed, M failed`, and the
 // exit code is 1 when anything failed. A failure means the fake drifted from what the official

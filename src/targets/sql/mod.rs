@@ -57,7 +57,14 @@ impl Val {
                     _ => return Err(bad()),
                 }
             }
-            "float" => Val::Float(v.get("value").and_then(Json::as_f64).ok_or_else(bad)?),
+            // sqld writes a non-finite float as `"value": null` (serde_json; libsql-hrana
+            // proto.rs `Float { value: f64 }`). SQLite stores no NaN, so it is +Inf or -Inf; the
+            // sign is not on the wire: NaN marks it until the reader asks (page.rs
+            // `resolve_infinities`).
+            "float" => match v.get("value") {
+                Some(Json::Null) => Val::Float(f64::NAN),
+                x => Val::Float(x.and_then(Json::as_f64).ok_or_else(bad)?),
+            },
             "text" => Val::Text(v.get("value").and_then(Json::as_str).ok_or_else(bad)?.to_string()),
             "blob" => Val::Blob(
                 b64()
@@ -66,6 +73,18 @@ impl Val {
             ),
             _ => return Err(bad()),
         })
+    }
+
+    /// The size sqld counts for this value in a response (libsql-server
+    /// hrana/result_builder.rs `value_json_size`: its JSON, blobs by their raw length).
+    pub fn response_size(&self) -> u64 {
+        (match self {
+            Val::Null => 15,
+            Val::Int(i) => 29 + i.to_string().len(),
+            Val::Float(f) => 26 + f.to_string().len(),
+            Val::Text(t) => 26 + t.len(),
+            Val::Blob(b) => b.len(),
+        }) as u64
     }
 
     /// As `sql` checks show a value (the same rendering as SQLite targets).
@@ -154,6 +173,19 @@ pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// The server refused to answer because the response would exceed its size limit
+/// (`RESPONSE_TOO_LARGE`); readers page smaller and try again.
+#[derive(Debug)]
+pub struct ResponseTooLarge(pub String);
+
+impl std::fmt::Display for ResponseTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ResponseTooLarge {}
+
 /// Rows of a statement.
 #[derive(Debug, Default)]
 pub struct Rows {
@@ -237,6 +269,27 @@ impl Sql for rusqlite::Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_null_float_is_an_infinity_of_unknown_sign() {
+        // sqld (serde_json) writes ±Infinity as null; SQLite stores no NaN.
+        assert!(
+            matches!(Val::from_json(&json!({"type": "float", "value": null})).unwrap(), Val::Float(f) if f.is_nan())
+        );
+        assert!(Val::from_json(&json!({"type": "float", "value": "x"})).is_err());
+        assert!(Val::from_json(&json!({"type": "float"})).is_err());
+        // Sizes as sqld counts them (hrana/result_builder.rs value_json_size).
+        assert_eq!(Val::Null.response_size(), r#"{"type":"null"}"#.len() as u64);
+        assert_eq!(
+            Val::Int(42).response_size(),
+            r#"{"type":"integer","value":"42"}"#.len() as u64
+        );
+        assert_eq!(
+            Val::Text("abc".into()).response_size(),
+            r#"{"type":"text","value":"abc"}"#.len() as u64
+        );
+        assert_eq!(Val::Blob(vec![0; 1000]).response_size(), 1000);
+    }
 
     #[test]
     fn values_round_trip_hrana_json() {

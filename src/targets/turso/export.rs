@@ -117,7 +117,14 @@ pub(super) fn load_export(store: &dyn Store, a: &crate::manifest::Artifact, db: 
         )?;
         let c = rusqlite::Connection::open(db)?;
         c.execute_batch(std::str::from_utf8(&sql).context("the export is not UTF-8")?)
-            .context("the export does not load into SQLite")?;
+            .map_err(|e| {
+                let hint = if e.to_string().contains("no such column: inf") {
+                    " (it holds ±Infinity, which sqld's /dump writes as `inf`, libsql-server connection/dump/exporter.rs, and SQLite cannot read back; the branch itself holds the values)"
+                } else {
+                    ""
+                };
+                anyhow::Error::new(e).context(format!("the export does not load into SQLite{hint}"))
+            })?;
         Ok(c)
     })()
     .with_context(|| format!("{}/{}", store.location(), a.key));
@@ -147,8 +154,22 @@ impl TursoTarget {
         info: &DbInfo,
         src: &DbInfo,
     ) -> Result<()> {
+        // The service must have taken the seed: a create whose seed was dropped (guard sends
+        // `seed.name`, as the OpenAPI and the official TypeScript client do; Turso's CLI sends
+        // `seed.value`) makes an empty database without a parent.
+        let back = self.get_database(&info.name)?;
+        if back.parent.as_deref() != Some(self.t.database.as_str()) {
+            bail!(
+                "branch database {} was created, but the Platform API reports its parent as {} instead of {}: the service did not take the seed (seed.name = {}), so the branch is not a copy of {}; the snapshot is refused",
+                info.name,
+                back.parent.as_deref().unwrap_or("none"),
+                self.t.database,
+                self.t.database,
+                self.t.database
+            );
+        }
         let branch = self.branch_db(info)?;
-        branch.answer(BRANCH_READY)?;
+        branch.answer(BRANCH_READY, true)?;
         {
             let mut s = branch.stream();
             let v = s.execute(
@@ -161,12 +182,31 @@ impl TursoTarget {
         }
         rec.fingerprints = self.read_fingerprints(&branch, ctx.fingerprint)?;
 
-        // The branch is the state a restore brings back. Turso's point in time may lag its
-        // timestamp by up to 15 s: say so when the source already differs from it.
+        // The branch is the state a restore brings back. With the application stopped it must
+        // be exactly the source; otherwise Turso's point in time may lag its timestamp by up to
+        // 15 s: say so when the source already differs from it.
         let source = self.source_db()?;
         let now = self.read_fingerprints(&source, ctx.fingerprint)?;
+        let tables = |f: &std::collections::BTreeMap<String, crate::manifest::Fingerprint>| {
+            f.get("@schema").map(|s| s.rows).unwrap_or(0)
+        };
+        if tables(&rec.fingerprints) == 0 && tables(&now) > 0 {
+            bail!(
+                "branch database {} is empty while {} has {} schema objects: the service did not copy the source; the snapshot is refused",
+                info.name,
+                src.name,
+                tables(&now)
+            );
+        }
         if let Err(diff) = compare_fingerprints(&rec.fingerprints, &now) {
             let msg = crate::secrets::redact(&format!("{diff:#}"));
+            if ctx.quiesced {
+                bail!(
+                    "branch {} differs from {} although the before hooks stopped the application ({msg}): something is still writing, or the service did not copy the current state; the snapshot is refused",
+                    info.name,
+                    src.name
+                );
+            }
             eprintln!(
                 "guard: warning: target {}: branch {} differs from {} as it is now ({msg}). Writes of the last seconds may be missing from the branch (Turso's point in time can lag up to 15 s), or something is writing; a restore brings back the branch's state",
                 self.spec.name, info.name, src.name

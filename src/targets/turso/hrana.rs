@@ -6,34 +6,58 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value as Json};
 
-use crate::targets::sql::{page, Rows, Sql, Val, ValRef};
+use crate::targets::sql::{page, ResponseTooLarge, Rows, Sql, Val, ValRef};
 
-/// A failed HTTP exchange: the status and the service's own message, or no status when the
-/// service could not be reached.
+/// A failed HTTP exchange: the status and the service's own message (and code, when it sent
+/// one), or no status when the service could not be reached.
 #[derive(Debug)]
 pub(super) struct HttpFail {
     pub(super) status: Option<u16>,
     pub(super) message: String,
+    pub(super) code: Option<String>,
 }
 
-pub(super) fn error_message(text: &str) -> String {
-    serde_json::from_str::<Json>(text)
-        .ok()
-        .and_then(|v| {
-            v.get("error").and_then(|e| {
-                e.as_str()
-                    .map(String::from)
-                    .or_else(|| e.get("message").and_then(Json::as_str).map(String::from))
-            })
-        })
-        .unwrap_or_else(|| {
-            let t = text.trim();
-            if t.is_empty() {
-                "(no message)".into()
-            } else {
-                t.chars().take(300).collect()
-            }
-        })
+/// The message (and code) of an error body, in the three shapes Turso's servers use: the
+/// Platform API's `{"error": "…"}` (and `{"error": {"message"}}`), sqld's Hrana stream errors
+/// `{"message": "…", "code": "…"}` (libsql-server hrana/http/mod.rs `stream_error_response`),
+/// and sqld's protocol errors as plain text (`protocol_error_response`).
+pub(super) fn error_body(text: &str) -> (String, Option<String>) {
+    let v = serde_json::from_str::<Json>(text).ok();
+    let s = |x: Option<&Json>| x.and_then(Json::as_str).map(String::from);
+    if let Some(v) = &v {
+        if let Some(m) = s(v.get("error")).or_else(|| s(v.get("error").and_then(|e| e.get("message")))) {
+            return (m, s(v.get("error").and_then(|e| e.get("code"))));
+        }
+        if let Some(m) = s(v.get("message")) {
+            return (m, s(v.get("code")));
+        }
+    }
+    let t = text.trim();
+    if t.is_empty() {
+        ("(no message)".into(), None)
+    } else {
+        (t.chars().take(300).collect(), None)
+    }
+}
+
+/// What an error code of sqld means for guard, in words (libsql-server hrana/stmt.rs,
+/// hrana/http/stream.rs, connection/connection_manager.rs).
+pub(super) fn code_hint(code: &str) -> &'static str {
+    match code {
+        "STREAM_EXPIRED" => " — the server closed the Hrana stream after 10 s without a request and rolled back its transaction; nothing of that transaction was kept",
+        "TRANSACTION_TIMEOUT" => " — the server rolled back a write transaction that held the write lock longer than its window (5 s on Turso) while another writer waited; nothing of that transaction was kept",
+        "RESPONSE_TOO_LARGE" => " — the answer would exceed the server's response size limit (10 MB by default in sqld)",
+        "TRANSACTION_BUSY" => " — the server has too many open transactions; try again",
+        _ => "",
+    }
+}
+
+/// `message [CODE]` plus what the code means.
+fn with_code(message: &str, code: Option<&str>) -> String {
+    match code {
+        Some(c) => format!("{message} [{c}]{}", code_hint(c)),
+        None => message.to_string(),
+    }
 }
 
 pub(super) fn transport(e: reqwest::Error) -> HttpFail {
@@ -46,6 +70,7 @@ pub(super) fn transport(e: reqwest::Error) -> HttpFail {
     HttpFail {
         status: None,
         message: msg,
+        code: None,
     }
 }
 
@@ -54,14 +79,17 @@ pub(super) async fn json_response(resp: reqwest::Response, not_json: &str) -> st
     let status = resp.status();
     let text = resp.text().await.map_err(transport)?;
     if !status.is_success() {
+        let (message, code) = error_body(&text);
         return Err(HttpFail {
             status: Some(status.as_u16()),
-            message: error_message(&text),
+            message,
+            code,
         });
     }
     serde_json::from_str(&text).map_err(|e| HttpFail {
         status: Some(status.as_u16()),
         message: format!("{not_json}: {e}"),
+        code: None,
     })
 }
 
@@ -99,7 +127,12 @@ impl Db {
                 self.label,
                 f.message
             ),
-            Some(s) => anyhow!("{}: HTTP {s} from {}/v2/pipeline: {}", self.label, self.url, f.message),
+            Some(s) => anyhow!(
+                "{}: HTTP {s} from {}/v2/pipeline: {}",
+                self.label,
+                self.url,
+                with_code(&f.message, f.code.as_deref())
+            ),
         }
     }
 
@@ -114,9 +147,12 @@ impl Db {
     }
 
     /// Does the database answer `SELECT 1`? Retries while it is unreachable or answers 5xx/404
-    /// (a new database can take a moment to be served), for at most `patience`.
-    pub(super) fn answer(&self, patience: Duration) -> Result<()> {
-        let deadline = Instant::now() + patience;
+    /// (a new database can take a moment to be served), for at most `patience`; with
+    /// `new_token`, also a 401 for up to [`NEW_TOKEN_PATIENCE`] (a token minted for a database
+    /// created a moment ago may not be accepted at once).
+    pub(super) fn answer(&self, patience: Duration, new_token: bool) -> Result<()> {
+        let start = Instant::now();
+        let deadline = start + patience;
         let mut wait = Duration::from_millis(200);
         let body = json!({"baton": null, "requests": [
             {"type": "execute", "stmt": {"sql": "SELECT 1"}}, {"type": "close"}]});
@@ -130,7 +166,10 @@ impl Db {
                     bail!("{}: SELECT 1 did not answer 1: {}", self.label, res);
                 }
                 Err(f)
-                    if (f.status.is_none() || f.status == Some(404) || f.status.is_some_and(|s| s >= 500))
+                    if (f.status.is_none()
+                        || f.status == Some(404)
+                        || f.status.is_some_and(|s| s >= 500)
+                        || (new_token && f.status == Some(401) && start.elapsed() + wait < NEW_TOKEN_PATIENCE))
                         && Instant::now() + wait < deadline =>
                 {
                     std::thread::sleep(wait);
@@ -141,9 +180,11 @@ impl Db {
         }
     }
 
-    /// `GET /dump`: the database as SQL text, one transaction.
+    /// `GET /dump?preserve_row_ids=true`: the database as SQL text, one transaction, with the
+    /// rowids of tables that have no INTEGER PRIMARY KEY (sqld renumbers them without the
+    /// parameter: libsql-server http/user/dump.rs, connection/dump/exporter.rs).
     pub(super) fn dump(&self) -> Result<reqwest::Response> {
-        let url = format!("{}/dump", self.url);
+        let url = format!("{}/dump?preserve_row_ids=true", self.url);
         crate::runtime::block_on(async {
             let resp = self
                 .http
@@ -157,9 +198,11 @@ impl Db {
                 return Ok(resp);
             }
             let text = resp.text().await.unwrap_or_default();
+            let (message, code) = error_body(&text);
             Err(HttpFail {
                 status: Some(status.as_u16()),
-                message: error_message(&text),
+                message,
+                code,
             })
         })
         .map_err(|f| match f.status {
@@ -173,6 +216,9 @@ impl Db {
         })
     }
 }
+
+/// How long a 401 from a database created a moment ago is retried.
+pub(super) const NEW_TOKEN_PATIENCE: Duration = Duration::from_secs(10);
 
 /// One Hrana stream: a connection (and its transaction) kept between requests by the baton.
 pub(super) struct Stream<'a> {
@@ -256,23 +302,38 @@ impl Stream<'_> {
         let r = self.send(vec![json!({"type": "execute", "stmt": stmt(sql, args)})])?;
         match r[0]["type"].as_str() {
             Some("ok") => parse_rows(&r[0]["response"]["result"]),
-            _ => bail!(
-                "{}: `{}` failed: {} [{}]",
-                self.db.label,
-                shorten(sql),
-                r[0]["error"]["message"].as_str().unwrap_or("unknown error"),
-                r[0]["error"]["code"].as_str().unwrap_or("-")
-            ),
+            _ => Err(self.step_error(sql, &r[0]["error"])),
         }
     }
 
-    /// Run statements as one Hrana batch, each only if the one before succeeded; the first
-    /// failure is the error.
-    pub(super) fn batch(&mut self, stmts: &[(String, Vec<Val>)]) -> Result<()> {
-        if stmts.is_empty() {
-            return Ok(());
+    /// An in-band error of `sql` as a message; `RESPONSE_TOO_LARGE` as [`ResponseTooLarge`],
+    /// so that readers can page smaller.
+    fn step_error(&self, sql: &str, e: &Json) -> anyhow::Error {
+        let code = e["code"].as_str();
+        let msg = format!(
+            "{}: `{}` failed: {}",
+            self.db.label,
+            shorten(sql),
+            with_code(e["message"].as_str().unwrap_or("unknown error"), code.or(Some("-")))
+        );
+        if code == Some("RESPONSE_TOO_LARGE") {
+            anyhow::Error::new(ResponseTooLarge(msg))
+        } else {
+            anyhow!(msg)
         }
-        let steps: Vec<Json> = stmts
+    }
+
+    /// Run `stmts` as one write transaction in one request: a batch of `BEGIN IMMEDIATE`, each
+    /// statement only if the one before succeeded, `COMMIT`, and a `ROLLBACK` that runs when
+    /// the `COMMIT` did not. The transaction lives as long as the server takes for this one
+    /// request, never across round trips (Turso gives a write transaction 5 s).
+    pub(super) fn transaction(&mut self, stmts: &[(String, Vec<Val>)]) -> Result<()> {
+        let mut all: Vec<(String, Vec<Val>)> = Vec::with_capacity(stmts.len() + 2);
+        all.push(("BEGIN IMMEDIATE".into(), Vec::new()));
+        all.extend(stmts.iter().cloned());
+        all.push(("COMMIT".into(), Vec::new()));
+        let commit = all.len() - 1;
+        let mut steps: Vec<Json> = all
             .iter()
             .enumerate()
             .map(|(i, (sql, args))| {
@@ -283,12 +344,23 @@ impl Stream<'_> {
                 }
             })
             .collect();
+        steps.push(
+            json!({"condition": {"type": "not", "cond": {"type": "ok", "step": commit}}, "stmt": {"sql": "ROLLBACK"}}),
+        );
+        self.run_batch(&all, steps)
+    }
+
+    /// Send a batch; the first failing step of `stmts` (the batch's first steps) is the error.
+    fn run_batch(&mut self, stmts: &[(String, Vec<Val>)], steps: Vec<Json>) -> Result<()> {
         let r = self.send(vec![json!({"type": "batch", "batch": {"steps": steps}})])?;
         if r[0]["type"] != "ok" {
             bail!(
                 "{}: batch refused: {}",
                 self.db.label,
-                r[0]["error"]["message"].as_str().unwrap_or("unknown error")
+                with_code(
+                    r[0]["error"]["message"].as_str().unwrap_or("unknown error"),
+                    r[0]["error"]["code"].as_str()
+                )
             );
         }
         let res = &r[0]["response"]["result"];
@@ -296,13 +368,7 @@ impl Stream<'_> {
         let results = res["step_results"].as_array().cloned().unwrap_or_default();
         for (i, (sql, _)) in stmts.iter().enumerate() {
             if let Some(e) = errors.get(i).filter(|e| !e.is_null()) {
-                bail!(
-                    "{}: `{}` failed: {} [{}]",
-                    self.db.label,
-                    shorten(sql),
-                    e["message"].as_str().unwrap_or("?"),
-                    e["code"].as_str().unwrap_or("-")
-                );
+                return Err(self.step_error(sql, e));
             }
             if results.get(i).is_none_or(Json::is_null) {
                 bail!("{}: `{}` did not run", self.db.label, shorten(sql));
@@ -337,5 +403,49 @@ impl Sql for Stream<'_> {
     /// In pages of [`page::PAGE`] rows, one Hrana request each.
     fn each_row(&mut self, table: &str, is_table: bool, f: &mut dyn FnMut(&[ValRef<'_>])) -> Result<()> {
         page::each_row_paged(self, table, is_table, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_of_every_shape_are_read() {
+        // Platform API and sqld's auth errors.
+        assert_eq!(
+            error_body(r#"{"error":"could not find database with name x"}"#),
+            ("could not find database with name x".into(), None)
+        );
+        assert_eq!(
+            error_body(r#"{"error":{"message":"m","code":"C"}}"#),
+            ("m".into(), Some("C".into()))
+        );
+        // sqld's stream errors (hrana/http/mod.rs stream_error_response).
+        assert_eq!(
+            error_body(r#"{"message":"The stream has expired due to inactivity","code":"STREAM_EXPIRED"}"#),
+            (
+                "The stream has expired due to inactivity".into(),
+                Some("STREAM_EXPIRED".into())
+            )
+        );
+        // sqld's protocol errors are text/plain.
+        assert_eq!(
+            error_body("Received an invalid baton\n"),
+            ("Received an invalid baton".into(), None)
+        );
+        assert_eq!(error_body("  "), ("(no message)".into(), None));
+    }
+
+    #[test]
+    fn sqld_error_codes_are_explained() {
+        let f = |code: &str| with_code("m", Some(code));
+        assert!(
+            f("STREAM_EXPIRED").contains("10 s without a request") && f("STREAM_EXPIRED").contains("[STREAM_EXPIRED]")
+        );
+        assert!(f("TRANSACTION_TIMEOUT").contains("window") && f("TRANSACTION_TIMEOUT").contains("rolled back"));
+        assert!(f("RESPONSE_TOO_LARGE").contains("response size limit"));
+        assert_eq!(f("SQLITE_CONSTRAINT"), "m [SQLITE_CONSTRAINT]");
+        assert_eq!(with_code("m", None), "m");
     }
 }

@@ -1,20 +1,28 @@
 //! Turso (libSQL) databases, through the Platform API and Hrana over HTTP; no turso CLI.
 //!
-//! Snapshot: the Platform API creates a *branch* database seeded from the source at the
-//! snapshot's timestamp (`POST /v1/organizations/{org}/databases` with a `database` seed), named
+//! Behaviour of the real service this module is written against (sources: Turso's docs and
+//! OpenAPI, its official npm clients, and sqld = libsql-server, the open-source Turso server;
+//! tests/fakes/turso_fake.py models them and tests/turso_clients/ checks the fake against the
+//! official clients): a write transaction has a 5 s window (`TRANSACTION_TIMEOUT`), a response
+//! at most 10 MB (`RESPONSE_TOO_LARGE`), an idle stream expires after 10 s (`STREAM_EXPIRED`),
+//! ±Infinity travels as a float with `"value": null`, and a seed timestamp may miss up to 15 s.
+//!
+//! Snapshot: the Platform API creates a *branch* database seeded from the source
+//! (`POST /v1/organizations/{org}/databases` with a `database` seed) — its current state when the
+//! before hooks stopped the application, else at "now" by the service's clock — named
 //! `guard-<database>-<snapshot id>` so it is recognisably guard's and traceable to its snapshot.
-//! guard confirms the branch answers `SELECT 1`, records its fingerprints (row counts of every
-//! table, content hashes of the tables `untouched` checks name, a schema hash — read from the
-//! branch, so they describe exactly the state a restore brings back) and, with `export = true`,
-//! streams the branch's `GET /dump` through gzip into the store so a copy exists outside Turso.
+//! guard reads it back (its `parent` must be the source), confirms it answers `SELECT 1`, records
+//! its fingerprints (row counts of every table, content hashes of the tables `untouched` checks
+//! name, a schema hash — read from the branch, so they describe exactly the state a restore
+//! brings back) and, with `export = true`, streams the branch's `GET /dump` (rowids kept)
+//! through gzip into the store so a copy exists outside Turso.
 //!
 //! Restore: Turso cannot restore a database in place. `reload` (the default) replaces every
-//! table, index, trigger and view of the source with the branch's, rows copied with their typed
-//! values, in one transaction on one Hrana stream; then the source's fingerprints are compared
-//! with the snapshot's and every table's content hash with the branch's; when the branch no
-//! longer exists, the export is loaded into a scratch SQLite file and copied the same way.
-//! `promote` leaves the source alone and says exactly what to repoint at the branch; guard
-//! reports that restore as not automatic.
+//! table, index, trigger and view of the source with the branch's in short transactions (see
+//! reload.rs); then the source's fingerprints are compared with the snapshot's and every table's
+//! content hash with the branch's; when the branch no longer exists, the export is loaded into a
+//! scratch SQLite file and copied the same way. `promote` leaves the source alone and says
+//! exactly what to repoint at the branch; guard reports that restore as not automatic.
 //!
 //! URLs: a database's Hrana URL is `db_url` when the policy gives one, otherwise its `Hostname`
 //! from the Platform API. `libsql://` and bare hostnames take the scheme of `api_url`: `https`
@@ -54,6 +62,8 @@ pub struct TursoTarget {
     /// Database tokens guard minted, by database name.
     tokens: Mutex<BTreeMap<String, (String, Instant)>>,
     source_url: Mutex<Option<String>>,
+    /// The Platform API's `Date` and when it arrived (see [`TursoTarget::server_now`]).
+    server_clock: Mutex<Option<(time::OffsetDateTime, Instant)>>,
 }
 
 impl TursoTarget {
@@ -109,6 +119,7 @@ impl TursoTarget {
             api_base,
             tokens: Mutex::new(BTreeMap::new()),
             source_url: Mutex::new(None),
+            server_clock: Mutex::new(None),
         })
     }
 
@@ -150,9 +161,18 @@ impl TursoTarget {
     }
 }
 
-fn seed_timestamp() -> String {
-    let now = crate::clock::now();
-    crate::clock::rfc3339(now.replace_nanosecond(0).unwrap_or(now))
+impl TursoTarget {
+    /// The point in time to seed a branch at: now, by the Platform API's clock when its last
+    /// answer carried a `Date` (never ahead of it: Turso refuses a timestamp in its future),
+    /// else by this machine's clock less 2 s; whole seconds.
+    fn seed_timestamp(&self) -> String {
+        let local = crate::clock::now();
+        let now = match self.server_now() {
+            Some(server) => server.min(local),
+            None => local - Duration::from_secs(2),
+        };
+        crate::clock::rfc3339(now.replace_nanosecond(0).unwrap_or(now))
+    }
 }
 
 impl Target for TursoTarget {
@@ -170,7 +190,7 @@ impl Target for TursoTarget {
             bail!("{} is a guard branch, not an application database", info.name);
         }
         let db = self.source_db()?;
-        db.answer(Duration::from_secs(10))?;
+        db.answer(Duration::from_secs(10), false)?;
         Ok(())
     }
 
@@ -195,8 +215,20 @@ impl Target for TursoTarget {
             );
         };
         let name = branch_name(&self.t.database, ctx.snapshot_id);
-        let timestamp = seed_timestamp();
-        let info = self.create_branch(&name, &timestamp)?;
+        // Point in time (Turso's PITR docs; sqld namespace/configurator/fork.rs): a timestamp
+        // restores from the backup and may miss up to 15 s of writes before it; no timestamp
+        // forks the current state. With the application stopped the current state is exact.
+        let (timestamp, point_in_time) = if ctx.quiesced {
+            (
+                None,
+                "current state: the before hooks had stopped the application, so the branch was forked from the source's current state (no timestamp)".to_string(),
+            )
+        } else {
+            let ts = self.seed_timestamp();
+            let pit = format!("{ts} by the Turso Platform API's clock; Turso documents that up to 15 s of writes before it may be missing from the branch (a before hook that stops the application makes the branch the exact current state)");
+            (Some(ts), pit)
+        };
+        let info = self.create_branch(&name, timestamp.as_deref())?;
         if info.name != name {
             bail!("the Platform API created {} when asked for {name}", info.name);
         }
@@ -208,7 +240,7 @@ impl Target for TursoTarget {
             ("branch", info.name.clone()),
             ("branch_db_id", info.id.clone()),
             ("branch_hostname", info.hostname.clone()),
-            ("seed_timestamp", timestamp.clone()),
+            ("point_in_time", point_in_time),
             (
                 "restore",
                 if self.t.restore == TursoRestore::Reload {
@@ -219,6 +251,9 @@ impl Target for TursoTarget {
             ),
         ] {
             rec.meta.insert(k.into(), v);
+        }
+        if let Some(ts) = &timestamp {
+            rec.meta.insert("seed_timestamp".into(), ts.clone());
         }
         if let Err(e) = self.snapshot_inner(ctx, &mut rec, &info, &src) {
             // No half-made snapshot: the branch goes with it.
@@ -236,7 +271,7 @@ impl Target for TursoTarget {
         }
         let info = self.recorded_branch(rec)?;
         let branch = self.branch_db(&info)?;
-        branch.answer(Duration::from_secs(10))?;
+        branch.answer(Duration::from_secs(10), false)?;
         let got = self.read_fingerprints(&branch, &rec.hashed_items())?;
         compare_fingerprints(&rec.fingerprints, &got).with_context(|| {
             format!(

@@ -15,6 +15,16 @@ pub(super) const TOKEN_EXPIRATION: &str = "2h";
 
 pub(super) const TOKEN_REUSE: Duration = Duration::from_secs(3600);
 
+/// An HTTP `Date` header (`Tue, 01 Dec 2026 22:52:54 GMT`, RFC 9110 IMF-fixdate).
+pub(super) fn parse_http_date(s: &str) -> Option<time::OffsetDateTime> {
+    let f = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    time::PrimitiveDateTime::parse(s.trim(), &f)
+        .ok()
+        .map(|t| t.assume_utc())
+}
+
 /// What the Platform API says about a database.
 #[derive(Debug, Clone)]
 pub struct DbInfo {
@@ -61,8 +71,24 @@ impl TursoTarget {
                 rb = rb.json(&b);
             }
             let resp = rb.send().await.map_err(transport)?;
+            if let Some(date) = resp
+                .headers()
+                .get(reqwest::header::DATE)
+                .and_then(|d| d.to_str().ok())
+                .and_then(parse_http_date)
+            {
+                *self.server_clock.lock().expect("server clock") = Some((date, Instant::now()));
+            }
             json_response(resp, "not JSON").await
         })
+    }
+
+    /// The Platform API's clock as of now, from the `Date` header of its last answer (which has
+    /// whole seconds, truncated, so this is never ahead of the server's clock), or `None` when
+    /// no answer carried one.
+    pub(super) fn server_now(&self) -> Option<time::OffsetDateTime> {
+        let (date, at) = (*self.server_clock.lock().expect("server clock"))?;
+        Some(date + at.elapsed())
     }
 
     /// A Platform API failure as a message that says what to do.
@@ -75,7 +101,7 @@ impl TursoTarget {
                 "{what}: the Platform API token was rejected (HTTP 401: {m}). `api_token` must be a valid Turso Platform API token for organization {org} (create one with `turso auth api-tokens mint guard`), not a database token"
             ),
             Some(403) => anyhow!(
-                "{what}: the Platform API token is not allowed to do this (HTTP 403: {m}). It needs the db:create, db:delete and db:mint-token scopes in organization {org}, group {group}"
+                "{what}: the Platform API token is not allowed to do this (HTTP 403: {m}). guard needs the scopes read, db:create, db:delete and db:mint-token in organization {org}, group {group} (read to look databases up, db:create for branches, db:delete for pruning them, db:mint-token for their tokens)"
             ),
             Some(402) => anyhow!("{what}: refused by the Turso plan (HTTP 402: {m}). Branches count toward the database quota: delete old guard-… branches or raise the plan"),
             Some(404) => anyhow!("{what}: not found (HTTP 404: {m}). Check `organization` ({org}) and `database` ({}) in the policy", self.t.database),
@@ -107,20 +133,29 @@ impl TursoTarget {
         }
     }
 
-    /// Create the branch `name` seeded from the source at `timestamp`.
-    pub(super) fn create_branch(&self, name: &str, timestamp: &str) -> Result<DbInfo> {
-        let body = json!({
-            "name": name,
-            "group": self.t.group,
-            "seed": {"type": "database", "name": self.t.database, "timestamp": timestamp},
-        });
+    /// Create the branch `name` seeded from the source: its current state, or its state at
+    /// `timestamp` (point-in-time recovery). The seed names the source as `seed.name`, as the
+    /// OpenAPI and the official TypeScript client do (Turso's CLI sends `seed.value`); the
+    /// caller reads the branch back to be sure the service took it.
+    pub(super) fn create_branch(&self, name: &str, timestamp: Option<&str>) -> Result<DbInfo> {
+        let mut seed = json!({"type": "database", "name": self.t.database});
+        if let Some(t) = timestamp {
+            seed["timestamp"] = json!(t);
+        }
+        let body = json!({"name": name, "group": self.t.group, "seed": seed});
+        let at = timestamp.map(|t| format!(" at {t}")).unwrap_or_default();
         match self.api(reqwest::Method::POST, "", Some(body)) {
             Ok(v) => DbInfo::from_json(&v),
             Err(f) if f.status == Some(409) => Err(anyhow!(
                 "creating branch database {name}: the name is taken (HTTP 409: {}). guard names its branches after the snapshot id, so this is a leftover of an earlier guard or a clash; nothing was run. If {name} is guard's leftover, delete it (`turso db destroy {name}`) and run again",
                 f.message
             )),
-            Err(f) => Err(self.explain(f, &format!("creating branch database {name} of {} at {timestamp}", self.t.database))),
+            Err(f) if f.status == Some(422) => Err(anyhow!(
+                "creating branch database {name}: the name is not available (HTTP 422: {}). Turso does not allow this name (as its CLI says: \"database name is not available\"); nothing was run. Try again (the next snapshot id gives another name); if it persists, ask Turso why names starting with guard-{} are refused",
+                f.message,
+                name_part(&self.t.database)
+            )),
+            Err(f) => Err(self.explain(f, &format!("creating branch database {name} of {}{at}", self.t.database))),
         }
     }
 
@@ -241,5 +276,17 @@ impl TursoTarget {
                 self.t.organization
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_dates_are_read() {
+        let t = parse_http_date("Tue, 01 Dec 2026 22:52:54 GMT").unwrap();
+        assert_eq!(crate::clock::rfc3339(t), "2026-12-01T22:52:54Z");
+        assert!(parse_http_date("yesterday").is_none());
     }
 }

@@ -26,6 +26,11 @@ impl Drop for TursoFake {
 
 impl TursoFake {
     pub fn start() -> TursoFake {
+        TursoFake::start_with(&[])
+    }
+
+    /// With extra command-line flags (`--txn-timeout 1.0`, `--max-response-size N`, …).
+    pub fn start_with(extra: &[&str]) -> TursoFake {
         let dir = tempfile::tempdir().expect("tempdir");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes/turso_fake.py");
         let mut child = Command::new("python3")
@@ -40,6 +45,7 @@ impl TursoFake {
                 "--group",
                 "default",
             ])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -122,6 +128,39 @@ impl TursoFake {
             Some(json!({"prefix": prefix})),
         );
         assert_eq!(s, 200, "{v}");
+    }
+
+    /// Change the fake's behaviour at run time (`POST /_fake/config`, see the fake's header).
+    pub fn config(&self, v: Value) {
+        let (s, r) = self.call(
+            reqwest::Method::POST,
+            &format!("{}/_fake/config", self.api_url),
+            None,
+            Some(v),
+        );
+        assert_eq!(s, 200, "{r}");
+    }
+
+    /// Another writer takes and releases `name`'s write lock every 20 ms, so a write
+    /// transaction older than the window is rolled back (as sqld does when a writer waits).
+    pub fn contend(&self, name: &str) {
+        let (s, r) = self.call(
+            reqwest::Method::POST,
+            &format!("{}/_fake/contend", self.api_url),
+            None,
+            Some(json!({"name": name, "interval": 0.02})),
+        );
+        assert_eq!(s, 200, "{r}");
+    }
+
+    pub fn stop_contending(&self, name: &str) {
+        let (s, r) = self.call(
+            reqwest::Method::POST,
+            &format!("{}/_fake/contend", self.api_url),
+            None,
+            Some(json!({"name": name, "stop": true})),
+        );
+        assert_eq!(s, 200, "{r}");
     }
 
     /// The Platform API requests the fake received.
