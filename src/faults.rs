@@ -17,3 +17,10 @@ pub fn test_pause(point: &str) {
         std::thread::sleep(std::time::Duration::from_secs(secs));
     }
 }
+
+/// A test-only switch: is the environment variable `name` set to `1`? (For example
+/// `GUARD_TEST_NO_RENAME_EXCHANGE`, which makes the directory swap act as on a filesystem
+/// without `renameat2(RENAME_EXCHANGE)`.)
+pub fn test_flag(name: &str) -> bool {
+    std::env::var(name).ok().as_deref() == Some("1")
+}

@@ -6,6 +6,7 @@ mod common;
 
 mod drill;
 mod faults;
+mod files;
 mod fuzz_parsers;
 mod pg_hangs;
 mod postgres;

@@ -5,9 +5,16 @@
 //! lists each entry with its SHA-256. A file that changes size while being read fails the
 //! snapshot. Restore: unpack into a private sibling directory, check every file against the
 //! manifest, then swap it in place of the live tree, so files created since the snapshot are
-//! gone and nothing is ever half-restored under the live name.
+//! gone and nothing is ever half-restored under the live name. The swap is one
+//! `renameat2(RENAME_EXCHANGE)`, so the live path never goes missing ([`swap`]).
+//!
+//! A symlinked `path` is followed: the snapshot records the directory it read
+//! (`meta.resolved`), and a restore swaps that directory, keeping the link, and only while the
+//! link still leads there. A rescue of a directory the command replaced with a file keeps the
+//! file (`meta.replaced_by = "file"`, a `raw-file` artifact).
 
 pub mod config;
+pub mod swap;
 mod tree;
 
 use std::collections::BTreeMap;
@@ -37,12 +44,99 @@ impl DirTarget {
     }
 }
 
-fn sibling(path: &Path, what: &str) -> PathBuf {
+/// `.NAME.guard-WHAT` beside `path`.
+fn sibling_named(path: &Path, what: &str) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.guard-{what}-{:08x}", rand::random::<u32>()))
+    path.with_file_name(format!(".{name}.guard-{what}"))
+}
+
+/// A fresh `.NAME.guard-WHAT-XXXXXXXX` beside `path`.
+fn sibling(path: &Path, what: &str) -> PathBuf {
+    let n = sibling_named(path, what);
+    n.with_file_name(format!(
+        "{}-{:08x}",
+        n.file_name().expect("named").to_string_lossy(),
+        rand::random::<u32>()
+    ))
+}
+
+fn is_replaced_by_file(rec: &TargetRecord) -> bool {
+    rec.meta.get("replaced_by").map(String::as_str) == Some("file")
+}
+
+impl DirTarget {
+    /// The directory behind the policy's path, symlinks resolved, or why there is none.
+    fn live_dir(&self) -> Result<PathBuf> {
+        let (name, p) = (&self.spec.name, &self.path);
+        match fs::metadata(p) {
+            Ok(m) if m.is_dir() => {
+                fs::canonicalize(p).with_context(|| format!("target {name}: cannot resolve {}", p.display()))
+            }
+            Ok(m) if m.is_file() => bail!(
+                "target {name}: {} is a file; a dir target protects a directory (name the directory that holds it)",
+                p.display()
+            ),
+            Ok(_) => bail!("target {name}: {} is not a directory", p.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match fs::read_link(p) {
+                Ok(to) => bail!(
+                    "target {name}: {} is a symlink to {}, which does not exist",
+                    p.display(),
+                    to.display()
+                ),
+                Err(_) => bail!("target {name}: directory {} does not exist", p.display()),
+            },
+            Err(e) => Err(e).with_context(|| format!("target {name}: cannot read {}", p.display())),
+        }
+    }
+
+    /// The path a swap renames: the policy's path with its symlinks resolved, even while the
+    /// last one dangles (a swap killed between its renames).
+    fn swap_path(&self) -> PathBuf {
+        if let Ok(p) = fs::canonicalize(&self.path) {
+            return p;
+        }
+        if let Ok(to) = fs::read_link(&self.path) {
+            let to = self.path.parent().unwrap_or(Path::new("/")).join(to);
+            if let (Some(parent), Some(name)) = (to.parent(), to.file_name()) {
+                if let Ok(parent) = fs::canonicalize(parent) {
+                    return parent.join(name);
+                }
+            }
+        }
+        self.path.clone()
+    }
+
+    /// Finish a swap a killed guard left half done (the live path may be missing until then).
+    fn finish_interrupted_swap(&self) -> Result<()> {
+        if let Some(did) = swap::finish_interrupted(&self.swap_path())
+            .with_context(|| format!("target {}: finishing an interrupted restore", self.spec.name))?
+        {
+            eprintln!("guard: target {}: {did}", self.spec.name);
+        }
+        Ok(())
+    }
+
+    /// Where a restore of `rec` swaps: the directory the snapshot read. A symlinked path must
+    /// still lead there (the link is kept); the manifest alone never decides.
+    fn restore_dest(&self, rec: &TargetRecord) -> Result<PathBuf> {
+        let Some(recorded) = rec.meta.get("resolved") else {
+            return Ok(self.path.clone());
+        };
+        let now = self.swap_path();
+        if now != Path::new(recorded) {
+            bail!(
+                "target {}: the snapshot read {recorded} through {}, which now leads to {}; nothing was restored for this target. Point {} back at {recorded} (ln -sfn) and run the restore again",
+                self.spec.name,
+                self.path.display(),
+                now.display(),
+                self.path.display()
+            );
+        }
+        Ok(now)
+    }
 }
 
 impl Target for DirTarget {
@@ -55,13 +149,8 @@ impl Target for DirTarget {
     }
 
     fn preflight(&self) -> Result<()> {
-        if !self.path.is_dir() {
-            bail!(
-                "target {}: directory {} does not exist",
-                self.spec.name,
-                self.path.display()
-            );
-        }
+        self.finish_interrupted_swap()?;
+        self.live_dir()?;
         fs::read_dir(&self.path)
             .with_context(|| format!("target {}: cannot read {}", self.spec.name, self.path.display()))?;
         Ok(())
@@ -74,12 +163,25 @@ impl Target for DirTarget {
             source: self.source(),
             ..Default::default()
         };
+        self.finish_interrupted_swap()?;
         if !self.path.exists() && ctx.allow_absent {
             rec.absent = true;
             return Ok(rec);
         }
+        if ctx.allow_absent && self.path.is_file() {
+            // The command replaced the directory with a file: that file is the failed state.
+            rec.meta.insert("replaced_by".into(), "file".into());
+            let f = fs::File::open(&self.path).with_context(|| format!("cannot read {}", self.path.display()))?;
+            rec.artifacts
+                .push(ctx.write_artifact(ctx.key(&self.spec.name, "raw.gz"), "raw-file", f)?);
+            return Ok(rec);
+        }
         self.preflight()?;
-        let meta = fs::metadata(&self.path)?;
+        let real = self.live_dir()?;
+        if real != self.path {
+            rec.meta.insert("resolved".into(), real.display().to_string());
+        }
+        let meta = fs::metadata(&real)?;
         rec.meta
             .insert("mode".into(), format!("{:o}", meta.permissions().mode() & 0o7777));
         rec.meta.insert("uid".into(), meta.uid().to_string());
@@ -113,6 +215,10 @@ impl Target for DirTarget {
         let Some(a) = rec.artifacts.first() else {
             return Ok(());
         };
+        if is_replaced_by_file(rec) {
+            // A file's bytes: its checksums are all there is to check.
+            return crate::artifact::read_artifact(store, a, std::io::sink()).map(|_| ());
+        }
         let (reader, writer) = std::io::pipe()?;
         let consumer = std::thread::spawn(move || listing_of_tar(std::io::BufReader::new(reader)));
         let r = crate::artifact::read_artifact(store, a, writer);
@@ -127,6 +233,10 @@ impl Target for DirTarget {
         let Some(a) = rec.artifacts.first() else {
             return Ok(None);
         };
+        if is_replaced_by_file(rec) {
+            self.deep_verify(rec, store, scratch)?;
+            return Ok(None);
+        }
         let dest = scratch.join(&rec.name);
         create_dir_all_private(&dest)?;
         let (reader, writer) = std::io::pipe()?;
@@ -157,13 +267,15 @@ impl Target for DirTarget {
     }
 
     fn restore(&self, rec: &TargetRecord, store: &dyn Store) -> Result<Restored> {
-        let parent = self.path.parent().unwrap_or(Path::new("."));
+        self.finish_interrupted_swap()?;
+        let dest = self.restore_dest(rec)?;
+        let parent = dest.parent().unwrap_or(Path::new(".")).to_path_buf();
         if rec.absent {
-            if self.path.exists() {
-                let old = sibling(&self.path, "old");
-                fs::rename(&self.path, &old)?;
-                sync_dir(parent)?;
-                fs::remove_dir_all(&old)?;
+            if fs::symlink_metadata(&dest).is_ok() {
+                let old = sibling(&dest, "old");
+                fs::rename(&dest, &old)?;
+                sync_dir(&parent)?;
+                swap::remove_any(&old)?;
             }
             return Ok(Restored::Done);
         }
@@ -171,17 +283,33 @@ impl Target for DirTarget {
             .artifacts
             .first()
             .ok_or_else(|| anyhow!("snapshot of {} has no artifact", rec.name))?;
-        fs::create_dir_all(parent)?;
-        let staging = sibling(&self.path, "restore");
+        fs::create_dir_all(&parent)?;
+        if is_replaced_by_file(rec) {
+            // A rescue of a directory the command had replaced with a file: put the file back.
+            let (f, tmp) = crate::store::local::private_temp_beside(&dest)?;
+            let result = (|| -> Result<()> {
+                let mut w = std::io::BufWriter::new(f);
+                crate::artifact::read_artifact(store, a, &mut w)?;
+                w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                swap::swap_in(&tmp, &dest)
+            })();
+            if result.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            return result
+                .with_context(|| format!("restoring {}", self.path.display()))
+                .map(|()| Restored::Done);
+        }
+        let staging = sibling(&dest, "restore");
         create_dir_all_private(&staging)?;
         let result = (|| -> Result<()> {
             let (reader, writer) = std::io::pipe()?;
-            let dest = staging.clone();
+            let unpack_to = staging.clone();
             let consumer = std::thread::spawn(move || -> Result<()> {
                 let mut ar = tar::Archive::new(std::io::BufReader::new(reader));
                 ar.set_preserve_permissions(true);
                 ar.set_overwrite(true);
-                ar.unpack(&dest)?;
+                ar.unpack(&unpack_to)?;
                 Ok(())
             });
             let r = crate::artifact::read_artifact(store, a, writer);
@@ -198,25 +326,10 @@ impl Target for DirTarget {
             ) {
                 let _ = std::os::unix::fs::chown(&staging, Some(u), Some(g));
             }
-            // Swap: the live tree steps aside, the verified one takes its name.
-            let old = sibling(&self.path, "old");
-            let had_live = self.path.exists();
-            if had_live {
-                fs::rename(&self.path, &old)?;
-            }
-            if let Err(e) = fs::rename(&staging, &self.path) {
-                if had_live {
-                    let _ = fs::rename(&old, &self.path);
-                }
-                return Err(e.into());
-            }
-            sync_dir(parent)?;
-            if had_live {
-                fs::remove_dir_all(&old).with_context(|| format!("removing the replaced tree {}", old.display()))?;
-            }
-            Ok(())
+            // The verified tree takes the live name in one exchange; the replaced one goes.
+            swap::swap_in(&staging, &dest)
         })();
-        if result.is_err() && staging.exists() {
+        if result.is_err() && staging.exists() && !sibling_named(&dest, "swap").exists() {
             let _ = fs::remove_dir_all(&staging);
         }
         result
@@ -226,10 +339,33 @@ impl Target for DirTarget {
 
     fn verify_restored(&self, rec: &TargetRecord) -> Result<()> {
         if rec.absent {
-            if self.path.exists() {
+            if fs::symlink_metadata(&self.path).is_ok() {
                 bail!("{} exists but the snapshot recorded none", self.path.display());
             }
             return Ok(());
+        }
+        if is_replaced_by_file(rec) {
+            let a = rec.artifacts.first().ok_or_else(|| anyhow!("no artifact"))?;
+            let d = crate::archive::digest(fs::File::open(&self.path)?)?;
+            if d.sha256 != a.raw_sha256 || d.bytes != a.raw_bytes {
+                bail!("{} differs from the snapshot's content checksum", self.path.display());
+            }
+            return Ok(());
+        }
+        // The tree the application reaches through the policy's path; through a link, that
+        // link must still lead to the directory the snapshot read.
+        let real = self.live_dir()?;
+        match rec.meta.get("resolved") {
+            Some(r) if real != Path::new(r) => {
+                bail!("{} leads to {}, not to {r}", self.path.display(), real.display())
+            }
+            None if fs::symlink_metadata(&self.path)?.file_type().is_symlink() => {
+                bail!(
+                    "{} is a symlink; the snapshot read a plain directory",
+                    self.path.display()
+                )
+            }
+            _ => {}
         }
         compare_listings(&rec.files, &scan(&self.path)?)
     }

@@ -6,6 +6,15 @@
 //! drills run the full `integrity_check` on the stored artifact). Restore:
 //! decompress beside the live file, check the content checksum, checkpoint and remove the live
 //! `-wal`/`-shm`/`-journal`, then rename over the original and fsync the directory.
+//!
+//! A symlinked `path` is followed: the snapshot records the file it read (`meta.resolved`) and
+//! a restore writes that file, keeping the link, and only while the link still leads there.
+//! Another process's lock is waited for at most [`BUSY_TIMEOUT`]; a database still locked then,
+//! or one with a hot journal, is never copied byte for byte (its file holds uncommitted pages)
+//! and never restored over (its writer's `-journal` is never deleted): guard says who holds it
+//! and stops.
+
+mod locks;
 
 pub mod config;
 
@@ -13,7 +22,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use rusqlite::{Connection, OpenFlags};
@@ -32,26 +41,127 @@ pub struct SqliteTarget {
     path: PathBuf,
 }
 
+/// How long guard waits for another process's lock on a database before it stops.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A database another process holds locked: never copied, never restored over.
+#[derive(Debug)]
+struct Busy(String);
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Busy {}
+
+/// Did SQLite (or guard) give up waiting for another process's lock?
+fn is_busy(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<Busy>().is_some()
+            || c.downcast_ref::<rusqlite::Error>().is_some_and(|r| {
+                matches!(
+                    r.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                )
+            })
+    })
+}
+
+/// What a file type is, for messages about a path that is not a database file.
+fn file_type_name(ft: fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_fifo() {
+        "a named pipe"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
 impl SqliteTarget {
     pub fn new(spec: TargetSpec, path: PathBuf) -> Self {
         SqliteTarget { spec, path }
     }
 
-    fn open_live(&self) -> Result<Connection> {
-        if !self.path.is_file() {
-            bail!(
-                "target {}: database {} does not exist",
-                self.spec.name,
-                self.path.display()
-            );
+    /// The database file behind the policy's path, symlinks resolved, or why there is none.
+    fn live_file(&self) -> Result<PathBuf> {
+        let (name, p) = (&self.spec.name, &self.path);
+        match fs::metadata(p) {
+            Ok(m) if m.is_file() => fs::canonicalize(p).with_context(|| format!("target {name}: cannot resolve {}", p.display())),
+            Ok(m) if m.is_dir() => bail!(
+                "target {name}: {} is a directory, not a SQLite database file; `path` names the database file itself (for example {})",
+                p.display(),
+                p.join("app.db").display()
+            ),
+            Ok(m) => bail!(
+                "target {name}: {} is {}, not a SQLite database file; `path` names the database file itself",
+                p.display(),
+                file_type_name(m.file_type())
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match fs::read_link(p) {
+                Ok(to) => bail!(
+                    "target {name}: {} is a symlink to {}, which does not exist",
+                    p.display(),
+                    to.display()
+                ),
+                Err(_) => bail!("target {name}: database {} does not exist", p.display()),
+            },
+            Err(e) => Err(e).with_context(|| format!("target {name}: cannot read {}", p.display())),
         }
+    }
+
+    fn open_live(&self) -> Result<Connection> {
+        let file = self.live_file()?;
         let c = Connection::open_with_flags(
-            &self.path,
+            &file,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .with_context(|| format!("target {}: cannot open {}", self.spec.name, self.path.display()))?;
-        c.busy_timeout(Duration::from_secs(30))?;
+        c.busy_timeout(BUSY_TIMEOUT)?;
         Ok(c)
+    }
+
+    /// The error for a database another process keeps locked (called with no connection of
+    /// guard's open to it: see [`locks`]).
+    fn locked(&self, file: &Path, cause: &anyhow::Error) -> anyhow::Error {
+        let who = match locks::user_of(file) {
+            Some((pid, what)) => format!("{} holds {what}", locks::describe(pid)),
+            None => format!("another process holds it ({cause:#})"),
+        };
+        anyhow::Error::new(Busy(format!(
+            "target {}: {} is locked: {who}; guard waited {}s. A copy taken now could hold writes that were never committed, so guard stops here; let that process commit or roll back (or stop it), then retry",
+            self.spec.name,
+            self.path.display(),
+            BUSY_TIMEOUT.as_secs()
+        )))
+    }
+
+    /// Where a restore of `rec` writes: the file the snapshot read. A symlinked path must still
+    /// lead to the file it led to then (the link is kept); the manifest alone never decides.
+    fn restore_dest(&self, rec: &TargetRecord) -> Result<PathBuf> {
+        let Some(recorded) = rec.meta.get("resolved") else {
+            return Ok(self.path.clone());
+        };
+        let now = fs::canonicalize(&self.path).ok();
+        if now.as_deref() != Some(Path::new(recorded)) {
+            bail!(
+                "target {}: the snapshot read {recorded} through {}, which now leads to {}; nothing was restored for this target. Point {} back at {recorded} (ln -sfn) and run the restore again",
+                self.spec.name,
+                self.path.display(),
+                now.map(|p| p.display().to_string()).unwrap_or_else(|| "nothing".into()),
+                self.path.display()
+            );
+        }
+        Ok(PathBuf::from(recorded))
     }
 }
 
@@ -97,8 +207,12 @@ impl SqliteTarget {
     /// The normal snapshot: a consistent copy through the online backup API, integrity-checked
     /// and fingerprinted, then compressed into the store.
     fn consistent_copy(&self, ctx: &SnapshotCtx, rec: &mut TargetRecord) -> Result<()> {
+        let file = self.live_file()?;
+        if file != self.path {
+            rec.meta.insert("resolved".into(), file.display().to_string());
+        }
         let src = self.open_live()?;
-        let meta = fs::metadata(&self.path)?;
+        let meta = fs::metadata(&file)?;
         rec.meta
             .insert("mode".into(), format!("{:o}", meta.permissions().mode() & 0o7777));
         rec.meta.insert("uid".into(), meta.uid().to_string());
@@ -122,13 +236,18 @@ impl SqliteTarget {
             let mut dst = Connection::open(&copy)?;
             let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
             // One step copies every page under a single read transaction: consistent even while
-            // other connections write, and never restarted by them.
+            // other connections write, and never restarted by them. A writer's lock is waited
+            // for (the source's busy timeout, then here) until BUSY_TIMEOUT, no longer.
+            let deadline = Instant::now() + BUSY_TIMEOUT;
             loop {
                 match backup.step(-1).map_err(full)? {
                     rusqlite::backup::StepResult::Done => break,
                     rusqlite::backup::StepResult::More => continue,
-                    rusqlite::backup::StepResult::Busy | rusqlite::backup::StepResult::Locked => {
-                        std::thread::sleep(Duration::from_millis(50))
+                    _ if Instant::now() >= deadline => {
+                        return Err(anyhow::Error::new(Busy(format!(
+                            "database {} stayed locked",
+                            self.path.display()
+                        ))))
                     }
                     _ => std::thread::sleep(Duration::from_millis(50)),
                 }
@@ -155,16 +274,30 @@ impl SqliteTarget {
     /// The raw bytes of the database file (and its `-wal`), for a rescue snapshot of a database
     /// SQLite can no longer read.
     fn raw_copy(&self, ctx: &SnapshotCtx, mut rec: TargetRecord, why: &anyhow::Error) -> Result<TargetRecord> {
+        let file = self.live_file().unwrap_or_else(|_| self.path.clone());
+        // Bytes are only the state when no transaction is half done: not while another process
+        // holds a lock, and not with a hot journal (the file then holds uncommitted pages).
+        if locks::user_of(&file).is_some() {
+            return Err(self.locked(&file, why));
+        }
+        if locks::hot_journal(&file) {
+            bail!(
+                "target {}: SQLite cannot read {} ({why:#}), and it has a hot journal ({}-journal): its last transaction never finished, so the file holds pages that were never committed; guard keeps no copy of those bytes",
+                self.spec.name,
+                self.path.display(),
+                file.display()
+            );
+        }
         rec.fingerprints.clear();
         rec.artifacts.clear();
         rec.meta.insert(
             "raw_copy".into(),
             format!("SQLite could not copy it ({why:#}); its bytes are kept as they were"),
         );
-        let f = fs::File::open(&self.path).with_context(|| format!("cannot read {}", self.path.display()))?;
+        let f = fs::File::open(&file).with_context(|| format!("cannot read {}", self.path.display()))?;
         rec.artifacts
             .push(ctx.write_artifact(ctx.key(&self.spec.name, "raw.gz"), "raw-file", f)?);
-        let wal = &sidecars(&self.path)[0];
+        let wal = &sidecars(&file)[0];
         if let Ok(f) = fs::File::open(wal) {
             rec.artifacts
                 .push(ctx.write_artifact(ctx.key(&self.spec.name, "raw-wal.gz"), "raw-wal", f)?);
@@ -213,6 +346,8 @@ impl Target for SqliteTarget {
         }
         match self.consistent_copy(ctx, &mut rec) {
             Ok(()) => Ok(rec),
+            // Locked by a writer: its uncommitted pages are not a state to keep. Say who.
+            Err(e) if is_busy(&e) => Err(self.locked(&self.live_file().unwrap_or_else(|_| self.path.clone()), &e)),
             // A rescue must never fail because the command broke the database: keep its bytes.
             Err(e) if ctx.allow_absent => self.raw_copy(ctx, rec, &e),
             Err(e) => Err(e),
@@ -260,12 +395,22 @@ impl Target for SqliteTarget {
     }
 
     fn restore(&self, rec: &TargetRecord, store: &dyn Store) -> Result<Restored> {
+        let dest = self.restore_dest(rec)?;
+        // Never replace a database, or delete its -journal/-wal, under a process using it.
+        if let Some((pid, what)) = locks::user_of(&dest) {
+            bail!(
+                "target {}: {} is in use: {} holds {what}; nothing was changed. Stop that process (or let it finish), then restore again",
+                self.spec.name,
+                self.path.display(),
+                locks::describe(pid)
+            );
+        }
         if rec.absent {
             // The snapshot recorded no database: restoring it means removing the live one.
-            if self.path.exists() {
-                fs::remove_file(&self.path)?;
+            if dest.exists() {
+                fs::remove_file(&dest)?;
             }
-            for s in sidecars(&self.path) {
+            for s in sidecars(&dest) {
                 let _ = fs::remove_file(s);
             }
             return Ok(Restored::Done);
@@ -274,11 +419,11 @@ impl Target for SqliteTarget {
             .artifacts
             .first()
             .ok_or_else(|| anyhow!("snapshot of {} has no artifact", rec.name))?;
-        if let Some(parent) = self.path.parent() {
+        if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent)?;
         }
-        let (f, tmp) = private_temp_beside(&self.path)
-            .with_context(|| format!("cannot create a temporary file beside {}", self.path.display()))?;
+        let (f, tmp) = private_temp_beside(&dest)
+            .with_context(|| format!("cannot create a temporary file beside {}", dest.display()))?;
         let result = (|| -> Result<()> {
             let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
             read_artifact(store, a, &mut w)?;
@@ -295,30 +440,38 @@ impl Target for SqliteTarget {
             }
             // Fold any WAL into the live file and let go of it, then remove every sidecar: a
             // stale WAL or hot journal next to the restored file would be replayed into it.
-            if self.path.exists() {
-                if let Ok(c) = Connection::open(&self.path) {
+            if dest.is_file() {
+                if let Ok(c) = Connection::open(&dest) {
                     let _ = c.busy_timeout(Duration::from_secs(5));
                     let _ = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
                 }
             }
-            for s in sidecars(&self.path) {
+            // The checkpoint opened a connection: look again, now that it is closed.
+            if let Some((pid, what)) = locks::user_of(&dest) {
+                bail!(
+                    "{} is in use: {} holds {what}; nothing was changed",
+                    self.path.display(),
+                    locks::describe(pid)
+                );
+            }
+            for s in sidecars(&dest) {
                 match fs::remove_file(&s) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(e).with_context(|| format!("cannot remove {}", s.display())),
                 }
             }
-            fs::rename(&tmp, &self.path)?;
+            fs::rename(&tmp, &dest)?;
             // A raw rescue of a broken database also kept its WAL: put it back beside it.
             if let Some(w) = rec.artifacts.iter().find(|a| a.format == "raw-wal") {
-                let wal = &sidecars(&self.path)[0];
+                let wal = &sidecars(&dest)[0];
                 let (f, wtmp) = private_temp_beside(wal)?;
                 let mut out = std::io::BufWriter::new(f);
                 read_artifact(store, w, &mut out)?;
                 out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
                 fs::rename(&wtmp, wal)?;
             }
-            sync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
+            sync_dir(dest.parent().unwrap_or(Path::new(".")))?;
             Ok(())
         })();
         if result.is_err() {
@@ -336,8 +489,18 @@ impl Target for SqliteTarget {
             }
             return Ok(());
         }
+        // The data the application reaches through the policy's path: through the link, when
+        // the snapshot read one, and that link must still lead to the file it read.
+        let file = self.live_file()?;
+        if let Some(recorded) = rec.meta.get("resolved") {
+            if file != Path::new(recorded) {
+                bail!("{} leads to {}, not to {recorded}", self.path.display(), file.display());
+            }
+        } else if file != self.path && fs::symlink_metadata(&self.path)?.file_type().is_symlink() {
+            bail!("{} is a symlink; the snapshot read a plain file", self.path.display());
+        }
         let a = rec.artifacts.first().ok_or_else(|| anyhow!("no artifact"))?;
-        let d = crate::archive::digest(fs::File::open(&self.path)?)?;
+        let d = crate::archive::digest(fs::File::open(&file)?)?;
         if d.sha256 != a.raw_sha256 || d.bytes != a.raw_bytes {
             bail!("{} differs from the snapshot's content checksum", self.path.display());
         }
@@ -346,7 +509,7 @@ impl Target for SqliteTarget {
             return Ok(());
         }
         let hashed = rec.hashed_items();
-        let mut c = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let mut c = Connection::open_with_flags(&file, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         let got = fingerprints(&mut c, &hashed)?;
         compare_fingerprints(&rec.fingerprints, &got)
     }
