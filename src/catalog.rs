@@ -326,7 +326,7 @@ impl Catalog {
             .bind(&j.policy)
             .bind(crate::clock::rfc3339(j.started_at))
             .bind(j.phase.as_str())
-            .bind(&j.outcome)
+            .bind(j.outcome.map(|o| o.as_str()))
             .bind(j.exit_code.map(i64::from))
             .bind(&j.snapshot_id)
             .bind(&j.rescue_id)

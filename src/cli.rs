@@ -148,6 +148,7 @@ pub const EXIT_CODES: &str = "Exit codes:
   65   a snapshot failed verification (corrupt, truncated or missing artifact)
   66   a restore drill failed
   69   snapshot failed; the command was not run
+  70   a before hook failed; nothing was snapshotted, run or restored
   75   another guard holds the policy's lock
   76   confirmation declined; nothing was run
   79   checks failed; the snapshot was restored

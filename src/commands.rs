@@ -7,11 +7,15 @@ use serde_json::json;
 
 use crate::catalog::Catalog;
 use crate::error::{Failure, Kind, ResultExt};
-use crate::manifest::{Manifest, SnapshotKind};
+use crate::journal::{Journal, Op};
+use crate::manifest::SnapshotKind;
+use crate::outcome::Outcome;
 use crate::policy::Policy;
+use crate::process::{shell_words, ShellHooks};
+use crate::restore::{self, Caller, Ctx, Rescue};
 use crate::snapshot::{self, Depth, Request};
 use crate::store::{self, Store};
-use crate::targets::{self, Target};
+use crate::targets;
 use crate::ui::{self, Ui};
 
 fn open(policy: &Policy) -> Result<(Box<dyn Store>, Catalog), Failure> {
@@ -257,13 +261,11 @@ pub fn restore(policy: &Policy, id: &str, only: &[String], no_rescue: bool, yes:
             return Err(Failure::msg(Kind::Usage, format!("snapshot {id} has no target {o:?}")));
         }
     }
-    let names: Vec<String> = m
-        .targets
-        .iter()
-        .map(|t| t.name.clone())
-        .filter(|n| only.is_empty() || only.contains(n))
-        .collect();
-    let _lock = crate::lock::acquire(store, &policy.name, &format!("guard restore {id}"), None)?;
+    let sub = restore::restrict(&m, only);
+    let names: Vec<&str> = sub.targets.iter().map(|t| t.name.as_str()).collect();
+    let run_id = crate::manifest::new_id(crate::clock::now());
+    let command = ["guard".to_string(), "restore".into(), id.clone()];
+    let _lock = crate::lock::acquire(store, &policy.name, &shell_words(&command), Some(&run_id))?;
     if !yes
         && !ui.confirm(&format!(
             "guard: replace the live data of {} with snapshot {id}?",
@@ -275,68 +277,51 @@ pub fn restore(policy: &Policy, id: &str, only: &[String], no_rescue: bool, yes:
             "not confirmed (pass --yes to restore without asking); nothing was changed",
         ));
     }
-    // Refuse a corrupt snapshot before touching anything: every stored artifact must have its
-    // recorded size and SHA-256, i.e. be the very bytes whose content was checked when the
-    // snapshot was taken. (Each target's restore decompresses its artifacts once more and
-    // compares the content checksum before it commits; checking it here too would read and
-    // inflate every artifact twice.)
-    snapshot::verify_artifacts(store, &m, Depth::Checksums).kind(Kind::Corrupt)?;
-    crate::process::run_hooks("before", &policy.hooks.before, ui).kind(Kind::RestoreFailed)?;
-    let result = (|| -> Result<(Option<String>, Vec<crate::restore::TargetRestore>), Failure> {
-        let mut rescue_id = None;
-        if !no_rescue {
-            let targets: Vec<Box<dyn Target>> = names
-                .iter()
-                .map(|n| crate::targets::target_for(&policy.targets, m.target(n).expect("checked")))
-                .collect::<Result<_>>()
-                .kind(Kind::Usage)?;
-            let rescue = snapshot::take(
-                policy,
-                &targets,
-                store,
-                Request {
-                    kind: SnapshotKind::Rescue,
-                    label: Some(format!("state before restore of {id}")),
-                    run_id: None,
-                    command: None,
-                    only: None,
-                    allow_absent: true,
-                },
-                ui,
-            )
-            .map_err(|e| Failure::msg(Kind::RestoreFailed, format!("the rescue snapshot of the current state failed ({e:#}); nothing was restored. Use --no-rescue to restore without one")))?;
-            catalog.record_snapshot(&rescue)?;
-            ui.info(&format!("guard: current state kept in rescue snapshot {}", rescue.id));
-            rescue_id = Some(rescue.id);
+    let targets = restore::targets_for(policy, &sub)?;
+    let mut j = Journal::new(&run_id, policy, &command);
+    j.op = Op::Restore;
+    j.only = only.to_vec();
+    j.snapshot_id = Some(id.clone());
+    j.save(store).kind(Kind::Internal)?;
+    let cx = Ctx {
+        policy,
+        store,
+        catalog: &catalog,
+        hooks: &ShellHooks,
+        ui,
+    };
+    let rescue = if no_rescue {
+        Rescue::Skip
+    } else {
+        Rescue::Take(format!("state before restore of {id}"))
+    };
+    let done = match restore::rescue_then_restore(&cx, &targets, &sub, rescue, true, &mut j, &Caller::Restore) {
+        Ok(done) => done,
+        Err(f) => {
+            // Nothing was restored: the error is the whole report.
+            let result = Err(f);
+            restore::close(&cx, &mut j, &result);
+            return result.map(|(code, _)| code);
         }
-        let sub = Manifest {
-            targets: m.targets.iter().filter(|t| names.contains(&t.name)).cloned().collect(),
-            ..m.clone()
-        };
-        let results = crate::restore::restore_deferring_signals(policy, store, &sub, ui);
-        Ok((rescue_id, results))
-    })();
-    let after = crate::process::run_hooks("after", &policy.hooks.after, ui);
-    if let Err(e) = &after {
-        ui.warn(&format!("{e:#}"));
-    }
-    let (rescue_id, results) = result?;
-    let failed: Vec<_> = results.iter().filter(|r| !r.ok).collect();
+    };
+    let result = match done.failure(&cx, &sub, &Caller::Restore) {
+        None => Ok((0, Outcome::Restored)),
+        Some(f) => Err(f),
+    };
+    restore::close(&cx, &mut j, &result);
     if ui.json {
-        ui::print_json(&json!({"snapshot_id": id, "rescue_id": rescue_id, "targets": results}));
+        ui::print_json(
+            &json!({"run_id": j.run_id, "snapshot_id": id, "rescue_id": done.rescue_id, "targets": done.targets}),
+        );
     }
-    if !failed.is_empty() {
-        let names = failed.iter().map(|r| r.target.as_str()).collect::<Vec<_>>().join(", ");
-        let msg = if failed.iter().all(|r| r.manual) {
-            format!("{names} is not restored in place automatically — act now, following the instructions above")
-        } else {
-            format!("restore failed for {names} — act now; the snapshot is intact, retry with `guard restore {id}`")
-        };
-        let f = Failure::msg(Kind::RestoreFailed, msg);
-        return Err(if ui.json { f.reported() } else { f });
+    match result {
+        Ok(_) => {
+            ui.info(&format!("guard: restored {} from {id} and verified", names.join(", ")));
+            Ok(0)
+        }
+        Err(f) if ui.json => Err(f.reported()),
+        Err(f) => Err(f),
     }
-    ui.info(&format!("guard: restored {} from {id} and verified", names.join(", ")));
-    Ok(0)
 }
 
 /// `guard reindex`: rebuild the catalog from the manifests in the store.

@@ -217,7 +217,7 @@ pub fn drill(policy: &Policy, id: Option<&str>, ui: &Ui) -> Result<u8, Failure> 
             "{}",
             ui::table(&["target", "kind", "time to restore", "restored", "result"], &rows)
         );
-        crate::run::print_checks(
+        crate::run::plan::print_checks(
             &report.checks,
             &Ui {
                 json: false,

@@ -29,9 +29,30 @@ pub enum Kind {
     Declined,
     /// A restore drill failed.
     DrillFailed,
+    /// A `before` hook failed; nothing was snapshotted, run or restored.
+    Hook,
+    /// An earlier run left the targets in a failed or unknown state (interrupted, restore
+    /// failed, failed state kept, failed drill): `guard recover` first.
+    NeedsAttention,
 }
 
 impl Kind {
+    /// Every kind, for reading [`Kind::as_str`] back.
+    pub const ALL: [Kind; 12] = [
+        Kind::Internal,
+        Kind::Usage,
+        Kind::Snapshot,
+        Kind::ChecksFailedRestored,
+        Kind::RestoreFailed,
+        Kind::Corrupt,
+        Kind::Locked,
+        Kind::KeptFailed,
+        Kind::Declined,
+        Kind::DrillFailed,
+        Kind::Hook,
+        Kind::NeedsAttention,
+    ];
+
     /// The process exit code for this kind. Stable: documented in README.
     pub fn exit_code(self) -> u8 {
         match self {
@@ -40,11 +61,13 @@ impl Kind {
             Kind::Corrupt => 65,
             Kind::DrillFailed => 66,
             Kind::Snapshot => 69,
+            Kind::Hook => 70,
             Kind::Locked => 75,
             Kind::Declined => 76,
             Kind::ChecksFailedRestored => 79,
             Kind::RestoreFailed => 80,
             Kind::KeptFailed => 81,
+            Kind::NeedsAttention => 82,
         }
     }
 
@@ -61,6 +84,8 @@ impl Kind {
             Kind::ChecksFailedRestored => "checks_failed_restored",
             Kind::RestoreFailed => "restore_failed",
             Kind::KeptFailed => "kept_failed",
+            Kind::Hook => "hook_failed",
+            Kind::NeedsAttention => "needs_attention",
         }
     }
 }

@@ -8,6 +8,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::outcome::Outcome;
 use crate::store::{keys, Store};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +39,26 @@ impl Phase {
     }
 }
 
+/// What a journal records: a guarded run, or a restore that `guard restore` or `guard recover`
+/// started. All three change the targets, so each has its phases written before their work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Op {
+    /// `guard -- COMMAND`.
+    #[default]
+    Run,
+    /// `guard restore ID`.
+    Restore,
+    /// `guard recover` restoring, or accepting, the state an earlier run left.
+    Recover,
+}
+
+impl Op {
+    fn is_run(&self) -> bool {
+        *self == Op::Run
+    }
+}
+
 /// The outcome of one check, as the journal (and `--json`) records it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckResult {
@@ -58,6 +79,12 @@ pub struct CheckResult {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Journal {
     pub run_id: String,
+    /// What this journal records (absent in a guarded run's journal, as before it existed).
+    #[serde(default, skip_serializing_if = "Op::is_run")]
+    pub op: Op,
+    /// The targets a restore was asked for (empty: every target of the snapshot).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub only: Vec<String>,
     pub policy: String,
     pub policy_file: String,
     pub host: String,
@@ -68,6 +95,7 @@ pub struct Journal {
     pub updated_at: OffsetDateTime,
     pub phase: Phase,
     pub command: Vec<String>,
+    /// The pre-run snapshot (a run), or the snapshot being restored (`guard restore`, `guard recover`).
     #[serde(default)]
     pub snapshot_id: Option<String>,
     #[serde(default)]
@@ -79,7 +107,7 @@ pub struct Journal {
     #[serde(default)]
     pub restored: Vec<String>,
     #[serde(default)]
-    pub outcome: Option<String>,
+    pub outcome: Option<Outcome>,
     #[serde(default)]
     pub exit_code: Option<u8>,
     #[serde(default)]
@@ -87,6 +115,32 @@ pub struct Journal {
 }
 
 impl Journal {
+    /// The journal of a new run of `policy` by this process, in phase `locked`.
+    pub fn new(run_id: &str, policy: &crate::policy::Policy, command: &[String]) -> Journal {
+        let now = crate::clock::now();
+        Journal {
+            run_id: run_id.to_string(),
+            op: Op::Run,
+            only: Vec::new(),
+            policy: policy.name.clone(),
+            policy_file: policy.file.display().to_string(),
+            host: crate::clock::hostname(),
+            pid: std::process::id(),
+            started_at: now,
+            updated_at: now,
+            phase: Phase::Locked,
+            command: command.iter().map(|a| crate::secrets::redact(a)).collect(),
+            snapshot_id: None,
+            rescue_id: None,
+            command_exit: None,
+            checks: Vec::new(),
+            restored: Vec::new(),
+            outcome: None,
+            exit_code: None,
+            message: None,
+        }
+    }
+
     pub fn save(&mut self, store: &dyn Store) -> Result<()> {
         self.updated_at = crate::clock::now();
         let mut v = serde_json::to_vec_pretty(self)?;

@@ -36,6 +36,7 @@ pub mod faults;
 pub mod journal;
 pub mod lock;
 pub mod manifest;
+pub mod outcome;
 pub mod parse_ctx;
 pub mod policy;
 pub mod process;
@@ -49,6 +50,8 @@ pub mod snapshot;
 pub mod status;
 pub mod store;
 pub mod targets;
+#[cfg(test)]
+pub mod testing;
 pub mod ui;
 pub mod vars;
 
@@ -141,7 +144,7 @@ fn dispatch(cli: cli::Cli, ui: &ui::Ui) -> Result<u8, Failure> {
     let path = policy::locate(cli.policy.as_deref()).kind(Kind::Usage)?;
     let policy = policy::load(&path).kind(Kind::Usage)?;
     match cli.sub {
-        None => run::guarded(
+        None => guarded_run(
             &policy,
             &run::Options {
                 yes: cli.yes,
@@ -172,4 +175,24 @@ fn dispatch(cli: cli::Cli, ui: &ui::Ui) -> Result<u8, Failure> {
         Some(Sub::Pin { id, reason }) => retention::pin(&policy, &id, Some(&reason), false, ui),
         Some(Sub::Unpin { id }) => retention::pin(&policy, &id, None, true, ui),
     }
+}
+
+/// `guard -- COMMAND`: check the request, open the store, and run the guarded lifecycle.
+fn guarded_run(policy: &policy::Policy, opts: &run::Options, ui: &ui::Ui) -> Result<u8, Failure> {
+    let targets = run::begin::targets(policy, opts)?;
+    if opts.dry_run {
+        run::plan::print_plan(policy, &targets, opts, ui);
+        return Ok(0);
+    }
+    run::begin::preconditions(policy, opts)?;
+    let store = store::open(&policy.store).kind(Kind::Snapshot)?;
+    let catalog = catalog::Catalog::open(store.as_ref()).kind(Kind::Snapshot)?;
+    let cx = restore::Ctx {
+        policy,
+        store: store.as_ref(),
+        catalog: &catalog,
+        hooks: &process::ShellHooks,
+        ui,
+    };
+    run::guarded(&cx, &targets, &run::command::Spawn, opts)
 }

@@ -37,6 +37,22 @@ pub fn command_exists(program: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Runs the policy's `before` and `after` hooks. [`ShellHooks`] runs them with `sh -c`; the
+/// lifecycle's unit tests record them instead.
+pub trait Hooks: Sync {
+    /// Run `hooks` (the `which` ones: "before" or "after") in order; stop at the first failure.
+    fn run(&self, which: &str, hooks: &[String], ui: &Ui) -> Result<()>;
+}
+
+/// The policy's hooks as shell commands ([`run_hooks`]).
+pub struct ShellHooks;
+
+impl Hooks for ShellHooks {
+    fn run(&self, which: &str, hooks: &[String], ui: &Ui) -> Result<()> {
+        run_hooks(which, hooks, ui)
+    }
+}
+
 /// Run shell hooks in order; stop at the first failure.
 pub fn run_hooks(which: &str, hooks: &[String], ui: &Ui) -> Result<()> {
     for h in hooks {

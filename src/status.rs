@@ -8,36 +8,58 @@ use anyhow::Result;
 use serde_json::json;
 
 use crate::error::{Failure, Kind, ResultExt};
-use crate::journal::{Journal, Phase};
-use crate::manifest::SnapshotKind;
+use crate::journal::{Journal, Op, Phase};
+use crate::outcome::Outcome;
 use crate::policy::Policy;
-use crate::snapshot::{self, Request};
+use crate::process::ShellHooks;
+use crate::restore::{self, Caller, Ctx, Rescue};
 use crate::store;
-use crate::targets;
 use crate::ui::{self, Ui};
 
-/// What an interrupted run means for the targets, and what to do.
+/// What an interrupted run (or restore) means for the targets, and what to do.
 pub fn advice(j: &Journal, policy_file: &str) -> (String, String) {
     let snap = j.snapshot_id.as_deref().unwrap_or("(none)");
+    let recover = format!("guard --policy {policy_file} recover");
+    if j.op != Op::Run {
+        return match j.phase {
+            Phase::Rescuing => (
+                format!("`{}` was taking a rescue snapshot of the current state; nothing was restored yet.", j.command.join(" ")),
+                format!("{recover}   (rescue snapshot, then restore {snap})\n  or: {recover} --keep   (leave the targets as they are)"),
+            ),
+            Phase::Restoring => (
+                format!(
+                    "`{}` was interrupted while restoring: targets may be partly restored. The state it replaced is in rescue snapshot {}.",
+                    j.command.join(" "),
+                    j.rescue_id.as_deref().unwrap_or("(none)")
+                ),
+                format!("{recover}   (finishes restoring {snap})\n  or: {recover} --keep   (accept the current state)"),
+            ),
+            Phase::Done => ("finished.".into(), String::new()),
+            _ => (
+                format!("`{}` stopped before changing anything.", j.command.join(" ")),
+                format!("{recover}   (marks it closed; nothing to restore)"),
+            ),
+        };
+    }
     match j.phase {
         Phase::Locked | Phase::Snapshotting | Phase::SnapshotVerified => (
             "guard stopped before the command started: the targets were not touched by it.".into(),
-            format!("guard --policy {policy_file} recover   (marks the run closed; nothing to restore)"),
+            format!("{recover}   (marks the run closed; nothing to restore)"),
         ),
         Phase::CommandRunning | Phase::Checking => (
             format!("the command `{}` had started: the targets may hold its changes. The pre-run state is in snapshot {snap}.", j.command.join(" ")),
-            format!("guard --policy {policy_file} recover   (rescue snapshot, then restore {snap})\n  or: guard --policy {policy_file} recover --keep   (accept the current state)"),
+            format!("{recover}   (rescue snapshot, then restore {snap})\n  or: {recover} --keep   (accept the current state)"),
         ),
         Phase::Rescuing => (
             format!("the command failed and guard was taking a rescue snapshot; nothing was restored yet. The pre-run state is in snapshot {snap}."),
-            format!("guard --policy {policy_file} recover   (rescue snapshot, then restore {snap})"),
+            format!("{recover}   (rescue snapshot, then restore {snap})"),
         ),
         Phase::Restoring => (
             format!(
                 "a restore of snapshot {snap} was interrupted: targets may be partly restored. The failed state is in rescue snapshot {}.",
                 j.rescue_id.as_deref().unwrap_or("(none)")
             ),
-            format!("guard --policy {policy_file} recover   (finishes restoring {snap})"),
+            format!("{recover}   (finishes restoring {snap})"),
         ),
         Phase::Done => ("finished.".into(), String::new()),
     }
@@ -195,6 +217,13 @@ pub fn recover(policy: &Policy, keep: bool, yes: bool, ui: &Ui) -> Result<u8, Fa
         }
         return Ok(0);
     }
+    let cx = Ctx {
+        policy,
+        store,
+        catalog: &catalog,
+        hooks: &ShellHooks,
+        ui,
+    };
     let mut done = Vec::new();
     for mut j in interrupted {
         let touched = matches!(
@@ -202,69 +231,15 @@ pub fn recover(policy: &Policy, keep: bool, yes: bool, ui: &Ui) -> Result<u8, Fa
             Phase::CommandRunning | Phase::Checking | Phase::Rescuing | Phase::Restoring
         );
         let outcome = if !touched {
-            "abandoned".to_string()
+            Outcome::Abandoned
         } else if keep {
-            "kept-after-interrupt".to_string()
+            Outcome::KeptAfterInterrupt
         } else {
-            let snap_id = j.snapshot_id.clone().ok_or_else(|| {
-                Failure::msg(
-                    Kind::RestoreFailed,
-                    format!("run {} has no pre-run snapshot to restore", j.run_id),
-                )
-            })?;
-            let m = catalog.load_manifest(store, &snap_id).kind(Kind::Corrupt)?;
-            if !yes
-                && !ui.confirm(&format!(
-                    "guard: restore {} (targets: {}) from snapshot {snap_id}?",
-                    policy.name,
-                    m.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
-                ))
-            {
-                return Err(Failure::msg(
-                    Kind::Declined,
-                    "not confirmed (pass --yes); nothing was changed",
-                ));
-            }
-            snapshot::verify(store, &m, snapshot::Depth::Content, std::path::Path::new("/")).kind(Kind::Corrupt)?;
-            crate::process::run_hooks("before", &policy.hooks.before, ui).kind(Kind::RestoreFailed)?;
-            if j.phase != Phase::Restoring || j.rescue_id.is_none() {
-                let targets = targets::build_all(&policy.targets).kind(Kind::Usage)?;
-                let rescue = snapshot::take(
-                    policy,
-                    &targets,
-                    store,
-                    Request {
-                        kind: SnapshotKind::Rescue,
-                        label: Some(format!("state found by recover of run {}", j.run_id)),
-                        run_id: Some(j.run_id.clone()),
-                        command: None,
-                        only: None,
-                        allow_absent: true,
-                    },
-                    ui,
-                )
-                .kind(Kind::RestoreFailed)?;
-                let _ = catalog.record_snapshot(&rescue);
-                j.rescue_id = Some(rescue.id);
-            }
-            j.enter(store, Phase::Restoring).kind(Kind::RestoreFailed)?;
-            let results = crate::restore::restore_deferring_signals(policy, store, &m, ui);
-            let _ = crate::process::run_hooks("after", &policy.hooks.after, ui);
-            if let Some(bad) = results.iter().find(|r| !r.ok) {
-                return Err(Failure::msg(
-                    Kind::RestoreFailed,
-                    format!(
-                        "restore of {} from {snap_id} failed: {} — act now; `guard recover` can be run again",
-                        bad.target,
-                        bad.error.as_deref().unwrap_or("?")
-                    ),
-                ));
-            }
-            j.restored = results.into_iter().map(|r| r.target).collect();
-            "recovered".to_string()
+            finish_restore(&cx, &mut j, yes)?;
+            Outcome::Recovered
         };
         ui.info(&format!("guard: run {} ({}) → {outcome}", j.run_id, j.phase.as_str()));
-        j.outcome = Some(outcome.clone());
+        j.outcome = Some(outcome);
         j.phase = Phase::Done;
         j.save(store)?;
         let _ = catalog.record_run(&j);
@@ -274,4 +249,40 @@ pub fn recover(policy: &Policy, keep: bool, yes: bool, ui: &Ui) -> Result<u8, Fa
         ui::print_json(&json!({"recovered": done}));
     }
     Ok(0)
+}
+
+/// Put back the snapshot an interrupted journal was protecting (a run's pre-run snapshot) or
+/// restoring (`guard restore`), with a rescue snapshot of what is there now unless an earlier
+/// attempt took one. A failure leaves the journal open, so `guard recover` can run again.
+fn finish_restore(cx: &Ctx, j: &mut Journal, yes: bool) -> Result<(), Failure> {
+    let snap_id = j.snapshot_id.clone().ok_or_else(|| {
+        Failure::msg(
+            Kind::RestoreFailed,
+            format!("run {} has no pre-run snapshot to restore", j.run_id),
+        )
+    })?;
+    let m = cx.catalog.load_manifest(cx.store, &snap_id).kind(Kind::Corrupt)?;
+    let m = restore::restrict(&m, &j.only);
+    if !yes
+        && !cx.ui.confirm(&format!(
+            "guard: restore {} (targets: {}) from snapshot {snap_id}?",
+            cx.policy.name,
+            m.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+        ))
+    {
+        return Err(Failure::msg(
+            Kind::Declined,
+            "not confirmed (pass --yes); nothing was changed",
+        ));
+    }
+    let targets = restore::targets_for(cx.policy, &m)?;
+    let rescue = match (&j.phase, &j.rescue_id) {
+        (Phase::Restoring, Some(r)) => Rescue::Taken(r.clone()),
+        _ => Rescue::Take(format!("state found by recover of run {}", j.run_id)),
+    };
+    let r = restore::rescue_then_restore(cx, &targets, &m, rescue, true, j, &Caller::Recover)?;
+    match r.failure(cx, &m, &Caller::Recover) {
+        Some(f) => Err(f),
+        None => Ok(()),
+    }
 }

@@ -450,3 +450,171 @@ fn sigterm_during_a_restore_is_deferred_until_targets_are_consistent() {
         "every target restored"
     );
 }
+
+/// The journal of every run and restore in the env's store, oldest first.
+fn journals(env: &Env) -> Vec<serde_json::Value> {
+    let mut v: Vec<serde_json::Value> = std::fs::read_dir(env.path("backups/runs"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read(e.path().join("journal.json")).ok())
+                .map(|b| serde_json::from_slice(&b).unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_by(|a, b| a["run_id"].as_str().cmp(&b["run_id"].as_str()));
+    v
+}
+
+#[test]
+fn a_killed_guard_restore_is_named_by_status_and_finished_by_recover() {
+    // issue 14 item 10 (R18): `guard restore` keeps a journal like a guarded run.
+    let env = lending_env("");
+    let id = snapshot_id(&env);
+    let snap_db = dump(&db(&env));
+    let snap_file = std::fs::read_to_string(env.path("data/rent_history/2025-01.json")).unwrap();
+    sql(&db(&env), "DELETE FROM payment WHERE id % 2 = 0");
+    env.write("data/rent_history/2025-01.json", "{\"rent\": 0}\n");
+    let pause = env.path("paused.pid");
+    let mut child = env
+        .cmd(&["restore", &id, "--yes"])
+        .env("GUARD_TEST_PAUSE", "restore-between-targets")
+        .env("GUARD_TEST_PAUSE_FILE", &pause)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    child.kill().unwrap(); // SIGKILL after the first target, before the second
+    child.wait().unwrap();
+    assert_eq!(dump(&db(&env)), snap_db, "the first target was restored");
+    assert_eq!(
+        std::fs::read_to_string(env.path("data/rent_history/2025-01.json")).unwrap(),
+        "{\"rent\": 0}\n",
+        "the second was not"
+    );
+
+    let status = env.guard(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let interrupted = v["interrupted"].as_array().unwrap();
+    assert_eq!(interrupted.len(), 1, "status names the killed restore: {v}");
+    assert_eq!(interrupted[0]["phase"], "restoring", "{v}");
+    assert_eq!(interrupted[0]["snapshot_id"], id.as_str(), "{v}");
+    assert!(interrupted[0]["rescue_id"].is_string(), "{v}");
+    let human = env.guard(&["status"]);
+    assert!(
+        human.stdout.contains("INTERRUPTED") && human.stdout.contains(&format!("guard restore {id}")),
+        "{human:?}"
+    );
+    let refused = env.guard(&["--", "true"]);
+    assert_ne!(
+        refused.code, 0,
+        "no new run while the restore is unfinished: {refused:?}"
+    );
+
+    let r = env.guard(&["recover", "--yes"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(dump(&db(&env)), snap_db);
+    assert_eq!(
+        std::fs::read_to_string(env.path("data/rent_history/2025-01.json")).unwrap(),
+        snap_file,
+        "recover finished the restore"
+    );
+    let j = journals(&env);
+    let last = j.last().unwrap();
+    assert_eq!(last["op"], "restore", "{last}");
+    assert_eq!(last["phase"], "done", "{last}");
+    assert_eq!(last["outcome"], "recovered", "{last}");
+    let v: serde_json::Value = serde_json::from_str(&env.guard(&["status", "--json"]).stdout).unwrap();
+    assert!(v["interrupted"].as_array().unwrap().is_empty(), "{v}");
+}
+
+#[test]
+fn recover_of_a_killed_restore_of_one_target_restores_only_that_target() {
+    let env = lending_env("");
+    let id = snapshot_id(&env);
+    let snap_db = dump(&db(&env));
+    sql(&db(&env), "DELETE FROM payment WHERE id % 2 = 0");
+    env.write("data/rent_history/2025-01.json", "{\"rent\": 0}\n");
+    let pause = env.path("paused.pid");
+    let mut child = env
+        .cmd(&["restore", &id, "--yes", "--target", "app"])
+        .env("GUARD_TEST_PAUSE", "restoring")
+        .env("GUARD_TEST_PAUSE_FILE", &pause)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let r = env.guard(&["recover", "--yes"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(dump(&db(&env)), snap_db);
+    assert_eq!(
+        std::fs::read_to_string(env.path("data/rent_history/2025-01.json")).unwrap(),
+        "{\"rent\": 0}\n",
+        "the target the restore was not asked for is left alone"
+    );
+}
+
+#[test]
+fn recover_warns_when_an_after_hook_fails() {
+    // Drift (issue 18): recover ignored a failing after hook; the run and `guard restore` warn.
+    let env = lending_env("\n[hooks]\nafter = [\"exit 3\"]\n");
+    kill_at(&env, "checking");
+    let r = env.guard(&["recover", "--yes"]);
+    assert_eq!(r.code, 0, "the restore itself succeeded: {r:?}");
+    assert!(
+        r.stderr.contains("warning: after hook \"exit 3\" failed (exit 3)"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn recover_runs_the_after_hooks_when_a_before_hook_fails() {
+    // Drift (issue 18): the guarded run runs its after hooks whatever happened once the before
+    // hooks started; recover returned before them.
+    let env = lending_env("");
+    kill_at(&env, "checking");
+    let changed = dump(&db(&env));
+    let text = std::fs::read_to_string(env.path("guard.toml")).unwrap();
+    env.write(
+        "guard.toml",
+        &format!("{text}\n[hooks]\nbefore = [\"exit 4\"]\nafter = [\"touch after-ran\"]\n"),
+    );
+    let r = env.guard(&["recover", "--yes"]);
+    assert_eq!(r.code, 70, "a before hook failed: {r:?}");
+    assert!(r.stderr.contains("before hook \"exit 4\" failed"), "{r:?}");
+    assert!(env.path("after-ran").exists(), "after hooks ran: {r:?}");
+    assert_eq!(dump(&db(&env)), changed, "nothing was restored");
+    let v: serde_json::Value = serde_json::from_str(&env.guard(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(v["interrupted"].as_array().unwrap().len(), 1, "still to recover: {v}");
+}
+
+#[test]
+fn a_corrupt_pre_run_snapshot_is_refused_before_the_rescue_and_nothing_is_restored() {
+    // Drift (issue 18): `guard restore` and `recover` check every artifact's size and SHA-256
+    // before touching anything; the run now does too, so a command that damaged the store
+    // gets no half-restore from it.
+    let env = lending_env("");
+    let r = env.guard(&[
+        "--",
+        "sh",
+        "-c",
+        "for f in backups/snapshots/*/app.sqlite.gz; do printf x >> $f; done; echo broken > data/rent_history/2025-01.json; exit 1",
+    ]);
+    assert_eq!(r.code, 80, "{r:?}");
+    assert!(
+        r.stderr.contains("failed verification") && r.stderr.contains("app.sqlite.gz"),
+        "{r:?}"
+    );
+    assert!(
+        snapshots(&env).iter().all(|s| s["kind"] != "rescue"),
+        "no rescue snapshot was taken: {r:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.path("data/rent_history/2025-01.json")).unwrap(),
+        "broken\n",
+        "nothing was restored from a snapshot that failed verification"
+    );
+}

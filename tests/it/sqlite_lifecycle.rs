@@ -420,3 +420,30 @@ fn a_migration_that_corrupts_the_database_file_is_still_restored() {
     assert!(raw == garbage);
     assert_eq!(env.guard(&["verify", rescue]).code, 0);
 }
+
+#[test]
+fn restore_runs_the_after_hooks_when_a_before_hook_fails() {
+    // Drift (issue 18): `guard restore` returned before its after hooks when a before hook failed.
+    let env = lending_env("\n[hooks]\nbefore = [\"exit 4\"]\nafter = [\"touch after-ran\"]\n");
+    let r = env.guard(&["snapshot"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let id = r.stdout.trim().to_string();
+    sql(&db(&env), "DELETE FROM payment");
+    let changed = dump(&db(&env));
+    let r = env.guard(&["restore", &id, "--yes"]);
+    assert_eq!(r.code, 70, "a before hook failed: {r:?}");
+    assert!(r.stderr.contains("before hook \"exit 4\" failed"), "{r:?}");
+    assert!(env.path("after-ran").exists(), "after hooks ran: {r:?}");
+    assert_eq!(dump(&db(&env)), changed, "nothing was restored");
+}
+
+#[test]
+fn a_failing_before_hook_exits_70_and_runs_nothing() {
+    let env = lending_env("\n[hooks]\nbefore = [\"exit 4\"]\nafter = [\"touch after-ran\"]\n");
+    let marker = env.path("ran");
+    let r = env.guard(&["--", "touch", marker.to_str().unwrap()]);
+    assert_eq!(r.code, 70, "{r:?}");
+    assert!(!marker.exists(), "nothing ran");
+    assert!(!env.path("backups/snapshots").exists(), "nothing was snapshotted");
+    assert!(env.path("after-ran").exists(), "after hooks ran");
+}

@@ -1240,3 +1240,50 @@ fn with_before_hooks_a_branch_that_differs_from_the_source_fails_the_snapshot() 
     assert!(!marker.exists(), "the command must not run");
     assert!(s.branches().is_empty(), "{:?}", s.branches());
 }
+
+#[test]
+fn recover_of_a_promote_target_says_it_needs_you_not_that_it_failed() {
+    // Drift (issue 18): the guarded run and `guard restore` report a promote as a manual step;
+    // recover reported it as a failed restore.
+    let s = setup("restore = \"promote\"", CHECKS);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes/points_migration.py");
+    let url = s.fake.url_of(DB);
+    let pause = s.env.path("paused.pid");
+    let mut child = s
+        .env
+        .cmd(&["--", "python3", script.to_str().unwrap(), url.as_str(), "--crash"])
+        .env("TURSO_API_TOKEN", API_TOKEN)
+        .env("TURSO_DB_TOKEN", &s.db_token)
+        .env("GUARD_TEST_PAUSE", "checking")
+        .env("GUARD_TEST_PAUSE_FILE", &pause)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !pause.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "guard finished before the pause");
+        assert!(std::time::Instant::now() < deadline, "guard never paused");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let r = s.guard(&["recover", "--yes"]);
+    assert_eq!(r.code, 80, "the restore is not done: {r:?}");
+    let error = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("guard: error:"))
+        .unwrap_or_default();
+    assert!(
+        error.contains("restore is not automatic for readings") && !error.contains("failed"),
+        "a manual step, not a failure: {r:?}"
+    );
+    assert!(
+        error.contains("recover --keep"),
+        "says how to close the run afterwards: {r:?}"
+    );
+    let r = s.guard(&["recover", "--keep"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    s.assert_no_tokens(&[&r]);
+}

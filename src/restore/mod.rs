@@ -1,0 +1,504 @@
+//! Putting targets back to a snapshot's state: the one protocol the guarded run, `guard restore`
+//! and `guard recover` share ([`rescue_then_restore`]).
+//!
+//! 1. verify the snapshot before touching anything: every artifact has its recorded size and
+//!    SHA-256 (each target's restore decompresses its artifacts and compares the content
+//!    checksum again before it commits);
+//! 2. the `before` hooks (`guard restore`, `guard recover`; a guarded run ran them already);
+//! 3. a rescue snapshot of the state about to be replaced;
+//! 4. the restore, with SIGINT/SIGTERM deferred until every target is consistent; each target
+//!    restores atomically on its own and is then compared with what the snapshot recorded
+//!    (content checksums and fingerprints), so "restored" means "proven equal";
+//! 5. the `after` hooks, whatever happened once the `before` hooks had started.
+//!
+//! The journal records each step before it starts. [`Restoration::failure`] classifies the
+//! result in one set of words, each naming the next command to run.
+
+use serde::Serialize;
+
+use crate::catalog::Catalog;
+use crate::error::{Failure, Kind, ResultExt};
+use crate::journal::{Journal, Op, Phase};
+use crate::manifest::{Manifest, SnapshotKind};
+use crate::outcome::Outcome;
+use crate::policy::Policy;
+use crate::process::Hooks;
+use crate::snapshot::{self, Depth, Request};
+use crate::store::Store;
+use crate::targets::{target_for, Restored, Target};
+use crate::ui::Ui;
+
+/// What a restore needs around it.
+pub struct Ctx<'a> {
+    pub policy: &'a Policy,
+    pub store: &'a dyn Store,
+    pub catalog: &'a Catalog,
+    pub hooks: &'a dyn Hooks,
+    pub ui: &'a Ui,
+}
+
+/// How one target's restore went.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetRestore {
+    pub target: String,
+    pub ok: bool,
+    pub seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The target cannot be restored in place by guard; `error` holds what a person must do.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub manual: bool,
+}
+
+/// The rescue snapshot of the state a restore replaces.
+#[derive(Debug, Clone)]
+pub enum Rescue {
+    /// Take one, with this label.
+    Take(String),
+    /// `--no-rescue`: none.
+    Skip,
+    /// An earlier, interrupted attempt took this one already.
+    Taken(String),
+}
+
+/// Who restores: it decides the words of a failure, and the command each one names.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// The guarded run, after the command or a check failed (`why`).
+    Run { why: String },
+    /// `guard restore`.
+    Restore,
+    /// `guard recover`.
+    Recover,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Default)]
+pub struct Restoration {
+    pub rescue_id: Option<String>,
+    pub targets: Vec<TargetRestore>,
+    /// The `after` hooks failed (already warned about).
+    pub after_hooks: Option<String>,
+}
+
+/// Close a journal: its outcome, exit code and error, phase `done`, saved and indexed. A journal
+/// that cannot be written is warned about (the work is done either way).
+pub fn close(cx: &Ctx, j: &mut Journal, result: &Result<(u8, Outcome), Failure>) {
+    let (code, outcome) = match result {
+        Ok((code, outcome)) => (*code, *outcome),
+        Err(f) => (f.kind.exit_code(), Outcome::Failed(f.kind)),
+    };
+    j.outcome = Some(outcome);
+    j.exit_code = Some(code);
+    if let Err(f) = result {
+        j.message = Some(crate::secrets::redact(&format!("{:#}", f.error)));
+    }
+    j.phase = Phase::Done;
+    if let Err(e) = j.save(cx.store) {
+        cx.ui
+            .warn(&format!("could not write the journal of {}: {e:#}", j.run_id));
+    }
+    let _ = cx.catalog.record_run(j);
+}
+
+/// `m` with only the targets named in `only` (all of them when `only` is empty).
+pub fn restrict(m: &Manifest, only: &[String]) -> Manifest {
+    Manifest {
+        targets: m
+            .targets
+            .iter()
+            .filter(|t| only.is_empty() || only.contains(&t.name))
+            .cloned()
+            .collect(),
+        ..m.clone()
+    }
+}
+
+/// The live target of every record of `m`: the policy's target of that name, or one rebuilt
+/// from the record when the policy no longer names it.
+pub fn targets_for(policy: &Policy, m: &Manifest) -> Result<Vec<Box<dyn Target>>, Failure> {
+    m.targets
+        .iter()
+        .map(|rec| target_for(&policy.targets, rec))
+        .collect::<anyhow::Result<_>>()
+        .kind(Kind::Usage)
+}
+
+/// Verify `m`, take a rescue snapshot of `targets`, and restore `m` over them, with the policy's
+/// hooks around the rescue and the restore when `hooks` is set. `targets` are the live targets
+/// of `m`'s records (by name). Phases go into `j`. An error means nothing was restored: the
+/// snapshot failed verification, a `before` hook failed, or the rescue snapshot could not be
+/// taken.
+pub fn rescue_then_restore(
+    cx: &Ctx,
+    targets: &[Box<dyn Target>],
+    m: &Manifest,
+    rescue: Rescue,
+    hooks: bool,
+    j: &mut Journal,
+    caller: &Caller,
+) -> Result<Restoration, Failure> {
+    snapshot::verify_artifacts(cx.store, m, Depth::Checksums).map_err(|e| {
+        Failure::msg(
+            if matches!(caller, Caller::Run { .. }) {
+                Kind::RestoreFailed
+            } else {
+                Kind::Corrupt
+            },
+            format!(
+                "{}snapshot {} failed verification ({e:#}); nothing was restored{}",
+                lead(caller),
+                m.id,
+                left_as(caller)
+            ),
+        )
+    })?;
+    if !hooks {
+        return rescue_and_restore(cx, targets, m, rescue, j, caller);
+    }
+    let (result, after) = with_hooks(cx, || rescue_and_restore(cx, targets, m, rescue, j, caller));
+    result.map(|r| Restoration {
+        after_hooks: after,
+        ..r
+    })
+}
+
+/// Run `f` between the policy's `before` and `after` hooks. The `after` hooks run whatever `f`
+/// did, and also when a `before` hook failed (it may have stopped half of what it stops);
+/// their failure is warned about and returned beside `f`'s result.
+pub fn with_hooks<T>(cx: &Ctx, f: impl FnOnce() -> Result<T, Failure>) -> (Result<T, Failure>, Option<String>) {
+    let result = cx
+        .hooks
+        .run("before", &cx.policy.hooks.before, cx.ui)
+        .map_err(|e| Failure::msg(Kind::Hook, format!("{e:#}; nothing was changed")))
+        .and_then(|()| f());
+    let after = cx.hooks.run("after", &cx.policy.hooks.after, cx.ui).err().map(|e| {
+        let e = format!("{e:#}");
+        cx.ui.warn(&e);
+        e
+    });
+    (result, after)
+}
+
+fn rescue_and_restore(
+    cx: &Ctx,
+    targets: &[Box<dyn Target>],
+    m: &Manifest,
+    rescue: Rescue,
+    j: &mut Journal,
+    caller: &Caller,
+) -> Result<Restoration, Failure> {
+    let rescue_id = match rescue {
+        Rescue::Skip => None,
+        Rescue::Taken(id) => Some(id),
+        Rescue::Take(label) => {
+            j.enter(cx.store, Phase::Rescuing).kind(Kind::Internal)?;
+            let command = (j.op == Op::Run).then(|| j.command.clone());
+            let r = take_rescue(cx, targets, label, j.run_id.clone(), command)
+                .map_err(|e| rescue_failed(cx, m, caller, e))?;
+            cx.ui.info(&format!(
+                "guard: the state being replaced is kept in rescue snapshot {r}"
+            ));
+            Some(r)
+        }
+    };
+    j.rescue_id = rescue_id.clone().or(j.rescue_id.take());
+    j.enter(cx.store, Phase::Restoring).kind(Kind::Internal)?;
+    let results = restore_deferring_signals(targets, cx.store, m, cx.ui);
+    j.restored = results.iter().filter(|r| r.ok).map(|r| r.target.clone()).collect();
+    Ok(Restoration {
+        rescue_id,
+        targets: results,
+        after_hooks: None,
+    })
+}
+
+fn take_rescue(
+    cx: &Ctx,
+    targets: &[Box<dyn Target>],
+    label: String,
+    run_id: String,
+    command: Option<Vec<String>>,
+) -> anyhow::Result<String> {
+    let rescue = snapshot::take(
+        cx.policy,
+        targets,
+        cx.store,
+        Request {
+            kind: SnapshotKind::Rescue,
+            label: Some(label),
+            run_id: Some(run_id),
+            command,
+            only: None,
+            allow_absent: true,
+        },
+        cx.ui,
+    )?;
+    let _ = cx.catalog.record_snapshot(&rescue);
+    Ok(rescue.id)
+}
+
+/// The words that open a failure: the run says why it restored.
+fn lead(caller: &Caller) -> String {
+    match caller {
+        Caller::Run { why } => format!("{why}, and the pre-run "),
+        _ => String::new(),
+    }
+}
+
+/// Where an early failure leaves the targets.
+fn left_as(caller: &Caller) -> &'static str {
+    match caller {
+        Caller::Run { .. } => ", so the targets are in the state the command left",
+        _ => ", so nothing was changed",
+    }
+}
+
+fn rescue_failed(cx: &Ctx, m: &Manifest, caller: &Caller, e: anyhow::Error) -> Failure {
+    let why = match caller {
+        Caller::Run { why } => format!("{why}, and the"),
+        _ => "the".into(),
+    };
+    Failure::msg(
+        Kind::RestoreFailed,
+        format!(
+            "{why} rescue snapshot of the current state could not be taken ({e:#}); nothing was restored, so nothing is lost{}. To restore {} anyway, without a rescue snapshot: guard --policy {} restore {} --no-rescue",
+            left_as(caller),
+            m.id,
+            cx.policy.file.display(),
+            m.id
+        ),
+    )
+}
+
+impl Restoration {
+    /// `None` when every target was restored and verified; otherwise the failure to report:
+    /// a manual step (Turso `promote`) says so and points at the instructions printed above,
+    /// a failed restore names each target and what to run next.
+    pub fn failure(&self, cx: &Ctx, m: &Manifest, caller: &Caller) -> Option<Failure> {
+        let failed: Vec<&TargetRestore> = self.targets.iter().filter(|r| !r.ok).collect();
+        if failed.is_empty() {
+            return None;
+        }
+        let restored: Vec<&str> = self
+            .targets
+            .iter()
+            .filter(|r| r.ok)
+            .map(|r| r.target.as_str())
+            .collect();
+        let restored = if restored.is_empty() {
+            String::new()
+        } else {
+            format!(" Restored and verified: {}.", restored.join(", "))
+        };
+        let why = match caller {
+            Caller::Run { why } => format!("{why}; "),
+            _ => String::new(),
+        };
+        let rescue = match &self.rescue_id {
+            Some(r) => format!(" The state it replaced is kept in rescue snapshot {r}."),
+            None => String::new(),
+        };
+        let file = cx.policy.file.display();
+        let msg = if failed.iter().all(|r| r.manual) {
+            let then = match caller {
+                Caller::Recover => format!(" When that is done: guard --policy {file} recover --keep"),
+                _ => String::new(),
+            };
+            format!(
+                "{why}restore is not automatic for {} — act now, following the instructions above.{restored}{rescue} The snapshot is {}.{then}",
+                failed.iter().map(|r| r.target.as_str()).collect::<Vec<_>>().join(", "),
+                m.id
+            )
+        } else {
+            let retry = match caller {
+                Caller::Run { .. } => format!("guard --policy {file} restore {} --no-rescue", m.id),
+                Caller::Restore => format!("guard --policy {file} restore {}", m.id),
+                Caller::Recover => format!("guard --policy {file} recover"),
+            };
+            format!(
+                "{why}RESTORE FAILED for {} — act now.{restored} Snapshot {} is intact.{rescue} Retry with: {retry}",
+                failed
+                    .iter()
+                    .map(|r| format!("{} ({})", r.target, r.error.as_deref().unwrap_or("?")))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                m.id
+            )
+        };
+        Some(Failure::msg(Kind::RestoreFailed, msg))
+    }
+}
+
+/// Restore every target of `m`, in manifest order, and verify each. `targets` are the live
+/// targets, found by record name.
+pub fn restore_all(targets: &[Box<dyn Target>], store: &dyn Store, m: &Manifest, ui: &Ui) -> Vec<TargetRestore> {
+    let mut out = Vec::new();
+    for rec in &m.targets {
+        let started = std::time::Instant::now();
+        let spinner = ui.spinner(&format!("restore {}", rec.name));
+        let r = match targets.iter().find(|t| t.name() == rec.name) {
+            None => Err(anyhow::anyhow!("no live target {} to restore into", rec.name)),
+            Some(t) => t.restore(rec, store).and_then(|done| match done {
+                Restored::Done => t
+                    .verify_restored(rec)
+                    .map(|()| Restored::Done)
+                    .map_err(|e| anyhow::anyhow!("restored, but it does not match the snapshot: {e:#}")),
+                manual => Ok(manual),
+            }),
+        };
+        spinner.finish();
+        let seconds = started.elapsed().as_secs_f64();
+        let (ok, manual, error) = match r {
+            Ok(Restored::Done) => {
+                ui.info(&format!("  {:<16} restored and verified in {seconds:.1}s", rec.name));
+                (true, false, None)
+            }
+            Ok(Restored::Manual(steps)) => {
+                let steps = crate::secrets::redact(&steps);
+                eprintln!(
+                    "guard: {} is not restored in place automatically — it needs you:\n{steps}",
+                    rec.name
+                );
+                (false, true, Some(steps))
+            }
+            Err(e) => {
+                let e = crate::secrets::redact(&format!("{e:#}"));
+                eprintln!("guard: restore of {} FAILED: {e}", rec.name);
+                (false, false, Some(e))
+            }
+        };
+        out.push(TargetRestore {
+            target: rec.name.clone(),
+            ok,
+            seconds,
+            error,
+            manual,
+        });
+        crate::faults::test_pause("restore-between-targets");
+    }
+    out
+}
+
+/// Restore with SIGINT/SIGTERM deferred until every target is consistent.
+pub fn restore_deferring_signals(
+    targets: &[Box<dyn Target>],
+    store: &dyn Store,
+    m: &Manifest,
+    ui: &Ui,
+) -> Vec<TargetRestore> {
+    crate::signals::install();
+    let r = restore_all(targets, store, m, ui);
+    if let Some(sig) = crate::signals::take() {
+        ui.warn(&format!(
+            "signal {sig} arrived during the restore; it was deferred until the targets were consistent"
+        ));
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::testing::{self, FakeHooks, FakeTarget, MemStore, World};
+
+    const POLICY: &str = "name = \"unit\"\nstore = \"store\"\n[[target]]\nname = \"app\"\nkind = \"sqlite\"\npath = \"app.db\"\n[hooks]\nbefore = [\"stop\"]\nafter = [\"start\"]\n";
+
+    /// `guard restore` of a snapshot of `app`, after `prepare` had its way with the store and
+    /// the target; the result, the events and the journal's phases.
+    fn restore(
+        prepare: impl FnOnce(&MemStore, &Manifest, &mut FakeTarget),
+    ) -> (Result<Restoration, Failure>, Vec<String>, Vec<String>, Arc<World>) {
+        let (policy, _dir) = testing::policy(POLICY);
+        let world = World::new(&[("app", "v1")]);
+        let store = MemStore::new();
+        let catalog = Catalog::open(&store).unwrap();
+        let ui = testing::ui();
+        let mut app = FakeTarget::new(&policy, "app", &world);
+        let req = Request {
+            kind: SnapshotKind::Manual,
+            label: None,
+            run_id: None,
+            command: None,
+            only: None,
+            allow_absent: false,
+        };
+        let taken: Vec<Box<dyn Target>> = vec![Box::new(FakeTarget::new(&policy, "app", &world))];
+        let m = snapshot::take(&policy, &taken, &store, req, &ui).unwrap();
+        world.set("app", "v2");
+        prepare(&store, &m, &mut app);
+        world.events.lock().unwrap().clear();
+        let hooks = FakeHooks {
+            world: Arc::clone(&world),
+            fail: Vec::new(),
+        };
+        let cx = Ctx {
+            policy: &policy,
+            store: &store,
+            catalog: &catalog,
+            hooks: &hooks,
+            ui: &ui,
+        };
+        let mut j = Journal::new(
+            "20261201T000000.000Z-0001",
+            &policy,
+            &["guard".into(), "restore".into()],
+        );
+        j.op = Op::Restore;
+        let targets: Vec<Box<dyn Target>> = vec![Box::new(app)];
+        let rescue = Rescue::Take("state before restore".into());
+        let r = rescue_then_restore(&cx, &targets, &m, rescue, true, &mut j, &Caller::Restore);
+        (r, world.events(), store.journal_phases(), world)
+    }
+
+    #[test]
+    fn hooks_wrap_the_rescue_and_the_restore() {
+        let (r, events, phases, world) = restore(|_, _, _| {});
+        let r = r.unwrap();
+        assert!(r.rescue_id.is_some() && r.targets.iter().all(|t| t.ok));
+        assert_eq!(
+            events,
+            [
+                "before hook stop",
+                "snapshot app",
+                "restore app",
+                "verify app",
+                "after hook start"
+            ]
+        );
+        assert_eq!(phases, ["rescuing", "restoring"]);
+        assert_eq!(world.get("app"), "v1");
+    }
+
+    #[test]
+    fn a_failed_rescue_still_runs_the_after_hooks() {
+        let (r, events, _, world) = restore(|_, _, app| app.snapshot_fails = Some(1));
+        let f = r.unwrap_err();
+        assert_eq!(f.kind, Kind::RestoreFailed);
+        assert!(
+            format!("{:#}", f.error).contains("--no-rescue"),
+            "names the way forward: {:#}",
+            f.error
+        );
+        assert_eq!(events, ["before hook stop", "snapshot app", "after hook start"]);
+        assert_eq!(world.get("app"), "v2", "nothing restored");
+    }
+
+    #[test]
+    fn a_snapshot_that_fails_verification_touches_nothing_not_even_the_hooks() {
+        let (r, events, phases, world) = restore(|store, m, _| {
+            let key = &m.targets[0].artifacts[0].key;
+            let mut bytes = store.get(key).unwrap();
+            bytes[20] ^= 1;
+            store.replace(key, &bytes);
+        });
+        let f = r.unwrap_err();
+        assert_eq!(f.kind, Kind::Corrupt);
+        assert!(format!("{:#}", f.error).contains("SHA-256 mismatch"), "{:#}", f.error);
+        assert!(events.is_empty(), "{events:?}");
+        assert!(phases.is_empty());
+        assert_eq!(world.get("app"), "v2");
+    }
+}

@@ -1,0 +1,180 @@
+//! The guarded run: lock → confirm → hooks → snapshot → verify → run → check → restore.
+//!
+//! Every phase is written to the run's journal before its work starts, so a guard that dies
+//! leaves a record of exactly how far it got. The command runs only after its snapshot has
+//! been completed and verified; a failure before that point runs nothing.
+//!
+//! - [`begin`]: the request checked, the lock, earlier runs, the confirmation; closing the run
+//! - [`command`]: the wrapped command, its output and log
+//! - [`decide`]: keep, keep the failed state, or restore — a pure function
+//! - [`plan`]: the `--dry-run` plan and the checks table
+//!
+//! The restore after a failure is [`crate::restore::rescue_then_restore`], shared with
+//! `guard restore` and `guard recover`.
+
+pub mod begin;
+pub mod command;
+pub mod decide;
+pub mod plan;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use crate::checks;
+use crate::error::{Failure, Kind, ResultExt};
+use crate::journal::{Journal, Phase};
+use crate::manifest::{Manifest, SnapshotKind};
+use crate::outcome::Outcome;
+use crate::process::shell_words;
+use crate::restore::{self, Caller, Ctx, Rescue};
+use crate::snapshot::{self, Request};
+use crate::store;
+use crate::targets::Target;
+use command::Runner;
+use decide::{decide, Decision, Why};
+
+pub struct Options {
+    pub yes: bool,
+    pub dry_run: bool,
+    pub no_restore: bool,
+    pub command: Vec<String>,
+}
+
+/// The guarded run of `opts.command` over `targets` (the policy's). Returns guard's exit code.
+pub fn guarded(cx: &Ctx, targets: &[Box<dyn Target>], runner: &dyn Runner, opts: &Options) -> Result<u8, Failure> {
+    let mut begun = begin::begin(cx, opts)?;
+    // The after hooks run whatever happened once guard got as far as the before hooks.
+    let (result, after_hooks) = restore::with_hooks(cx, || lifecycle(cx, targets, runner, opts, &mut begun.journal));
+    begin::finish(cx, begun, result, after_hooks)
+}
+
+/// Snapshot, command, checks, decision. Returns (exit code, outcome) or a failure.
+fn lifecycle(
+    cx: &Ctx,
+    targets: &[Box<dyn Target>],
+    runner: &dyn Runner,
+    opts: &Options,
+    j: &mut Journal,
+) -> Result<(u8, Outcome), Failure> {
+    let (snap, before) = take_snapshot(cx, targets, opts, j)?;
+    let code = run_command(cx, runner, opts, j)?;
+    let checks_ok = check(cx, targets, &before, &snap, j)?;
+    let file = cx.policy.file.display();
+    match decide(code, checks_ok, opts.no_restore) {
+        Decision::Keep => {
+            cx.ui.info(&format!(
+                "guard: command succeeded and every check passed; changes kept (pre-run snapshot {})",
+                snap.id
+            ));
+            Ok((0, Outcome::Kept))
+        }
+        Decision::KeepFailed { why, exit } => {
+            cx.ui.info(&format!(
+                "guard: {why}; --no-restore keeps the failed state. To roll back later: guard --policy {file} restore {}",
+                snap.id
+            ));
+            Ok((exit, Outcome::FailedKept))
+        }
+        Decision::Restore { why, exit } => restore_after(cx, targets, &snap, why, exit, j),
+    }
+}
+
+/// Preflight, the checks' before values, and the pre-run snapshot (verified as it is taken).
+fn take_snapshot(
+    cx: &Ctx,
+    targets: &[Box<dyn Target>],
+    opts: &Options,
+    j: &mut Journal,
+) -> Result<(Manifest, BTreeMap<String, String>), Failure> {
+    let (policy, store, ui) = (cx.policy, cx.store, cx.ui);
+    j.enter(store, Phase::Snapshotting).kind(Kind::Snapshot)?;
+    for t in targets {
+        t.preflight().kind(Kind::Snapshot)?;
+    }
+    let before = checks::before_values(policy, targets).kind(Kind::Snapshot)?;
+    ui.info(&format!("guard: snapshot of {} into {}", policy.name, store.location()));
+    let req = Request {
+        kind: SnapshotKind::PreRun,
+        label: None,
+        run_id: Some(j.run_id.clone()),
+        command: Some(opts.command.clone()),
+        only: None,
+        allow_absent: false,
+    };
+    let snap = snapshot::take(policy, targets, store, req, ui).kind(Kind::Snapshot)?;
+    let _ = cx.catalog.record_snapshot(&snap);
+    let _ = cx.catalog.mark_verified(&snap.id, true);
+    j.snapshot_id = Some(snap.id.clone());
+    j.enter(store, Phase::SnapshotVerified).kind(Kind::Snapshot)?;
+    ui.info(&format!(
+        "guard: snapshot {} verified; running {}",
+        snap.id,
+        shell_words(&opts.command)
+    ));
+    Ok((snap, before))
+}
+
+/// Run the command; its exit code (127 when it could not even start).
+fn run_command(cx: &Ctx, runner: &dyn Runner, opts: &Options, j: &mut Journal) -> Result<i32, Failure> {
+    let store = cx.store;
+    let log = command::open_log(store, &j.run_id).kind(Kind::Snapshot)?;
+    j.enter(store, Phase::CommandRunning).kind(Kind::Internal)?;
+    let code = runner.run(&opts.command, log, cx.ui).unwrap_or_else(|e| {
+        // The command could not even start: nothing changed, but say so plainly.
+        cx.ui.warn(&format!("{e:#}"));
+        127
+    });
+    j.command_exit = Some(code);
+    if let Err(e) = store::publish_log(store, &j.run_id) {
+        cx.ui
+            .warn(&format!("could not upload the run log to {}: {e:#}", store.location()));
+    }
+    Ok(code)
+}
+
+/// Run the policy's checks against the live targets; do they all pass?
+fn check(
+    cx: &Ctx,
+    targets: &[Box<dyn Target>],
+    before: &BTreeMap<String, String>,
+    snap: &Manifest,
+    j: &mut Journal,
+) -> Result<bool, Failure> {
+    j.enter(cx.store, Phase::Checking).kind(Kind::Internal)?;
+    let results = checks::evaluate(cx.policy, targets, before, snap);
+    plan::print_checks(&results, cx.ui);
+    let ok = results.iter().all(|r| r.passed);
+    j.checks = results;
+    j.save(cx.store).kind(Kind::Internal)?;
+    Ok(ok)
+}
+
+/// After a failure: rescue the failed state, restore the pre-run snapshot, and exit `exit`
+/// when every target is back.
+fn restore_after(
+    cx: &Ctx,
+    targets: &[Box<dyn Target>],
+    snap: &Manifest,
+    why: Why,
+    exit: u8,
+    j: &mut Journal,
+) -> Result<(u8, Outcome), Failure> {
+    cx.ui.info(&format!(
+        "guard: {why}; taking a rescue snapshot of the failed state, then restoring {}",
+        snap.id
+    ));
+    let caller = Caller::Run { why: why.to_string() };
+    let rescue = Rescue::Take(format!("failed state of run {}", j.run_id));
+    let done = restore::rescue_then_restore(cx, targets, snap, rescue, false, j, &caller)?;
+    if let Some(f) = done.failure(cx, snap, &caller) {
+        return Err(f);
+    }
+    cx.ui.info(&format!(
+        "guard: {why}; restored {} from snapshot {} and verified it. The failed state is kept in rescue snapshot {}.",
+        j.restored.join(", "),
+        snap.id,
+        done.rescue_id.as_deref().unwrap_or("-")
+    ));
+    Ok((exit, Outcome::Restored))
+}
