@@ -211,6 +211,13 @@ pub fn new_id(now: OffsetDateTime) -> String {
     format!("{}-{:04x}", now.format(&f).expect("formats"), rand::random::<u16>())
 }
 
+/// The time in a snapshot (or run) id, for what has no manifest or journal to say it.
+pub fn id_time(id: &str) -> Option<OffsetDateTime> {
+    let ts = id.split('-').next()?;
+    let f = time::macros::format_description!("[year][month][day]T[hour][minute][second].[subsecond digits:3]Z");
+    time::PrimitiveDateTime::parse(ts, &f).ok().map(|t| t.assume_utc())
+}
+
 /// Snapshot ids that have objects but no manifest: incomplete, never usable.
 pub fn incomplete_snapshots(store: &dyn Store) -> Result<Vec<String>> {
     let mut ids = std::collections::BTreeMap::<String, bool>::new();

@@ -25,10 +25,9 @@ use time::OffsetDateTime;
 
 use crate::catalog::{Catalog, SnapshotRow};
 use crate::error::{Failure, Kind, ResultExt};
-use crate::manifest::{Manifest, SnapshotKind};
+use crate::manifest::{id_time, Manifest, SnapshotKind};
 use crate::policy::{Policy, Retention};
-use crate::store::{self, keys, Store};
-use crate::ui::{self, Ui};
+use crate::store::{keys, Store};
 
 /// Why a snapshot stays or goes.
 #[derive(Debug, Clone, Serialize)]
@@ -234,179 +233,89 @@ fn marked(store: &dyn Store) -> Result<Vec<String>> {
         .collect())
 }
 
-/// `guard prune`.
-pub fn prune(
-    policy: &Policy,
-    keep_within: Option<Duration>,
-    keep_last: Option<usize>,
-    dry_run: bool,
-    ui: &Ui,
-) -> Result<u8, Failure> {
-    let retention = Retention {
-        keep_within: keep_within.unwrap_or(policy.retention.keep_within),
-        keep_last: keep_last.unwrap_or(policy.retention.keep_last),
-    };
-    if retention.keep_last == 0 && retention.keep_within.is_zero() {
-        return Err(Failure::msg(
-            Kind::Usage,
-            "refusing to prune with keep_last = 0 and keep_within = 0: that keeps nothing",
-        ));
-    }
-    let store = store::open(&policy.store).kind(Kind::Usage)?;
-    let store = store.as_ref();
-    let _lock = crate::lock::acquire(store, &policy.name, "guard prune", None)?;
-    let catalog = Catalog::open(store)?;
-    let now = crate::clock::now();
+/// What a prune decided and did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pruned {
+    pub decisions: Vec<Decision>,
+    /// Snapshots whose earlier prune was interrupted, finished now.
+    pub finished_interrupted_prunes: Vec<String>,
+    /// Incomplete snapshots (no manifest) more than a day old.
+    pub garbage: Vec<String>,
+    pub deleted: Vec<String>,
+    pub bytes_freed: u64,
+}
 
-    // Runs not done (in progress elsewhere, or interrupted) keep their snapshots.
-    let mut protected_runs = BTreeSet::new();
-    let mut protected_snaps = BTreeSet::new();
+/// Snapshots a recovery may need: those of runs that are not done (in progress elsewhere, or
+/// interrupted). Returns (run ids, snapshot ids).
+fn protected(store: &dyn Store) -> Result<(BTreeSet<String>, BTreeSet<String>)> {
+    let mut runs = BTreeSet::new();
+    let mut snaps = BTreeSet::new();
     for j in crate::journal::journals(store)? {
         if j.phase != crate::journal::Phase::Done {
-            protected_runs.insert(j.run_id.clone());
-            protected_snaps.extend(j.snapshot_id.clone());
-            protected_snaps.extend(j.rescue_id.clone());
+            runs.insert(j.run_id.clone());
+            snaps.extend(j.snapshot_id.clone());
+            snaps.extend(j.rescue_id.clone());
         }
     }
+    Ok((runs, snaps))
+}
+
+/// Plan the prune of `policy`'s snapshots under `retention` and, unless `dry_run`, delete what
+/// goes (and finish interrupted prunes, and remove old incomplete snapshots).
+pub fn prune(
+    policy: &Policy,
+    store: &dyn Store,
+    catalog: &Catalog,
+    retention: &Retention,
+    dry_run: bool,
+) -> Result<Pruned, Failure> {
+    let now = crate::clock::now();
+    let (protected_runs, protected_snaps) = protected(store)?;
     let snaps = catalog.snapshots(Some(&policy.name))?;
-    let decisions = plan(
-        &snaps,
-        &retention,
-        now,
-        &pins(store)?,
-        &protected_runs,
-        &protected_snaps,
-    )
-    .kind(Kind::Usage)?;
+    let decisions = plan(&snaps, retention, now, &pins(store)?, &protected_runs, &protected_snaps).kind(Kind::Usage)?;
     let unfinished = marked(store)?;
     let garbage: Vec<String> = crate::manifest::incomplete_snapshots(store)?
         .into_iter()
         .filter(|id| !unfinished.contains(id))
         .filter(|id| id_time(id).is_some_and(|t| now - t > time::Duration::days(1)))
         .collect();
-
-    let doomed: Vec<&Decision> = decisions.iter().filter(|d| !d.keep).collect();
-    let mut freed = 0u64;
-    let mut deleted = Vec::new();
-    if !dry_run {
-        let kept_ids: Vec<String> = decisions.iter().filter(|d| d.keep).map(|d| d.id.clone()).collect();
-        // Fail closed: a kept snapshot whose manifest cannot be read might reference what a
-        // release would delete, so it stops the prune instead of being skipped.
-        let kept_records = |target: &str| -> Result<Vec<crate::manifest::TargetRecord>> {
-            let mut out = Vec::new();
-            for id in &kept_ids {
-                let m = Manifest::load(store, id)
-                    .with_context(|| format!("kept snapshot {id} is unreadable; nothing it may share was released"))?;
-                out.extend(m.target(target).cloned());
-            }
-            Ok(out)
-        };
-        let ids: Vec<String> = unfinished
-            .iter()
-            .cloned()
-            .chain(doomed.iter().map(|d| d.id.clone()))
-            .collect();
-        freed += delete_snapshots(policy, store, &catalog, &ids, &kept_records).kind(Kind::Internal)?;
-        deleted = ids;
-        for id in &garbage {
-            for e in store.list(&keys::snapshot_prefix(id))? {
-                store.remove(&e.key)?;
-                freed += e.size;
-            }
-        }
-    }
-
-    if ui.json {
-        ui::print_json(&json!({
-            "policy": policy.name,
-            "dry_run": dry_run,
-            "keep_within": humantime::format_duration(retention.keep_within).to_string(),
-            "keep_last": retention.keep_last,
-            "decisions": decisions,
-            "finished_interrupted_prunes": unfinished,
-            "garbage": garbage,
-            "deleted": deleted,
-            "bytes_freed": freed,
-        }));
-        return Ok(0);
-    }
-    let rows: Vec<Vec<String>> = decisions
-        .iter()
-        .map(|d| {
-            vec![
-                d.id.clone(),
-                d.kind.clone(),
-                if d.keep {
-                    "keep".into()
-                } else if dry_run {
-                    "would prune".into()
-                } else {
-                    "pruned".into()
-                },
-                d.reasons.join("; "),
-            ]
-        })
-        .collect();
-    if !rows.is_empty() {
-        print!("{}", ui::table(&["id", "kind", "decision", "why"], &rows));
-    }
-    for id in &unfinished {
-        println!("{id}: finished an interrupted prune");
-    }
-    for id in &garbage {
-        println!(
-            "{id}: incomplete (no manifest), more than a day old: {}",
-            if dry_run { "would remove" } else { "removed" }
-        );
-    }
+    let mut out = Pruned {
+        decisions,
+        finished_interrupted_prunes: unfinished,
+        garbage,
+        deleted: Vec::new(),
+        bytes_freed: 0,
+    };
     if dry_run {
-        println!(
-            "dry run: {} of {} snapshot(s) would be pruned ({})",
-            doomed.len(),
-            decisions.len(),
-            ui::bytes(doomed.iter().map(|d| d.bytes).sum())
-        );
-    } else {
-        println!("pruned {} snapshot(s), freed {}", deleted.len(), ui::bytes(freed));
+        return Ok(out);
     }
-    Ok(0)
-}
-
-/// The time in a snapshot id (used only for incomplete snapshots, which have no manifest).
-fn id_time(id: &str) -> Option<OffsetDateTime> {
-    let ts = id.split('-').next()?;
-    let f = time::macros::format_description!("[year][month][day]T[hour][minute][second].[subsecond digits:3]Z");
-    time::PrimitiveDateTime::parse(ts, &f).ok().map(|t| t.assume_utc())
-}
-
-/// `guard pin ID --reason R` / `guard unpin ID`.
-pub fn pin(policy: &Policy, id: &str, reason: Option<&str>, unpin: bool, ui: &Ui) -> Result<u8, Failure> {
-    let store = store::open(&policy.store).kind(Kind::Usage)?;
-    let store = store.as_ref();
-    let catalog = Catalog::open(store)?;
-    let id = crate::commands::resolve_id(&catalog, policy, id)?;
-    if unpin {
-        if store.size(&keys::pin_key(&id))?.is_none() {
-            return Err(Failure::msg(Kind::Usage, format!("snapshot {id} is not pinned")));
+    let kept_ids: Vec<String> = out.decisions.iter().filter(|d| d.keep).map(|d| d.id.clone()).collect();
+    // Fail closed: a kept snapshot whose manifest cannot be read might reference what a
+    // release would delete, so it stops the prune instead of being skipped.
+    let kept_records = |target: &str| -> Result<Vec<crate::manifest::TargetRecord>> {
+        let mut records = Vec::new();
+        for id in &kept_ids {
+            let m = Manifest::load(store, id)
+                .with_context(|| format!("kept snapshot {id} is unreadable; nothing it may share was released"))?;
+            records.extend(m.target(target).cloned());
         }
-        store.remove(&keys::pin_key(&id))?;
-        ui.info(&format!("unpinned {id}"));
-    } else {
-        let reason = reason
-            .filter(|r| !r.trim().is_empty())
-            .ok_or_else(|| Failure::msg(Kind::Usage, "say why: guard pin ID --reason \"…\""))?;
-        let p = Pin {
-            id: id.clone(),
-            reason: reason.to_string(),
-            pinned_at: crate::clock::rfc3339(crate::clock::now()),
-        };
-        store.put(&keys::pin_key(&id), &serde_json::to_vec_pretty(&p)?)?;
-        ui.info(&format!("pinned {id}: {reason}"));
+        Ok(records)
+    };
+    let ids: Vec<String> = out
+        .finished_interrupted_prunes
+        .iter()
+        .cloned()
+        .chain(out.decisions.iter().filter(|d| !d.keep).map(|d| d.id.clone()))
+        .collect();
+    out.bytes_freed += delete_snapshots(policy, store, catalog, &ids, &kept_records).kind(Kind::Internal)?;
+    out.deleted = ids;
+    for id in &out.garbage {
+        for e in store.list(&keys::snapshot_prefix(id))? {
+            store.remove(&e.key)?;
+            out.bytes_freed += e.size;
+        }
     }
-    if ui.json {
-        ui::print_json(&json!({"id": id, "pinned": !unpin}));
-    }
-    Ok(0)
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@
 //! The journal records each step before it starts. [`Restoration::failure`] classifies the
 //! result in one set of words, each naming the next command to run.
 
+pub mod recover;
+
 use serde::Serialize;
 
 use crate::catalog::Catalog;
@@ -83,9 +85,9 @@ pub struct Restoration {
 
 /// Close a journal: its outcome, exit code and error, phase `done`, saved and indexed. A journal
 /// that cannot be written is warned about (the work is done either way).
-pub fn close(cx: &Ctx, j: &mut Journal, result: &Result<(u8, Outcome), Failure>) {
+pub fn close(cx: &Ctx, j: &mut Journal, result: Result<(u8, Outcome), &Failure>) {
     let (code, outcome) = match result {
-        Ok((code, outcome)) => (*code, *outcome),
+        Ok((code, outcome)) => (code, outcome),
         Err(f) => (f.kind.exit_code(), Outcome::Failed(f.kind)),
     };
     j.outcome = Some(outcome);
@@ -161,6 +163,41 @@ pub fn rescue_then_restore(
         after_hooks: after,
         ..r
     })
+}
+
+/// `guard restore`: restore `m` (the snapshot, restricted to the targets asked for in `only`)
+/// under a journal of its own (`run_id`, op `restore`), closed when done. Returns the journal, what
+/// was restored and, when not every target came back, the failure to report; an error means
+/// nothing was restored.
+pub fn requested(
+    cx: &Ctx,
+    m: &Manifest,
+    only: &[String],
+    no_rescue: bool,
+    run_id: &str,
+    command: &[String],
+) -> Result<(Journal, Restoration, Option<Failure>), Failure> {
+    let targets = targets_for(cx.policy, m)?;
+    let mut j = Journal::new(run_id, cx.policy, command);
+    j.op = Op::Restore;
+    j.only = only.to_vec();
+    j.snapshot_id = Some(m.id.clone());
+    j.save(cx.store).kind(Kind::Internal)?;
+    let rescue = if no_rescue {
+        Rescue::Skip
+    } else {
+        Rescue::Take(format!("state before restore of {}", m.id))
+    };
+    let done = match rescue_then_restore(cx, &targets, m, rescue, true, &mut j, &Caller::Restore) {
+        Ok(done) => done,
+        Err(f) => {
+            close(cx, &mut j, Err(&f));
+            return Err(f);
+        }
+    };
+    let failure = done.failure(cx, m, &Caller::Restore);
+    close(cx, &mut j, failure.as_ref().map_or(Ok((0, Outcome::Restored)), Err));
+    Ok((j, done, failure))
 }
 
 /// Run `f` between the policy's `before` and `after` hooks. The `after` hooks run whatever `f`

@@ -119,7 +119,7 @@ pub fn finish(
     after_hooks: Option<String>,
 ) -> Result<u8, Failure> {
     let Begun { journal: mut j, lock } = begun;
-    crate::restore::close(cx, &mut j, &result);
+    crate::restore::close(cx, &mut j, result.as_ref().map(|r| *r));
     drop(lock);
     if cx.ui.json {
         ui::print_json(&json!({

@@ -1,19 +1,15 @@
-//! `guard status` and `guard recover`: what state things are in, and how to get back.
+//! `guard status`: what state things are in, and how to get back.
 //!
 //! A run whose journal is not `done` and whose guard no longer holds the policy's lock was
 //! interrupted. Its phase says what may have happened to the targets; its pre-run snapshot,
 //! if complete, is the way back.
 
-use anyhow::Result;
 use serde_json::json;
 
-use crate::error::{Failure, Kind, ResultExt};
+use super::Session;
+use crate::error::Failure;
 use crate::journal::{Journal, Op, Phase};
-use crate::outcome::Outcome;
 use crate::policy::Policy;
-use crate::process::ShellHooks;
-use crate::restore::{self, Caller, Ctx, Rescue};
-use crate::store;
 use crate::ui::{self, Ui};
 
 /// What an interrupted run (or restore) means for the targets, and what to do.
@@ -67,9 +63,8 @@ pub fn advice(j: &Journal, policy_file: &str) -> (String, String) {
 
 /// `guard status`.
 pub fn status(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
-    let store = store::open(&policy.store).kind(Kind::Usage)?;
-    let store = store.as_ref();
-    let catalog = crate::catalog::Catalog::open(store)?;
+    let s = Session::open(policy)?;
+    let (store, catalog) = (s.store(), &s.catalog);
     let (held, holder) = crate::lock::inspect(store, &policy.name)?;
     let interrupted = crate::journal::interrupted_runs(store, &policy.name)?;
     let incomplete = crate::manifest::incomplete_snapshots(store)?;
@@ -197,92 +192,4 @@ pub fn status(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
     }
     print!("{}", crate::secrets::redact(&s));
     Ok(0)
-}
-
-/// `guard recover [--keep]`: close interrupted runs, restoring their pre-run snapshot unless
-/// `--keep`.
-pub fn recover(policy: &Policy, keep: bool, yes: bool, ui: &Ui) -> Result<u8, Failure> {
-    let store = store::open(&policy.store).kind(Kind::Usage)?;
-    let store = store.as_ref();
-    let lock = crate::lock::acquire(store, &policy.name, "guard recover", None)?;
-    if let Some(h) = &lock.taken_over {
-        ui.warn(&format!("took over the lock of a guard that died ({h})"));
-    }
-    let catalog = crate::catalog::Catalog::open(store)?;
-    let interrupted = crate::journal::interrupted_runs(store, &policy.name)?;
-    if interrupted.is_empty() {
-        ui.info("guard: no interrupted run; nothing to recover");
-        if ui.json {
-            ui::print_json(&json!({"recovered": []}));
-        }
-        return Ok(0);
-    }
-    let cx = Ctx {
-        policy,
-        store,
-        catalog: &catalog,
-        hooks: &ShellHooks,
-        ui,
-    };
-    let mut done = Vec::new();
-    for mut j in interrupted {
-        let touched = matches!(
-            j.phase,
-            Phase::CommandRunning | Phase::Checking | Phase::Rescuing | Phase::Restoring
-        );
-        let outcome = if !touched {
-            Outcome::Abandoned
-        } else if keep {
-            Outcome::KeptAfterInterrupt
-        } else {
-            finish_restore(&cx, &mut j, yes)?;
-            Outcome::Recovered
-        };
-        ui.info(&format!("guard: run {} ({}) → {outcome}", j.run_id, j.phase.as_str()));
-        j.outcome = Some(outcome);
-        j.phase = Phase::Done;
-        j.save(store)?;
-        let _ = catalog.record_run(&j);
-        done.push(json!({"run_id": j.run_id, "outcome": outcome, "restored": j.restored, "rescue_id": j.rescue_id}));
-    }
-    if ui.json {
-        ui::print_json(&json!({"recovered": done}));
-    }
-    Ok(0)
-}
-
-/// Put back the snapshot an interrupted journal was protecting (a run's pre-run snapshot) or
-/// restoring (`guard restore`), with a rescue snapshot of what is there now unless an earlier
-/// attempt took one. A failure leaves the journal open, so `guard recover` can run again.
-fn finish_restore(cx: &Ctx, j: &mut Journal, yes: bool) -> Result<(), Failure> {
-    let snap_id = j.snapshot_id.clone().ok_or_else(|| {
-        Failure::msg(
-            Kind::RestoreFailed,
-            format!("run {} has no pre-run snapshot to restore", j.run_id),
-        )
-    })?;
-    let m = cx.catalog.load_manifest(cx.store, &snap_id).kind(Kind::Corrupt)?;
-    let m = restore::restrict(&m, &j.only);
-    if !yes
-        && !cx.ui.confirm(&format!(
-            "guard: restore {} (targets: {}) from snapshot {snap_id}?",
-            cx.policy.name,
-            m.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
-        ))
-    {
-        return Err(Failure::msg(
-            Kind::Declined,
-            "not confirmed (pass --yes); nothing was changed",
-        ));
-    }
-    let targets = restore::targets_for(cx.policy, &m)?;
-    let rescue = match (&j.phase, &j.rescue_id) {
-        (Phase::Restoring, Some(r)) => Rescue::Taken(r.clone()),
-        _ => Rescue::Take(format!("state found by recover of run {}", j.run_id)),
-    };
-    let r = restore::rescue_then_restore(cx, &targets, &m, rescue, true, j, &Caller::Recover)?;
-    match r.failure(cx, &m, &Caller::Recover) {
-        Some(f) => Err(f),
-        None => Ok(()),
-    }
 }

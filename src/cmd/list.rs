@@ -1,0 +1,41 @@
+//! `guard list`: the policy's complete snapshots, newest first.
+
+use super::Session;
+use crate::error::Failure;
+use crate::policy::Policy;
+use crate::ui::{self, Ui};
+
+pub fn list(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
+    let s = Session::open(policy)?;
+    let snaps = s.catalog.snapshots(Some(&policy.name))?;
+    if ui.json {
+        ui::print_json(&serde_json::to_value(&snaps)?);
+        return Ok(0);
+    }
+    if snaps.is_empty() {
+        eprintln!("no snapshots of policy {} yet", policy.name);
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = snaps
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.clone(),
+                s.kind.clone(),
+                s.targets.clone(),
+                ui::bytes(s.bytes as u64),
+                match s.verified_ok {
+                    Some(true) => "ok".into(),
+                    Some(false) => "FAILED".into(),
+                    None => "-".into(),
+                },
+                s.label.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        ui::table(&["id", "kind", "targets", "size", "verified", "label"], &rows)
+    );
+    Ok(0)
+}

@@ -1,0 +1,208 @@
+//! The subcommands, one file each: options → domain call → human text or `--json`.
+//!
+//! [`dispatch`] picks the file; [`Session`] is the preamble they share (the policy's store and
+//! catalog, the lock); [`for_policies`] runs one for every policy with `--all`.
+
+pub mod drill;
+pub mod drills;
+pub mod list;
+pub mod pin;
+pub mod prune;
+pub mod recover;
+pub mod reindex;
+pub mod restore;
+pub mod run;
+pub mod schedule;
+pub mod show;
+pub mod snapshot;
+pub mod status;
+pub mod verify;
+
+use crate::catalog::Catalog;
+use crate::cli::{Cli, Sub};
+use crate::error::{Failure, Kind, ResultExt};
+use crate::lock::Lock;
+use crate::manifest::SnapshotKind;
+use crate::policy::{self, Policy};
+use crate::process::ShellHooks;
+use crate::restore::Ctx;
+use crate::store::{self, Store};
+use crate::ui::Ui;
+
+/// A policy's store and catalog, opened.
+pub struct Session {
+    pub store: Box<dyn Store>,
+    pub catalog: Catalog,
+}
+
+impl Session {
+    /// Open the policy's store and its catalog (brought up to date with the store).
+    pub fn open(policy: &Policy) -> Result<Session, Failure> {
+        let store = store::open(&policy.store).kind(Kind::Usage)?;
+        let catalog = Catalog::open(store.as_ref())?;
+        Ok(Session { store, catalog })
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    /// Take the policy's lock for `what` (shown to a second guard), saying so when it was taken
+    /// over from a guard that died.
+    pub fn lock(&self, policy: &Policy, what: &str, run_id: Option<&str>, ui: &Ui) -> Result<Lock, Failure> {
+        let lock = crate::lock::acquire(self.store(), &policy.name, what, run_id)?;
+        if let Some(h) = &lock.taken_over {
+            ui.warn(&format!(
+                "took over the lock of a guard that died ({h}); `guard status` shows what it left behind"
+            ));
+        }
+        Ok(lock)
+    }
+
+    /// What the domain needs to restore: this session with the policy's shell hooks.
+    pub fn ctx<'a>(&'a self, policy: &'a Policy, ui: &'a Ui) -> Ctx<'a> {
+        Ctx {
+            policy,
+            store: self.store(),
+            catalog: &self.catalog,
+            hooks: &ShellHooks,
+            ui,
+        }
+    }
+
+    /// Resolve `latest`, a full id or a unique prefix to a snapshot id of the policy.
+    pub fn resolve(&self, policy: &Policy, id: &str) -> Result<String, Failure> {
+        resolve_id(&self.catalog, policy, id)
+    }
+}
+
+/// Resolve `latest`, a full id or a unique prefix to a snapshot id of the policy.
+pub fn resolve_id(catalog: &Catalog, policy: &Policy, id: &str) -> Result<String, Failure> {
+    let snaps = catalog.snapshots(Some(&policy.name))?;
+    if id == "latest" {
+        return snaps
+            .iter()
+            .find(|s| s.kind != SnapshotKind::Rescue.as_str())
+            .or(snaps.first())
+            .map(|s| s.id.clone())
+            .ok_or_else(|| Failure::msg(Kind::Usage, format!("policy {} has no snapshot yet", policy.name)));
+    }
+    let matches: Vec<&str> = snaps
+        .iter()
+        .filter(|s| s.id.starts_with(id))
+        .map(|s| s.id.as_str())
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(one.to_string()),
+        [] => Err(Failure::msg(
+            Kind::Usage,
+            format!(
+                "no complete snapshot {id:?} of policy {} (see `guard list`)",
+                policy.name
+            ),
+        )),
+        many => Err(Failure::msg(
+            Kind::Usage,
+            format!("{id:?} matches {} snapshots; give more of the id", many.len()),
+        )),
+    }
+}
+
+/// Run the parsed command line.
+pub fn dispatch(cli: Cli, ui: &Ui) -> Result<u8, Failure> {
+    if cli.sub.is_some() && (!cli.command.is_empty() || cli.dry_run || cli.no_restore) {
+        return Err(Failure::msg(
+            Kind::Usage,
+            "`-- COMMAND`, --dry-run and --no-restore belong to the guarded run, not to a subcommand",
+        ));
+    }
+    let arg = cli.policy.as_deref();
+    match &cli.sub {
+        Some(Sub::Prune {
+            all,
+            keep_within,
+            keep_last,
+            dry_run,
+        }) => {
+            return for_policies(*all, arg, |p| prune::prune(p, *keep_within, *keep_last, *dry_run, ui));
+        }
+        Some(Sub::Drill { all, id }) => return for_policies(*all, arg, |p| drill::drill(p, id.as_deref(), ui)),
+        _ => {}
+    }
+    let policy = policy::load(&policy::locate(arg).kind(Kind::Usage)?).kind(Kind::Usage)?;
+    let policy = &policy;
+    match cli.sub {
+        None => run::run(
+            policy,
+            &crate::run::Options {
+                yes: cli.yes,
+                dry_run: cli.dry_run,
+                no_restore: cli.no_restore,
+                command: cli.command,
+            },
+            ui,
+        ),
+        Some(Sub::Snapshot { target, label }) => snapshot::snapshot(policy, &target, label, ui),
+        Some(Sub::List) => list::list(policy, ui),
+        Some(Sub::Show { id }) => show::show(policy, &id, ui),
+        Some(Sub::Verify { id, quick }) => verify::verify(policy, id.as_deref(), quick, ui),
+        Some(Sub::Restore { id, target, no_rescue }) => restore::restore(policy, &id, &target, no_rescue, cli.yes, ui),
+        Some(Sub::Status) => status::status(policy, ui),
+        Some(Sub::Recover { keep }) => recover::recover(policy, keep, cli.yes, ui),
+        Some(Sub::Reindex) => reindex::reindex(policy, ui),
+        Some(Sub::Prune { .. }) | Some(Sub::Drill { .. }) => unreachable!("handled above"),
+        Some(Sub::Drills) => drills::drills(policy, ui),
+        Some(Sub::Schedule {
+            every,
+            install,
+            unit_dir,
+            no_enable,
+        }) => schedule::schedule(policy, &every, install, &unit_dir, no_enable, ui),
+        Some(Sub::Pin { id, reason }) => pin::pin(policy, &id, Some(&reason), false, ui),
+        Some(Sub::Unpin { id }) => pin::pin(policy, &id, None, true, ui),
+    }
+}
+
+/// Every policy file in `./policies/`, for `--all`.
+fn all_policies() -> Result<Vec<Policy>, Failure> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir("policies")
+        .map_err(|e| Failure::msg(Kind::Usage, format!("--all reads ./policies/: {e}")))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().and_then(|x| x.to_str()) == Some("toml"))
+        .collect();
+    files.sort();
+    files.iter().map(|f| policy::load(f).kind(Kind::Usage)).collect()
+}
+
+/// Run `f` for one policy or, with `--all`, for each; the worst exit code wins.
+pub fn for_policies(
+    all: bool,
+    arg: Option<&str>,
+    mut f: impl FnMut(&Policy) -> Result<u8, Failure>,
+) -> Result<u8, Failure> {
+    if !all {
+        let path = policy::locate(arg).kind(Kind::Usage)?;
+        return f(&policy::load(&path).kind(Kind::Usage)?);
+    }
+    let mut worst = 0;
+    let mut first_err = None;
+    for p in all_policies()? {
+        match f(&p) {
+            Ok(c) => worst = worst.max(c),
+            Err(e) => {
+                eprintln!(
+                    "guard: policy {}: {}",
+                    p.name,
+                    crate::secrets::redact(&format!("{:#}", e.error))
+                );
+                if first_err.is_none() {
+                    first_err = Some(e);
+                }
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(worst),
+    }
+}

@@ -1,0 +1,22 @@
+//! `guard [--dry-run] [--no-restore] -- COMMAND`: the guarded run ([`crate::run`]).
+
+use super::Session;
+use crate::error::{Failure, Kind};
+use crate::policy::Policy;
+use crate::run::{self, begin, command::Spawn, plan, Options};
+use crate::ui::Ui;
+
+pub fn run(policy: &Policy, opts: &Options, ui: &Ui) -> Result<u8, Failure> {
+    let targets = begin::targets(policy, opts)?;
+    if opts.dry_run {
+        plan::print_plan(policy, &targets, opts, ui);
+        return Ok(0);
+    }
+    begin::preconditions(policy, opts)?;
+    // A store or catalog that cannot be opened means no snapshot: exit 69, nothing run.
+    let s = Session::open(policy).map_err(|f| Failure {
+        kind: Kind::Snapshot,
+        ..f
+    })?;
+    run::guarded(&s.ctx(policy, ui), &targets, &Spawn, opts)
+}
