@@ -13,10 +13,10 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use serde::de::DeserializeOwned;
 
-use crate::vars;
+use crate::vars::{self, Expanded, Unresolved};
 
 /// Return an error located by the context: `fail!(cx, "…", args)` at the current scope (its
 /// line and subject), `fail!(cx, @span, "…", args)` at the line of a byte span.
@@ -50,6 +50,18 @@ pub struct Scope {
     pub path: Vec<Seg>,
 }
 
+impl Scope {
+    /// A scope for the table at `path` spanning `span`.
+    pub fn new(subject: String, span: Range<usize>, path: Vec<Seg>) -> Scope {
+        Scope {
+            subject,
+            kind: None,
+            span,
+            path,
+        }
+    }
+}
+
 /// Parsing state shared by every section of one policy file.
 pub struct ParseCtx<'a> {
     shown: String,
@@ -57,6 +69,11 @@ pub struct ParseCtx<'a> {
     doc: Option<toml_edit::ImDocument<&'a str>>,
     base_dir: PathBuf,
     scope: Option<Scope>,
+    /// Unset variables found so far inside scopes (targets, checks) and in shell commands:
+    /// they are needed only by the commands that use them.
+    unresolved: Vec<Unresolved>,
+    /// `unresolved.len()` when the current scope was entered.
+    scope_mark: usize,
 }
 
 impl<'a> ParseCtx<'a> {
@@ -75,6 +92,8 @@ impl<'a> ParseCtx<'a> {
             doc: toml_edit::ImDocument::parse(text).ok(),
             base_dir,
             scope: None,
+            unresolved: Vec::new(),
+            scope_mark: 0,
         }
     }
 
@@ -141,9 +160,32 @@ impl<'a> ParseCtx<'a> {
     /// Run `f` with `scope` as the current scope.
     pub fn within<T>(&mut self, scope: Scope, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         let outer = self.scope.replace(scope);
+        let outer_mark = std::mem::replace(&mut self.scope_mark, self.unresolved.len());
         let r = f(self);
         self.scope = outer;
+        self.scope_mark = outer_mark;
         r
+    }
+
+    /// Does the current scope use a variable that is not set? (Its values are then partial:
+    /// checks that need the real value are left to the command that resolves it.)
+    pub fn deferred(&self) -> bool {
+        self.scope.is_some() && self.unresolved.len() > self.scope_mark
+    }
+
+    /// How many unset variables have been found so far (a mark for [`ParseCtx::unresolved_since`]).
+    pub fn unresolved_len(&self) -> usize {
+        self.unresolved.len()
+    }
+
+    /// The unset variables found since `mark`.
+    pub fn unresolved_since(&self, mark: usize) -> &[Unresolved] {
+        &self.unresolved[mark.min(self.unresolved.len())..]
+    }
+
+    /// Every unset variable the policy uses.
+    pub fn unresolved(&self) -> &[Unresolved] {
+        &self.unresolved
     }
 
     /// The current scope's subject (`target "db"`), or "" outside one.
@@ -163,6 +205,10 @@ impl<'a> ParseCtx<'a> {
     }
 
     fn table_at(&self, path: &[Seg]) -> Option<&dyn toml_edit::TableLike> {
+        self.item_at(path)?.as_table_like()
+    }
+
+    fn item_at(&self, path: &[Seg]) -> Option<&toml_edit::Item> {
         let mut item = self.doc.as_ref()?.as_item();
         for seg in path {
             item = match seg {
@@ -170,12 +216,85 @@ impl<'a> ParseCtx<'a> {
                 Seg::Index(i) => item.get(*i)?,
             };
         }
-        item.as_table_like()
+        Some(item)
     }
 
-    /// `${VAR}` expanded from the environment.
-    pub fn expand(&mut self, s: &str) -> String {
-        vars::expand(s)
+    /// Line where the decoded string at `path` starts (a multi-line string's first line
+    /// break is not part of it); the enclosing table's line when unknown.
+    fn string_line(&self, path: &[Seg]) -> usize {
+        let span = self.item_at(path).and_then(|i| i.span());
+        match span {
+            Some(sp) => {
+                let raw = &self.text[sp.start.min(self.text.len())..];
+                let opens_line = ["\"\"\"\n", "\"\"\"\r\n", "'''\n", "'''\r\n"]
+                    .iter()
+                    .any(|q| raw.starts_with(q));
+                self.line(sp.start) + usize::from(opens_line)
+            }
+            None => match &self.scope {
+                Some(s) => self.line(s.span.start),
+                None => 0,
+            },
+        }
+    }
+
+    /// The document path of the current scope's table (empty outside a scope).
+    pub fn scope_path(&self) -> Vec<Seg> {
+        self.scope.as_ref().map(|s| s.path.clone()).unwrap_or_default()
+    }
+
+    /// The document path of `key` in the current scope.
+    fn key_path(&self, key: &'static str) -> Vec<Seg> {
+        let mut p = self.scope_path();
+        p.push(Seg::Key(key));
+        p
+    }
+
+    /// Expand the string at `path` (`${NAME}` from the environment, `$${` to `${`). Inside a
+    /// scope an unset variable is recorded and expands to nothing (see [`ParseCtx::deferred`]);
+    /// outside one (the policy's name, store, retention, drill.max_age) it is an error.
+    pub fn expand_at(&mut self, path: &[Seg], s: &str) -> Result<Expanded> {
+        let line = self.string_line(path);
+        let e = vars::expand_value(s).map_err(|other| {
+            self.err_line(
+                line,
+                format!("`{other}`: guard expands only `${{NAME}}` (a plain name); write `$${{` for a literal `${{`"),
+            )
+        })?;
+        for (var, offset) in &e.missing {
+            let at = format!("{}:{}", self.shown, line + s[..*offset].matches('\n').count());
+            match &self.scope {
+                Some(scope) => self.unresolved.push(Unresolved {
+                    var: var.clone(),
+                    at,
+                    user: scope.subject.clone(),
+                }),
+                None => bail!("{at}: environment variable {var} is not set (the policy uses ${{{var}}})"),
+            }
+        }
+        Ok(e)
+    }
+
+    /// [`ParseCtx::expand_at`] for `key` of the current scope.
+    pub fn expand(&mut self, key: &'static str, s: &str) -> Result<String> {
+        let path = self.key_path(key);
+        Ok(self.expand_at(&path, s)?.text)
+    }
+
+    /// A shell command at `path` as the shell gets it (`$${` made `${`); its unset `${NAME}`s
+    /// are recorded as needed by `user`.
+    pub fn shell(&mut self, path: &[Seg], user: &str, s: &str) -> String {
+        let line = self.string_line(path);
+        let (text, missing) = vars::shell_command(s);
+        for (var, offset) in missing {
+            let at = format!("{}:{}", self.shown, line + s[..offset].matches('\n').count());
+            self.unresolved.push(Unresolved {
+                var,
+                at,
+                user: user.to_string(),
+            });
+        }
+        text
     }
 
     /// A path from the policy: absolute, or relative to the policy's directory.
@@ -188,12 +307,16 @@ impl<'a> ParseCtx<'a> {
         }
     }
 
-    /// A required string key, expanded; missing or empty is an error naming the key.
-    pub fn need(&mut self, key: &str, v: Option<String>) -> Result<String> {
-        match v.map(|s| self.expand(&s)) {
-            Some(s) if !s.trim().is_empty() => Ok(s),
-            _ => Err(self.needs(key)),
+    /// A required string key, expanded; missing or empty is an error naming the key (unless
+    /// it is empty because a variable is unset: the target is then deferred).
+    pub fn need(&mut self, key: &'static str, v: Option<String>) -> Result<String> {
+        let Some(v) = v else { return Err(self.needs(key)) };
+        let path = self.key_path(key);
+        let e = self.expand_at(&path, &v)?;
+        if e.text.trim().is_empty() && e.missing.is_empty() {
+            return Err(self.needs(key));
         }
+        Ok(e.text)
     }
 
     /// `file:line: target "db" of kind "postgres" needs `url``.
@@ -204,26 +327,46 @@ impl<'a> ParseCtx<'a> {
     }
 
     /// A required path key, expanded and resolved against the policy's directory.
-    pub fn need_path(&mut self, key: &str, v: Option<String>) -> Result<PathBuf> {
+    pub fn need_path(&mut self, key: &'static str, v: Option<String>) -> Result<PathBuf> {
         let p = self.need(key, v)?;
         Ok(self.resolve(&p))
     }
 
     /// An optional string key, expanded; empty counts as unset.
-    pub fn opt(&mut self, v: Option<String>) -> Option<String> {
-        v.map(|s| self.expand(&s)).filter(|s| !s.trim().is_empty())
+    pub fn opt(&mut self, key: &'static str, v: Option<String>) -> Result<Option<String>> {
+        let Some(v) = v else { return Ok(None) };
+        let t = self.expand(key, &v)?;
+        Ok(Some(t).filter(|s| !s.trim().is_empty()))
     }
 
     /// An optional list of strings, each expanded.
-    pub fn list(&mut self, v: Option<Vec<String>>) -> Vec<String> {
-        v.unwrap_or_default().iter().map(|s| self.expand(s)).collect()
+    pub fn list(&mut self, key: &'static str, v: Option<Vec<String>>) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for (i, s) in v.unwrap_or_default().iter().enumerate() {
+            let mut path = self.key_path(key);
+            path.push(Seg::Index(i));
+            out.push(self.expand_at(&path, s)?.text);
+        }
+        Ok(out)
     }
 
     /// A key that takes one of a few words; unset gives `default`.
-    pub fn one_of<T: Copy>(&mut self, key: &str, v: Option<String>, default: T, choices: &[(&str, T)]) -> Result<T> {
-        let Some(v) = v.map(|s| self.expand(&s)) else {
+    pub fn one_of<T: Copy>(
+        &mut self,
+        key: &'static str,
+        v: Option<String>,
+        default: T,
+        choices: &[(&str, T)],
+    ) -> Result<T> {
+        let Some(v) = v else {
             return Ok(default);
         };
+        let path = self.key_path(key);
+        let e = self.expand_at(&path, &v)?;
+        if !e.missing.is_empty() {
+            return Ok(default);
+        }
+        let v = e.text;
         if let Some((_, t)) = choices.iter().find(|(w, _)| *w == v) {
             return Ok(*t);
         }

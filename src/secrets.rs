@@ -2,7 +2,8 @@
 //!
 //! Values that come from secret-looking environment variables, and passwords found in URLs,
 //! are registered here; [`redact`] replaces every registered value in a string. URL passwords
-//! are also masked structurally by [`redact_url`], whether registered or not.
+//! (`user:PASSWORD@` and a `password=` query parameter) are also masked structurally, whatever
+//! their length and whether registered or not, by [`redact_url`] and by [`redact`].
 
 use std::sync::{Mutex, OnceLock};
 
@@ -40,8 +41,13 @@ pub fn register_from_env(name: &str, value: &str) {
     }
 }
 
-/// The password part of `scheme://user:password@host…`, if any.
+/// The password part of `scheme://user:password@host…`, else the value of a `password=`
+/// query parameter, if any.
 pub fn url_password(s: &str) -> Option<String> {
+    userinfo_password(s).or_else(|| query_passwords(s).first().map(|r| s[r.clone()].to_string()))
+}
+
+fn userinfo_password(s: &str) -> Option<String> {
     let (_, rest) = s.split_once("://")?;
     let authority = rest.split(['/', '?', '#']).next()?;
     let (userinfo, _) = authority.rsplit_once('@')?;
@@ -49,15 +55,73 @@ pub fn url_password(s: &str) -> Option<String> {
     (!pw.is_empty()).then(|| pw.to_string())
 }
 
-/// Mask the password of a URL: `postgres://u:***@h/db`.
-pub fn redact_url(s: &str) -> String {
-    match url_password(s) {
-        Some(pw) => s.replacen(&format!(":{pw}@"), ":***@", 1),
-        None => s.to_string(),
+/// Byte ranges of the values of `?password=` / `&password=` parameters in `s`.
+fn query_passwords(s: &str) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(i) = s[from..].find("password=") {
+        let at = from + i;
+        let start = at + "password=".len();
+        if at > 0 && matches!(s.as_bytes()[at - 1], b'?' | b'&') {
+            let len = s[start..]
+                .find(|c: char| c == '&' || c == '#' || c == '"' || c == '\'' || c == ')' || c.is_whitespace())
+                .unwrap_or(s.len() - start);
+            if len > 0 {
+                out.push(start..start + len);
+            }
+        }
+        from = start;
     }
+    out
 }
 
-/// Replace every registered secret in `s` with `***`.
+/// Mask the passwords of a URL: `postgres://u:***@h/db`, `…?host=/s&password=***`.
+pub fn redact_url(s: &str) -> String {
+    let s = match userinfo_password(s) {
+        Some(pw) => s.replacen(&format!(":{pw}@"), ":***@", 1),
+        None => s.to_string(),
+    };
+    mask_query_passwords(&s)
+}
+
+fn mask_query_passwords(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut last = 0;
+    for r in query_passwords(s) {
+        out.push_str(&s[last..r.start]);
+        out.push_str("***");
+        last = r.end;
+    }
+    out.push_str(&s[last..]);
+    out
+}
+
+/// Mask every URL password in free text: the userinfo of each `scheme://user:pw@` and each
+/// `password=` query parameter.
+fn mask_url_passwords(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace() || c == '"' || c == '\'')
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority
+            .rsplit_once('@')
+            .and_then(|(ui, host)| Some((ui.split_once(':')?, host)))
+        {
+            Some(((user, pw), host)) if !pw.is_empty() => out.push_str(&format!("{user}:***@{host}")),
+            _ => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    mask_query_passwords(&out)
+}
+
+/// Replace every registered secret in `s` with `***`, and mask URL passwords of any length.
 pub fn redact(s: &str) -> String {
     let r = registry().lock().expect("secrets registry");
     let mut out = s.to_string();
@@ -65,6 +129,10 @@ pub fn redact(s: &str) -> String {
         if out.contains(v.as_str()) {
             out = out.replace(v.as_str(), "***");
         }
+    }
+    drop(r);
+    if out.contains("://") || out.contains("password=") {
+        out = mask_url_passwords(&out);
     }
     out
 }
@@ -112,6 +180,26 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://db/x"), "postgres://db/x");
         assert_eq!(url_password("postgres://a:b%40c@h/d").as_deref(), Some("b%40c"));
+    }
+
+    #[test]
+    fn query_passwords_of_any_length_are_masked() {
+        let u = "postgres://shortpw@/rent2?host=/w/pg/sock&password=abc";
+        assert_eq!(redact_url(u), "postgres://shortpw@/rent2?host=/w/pg/sock&password=***");
+        assert_eq!(url_password(u).as_deref(), Some("abc"));
+        assert_eq!(
+            redact_url("postgres://h/d?password=x&sslmode=require"),
+            "postgres://h/d?password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://h/d?oldpassword=x"),
+            "postgres://h/d?oldpassword=x"
+        );
+        assert_eq!(
+            redact("cannot reach postgres://u:ab@h/d?password=q7 (and postgres://v@h/e)"),
+            "cannot reach postgres://u:***@h/d?password=*** (and postgres://v@h/e)"
+        );
+        assert_eq!(redact("no urls here"), "no urls here");
     }
 
     #[test]

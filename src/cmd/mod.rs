@@ -124,13 +124,35 @@ pub fn dispatch(cli: Cli, ui: &Ui) -> Result<u8, Failure> {
             keep_last,
             dry_run,
         }) => {
-            return for_policies(*all, arg, |p| prune::prune(p, *keep_within, *keep_last, *dry_run, ui));
+            return for_policies(*all, arg, |p| {
+                // Releasing what a pruned snapshot owns outside the store opens its target.
+                if !*dry_run && p.targets.iter().any(|t| t.kind.caps().owns_external) {
+                    p.require_env().kind(Kind::Usage)?;
+                }
+                prune::prune(p, *keep_within, *keep_last, *dry_run, ui)
+            });
         }
-        Some(Sub::Drill { all, id }) => return for_policies(*all, arg, |p| drill::drill(p, id.as_deref(), ui)),
+        Some(Sub::Drill { all, id }) => {
+            return for_policies(*all, arg, |p| {
+                p.require_env().kind(Kind::Usage)?;
+                drill::drill(p, id.as_deref(), ui)
+            })
+        }
         _ => {}
     }
     let policy = policy::load(&policy::locate(arg).kind(Kind::Usage)?).kind(Kind::Usage)?;
     let policy = &policy;
+    // Commands that open a target need every variable the policy uses; the others (list,
+    // show, status, drills, pin, verify --quick, schedule, reindex) need none of the targets'.
+    let opens_targets = match &cli.sub {
+        None | Some(Sub::Snapshot { .. }) | Some(Sub::Restore { .. }) => true,
+        Some(Sub::Recover { keep }) => !keep,
+        Some(Sub::Verify { quick, .. }) => !quick,
+        _ => false,
+    };
+    if opens_targets {
+        policy.require_env().kind(Kind::Usage)?;
+    }
     match cli.sub {
         None => run::run(
             policy,

@@ -4,13 +4,14 @@
 
 use std::collections::BTreeSet;
 
-use anyhow::{anyhow, Result};
+use anyhow::{bail, Result};
 use toml::Spanned;
 
-use super::raw::RawCheck;
+use super::raw::{RawCheck, RawExpect};
 use crate::parse_ctx::fail;
 use crate::parse_ctx::{ParseCtx, Scope, Seg};
 use crate::targets::{Kind, TargetSpec};
+use crate::vars::Unresolved;
 
 /// One verification run after the command.
 #[derive(Debug, Clone)]
@@ -90,7 +91,9 @@ impl std::fmt::Display for Expect {
 }
 
 impl Expect {
-    /// Parse the `expect` string of a check.
+    /// Parse the `expect` string of a check. A string that starts like a comparison (`=`, `<`,
+    /// `>`, `!`) must be one: `"= 6"` is refused with "did you mean `== 6`?" (a literal text
+    /// that starts that way is written `expect = { text = "= 6" }`).
     pub fn parse(s: &str) -> Result<Expect> {
         let t = s.trim();
         match t {
@@ -98,33 +101,71 @@ impl Expect {
             "changed" => return Ok(Expect::Changed),
             _ => {}
         }
-        for (prefix, op) in [
+        let ops_len = t.find(|c| !matches!(c, '=' | '<' | '>' | '!')).unwrap_or(t.len());
+        if ops_len == 0 {
+            return Ok(Expect::Literal(t.to_string()));
+        }
+        let (ops, rest) = t.split_at(ops_len);
+        let rest = rest.trim();
+        let exact = [
             ("==", Op::Eq),
             ("!=", Op::Ne),
             ("<=", Op::Le),
             (">=", Op::Ge),
             ("<", Op::Lt),
             (">", Op::Gt),
-        ] {
-            if let Some(rest) = t.strip_prefix(prefix) {
-                let n: f64 = rest
-                    .trim()
-                    .parse()
-                    .map_err(|_| anyhow!("expect {s:?}: {:?} is not a number after {prefix}", rest.trim()))?;
-                return Ok(Expect::Compare(op, n));
-            }
+        ]
+        .into_iter()
+        .find(|(w, _)| *w == ops);
+        if let (Some((_, op)), Ok(n)) = (exact, rest.parse::<f64>()) {
+            return Ok(Expect::Compare(op, n));
         }
-        Ok(Expect::Literal(t.to_string()))
+        let literal = format!("for a literal text, write expect = {{ text = {t:?} }}");
+        let Some(op) = meant_op(ops) else {
+            bail!("expect {s:?} is not a comparison (`==`, `!=`, `<`, `<=`, `>` or `>=` and a number); {literal}");
+        };
+        match leading_number(rest) {
+            Some(n) => bail!("expect {s:?} is not a comparison: did you mean `{op} {n}`? ({literal})"),
+            None if exact.is_some() && !rest.is_empty() => {
+                bail!("expect {s:?}: {rest:?} is not a number after {op} ({literal})")
+            }
+            None => bail!("expect {s:?}: `{op}` needs a number after it, as in `{op} 1` ({literal})"),
+        }
     }
 }
 
-/// The policy's checks and its drill checks, in file order.
+/// The comparison a mistyped operator most likely means: `=` and `===` are `==`, `=>` is `>=`,
+/// `=<` is `<=`, `!` and `<>` are `!=`.
+fn meant_op(ops: &str) -> Option<&'static str> {
+    Some(match ops {
+        "=" | "==" | "===" => "==",
+        "!" | "!=" | "!==" | "<>" | "=!" => "!=",
+        "<=" | "=<" | "<==" => "<=",
+        ">=" | "=>" | ">==" => ">=",
+        "<" => "<",
+        ">" => ">",
+        _ => return None,
+    })
+}
+
+/// The number `s` starts with (`6 rows` → `6`).
+fn leading_number(s: &str) -> Option<&str> {
+    let end = s
+        .find(|c: char| !(c.is_ascii_digit() || matches!(c, '.' | '-' | '+' | 'e' | 'E')))
+        .unwrap_or(s.len());
+    let word = &s[..end];
+    word.parse::<f64>().ok().map(|_| word)
+}
+
+/// The policy's checks and its drill checks, in file order, each with the unset variables it
+/// uses (which its target then needs).
+#[allow(clippy::type_complexity)]
 pub fn parse(
     checks: &[Spanned<RawCheck>],
     drill_checks: &[Spanned<RawCheck>],
     targets: &[TargetSpec],
     cx: &mut ParseCtx,
-) -> Result<(Vec<CheckSpec>, Vec<CheckSpec>)> {
+) -> Result<(Vec<(CheckSpec, Vec<Unresolved>)>, Vec<(CheckSpec, Vec<Unresolved>)>)> {
     let mut seen = BTreeSet::new();
     let mut out = (Vec::new(), Vec::new());
     for (is_drill, list) in [(false, checks), (true, drill_checks)] {
@@ -133,12 +174,16 @@ pub fn parse(
                 false => vec![Seg::Key("check"), Seg::Index(i)],
                 true => vec![Seg::Key("drill"), Seg::Key("check"), Seg::Index(i)],
             };
-            let name = cx.expand(&c.get_ref().name);
+            let mut name_path = path.clone();
+            name_path.push(Seg::Key("name"));
+            let name = cx.expand_at(&name_path, &c.get_ref().name)?.text;
             if !seen.insert((is_drill, name.clone())) {
                 fail!(cx, @c.span(), "check {name:?} is defined twice");
             }
+            let mark = cx.unresolved_len();
             let spec = one(c, name, path, is_drill, targets, cx)?;
-            if is_drill { &mut out.1 } else { &mut out.0 }.push(spec);
+            let used = cx.unresolved_since(mark).to_vec();
+            if is_drill { &mut out.1 } else { &mut out.0 }.push((spec, used));
         }
     }
     Ok(out)
@@ -155,7 +200,12 @@ fn one(
 ) -> Result<CheckSpec> {
     let span = raw.span();
     let c = raw.get_ref();
-    let target = c.target.as_ref().map(|t| cx.expand(t));
+    let mut target_path = path.clone();
+    target_path.push(Seg::Key("target"));
+    let target = match &c.target {
+        Some(t) => Some(cx.expand_at(&target_path, t)?.text),
+        None => None,
+    };
     let kind = match &target {
         None => None,
         Some(t) => match targets.iter().find(|x| &x.name == t) {
@@ -167,12 +217,7 @@ fn one(
             ),
         },
     };
-    let scope = Scope {
-        subject: format!("check {name:?}"),
-        kind: None,
-        span: span.clone(),
-        path,
-    };
+    let scope = Scope::new(format!("check {name:?}"), span.clone(), path);
     let what = cx.within(scope, |cx| what(c, kind, cx))?;
     if let (Some(t), Some(k)) = (&target, kind) {
         applies(&what, t, k).map_err(|msg| cx.err_at(span.clone(), format!("check {name:?}: target {msg}")))?;
@@ -214,7 +259,7 @@ fn what(c: &RawCheck, target: Option<Kind>, cx: &mut ParseCtx) -> Result<CheckWh
         if u.is_empty() {
             fail!(cx, "`untouched` lists nothing");
         }
-        return Ok(CheckWhat::Untouched(u.iter().map(|s| cx.expand(s)).collect()));
+        return Ok(CheckWhat::Untouched(cx.list("untouched", Some(u.clone()))?));
     }
     if let Some(sql) = &c.sql {
         if target.is_none() {
@@ -222,7 +267,7 @@ fn what(c: &RawCheck, target: Option<Kind>, cx: &mut ParseCtx) -> Result<CheckWh
         }
         let expect = expect(c, "sql", "\"unchanged\" or \">= 1\"", cx)?;
         return Ok(CheckWhat::Sql {
-            sql: cx.expand(sql),
+            sql: cx.expand("sql", sql)?,
             expect,
         });
     }
@@ -234,7 +279,7 @@ fn what(c: &RawCheck, target: Option<Kind>, cx: &mut ParseCtx) -> Result<CheckWh
         }
         let expect = expect(c, key, "\">= 2000\" or \"unchanged\"", cx)?;
         return Ok(CheckWhat::Objects {
-            prefix: cx.expand(prefix),
+            prefix: cx.expand(key, prefix)?,
             measure,
             expect,
         });
@@ -248,8 +293,11 @@ fn what(c: &RawCheck, target: Option<Kind>, cx: &mut ParseCtx) -> Result<CheckWh
             "a `command` check passes when the command exits 0; `expect` does not apply"
         );
     }
+    let subject = cx.subject().to_string();
+    let mut path = cx.scope_path();
+    path.push(Seg::Key("command"));
     Ok(CheckWhat::Command {
-        command: c.command.clone().unwrap_or_default(),
+        command: cx.shell(&path, &subject, c.command.as_deref().unwrap_or_default()),
     })
 }
 
@@ -258,8 +306,24 @@ fn expect(c: &RawCheck, key: &str, example: &str, cx: &mut ParseCtx) -> Result<E
     let Some(e) = &c.expect else {
         fail!(cx, "`{key}` needs `expect` (for example {example})");
     };
-    let e = cx.expand(e);
-    Expect::parse(&e).map_err(|e| cx.fail(e))
+    let mut path = cx.scope_path();
+    path.push(Seg::Key("expect"));
+    let (text, literal) = match e {
+        RawExpect::Words(w) => (w, false),
+        RawExpect::Text(t) => {
+            path.push(Seg::Key("text"));
+            (t, true)
+        }
+    };
+    let e = cx.expand_at(&path, text)?;
+    if literal {
+        return Ok(Expect::Literal(e.text));
+    }
+    if !e.missing.is_empty() {
+        // Its target is deferred too: this value is never compared.
+        return Ok(Expect::Literal(e.text));
+    }
+    Expect::parse(&e.text).map_err(|err| cx.fail_key("expect", err))
 }
 
 /// Does a check of this shape apply to a target of this kind? `Err` says why not.
@@ -308,7 +372,9 @@ mod tests {
         let raw = raw::from_str(&text, &cx).map_err(|e| e.to_string())?;
         let t = targets::parse(raw.target, &mut cx).map_err(|e| e.to_string())?;
         let drill = raw.drill.as_ref().map(|d| d.check.as_slice()).unwrap_or(&[]);
-        parse(&raw.check, drill, &t, &mut cx).map_err(|e| format!("{e:#}"))
+        let (c, d) = parse(&raw.check, drill, &t, &mut cx).map_err(|e| format!("{e:#}"))?;
+        let specs = |v: Vec<(CheckSpec, Vec<Unresolved>)>| v.into_iter().map(|(c, _)| c).collect();
+        Ok((specs(c), specs(d)))
     }
 
     #[test]
@@ -325,6 +391,36 @@ mod tests {
         assert!(matches!(&c[1].what, CheckWhat::Sql { expect: Expect::Compare(Op::Eq, n), .. } if *n == 1.0));
         assert!(matches!(&c[2].what, CheckWhat::Command { command } if command == "true"));
         assert_eq!((d.len(), d[0].line), (1, 22));
+    }
+
+    #[test]
+    fn expectations_that_look_like_comparisons_suggest_one() {
+        for (text, hint) in [
+            ("= 6", "did you mean `== 6`?"),
+            ("=> 3", "did you mean `>= 3`?"),
+            ("=< 3.5", "did you mean `<= 3.5`?"),
+            ("==6 rows", "did you mean `== 6`?"),
+            ("=== 6", "did you mean `== 6`?"),
+            ("!6", "did you mean `!= 6`?"),
+            ("<> 6", "did you mean `!= 6`?"),
+            ("=<", "`<=` needs a number after it"),
+            (">= x", "\"x\" is not a number after >="),
+            ("=<>", "is not a comparison"),
+        ] {
+            let e = Expect::parse(text).unwrap_err().to_string();
+            assert!(e.contains(hint), "{text}: {e}");
+            assert!(e.contains("expect = { text = "), "{text}: {e}");
+        }
+        assert_eq!(Expect::parse(" >=  4 ").unwrap(), Expect::Compare(Op::Ge, 4.0));
+        assert_eq!(Expect::parse("ok = 6").unwrap(), Expect::Literal("ok = 6".into()));
+        let (c, _) =
+            checks("[[check]]\nname = \"c\"\ntarget = \"db\"\nsql = \"s\"\nexpect = { text = \"= 6\" }\n").unwrap();
+        assert!(matches!(&c[0].what, CheckWhat::Sql { expect: Expect::Literal(t), .. } if t == "= 6"));
+        let e = checks("[[check]]\nname = \"c\"\ntarget = \"db\"\nsql = \"s\"\nexpect = \"= 6\"\n").unwrap_err();
+        assert!(e.contains("policy.toml:14: check \"c\": expect \"= 6\""), "{e}");
+        let e =
+            checks("[[check]]\nname = \"c\"\ntarget = \"db\"\nsql = \"s\"\nexpect = { txt = \"= 6\" }\n").unwrap_err();
+        assert!(e.contains("unknown field `txt`, expected `text`"), "{e}");
     }
 
     #[test]
@@ -379,7 +475,7 @@ mod tests {
         ];
         for (extra, want) in cases {
             let e = checks(extra).unwrap_err();
-            assert!(e.contains("policy.toml:10: ") || e.contains("policy.toml:13: "), "{e}");
+            assert!(e.contains("policy.toml:1"), "{e}");
             assert!(e.contains(want), "{extra}: {e}");
         }
     }

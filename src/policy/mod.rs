@@ -11,6 +11,7 @@
 //! located by one [`ParseCtx`].
 
 mod checks;
+mod overlap;
 mod raw;
 mod sections;
 mod targets;
@@ -26,7 +27,7 @@ use crate::archive::Compression;
 use crate::parse_ctx::ParseCtx;
 use crate::store::StoreSpec;
 use crate::targets::TargetSpec;
-use crate::vars;
+use crate::vars::{self, Unresolved};
 
 /// A loaded, validated policy.
 #[derive(Debug, Clone)]
@@ -44,6 +45,25 @@ pub struct Policy {
     pub hooks: Hooks,
     pub checks: Vec<CheckSpec>,
     pub drill: Drill,
+    /// Variables the policy uses that are not set. Commands that open no target (list, show,
+    /// status, drills, pin, verify --quick, prune of targets that own nothing outside the store)
+    /// work without them; the others call [`Policy::require_env`].
+    pub unresolved: Vec<Unresolved>,
+}
+
+impl Policy {
+    /// Every variable the policy uses must be set: an error naming each one that is not, what
+    /// uses it and where (exit 64 at the caller).
+    pub fn require_env(&self) -> Result<()> {
+        let Some(first) = self.unresolved.first() else {
+            return Ok(());
+        };
+        let mut msg = first.to_string();
+        for u in &self.unresolved[1..] {
+            msg.push_str(&format!("\n  also {u}"));
+        }
+        bail!(msg)
+    }
 }
 
 /// `[drill]`: restore drills.
@@ -113,27 +133,42 @@ pub fn locate(arg: Option<&str>) -> Result<PathBuf> {
     }
 }
 
-/// Read and validate a policy file.
+/// Read and validate a policy file. A `.env` file beside it is read first: each variable it
+/// defines that the environment does not already have is set (the environment wins).
 pub fn load(path: &Path) -> Result<Policy> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read policy {}", path.display()))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    vars::load_dotenv(dir)?;
     parse(&text, path)
 }
 
 /// Parse policy text; `path` names the file in messages and anchors relative paths.
 pub fn parse(text: &str, path: &Path) -> Result<Policy> {
     let mut cx = ParseCtx::new(text, path);
-    vars::check_variables(text, cx.file())?;
     let raw = raw::from_str(text, &cx)?;
     let name = sections::name(&raw.name, &mut cx)?;
     let store = sections::store(raw.store.as_ref(), &mut cx)?;
     let retention = sections::retention(raw.retention.as_ref(), &mut cx)?;
     let compression = sections::compression(raw.compression.as_ref(), &cx)?;
-    let targets = targets::parse(raw.target, &mut cx)?;
-    let hooks = sections::hooks(raw.hooks);
+    let mut targets = targets::parse(raw.target, &mut cx)?;
+    overlap::check(&targets, &store, &cx)?;
+    let hooks = sections::hooks(raw.hooks, &mut cx);
     let drill_checks = raw.drill.as_ref().map(|d| d.check.as_slice()).unwrap_or(&[]);
     let (checks, drill_checks) = checks::parse(&raw.check, drill_checks, &targets, &mut cx)?;
+    // A check's unset variables are its target's too: the check is only ever run with it.
+    for (c, used) in checks.iter().chain(drill_checks.iter()) {
+        if let Some(t) = targets.iter_mut().find(|t| Some(&t.name) == c.target.as_ref()) {
+            t.unresolved.extend(used.iter().cloned());
+        }
+    }
+    let checks = checks.into_iter().map(|(c, _)| c).collect();
+    let drill_checks = drill_checks.into_iter().map(|(c, _)| c).collect();
     let drill = sections::drill(raw.drill.as_ref(), drill_checks, &mut cx)?;
     Ok(Policy {
+        unresolved: cx.unresolved().to_vec(),
         name,
         file: path.to_path_buf(),
         base_dir: cx.base_dir().to_path_buf(),
@@ -190,6 +225,56 @@ mod tests {
             .unwrap()
             .compression;
         assert_eq!(set.default_level(2).level, 6);
+    }
+
+    #[test]
+    fn unset_variables_of_targets_checks_and_hooks_are_deferred_to_the_commands_that_need_them() {
+        let pol = p(concat!(
+            "name = \"a\"\n",
+            "[[target]]\nname = \"db\"\nkind = \"postgres\"\nurl = \"${GUARD_TEST_UNSET_U1}\"\nformat = \"${GUARD_TEST_UNSET_U2}\"\n",
+            "[hooks]\nbefore = [\"x\", \"echo ${GUARD_TEST_UNSET_U3} ${A:-b} $${C}\"]\n",
+            "[[check]]\nname = \"c\"\ntarget = \"db\"\nsql = \"\"\"\nselect\n${GUARD_TEST_UNSET_U4}\"\"\"\nexpect = \"== 1\"\n",
+        ))
+        .unwrap();
+        let at: Vec<(&str, &str, &str)> = pol
+            .unresolved
+            .iter()
+            .map(|u| (u.var.as_str(), u.at.as_str(), u.user.as_str()))
+            .collect();
+        assert_eq!(
+            at,
+            [
+                ("GUARD_TEST_UNSET_U1", "/tmp/x/policy.toml:5", "target \"db\""),
+                ("GUARD_TEST_UNSET_U2", "/tmp/x/policy.toml:6", "target \"db\""),
+                ("GUARD_TEST_UNSET_U3", "/tmp/x/policy.toml:8", "hooks.before"),
+                ("GUARD_TEST_UNSET_U4", "/tmp/x/policy.toml:14", "check \"c\""),
+            ]
+        );
+        // The target carries its own and its check's; building it is refused.
+        assert_eq!(pol.targets[0].unresolved.len(), 3);
+        let e = crate::targets::build(&pol.targets[0]).err().unwrap().to_string();
+        assert!(
+            e.starts_with("/tmp/x/policy.toml:5: target \"db\" needs environment variable GUARD_TEST_UNSET_U1"),
+            "{e}"
+        );
+        let e = pol.require_env().unwrap_err().to_string();
+        assert!(
+            e.contains("GUARD_TEST_UNSET_U1") && e.contains("also /tmp/x/policy.toml:14"),
+            "{e}"
+        );
+        assert_eq!(pol.hooks.before[1], "echo ${GUARD_TEST_UNSET_U3} ${A:-b} ${C}");
+        // Names and the store are needed by every command.
+        let e = p("name = \"a\"\n[[target]]\nname = \"${GUARD_TEST_UNSET_U5}\"\nkind = \"dir\"\npath = \"d\"\n")
+            .unwrap_err();
+        assert!(
+            format!("{e:#}").contains(":3: environment variable GUARD_TEST_UNSET_U5 is not set"),
+            "{e:#}"
+        );
+        let e = p("name = \"a\"\n[[target]]\nname = \"d\"\nkind = \"dir\"\npath = \"${X:-d}\"\n").unwrap_err();
+        assert!(
+            format!("{e:#}").contains(":5: `${X:-d}`: guard expands only `${NAME}`"),
+            "{e:#}"
+        );
     }
 
     #[test]

@@ -73,11 +73,45 @@ pub struct RawCheck {
     pub target: Option<String>,
     pub untouched: Option<Vec<String>>,
     pub sql: Option<String>,
-    pub expect: Option<String>,
+    pub expect: Option<RawExpect>,
     pub command: Option<String>,
     /// s3 targets: count of objects / total bytes under this key prefix.
     pub objects: Option<String>,
     pub bytes: Option<String>,
+}
+
+/// A check's `expect`: words (`">= 1"`, `"unchanged"`, a literal) or `{ text = "…" }`, a
+/// literal compared as it is even when it starts like a comparison.
+pub enum RawExpect {
+    Words(String),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for RawExpect {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawExpect;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string such as \">= 1\" or \"unchanged\", or { text = \"…\" }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawExpect, E> {
+                Ok(RawExpect::Words(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<RawExpect, A::Error> {
+                use serde::de::Error;
+                let mut text = None;
+                while let Some(k) = m.next_key::<String>()? {
+                    if k != "text" {
+                        return Err(A::Error::unknown_field(&k, &["text"]));
+                    }
+                    text = Some(m.next_value::<String>()?);
+                }
+                text.map(RawExpect::Text).ok_or_else(|| A::Error::missing_field("text"))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Read the TOML; a syntax or shape error names its line.

@@ -8,12 +8,12 @@ use super::raw::{RawCompression, RawDrill, RawHooks, RawRetention};
 use super::{valid_name, CheckSpec, Drill, Hooks, Retention};
 use crate::archive::Compression;
 use crate::parse_ctx::fail;
-use crate::parse_ctx::ParseCtx;
+use crate::parse_ctx::{ParseCtx, Seg};
 use crate::store::StoreSpec;
 
 /// `name`: used in file names and ids.
 pub fn name(raw: &Spanned<String>, cx: &mut ParseCtx) -> Result<String> {
-    let name = cx.expand(raw.get_ref());
+    let name = cx.expand_at(&[Seg::Key("name")], raw.get_ref())?.text;
     if !valid_name(&name) {
         fail!(
             cx,
@@ -30,7 +30,7 @@ pub fn store(raw: Option<&Spanned<String>>, cx: &mut ParseCtx) -> Result<StoreSp
     let Some(s) = raw else {
         return Ok(StoreSpec::Local(cx.base_dir().join("backups")));
     };
-    let v = cx.expand(s.get_ref());
+    let v = cx.expand_at(&[Seg::Key("store")], s.get_ref())?.text;
     if let Some(rest) = v.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
@@ -57,7 +57,8 @@ pub fn retention(raw: Option<&RawRetention>, cx: &mut ParseCtx) -> Result<Retent
     if let Some(w) = &r.keep_within {
         span = w.span();
         let text = w.get_ref();
-        retention.keep_within = humantime::parse_duration(&cx.expand(text))
+        let path = [Seg::Key("retention"), Seg::Key("keep_within")];
+        retention.keep_within = humantime::parse_duration(&cx.expand_at(&path, text)?.text)
             .map_err(|e| cx.err_at(w.span(), format!("retention.keep_within {text:?}: {e}")))?;
     }
     if let Some(n) = &r.keep_last {
@@ -95,13 +96,20 @@ pub fn compression(raw: Option<&RawCompression>, cx: &ParseCtx) -> Result<Compre
 }
 
 /// `[hooks]`: shell commands. `${VAR}` in them is left for the shell to expand from the
-/// environment, so a secret never appears on `sh -c`'s command line.
-pub fn hooks(raw: Option<RawHooks>) -> Hooks {
-    raw.map(|h| Hooks {
-        before: h.before,
-        after: h.after,
-    })
-    .unwrap_or_default()
+/// environment, so a secret never appears on `sh -c`'s command line; `$${` is a literal `${`.
+pub fn hooks(raw: Option<RawHooks>, cx: &mut ParseCtx) -> Hooks {
+    let Some(h) = raw else { return Hooks::default() };
+    let mut shell = |key: &'static str, list: Vec<String>| -> Vec<String> {
+        let user = format!("hooks.{key}");
+        list.iter()
+            .enumerate()
+            .map(|(i, c)| cx.shell(&[Seg::Key("hooks"), Seg::Key(key), Seg::Index(i)], &user, c))
+            .collect()
+    };
+    Hooks {
+        before: shell("before", h.before),
+        after: shell("after", h.after),
+    }
 }
 
 /// `[drill]`: `max_age`, `on_failure`, and the `[[drill.check]]`s parsed with the others.
@@ -113,12 +121,14 @@ pub fn drill(raw: Option<&RawDrill>, checks: Vec<CheckSpec>, cx: &mut ParseCtx) 
     let Some(d) = raw else { return Ok(drill) };
     if let Some(a) = &d.max_age {
         let text = a.get_ref();
+        let value = cx.expand_at(&[Seg::Key("drill"), Seg::Key("max_age")], text)?.text;
         drill.max_age = Some(
-            humantime::parse_duration(&cx.expand(text))
+            humantime::parse_duration(&value)
                 .map_err(|e| cx.err_at(a.span(), format!("drill.max_age {text:?}: {e}")))?,
         );
     }
-    drill.on_failure = d.on_failure.clone();
+    drill.on_failure =
+        (d.on_failure.as_ref()).map(|c| cx.shell(&[Seg::Key("drill"), Seg::Key("on_failure")], "drill.on_failure", c));
     Ok(drill)
 }
 

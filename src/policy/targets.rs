@@ -18,7 +18,9 @@ pub fn parse(raw: Vec<Spanned<RawTarget>>, cx: &mut ParseCtx) -> Result<Vec<Targ
     for (i, t) in raw.into_iter().enumerate() {
         let span = t.span();
         let RawTarget { name, kind, keys } = t.into_inner();
-        let name = cx.expand(&name);
+        let name = cx
+            .expand_at(&[Seg::Key("target"), Seg::Index(i), Seg::Key("name")], &name)?
+            .text;
         if !valid_name(&name) {
             fail!(
                 cx,
@@ -30,16 +32,19 @@ pub fn parse(raw: Vec<Spanned<RawTarget>>, cx: &mut ParseCtx) -> Result<Vec<Targ
             fail!(cx, @span, "target {name:?} is defined twice");
         }
         let scope = Scope {
-            subject: format!("target {name:?}"),
             kind: Some(kind.clone()),
-            span: span.clone(),
-            path: vec![Seg::Key("target"), Seg::Index(i)],
+            ..Scope::new(
+                format!("target {name:?}"),
+                span.clone(),
+                vec![Seg::Key("target"), Seg::Index(i)],
+            )
         };
+        let mark = cx.unresolved_len();
         let spec = cx.within(scope, |cx| targets::parse_spec(&kind, keys, cx))?;
         out.push(TargetSpec {
-            name,
             line: cx.line(span.start),
-            kind: spec,
+            unresolved: cx.unresolved_since(mark).to_vec(),
+            ..TargetSpec::new(name, spec)
         });
     }
     Ok(out)

@@ -24,6 +24,17 @@ pub enum StoreSpec {
     S3 { bucket: String, prefix: String },
 }
 
+impl StoreSpec {
+    /// The store's [`Store::location`], known before it is opened.
+    pub fn location(&self) -> String {
+        match self {
+            StoreSpec::Local(p) => p.display().to_string(),
+            StoreSpec::S3 { bucket, prefix } if prefix.is_empty() => format!("s3://{bucket}"),
+            StoreSpec::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
 impl std::fmt::Display for StoreSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -15,6 +15,13 @@ pub fn state_dir(store: &dyn Store) -> Result<PathBuf> {
     if let Some(root) = store.local_root() {
         return Ok(root.to_path_buf());
     }
+    let dir = remote_state_dir(&store.location())?;
+    super::local::create_dir_all_private(&dir)?;
+    Ok(dir)
+}
+
+/// Where [`state_dir`] puts a remote store's state, for its `location()`; nothing is created.
+pub fn remote_state_dir(location: &str) -> Result<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
@@ -24,10 +31,8 @@ pub fn state_dir(store: &dyn Store) -> Result<PathBuf> {
                 .map(|h| PathBuf::from(h).join(".cache"))
         })
         .unwrap_or_else(std::env::temp_dir);
-    let id = crate::archive::digest(store.location().as_bytes())?.sha256;
-    let dir = base.join("guard").join(&id[..16]);
-    super::local::create_dir_all_private(&dir)?;
-    Ok(dir)
+    let id = crate::archive::digest(location.as_bytes())?.sha256;
+    Ok(base.join("guard").join(&id[..16]))
 }
 
 /// A private scratch directory, inside the store when it is local (same disk, same quota).

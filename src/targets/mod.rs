@@ -17,7 +17,7 @@ pub mod turso;
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
@@ -25,6 +25,7 @@ use crate::archive::Compression;
 use crate::manifest::{Artifact, Fingerprint, TargetRecord};
 use crate::parse_ctx::ParseCtx;
 use crate::store::Store;
+use crate::vars::Unresolved;
 
 pub use dir::DirSpec;
 pub use postgres::{PgFormat, PostgresSpec, Sessions};
@@ -113,6 +114,21 @@ pub struct TargetSpec {
     /// Line of its `[[target]]` table in the policy (0: not from a policy).
     pub line: usize,
     pub kind: KindSpec,
+    /// Variables its keys (or the checks on it) use that are not set: its values are partial
+    /// and [`build`] refuses it, naming them.
+    pub unresolved: Vec<Unresolved>,
+}
+
+impl TargetSpec {
+    /// A spec not read from a policy (line 0, every value known).
+    pub fn new(name: impl Into<String>, kind: KindSpec) -> TargetSpec {
+        TargetSpec {
+            name: name.into(),
+            line: 0,
+            kind,
+            unresolved: Vec::new(),
+        }
+    }
 }
 
 /// A kind and its parsed keys.
@@ -147,6 +163,32 @@ impl KindSpec {
 
     pub fn caps(&self) -> Caps {
         self.kind().caps()
+    }
+
+    /// The local paths the target reads and replaces (a SQLite file with its `-wal`,
+    /// `-journal` and `-shm` siblings; a directory), for the overlap check with the store.
+    pub fn local_paths(&self) -> Vec<PathBuf> {
+        match self {
+            KindSpec::Sqlite(s) => {
+                let mut v = vec![s.path.clone()];
+                for suffix in ["-wal", "-journal", "-shm"] {
+                    let mut p = s.path.clone().into_os_string();
+                    p.push(suffix);
+                    v.push(PathBuf::from(p));
+                }
+                v
+            }
+            KindSpec::Dir(d) => vec![d.path.clone()],
+            KindSpec::Postgres(_) | KindSpec::S3(_) | KindSpec::Turso(_) => Vec::new(),
+        }
+    }
+
+    /// May this target's tree hold the store (or guard's state directory)? Only a target that
+    /// leaves the store out of its snapshots and restores around it can; none does yet, so
+    /// the policy refuses every such overlap. (The one place to relax, e.g. for a `dir` target
+    /// that excludes the store and restores in place.)
+    pub fn may_contain_store(&self) -> bool {
+        false
     }
 }
 
@@ -273,8 +315,11 @@ pub fn build_all(specs: &[TargetSpec]) -> Result<Vec<Box<dyn Target>>> {
     specs.iter().map(build).collect()
 }
 
-/// Build the target a spec describes.
+/// Build the target a spec describes. A spec whose variables are not all set is refused.
 pub fn build(spec: &TargetSpec) -> Result<Box<dyn Target>> {
+    if let Some(u) = spec.unresolved.first() {
+        bail!("{u}");
+    }
     Ok(match &spec.kind {
         KindSpec::Sqlite(s) => Box::new(sqlite::SqliteTarget::new(spec.clone(), s.path.clone())),
         KindSpec::Dir(d) => Box::new(dir::DirTarget::new(spec.clone(), d.path.clone())),
@@ -286,7 +331,7 @@ pub fn build(spec: &TargetSpec) -> Result<Box<dyn Target>> {
 
 /// A target rebuilt from a manifest record, for snapshots whose policy no longer names it.
 pub fn from_record(rec: &TargetRecord) -> Result<Box<dyn Target>> {
-    let path = std::path::PathBuf::from(&rec.source);
+    let path = PathBuf::from(&rec.source);
     let kind = match Kind::parse(&rec.kind) {
         // Offline checks only: guard never stores database URLs (they may hold passwords).
         Some(Kind::Postgres) => return Ok(Box::new(postgres::PostgresTarget::from_record(rec)?)),
@@ -300,11 +345,7 @@ pub fn from_record(rec: &TargetRecord) -> Result<Box<dyn Target>> {
         ),
         None => bail!("target {}: kind {} cannot be rebuilt from a manifest", rec.name, rec.kind),
     };
-    build(&TargetSpec {
-        name: rec.name.clone(),
-        line: 0,
-        kind,
-    })
+    build(&TargetSpec::new(rec.name.clone(), kind))
 }
 
 /// The live target for a record: the policy's target of that name, or one rebuilt from the

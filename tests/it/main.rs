@@ -9,6 +9,7 @@ mod faults;
 mod files;
 mod fuzz_parsers;
 mod pg_hangs;
+mod policy;
 mod postgres;
 mod retention;
 mod s3;

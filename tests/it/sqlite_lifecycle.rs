@@ -388,7 +388,12 @@ fn every_example_policy_parses() {
             .filter_map(|s| s.split_once('}'))
             .map(|(v, _)| v.to_string())
         {
-            std::env::set_var(&var, format!("value-of-{var}"));
+            // A URL variable gets a URL (PostgreSQL URLs are checked when the policy loads).
+            let value = match var.ends_with("_URL") {
+                true => format!("postgres://app:value-of-{var}@db.example:5432/app"),
+                false => format!("value-of-{var}"),
+            };
+            std::env::set_var(&var, value);
         }
         guard::policy::load(&p).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
         n += 1;

@@ -191,10 +191,9 @@ impl Setup {
 
     /// The target as the library builds it from the policy's settings.
     fn target(&self) -> guard::targets::turso::TursoTarget {
-        let spec = guard::targets::TargetSpec {
-            name: "readings".into(),
-            line: 0,
-            kind: guard::targets::KindSpec::Turso(guard::targets::TursoSpec {
+        let spec = guard::targets::TargetSpec::new(
+            "readings",
+            guard::targets::KindSpec::Turso(guard::targets::TursoSpec {
                 organization: ORG.into(),
                 database: DB.into(),
                 group: "default".into(),
@@ -205,7 +204,7 @@ impl Setup {
                 export: true,
                 restore: guard::targets::TursoRestore::Reload,
             }),
-        };
+        );
         guard::targets::turso::TursoTarget::from_spec(&spec).unwrap()
     }
 

@@ -259,9 +259,8 @@ impl Target for DirTarget {
             )
         })?;
         let spec = TargetSpec {
-            name: rec.name.clone(),
             line: self.spec.line,
-            kind: KindSpec::Dir(DirSpec { path: dest.clone() }),
+            ..TargetSpec::new(rec.name.clone(), KindSpec::Dir(DirSpec { path: dest.clone() }))
         };
         Ok(Some(Box::new(DirTarget::new(spec, dest))))
     }

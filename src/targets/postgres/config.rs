@@ -22,6 +22,9 @@ pub struct PostgresSpec {
     pub sessions: Sessions,
     /// Where drills restore (a server URL whose database is created and dropped).
     pub drill_url: Option<String>,
+    /// Prisma's `?schema=NAME` in the URL (taken out of `url`, which libpq would refuse): the
+    /// schema checks and fingerprints resolve unqualified names in (their `search_path`).
+    pub schema: Option<String>,
 }
 
 impl std::fmt::Debug for PostgresSpec {
@@ -32,6 +35,7 @@ impl std::fmt::Debug for PostgresSpec {
             .field("csv_tables", &self.csv_tables)
             .field("pg_bin", &self.pg_bin)
             .field("sessions", &self.sessions)
+            .field("schema", &self.schema)
             .finish()
     }
 }
@@ -66,6 +70,12 @@ pub fn parse(raw: Raw, cx: &mut ParseCtx) -> Result<PostgresSpec> {
     if let Some(pw) = secrets::url_password(&url) {
         secrets::register(&pw);
     }
+    let (url, schema) = take_schema(&url);
+    if !cx.deferred() {
+        if let Err(e) = super::conn::ConnInfo::parse(&url) {
+            return Err(cx.fail_key("url", format!("{e:#}")));
+        }
+    }
     let format = cx.one_of(
         "format",
         raw.format,
@@ -81,9 +91,55 @@ pub fn parse(raw: Raw, cx: &mut ParseCtx) -> Result<PostgresSpec> {
     Ok(PostgresSpec {
         url,
         format,
-        csv_tables: cx.list(raw.csv_tables),
-        pg_bin: cx.opt(raw.pg_bin).map(|p| cx.resolve(&p)),
+        csv_tables: cx.list("csv_tables", raw.csv_tables)?,
+        pg_bin: cx.opt("pg_bin", raw.pg_bin)?.map(|p| cx.resolve(&p)),
         sessions,
-        drill_url: cx.opt(raw.drill_url),
+        drill_url: cx.opt("drill_url", raw.drill_url)?,
+        schema,
     })
+}
+
+/// Take Prisma's `schema` query parameter out of a URL: (the URL without it, its value).
+fn take_schema(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_string(), None);
+    };
+    let mut schema = None;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|kv| match kv.strip_prefix("schema=") {
+            Some(v) => {
+                schema = super::conn::percent_decode(v).ok().filter(|s| !s.is_empty());
+                false
+            }
+            None => true,
+        })
+        .collect();
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    (url, schema)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prismas_schema_parameter_is_taken_out_of_the_url() {
+        assert_eq!(
+            take_schema("postgres://u@h/db?schema=public"),
+            ("postgres://u@h/db".to_string(), Some("public".to_string()))
+        );
+        assert_eq!(
+            take_schema("postgres://u@/db?host=/s&schema=app%20x&sslmode=disable"),
+            (
+                "postgres://u@/db?host=/s&sslmode=disable".to_string(),
+                Some("app x".to_string())
+            )
+        );
+        assert_eq!(take_schema("postgres://h/db"), ("postgres://h/db".to_string(), None));
+    }
 }

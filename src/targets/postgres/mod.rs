@@ -122,12 +122,9 @@ impl PostgresTarget {
             pg_bin: None,
             sessions: Sessions::Refuse,
             drill_url: None,
+            schema: None,
         };
-        let spec = TargetSpec {
-            name: rec.name.clone(),
-            line: 0,
-            kind: KindSpec::Postgres(pg.clone()),
-        };
+        let spec = TargetSpec::new(rec.name.clone(), KindSpec::Postgres(pg.clone()));
         let conn = ConnInfo::parse(&pg.url).unwrap_or_default();
         Ok(PostgresTarget {
             spec,

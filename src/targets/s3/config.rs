@@ -49,10 +49,10 @@ pub struct Raw {
 pub fn parse(raw: Raw, cx: &mut ParseCtx) -> Result<S3Spec> {
     Ok(S3Spec {
         bucket: cx.need("bucket", raw.bucket)?,
-        prefix: cx.opt(raw.prefix).unwrap_or_default(),
+        prefix: cx.opt("prefix", raw.prefix)?.unwrap_or_default(),
         clone_bucket: cx.need("clone_bucket", raw.clone_bucket)?,
-        endpoint: cx.opt(raw.endpoint),
-        region: cx.opt(raw.region),
+        endpoint: cx.opt("endpoint", raw.endpoint)?,
+        region: cx.opt("region", raw.region)?,
         tags: cx.one_of(
             "tags",
             raw.tags,

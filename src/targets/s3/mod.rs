@@ -97,11 +97,7 @@ impl S3Target {
             },
         };
         Ok(S3Target::new(
-            TargetSpec {
-                name: rec.name.clone(),
-                line: 0,
-                kind: KindSpec::S3(s3.clone()),
-            },
+            TargetSpec::new(rec.name.clone(), KindSpec::S3(s3.clone())),
             s3,
         ))
     }

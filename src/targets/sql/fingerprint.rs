@@ -165,11 +165,7 @@ mod tests {
             c.execute("INSERT INTO plain VALUES (?1, NULL)", [i]).unwrap();
         }
         let items: Vec<String> = ["t", "w", "plain", "vt"].iter().map(|s| s.to_string()).collect();
-        let spec = TargetSpec {
-            name: "app".into(),
-            line: 0,
-            kind: KindSpec::Sqlite(SqliteSpec { path: path.clone() }),
-        };
+        let spec = TargetSpec::new("app", KindSpec::Sqlite(SqliteSpec { path: path.clone() }));
         // A SQLite target reads each table in one statement through rusqlite.
         let sqlite = crate::targets::sqlite::SqliteTarget::new(spec, path.clone());
         let want = sqlite.fingerprint(&items).unwrap();

@@ -21,7 +21,6 @@ pub struct Raw {
 }
 
 pub fn parse(raw: Raw, cx: &mut ParseCtx) -> Result<SqliteSpec> {
-    Ok(SqliteSpec {
-        path: cx.need_path("path", raw.path)?,
-    })
+    let path = cx.need_path("path", raw.path)?;
+    Ok(SqliteSpec { path })
 }

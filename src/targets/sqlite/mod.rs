@@ -387,9 +387,8 @@ impl Target for SqliteTarget {
         })()
         .with_context(|| format!("{}/{}", store.location(), a.key))?;
         let spec = TargetSpec {
-            name: rec.name.clone(),
             line: self.spec.line,
-            kind: KindSpec::Sqlite(SqliteSpec { path: copy.clone() }),
+            ..TargetSpec::new(rec.name.clone(), KindSpec::Sqlite(SqliteSpec { path: copy.clone() }))
         };
         Ok(Some(Box::new(SqliteTarget::new(spec, copy))))
     }

@@ -60,17 +60,19 @@ pub struct Raw {
 pub fn parse(raw: Raw, cx: &mut ParseCtx) -> Result<TursoSpec> {
     let api_token = cx.need("api_token", raw.api_token)?;
     secrets::register(&api_token);
-    let db_token = cx.opt(raw.db_token);
+    let db_token = cx.opt("db_token", raw.db_token)?;
     if let Some(tok) = &db_token {
         secrets::register(tok);
     }
     Ok(TursoSpec {
         organization: cx.need("organization", raw.organization)?,
         database: cx.need("database", raw.database)?,
-        group: cx.opt(raw.group).unwrap_or_else(|| "default".into()),
+        group: cx.opt("group", raw.group)?.unwrap_or_else(|| "default".into()),
         api_token,
-        api_url: cx.opt(raw.api_url).unwrap_or_else(|| "https://api.turso.tech".into()),
-        db_url: cx.opt(raw.db_url),
+        api_url: cx
+            .opt("api_url", raw.api_url)?
+            .unwrap_or_else(|| "https://api.turso.tech".into()),
+        db_url: cx.opt("db_url", raw.db_url)?,
         db_token,
         export: raw.export.unwrap_or(true),
         restore: cx.one_of(
