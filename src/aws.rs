@@ -1,5 +1,6 @@
 //! The AWS SDK pieces every S3 part of guard shares (the S3 store and the S3 target): one cached
-//! client per endpoint and region, SDK errors as messages people can act on, and a
+//! client per endpoint and region, SDK errors as messages people can act on (and whether the
+//! server itself failed, [`unavailable`]), and a
 //! CompleteMultipartUpload that survives servers whose answer the SDK cannot parse.
 
 use std::sync::{Mutex, OnceLock};
@@ -48,20 +49,58 @@ pub fn client(endpoint: Option<&str>, region: Option<&str>) -> Client {
     c
 }
 
-/// An SDK error as a message naming what was attempted, the HTTP status and the S3 error code.
+/// A failed S3 request: what was attempted and why, and whether the server (or the way to it)
+/// failed rather than the request — no connection, no answer in time, a broken response, a 5xx
+/// — after every attempt.
+#[derive(Debug)]
+pub struct S3Failure {
+    msg: String,
+    pub unavailable: bool,
+}
+
+impl std::fmt::Display for S3Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for S3Failure {}
+
+/// Whether `e` says the S3 server stopped answering (or answers only with errors of its own),
+/// so that asking it about other objects is pointless.
+pub fn unavailable(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<S3Failure>().is_some_and(|f| f.unavailable))
+}
+
+/// A body that stopped arriving (or broke) as an [`S3Failure`] of the server.
+pub fn body_error(what: impl std::fmt::Display, e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(S3Failure {
+        msg: format!("{what}: {e}"),
+        unavailable: true,
+    })
+}
+
+/// An SDK error as a message naming what was attempted, the HTTP status and the S3 error code
+/// (an [`S3Failure`]).
 pub fn sdk_error<E>(what: impl std::fmt::Display, e: SdkError<E, HttpResponse>) -> anyhow::Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let status = e.raw_response().map(|r| r.status().as_u16());
-    match (status, e.code()) {
-        (Some(s), Some(code)) => anyhow!(
+    let unavailable = matches!(
+        e,
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_)
+    ) || status.is_some_and(|s| s >= 500);
+    let msg = match (status, e.code()) {
+        (Some(s), Some(code)) => format!(
             "{what}: HTTP {s} {code}{}",
             e.message().map(|m| format!(": {m}")).unwrap_or_default()
         ),
-        (Some(s), None) => anyhow!("{what}: HTTP {s}: {}", DisplayErrorContext(&e)),
-        _ => anyhow!("{what}: {}", DisplayErrorContext(&e)),
-    }
+        (Some(s), None) => format!("{what}: HTTP {s}: {}", DisplayErrorContext(&e)),
+        _ => format!("{what}: {}", DisplayErrorContext(&e)),
+    };
+    anyhow::Error::new(S3Failure { msg, unavailable })
 }
 
 /// CompleteMultipartUpload `parts` of `bucket/key`, whose content must total `size` bytes.

@@ -7,6 +7,8 @@ use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+mod races;
+
 const SRC: &str = "the-art-exchange";
 const CLONES: &str = "the-art-exchange-guard";
 

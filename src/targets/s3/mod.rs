@@ -7,8 +7,11 @@
 //! the server hands back the copy's SHA-256 in the same request (objects above the multipart
 //! threshold go through UploadPartCopy with their attributes set explicitly and are hashed by
 //! reading the clone). Each copy is pinned to the listed version with
-//! `x-amz-copy-source-if-match`, so an object that changes meanwhile fails the snapshot instead
-//! of being cloned half-old.
+//! `x-amz-copy-source-if-match` and, since some servers ignore that header, checked against the
+//! listing by its result (`copy::copy_matches`); after each round of copies the source is listed
+//! again and whatever changed gets another round, until a listing shows nothing new (at most
+//! `copy::MAX_LISTINGS`): the snapshot is then that listing, every clone proven to be the
+//! version it names.
 //!
 //! Change detection: S3 can change an object's bytes or metadata only by writing a new object,
 //! which gets a new Last-Modified. So a clone copied in a later second than the object's
@@ -59,6 +62,24 @@ struct Stats {
     reused: u64,
     hashed: u64,
     server_checksums: u64,
+    /// Listings of the source the snapshot took (one, plus one after each round of copies).
+    listings: u64,
+    /// Copies made again because the object changed during the snapshot.
+    recopied: u64,
+    /// Copies whose result did not match the object's listing (a server ignoring
+    /// `x-amz-copy-source-if-match`), discarded.
+    copy_mismatches: u64,
+}
+
+impl Stats {
+    fn add(&mut self, o: &Stats) {
+        self.copied += o.copied;
+        self.copied_bytes += o.copied_bytes;
+        self.reused += o.reused;
+        self.hashed += o.hashed;
+        self.server_checksums += o.server_checksums;
+        self.copy_mismatches += o.copy_mismatches;
+    }
 }
 
 pub struct S3Target {
@@ -193,6 +214,9 @@ impl Target for S3Target {
             ("reused", st.reused),
             ("hashed", st.hashed),
             ("server_checksums", st.server_checksums),
+            ("listings", st.listings),
+            ("recopied", st.recopied),
+            ("copy_mismatches", st.copy_mismatches),
         ] {
             rec.meta.insert(k.into(), v.to_string());
         }

@@ -1,5 +1,10 @@
 //! Restore: copy back what differs from the snapshot's listing, delete what it did not have, put
 //! tag sets back; then prove the bucket equals the listing.
+//!
+//! Each object is restored on its own: one that cannot be put back (its clone is missing or was
+//! replaced, the server refuses it) does not stop the others, and the restore then names every
+//! such key, after proving the rest. A server that stops answering stops the restore at once;
+//! it then names what was and what was not put back.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -7,7 +12,8 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::copy::{
-    bounded, concurrency, copy_object, delete_keys, get_tags, object_sha256, read_attrs, set_tags, snapshot_tags,
+    bounded, bounded_each, concurrency, copy_object, delete_keys_each, get_tags, object_sha256, read_attrs, set_tags,
+    snapshot_tags,
 };
 use super::listing::{exact_tags, list_all, summarize, Attrs, Listed, ObjectEntry};
 use super::S3Target;
@@ -17,6 +23,35 @@ use crate::store::Store;
 
 /// A listing a restore read, and what it put back: key → the attributes the object must now have.
 pub(super) type RestoredListing = (Arc<Vec<ObjectEntry>>, HashMap<String, Attrs>);
+
+/// Keys named in full in a restore's error; beyond, only their number.
+const NAMED_KEYS: usize = 1000;
+
+/// What a restore did to the objects it had to touch.
+struct Outcome {
+    /// Objects copied back, with the attributes they must now have.
+    put_back: HashMap<String, Attrs>,
+    /// Objects that needed checking (tag sets), copying back or deleting.
+    needed: usize,
+    /// Keys that could not be restored, with why.
+    failed: Vec<(String, String)>,
+    /// The server stopped answering: why, and the keys not restored or not confirmed.
+    stopped: Option<(String, Vec<String>)>,
+}
+
+fn key_of(e: &ObjectEntry) -> String {
+    e.key.clone()
+}
+
+/// `keys` one per line, at most [`NAMED_KEYS`] of them.
+fn named(keys: impl ExactSizeIterator<Item = String>) -> String {
+    let n = keys.len();
+    let mut out: Vec<String> = keys.take(NAMED_KEYS).map(|k| format!("  {k}")).collect();
+    if n > NAMED_KEYS {
+        out.push(format!("  … and {} more", n - NAMED_KEYS));
+    }
+    out.join("\n")
+}
 
 impl S3Target {
     /// Put the bucket back to the listing in `rec` (the body of [`Target::restore`]).
@@ -30,56 +65,140 @@ impl S3Target {
         }
         let entries = Arc::new(self.read_listing(rec, store)?);
         let a = rec.artifacts.first().expect("read_listing checked");
+        let exact = exact_tags(rec);
+        let clone_prefix = rec.meta.get("clone_prefix").cloned().unwrap_or_default();
+        let out = wait(self.put_back(Arc::clone(&entries), clone_prefix, exact))
+            .with_context(|| format!("restoring {} (nothing was changed)", self.where_()))?;
+        if out.failed.is_empty() && out.stopped.is_none() {
+            self.restored
+                .lock()
+                .expect("restored")
+                .insert(a.sha256.clone(), (entries, out.put_back));
+            return Ok(());
+        }
+        let mut msg = format!("restoring {}: ", self.where_());
+        if let Some((why, rest)) = &out.stopped {
+            msg.push_str(&format!(
+                "the S3 server stopped answering ({why}). Of the {} object(s) to check, put back or delete, {} were done; {} were not restored (or not confirmed):\n{}",
+                out.needed,
+                out.needed.saturating_sub(rest.len() + out.failed.len()),
+                rest.len(),
+                named(rest.iter().cloned())
+            ));
+            if !out.failed.is_empty() {
+                msg.push_str(&format!(
+                    "\n{} more object(s) could not be restored:\n{}",
+                    out.failed.len(),
+                    named(out.failed.iter().map(|(k, why)| format!("{k}: {why}")))
+                ));
+            }
+            bail!("{msg}");
+        }
+        let skip: HashSet<String> = out.failed.iter().map(|(k, _)| k.clone()).collect();
+        msg.push_str(&format!(
+            "{} object(s) could not be restored:\n{}\n",
+            out.failed.len(),
+            named(out.failed.iter().map(|(k, why)| format!("{k}: {why}")))
+        ));
+        match wait(self.verify_listing(Arc::clone(&entries), out.put_back, &skip, exact)) {
+            Ok(()) => msg.push_str("every other object was put back and matches the snapshot"),
+            Err(e) => msg.push_str(&format!(
+                "the other objects were put back, but do not all match the snapshot: {e:#}"
+            )),
+        }
+        bail!("{msg}")
+    }
+
+    /// Copy back, re-tag and delete what differs from `entries`, each object on its own.
+    async fn put_back(&self, entries: Arc<Vec<ObjectEntry>>, clone_prefix: String, exact: bool) -> Result<Outcome> {
         let c = self.client();
         let s3 = self.s3.clone();
-        let listing = Arc::clone(&entries);
-        let exact = exact_tags(rec);
-        let confirmed = wait(async move {
-            // Every clone must be there before anything live is touched.
-            let clone_prefix = rec.meta.get("clone_prefix").cloned().unwrap_or_default();
-            let clones: HashMap<String, (u64, String)> = list_all(&c, &s3.clone_bucket, &clone_prefix)
-                .await?
-                .into_iter()
-                .map(|l| (l.key, (l.size, l.etag)))
-                .collect();
-            let missing: Vec<String> = entries
-                .iter()
-                .filter(|e| clones.get(&e.clone_key).map(|(n, _)| *n != e.size).unwrap_or(true))
-                .map(|e| format!("s3://{}/{}", s3.clone_bucket, e.clone_key))
-                .collect();
-            if !missing.is_empty() {
-                bail!(
-                    "{} clone object(s) missing or replaced, nothing was changed: {}",
-                    missing.len(),
-                    missing.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
-                );
-            }
-            let live = list_all(&c, &s3.bucket, &s3.prefix).await?;
-            let live_map: HashMap<&str, &Listed> = live.iter().map(|l| (l.key.as_str(), l)).collect();
-            let wanted: HashSet<&str> = entries.iter().map(|e| e.key.as_str()).collect();
-            // Same key, size, ETag and Last-Modified as a settled entry: the object's bytes and
-            // metadata are the snapshot's and it is left alone (its tag set is put back when
-            // the snapshot read it). Everything else is copied back from its clone.
-            let (same, put_back): (Vec<ObjectEntry>, Vec<ObjectEntry>) = entries
-                .iter()
-                .cloned()
-                .partition(|e| e.settled() && live_map.get(e.key.as_str()).is_some_and(|l| e.same_object(l)));
-            let (c2, b2) = (c.clone(), s3.bucket.clone());
-            let tagged: Vec<ObjectEntry> = same.into_iter().filter(|e| exact || e.tags.is_some()).collect();
-            let cb = s3.clone_bucket.clone();
-            bounded(tagged, concurrency(), move |e: ObjectEntry| {
-                let (c, b, cb) = (c2.clone(), b2.clone(), cb.clone());
-                async move {
-                    let want = snapshot_tags(&c, &cb, &e, exact).await?.expect("exact or recorded");
-                    if get_tags(&c, &b, &e.key).await? != want {
-                        set_tags(&c, &b, &e.key, &want).await?;
-                    }
-                    Ok(())
+        let clones: HashMap<String, (u64, String)> = list_all(&c, &s3.clone_bucket, &clone_prefix)
+            .await?
+            .into_iter()
+            .map(|l| (l.key, (l.size, l.etag)))
+            .collect();
+        let live = list_all(&c, &s3.bucket, &s3.prefix).await?;
+        let mut failed: Vec<(String, String)> = Vec::new();
+        // An object whose clone is not listed with its size cannot come back; every other one
+        // still does.
+        let available: Vec<ObjectEntry> = entries
+            .iter()
+            .filter(|e| match clones.get(&e.clone_key) {
+                Some((n, _)) if *n == e.size => true,
+                Some((n, _)) => {
+                    failed.push((
+                        e.key.clone(),
+                        format!(
+                            "its clone s3://{}/{} has {n} bytes, the snapshot {}",
+                            s3.clone_bucket, e.clone_key, e.size
+                        ),
+                    ));
+                    false
+                }
+                None => {
+                    failed.push((
+                        e.key.clone(),
+                        format!("its clone s3://{}/{} is missing", s3.clone_bucket, e.clone_key),
+                    ));
+                    false
                 }
             })
-            .await?;
+            .cloned()
+            .collect();
+        let live_map: HashMap<&str, &Listed> = live.iter().map(|l| (l.key.as_str(), l)).collect();
+        let wanted: HashSet<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+        // Same key, size, ETag and Last-Modified as a settled entry: the object's bytes and
+        // metadata are the snapshot's and it is left alone (its tag set is put back when the
+        // snapshot read it). Everything else is copied back from its clone.
+        let (same, to_copy): (Vec<ObjectEntry>, Vec<ObjectEntry>) = available
+            .into_iter()
+            .partition(|e| e.settled() && live_map.get(e.key.as_str()).is_some_and(|l| e.same_object(l)));
+        let tagged: Vec<ObjectEntry> = same.into_iter().filter(|e| exact || e.tags.is_some()).collect();
+        let extra: Vec<String> = live
+            .iter()
+            .filter(|l| !wanted.contains(l.key.as_str()))
+            .map(|l| l.key.clone())
+            .collect();
+        let needed = failed.len() + tagged.len() + to_copy.len() + extra.len();
+        let mut stopped: Option<(String, Vec<String>)> = None;
+        let mut stop = |e: anyhow::Error, rest: Vec<String>, later: &[String]| {
+            let mut rest = rest;
+            rest.extend(later.iter().cloned());
+            match &mut stopped {
+                None => stopped = Some((format!("{e:#}"), rest)),
+                Some((_, r)) => r.extend(rest),
+            }
+        };
+
+        let (c2, b2, cb) = (c.clone(), s3.bucket.clone(), s3.clone_bucket.clone());
+        let tags = bounded_each(tagged, concurrency(), key_of, move |e: ObjectEntry| {
+            let (c, b, cb) = (c2.clone(), b2.clone(), cb.clone());
+            async move {
+                let want = snapshot_tags(&c, &cb, &e, exact).await?.expect("exact or recorded");
+                if get_tags(&c, &b, &e.key).await? != want {
+                    set_tags(&c, &b, &e.key, &want).await?;
+                }
+                Ok(())
+            }
+        })
+        .await;
+        failed.extend(
+            tags.failed
+                .into_iter()
+                .map(|(k, e)| (k, format!("its tag set could not be put back: {e:#}"))),
+        );
+        let mut put_back = HashMap::new();
+        if let Some((e, rest)) = tags.stopped {
+            let later: Vec<String> = to_copy
+                .iter()
+                .map(|e| e.key.clone())
+                .chain(extra.iter().cloned())
+                .collect();
+            stop(e, rest, &later);
+        } else {
             let (c2, s2) = (c.clone(), s3.clone());
-            let put_back: HashMap<String, Attrs> = bounded(put_back, concurrency(), move |e: ObjectEntry| {
+            let copies = bounded_each(to_copy, concurrency(), key_of, move |e: ObjectEntry| {
                 let (c, s3) = (c2.clone(), s2.clone());
                 async move {
                     // The clone carries the object's content-type and metadata (and its tags,
@@ -103,10 +222,10 @@ impl S3Target {
                     if let Some(sha) = copied.sha256 {
                         if sha != e.sha256 {
                             bail!(
-                                "s3://{}/{}: the restored copy's SHA-256 {sha} is not the snapshot's {}",
-                                s3.bucket,
-                                e.key,
-                                e.sha256
+                                "the restored copy's SHA-256 {sha} is not the snapshot's {} (was its clone s3://{}/{} replaced?)",
+                                e.sha256,
+                                s3.clone_bucket,
+                                e.clone_key
                             );
                         }
                     }
@@ -116,23 +235,31 @@ impl S3Target {
                     Ok((e.key, attrs))
                 }
             })
-            .await?
-            .into_iter()
-            .collect();
-            let extra: Vec<String> = live
-                .iter()
-                .filter(|l| !wanted.contains(l.key.as_str()))
-                .map(|l| l.key.clone())
-                .collect();
-            delete_keys(&c, &s3.bucket, &extra, "object(s) created since the snapshot").await?;
-            Ok(put_back)
+            .await;
+            put_back.extend(copies.done);
+            failed.extend(copies.failed.into_iter().map(|(k, e)| (k, format!("{e:#}"))));
+            if let Some((e, rest)) = copies.stopped {
+                stop(e, rest, &extra);
+            } else {
+                let deletes = delete_keys_each(&c, &s3.bucket, &extra).await;
+                failed.extend(deletes.failed.into_iter().map(|(k, e)| {
+                    (
+                        k,
+                        format!("created since the snapshot, and could not be deleted: {e:#}"),
+                    )
+                }));
+                if let Some((e, rest)) = deletes.stopped {
+                    stop(e, rest, &[]);
+                }
+            }
+        }
+        failed.sort();
+        Ok(Outcome {
+            put_back,
+            needed,
+            failed,
+            stopped,
         })
-        .with_context(|| format!("restoring {}", self.where_()))?;
-        self.restored
-            .lock()
-            .expect("restored")
-            .insert(a.sha256.clone(), (listing, confirmed));
-        Ok(())
     }
 
     /// Prove the bucket equals the listing in `rec` (the body of [`Target::verify_restored`]).
@@ -153,70 +280,78 @@ impl S3Target {
                     rec.name
                 )
             })?;
+        wait(self.verify_listing(entries, put_back, &HashSet::new(), exact_tags(rec)))
+    }
+
+    /// Prove the bucket equals `entries`, apart from the keys in `skip` (live or listed): a
+    /// put-back object has its clone's attributes (`put_back`) and the snapshot's content, a
+    /// left-alone one its snapshot identity (and tag set).
+    async fn verify_listing(
+        &self,
+        entries: Arc<Vec<ObjectEntry>>,
+        put_back: HashMap<String, Attrs>,
+        skip: &HashSet<String>,
+        exact: bool,
+    ) -> Result<()> {
         let c = self.client();
         let s3 = self.s3.clone();
-        let exact = exact_tags(rec);
-        wait(async move {
-            let live = list_all(&c, &s3.bucket, &s3.prefix).await?;
-            let live_map: HashMap<String, Listed> = live.into_iter().map(|l| (l.key.clone(), l)).collect();
-            let mut diffs = Vec::new();
-            let wanted: HashSet<&str> = entries.iter().map(|e| e.key.as_str()).collect();
-            for k in live_map.keys() {
-                if !wanted.contains(k.as_str()) {
-                    diffs.push(format!("{k}: not in the snapshot"));
-                }
+        let live = list_all(&c, &s3.bucket, &s3.prefix).await?;
+        let live_map: HashMap<String, Listed> = live.into_iter().map(|l| (l.key.clone(), l)).collect();
+        let mut diffs = Vec::new();
+        let wanted: HashSet<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+        for k in live_map.keys() {
+            if !wanted.contains(k.as_str()) && !skip.contains(k) {
+                diffs.push(format!("{k}: not in the snapshot"));
             }
-            // What each object must be now: a put-back object its clone's attributes and the
-            // snapshot's content; a left-alone one its snapshot identity (and tag set).
-            let mut to_check = Vec::new();
-            for e in entries.iter() {
-                match live_map.get(&e.key) {
-                    None => diffs.push(format!("{}: missing", e.key)),
-                    Some(l) if l.size != e.size => {
-                        diffs.push(format!("{}: {} bytes, snapshot has {}", e.key, l.size, e.size))
+        }
+        let mut to_check = Vec::new();
+        for e in entries.iter().filter(|e| !skip.contains(&e.key)) {
+            match live_map.get(&e.key) {
+                None => diffs.push(format!("{}: missing", e.key)),
+                Some(l) if l.size != e.size => {
+                    diffs.push(format!("{}: {} bytes, snapshot has {}", e.key, l.size, e.size))
+                }
+                Some(l) => match put_back.get(&e.key) {
+                    Some(attrs) => to_check.push((e.clone(), l.etag.clone(), Some(attrs.clone()))),
+                    None if !e.same_object(l) => {
+                        diffs.push(format!("{}: changed since the restore left it alone", e.key))
                     }
-                    Some(l) => match put_back.get(&e.key) {
-                        Some(attrs) => to_check.push((e.clone(), l.etag.clone(), Some(attrs.clone()))),
-                        None if !e.same_object(l) => {
-                            diffs.push(format!("{}: changed since the restore left it alone", e.key))
-                        }
-                        None if exact || e.tags.is_some() => to_check.push((e.clone(), l.etag.clone(), None)),
-                        None => {}
-                    },
-                }
+                    None if exact || e.tags.is_some() => to_check.push((e.clone(), l.etag.clone(), None)),
+                    None => {}
+                },
             }
-            let (b, cb) = (s3.bucket.clone(), s3.clone_bucket.clone());
-            type Check = (ObjectEntry, String, Option<Attrs>);
-            let found = bounded(to_check, concurrency(), move |(e, live_etag, want): Check| {
-                let (c, b, cb) = (c.clone(), b.clone(), cb.clone());
-                async move {
-                    let mut d = Vec::new();
-                    let Some(want) = want else {
-                        if Some(get_tags(&c, &b, &e.key).await?) != snapshot_tags(&c, &cb, &e, exact).await? {
-                            d.push(format!("{}: tags differ", e.key));
-                        }
-                        return Ok(d);
+        }
+        let (b, cb) = (s3.bucket.clone(), s3.clone_bucket.clone());
+        type Check = (ObjectEntry, String, Option<Attrs>);
+        let found = bounded(to_check, concurrency(), move |(e, live_etag, want): Check| {
+            let (c, b, cb) = (c.clone(), b.clone(), cb.clone());
+            async move {
+                let mut d = Vec::new();
+                let Some(want) = want else {
+                    if Some(get_tags(&c, &b, &e.key).await?) != snapshot_tags(&c, &cb, &e, exact).await? {
+                        d.push(format!("{}: tags differ", e.key));
+                    }
+                    return Ok(d);
+                };
+                let (attrs, server, _, _) = read_attrs(&c, &b, &e.key, Some(&live_etag)).await?;
+                if live_etag != e.etag {
+                    let sha = match server {
+                        Some(s) => s,
+                        None => object_sha256(&c, &b, &e.key, &live_etag, e.size).await?.0,
                     };
-                    let (attrs, server, _, _) = read_attrs(&c, &b, &e.key, Some(&live_etag)).await?;
-                    if live_etag != e.etag {
-                        let sha = match server {
-                            Some(s) => s,
-                            None => object_sha256(&c, &b, &e.key, &live_etag, e.size).await?.0,
-                        };
-                        if sha != e.sha256 {
-                            d.push(format!("{}: content differs (SHA-256)", e.key));
-                        }
+                    if sha != e.sha256 {
+                        d.push(format!("{}: content differs (SHA-256)", e.key));
                     }
-                    if attrs != want {
-                        d.push(format!("{}: content-type, metadata or tags differ", e.key));
-                    }
-                    Ok(d)
                 }
-            })
-            .await?;
-            diffs.extend(found.into_iter().flatten());
-            diffs.sort();
-            summarize(diffs)
+                if attrs != want {
+                    d.push(format!("{}: content-type, metadata or tags differ", e.key));
+                }
+                Ok(d)
+            }
         })
+        .await?;
+        diffs.extend(found.into_iter().flatten());
+        diffs.sort();
+        summarize(diffs)
     }
 }

@@ -1,8 +1,6 @@
 //! Wire details: ETag quoting, key and tag encoding, base64 checksums, and the errors of reads
 //! pinned to an ETag.
 
-use anyhow::anyhow;
-
 use crate::aws::{sdk_error, status_of};
 
 pub(super) fn unquote(e: &str) -> String {
@@ -73,7 +71,26 @@ pub(super) fn server_sha256(v: Option<&str>) -> Option<String> {
     (raw.len() == 32).then(|| hex::encode(raw))
 }
 
-/// The error of a read pinned to an ETag: 412 means the object changed under guard.
+/// An object that changed or went away between its listing and a copy or read of it: for a
+/// snapshot, a reason to list again; for a restore, a clone that is not what it was.
+#[derive(Debug)]
+pub(super) struct Raced(pub(super) String);
+
+impl std::fmt::Display for Raced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Raced {}
+
+/// Whether `e` is (or was caused by) a [`Raced`].
+pub(super) fn is_raced(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<Raced>().is_some())
+}
+
+/// The error of a read pinned to an ETag: 412 means the object changed under guard, 404 that it
+/// is gone (both [`Raced`]).
 pub(super) fn read_error<E>(
     bucket: &str,
     key: &str,
@@ -82,10 +99,12 @@ pub(super) fn read_error<E>(
 where
     E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    if status_of(&e) == Some(412) {
-        anyhow!("s3://{bucket}/{key} changed while guard was reading it (stop writers with a `before` hook and retry)")
-    } else {
-        sdk_error(format!("reading s3://{bucket}/{key}"), e)
+    match status_of(&e) {
+        Some(412) => anyhow::Error::new(Raced(format!(
+            "s3://{bucket}/{key} changed while guard was reading it (stop writers with a `before` hook and retry)"
+        ))),
+        Some(404) => anyhow::Error::new(Raced(format!("s3://{bucket}/{key} no longer exists"))),
+        _ => sdk_error(format!("reading s3://{bucket}/{key}"), e),
     }
 }
 
