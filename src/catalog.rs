@@ -123,6 +123,7 @@ impl Catalog {
     pub fn open(store: &dyn Store) -> Result<Catalog> {
         // A remote store's catalog is a local cache file (rebuilt from the manifests by `sync`).
         let path = crate::store::state::state_dir(store)?.join(keys::CATALOG);
+        private_files(&path)?;
         let opts = SqliteConnectOptions::from_str("sqlite://")?
             .filename(&path)
             .create_if_missing(true)
@@ -414,6 +415,37 @@ impl Catalog {
             })
             .collect())
     }
+}
+
+/// The catalog and its `-wal` and `-shm`, where they exist, must be regular files of the
+/// running user (never links: SQLite would write through them) and are made 0600, whatever
+/// an older guard or the umask left (new ones are 0600: see `process::private_umask`).
+fn private_files(db: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let me = unsafe { libc::geteuid() };
+    for suffix in ["", "-wal", "-shm"] {
+        let p = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
+        let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+        if !m.file_type().is_file() || m.uid() != me {
+            anyhow::bail!(
+                "{} is {}; guard never opens its catalog through it. The catalog is only an index: remove it (rm {}*) and guard rebuilds it from the manifests",
+                p.display(),
+                if m.file_type().is_symlink() {
+                    "a symbolic link".to_string()
+                } else if !m.file_type().is_file() {
+                    "not a regular file".to_string()
+                } else {
+                    format!("owned by uid {}, not by the running user (uid {me})", m.uid())
+                },
+                db.display()
+            );
+        }
+        if m.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot make {} private", p.display()))?;
+        }
+    }
+    Ok(())
 }
 
 async fn delete_snapshot<'e, E: sqlx::SqliteExecutor<'e>>(e: E, id: &str) -> Result<()> {

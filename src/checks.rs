@@ -165,7 +165,7 @@ fn evaluate_one(
             }
             CheckWhat::Command { command } => {
                 r.expect = "exit 0".into();
-                let out = Command::new("sh")
+                let out = crate::process::user_umask(&mut Command::new("sh"))
                     .arg("-c")
                     .arg(command)
                     .stdin(Stdio::null())

@@ -151,7 +151,7 @@ fn on_failure(policy: &Policy, report: &Report, ui: &Ui) {
         .find(|t| !t.ok)
         .map(|t| t.target.clone())
         .unwrap_or_default();
-    let status = Command::new("sh")
+    let status = crate::process::user_umask(&mut Command::new("sh"))
         .arg("-c")
         .arg(cmd)
         .stdin(Stdio::null())

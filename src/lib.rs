@@ -37,6 +37,7 @@ pub mod faults;
 pub mod journal;
 pub mod lock;
 pub mod manifest;
+pub mod names;
 pub mod outcome;
 pub mod parse_ctx;
 pub mod policy;
@@ -57,6 +58,7 @@ pub mod vars;
 
 /// Run the parsed command line; returns the process exit code.
 pub fn run(cli: cli::Cli) -> u8 {
+    process::private_umask();
     let ui = ui::Ui::new(cli.json);
     match cmd::dispatch(cli, &ui) {
         Ok(code) => code,

@@ -7,11 +7,11 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Failure, Kind};
@@ -54,6 +54,61 @@ fn read_holder(f: &mut File) -> Option<Holder> {
     serde_json::from_str(&s).ok()
 }
 
+/// Open (or with `create`, create 0600) the lock file at `path`, never through a symlink
+/// (`O_NOFOLLOW`): the store is writable by others, and a planted link would have guard
+/// truncate whatever it points to. The file must be a regular file with one link, owned by
+/// the running user; anything else is refused, naming it, and left as it is.
+fn open_lock_file(path: &Path, create: bool) -> Result<File, Failure> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(create)
+        .create(create)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                Failure::msg(
+                    Kind::Corrupt,
+                    format!(
+                        "lock file {} is a symbolic link; guard never opens a lock through a link (someone with write access to the store made it): remove it and look at who did",
+                        path.display()
+                    ),
+                )
+            } else {
+                Failure::new(
+                    Kind::Internal,
+                    anyhow::Error::new(e).context(format!("cannot open lock file {}", path.display())),
+                )
+            }
+        })?;
+    let m = file.metadata().map_err(|e| Failure::new(Kind::Internal, e))?;
+    let me = unsafe { libc::geteuid() };
+    let why = if !m.file_type().is_file() {
+        Some("is not a regular file".to_string())
+    } else if m.nlink() != 1 {
+        Some(format!("has {} hard links (a link to another file?)", m.nlink()))
+    } else if m.uid() != me {
+        Some(format!(
+            "belongs to uid {}, not to the running user (uid {me})",
+            m.uid()
+        ))
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        return Err(Failure::msg(
+            Kind::Corrupt,
+            format!(
+                "lock file {} {why}; guard refuses to use it (remove it if it is not yours)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(file)
+}
+
 /// What the lock file of `policy` says, without taking it: `(held_by_a_live_process, holder)`.
 pub fn inspect(store: &dyn Store, policy: &str) -> Result<(bool, Option<Holder>)> {
     if let Some(leaser) = store.leaser() {
@@ -64,7 +119,7 @@ pub fn inspect(store: &dyn Store, policy: &str) -> Result<(bool, Option<Holder>)
         return Ok((false, None));
     };
     let path = root.join(keys::lock_key(policy));
-    let Ok(mut f) = File::open(&path) else {
+    let Ok(mut f) = open_lock_file(&path, false) else {
         return Ok((false, None));
     };
     let holder = read_holder(&mut f);
@@ -82,15 +137,8 @@ pub fn acquire(store: &dyn Store, policy: &str, command: &str, run_id: Option<&s
     // directory (guards on this machine); a remote store adds a lease object (other machines).
     let root = crate::store::state::state_dir(store)?;
     let path = root.join(keys::lock_key(policy));
-    crate::store::local::create_dir_all_private(path.parent().expect("has parent"))?;
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("cannot open lock file {}", path.display()))?;
+    crate::store::local::private_dir(&root, "locks")?;
+    let mut file = open_lock_file(&path, true)?;
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
         let err = std::io::Error::last_os_error();

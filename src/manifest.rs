@@ -163,7 +163,39 @@ impl Manifest {
                 m.format
             );
         }
+        m.check_names(what)?;
         Ok(m)
+    }
+
+    /// The store is untrusted input: every name that guard joins onto a path or a key (the
+    /// id, the policy, each target) must be a plain name, and every artifact must lie in the
+    /// snapshot's own directory.
+    fn check_names(&self, what: &str) -> Result<()> {
+        crate::names::checked(&self.id, "snapshot id", what)?;
+        crate::names::checked(&self.policy, "policy name", what)?;
+        let dir = keys::snapshot_prefix(&self.id);
+        for t in &self.targets {
+            crate::names::checked(&t.name, "target name", what)?;
+            for a in &t.artifacts {
+                let ok = a.key.strip_prefix(&dir).is_some_and(|f| {
+                    !f.is_empty()
+                        && !f.contains(['/', '\\', '\0'])
+                        && f != "."
+                        && f != ".."
+                        && f != "manifest.json"
+                        && f != "prune.json"
+                });
+                if !ok {
+                    bail!(
+                        "{what}: artifact {:?} of target {} is not a file of snapshot {} ({dir}…); refusing to use it",
+                        a.key,
+                        t.name,
+                        self.id
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Read a snapshot's manifest from the store.

@@ -7,6 +7,32 @@ use anyhow::{Context, Result};
 
 use crate::ui::Ui;
 
+/// The umask guard was started with, before [`private_umask`] (0o022 if never set).
+static USER_UMASK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0o022);
+
+/// Make every file guard creates 0600 and every directory 0700 at most, whatever umask it was
+/// started with — the store's temp files, scratch copies, the catalog and its `-wal`/`-shm`,
+/// files made by libraries (SQLite, tar) included. Called once, first thing; the commands guard
+/// runs for the user ([`user_umask`]) get the original umask back.
+pub fn private_umask() {
+    let old = unsafe { libc::umask(0o077) };
+    USER_UMASK.store(old as u32, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Give `cmd` the umask guard was started with: the wrapped command, hooks, `command` checks
+/// and the drill's `on_failure` create files as they would without guard.
+pub fn user_umask(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    let mask = USER_UMASK.load(std::sync::atomic::Ordering::SeqCst) as libc::mode_t;
+    // SAFETY: umask(2) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::umask(mask);
+            Ok(())
+        })
+    }
+}
+
 /// Quote a command line for display.
 pub fn shell_words(args: &[String]) -> String {
     args.iter()
@@ -57,7 +83,7 @@ impl Hooks for ShellHooks {
 pub fn run_hooks(which: &str, hooks: &[String], ui: &Ui) -> Result<()> {
     for h in hooks {
         ui.info(&format!("guard: {which} hook: {h}"));
-        let status = Command::new("sh")
+        let status = user_umask(&mut Command::new("sh"))
             .arg("-c")
             .arg(h)
             .stdin(Stdio::null())

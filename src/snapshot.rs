@@ -229,17 +229,11 @@ pub fn verify_for(
             if rec.absent {
                 continue;
             }
-            // The policy's own target when it still names this one (its settings, such as
-            // `pg_bin`, apply); otherwise one rebuilt from the record.
+            // The policy's own target when it still names this one as it was (its settings,
+            // such as `pg_bin`, apply); otherwise one rebuilt read-only from the record.
             let t = match policy {
-                Some(p)
-                    if p.targets
-                        .iter()
-                        .any(|t| t.name == rec.name && t.kind.as_str() == rec.kind) =>
-                {
-                    crate::targets::target_for(&p.targets, rec)?
-                }
-                _ => targets::from_record(rec)?,
+                Some(p) => targets::for_inspection(&p.targets, rec)?,
+                None => targets::from_record(rec)?,
             };
             t.deep_verify(rec, store, scratch)
                 .with_context(|| format!("target {}", rec.name))?;

@@ -130,7 +130,7 @@ fn install_cron_line(line: &str, ui: &Ui) -> Result<(), Failure> {
         ui.info("crontab already has the line");
         return Ok(());
     }
-    let mut child = Command::new("crontab")
+    let mut child = crate::process::user_umask(&mut Command::new("crontab"))
         .arg("-")
         .stdin(Stdio::piped())
         .spawn()

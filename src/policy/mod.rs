@@ -183,14 +183,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy> {
     })
 }
 
-/// Names used in file names and ids: letters, digits, `-`, `_`, `.`; not starting with `.`.
-pub fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && !s.starts_with('.')
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
+/// Names used in file names and ids (one rule for the policy and the store: [`crate::names`]).
+pub use crate::names::valid_name;
 
 #[cfg(test)]
 mod tests {

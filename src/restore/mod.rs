@@ -116,9 +116,19 @@ pub fn restrict(m: &Manifest, only: &[String]) -> Manifest {
     }
 }
 
-/// The live target of every record of `m`: the policy's target of that name, or one rebuilt
-/// from the record when the policy no longer names it.
+/// The live target of every record of `m`: the policy's target of that name, kind and source
+/// ([`target_for`]); a record the policy does not name as it was refuses the whole restore,
+/// naming it, before anything is touched.
 pub fn targets_for(policy: &Policy, m: &Manifest) -> Result<Vec<Box<dyn Target>>, Failure> {
+    if m.policy != policy.name {
+        return Err(Failure::msg(
+            Kind::Usage,
+            format!(
+                "snapshot {} was taken by policy {}, not {}; guard restores a snapshot only through the policy that took it",
+                m.id, m.policy, policy.name
+            ),
+        ));
+    }
     m.targets
         .iter()
         .map(|rec| target_for(&policy.targets, rec))

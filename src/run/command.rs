@@ -60,7 +60,7 @@ fn tee(mut from: impl Read + Send + 'static, to_stdout: bool, log: Arc<Mutex<Fil
 /// guard meanwhile are forwarded to it. Returns its exit code.
 pub fn run_command(cmd: &[String], log: File, ui: &Ui) -> Result<i32> {
     let log = Arc::new(Mutex::new(log));
-    let mut child = Command::new(&cmd[0])
+    let mut child = crate::process::user_umask(&mut Command::new(&cmd[0]))
         .args(&cmd[1..])
         .stdin(Stdio::inherit())
         .stdout(Stdio::piped())

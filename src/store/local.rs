@@ -19,15 +19,82 @@ impl LocalStore {
     pub fn open(root: &Path) -> Result<Self> {
         create_dir_all_private(root).with_context(|| format!("cannot create store directory {}", root.display()))?;
         let root = fs::canonicalize(root)?;
+        // Whoever may write the store could have planted links in place of guard's own
+        // directories: each that exists must be a real directory of the running user.
+        for sub in STORE_DIRS {
+            if fs::symlink_metadata(root.join(sub)).is_ok() {
+                private_dir(&root, sub)?;
+            }
+        }
         Ok(LocalStore { root })
     }
 
     fn path(&self, key: &str) -> Result<PathBuf> {
-        if key.is_empty() || key.starts_with('/') || key.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        if key.is_empty()
+            || key.starts_with('/')
+            || key.contains('\0')
+            || key.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+        {
             bail!("invalid store key {key:?}");
         }
         Ok(self.root.join(key))
     }
+
+    /// [`LocalStore::path`] of a key about to be written or removed: its directories are
+    /// created if missing and checked by [`private_dir`] (never through a symbolic link).
+    fn checked_path(&self, key: &str) -> Result<PathBuf> {
+        let p = self.path(key)?;
+        let dir = match key.rfind('/') {
+            Some(i) => &key[..i],
+            None => "",
+        };
+        private_dir(&self.root, dir)?;
+        Ok(p)
+    }
+}
+
+/// The directories guard keeps in a store (and in a remote store's state directory).
+pub const STORE_DIRS: [&str; 5] = ["tmp", "snapshots", "runs", "locks", "pins"];
+
+/// `root/rel`, every directory of `rel` created 0700 when missing and checked — not through a
+/// symbolic link — to be a real directory owned by the running user, so that nothing guard
+/// writes, truncates or deletes below it lands outside `root`. `root` itself is the policy's
+/// choice and is trusted; `rel` is a `/`-separated relative path.
+pub fn private_dir(root: &Path, rel: &str) -> Result<PathBuf> {
+    let me = unsafe { libc::geteuid() };
+    let mut p = root.to_path_buf();
+    for part in rel.split('/').filter(|c| !c.is_empty()) {
+        if part == "." || part == ".." {
+            bail!("invalid store path {rel:?}");
+        }
+        p.push(part);
+        match fs::DirBuilder::new().mode(0o700).create(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", p.display())),
+        }
+        let m = fs::symlink_metadata(&p).with_context(|| format!("cannot stat {}", p.display()))?;
+        let why = if m.file_type().is_symlink() {
+            let to = fs::read_link(&p).map(|t| t.display().to_string()).unwrap_or_default();
+            Some(format!("is a symbolic link (to {to})"))
+        } else if !m.is_dir() {
+            Some("is not a directory".to_string())
+        } else if std::os::unix::fs::MetadataExt::uid(&m) != me {
+            Some(format!(
+                "belongs to uid {}, not to the running user (uid {me})",
+                std::os::unix::fs::MetadataExt::uid(&m)
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            bail!(
+                "store directory {} {why}; guard never writes through it (someone with write access to the store may have planted it): remove it, then run guard again",
+                p.display()
+            );
+        }
+    }
+    Ok(p)
 }
 
 /// `mkdir -p` with mode 0700 for the directories it creates.
@@ -115,9 +182,8 @@ impl Store for LocalStore {
     }
 
     fn create(&self, key: &str) -> Result<Box<dyn Upload>> {
-        let dest = self.path(key)?;
+        let dest = self.checked_path(key)?;
         let parent = dest.parent().expect("key has a parent");
-        create_dir_all_private(parent).with_context(|| format!("cannot create {}", parent.display()))?;
         let (file, tmp) =
             private_temp_beside(&dest).with_context(|| format!("cannot create a file in {}", parent.display()))?;
         Ok(Box::new(LocalUpload {
@@ -129,7 +195,22 @@ impl Store for LocalStore {
 
     fn open(&self, key: &str) -> Result<Box<dyn Read + Send>> {
         let p = self.path(key)?;
-        let f = File::open(&p).with_context(|| format!("cannot open {}", p.display()))?;
+        // Never read through a planted link (an artifact "pointing" at a file outside the
+        // store); a link where an object should be is an error naming it.
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&p)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) {
+                    anyhow::anyhow!(
+                        "{} is a symbolic link; guard never reads a store object through a link",
+                        p.display()
+                    )
+                } else {
+                    anyhow::Error::new(e).context(format!("cannot open {}", p.display()))
+                }
+            })?;
         Ok(Box::new(io::BufReader::with_capacity(1 << 20, f)))
     }
 
@@ -169,7 +250,11 @@ impl Store for LocalStore {
     }
 
     fn size(&self, key: &str) -> Result<Option<u64>> {
-        match fs::metadata(self.path(key)?) {
+        match fs::symlink_metadata(self.path(key)?) {
+            Ok(m) if m.file_type().is_symlink() => bail!(
+                "{}/{key} is a symbolic link; guard never reads a store object through a link",
+                self.root.display()
+            ),
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
@@ -178,6 +263,11 @@ impl Store for LocalStore {
 
     fn remove(&self, key: &str) -> Result<()> {
         let p = self.path(key)?;
+        if fs::symlink_metadata(p.parent().expect("key has a parent")).is_err() {
+            return Ok(()); // its directory is gone: so is the object
+        }
+        // Never unlink through a planted directory link.
+        let p = self.checked_path(key)?;
         match fs::remove_file(&p) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -200,9 +290,7 @@ impl Store for LocalStore {
 
     fn put_many(&self, items: &[(String, Vec<u8>)]) -> Result<()> {
         for (key, data) in items {
-            let dest = self.path(key)?;
-            let parent = dest.parent().expect("key has a parent");
-            create_dir_all_private(parent)?;
+            let dest = self.checked_path(key)?;
             let (mut f, tmp) = private_temp_beside(&dest)?;
             f.write_all(data)?;
             drop(f);

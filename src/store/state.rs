@@ -36,11 +36,19 @@ pub fn remote_state_dir(location: &str) -> Result<PathBuf> {
 }
 
 /// A private scratch directory, inside the store when it is local (same disk, same quota).
+/// It is 0700 whatever the umask, and `tmp/` in a store is checked to be a real directory of
+/// the running user first (never a planted link).
 pub fn scratch_dir(store: &dyn Store) -> Result<tempfile::TempDir> {
     let base = match store.local_root() {
-        Some(root) => root.join("tmp"),
-        None => std::env::temp_dir(),
+        Some(root) => super::local::private_dir(root, "tmp")?,
+        None => {
+            let base = std::env::temp_dir();
+            super::local::create_dir_all_private(&base)?;
+            base
+        }
     };
-    super::local::create_dir_all_private(&base)?;
-    Ok(tempfile::Builder::new().prefix("guard-").tempdir_in(&base)?)
+    Ok(tempfile::Builder::new()
+        .prefix("guard-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir_in(&base)?)
 }

@@ -329,15 +329,24 @@ pub fn build(spec: &TargetSpec) -> Result<Box<dyn Target>> {
     })
 }
 
-/// A target rebuilt from a manifest record, for snapshots whose policy no longer names it.
+/// A target rebuilt from a manifest record, for **read-only inspection** of a snapshot whose
+/// policy does not name it (`guard verify` checking its artifacts offline). The store is
+/// untrusted input: a record says where its data came from, never where guard may write, so
+/// what this returns refuses every method that would touch live data ([`ReadOnly`]).
 pub fn from_record(rec: &TargetRecord) -> Result<Box<dyn Target>> {
+    crate::names::checked(&rec.name, "target name", "manifest")?;
     let path = PathBuf::from(&rec.source);
     let kind = match Kind::parse(&rec.kind) {
         // Offline checks only: guard never stores database URLs (they may hold passwords).
-        Some(Kind::Postgres) => return Ok(Box::new(postgres::PostgresTarget::from_record(rec)?)),
-        Some(Kind::S3) => return Ok(Box::new(s3::S3Target::from_record(rec)?)),
+        Some(Kind::Postgres) => {
+            return Ok(Box::new(ReadOnly(Box::new(postgres::PostgresTarget::from_record(rec)?))))
+        }
+        Some(Kind::S3) => return Ok(Box::new(ReadOnly(Box::new(s3::S3Target::from_record(rec)?)))),
         Some(Kind::Sqlite) => KindSpec::Sqlite(SqliteSpec { path }),
-        Some(Kind::Dir) => KindSpec::Dir(DirSpec { path }),
+        Some(Kind::Dir) => KindSpec::Dir(DirSpec {
+            path,
+            ..DirSpec::default()
+        }),
         Some(Kind::Turso) => bail!(
             "target {}: a Turso target cannot be rebuilt from a manifest (its API and database tokens are never stored); the policy must name target {:?} of kind \"turso\"",
             rec.name,
@@ -345,24 +354,127 @@ pub fn from_record(rec: &TargetRecord) -> Result<Box<dyn Target>> {
         ),
         None => bail!("target {}: kind {} cannot be rebuilt from a manifest", rec.name, rec.kind),
     };
-    build(&TargetSpec::new(rec.name.clone(), kind))
+    Ok(Box::new(ReadOnly(build(&TargetSpec::new(rec.name.clone(), kind))?)))
 }
 
-/// The live target for a record: the policy's target of that name, or one rebuilt from the
-/// record when the policy no longer names it.
+/// The policy's live target for a record, for anything that writes (restore, recover, drill,
+/// retention's release): the policy must name a target of that name, of the same kind, over
+/// the same source (path, database, bucket and prefix). Otherwise nothing is built and the
+/// error says why: a manifest never chooses where guard writes.
 pub fn target_for(specs: &[TargetSpec], rec: &TargetRecord) -> Result<Box<dyn Target>> {
-    if let Some(spec) = specs.iter().find(|t| t.name == rec.name) {
-        if spec.kind.as_str() != rec.kind {
-            bail!(
-                "target {} is a {} in the policy but a {} in the snapshot",
-                rec.name,
-                spec.kind.as_str(),
-                rec.kind
-            );
-        }
-        return build(spec);
+    crate::names::checked(&rec.name, "target name", "manifest")?;
+    let Some(spec) = specs.iter().find(|t| t.name == rec.name) else {
+        bail!(
+            "the snapshot holds target {} ({} {}), which the policy does not name; guard writes only to the policy's own targets, at the policy's paths (`guard show` lists it; README \"Restoring by hand\" says how to restore it yourself)",
+            rec.name,
+            rec.kind,
+            rec.source
+        );
+    };
+    if spec.kind.as_str() != rec.kind {
+        bail!(
+            "target {} is a {} in the policy but a {} in the snapshot; nothing is restored from it",
+            rec.name,
+            spec.kind.as_str(),
+            rec.kind
+        );
     }
-    from_record(rec)
+    let live = build(spec)?;
+    let differs = |what: &str, snap: &str, policy: &str| {
+        let snap = if what.is_empty() {
+            snap.to_string()
+        } else {
+            format!("{what} {snap}")
+        };
+        anyhow::anyhow!(
+            "target {}: the snapshot is of {snap} but the policy's target is {policy}; guard writes only where the policy says, so nothing is restored from it (put the policy back as it was, or restore by hand: README \"Restoring by hand\")",
+            rec.name
+        )
+    };
+    if live.source() != rec.source {
+        return Err(differs("", &rec.source, &live.source()));
+    }
+    if let KindSpec::S3(s3) = &spec.kind {
+        // The bucket, clone bucket and endpoint a record names must be the policy's own.
+        let want = [
+            ("bucket", Some(s3.bucket.as_str())),
+            ("prefix", Some(s3.prefix.as_str())),
+            ("clone_bucket", Some(s3.clone_bucket.as_str())),
+            ("endpoint", s3.endpoint.as_deref()),
+        ];
+        for (key, policy) in want {
+            let snap = rec.meta.get(key).map(String::as_str);
+            if snap.unwrap_or_default() != policy.unwrap_or_default() {
+                return Err(differs(
+                    key,
+                    snap.unwrap_or("(none)"),
+                    &format!("{key} {}", policy.unwrap_or("(none)")),
+                ));
+            }
+        }
+    }
+    Ok(live)
+}
+
+/// The target to inspect a record with (`guard verify`): the policy's own when it names the
+/// record's target as it was, else one rebuilt read-only from the record ([`from_record`]).
+pub fn for_inspection(specs: &[TargetSpec], rec: &TargetRecord) -> Result<Box<dyn Target>> {
+    match target_for(specs, rec) {
+        Ok(t) => Ok(t),
+        Err(_) => from_record(rec),
+    }
+}
+
+/// A target that may only be inspected: [`Target::deep_verify`] (which writes nothing but
+/// private scratch) works, everything that would read or write live data is refused.
+pub struct ReadOnly(pub Box<dyn Target>);
+
+impl ReadOnly {
+    fn refuse<T>(&self, what: &str) -> Result<T> {
+        bail!(
+            "target {} was rebuilt from a manifest for inspection only; guard does not {what} a target the policy does not name",
+            self.0.name()
+        )
+    }
+}
+
+impl Target for ReadOnly {
+    fn spec(&self) -> &TargetSpec {
+        self.0.spec()
+    }
+    fn source(&self) -> String {
+        self.0.source()
+    }
+    fn preflight(&self) -> Result<()> {
+        self.refuse("open")
+    }
+    fn snapshot(&self, _ctx: &SnapshotCtx) -> Result<TargetRecord> {
+        self.refuse("snapshot")
+    }
+    fn deep_verify(&self, rec: &TargetRecord, store: &dyn Store, scratch: &Path) -> Result<()> {
+        self.0.deep_verify(rec, store, scratch)
+    }
+    fn restore(&self, _rec: &TargetRecord, _store: &dyn Store) -> Result<Restored> {
+        self.refuse("restore")
+    }
+    fn verify_restored(&self, _rec: &TargetRecord) -> Result<()> {
+        self.refuse("read the live data of")
+    }
+    fn fingerprint(&self, _items: &[String]) -> Result<BTreeMap<String, Fingerprint>> {
+        self.refuse("read the live data of")
+    }
+    fn query(&self, _sql: &str) -> Result<String> {
+        self.refuse("query")
+    }
+    fn objects(&self, _prefix: &str) -> Result<(u64, u64)> {
+        self.refuse("list")
+    }
+    fn drill(&self, _rec: &TargetRecord, _store: &dyn Store, _scratch: &Path) -> Result<Option<Box<dyn Target>>> {
+        self.refuse("drill")
+    }
+    fn release(&self, _rec: &TargetRecord, _kept: &[TargetRecord], _store: &dyn Store) -> Result<()> {
+        self.refuse("release what a snapshot owns outside the store for")
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ mod policy;
 mod postgres;
 mod retention;
 mod s3;
+mod security;
 mod sqlite_lifecycle;
 mod turso;
 mod turso_clients;

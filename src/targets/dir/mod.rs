@@ -67,7 +67,39 @@ fn is_replaced_by_file(rec: &TargetRecord) -> bool {
     rec.meta.get("replaced_by").map(String::as_str) == Some("file")
 }
 
+/// The restored root directory's own mode and owner come from the live directory `live`, never
+/// from the store (R17: a record saying `mode = "777"` or another owner is not obeyed). When the
+/// command removed the directory, the recorded mode is used without setuid, setgid, sticky and
+/// group/other write bits, and the directory stays the running user's.
+fn root_meta(rec: &TargetRecord, live: &Path, staging: &Path) -> Result<()> {
+    match fs::metadata(live) {
+        Ok(m) if m.is_dir() => {
+            // Owner first: a chown may clear the mode's setgid bit.
+            let _ = std::os::unix::fs::chown(staging, Some(m.uid()), Some(m.gid()));
+            fs::set_permissions(staging, fs::Permissions::from_mode(m.permissions().mode() & 0o7777))?;
+        }
+        _ => {
+            let mode = rec
+                .meta
+                .get("mode")
+                .and_then(|m| u32::from_str_radix(m, 8).ok())
+                .unwrap_or(0o700);
+            fs::set_permissions(staging, fs::Permissions::from_mode(mode & 0o755))?;
+        }
+    }
+    Ok(())
+}
+
 impl DirTarget {
+    /// Mode bits a restore or drill never takes from an archive: setuid and setgid, unless the
+    /// policy says `keep_setid = true`.
+    fn setid_mask(&self) -> u32 {
+        match &self.spec.kind {
+            KindSpec::Dir(d) if d.keep_setid => 0,
+            _ => 0o6000,
+        }
+    }
+
     /// The directory behind the policy's path, symlinks resolved, or why there is none.
     fn live_dir(&self) -> Result<PathBuf> {
         let (name, p) = (&self.spec.name, &self.path);
@@ -241,9 +273,11 @@ impl Target for DirTarget {
         create_dir_all_private(&dest)?;
         let (reader, writer) = std::io::pipe()?;
         let unpack_to = dest.clone();
+        let mask = self.setid_mask();
         let consumer = std::thread::spawn(move || -> Result<()> {
             let mut ar = tar::Archive::new(std::io::BufReader::new(reader));
             ar.set_preserve_permissions(true);
+            ar.set_mask(mask);
             ar.unpack(&unpack_to)?;
             Ok(())
         });
@@ -260,7 +294,13 @@ impl Target for DirTarget {
         })?;
         let spec = TargetSpec {
             line: self.spec.line,
-            ..TargetSpec::new(rec.name.clone(), KindSpec::Dir(DirSpec { path: dest.clone() }))
+            ..TargetSpec::new(
+                rec.name.clone(),
+                KindSpec::Dir(DirSpec {
+                    path: dest.clone(),
+                    keep_setid: false,
+                }),
+            )
         };
         Ok(Some(Box::new(DirTarget::new(spec, dest))))
     }
@@ -304,9 +344,11 @@ impl Target for DirTarget {
         let result = (|| -> Result<()> {
             let (reader, writer) = std::io::pipe()?;
             let unpack_to = staging.clone();
+            let mask = self.setid_mask();
             let consumer = std::thread::spawn(move || -> Result<()> {
                 let mut ar = tar::Archive::new(std::io::BufReader::new(reader));
                 ar.set_preserve_permissions(true);
+                ar.set_mask(mask);
                 ar.set_overwrite(true);
                 ar.unpack(&unpack_to)?;
                 Ok(())
@@ -316,15 +358,7 @@ impl Target for DirTarget {
             r?;
             unpacked.context("unpacking")?;
             compare_listings(&rec.files, &scan(&staging)?).context("unpacked tree differs from the manifest")?;
-            if let Some(mode) = rec.meta.get("mode").and_then(|m| u32::from_str_radix(m, 8).ok()) {
-                fs::set_permissions(&staging, fs::Permissions::from_mode(mode))?;
-            }
-            if let (Some(Ok(u)), Some(Ok(g))) = (
-                rec.meta.get("uid").map(|s| s.parse::<u32>()),
-                rec.meta.get("gid").map(|s| s.parse::<u32>()),
-            ) {
-                let _ = std::os::unix::fs::chown(&staging, Some(u), Some(g));
-            }
+            root_meta(rec, &dest, &staging)?;
             // The verified tree takes the live name in one exchange; the replaced one goes.
             swap::swap_in(&staging, &dest)
         })();

@@ -1,0 +1,488 @@
+//! The store is untrusted input (README "Threat model"): each attack of the red-team review
+//! that needs only write access to the store (R2, R3, R4, the local part of R15, R17) is
+//! performed here through the real binary, and shown to fail.
+
+use crate::common::*;
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// A snapshot id that sorts after `id` (same time, larger suffix), so `latest` picks it.
+fn later_id(id: &str) -> String {
+    let (time, suffix) = id.rsplit_once('-').unwrap();
+    let new = if suffix == "ffff" { "fffe" } else { "ffff" };
+    assert_ne!(new, suffix);
+    format!("{time}-{new}")
+}
+
+/// Copy snapshot `from` to `to` inside the env's store, with its artifact keys moved along
+/// and `edit` applied to the manifest: what someone with write access to the store can do.
+fn plant(env: &Env, from: &str, to: &str, edit: impl FnOnce(&mut Value)) {
+    let src = env.path(&format!("backups/snapshots/{from}"));
+    let dst = env.path(&format!("backups/snapshots/{to}"));
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    let mpath = dst.join("manifest.json");
+    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
+    m["id"] = Value::String(to.into());
+    for t in m["targets"].as_array_mut().unwrap() {
+        for a in t["artifacts"].as_array_mut().unwrap() {
+            let k = a["key"].as_str().unwrap().replace(from, to);
+            a["key"] = Value::String(k);
+        }
+    }
+    edit(&mut m);
+    std::fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+/// Rename target 0's artifact to `file` in the planted snapshot `id` (manifest and file).
+fn rename_artifact(env: &Env, id: &str, m: &mut Value, file: &str) {
+    let a = &mut m["targets"][0]["artifacts"][0];
+    let old = env.path(&format!("backups/{}", a["key"].as_str().unwrap()));
+    let key = format!("snapshots/{id}/{file}");
+    std::fs::rename(old, env.path(&format!("backups/{key}"))).unwrap();
+    a["key"] = Value::String(key);
+}
+
+/// SHA-256 listing of every file under `dir`, for "untouched" assertions.
+fn tree(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for e in walkdir::WalkDir::new(dir).sort_by_file_name() {
+        let e = e.unwrap();
+        if e.file_type().is_file() {
+            let bytes = std::fs::read(e.path()).unwrap();
+            let d = sha2::Sha256::digest(&bytes);
+            out.push((e.path().display().to_string(), hex::encode(d)));
+        }
+    }
+    out
+}
+use sha2::Digest as _;
+
+/// A policy with one directory target `data` (and a victim directory beside the env).
+fn dir_env() -> (Env, String) {
+    let env = Env::new();
+    env.write("data/owned.txt", "payload\n");
+    env.write("victim/precious.txt", "precious\n");
+    env.write(
+        "guard.toml",
+        "name = \"b1\"\n[[target]]\nname = \"data\"\nkind = \"dir\"\npath = \"data\"\n",
+    );
+    let r = env.guard(&["snapshot"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    (env, r.stdout.trim().to_string())
+}
+
+#[test]
+fn a_planted_manifest_naming_a_target_the_policy_lacks_is_shown_but_never_restored() {
+    // R2, dir variant: a copy of a real snapshot whose target is renamed "evil" and pointed at
+    // a directory outside the policy.
+    let (env, id) = dir_env();
+    let victim = env.path("victim");
+    let before = tree(&victim);
+    let new = later_id(&id);
+    plant(&env, &id, &new, |m| {
+        m["targets"][0]["name"] = Value::String("evil".into());
+        m["targets"][0]["source"] = Value::String(victim.display().to_string());
+    });
+    let mut m: Value = serde_json::from_str(
+        &std::fs::read_to_string(env.path(&format!("backups/snapshots/{new}/manifest.json"))).unwrap(),
+    )
+    .unwrap();
+    rename_artifact(&env, &new, &mut m, "evil.tar.gz");
+    std::fs::write(
+        env.path(&format!("backups/snapshots/{new}/manifest.json")),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    )
+    .unwrap();
+
+    // Listed and shown (read-only inspection works) ...
+    let list = env.guard(&["list"]);
+    assert_eq!(list.code, 0, "{list:?}");
+    assert!(list.stdout.contains(&new), "{list:?}");
+    let show = env.guard(&["show", &new]);
+    assert_eq!(show.code, 0, "{show:?}");
+    assert!(show.all().contains("evil"), "{show:?}");
+    // ... and never restored, by id or as `latest`.
+    for which in [new.as_str(), "latest"] {
+        let r = env.guard(&["restore", which, "--yes"]);
+        assert_eq!(r.code, 64, "{r:?}");
+        assert!(r.stderr.contains("which the policy does not name"), "{r:?}");
+        assert!(r.stderr.contains("evil"), "{r:?}");
+    }
+    assert_eq!(tree(&victim), before, "the victim directory is untouched");
+    assert!(env.path("victim/precious.txt").exists());
+}
+
+#[test]
+fn a_planted_manifest_pointing_a_policy_target_elsewhere_or_changing_its_kind_is_refused() {
+    // R2, sqlite variant: the policy's own target name, but the record's source is a file
+    // outside the policy, and a raw-file artifact of attacker-chosen bytes.
+    let env = simple_env("");
+    let r = env.guard(&["snapshot"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let id = r.stdout.trim().to_string();
+    let victim = env.write("victim.conf", "root:settings\n");
+    let new = later_id(&id);
+    plant(&env, &id, &new, |m| {
+        m["targets"][0]["source"] = Value::String(victim.display().to_string());
+        m["targets"][0]["meta"] = serde_json::json!({});
+    });
+    let r = env.guard(&["restore", &new, "--yes"]);
+    assert_eq!(r.code, 64, "{r:?}");
+    assert!(r.stderr.contains("but the policy's target is"), "{r:?}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root:settings\n");
+
+    // The same name with another kind is refused too.
+    let other = format!("{}-fffd", new.rsplit_once('-').unwrap().0);
+    plant(&env, &id, &other, |m| {
+        m["targets"][0]["kind"] = Value::String("dir".into());
+        m["targets"][0]["source"] = Value::String(env.path("").display().to_string());
+    });
+    let r = env.guard(&["restore", &other, "--yes"]);
+    assert_eq!(r.code, 64, "{r:?}");
+    assert!(
+        r.stderr.contains("is a sqlite in the policy but a dir in the snapshot"),
+        "{r:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root:settings\n");
+    assert!(env.path("app.db").is_file());
+}
+
+#[test]
+fn a_planted_journal_cannot_make_recover_write_outside_the_policy() {
+    // R2, recover variant: a journal of an "interrupted" run whose pre-run snapshot is the
+    // planted one pushes the operator into `guard recover`.
+    let (env, id) = dir_env();
+    let victim = env.path("victim");
+    let before = tree(&victim);
+    let r = env.guard(&["--yes", "--", "true"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let new = later_id(&id);
+    plant(&env, &id, &new, |m| {
+        m["targets"][0]["name"] = Value::String("evil".into());
+        m["targets"][0]["source"] = Value::String(victim.display().to_string());
+    });
+    let runs = env.path("backups/runs");
+    let real = std::fs::read_dir(&runs).unwrap().next().unwrap().unwrap().path();
+    let mut j: Value = serde_json::from_str(&std::fs::read_to_string(real.join("journal.json")).unwrap()).unwrap();
+    let run_id = later_id(j["run_id"].as_str().unwrap());
+    j["run_id"] = Value::String(run_id.clone());
+    j["phase"] = Value::String("command-running".into());
+    j["snapshot_id"] = Value::String(new.clone());
+    j["outcome"] = Value::Null;
+    j["exit_code"] = Value::Null;
+    j["pid"] = serde_json::json!(999_999_999u32);
+    std::fs::create_dir_all(runs.join(&run_id)).unwrap();
+    std::fs::write(runs.join(&run_id).join("journal.json"), serde_json::to_vec(&j).unwrap()).unwrap();
+
+    let r = env.guard(&["recover", "--yes"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("which the policy does not name"), "{r:?}");
+    assert_eq!(tree(&victim), before, "the victim directory is untouched");
+}
+
+#[test]
+fn drill_and_verify_never_write_outside_the_store_through_a_target_name() {
+    // R3: a target name with `..` components (dir target, `guard drill`) or an absolute one
+    // (sqlite target, `guard verify`, which restores into scratch too).
+    let (env, id) = dir_env();
+    let escape = env.path("drill-escape");
+    let new = later_id(&id);
+    let traversal = format!("../../../../../../../..{}", escape.display());
+    plant(&env, &id, &new, |m| {
+        m["targets"][0]["name"] = Value::String(traversal.clone());
+    });
+    for args in [vec!["drill", new.as_str()], vec!["verify", new.as_str()]] {
+        let r = env.guard(&args);
+        assert_ne!(r.code, 0, "{args:?}: {r:?}");
+        assert!(!escape.exists(), "{args:?} wrote {}", escape.display());
+    }
+    // `drill` with no id skips the planted newest snapshot, saying so, and drills the real one.
+    let r = env.guard(&["drill"]);
+    assert!(!escape.exists(), "drill wrote {}", escape.display());
+    assert!(r.stderr.contains(&format!("skipping snapshot {new}")), "{r:?}");
+    assert!(r.stdout.contains(&format!("of snapshot {id}")), "{r:?}");
+    let r = env.guard(&["verify", &new]);
+    assert!(r.stderr.contains("is not a valid name"), "{r:?}");
+
+    let env = simple_env("");
+    let r = env.guard(&["snapshot"]);
+    let id = r.stdout.trim().to_string();
+    let escape = env.path("verify-escape");
+    let new = later_id(&id);
+    plant(&env, &id, &new, |m| {
+        m["targets"][0]["name"] = Value::String(escape.display().to_string());
+    });
+    for args in [vec!["verify", new.as_str()], vec!["drill", new.as_str()]] {
+        let r = env.guard(&args);
+        assert_ne!(r.code, 0, "{args:?}: {r:?}");
+        assert!(!env.path("verify-escape.db").exists(), "{args:?}: {r:?}");
+    }
+    // The genuine snapshot still verifies and drills.
+    let r = env.guard(&["verify", &id]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = env.guard(&["drill", &id]);
+    assert_eq!(r.code, 0, "{r:?}");
+}
+
+#[test]
+fn a_symlinked_or_hard_linked_lock_file_is_refused_and_its_target_untouched() {
+    // R4: a link planted at STORE/locks/POLICY.lock.
+    for hard in [false, true] {
+        let env = simple_env("");
+        let victim = env.write("victim-lockfile", "important content\n");
+        let locks = env.path("backups/locks");
+        std::fs::create_dir_all(&locks).unwrap();
+        std::fs::set_permissions(env.path("backups"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        if hard {
+            std::fs::hard_link(&victim, locks.join("simple.lock")).unwrap();
+        } else {
+            std::os::unix::fs::symlink(&victim, locks.join("simple.lock")).unwrap();
+        }
+        for args in [
+            vec!["snapshot"],
+            vec!["--yes", "--", "true"],
+            vec!["status"],
+            vec!["prune"],
+        ] {
+            let r = env.guard(&args);
+            assert_eq!(
+                std::fs::read_to_string(&victim).unwrap(),
+                "important content\n",
+                "{args:?} changed the lock's target: {r:?}"
+            );
+            if args[0] != "status" {
+                assert_eq!(r.code, 65, "{args:?}: {r:?}");
+                let why = if hard { "hard links" } else { "symbolic link" };
+                assert!(r.stderr.contains(why), "{args:?}: {r:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn symlinked_store_directories_are_refused_and_nothing_lands_where_they_point() {
+    // R4: links planted in place of the store's own directories.
+    for sub in ["tmp", "snapshots", "runs", "locks"] {
+        let env = simple_env("");
+        let outside = env.path("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::create_dir_all(env.path("backups")).unwrap();
+        std::os::unix::fs::symlink(&outside, env.path(&format!("backups/{sub}"))).unwrap();
+        for args in [vec!["snapshot"], vec!["--yes", "--", "true"]] {
+            let r = env.guard(&args);
+            assert_ne!(r.code, 0, "{sub}: {args:?}: {r:?}");
+            assert!(r.stderr.contains("is a symbolic link"), "{sub}: {args:?}: {r:?}");
+            assert_eq!(
+                std::fs::read_dir(&outside).unwrap().count(),
+                0,
+                "{sub}: {args:?} wrote through the link"
+            );
+        }
+    }
+}
+
+/// Every file and directory under `root` with a mode other than 0600 / 0700.
+fn not_private(root: &Path) -> Vec<String> {
+    let mut bad = Vec::new();
+    for e in walkdir::WalkDir::new(root) {
+        let Ok(e) = e else { continue }; // scratch may vanish while it is walked
+        let Ok(m) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        let mode = m.permissions().mode() & 0o7777;
+        let want = if m.is_dir() { 0o700 } else { 0o600 };
+        if mode != want {
+            bad.push(format!("{:o} {}", mode, e.path().display()));
+        }
+    }
+    bad
+}
+
+#[test]
+fn under_umask_000_every_file_guard_writes_is_0600_and_every_directory_0700() {
+    // R15, local part: scratch directories and copies, artifacts, manifests, journals, logs,
+    // the lock and catalog.db with its -wal and -shm, whatever the umask.
+    let env = lending_env("");
+    let sh = |args: &str| {
+        let mut c = std::process::Command::new("sh");
+        c.current_dir(env.path(""))
+            .arg("-c")
+            .arg(format!("umask 000; exec {} {args}", guard_bin()))
+            .env_remove("GUARD_POLICY")
+            .stdin(Stdio::null());
+        c
+    };
+    // While a snapshot is between its two targets, the SQLite copy is in scratch.
+    let pause = env.path("paused.pid");
+    let mut child = sh("snapshot")
+        .env("GUARD_TEST_PAUSE", "snapshot-between-targets")
+        .env("GUARD_TEST_PAUSE_FILE", &pause)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pause.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "guard finished before the pause");
+        assert!(Instant::now() < deadline, "guard never paused");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let scratch: Vec<_> = std::fs::read_dir(env.path("backups/tmp")).unwrap().collect();
+    assert!(!scratch.is_empty(), "a scratch directory exists during the snapshot");
+    let bad = not_private(&env.path("backups"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(bad.is_empty(), "not private during the snapshot: {bad:#?}");
+
+    // A catalog an older guard left world-readable is made private again.
+    for f in ["catalog.db", "catalog.db-wal", "catalog.db-shm"] {
+        let p = env.path(&format!("backups/{f}"));
+        if p.exists() {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+    // A guarded run whose check fails (the lending policy wants new tables): the rescue and the
+    // restore write under umask 000 too. The wrapped command keeps the caller's umask (0666).
+    let out = sh("--yes -- sh -c 'echo x > made-by-command'").output().unwrap();
+    assert_eq!(out.status.code(), Some(79), "{}", String::from_utf8_lossy(&out.stderr));
+    let mode = std::fs::metadata(env.path("made-by-command"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o666, "the command runs with the caller's umask");
+    let out = sh("list").output().unwrap();
+    assert!(out.status.success());
+    assert!(env.path("backups/catalog.db-wal").exists() || env.path("backups/catalog.db").exists());
+    let bad = not_private(&env.path("backups"));
+    assert!(bad.is_empty(), "not private after a run: {bad:#?}");
+}
+
+/// Replace the tar artifact of target 0 of snapshot `id` with a gzip of `entries` (path, mode,
+/// content; `None` content is a directory), fixing the manifest's checksums and file listing:
+/// an artifact crafted by someone who can write the store.
+fn craft_dir_artifact(env: &Env, id: &str, entries: &[(&str, u32, Option<&str>)], edit: impl FnOnce(&mut Value)) {
+    let mpath = env.path(&format!("backups/snapshots/{id}/manifest.json"));
+    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut files = Vec::new();
+    for (path, mode, content) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(*mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        match content {
+            Some(c) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(c.len() as u64);
+                h.set_cksum();
+                b.append_data(&mut h, path, c.as_bytes()).unwrap();
+                files.push(serde_json::json!({"path": path, "type": "file", "size": c.len(),
+                    "sha256": hex::encode(sha2::Sha256::digest(c.as_bytes())), "mode": mode}));
+            }
+            None => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                h.set_cksum();
+                b.append_data(&mut h, path, std::io::empty()).unwrap();
+                files.push(serde_json::json!({"path": path, "type": "dir", "size": 0, "mode": mode}));
+            }
+        }
+    }
+    let raw = b.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &raw).unwrap();
+    let gz = gz.finish().unwrap();
+    let t = &mut m["targets"][0];
+    let a = &mut t["artifacts"][0];
+    std::fs::write(env.path(&format!("backups/{}", a["key"].as_str().unwrap())), &gz).unwrap();
+    a["bytes"] = serde_json::json!(gz.len());
+    a["sha256"] = Value::String(hex::encode(sha2::Sha256::digest(&gz)));
+    a["raw_bytes"] = serde_json::json!(raw.len());
+    a["raw_sha256"] = Value::String(hex::encode(sha2::Sha256::digest(&raw)));
+    t["files"] = Value::Array(files);
+    t["fingerprints"] = serde_json::json!({});
+    edit(&mut m);
+    std::fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+fn mode_of(p: &Path) -> u32 {
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn a_crafted_dir_artifact_plants_no_setuid_file_and_cannot_chmod_or_chown_the_target_dir() {
+    // R17: a snapshot (with no catalog witness) whose tar holds a setuid/setgid file and a
+    // setgid directory, and whose record asks for the target directory to become 0777 and
+    // be owned by uid/gid 4242.
+    use std::os::unix::fs::MetadataExt;
+    let (env, id) = dir_env();
+    let data = env.path("data");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let live = std::fs::metadata(&data).unwrap();
+    let new = later_id(&id);
+    plant(&env, &id, &new, |_| {});
+    craft_dir_artifact(
+        &env,
+        &new,
+        &[
+            ("owned.txt", 0o644, Some("payload\n")),
+            ("shared", 0o2775, None),
+            ("shared/suid-shell", 0o6755, Some("#!/bin/sh\nid\n")),
+        ],
+        |m| {
+            let meta = &mut m["targets"][0]["meta"];
+            meta["mode"] = Value::String("777".into());
+            meta["uid"] = Value::String("4242".into());
+            meta["gid"] = Value::String("4242".into());
+        },
+    );
+    let r = env.guard(&["restore", &new, "--yes"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        std::fs::read_to_string(data.join("shared/suid-shell")).unwrap(),
+        "#!/bin/sh\nid\n"
+    );
+    assert_eq!(mode_of(&data.join("shared/suid-shell")), 0o755, "setuid/setgid dropped");
+    assert_eq!(
+        mode_of(&data.join("shared")),
+        0o775,
+        "setgid dropped from the directory"
+    );
+    let now = std::fs::metadata(&data).unwrap();
+    assert_eq!(mode_of(&data), 0o750, "the target dir keeps the live directory's mode");
+    assert_eq!((now.uid(), now.gid()), (live.uid(), live.gid()), "and its owner");
+
+    // A drill unpacks into scratch without the bits too (nothing setuid in the store's tmp/),
+    // and passes: the content is what the manifest lists.
+    let r = env.guard(&["drill", &new]);
+    assert_eq!(r.code, 0, "{r:?}");
+
+    // A policy that opts in (`keep_setid = true`) keeps the bits of a real setuid file.
+    let env = Env::new();
+    env.write("data/tool", "#!/bin/sh\n");
+    std::fs::set_permissions(env.path("data/tool"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    for (keep, want) in [("true", 0o4755), ("false", 0o755)] {
+        env.write(
+            "guard.toml",
+            &format!(
+                "name = \"b2\"\n[[target]]\nname = \"data\"\nkind = \"dir\"\npath = \"data\"\nkeep_setid = {keep}\n"
+            ),
+        );
+        let r = env.guard(&["snapshot"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        let snap = r.stdout.trim().to_string();
+        let r = env.guard(&["restore", &snap, "--yes"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert_eq!(mode_of(&env.path("data/tool")), want, "keep_setid = {keep}");
+        std::fs::set_permissions(env.path("data/tool"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    }
+}
