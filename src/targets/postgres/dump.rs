@@ -9,10 +9,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use sqlx::Connection as _;
 
 use super::conn::{qualified, LOCK_WAIT};
+use super::database::{findings, referenced_roles, DbState};
 use super::fingerprint::fingerprints;
 use super::tools::{drain, kill, status_text, tail, widen_pipe, Tools};
 use super::watch::BlockerWatch;
-use super::{PgFormat, PostgresTarget, Sessions, DUMP_LEVEL};
+use super::{say, PgFormat, PostgresTarget, Sessions, DUMP_LEVEL};
 use crate::artifact::read_artifact;
 use crate::manifest::TargetRecord;
 use crate::store::Store;
@@ -139,8 +140,46 @@ impl PostgresTarget {
             rec.meta.insert("db_owner".into(), owner);
         }
 
-        // public schema's owner and grants, to recreate it exactly on restore.
-        let public: Option<(String, Vec<(String, String)>)> = crate::runtime::block_on(async {
+        // What a dump of one database leaves out (database.rs), the roles it refers to, and how
+        // many large objects it holds (then the restore filters the dump's own transaction
+        // control out of its SQL).
+        let (state, roles, large_objects) = crate::runtime::block_on(async {
+            let state = DbState::capture(&mut conn).await?;
+            let roles = referenced_roles(&mut conn).await?;
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_catalog.pg_largeobject_metadata")
+                .fetch_one(&mut conn)
+                .await?;
+            Ok::<_, anyhow::Error>((state, roles, n))
+        })
+        .with_context(|| format!("target {name}: reading the database's own state"))?;
+        rec.meta.insert("database_state".into(), serde_json::to_string(&state)?);
+        rec.meta.insert("roles".into(), serde_json::to_string(&roles)?);
+        rec.meta.insert("large_objects".into(), large_objects.to_string());
+        // Before the command runs: what a restore could not put back (a rescue snapshot is
+        // taken whatever it holds).
+        if !ctx.allow_absent {
+            let num: String =
+                crate::runtime::block_on(sqlx::query_scalar("SHOW server_version_num").fetch_one(&mut conn))?;
+            let num: u32 = num.trim().parse().unwrap_or(0);
+            let f = crate::runtime::block_on(findings(&mut conn, self.pg.format, num, &roles))
+                .with_context(|| format!("target {name}: checking what a restore could put back"))?;
+            for w in &f.warnings {
+                say(&format!(
+                    "guard: warning: target {name}: a restore would not put back everything: {w}"
+                ));
+            }
+            if !f.refusals.is_empty() {
+                bail!(
+                    "target {name}: a restore of this database as it is now would fail, so nothing was run: {}. Connect as a superuser, or see README (PostgreSQL, \"What a restore cannot put back\")",
+                    f.refusals.join("; ")
+                );
+            }
+        }
+
+        // public schema's owner, grants and comment, to recreate it exactly on restore.
+        // (owner, [(grantee, privilege)], comment)
+        type Public = (String, Vec<(String, String)>, Option<String>);
+        let public: Option<Public> = crate::runtime::block_on(async {
             let owner: Option<String> =
                 sqlx::query_scalar("SELECT r.rolname::text FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner WHERE n.nspname = 'public'")
                     .fetch_optional(&mut conn)
@@ -155,12 +194,17 @@ impl PostgresTarget {
             )
             .fetch_all(&mut conn)
             .await?;
-            Ok(Some((owner, grants)))
+            let comment: Option<String> = sqlx::query_scalar(
+                "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = 'public'",
+            )
+            .fetch_one(&mut conn)
+            .await?;
+            Ok(Some((owner, grants, comment)))
         })?;
-        if let Some((owner, grants)) = public {
+        if let Some((owner, grants, comment)) = public {
             rec.meta.insert(
                 "public_schema".into(),
-                serde_json::json!({"owner": owner, "grants": grants}).to_string(),
+                serde_json::json!({"owner": owner, "grants": grants, "comment": comment}).to_string(),
             );
         }
 

@@ -7,6 +7,7 @@ use sha2::{Digest as _, Sha256};
 use sqlx::postgres::PgConnection;
 
 use super::conn::{qualified, quote_ident};
+use super::database::DbState;
 use crate::manifest::Fingerprint;
 
 /// Schema fingerprint parts: (key suffix, query returning one text line per object).
@@ -166,5 +167,12 @@ pub(super) async fn fingerprints(
         }
     }
     out.extend(schema_fingerprints(c).await?);
+    out.insert("@database".into(), database_fingerprint(c).await?);
     Ok(out)
+}
+
+/// `@database`: the database's owner, comment, connection limit, ACL and settings (its own
+/// and its roles'), which a dump of the database does not hold ([`DbState`]).
+pub(super) async fn database_fingerprint(c: &mut PgConnection) -> Result<Fingerprint> {
+    Ok(hash_lines(&DbState::capture(c).await?.lines()))
 }

@@ -11,12 +11,20 @@
 //! Tools: the newest `pg_dump` whose major version is at least the server's, from `pg_bin` (only
 //! there when set), `PATH` and `/usr/lib/postgresql/*/bin`, with `pg_restore` and `psql` beside it.
 //!
-//! Restore, in one transaction on the live database through `psql -v ON_ERROR_STOP=1`: every
-//! user schema is dropped (so tables, columns, functions and triggers a failed migration added
-//! are gone too), `public` is recreated with its recorded owner and grants, large objects are
-//! unlinked, then the dump's SQL (from `pg_restore -f -` for custom archives) is replayed and
-//! `COMMIT` is sent only after the artifact's checksums verified and `pg_restore` exited 0.
-//! Anything else rolls back and the database is left exactly as it was.
+//! The snapshot also records what a dump of one database leaves out (its owner, comment, ACL,
+//! settings, its roles' settings, the roles it refers to: [`database`]) and refuses, before the
+//! command runs, a database a restore could not put back; it warns about what a restore leaves
+//! as it is (subscriptions, extension versions).
+//!
+//! Restore, in one transaction on the live database through `psql -v ON_ERROR_STOP=1`
+//! ([`restore`]): the preamble recreates dropped roles `NOLOGIN`, puts the database-level state
+//! back, closes a gate only guard's `COMMIT` opens, and empties the database (event triggers,
+//! publications, extensions, foreign servers, every user schema, casts, large objects, global
+//! default privileges), `public` is recreated as recorded, the dump's SQL (from `pg_restore -f
+//! -` for custom archives, its own `BEGIN;`/`COMMIT;` around large objects taken out by
+//! [`txn_filter`]) is replayed, and `COMMIT` is sent only after the artifact's checksums verified
+//! and `pg_restore` exited 0. Anything else rolls back and the database is left exactly as it
+//! was.
 //!
 //! Bounded waits: guard's sessions carry `lock_timeout`, `statement_timeout` (not the restore's)
 //! and override the defaults a command may have set on the database ([`conn::bounded_settings`]);
@@ -28,17 +36,18 @@
 
 pub mod config;
 mod conn;
+mod database;
 mod drill;
 mod dump;
 mod fingerprint;
 mod restore;
 mod tools;
+mod txn_filter;
 mod watch;
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::OnceLock;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -53,11 +62,10 @@ use crate::targets::{KindSpec, TargetSpec};
 pub use config::{PgFormat, PostgresSpec, Sessions};
 
 use conn::{quote_ident, ConnInfo};
+use database::DbState;
 use drill::ScratchDb;
-use fingerprint::{fingerprints, schema_fingerprints, table_fingerprint};
-use restore::restore_preamble;
-use tools::{drain, kill, major_name, major_of, status_text, tail, widen_pipe, Tools};
-use watch::BlockerWatch;
+use fingerprint::{database_fingerprint, fingerprints, schema_fingerprints, table_fingerprint};
+use tools::{major_name, major_of, Tools};
 
 /// gzip level of PostgreSQL artifacts when the policy sets no `[compression] level`. Measured on
 /// the bench's 416 MB `pg_dump -Fc -Z0` stream (README, Performance): level 2 (zlib-rs's "fast"
@@ -250,93 +258,7 @@ impl Target for PostgresTarget {
         }
         self.ensure_database(rec, &db)?;
         self.handle_sessions(&db)?;
-        let preamble = restore_preamble(rec)?;
-
-        // psql reads one pipe: guard writes the preamble into it, then pg_restore writes the
-        // dump's SQL straight into it (no copy through guard), then guard writes COMMIT.
-        let (from_guard, mut to_psql) = std::io::pipe().context("creating a pipe for psql")?;
-        widen_pipe(&to_psql);
-        let mut psql = self
-            .child(&tools, "psql", &["-i"])
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"])
-            .stdin(from_guard)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("cannot run {}", tools.bin("psql").display()))?;
-        let psql_err = drain(psql.stderr.take().expect("piped"));
-        // Sessions that block the restore: ended under `sessions = "terminate"`, else named.
-        let watch = self.scratch.is_none().then(|| {
-            let terminate = self.pg.sessions == Sessions::Terminate;
-            BlockerWatch::start(&self.conn, &db, name, "the restore", terminate)
-        });
-        let psql_out = drain(psql.stdout.take().expect("piped"));
-
-        // Feed psql: preamble, the dump's SQL, and COMMIT only when all of it arrived intact.
-        let fed: Result<()> = (|| {
-            to_psql.write_all(preamble.as_bytes()).context("psql stopped reading")?;
-            match a.format.as_str() {
-                "pg-plain" => {
-                    read_artifact(store, a, &mut to_psql)?;
-                }
-                _ => {
-                    // The Command (holding the other copy of the pipe's write end) is dropped
-                    // at the end of this statement: pg_restore's is the only one left open.
-                    let mut pr = tools
-                        .buffered("pg_restore", &["-i", "-o"])
-                        .args(["-f", "-"])
-                        .stdin(Stdio::piped())
-                        .stdout(to_psql.try_clone().context("creating a pipe for psql")?)
-                        .stderr(Stdio::piped())
-                        .spawn()
-                        .with_context(|| format!("cannot run {}", tools.bin("pg_restore").display()))?;
-                    let pr_err = drain(pr.stderr.take().expect("piped"));
-                    let pr_in = pr.stdin.take().expect("piped");
-                    widen_pipe(&pr_in);
-                    let fed = read_artifact(store, a, pr_in);
-                    let status = pr.wait()?;
-                    let stderr = pr_err.join().unwrap_or_default();
-                    fed.context("reading the artifact")?;
-                    if !status.success() {
-                        bail!("pg_restore {}: {}", status_text(status), tail(&stderr));
-                    }
-                }
-            }
-            to_psql.write_all(b"\nCOMMIT;\n").context("psql stopped reading")?;
-            Ok(())
-        })();
-        drop(to_psql);
-        if fed.is_err() {
-            // No COMMIT was sent: make sure the transaction cannot complete.
-            kill(&mut psql);
-        }
-        let status = psql.wait()?;
-        let stderr = psql_err.join().unwrap_or_default();
-        let _ = psql_out.join();
-        let blocked = watch
-            .map(|w| w.finish())
-            .and_then(|r| r.blocked_by())
-            .map(|b| format!(" ({b})"))
-            .unwrap_or_default();
-        if let Err(e) = fed {
-            if !status.success() && !stderr.is_empty() {
-                bail!(
-                    "target {name}: restore rolled back, the database is unchanged: psql {}: {}{blocked}",
-                    status_text(status),
-                    tail(&stderr)
-                );
-            }
-            return Err(e.context(format!(
-                "target {name}: restore rolled back, the database is unchanged{blocked}"
-            )));
-        }
-        if !status.success() {
-            bail!(
-                "target {name}: restore rolled back, the database is unchanged: psql {}: {}{blocked}",
-                status_text(status),
-                tail(&stderr)
-            );
-        }
+        self.replay(rec, store, a, &tools, &db)?;
         Ok(Restored::Done)
     }
 
@@ -352,12 +274,43 @@ impl Target for PostgresTarget {
         }
         let mut c = self.connect()?;
         let hashed = rec.hashed_items();
-        let got = crate::runtime::block_on(async {
-            let r = fingerprints(&mut c, &hashed, false).await;
+        let (mut got, live_state) = crate::runtime::block_on(async {
+            let r = async {
+                let got = fingerprints(&mut c, &hashed, false).await?;
+                Ok::<_, anyhow::Error>((got, DbState::capture(&mut c).await?))
+            }
+            .await;
             let _ = c.close().await;
             r
         })?;
-        super::sql::fingerprint::compare_fingerprints(&rec.fingerprints, &got)
+        let mut expected = rec.fingerprints.clone();
+        // A drill's scratch database has its own owner and ACL; snapshots taken before
+        // `@database` existed do not have it.
+        if self.scratch.is_some() || !expected.contains_key("@database") {
+            expected.remove("@database");
+            got.remove("@database");
+        }
+        super::sql::fingerprint::compare_fingerprints(&expected, &got).map_err(|e| {
+            // Say which database-level lines differ, when they do.
+            let recorded: Option<DbState> = rec
+                .meta
+                .get("database_state")
+                .and_then(|s| serde_json::from_str(s).ok());
+            match recorded.filter(|r| expected.contains_key("@database") && r.lines() != live_state.lines()) {
+                Some(r) => {
+                    let want = r.lines();
+                    let have = live_state.lines();
+                    let diff: Vec<String> = want
+                        .iter()
+                        .filter(|l| !have.contains(l))
+                        .map(|l| format!("snapshot: {l}"))
+                        .chain(have.iter().filter(|l| !want.contains(l)).map(|l| format!("now: {l}")))
+                        .collect();
+                    anyhow!("{e:#} (database-level: {})", diff.join("; "))
+                }
+                None => e,
+            }
+        })
     }
 
     fn fingerprint(&self, items: &[String]) -> Result<BTreeMap<String, Fingerprint>> {
@@ -368,8 +321,10 @@ impl Target for PostgresTarget {
                 let schema =
                     if items.iter().any(|i| i.starts_with('@')) { schema_fingerprints(&mut c).await? } else { BTreeMap::new() };
                 for t in items {
-                    if t.starts_with('@') {
-                        let f = schema.get(t).ok_or_else(|| anyhow!("unknown fingerprint {t:?} (known: @schema, @schema.tables, @schema.columns, @schema.indexes, @schema.constraints, @schema.triggers, @schema.functions, @schema.schemas)"))?;
+                    if t == "@database" {
+                        out.insert(t.clone(), database_fingerprint(&mut c).await?);
+                    } else if t.starts_with('@') {
+                        let f = schema.get(t).ok_or_else(|| anyhow!("unknown fingerprint {t:?} (known: @schema, @schema.tables, @schema.columns, @schema.indexes, @schema.constraints, @schema.triggers, @schema.functions, @schema.schemas, @database)"))?;
                         out.insert(t.clone(), f.clone());
                     } else {
                         out.insert(t.clone(), table_fingerprint(&mut c, t).await?);
