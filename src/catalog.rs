@@ -484,5 +484,5 @@ async fn insert_snapshot<'e, E: sqlx::SqliteExecutor<'e>>(e: E, m: &Manifest) ->
 }
 
 fn tracing_warn(msg: &str) {
-    eprintln!("guard: warning: {}", crate::secrets::redact(msg));
+    crate::errln!("guard: warning: {}", crate::secrets::redact(msg));
 }

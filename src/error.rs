@@ -6,6 +6,23 @@
 
 use std::fmt;
 
+/// Run `f`, turning a panic inside it into an error that names `what`. The steps between the
+/// command's exit and the end of the restore (checks, rescue, each target's restore) run
+/// through this, so a bug in one of them still reaches the restore of the others.
+pub fn no_panic<T>(what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            Err(anyhow::anyhow!("{what} panicked (a bug in guard): {msg}"))
+        }
+    }
+}
+
 /// What went wrong, from the user's point of view. Each kind has one exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -100,6 +100,14 @@ pub struct Journal {
     pub snapshot_id: Option<String>,
     #[serde(default)]
     pub rescue_id: Option<String>,
+    /// The wrapped command's pid, which is also its process group id (it runs in a group of
+    /// its own), recorded as soon as it starts: `status` and `recover` refuse to act while a
+    /// process of that group is alive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_pid: Option<u32>,
+    /// The wrapped command's process group (equal to `command_pid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_pgid: Option<u32>,
     #[serde(default)]
     pub command_exit: Option<i32>,
     #[serde(default)]
@@ -132,6 +140,8 @@ impl Journal {
             command: command.iter().map(|a| crate::secrets::redact(a)).collect(),
             snapshot_id: None,
             rescue_id: None,
+            command_pid: None,
+            command_pgid: None,
             command_exit: None,
             checks: Vec::new(),
             restored: Vec::new(),
@@ -154,6 +164,16 @@ impl Journal {
         self.save(store)?;
         crate::faults::test_pause(phase.as_str());
         Ok(())
+    }
+
+    /// The live processes of this run's command group, when the command may still be running
+    /// on this host after its guard died (empty otherwise). Nothing may restore the targets
+    /// while one is alive: it would write over what was restored.
+    pub fn command_still_running(&self) -> Vec<u32> {
+        match self.command_pgid.or(self.command_pid) {
+            Some(pgid) if self.host == crate::clock::hostname() => crate::run::command::group_members(pgid),
+            _ => Vec::new(),
+        }
     }
 
     pub fn load(store: &dyn Store, run_id: &str) -> Result<Journal> {

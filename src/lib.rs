@@ -23,6 +23,10 @@
 //!   [`clock`]: time and host name; [`faults`]: fault points for the crash tests
 //! - [`signals`], [`secrets`], [`ui`], [`error`]: the supporting cast
 
+// Every message goes through `ui` (write errors ignored): `println!`/`eprintln!` panic when the
+// terminal or pipe has gone away, which would abort a run between the command and its restore.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod archive;
 pub mod artifact;
 pub mod aws;
@@ -69,7 +73,7 @@ pub fn run(cli: cli::Cli) -> u8 {
                     &serde_json::json!({"error": msg, "kind": f.kind.as_str(), "exit_code": f.kind.exit_code()}),
                 );
             }
-            eprintln!("guard: error: {msg}");
+            crate::errln!("guard: error: {msg}");
             f.kind.exit_code()
         }
     }

@@ -3,6 +3,12 @@
 use clap::Parser;
 
 fn main() {
+    // Rust's runtime already ignores SIGPIPE (writes to a closed pipe return EPIPE, which guard
+    // ignores); say so here too, so nothing guard links can change it. Children get the
+    // default disposition back (std resets it between fork and exec).
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
     let cli = match guard::cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

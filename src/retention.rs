@@ -187,7 +187,7 @@ fn delete_snapshots(
                     let target = match crate::targets::target_for(&policy.targets, rec) {
                         Ok(t) => t,
                         Err(e) => {
-                            eprintln!(
+                            crate::errln!(
                                 "guard: warning: snapshot {id}: cannot release target {}: {e:#}",
                                 rec.name
                             );

@@ -1,8 +1,9 @@
 //! Signal handling for the guarded run.
 //!
 //! While the command runs, SIGINT/SIGTERM/SIGHUP are caught (not ignored: an ignored signal
-//! would stay ignored in the child) and forwarded to the command; a Ctrl-C at the terminal
-//! reaches the command directly through its process group. While a restore runs they are
+//! would stay ignored in the child) and forwarded to the command's process group; a Ctrl-C at
+//! the terminal reaches the command directly (its group is the terminal's foreground group
+//! while it runs). While a restore runs they are
 //! only recorded, so a target is never left half-restored.
 
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -34,9 +35,9 @@ pub fn take() -> Option<i32> {
     }
 }
 
-/// Send `sig` to process `pid`.
-pub fn forward(pid: u32, sig: i32) {
+/// Send `sig` to every process of process group `pgid` (the command's).
+pub fn forward_group(pgid: u32, sig: i32) {
     unsafe {
-        libc::kill(pid as libc::pid_t, sig);
+        libc::kill(-(pgid as libc::pid_t), sig);
     }
 }

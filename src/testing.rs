@@ -355,7 +355,7 @@ pub struct FakeCommand {
 }
 
 impl Runner for FakeCommand {
-    fn run(&self, _cmd: &[String], _log: std::fs::File, _ui: &Ui) -> Result<i32> {
+    fn run(&self, _cmd: &[String], _log: std::fs::File, _ui: &Ui, _started: &mut dyn FnMut(u32)) -> Result<i32> {
         self.world.event("command");
         for (t, content) in &self.writes {
             self.world.set(t, content);

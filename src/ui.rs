@@ -2,11 +2,64 @@
 //!
 //! Spinners appear only when stderr is a terminal and `--json` is off; otherwise guard prints
 //! plain lines (or nothing but the JSON document with `--json`).
+//!
+//! Nothing guard prints may abort a run or a restore: a terminal that has gone away (EIO), a
+//! pipe whose reader has exited (`guard -- cmd 2>&1 | head`, EPIPE; SIGPIPE is ignored, as
+//! Rust's runtime does by default and `main` makes sure of) or any other write error is
+//! ignored. Every message goes through [`to_stderr`]/[`to_stdout`] (the [`errln!`],
+//! [`outln!`], [`out!`] macros): `println!`/`eprintln!` panic on a write error, and clippy
+//! refuses them in this crate. The command's own output still reaches the run log whole.
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
+
+/// Write `s` to stderr and flush it, ignoring every error.
+pub fn to_stderr(s: &str) {
+    let mut e = std::io::stderr().lock();
+    let _ = e.write_all(s.as_bytes());
+    let _ = e.flush();
+}
+
+/// Write `s` to stdout and flush it, ignoring every error.
+pub fn to_stdout(s: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = o.write_all(s.as_bytes());
+    let _ = o.flush();
+}
+
+/// `eprintln!` that cannot panic: a line on stderr, write errors ignored.
+#[macro_export]
+macro_rules! errln {
+    ($($t:tt)*) => {
+        $crate::ui::to_stderr(&format!("{}\n", format_args!($($t)*)))
+    };
+}
+
+/// `eprint!` that cannot panic.
+#[macro_export]
+macro_rules! err {
+    ($($t:tt)*) => {
+        $crate::ui::to_stderr(&format!($($t)*))
+    };
+}
+
+/// `println!` that cannot panic: a line on stdout, write errors ignored.
+#[macro_export]
+macro_rules! outln {
+    ($($t:tt)*) => {
+        $crate::ui::to_stdout(&format!("{}\n", format_args!($($t)*)))
+    };
+}
+
+/// `print!` that cannot panic.
+#[macro_export]
+macro_rules! out {
+    ($($t:tt)*) => {
+        $crate::ui::to_stdout(&format!($($t)*))
+    };
+}
 
 #[derive(Clone)]
 pub struct Ui {
@@ -35,13 +88,13 @@ impl Ui {
     /// A progress line for human readers (suppressed with `--json`).
     pub fn info(&self, msg: &str) {
         if !self.json {
-            eprintln!("{}", crate::secrets::redact(msg));
+            to_stderr(&format!("{}\n", crate::secrets::redact(msg)));
         }
     }
 
     /// Always shown on stderr.
     pub fn warn(&self, msg: &str) {
-        eprintln!("guard: warning: {}", crate::secrets::redact(msg));
+        to_stderr(&format!("guard: warning: {}\n", crate::secrets::redact(msg)));
     }
 
     pub fn spinner(&self, msg: &str) -> Spinner {
@@ -49,7 +102,9 @@ impl Ui {
             return Spinner(None);
         }
         let p = ProgressBar::new_spinner();
-        p.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("template"));
+        if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+            p.set_style(style);
+        }
         p.set_message(msg.to_string());
         p.enable_steady_tick(Duration::from_millis(120));
         Spinner(Some(p))
@@ -60,8 +115,7 @@ impl Ui {
         if !std::io::stdin().is_terminal() {
             return false;
         }
-        eprint!("{question} [y/N] ");
-        let _ = std::io::stderr().flush();
+        to_stderr(&format!("{question} [y/N] "));
         let mut s = String::new();
         if std::io::stdin().read_line(&mut s).is_err() {
             return false;
@@ -72,8 +126,9 @@ impl Ui {
 
 /// Print a JSON document on stdout.
 pub fn print_json(v: &serde_json::Value) {
-    let s = serde_json::to_string_pretty(v).expect("json");
-    println!("{}", crate::secrets::redact(&s));
+    // A `Value` always serializes; print the compact form should it ever not.
+    let s = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
+    to_stdout(&format!("{}\n", crate::secrets::redact(&s)));
 }
 
 /// Human-readable byte count.

@@ -29,7 +29,7 @@ pub fn drill(policy: &Policy, id: Option<&str>, ui: &Ui) -> Result<u8, Failure> 
                 ]
             })
             .collect();
-        print!(
+        crate::out!(
             "{}",
             ui::table(&["target", "kind", "time to restore", "restored", "result"], &rows)
         );
@@ -40,7 +40,7 @@ pub fn drill(policy: &Policy, id: Option<&str>, ui: &Ui) -> Result<u8, Failure> 
                 tty: ui.tty,
             },
         );
-        println!(
+        crate::outln!(
             "drill {} of snapshot {}: {} in {:.2}s",
             report.drill_id,
             report.snapshot_id,

@@ -19,7 +19,7 @@ pub fn drills(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
         return Ok(0);
     }
     if drills.is_empty() {
-        eprintln!("no drills of policy {} yet (run `guard drill`)", policy.name);
+        crate::errln!("no drills of policy {} yet (run `guard drill`)", policy.name);
         return Ok(0);
     }
     let rows: Vec<Vec<String>> = drills
@@ -50,7 +50,7 @@ pub fn drills(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
             ]
         })
         .collect();
-    print!(
+    crate::out!(
         "{}",
         ui::table(
             &["when", "snapshot", "result", "total", "time to restore", "failure"],

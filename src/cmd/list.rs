@@ -13,7 +13,7 @@ pub fn list(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
         return Ok(0);
     }
     if snaps.is_empty() {
-        eprintln!("no snapshots of policy {} yet", policy.name);
+        crate::errln!("no snapshots of policy {} yet", policy.name);
         return Ok(0);
     }
     let rows: Vec<Vec<String>> = snaps
@@ -33,7 +33,7 @@ pub fn list(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
             ]
         })
         .collect();
-    print!(
+    crate::out!(
         "{}",
         ui::table(&["id", "kind", "targets", "size", "verified", "label"], &rows)
     );

@@ -212,7 +212,7 @@ pub fn for_policies(
         match f(&p) {
             Ok(c) => worst = worst.max(c),
             Err(e) => {
-                eprintln!(
+                crate::errln!(
                     "guard: policy {}: {}",
                     p.name,
                     crate::secrets::redact(&format!("{:#}", e.error))

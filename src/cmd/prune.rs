@@ -69,27 +69,27 @@ fn print(p: &retention::Pruned, dry_run: bool) {
         })
         .collect();
     if !rows.is_empty() {
-        print!("{}", ui::table(&["id", "kind", "decision", "why"], &rows));
+        crate::out!("{}", ui::table(&["id", "kind", "decision", "why"], &rows));
     }
     for id in &p.finished_interrupted_prunes {
-        println!("{id}: finished an interrupted prune");
+        crate::outln!("{id}: finished an interrupted prune");
     }
     for id in &p.garbage {
-        println!(
+        crate::outln!(
             "{id}: incomplete (no manifest), more than a day old: {}",
             if dry_run { "would remove" } else { "removed" }
         );
     }
     if dry_run {
         let doomed: Vec<_> = p.decisions.iter().filter(|d| !d.keep).collect();
-        println!(
+        crate::outln!(
             "dry run: {} of {} snapshot(s) would be pruned ({})",
             doomed.len(),
             p.decisions.len(),
             ui::bytes(doomed.iter().map(|d| d.bytes).sum())
         );
     } else {
-        println!(
+        crate::outln!(
             "pruned {} snapshot(s), freed {}",
             p.deleted.len(),
             ui::bytes(p.bytes_freed)

@@ -14,7 +14,7 @@ pub fn reindex(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
     if ui.json {
         ui::print_json(&json!({"snapshots": n}));
     } else {
-        println!("catalog rebuilt: {n} snapshot(s) in {}", s.store().location());
+        crate::outln!("catalog rebuilt: {n} snapshot(s) in {}", s.store().location());
     }
     Ok(0)
 }

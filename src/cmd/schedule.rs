@@ -67,17 +67,18 @@ pub fn schedule(
         ui::print_json(&json!({"service": u.service, "timer": u.timer, "crontab": u.cron_line, "unit": u.unit}));
     } else if systemd {
         let (dir, unit) = (unit_dir.display(), &u.unit);
-        println!(
+        crate::outln!(
             "# {dir}/{unit}.service\n{}\n# {dir}/{unit}.timer\n{}",
-            u.service, u.timer
+            u.service,
+            u.timer
         );
         let pf = std::fs::canonicalize(&policy.file).unwrap_or_else(|_| policy.file.clone());
-        println!(
+        crate::outln!(
             "# install: guard --policy {} schedule --every {every} --install",
             pf.display()
         );
     } else {
-        println!(
+        crate::outln!(
             "# systemd is not running here; add this line with `crontab -e`:\n{}",
             u.cron_line
         );

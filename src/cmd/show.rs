@@ -56,6 +56,6 @@ pub fn show(policy: &Policy, id: &str, ui: &Ui) -> Result<u8, Failure> {
             s.push_str(&format!("  {} entries\n", t.files.len()));
         }
     }
-    print!("{}", crate::secrets::redact(&s));
+    crate::out!("{}", crate::secrets::redact(&s));
     Ok(0)
 }

@@ -45,7 +45,7 @@ pub fn snapshot(policy: &Policy, only: &[String], label: Option<String>, ui: &Ui
     if ui.json {
         ui::print_json(&serde_json::to_value(&m)?);
     } else {
-        println!("{}", m.id);
+        crate::outln!("{}", m.id);
     }
     Ok(0)
 }

@@ -109,7 +109,8 @@ pub fn status(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
             "newest_snapshot": snaps.first(),
             "interrupted": interrupted.iter().map(|j| {
                 let (state, todo) = advice(j, &file);
-                json!({"run_id": j.run_id, "phase": j.phase.as_str(), "snapshot_id": j.snapshot_id, "rescue_id": j.rescue_id, "state": state, "todo": todo})
+                json!({"run_id": j.run_id, "phase": j.phase.as_str(), "snapshot_id": j.snapshot_id, "rescue_id": j.rescue_id, "state": state, "todo": todo,
+                       "command_pgid": j.command_pgid, "command_running": j.command_still_running()})
             }).collect::<Vec<_>>(),
             "incomplete_snapshots": incomplete,
             "last_drill": last_drill.map(|d| json!({"id": d.id, "snapshot_id": d.snapshot_id, "started_at": d.started_at, "ok": d.ok, "seconds": d.seconds})),
@@ -180,6 +181,10 @@ pub fn status(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
             j.host,
             j.phase.as_str()
         ));
+        let alive = j.command_still_running();
+        if !alive.is_empty() {
+            s.push_str(&format!("  {}\n", crate::restore::recover::still_running(j, &alive)));
+        }
     }
     if !incomplete.is_empty() {
         s.push_str(&format!(
@@ -190,6 +195,6 @@ pub fn status(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
     if interrupted.is_empty() && !held && stale.is_none() {
         s.push_str("nothing needs attention\n");
     }
-    print!("{}", crate::secrets::redact(&s));
+    crate::out!("{}", crate::secrets::redact(&s));
     Ok(0)
 }

@@ -40,7 +40,7 @@ pub fn verify(policy: &Policy, id: Option<&str>, quick: bool, ui: &Ui) -> Result
             Ok(()) => ui.info(&format!("{id}: ok")),
             Err(e) => {
                 bad += 1;
-                eprintln!("{id}: FAILED: {}", crate::secrets::redact(&format!("{e:#}")));
+                crate::errln!("{id}: FAILED: {}", crate::secrets::redact(&format!("{e:#}")));
             }
         }
         results.push(

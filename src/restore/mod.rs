@@ -241,8 +241,11 @@ fn rescue_and_restore(
         Rescue::Take(label) => {
             j.enter(cx.store, Phase::Rescuing).kind(Kind::Internal)?;
             let command = (j.op == Op::Run).then(|| j.command.clone());
-            let r = take_rescue(cx, targets, label, j.run_id.clone(), command)
-                .map_err(|e| rescue_failed(cx, m, caller, e))?;
+            let run_id = j.run_id.clone();
+            let r = crate::error::no_panic("the rescue snapshot", || {
+                take_rescue(cx, targets, label, run_id, command)
+            })
+            .map_err(|e| rescue_failed(cx, m, caller, e))?;
             cx.ui.info(&format!(
                 "guard: the state being replaced is kept in rescue snapshot {r}"
             ));
@@ -386,12 +389,14 @@ pub fn restore_all(targets: &[Box<dyn Target>], store: &dyn Store, m: &Manifest,
         let spinner = ui.spinner(&format!("restore {}", rec.name));
         let r = match targets.iter().find(|t| t.name() == rec.name) {
             None => Err(anyhow::anyhow!("no live target {} to restore into", rec.name)),
-            Some(t) => t.restore(rec, store).and_then(|done| match done {
-                Restored::Done => t
-                    .verify_restored(rec)
-                    .map(|()| Restored::Done)
-                    .map_err(|e| anyhow::anyhow!("restored, but it does not match the snapshot: {e:#}")),
-                manual => Ok(manual),
+            Some(t) => crate::error::no_panic(&format!("the restore of {}", rec.name), || {
+                t.restore(rec, store).and_then(|done| match done {
+                    Restored::Done => t
+                        .verify_restored(rec)
+                        .map(|()| Restored::Done)
+                        .map_err(|e| anyhow::anyhow!("restored, but it does not match the snapshot: {e:#}")),
+                    manual => Ok(manual),
+                })
             }),
         };
         spinner.finish();
@@ -403,7 +408,7 @@ pub fn restore_all(targets: &[Box<dyn Target>], store: &dyn Store, m: &Manifest,
             }
             Ok(Restored::Manual(steps)) => {
                 let steps = crate::secrets::redact(&steps);
-                eprintln!(
+                crate::errln!(
                     "guard: {} is not restored in place automatically — it needs you:\n{steps}",
                     rec.name
                 );
@@ -411,7 +416,7 @@ pub fn restore_all(targets: &[Box<dyn Target>], store: &dyn Store, m: &Manifest,
             }
             Err(e) => {
                 let e = crate::secrets::redact(&format!("{e:#}"));
-                eprintln!("guard: restore of {} FAILED: {e}", rec.name);
+                crate::errln!("guard: restore of {} FAILED: {e}", rec.name);
                 (false, false, Some(e))
             }
         };

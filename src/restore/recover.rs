@@ -24,6 +24,16 @@ pub struct Closed {
 /// Close the policy's interrupted runs. Returns what was closed.
 pub fn recover(cx: &Ctx, keep: bool, yes: bool) -> Result<Vec<Closed>, Failure> {
     let interrupted = crate::journal::interrupted_runs(cx.store, &cx.policy.name)?;
+    // A command that outlived its guard would write over what is restored: wait for it.
+    for j in &interrupted {
+        let alive = j.command_still_running();
+        if !alive.is_empty() {
+            return Err(Failure::msg(
+                Kind::Locked,
+                format!("{}; nothing was recovered", still_running(j, &alive)),
+            ));
+        }
+    }
     let mut done = Vec::new();
     for mut j in interrupted {
         let touched = matches!(
@@ -52,6 +62,16 @@ pub fn recover(cx: &Ctx, keep: bool, yes: bool) -> Result<Vec<Closed>, Failure> 
         });
     }
     Ok(done)
+}
+
+/// The words for an interrupted run whose command group still has live processes.
+pub fn still_running(j: &Journal, alive: &[u32]) -> String {
+    let pgid = j.command_pgid.or(j.command_pid).unwrap_or(0);
+    format!(
+        "STILL RUNNING: the command of run {} (process group {pgid}, pids {}) outlived its guard and may still change the targets; recover only once it has stopped (wait for it, or stop it: kill -TERM -- -{pgid})",
+        j.run_id,
+        alive.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" ")
+    )
 }
 
 /// Put back the snapshot an interrupted journal was protecting (a run's pre-run snapshot) or

@@ -1,5 +1,18 @@
 //! Running the wrapped command: its output streamed live and into the run log, signals
 //! forwarded to it, its exit code as a shell reports it.
+//!
+//! The command runs in a process group of its own (its pid is the group id) and dies with
+//! guard: `PR_SET_PDEATHSIG` (SIGKILL) is set in the child between fork and exec, and the
+//! child checks that guard did not die before that (its parent pid changed) and exits if so.
+//! PDEATHSIG fires when the *thread* that forked the child exits, not the process: the command
+//! is spawned from guard's main thread, which lives as long as guard (a spawn from any other
+//! thread is refused, [`spawn_thread_ok`]). Processes the command starts in the background
+//! stay in its group; a guard killed with SIGKILL cannot stop those, so the journal records the
+//! pid and group and `guard status`/`guard recover` refuse to act while any of them is alive
+//! ([`group_members`]). Signals guard receives are forwarded to the whole group. When guard's
+//! stdin is the terminal and guard is in its foreground, the command's group becomes the
+//! foreground group while it runs (so it can read the terminal and gets Ctrl-C directly), and
+//! guard takes the terminal back when it exits.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -18,15 +31,16 @@ use crate::ui::Ui;
 /// stand in for it.
 pub trait Runner: Sync {
     /// Run `cmd` with its output going to the terminal and into `log`; its exit code.
-    fn run(&self, cmd: &[String], log: File, ui: &Ui) -> Result<i32>;
+    /// `started` is told the command's pid (also its process group) as soon as it runs.
+    fn run(&self, cmd: &[String], log: File, ui: &Ui, started: &mut dyn FnMut(u32)) -> Result<i32>;
 }
 
 /// The command as a child process ([`run_command`]).
 pub struct Spawn;
 
 impl Runner for Spawn {
-    fn run(&self, cmd: &[String], log: File, ui: &Ui) -> Result<i32> {
-        run_command(cmd, log, ui)
+    fn run(&self, cmd: &[String], log: File, ui: &Ui, started: &mut dyn FnMut(u32)) -> Result<i32> {
+        run_command(cmd, log, ui, started)
     }
 }
 
@@ -56,35 +70,100 @@ fn tee(mut from: impl Read + Send + 'static, to_stdout: bool, log: Arc<Mutex<Fil
     })
 }
 
+/// Is this guard's main thread? PDEATHSIG is tied to the thread that forks the child.
+fn spawn_thread_ok() -> bool {
+    // SAFETY: getpid and gettid have no preconditions.
+    unsafe { libc::getpid() == libc::gettid() }
+}
+
+/// Is fd 0 a terminal whose foreground process group is guard's own?
+fn own_terminal_foreground() -> bool {
+    // SAFETY: isatty, tcgetpgrp and getpgrp only read process state.
+    unsafe { libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() }
+}
+
+/// Make `pgid` the terminal's foreground process group, with SIGTTOU ignored meanwhile (a
+/// background process may not change it otherwise). Errors are ignored: the terminal is a
+/// courtesy, never a reason to stop.
+fn give_terminal(pgid: libc::pid_t) {
+    // SAFETY: signal and tcsetpgrp are async-signal-safe and take plain integers.
+    unsafe {
+        let old = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+        libc::tcsetpgrp(0, pgid);
+        libc::signal(libc::SIGTTOU, old);
+    }
+}
+
 /// Run the wrapped command, streaming its output live and into `log`. Signals received by
-/// guard meanwhile are forwarded to it. Returns its exit code.
-pub fn run_command(cmd: &[String], log: File, ui: &Ui) -> Result<i32> {
+/// guard meanwhile are forwarded to its process group. Returns its exit code.
+pub fn run_command(cmd: &[String], log: File, ui: &Ui, started: &mut dyn FnMut(u32)) -> Result<i32> {
+    use std::os::unix::process::CommandExt;
+    if !spawn_thread_ok() {
+        anyhow::bail!(
+            "internal: the command must be started from guard's main thread (PR_SET_PDEATHSIG is per thread)"
+        );
+    }
     let log = Arc::new(Mutex::new(log));
-    let mut child = crate::process::user_umask(&mut Command::new(&cmd[0]))
+    let foreground = own_terminal_foreground();
+    // SAFETY: getpid has no preconditions.
+    let guard_pid = unsafe { libc::getpid() };
+    let mut command = Command::new(&cmd[0]);
+    crate::process::user_umask(&mut command);
+    command
         .args(&cmd[1..])
         .stdin(Stdio::inherit())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start {:?}", cmd[0]))?;
-    let out = tee(child.stdout.take().expect("piped"), !ui.json, Arc::clone(&log));
-    let err = tee(child.stderr.take().expect("piped"), false, Arc::clone(&log));
+        .process_group(0);
+    // SAFETY: the closure runs in the child between fork and exec and calls only
+    // async-signal-safe functions (prctl, getppid, getpid, signal, tcsetpgrp, _exit).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // guard died between fork and prctl: the death signal will never come.
+            if libc::getppid() != guard_pid {
+                libc::_exit(137);
+            }
+            if foreground {
+                give_terminal(libc::getpid());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().with_context(|| format!("cannot start {:?}", cmd[0]))?;
+    let pgid = child.id();
+    if foreground {
+        // Also from this side, as shells do: whichever runs first wins the race harmlessly.
+        give_terminal(pgid as libc::pid_t);
+    }
+    started(pgid);
+    let out = child.stdout.take().map(|s| tee(s, !ui.json, Arc::clone(&log)));
+    let err = child.stderr.take().map(|s| tee(s, false, Arc::clone(&log)));
     let status = loop {
         if let Some(sig) = crate::signals::take() {
-            crate::signals::forward(child.id(), sig);
+            crate::signals::forward_group(pgid, sig);
         }
-        match child.try_wait()? {
-            Some(s) => break s,
-            None => std::thread::sleep(Duration::from_millis(25)),
+        match child.try_wait() {
+            Ok(Some(s)) => break Ok(s),
+            Ok(None) => std::thread::sleep(Duration::from_millis(25)),
+            Err(e) => break Err(e),
         }
     };
+    if foreground {
+        // SAFETY: getpgrp has no preconditions.
+        give_terminal(unsafe { libc::getpgrp() });
+    }
+    let status = status.context("waiting for the command")?;
     // The command has exited, but a process it left behind (a daemon, `sleep &`) may still hold
     // its stdout/stderr open: drain what is there for a moment, then stop waiting for EOF.
+    let finished = |h: &Option<std::thread::JoinHandle<()>>| h.as_ref().is_none_or(|h| h.is_finished());
     let grace = std::time::Instant::now() + Duration::from_secs(2);
-    while !(out.is_finished() && err.is_finished()) && std::time::Instant::now() < grace {
+    while !(finished(&out) && finished(&err)) && std::time::Instant::now() < grace {
         std::thread::sleep(Duration::from_millis(10));
     }
-    if !(out.is_finished() && err.is_finished()) {
+    if !(finished(&out) && finished(&err)) {
         ui.warn("the command exited but something it started still holds its output open; no longer waiting for it");
     }
     if let Ok(l) = log.lock() {
@@ -93,11 +172,42 @@ pub fn run_command(cmd: &[String], log: File, ui: &Ui) -> Result<i32> {
     Ok(exit_code_of(&status))
 }
 
+/// The live (not zombie) processes of process group `pgid`, read from `/proc`. Empty when the
+/// group is gone. Where `/proc` cannot be read, `kill(-pgid, 0)` decides (a zombie counts).
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        // SAFETY: signal 0 only checks that the group exists.
+        let alive = unsafe { libc::kill(-(pgid as libc::pid_t), 0) == 0 };
+        return if alive { vec![pgid] } else { Vec::new() };
+    };
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 2 && f[0] != "Z" && f[0] != "X" && f[2].parse::<u32>().ok() == Some(pgid) {
+            out.push(pid);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
 /// The run log, a private file in the state directory (a remote store receives it when the
 /// command ends: [`store::publish_log`]).
 pub fn open_log(store: &dyn Store, run_id: &str) -> Result<File> {
     // A remote store's log is written locally and uploaded when the command ends (publish_log).
     let path = store::state::state_dir(store)?.join(keys::log_key(run_id));
-    store::local::create_dir_all_private(path.parent().expect("has parent"))?;
+    if let Some(parent) = path.parent() {
+        store::local::create_dir_all_private(parent)?;
+    }
     Ok(OpenOptions::new().create(true).append(true).mode(0o600).open(&path)?)
 }

@@ -120,7 +120,16 @@ fn run_command(cx: &Ctx, runner: &dyn Runner, opts: &Options, j: &mut Journal) -
     let store = cx.store;
     let log = command::open_log(store, &j.run_id).kind(Kind::Snapshot)?;
     j.enter(store, Phase::CommandRunning).kind(Kind::Internal)?;
-    let code = runner.run(&opts.command, log, cx.ui).unwrap_or_else(|e| {
+    let mut started = |pid: u32| {
+        j.command_pid = Some(pid);
+        j.command_pgid = Some(pid);
+        if let Err(e) = j.save(store) {
+            cx.ui.warn(&format!(
+                "could not record the command's pid {pid} (its process group) in the journal: {e:#}"
+            ));
+        }
+    };
+    let code = runner.run(&opts.command, log, cx.ui, &mut started).unwrap_or_else(|e| {
         // The command could not even start: nothing changed, but say so plainly.
         cx.ui.warn(&format!("{e:#}"));
         127
@@ -142,7 +151,19 @@ fn check(
     j: &mut Journal,
 ) -> Result<bool, Failure> {
     j.enter(cx.store, Phase::Checking).kind(Kind::Internal)?;
-    let results = checks::evaluate(cx.policy, targets, before, snap);
+    let results = crate::error::no_panic("the checks", || Ok(checks::evaluate(cx.policy, targets, before, snap)))
+        .unwrap_or_else(|e| {
+            vec![crate::journal::CheckResult {
+                name: "(checks)".into(),
+                target: None,
+                kind: "internal".into(),
+                expect: "the checks run".into(),
+                before: None,
+                after: None,
+                passed: false,
+                detail: Some(format!("{e:#}")),
+            }]
+        });
     plan::print_checks(&results, cx.ui);
     let ok = results.iter().all(|r| r.passed);
     j.checks = results;

@@ -65,7 +65,7 @@ pub fn print_plan(policy: &Policy, targets: &[Box<dyn Target>], opts: &Options, 
     for h in &policy.hooks.after {
         s.push_str(&format!("after hook: {h}\n"));
     }
-    print!("{}", crate::secrets::redact(&s));
+    crate::out!("{}", crate::secrets::redact(&s));
 }
 
 /// Print the checks table for people.
@@ -92,7 +92,7 @@ pub fn print_checks(results: &[CheckResult], ui: &Ui) {
             ]
         })
         .collect();
-    eprint!(
+    crate::err!(
         "{}",
         crate::secrets::redact(&ui::table(&["check", "before", "after", "expect", "result"], &rows))
     );

@@ -8,6 +8,7 @@ mod drill;
 mod faults;
 mod files;
 mod fuzz_parsers;
+mod lifecycle;
 mod pg_exact;
 mod pg_hangs;
 mod policy;

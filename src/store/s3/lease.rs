@@ -188,10 +188,10 @@ impl Leaser for S3Store {
                         match r {
                             Ok(r) => *etag.lock().expect("etag") = r.e_tag().unwrap_or_default().to_string(),
                             Err(e) if status_of(&e) == Some(412) || status_of(&e) == Some(404) => {
-                                eprintln!("guard: warning: the lock {shown} was taken by someone else; another guard may now run this policy");
+                                crate::errln!("guard: warning: the lock {shown} was taken by someone else; another guard may now run this policy");
                                 return;
                             }
-                            Err(e) => eprintln!(
+                            Err(e) => crate::errln!(
                                 "guard: warning: {:#}",
                                 sdk_error(format!("renewing the lock {shown}"), e)
                             ),
@@ -243,7 +243,7 @@ impl Drop for Lease {
         );
         if let Err(e) = r {
             if status_of(&e) != Some(412) && status_of(&e) != Some(404) {
-                eprintln!(
+                crate::errln!(
                     "guard: warning: {:#}",
                     sdk_error(format!("releasing the lock {}", self.location), e)
                 );

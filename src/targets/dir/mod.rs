@@ -146,7 +146,7 @@ impl DirTarget {
         if let Some(did) = swap::finish_interrupted(&self.swap_path())
             .with_context(|| format!("target {}: finishing an interrupted restore", self.spec.name))?
         {
-            eprintln!("guard: target {}: {did}", self.spec.name);
+            crate::errln!("guard: target {}: {did}", self.spec.name);
         }
         Ok(())
     }

@@ -42,7 +42,7 @@ impl ScratchDb {
 impl Drop for ScratchDb {
     fn drop(&mut self) {
         if let Err(e) = self.drop_now() {
-            eprintln!(
+            crate::errln!(
                 "guard: could not drop the drill's scratch database {}: {}; drop it by hand",
                 self.name,
                 secrets::redact(&format!("{e:#}"))

@@ -73,7 +73,7 @@ impl PostgresTarget {
             }
             let sql = create_database_sql(db, rec, true);
             sqlx::query(&sql).execute(&mut c).await?;
-            eprintln!(
+            crate::errln!(
                 "guard: target {}: database {db} did not exist; created it to restore into",
                 self.spec.name
             );
@@ -152,7 +152,7 @@ impl PostgresTarget {
                 if !left.is_empty() {
                     bail!("target {}: sessions on {db} survived pg_terminate_backend: {}", self.spec.name, left.join("; "));
                 }
-                eprintln!("guard: target {}: terminated {} other session(s) on {db}: {}", self.spec.name, others.len(), others.join("; "));
+                crate::errln!("guard: target {}: terminated {} other session(s) on {db}: {}", self.spec.name, others.len(), others.join("; "));
                 Ok(())
             }
         }

@@ -808,7 +808,7 @@ impl S3Target {
             .collect();
         if result.is_ok() && !stray.is_empty() {
             if let Err(e) = delete_keys(&c, &s3.clone_bucket, &stray, "stray clone(s)").await {
-                eprintln!(
+                crate::errln!(
                     "guard: warning: {}: could not delete {} clone(s) that no snapshot uses: {e:#}",
                     self.spec.name,
                     stray.len()

@@ -246,7 +246,7 @@ impl S3Target {
             match self.read_listing(rec, store) {
                 Ok(l) => return l,
                 Err(e) => {
-                    eprintln!(
+                    crate::errln!(
                         "guard: warning: {}: cannot use the listing of snapshot {id}, copying everything: {e:#}",
                         self.spec.name
                     );

@@ -207,7 +207,7 @@ impl TursoTarget {
                     src.name
                 );
             }
-            eprintln!(
+            crate::errln!(
                 "guard: warning: target {}: branch {} differs from {} as it is now ({msg}). Writes of the last seconds may be missing from the branch (Turso's point in time can lag up to 15 s), or something is writing; a restore brings back the branch's state",
                 self.spec.name, info.name, src.name
             );

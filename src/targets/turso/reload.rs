@@ -191,7 +191,7 @@ impl TursoTarget {
         let Some(a) = rec.artifacts.iter().find(|a| a.format == "sql") else {
             bail!("branch database {name} of this snapshot no longer exists and the snapshot has no export (export = false): there is nothing to reload from");
         };
-        eprintln!(
+        crate::errln!(
             "guard: branch database {name} no longer exists; reloading {} from the export {}/{}",
             self.t.database,
             store.location(),

@@ -45,8 +45,10 @@ impl From<Output> for Run {
     }
 }
 
-pub fn guard_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_guard")
+/// The binary under test: this build's `guard`, or `GUARD_TEST_BIN` (to show that a test fails
+/// on an older build).
+pub fn guard_bin() -> String {
+    std::env::var("GUARD_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_guard").to_string())
 }
 
 impl Env {
