@@ -1,8 +1,9 @@
 //! The run journal: each guarded run's phase, written atomically to the store at every step.
 //!
 //! If guard dies, the journal says how far the run got, which snapshot holds the pre-run
-//! state, and so what to do next (`guard status` reads it). The queries over journals
-//! ([`journals`], [`interrupted_runs`]) live here too.
+//! state, and so what to do next (`guard status` reads it). [`read_all`] reads every journal
+//! of a store, and names those that cannot be read; [`crate::attention`] says which need
+//! attention.
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -114,6 +115,12 @@ pub struct Journal {
     pub checks: Vec<CheckResult>,
     #[serde(default)]
     pub restored: Vec<String>,
+    /// The runs (or drill) this recovery closed (`"op": "recover"`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub closes: Vec<String>,
+    /// The targets may have been changed: the command started, or a restore began.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub touched: bool,
     #[serde(default)]
     pub outcome: Option<Outcome>,
     #[serde(default)]
@@ -145,6 +152,8 @@ impl Journal {
             command_exit: None,
             checks: Vec::new(),
             restored: Vec::new(),
+            closes: Vec::new(),
+            touched: false,
             outcome: None,
             exit_code: None,
             message: None,
@@ -161,6 +170,7 @@ impl Journal {
     /// Move to `phase` and persist it before doing that phase's work.
     pub fn enter(&mut self, store: &dyn Store, phase: Phase) -> Result<()> {
         self.phase = phase;
+        self.touched |= matches!(phase, Phase::CommandRunning | Phase::Restoring);
         self.save(store)?;
         crate::faults::test_pause(phase.as_str());
         Ok(())
@@ -179,30 +189,68 @@ impl Journal {
     pub fn load(store: &dyn Store, run_id: &str) -> Result<Journal> {
         Ok(serde_json::from_slice(&store.get(&keys::journal_key(run_id))?)?)
     }
+
+    /// Might this run have changed the targets? (Journals written before `touched` existed:
+    /// the command had run when its exit code is recorded.)
+    pub fn may_have_changed_targets(&self) -> bool {
+        self.touched || self.command_exit.is_some()
+    }
 }
 
-/// Every journal in the store (any policy), oldest first.
-pub fn journals(store: &dyn Store) -> Result<Vec<Journal>> {
-    let mut out = Vec::new();
+/// A journal that cannot be read (truncated, not JSON, not a journal): its run's state is
+/// unknown, so it is reported and blocks new runs, never skipped.
+#[derive(Debug, Clone, Serialize)]
+pub struct Damaged {
+    pub run_id: String,
+    /// Where it is, for messages.
+    pub location: String,
+    pub error: String,
+    /// The policy it names, when that much of it can still be read.
+    pub policy: Option<String>,
+}
+
+/// Every journal in a store, read or not.
+#[derive(Debug, Default)]
+pub struct Journals {
+    /// Oldest first.
+    pub ok: Vec<Journal>,
+    pub damaged: Vec<Damaged>,
+}
+
+/// Every journal in the store (any policy), oldest first, and those that cannot be read.
+pub fn read_all(store: &dyn Store) -> Result<Journals> {
+    let mut out = Journals::default();
     for e in store.list(keys::RUNS)? {
-        if let Some(id) = keys::journal_run_id(&e.key) {
-            if let Ok(j) = Journal::load(store, id) {
-                out.push(j);
+        let Some(id) = keys::journal_run_id(&e.key) else {
+            continue;
+        };
+        let read = store
+            .get(&e.key)
+            .map(|bytes| serde_json::from_slice::<Journal>(&bytes).map_err(|e| (e, bytes)));
+        let (error, bytes) = match read {
+            Ok(Ok(j)) => {
+                out.ok.push(j);
+                continue;
             }
-        }
+            Ok(Err((e, bytes))) => (e.to_string(), bytes),
+            Err(e) => (format!("{e:#}"), Vec::new()),
+        };
+        out.damaged.push(Damaged {
+            run_id: id.to_string(),
+            location: format!("{}/{}", store.location(), e.key),
+            error,
+            policy: policy_named_in(&bytes),
+        });
     }
-    out.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+    out.ok.sort_by(|a, b| a.run_id.cmp(&b.run_id));
     Ok(out)
 }
 
-/// Runs of `policy` that stopped before `done` and whose guard is gone, newest first.
-pub fn interrupted_runs(store: &dyn Store, policy: &str) -> Result<Vec<Journal>> {
-    let (held, holder) = crate::lock::inspect(store, policy)?;
-    let live_run = if held { holder.and_then(|h| h.run_id) } else { None };
-    let mut v: Vec<Journal> = journals(store)?
-        .into_iter()
-        .filter(|j| j.policy == policy && j.phase != Phase::Done && Some(&j.run_id) != live_run.as_ref())
-        .collect();
-    v.reverse();
-    Ok(v)
+/// The `"policy": "NAME"` of a journal too damaged to parse (guard writes it near the top).
+fn policy_named_in(bytes: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(bytes);
+    let rest = &text[text.find("\"policy\"")? + "\"policy\"".len()..];
+    let rest = rest.trim_start().strip_prefix(':')?.trim_start().strip_prefix('"')?;
+    let name = &rest[..rest.find('"')?];
+    (!name.is_empty() && !name.contains('\\')).then(|| name.to_string())
 }

@@ -29,6 +29,7 @@
 
 pub mod archive;
 pub mod artifact;
+pub mod attention;
 pub mod aws;
 pub mod catalog;
 pub mod checks;

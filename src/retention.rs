@@ -7,7 +7,8 @@
 //! - it is one of the `keep_last` newest non-rescue snapshots holding one of its targets;
 //! - it is the newest snapshot that passed verification or a drill;
 //! - it is pinned (`guard pin ID --reason …`);
-//! - it belongs to a run that is in progress or was interrupted (its recovery needs it).
+//! - it belongs to a run that is in progress, was interrupted, left a failed state not yet
+//!   recovered, or whose journal cannot be read (its recovery needs it).
 //!
 //! Deleting is crash-safe: a `prune.json` marker is written into the snapshot first (from then
 //! on it is no longer listed or restorable), external resources are released (Turso branches,
@@ -246,16 +247,23 @@ pub struct Pruned {
 }
 
 /// Snapshots a recovery may need: those of runs that are not done (in progress elsewhere, or
-/// interrupted). Returns (run ids, snapshot ids).
-fn protected(store: &dyn Store) -> Result<(BTreeSet<String>, BTreeSet<String>)> {
+/// interrupted) or whose journal cannot be read, and those of the policy's failed states that
+/// are still pending. Returns (run ids, snapshot ids).
+fn protected(store: &dyn Store, catalog: &Catalog, policy: &Policy) -> Result<(BTreeSet<String>, BTreeSet<String>)> {
     let mut runs = BTreeSet::new();
     let mut snaps = BTreeSet::new();
-    for j in crate::journal::journals(store)? {
+    let journals = crate::journal::read_all(store)?;
+    for j in &journals.ok {
         if j.phase != crate::journal::Phase::Done {
             runs.insert(j.run_id.clone());
             snaps.extend(j.snapshot_id.clone());
             snaps.extend(j.rescue_id.clone());
         }
+    }
+    runs.extend(journals.damaged.iter().map(|d| d.run_id.clone()));
+    for j in crate::attention::assess(store, catalog, policy)?.failed() {
+        snaps.extend(j.snapshot_id.clone());
+        snaps.extend(j.rescue_id.clone());
     }
     Ok((runs, snaps))
 }
@@ -270,7 +278,7 @@ pub fn prune(
     dry_run: bool,
 ) -> Result<Pruned, Failure> {
     let now = crate::clock::now();
-    let (protected_runs, protected_snaps) = protected(store)?;
+    let (protected_runs, protected_snaps) = protected(store, catalog, policy)?;
     let snaps = catalog.snapshots(Some(&policy.name))?;
     let decisions = plan(&snaps, retention, now, &pins(store)?, &protected_runs, &protected_snaps).kind(Kind::Usage)?;
     let unfinished = marked(store)?;

@@ -1,6 +1,6 @@
 //! Test doubles for the lifecycle's unit tests: an in-memory [`Store`], a store that fails a
-//! chosen write, a [`Target`] that records what is done to it, and hooks and a command that do
-//! the same. Everything they do goes into one [`World`], so a test can assert the order of the
+//! chosen write, a [`Target`] that records what is done to it, and hooks that do the same (the
+//! fake command is in `run/tests.rs`, so this module does not depend on `run`). Everything they do goes into one [`World`], so a test can assert the order of the
 //! phases, and what the targets hold at the end.
 
 use std::collections::BTreeMap;
@@ -15,7 +15,6 @@ use crate::journal::Journal;
 use crate::manifest::{Fingerprint, TargetRecord};
 use crate::policy::Policy;
 use crate::process::Hooks;
-use crate::run::command::Runner;
 use crate::store::{Entry, Store, Upload};
 use crate::targets::TargetSpec;
 use crate::targets::{Restored, SnapshotCtx, Target};
@@ -344,23 +343,6 @@ impl Hooks for FakeHooks {
             }
         }
         Ok(())
-    }
-}
-
-/// The wrapped command: writes `writes` into the world and exits `exit`.
-pub struct FakeCommand {
-    pub world: Arc<World>,
-    pub writes: Vec<(String, String)>,
-    pub exit: i32,
-}
-
-impl Runner for FakeCommand {
-    fn run(&self, _cmd: &[String], _log: std::fs::File, _ui: &Ui, _started: &mut dyn FnMut(u32)) -> Result<i32> {
-        self.world.event("command");
-        for (t, content) in &self.writes {
-            self.world.set(t, content);
-        }
-        Ok(self.exit)
     }
 }
 

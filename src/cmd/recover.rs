@@ -1,5 +1,5 @@
-//! `guard recover [--keep]`: close interrupted runs, restoring their pre-run snapshot unless
-//! `--keep` ([`crate::restore::recover`]).
+//! `guard recover [--keep]`: deal with everything that needs attention
+//! ([`crate::restore::recover`]).
 
 use serde_json::json;
 
@@ -11,10 +11,15 @@ use crate::ui::{self, Ui};
 
 pub fn recover(policy: &Policy, keep: bool, yes: bool, ui: &Ui) -> Result<u8, Failure> {
     let s = Session::open(policy)?;
-    let _lock = s.lock(policy, "guard recover", None, ui)?;
+    let _lock = s.lock(
+        policy,
+        if keep { "guard recover --keep" } else { "guard recover" },
+        None,
+        ui,
+    )?;
     let done = recover::recover(&s.ctx(policy, ui), keep, yes)?;
     if done.is_empty() {
-        ui.info("guard: no interrupted run; nothing to recover");
+        ui.info("guard: nothing needs attention; nothing to recover");
     }
     if ui.json {
         ui::print_json(&json!({"recovered": done}));

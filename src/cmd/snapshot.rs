@@ -26,6 +26,15 @@ pub fn snapshot(policy: &Policy, only: &[String], label: Option<String>, ui: &Ui
     }
     let s = Session::open(policy)?;
     let _lock = s.lock(policy, "guard snapshot", None, ui)?;
+    if let Some(item) = crate::attention::assess(s.store(), &s.catalog, policy)?.items.first() {
+        if item.kind() != "failed_drill" {
+            ui.warn(&format!(
+                "policy {} needs attention ({}): this snapshot holds that state, and `guard restore latest` passes it over (`guard status`)",
+                policy.name,
+                item.title()
+            ));
+        }
+    }
     for t in &targets {
         if only.is_empty() || only.iter().any(|o| o == t.name()) {
             t.preflight().kind(Kind::Snapshot)?;

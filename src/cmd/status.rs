@@ -1,86 +1,95 @@
-//! `guard status`: what state things are in, and how to get back.
-//!
-//! A run whose journal is not `done` and whose guard no longer holds the policy's lock was
-//! interrupted. Its phase says what may have happened to the targets; its pre-run snapshot,
-//! if complete, is the way back.
+//! `guard status`: what needs attention first ([`crate::attention`]), then the last run, the
+//! snapshots and the drills. Exits 82 when something needs attention, 0 otherwise.
 
 use serde_json::json;
 
 use super::Session;
+use crate::attention::{self, Attention};
+use crate::catalog::{DrillRow, RunRow, SnapshotRow};
 use crate::error::Failure;
-use crate::journal::{Journal, Op, Phase};
+use crate::lock::Holder;
 use crate::policy::Policy;
 use crate::ui::{self, Ui};
 
-/// What an interrupted run (or restore) means for the targets, and what to do.
-pub fn advice(j: &Journal, policy_file: &str) -> (String, String) {
-    let snap = j.snapshot_id.as_deref().unwrap_or("(none)");
-    let recover = format!("guard --policy {policy_file} recover");
-    if j.op != Op::Run {
-        return match j.phase {
-            Phase::Rescuing => (
-                format!("`{}` was taking a rescue snapshot of the current state; nothing was restored yet.", j.command.join(" ")),
-                format!("{recover}   (rescue snapshot, then restore {snap})\n  or: {recover} --keep   (leave the targets as they are)"),
-            ),
-            Phase::Restoring => (
-                format!(
-                    "`{}` was interrupted while restoring: targets may be partly restored. The state it replaced is in rescue snapshot {}.",
-                    j.command.join(" "),
-                    j.rescue_id.as_deref().unwrap_or("(none)")
-                ),
-                format!("{recover}   (finishes restoring {snap})\n  or: {recover} --keep   (accept the current state)"),
-            ),
-            Phase::Done => ("finished.".into(), String::new()),
-            _ => (
-                format!("`{}` stopped before changing anything.", j.command.join(" ")),
-                format!("{recover}   (marks it closed; nothing to restore)"),
-            ),
-        };
-    }
-    match j.phase {
-        Phase::Locked | Phase::Snapshotting | Phase::SnapshotVerified => (
-            "guard stopped before the command started: the targets were not touched by it.".into(),
-            format!("{recover}   (marks the run closed; nothing to restore)"),
-        ),
-        Phase::CommandRunning | Phase::Checking => (
-            format!("the command `{}` had started: the targets may hold its changes. The pre-run state is in snapshot {snap}.", j.command.join(" ")),
-            format!("{recover}   (rescue snapshot, then restore {snap})\n  or: {recover} --keep   (accept the current state)"),
-        ),
-        Phase::Rescuing => (
-            format!("the command failed and guard was taking a rescue snapshot; nothing was restored yet. The pre-run state is in snapshot {snap}."),
-            format!("{recover}   (rescue snapshot, then restore {snap})"),
-        ),
-        Phase::Restoring => (
-            format!(
-                "a restore of snapshot {snap} was interrupted: targets may be partly restored. The failed state is in rescue snapshot {}.",
-                j.rescue_id.as_deref().unwrap_or("(none)")
-            ),
-            format!("{recover}   (finishes restoring {snap})"),
-        ),
-        Phase::Done => ("finished.".into(), String::new()),
-    }
+/// What `status` reports.
+struct Facts {
+    attention: Attention,
+    running: Option<Option<Holder>>,
+    last_run: Option<RunRow>,
+    snaps: Vec<SnapshotRow>,
+    /// The snapshot `guard restore latest` would use.
+    restorable: Option<SnapshotRow>,
+    drills: Vec<DrillRow>,
+    incomplete: Vec<String>,
+    warnings: Vec<String>,
 }
 
-/// `guard status`.
 pub fn status(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
     let s = Session::open(policy)?;
+    let f = facts(&s, policy)?;
+    let file = policy.file.display().to_string();
+    if ui.json {
+        let last_drill = f.drills.first();
+        let last_good = f.drills.iter().find(|d| d.ok);
+        ui::print_json(&json!({
+            "policy": policy.name,
+            "store": s.store().location(),
+            "needs_attention": f.attention.items.iter().map(|i| i.to_json(&file)).collect::<Vec<_>>(),
+            "running": match &f.running { Some(h) => serde_json::to_value(h)?, None => serde_json::Value::Null },
+            "last_run": f.last_run,
+            "snapshots": f.snaps.len(),
+            "newest_snapshot": f.snaps.first(),
+            "interrupted": f.attention.interrupted().map(|j| {
+                let (state, todo) = attention::advice(j, &file);
+                json!({"run_id": j.run_id, "op": j.op, "phase": j.phase.as_str(), "snapshot_id": j.snapshot_id, "rescue_id": j.rescue_id, "state": state, "todo": todo,
+                       "command_pgid": j.command_pgid, "command_running": j.command_still_running()})
+            }).collect::<Vec<_>>(),
+            "incomplete_snapshots": f.incomplete,
+            "last_drill": last_drill.map(|d| json!({"id": d.id, "snapshot_id": d.snapshot_id, "started_at": d.started_at, "ok": d.ok, "seconds": d.seconds})),
+            "last_good_drill": last_good.map(|d| json!({"id": d.id, "snapshot_id": d.snapshot_id, "started_at": d.started_at, "seconds": d.seconds})),
+            "newest_restorable_snapshot": f.restorable.as_ref().map(|s| s.id.clone()),
+            "warnings": f.warnings,
+        }));
+    } else {
+        crate::out!("{}", crate::secrets::redact(&human(&f, policy, &s.store().location())));
+    }
+    Ok(if f.attention.is_empty() {
+        0
+    } else {
+        crate::error::Kind::NeedsAttention.exit_code()
+    })
+}
+
+fn facts(s: &Session, policy: &Policy) -> Result<Facts, Failure> {
     let (store, catalog) = (s.store(), &s.catalog);
     let (held, holder) = crate::lock::inspect(store, &policy.name)?;
-    let interrupted = crate::journal::interrupted_runs(store, &policy.name)?;
-    let incomplete = crate::manifest::incomplete_snapshots(store)?;
+    let journals = crate::journal::read_all(store)?;
+    let live = if held {
+        holder.as_ref().and_then(|h| h.run_id.clone())
+    } else {
+        None
+    };
     let snaps = catalog.snapshots(Some(&policy.name))?;
-    let runs = catalog.runs(Some(&policy.name), 1)?;
-    let file = policy.file.display().to_string();
     let drills = catalog.drills(Some(&policy.name), 1000)?;
-    let last_drill = drills.first();
-    let last_good_drill = drills.iter().find(|d| d.ok);
-    // The newest snapshot nothing has found wrong with: what a restore would use.
-    let restorable = snaps.iter().find(|s| {
-        s.kind != crate::manifest::SnapshotKind::Rescue.as_str()
-            && s.verified_ok != Some(false)
-            && s.drilled_ok != Some(false)
-    });
-    let stale = match (policy.drill.max_age, restorable) {
+    let attention = attention::pending(&policy.name, &journals, live.as_deref(), &snaps, &drills);
+    let restorable = attention::latest(&snaps, &journals).chosen.cloned();
+    let mut warnings = Vec::new();
+    warnings.extend(stale(policy, restorable.as_ref())?);
+    Ok(Facts {
+        attention,
+        running: held.then_some(holder),
+        last_run: catalog.runs(Some(&policy.name), 1)?.into_iter().next(),
+        incomplete: crate::manifest::incomplete_snapshots(store)?,
+        snaps,
+        restorable,
+        drills,
+        warnings,
+    })
+}
+
+/// The warning when the snapshot a restore would use is older than `drill.max_age`.
+fn stale(policy: &Policy, restorable: Option<&SnapshotRow>) -> Result<Option<String>, Failure> {
+    Ok(match (policy.drill.max_age, restorable) {
         (Some(max), Some(s)) => {
             let t = time::OffsetDateTime::parse(&s.created_at, &time::format_description::well_known::Rfc3339)?;
             let age = crate::clock::now() - t;
@@ -98,36 +107,35 @@ pub fn status(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
             humantime::format_duration(max)
         )),
         _ => None,
-    };
-    if ui.json {
-        ui::print_json(&json!({
-            "policy": policy.name,
-            "store": store.location(),
-            "running": if held { serde_json::to_value(&holder)? } else { serde_json::Value::Null },
-            "last_run": runs.first(),
-            "snapshots": snaps.len(),
-            "newest_snapshot": snaps.first(),
-            "interrupted": interrupted.iter().map(|j| {
-                let (state, todo) = advice(j, &file);
-                json!({"run_id": j.run_id, "phase": j.phase.as_str(), "snapshot_id": j.snapshot_id, "rescue_id": j.rescue_id, "state": state, "todo": todo,
-                       "command_pgid": j.command_pgid, "command_running": j.command_still_running()})
-            }).collect::<Vec<_>>(),
-            "incomplete_snapshots": incomplete,
-            "last_drill": last_drill.map(|d| json!({"id": d.id, "snapshot_id": d.snapshot_id, "started_at": d.started_at, "ok": d.ok, "seconds": d.seconds})),
-            "last_good_drill": last_good_drill.map(|d| json!({"id": d.id, "snapshot_id": d.snapshot_id, "started_at": d.started_at, "seconds": d.seconds})),
-            "newest_restorable_snapshot": restorable.map(|s| s.id.clone()),
-            "warnings": stale.iter().collect::<Vec<_>>(),
-        }));
-        return Ok(0);
+    })
+}
+
+fn human(f: &Facts, policy: &Policy, location: &str) -> String {
+    let file = policy.file.display().to_string();
+    let mut s = format!("policy {} — store {location}\n", policy.name);
+    if !f.attention.is_empty() {
+        s.push_str("NEEDS ATTENTION — a new guarded run is refused (exit 82) until this is dealt with:\n");
+        for item in &f.attention.items {
+            let (state, todo) = item.advice(&file);
+            s.push_str(&format!("\n{}:\n  {state}\n  to do: {todo}\n", item.title()));
+            if let attention::Item::Interrupted(j) = item {
+                let alive = j.command_still_running();
+                if !alive.is_empty() {
+                    s.push_str(&format!("  {}\n", crate::restore::recover::still_running(j, &alive)));
+                }
+            }
+        }
+        s.push('\n');
     }
-    let mut s = format!("policy {} — store {}\n", policy.name, store.location());
-    if held {
+    if let Some(h) = &f.running {
         s.push_str(&format!(
             "running now: {}\n",
-            holder.map(|h| h.to_string()).unwrap_or_else(|| "another guard".into())
+            h.as_ref()
+                .map(|h| h.to_string())
+                .unwrap_or_else(|| "another guard".into())
         ));
     }
-    match runs.first() {
+    match &f.last_run {
         Some(r) => s.push_str(&format!(
             "last run: {} started {} `{}` → {} (exit {})\n",
             r.id,
@@ -138,17 +146,41 @@ pub fn status(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
         )),
         None => s.push_str("last run: none\n"),
     }
-    match snaps.first() {
+    match f.snaps.first() {
         Some(n) => s.push_str(&format!(
             "snapshots: {} complete; newest {} ({}, {})\n",
-            snaps.len(),
+            f.snaps.len(),
             n.id,
             n.kind,
             n.created_at
         )),
         None => s.push_str("snapshots: none\n"),
     }
-    match (last_drill, last_good_drill) {
+    if let Some(r) = &f.restorable {
+        if f.snaps.first().map(|n| &n.id) != Some(&r.id) {
+            s.push_str(&format!("newest restorable: {} ({}, {})\n", r.id, r.kind, r.created_at));
+        }
+    }
+    drills(&mut s, &f.drills);
+    for w in &f.warnings {
+        s.push_str(&format!("WARNING: {w}\n"));
+    }
+    if !f.incomplete.is_empty() {
+        s.push_str(&format!(
+            "\nincomplete snapshots (no manifest; never listed or used): {}\n",
+            f.incomplete.join(", ")
+        ));
+    }
+    if f.attention.is_empty() && f.running.is_none() && f.warnings.is_empty() {
+        s.push_str("nothing needs attention\n");
+    }
+    s
+}
+
+fn drills(s: &mut String, drills: &[DrillRow]) {
+    let last = drills.first();
+    let good = drills.iter().find(|d| d.ok);
+    match (last, good) {
         (None, _) => s.push_str("drills: none yet (`guard drill`)\n"),
         (Some(d), Some(g)) if d.id == g.id => s.push_str(&format!(
             "last drill: passed {} (snapshot {}, {:.2}s)\n",
@@ -168,33 +200,4 @@ pub fn status(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
             }
         }
     }
-    if let Some(w) = &stale {
-        s.push_str(&format!("WARNING: {w}\n"));
-    }
-    for j in &interrupted {
-        let (state, todo) = advice(j, &file);
-        s.push_str(&format!(
-            "\nINTERRUPTED run {} (started {}, pid {} on {}), stopped in phase {}:\n  {state}\n  to do: {todo}\n",
-            j.run_id,
-            crate::clock::rfc3339(j.started_at),
-            j.pid,
-            j.host,
-            j.phase.as_str()
-        ));
-        let alive = j.command_still_running();
-        if !alive.is_empty() {
-            s.push_str(&format!("  {}\n", crate::restore::recover::still_running(j, &alive)));
-        }
-    }
-    if !incomplete.is_empty() {
-        s.push_str(&format!(
-            "\nincomplete snapshots (no manifest; never listed or used): {}\n",
-            incomplete.join(", ")
-        ));
-    }
-    if interrupted.is_empty() && !held && stale.is_none() {
-        s.push_str("nothing needs attention\n");
-    }
-    crate::out!("{}", crate::secrets::redact(&s));
-    Ok(0)
 }

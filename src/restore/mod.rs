@@ -296,11 +296,11 @@ fn lead(caller: &Caller) -> String {
     }
 }
 
-/// Where an early failure leaves the targets.
+/// Where an early failure leaves the targets, when that is not "as they were".
 fn left_as(caller: &Caller) -> &'static str {
     match caller {
-        Caller::Run { .. } => ", so the targets are in the state the command left",
-        _ => ", so nothing was changed",
+        Caller::Run { .. } => ": the targets are as the command left them",
+        _ => "",
     }
 }
 

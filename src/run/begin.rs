@@ -11,7 +11,7 @@ use crate::outcome::Outcome;
 use crate::policy::Policy;
 use crate::process::{command_exists, shell_words};
 use crate::restore::Ctx;
-use crate::store::{keys, Store};
+use crate::store::keys;
 use crate::targets::{self, Target};
 use crate::ui;
 
@@ -51,7 +51,7 @@ pub fn preconditions(policy: &Policy, opts: &Options) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Take the lock, refuse while an earlier run needs attention, ask for confirmation, and write
+/// Take the lock, refuse while an earlier run needs attention (exit 82), ask for confirmation, and write
 /// the journal's first phase. Signals are caught from here on (forwarded to the command,
 /// deferred during a restore).
 pub fn begin(cx: &Ctx, opts: &Options) -> Result<Begun, Failure> {
@@ -64,7 +64,7 @@ pub fn begin(cx: &Ctx, opts: &Options) -> Result<Begun, Failure> {
             "took over the lock of a guard that died ({h}); `guard status` shows what it left behind"
         ));
     }
-    refuse_if_interrupted(store, policy)?;
+    refuse_if_needs_attention(cx)?;
     if policy.confirm && !opts.yes {
         let q = format!(
             "guard: run `{}` on {} (targets: {})?",
@@ -90,24 +90,17 @@ pub fn begin(cx: &Ctx, opts: &Options) -> Result<Begun, Failure> {
     Ok(Begun { journal, lock })
 }
 
-/// Refuse to start while an earlier run of this policy was interrupted and not yet recovered.
-fn refuse_if_interrupted(store: &dyn Store, policy: &Policy) -> Result<(), Failure> {
-    if let Some(j) = crate::journal::interrupted_runs(store, &policy.name)
-        .kind(Kind::Internal)?
-        .into_iter()
-        .next()
-    {
-        return Err(Failure::msg(
-            Kind::Usage,
-            format!(
-                "run {} of policy {} was interrupted in phase {}; nothing was run. `guard status` explains the state; `guard recover` restores its pre-run snapshot, or `guard recover --keep` accepts the current state",
-                j.run_id,
-                policy.name,
-                j.phase.as_str()
-            ),
-        ));
+/// Refuse to start while an earlier run of this policy needs attention: interrupted, a failed
+/// state kept, a damaged journal, a failed drill of the newest snapshot (exit 82).
+fn refuse_if_needs_attention(cx: &Ctx) -> Result<(), Failure> {
+    let att = crate::attention::assess(cx.store, cx.catalog, cx.policy).kind(Kind::Internal)?;
+    match att.items.first() {
+        None => Ok(()),
+        Some(item) => Err(Failure::msg(
+            Kind::NeedsAttention,
+            item.refusal(&cx.policy.name, &cx.policy.file.display().to_string()),
+        )),
     }
-    Ok(())
 }
 
 /// Close the run: the journal's last phase with the outcome, the catalog, the lock, and the

@@ -8,7 +8,7 @@ use super::*;
 use crate::catalog::Catalog;
 use crate::policy::Policy;
 use crate::store::Store;
-use crate::testing::{self, FailingStore, FakeCommand, FakeHooks, FakeTarget, MemStore, RestoreAs, World};
+use crate::testing::{self, FailingStore, FakeHooks, FakeTarget, MemStore, RestoreAs, World};
 
 const POLICY: &str = r#"name = "unit"
 store = "store"
@@ -100,7 +100,7 @@ impl Case {
         };
         let targets: Vec<Box<dyn Target>> = vec![Box::new(self.app), Box::new(self.files)];
         let result = guarded(&cx, &targets, &command, &opts);
-        let journals = crate::journal::journals(store).unwrap();
+        let journals = crate::journal::read_all(store).unwrap().ok;
         assert_eq!(journals.len(), 1, "one run, one journal");
         let snapshots = catalog.snapshots(None).unwrap();
         Ran {
@@ -345,4 +345,27 @@ fn a_failing_after_hook_is_warned_about_and_changes_no_outcome() {
     assert_eq!(r.result, Ok(3));
     assert_eq!(r.journal.outcome, Some(Outcome::Restored));
     assert_eq!(r.events.last().unwrap(), "after hook start");
+}
+
+/// The wrapped command: writes `writes` into the world and exits `exit`.
+pub struct FakeCommand {
+    pub world: Arc<World>,
+    pub writes: Vec<(String, String)>,
+    pub exit: i32,
+}
+
+impl Runner for FakeCommand {
+    fn run(
+        &self,
+        _cmd: &[String],
+        _log: std::fs::File,
+        _ui: &crate::ui::Ui,
+        _started: &mut dyn FnMut(u32),
+    ) -> anyhow::Result<i32> {
+        self.world.event("command");
+        for (t, content) in &self.writes {
+            self.world.set(t, content);
+        }
+        Ok(self.exit)
+    }
 }

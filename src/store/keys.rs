@@ -8,6 +8,7 @@
 //! snapshots/<id>/prune.json        marker: the snapshot is being pruned (no longer complete)
 //! runs/<run-id>/journal.json       the guarded run's phases and results
 //! runs/<run-id>/run.log            the wrapped command's output
+//! runs/<run-id>/journal.damaged    a journal that could not be read, kept by `guard recover`
 //! locks/<policy>.lock              who is running the policy now
 //! pins/<id>.json                   a snapshot retention must never delete
 //! catalog.db                       index over the above (rebuildable; in the state directory)
@@ -45,6 +46,11 @@ pub fn prune_marker_key(id: &str) -> String {
 /// The journal of run `run_id`.
 pub fn journal_key(run_id: &str) -> String {
     format!("runs/{run_id}/journal.json")
+}
+
+/// Where `guard recover` keeps the bytes of run `run_id`'s journal that could not be read.
+pub fn damaged_journal_key(run_id: &str) -> String {
+    format!("runs/{run_id}/journal.damaged")
 }
 
 /// The wrapped command's output of run `run_id`.

@@ -58,7 +58,7 @@ fn sigkill_in_every_phase_then_status_and_recover_bring_targets_back() {
         kill_at(&env, point);
 
         let status = env.guard(&["status", "--json"]);
-        assert_eq!(status.code, 0, "{point}: {status:?}");
+        assert_eq!(status.code, 82, "{point}: needs attention: {status:?}");
         let v: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
         let interrupted = v["interrupted"].as_array().unwrap();
         assert_eq!(interrupted.len(), 1, "{point}: {v}");
@@ -79,7 +79,7 @@ fn sigkill_in_every_phase_then_status_and_recover_bring_targets_back() {
 
         // A new run is refused until the interrupted one is dealt with.
         let refused = env.guard(&["--", "true"]);
-        assert_eq!(refused.code, 64, "{point}: {refused:?}");
+        assert_eq!(refused.code, 82, "{point}: {refused:?}");
         assert!(refused.stderr.contains("interrupted"), "{point}: {refused:?}");
         // The first guard after the crash takes over the dead holder's lock, and says so.
         assert!(

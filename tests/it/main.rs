@@ -17,5 +17,6 @@ mod retention;
 mod s3;
 mod security;
 mod sqlite_lifecycle;
+mod sticky;
 mod turso;
 mod turso_clients;
