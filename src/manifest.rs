@@ -78,6 +78,13 @@ pub struct TargetRecord {
     /// Files of a directory target, with their SHA-256.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<FileEntry>,
+    /// A directory target's paths relative to its root (`meta.root`), when it is not a single
+    /// directory: several `paths`, or one file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// A directory target's `exclude` globs at snapshot time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
     /// Versions of the tools and engines involved.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tools: BTreeMap<String, String>,

@@ -26,6 +26,8 @@ impl LocalStore {
                 private_dir(&root, sub)?;
             }
         }
+        // A `dir` target holding the store leaves it out (targets::dir).
+        super::state::note_local_dir(&root);
         Ok(LocalStore { root })
     }
 

@@ -178,17 +178,24 @@ impl KindSpec {
                 }
                 v
             }
-            KindSpec::Dir(d) => vec![d.path.clone()],
+            // `path`, or each of `paths` (relative to the root in `path`).
+            KindSpec::Dir(d) if d.paths.is_empty() => vec![d.path.clone()],
+            KindSpec::Dir(d) => d
+                .paths
+                .iter()
+                .map(|p| if p.is_empty() { d.path.clone() } else { d.path.join(p) })
+                .collect(),
             KindSpec::Postgres(_) | KindSpec::S3(_) | KindSpec::Turso(_) => Vec::new(),
         }
     }
 
     /// May this target's tree hold the store (or guard's state directory)? Only a target that
-    /// leaves the store out of its snapshots and restores around it can; none does yet, so
-    /// the policy refuses every such overlap. (The one place to relax, e.g. for a `dir` target
-    /// that excludes the store and restores in place.)
+    /// leaves the store out of its snapshots and restores around it can: a `dir` target (its
+    /// walk skips the store and state directories by device and inode, and a tree holding them
+    /// is restored in place, never swapped or removed whole). Being the store, or lying inside
+    /// it, is refused for every kind; so is any overlap for a SQLite file.
     pub fn may_contain_store(&self) -> bool {
-        false
+        matches!(self, KindSpec::Dir(_))
     }
 }
 
@@ -342,9 +349,10 @@ pub fn from_record(rec: &TargetRecord) -> Result<Box<dyn Target>> {
             return Ok(Box::new(ReadOnly(Box::new(postgres::PostgresTarget::from_record(rec)?))))
         }
         Some(Kind::S3) => return Ok(Box::new(ReadOnly(Box::new(s3::S3Target::from_record(rec)?)))),
-        Some(Kind::Sqlite) => KindSpec::Sqlite(SqliteSpec { path }),
+        Some(Kind::Sqlite) => KindSpec::Sqlite(SqliteSpec::at(path)),
         Some(Kind::Dir) => KindSpec::Dir(DirSpec {
             path,
+            paths: rec.paths.clone(),
             ..DirSpec::default()
         }),
         Some(Kind::Turso) => bail!(

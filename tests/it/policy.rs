@@ -37,9 +37,12 @@ fn overlap_env(body: &str) -> Env {
     env
 }
 
-/// R1: a target that is the store, holds it or lies in it (also through `.`, the policy's own
-/// directory as an absolute path, a symlink, or a SQLite file's `-wal` sibling) is refused when
-/// the policy loads: exit 64, both paths named, nothing run or written.
+/// R1: a target that is the store or lies in it (also through a symlink, an item of a dir
+/// target's `paths`, or a SQLite file's `-wal` sibling), or a SQLite file beside which the
+/// store is, is refused when the policy loads: exit 64, both paths named, nothing run or
+/// written. A `dir` target may hold the store (issue 21: it leaves the store out and restores
+/// in place): the store inside it, `.`, the policy's directory as an absolute path and a
+/// symlink to a directory holding the store are accepted.
 #[test]
 fn a_target_overlapping_the_store_is_refused_at_load() {
     let abs_dir_target = |env: &Env| {
@@ -49,21 +52,20 @@ fn a_target_overlapping_the_store_is_refused_at_load() {
         )
     };
     type Case = (&'static str, Box<dyn Fn(&Env) -> String>);
-    let cases: Vec<Case> = vec![
-        (
-            "store inside the dir target",
-            Box::new(|_| {
-                "store = \"data/backups\"\n[[target]]\nname = \"data\"\nkind = \"dir\"\npath = \"data\"\n".into()
-            }),
-        ),
+    let refused: Vec<Case> = vec![
         (
             "dir target = store",
             Box::new(|_| "[[target]]\nname = \"b\"\nkind = \"dir\"\npath = \"backups\"\n".into()),
         ),
-        ("the policy's directory, absolute", Box::new(abs_dir_target)),
         (
-            "the policy's directory as .",
-            Box::new(|_| "[[target]]\nname = \"here\"\nkind = \"dir\"\npath = \".\"\n".into()),
+            "dir target inside the store",
+            Box::new(|_| "[[target]]\nname = \"b\"\nkind = \"dir\"\npath = \"backups/snapshots\"\n".into()),
+        ),
+        (
+            "an item of `paths` inside the store",
+            Box::new(|_| {
+                "[[target]]\nname = \"b\"\nkind = \"dir\"\npaths = [\"data\", \"backups/snapshots\"]\n".into()
+            }),
         ),
         (
             "a sqlite file inside the store",
@@ -78,15 +80,14 @@ fn a_target_overlapping_the_store_is_refused_at_load() {
             }),
         ),
         (
-            "through a symlink",
-            Box::new(|_| {
-                "store = \"data/backups\"\n[[target]]\nname = \"l\"\nkind = \"dir\"\npath = \"link\"\n".into()
-            }),
+            "inside the store through a symlink",
+            Box::new(|_| "store = \"data\"\n[[target]]\nname = \"l\"\nkind = \"dir\"\npath = \"link/sub\"\n".into()),
         ),
     ];
-    for (what, body) in &cases {
+    for (what, body) in &refused {
         let env = overlap_env("");
         std::os::unix::fs::symlink(env.path("data"), env.path("link")).unwrap();
+        env.write("data/sub/f2.txt", "two\n");
         env.write("guard.toml", &format!("name = \"ov\"\n{}", body(&env)));
         let before = tree(env.dir.path());
         for args in [
@@ -104,18 +105,48 @@ fn a_target_overlapping_the_store_is_refused_at_load() {
         assert_eq!(tree(env.dir.path()), before, "{what}: something was written");
     }
     // The paths are named as given and canonical.
-    let env = overlap_env("store = \"data/backups\"\n[[target]]\nname = \"data\"\nkind = \"dir\"\npath = \"data\"\n");
+    let env = overlap_env("store = \"data\"\n[[target]]\nname = \"l\"\nkind = \"dir\"\npath = \"link/sub\"\n");
+    std::os::unix::fs::symlink(env.path("data"), env.path("link")).unwrap();
+    env.write("data/sub/f2.txt", "two\n");
     let r = env.guard(&["snapshot"]);
+    assert_eq!(r.code, 64, "{r:?}");
     let data = std::fs::canonicalize(env.path("data")).unwrap();
-    assert!(r.stderr.contains(&format!("{}", data.display())), "{r:?}");
-    assert!(
-        r.stderr.contains(&format!("{}", data.join("backups").display())),
-        "{r:?}"
-    );
-    // A store beside the target is fine.
-    let env = overlap_env("store = \"snaps\"\n[[target]]\nname = \"data\"\nkind = \"dir\"\npath = \"data\"\n");
-    let r = env.guard(&["snapshot"]);
-    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains(&format!("{}", data.join("sub").display())), "{r:?}");
+    assert!(r.stderr.contains("link/sub"), "{r:?}");
+    assert!(r.stderr.contains("lies inside the store"), "{r:?}");
+    // A dir target holding the store, and a store beside the target, are fine.
+    let accepted: Vec<Case> = vec![
+        (
+            "store inside the dir target",
+            Box::new(|_| {
+                "store = \"data/backups\"\n[[target]]\nname = \"data\"\nkind = \"dir\"\npath = \"data\"\n".into()
+            }),
+        ),
+        ("the policy's directory, absolute", Box::new(abs_dir_target)),
+        (
+            "the policy's directory as .",
+            Box::new(|_| "[[target]]\nname = \"here\"\nkind = \"dir\"\npath = \".\"\n".into()),
+        ),
+        (
+            "a symlink to a directory holding the store",
+            Box::new(|_| {
+                "store = \"data/backups\"\n[[target]]\nname = \"l\"\nkind = \"dir\"\npath = \"link\"\n".into()
+            }),
+        ),
+        (
+            "a store beside the target",
+            Box::new(|_| "store = \"snaps\"\n[[target]]\nname = \"data\"\nkind = \"dir\"\npath = \"data\"\n".into()),
+        ),
+    ];
+    for (what, body) in &accepted {
+        let env = overlap_env("");
+        std::os::unix::fs::symlink(env.path("data"), env.path("link")).unwrap();
+        env.write("guard.toml", &format!("name = \"ov\"\n{}", body(&env)));
+        let r = env.guard(&["snapshot"]);
+        assert_eq!(r.code, 0, "{what}: {r:?}");
+        let r = env.guard(&["verify", r.stdout.trim()]);
+        assert_eq!(r.code, 0, "{what}: {r:?}");
+    }
 }
 
 /// F4: `expect` strings that look like comparisons but are not are refused at load with a

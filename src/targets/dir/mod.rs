@@ -1,19 +1,25 @@
-//! Directory trees.
+//! Files and directory trees, as applications keep them.
 //!
-//! Snapshot: walk the tree (walkdir, sorted, links not followed) into a tar stream that is
-//! compressed on the fly; every file is hashed while it is read into the tar, and the manifest
-//! lists each entry with its SHA-256. A file that changes size while being read fails the
-//! snapshot. Restore: unpack into a private sibling directory, check every file against the
-//! manifest, then swap it in place of the live tree, so files created since the snapshot are
-//! gone and nothing is ever half-restored under the live name. The swap is one
-//! `renameat2(RENAME_EXCHANGE)`, so the live path never goes missing ([`swap`]).
+//! A target is one `path` (a directory or a file) or several `paths` under a root (the deepest
+//! directory holding the policy's directory and every path), minus the `exclude` globs and,
+//! always, guard's own store, state directory and temporary files. Snapshot: walk each path
+//! (walkdir, sorted, links below a path stored as links, not followed) into one tar stream,
+//! names relative to the root, compressed on the fly; every file is hashed while it is read
+//! into the tar and listed in the manifest, which also records the paths and the exclusions. A
+//! file that changes size while being read fails the snapshot.
 //!
-//! A symlinked `path` is followed: the snapshot records the directory it read
-//! (`meta.resolved`), and a restore swaps that directory, keeping the link, and only while the
-//! link still leads there. A rescue of a directory the command replaced with a file keeps the
-//! file (`meta.replaced_by = "file"`, a `raw-file` artifact).
+//! Restore, fast path: a single directory that can be swapped whole is unpacked into a private
+//! sibling, checked against the manifest, and exchanged with the live tree in one
+//! `renameat2(RENAME_EXCHANGE)` ([`swap`]). Every other case — the working directory, a mount
+//! point, the policy's own directory (or one holding the store), a target with exclusions,
+//! files, several paths — is restored in place ([`inplace`]): contents replaced, file by file.
+//!
+//! A symlinked `path` (or item of `paths`) is followed: the snapshot records where it leads
+//! (`meta.resolved`, `meta["resolved:ITEM"]`), and a restore writes there, keeping the link,
+//! and only while the link still leads there.
 
 pub mod config;
+mod inplace;
 pub mod swap;
 mod tree;
 
@@ -31,17 +37,212 @@ use crate::store::Store;
 use crate::targets::{KindSpec, TargetSpec};
 pub use config::DirSpec;
 
-use tree::{compare_listings, fingerprint_of, listing_of_tar, scan, write_tar};
+use tree::{compare_listings, fingerprint_of, listing_of_tar, scan, scan_items, write_tar, Filter};
 
 pub struct DirTarget {
     spec: TargetSpec,
+    /// `path`, or the root of `paths`.
     path: PathBuf,
+    /// `paths`, relative to [`DirTarget::path`]; empty for a single `path`.
+    paths: Vec<String>,
+    exclude: Vec<String>,
+    policy_dir: PathBuf,
 }
 
 impl DirTarget {
     pub fn new(spec: TargetSpec, path: PathBuf) -> Self {
-        DirTarget { spec, path }
+        let (paths, exclude, policy_dir) = match &spec.kind {
+            KindSpec::Dir(d) => (d.paths.clone(), d.exclude.clone(), d.policy_dir.clone()),
+            _ => Default::default(),
+        };
+        DirTarget {
+            spec,
+            path,
+            paths,
+            exclude,
+            policy_dir,
+        }
     }
+
+    /// The root and items as they are now: `paths`; a directory `path` is the root itself
+    /// (`[""]`); a file `path` is its name under its parent.
+    fn live_layout(&self) -> (PathBuf, Vec<String>) {
+        if !self.paths.is_empty() {
+            return (self.path.clone(), self.paths.clone());
+        }
+        match (fs::metadata(&self.path), self.path.parent(), self.path.file_name()) {
+            (Ok(m), Some(parent), Some(name)) if !m.is_dir() => {
+                (parent.to_path_buf(), vec![name.to_string_lossy().into_owned()])
+            }
+            _ => (self.path.clone(), vec![String::new()]),
+        }
+    }
+
+    /// The root and items a record was taken with, checked against the policy: a restore writes
+    /// where the policy says, the record only tells a file `path` from a directory one.
+    fn layout_for(&self, rec: &TargetRecord) -> Result<(PathBuf, Vec<String>)> {
+        if !self.paths.is_empty() {
+            if rec.paths != self.paths {
+                bail!(
+                    "target {}: the snapshot holds paths {:?}, the policy protects {:?}; restore it by hand (README, Restoring by hand)",
+                    self.spec.name,
+                    rec.paths,
+                    self.paths
+                );
+            }
+            return Ok((self.path.clone(), self.paths.clone()));
+        }
+        if rec.paths.is_empty() {
+            return Ok((self.path.clone(), vec![String::new()]));
+        }
+        match (self.path.parent(), self.path.file_name()) {
+            (Some(parent), Some(name)) if rec.paths == [name.to_string_lossy().into_owned()] => {
+                Ok((parent.to_path_buf(), rec.paths.clone()))
+            }
+            _ => bail!(
+                "target {}: the snapshot holds paths {:?}, the policy protects {}",
+                self.spec.name,
+                rec.paths,
+                self.path.display()
+            ),
+        }
+    }
+
+    fn filter(&self, root: &Path) -> Result<Filter> {
+        Filter::new(root, &self.exclude).with_context(|| format!("target {}: exclude", self.spec.name))
+    }
+
+    /// Refuse a tree an in-place restore left half done, and a target inside guard's own store.
+    fn refuse_if_half_restored(&self, root: &Path) -> Result<()> {
+        self.refuse_inside_store(root)?;
+        if let Some((staging, snap)) = inplace::interrupted(root) {
+            bail!(
+                "target {}: an in-place restore from snapshot {snap} was interrupted ({} is its record), so its files are half restored. Finish it: `guard recover` after an interrupted run, else `guard restore {snap} --target {}`",
+                self.spec.name,
+                staging.display(),
+                self.spec.name
+            );
+        }
+        Ok(())
+    }
+
+    /// Refuse a target that is guard's store or lies inside it.
+    fn refuse_inside_store(&self, root: &Path) -> Result<()> {
+        if let Ok(real) = fs::canonicalize(root) {
+            for d in crate::store::state::local_dirs() {
+                if fs::canonicalize(&d).is_ok_and(|d| real.starts_with(d)) {
+                    bail!(
+                        "target {}: {} lies inside guard's store {}; protect the application's files, not the store",
+                        self.spec.name,
+                        root.display(),
+                        d.display()
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Can the directory at `dest` be swapped whole by rename? Not when it is in use or holds
+    /// what must stay: the working directory, a mount point, the policy's directory, guard's
+    /// store or state directory, or anything an `exclude` glob keeps.
+    fn swappable(&self, dest: &Path) -> bool {
+        if !self.exclude.is_empty() {
+            return false;
+        }
+        let Ok(real) = fs::canonicalize(dest) else {
+            return true;
+        };
+        let Some(parent) = real.parent() else {
+            return false;
+        };
+        match (fs::metadata(&real), fs::metadata(parent)) {
+            (Ok(m), Ok(p)) if m.is_dir() && m.dev() != p.dev() => return false,
+            (Ok(m), _) if !m.is_dir() => return true,
+            _ => {}
+        }
+        let inside = |p: &Path| fs::canonicalize(p).is_ok_and(|c| c.starts_with(&real));
+        let cwd = std::env::current_dir().ok();
+        !(cwd.as_deref().is_some_and(inside)
+            || inside(&self.policy_dir)
+            || crate::store::state::local_dirs().iter().any(|d| inside(d)))
+    }
+    /// The fast path: a verified tree (or file) takes the live name in one exchange.
+    fn restore_by_swap(&self, rec: &TargetRecord, store: &dyn Store, dest: &Path) -> Result<Restored> {
+        let dest = dest.to_path_buf();
+        let parent = dest.parent().unwrap_or(Path::new(".")).to_path_buf();
+        if rec.absent {
+            if fs::symlink_metadata(&dest).is_ok() {
+                let old = sibling(&dest, "old");
+                fs::rename(&dest, &old)?;
+                sync_dir(&parent)?;
+                swap::remove_any(&old)?;
+            }
+            return Ok(Restored::Done);
+        }
+        let a = rec
+            .artifacts
+            .first()
+            .ok_or_else(|| anyhow!("snapshot of {} has no artifact", rec.name))?;
+        fs::create_dir_all(&parent)?;
+        if is_replaced_by_file(rec) {
+            // A rescue of a directory the command had replaced with a file: put the file back.
+            let (f, tmp) = crate::store::local::private_temp_beside(&dest)?;
+            let result = (|| -> Result<()> {
+                let mut w = std::io::BufWriter::new(f);
+                crate::artifact::read_artifact(store, a, &mut w)?;
+                w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                swap::swap_in(&tmp, &dest)
+            })();
+            if result.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            return result
+                .with_context(|| format!("restoring {}", self.path.display()))
+                .map(|()| Restored::Done);
+        }
+        let staging = sibling(&dest, "restore");
+        create_dir_all_private(&staging)?;
+        let result = (|| -> Result<()> {
+            let (reader, writer) = std::io::pipe()?;
+            let unpack_to = staging.clone();
+            let mask = self.setid_mask();
+            let consumer = std::thread::spawn(move || -> Result<()> {
+                let mut ar = tar::Archive::new(std::io::BufReader::new(reader));
+                ar.set_preserve_permissions(true);
+                ar.set_mask(mask);
+                // As root, every entry goes back to its owner (elsewhere they are ours).
+                ar.set_preserve_ownerships(inplace::running_as_root());
+                ar.set_overwrite(true);
+                ar.unpack(&unpack_to)?;
+                Ok(())
+            });
+            let r = crate::artifact::read_artifact(store, a, writer);
+            let unpacked = consumer.join().map_err(|_| anyhow!("tar reader panicked"))?;
+            r?;
+            unpacked.context("unpacking")?;
+            compare_listings(&rec.files, &scan(&staging)?).context("unpacked tree differs from the manifest")?;
+            root_meta(rec, &dest, &staging)?;
+            // The verified tree takes the live name in one exchange; the replaced one goes.
+            swap::swap_in(&staging, &dest)
+        })();
+        if result.is_err() && staging.exists() && !sibling_named(&dest, "swap").exists() {
+            let _ = fs::remove_dir_all(&staging);
+        }
+        result
+            .with_context(|| format!("restoring {}", self.path.display()))
+            .map(|()| Restored::Done)
+    }
+}
+
+/// The entries of `files` that `filter` does not exclude (a snapshot taken before a glob was
+/// added still restores: what the glob now covers is left alone).
+fn kept(files: &[crate::manifest::FileEntry], filter: &Filter) -> Vec<crate::manifest::FileEntry> {
+    files
+        .iter()
+        .filter(|f| !filter.excluded(&f.path, f.kind == "dir"))
+        .cloned()
+        .collect()
 }
 
 /// `.NAME.guard-WHAT` beside `path`.
@@ -181,11 +382,34 @@ impl Target for DirTarget {
     }
 
     fn preflight(&self) -> Result<()> {
-        self.finish_interrupted_swap()?;
-        self.live_dir()?;
-        fs::read_dir(&self.path)
-            .with_context(|| format!("target {}: cannot read {}", self.spec.name, self.path.display()))?;
-        Ok(())
+        let (root, items) = self.live_layout();
+        if items == [""] {
+            self.finish_interrupted_swap()?;
+            self.live_dir()?;
+            fs::read_dir(&self.path)
+                .with_context(|| format!("target {}: cannot read {}", self.spec.name, self.path.display()))?;
+        } else {
+            for i in &items {
+                let p = root.join(i);
+                match fs::metadata(&p) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => match fs::read_link(&p) {
+                        Ok(to) => bail!(
+                            "target {}: {} is a symlink to {}, which does not exist",
+                            self.spec.name,
+                            p.display(),
+                            to.display()
+                        ),
+                        Err(_) => bail!("target {}: {} does not exist", self.spec.name, p.display()),
+                    },
+                    Err(e) => {
+                        return Err(e)
+                            .with_context(|| format!("target {}: cannot read {}", self.spec.name, p.display()))
+                    }
+                }
+            }
+        }
+        self.refuse_if_half_restored(&root)
     }
 
     fn snapshot(&self, ctx: &SnapshotCtx) -> Result<TargetRecord> {
@@ -195,45 +419,91 @@ impl Target for DirTarget {
             source: self.source(),
             ..Default::default()
         };
-        self.finish_interrupted_swap()?;
-        if !self.path.exists() && ctx.allow_absent {
+        let (root, items) = self.live_layout();
+        if items == [""] {
+            self.finish_interrupted_swap()?;
+        }
+        let missing = items
+            .iter()
+            .all(|i| fs::symlink_metadata(if i.is_empty() { root.clone() } else { root.join(i) }).is_err());
+        if missing && ctx.allow_absent {
             rec.absent = true;
+            rec.paths = self.paths.clone();
             return Ok(rec);
         }
-        if ctx.allow_absent && self.path.is_file() {
-            // The command replaced the directory with a file: that file is the failed state.
-            rec.meta.insert("replaced_by".into(), "file".into());
-            let f = fs::File::open(&self.path).with_context(|| format!("cannot read {}", self.path.display()))?;
-            rec.artifacts
-                .push(ctx.write_artifact(ctx.key(&self.spec.name, "raw.gz"), "raw-file", f)?);
-            return Ok(rec);
+        if ctx.allow_absent {
+            // A rescue keeps whatever is there: paths the command deleted are simply absent,
+            // and a tree an interrupted in-place restore left half done is kept as it is (so
+            // `guard recover` of a `guard restore --no-rescue` can finish), saying so.
+            self.refuse_inside_store(&root)?;
+            if let Some((_, snap)) = inplace::interrupted(&root) {
+                rec.meta.insert("half_restored_from".into(), snap);
+            }
+        } else {
+            self.preflight()?;
         }
-        self.preflight()?;
-        let real = self.live_dir()?;
-        if real != self.path {
-            rec.meta.insert("resolved".into(), real.display().to_string());
+        if items == [""] {
+            let real = self.live_dir()?;
+            if real != self.path {
+                rec.meta.insert("resolved".into(), real.display().to_string());
+            }
+            let meta = fs::metadata(&real)?;
+            rec.meta
+                .insert("mode".into(), format!("{:o}", meta.permissions().mode() & 0o7777));
+            rec.meta.insert("uid".into(), meta.uid().to_string());
+            rec.meta.insert("gid".into(), meta.gid().to_string());
+        } else {
+            rec.paths = items.clone();
+            rec.meta.insert("root".into(), root.display().to_string());
+            for i in &items {
+                let p = root.join(i);
+                if fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+                    if let Ok(real) = fs::canonicalize(&p) {
+                        rec.meta.insert(format!("resolved:{i}"), real.display().to_string());
+                    }
+                }
+            }
         }
-        let meta = fs::metadata(&real)?;
-        rec.meta
-            .insert("mode".into(), format!("{:o}", meta.permissions().mode() & 0o7777));
-        rec.meta.insert("uid".into(), meta.uid().to_string());
-        rec.meta.insert("gid".into(), meta.gid().to_string());
+        rec.exclude = self.exclude.clone();
         rec.tools.insert("format".into(), "tar (GNU headers)".into());
+        let filter = self.filter(&root)?;
 
         let (reader, writer) = std::io::pipe()?;
-        let root = self.path.clone();
-        let producer = std::thread::spawn(move || write_tar(&root, std::io::BufWriter::with_capacity(1 << 20, writer)));
-        let artifact = ctx.write_artifact(ctx.key(&self.spec.name, "tar.gz"), "tar", reader);
-        let listing = producer.join().map_err(|_| anyhow!("tar writer panicked"))?;
-        let listing = listing.with_context(|| format!("target {}", self.spec.name))?;
+        let listing = std::thread::scope(|s| {
+            let producer = s.spawn(|| {
+                write_tar(
+                    &root,
+                    &items,
+                    &filter,
+                    std::io::BufWriter::with_capacity(1 << 20, writer),
+                )
+            });
+            let artifact = ctx.write_artifact(ctx.key(&self.spec.name, "tar.gz"), "tar", reader);
+            let listing = producer.join().map_err(|_| anyhow!("tar writer panicked"));
+            (artifact, listing)
+        });
+        let (artifact, listing) = listing;
+        let listing = listing?.with_context(|| format!("target {}", self.spec.name))?;
         let artifact = artifact?;
         for item in ctx.fingerprint {
-            let p = self.path.join(item.trim_matches('/'));
-            if !p.exists() {
+            let rel = item.trim_matches('/');
+            let p = if rel.is_empty() || rel == "." {
+                root.clone()
+            } else {
+                root.join(rel)
+            };
+            if !p.exists() || !(rel.is_empty() || rel == "." || tree::within(&items, rel)) {
                 bail!(
-                    "target {}: {} does not exist (named by an `untouched` check)",
+                    "target {}: {} is not among its files (named by an `untouched` check; it is relative to {})",
                     self.spec.name,
-                    p.display()
+                    p.display(),
+                    root.display()
+                );
+            }
+            if filter.excluded(rel, p.is_dir()) {
+                bail!(
+                    "target {}: {item} is excluded by `exclude` but named by an `untouched` check",
+                    self.spec.name
                 );
             }
             rec.fingerprints.insert(item.clone(), fingerprint_of(&listing, item));
@@ -285,7 +555,12 @@ impl Target for DirTarget {
         let unpacked = consumer.join().map_err(|_| anyhow!("tar reader panicked"))?;
         r?;
         unpacked.with_context(|| format!("{}/{}: not a valid tar stream", store.location(), a.key))?;
-        compare_listings(&rec.files, &scan(&dest)?).with_context(|| {
+        let items = if rec.paths.is_empty() {
+            vec![String::new()]
+        } else {
+            rec.paths.clone()
+        };
+        compare_listings(&rec.files, &scan_items(&dest, &items, &Filter::none())?).with_context(|| {
             format!(
                 "{}/{}: restored tree differs from the manifest",
                 store.location(),
@@ -298,7 +573,8 @@ impl Target for DirTarget {
                 rec.name.clone(),
                 KindSpec::Dir(DirSpec {
                     path: dest.clone(),
-                    keep_setid: false,
+                    paths: rec.paths.clone(),
+                    ..DirSpec::default()
                 }),
             )
         };
@@ -306,73 +582,84 @@ impl Target for DirTarget {
     }
 
     fn restore(&self, rec: &TargetRecord, store: &dyn Store) -> Result<Restored> {
-        self.finish_interrupted_swap()?;
-        let dest = self.restore_dest(rec)?;
-        let parent = dest.parent().unwrap_or(Path::new(".")).to_path_buf();
-        if rec.absent {
-            if fs::symlink_metadata(&dest).is_ok() {
-                let old = sibling(&dest, "old");
-                fs::rename(&dest, &old)?;
-                sync_dir(&parent)?;
-                swap::remove_any(&old)?;
+        let (root, items) = self.layout_for(rec)?;
+        let filter = self.filter(&root)?;
+        if items == [""] {
+            self.finish_interrupted_swap()?;
+            let dest = self.restore_dest(rec)?;
+            let is_dir = fs::metadata(&dest).is_ok_and(|m| m.is_dir());
+            if is_replaced_by_file(rec) || !is_dir || self.swappable(&dest) {
+                return self.restore_by_swap(rec, store, &dest);
             }
+            let dest_of = |rel: &str| dest.join(rel);
+            inplace::restore(
+                &dest,
+                &items,
+                &filter,
+                rec,
+                &kept(&rec.files, &filter),
+                store,
+                &dest_of,
+                self.setid_mask(),
+            )
+            .with_context(|| format!("restoring {} in place", self.path.display()))?;
+            // The directory itself stays, with its own mode and owner (R17).
             return Ok(Restored::Done);
         }
-        let a = rec
-            .artifacts
-            .first()
-            .ok_or_else(|| anyhow!("snapshot of {} has no artifact", rec.name))?;
-        fs::create_dir_all(&parent)?;
-        if is_replaced_by_file(rec) {
-            // A rescue of a directory the command had replaced with a file: put the file back.
-            let (f, tmp) = crate::store::local::private_temp_beside(&dest)?;
-            let result = (|| -> Result<()> {
-                let mut w = std::io::BufWriter::new(f);
-                crate::artifact::read_artifact(store, a, &mut w)?;
-                w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-                swap::swap_in(&tmp, &dest)
-            })();
-            if result.is_err() {
-                let _ = fs::remove_file(&tmp);
+        // Items that were symlinks are written where they led, while they still lead there.
+        let mut resolved: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for i in &items {
+            if let Some(r) = rec.meta.get(&format!("resolved:{i}")) {
+                let now = fs::canonicalize(root.join(i)).ok();
+                if now.as_deref() != Some(Path::new(r)) {
+                    bail!(
+                        "target {}: the snapshot read {r} through {}, which now leads to {}; nothing was restored for this target. Point it back at {r} (ln -sfn) and run the restore again",
+                        self.spec.name,
+                        root.join(i).display(),
+                        now.map(|p| p.display().to_string()).unwrap_or_else(|| "nothing".into())
+                    );
+                }
+                resolved.insert(i.clone(), PathBuf::from(r));
             }
-            return result
-                .with_context(|| format!("restoring {}", self.path.display()))
-                .map(|()| Restored::Done);
         }
-        let staging = sibling(&dest, "restore");
-        create_dir_all_private(&staging)?;
-        let result = (|| -> Result<()> {
-            let (reader, writer) = std::io::pipe()?;
-            let unpack_to = staging.clone();
-            let mask = self.setid_mask();
-            let consumer = std::thread::spawn(move || -> Result<()> {
-                let mut ar = tar::Archive::new(std::io::BufReader::new(reader));
-                ar.set_preserve_permissions(true);
-                ar.set_mask(mask);
-                ar.set_overwrite(true);
-                ar.unpack(&unpack_to)?;
-                Ok(())
-            });
-            let r = crate::artifact::read_artifact(store, a, writer);
-            let unpacked = consumer.join().map_err(|_| anyhow!("tar reader panicked"))?;
-            r?;
-            unpacked.context("unpacking")?;
-            compare_listings(&rec.files, &scan(&staging)?).context("unpacked tree differs from the manifest")?;
-            root_meta(rec, &dest, &staging)?;
-            // The verified tree takes the live name in one exchange; the replaced one goes.
-            swap::swap_in(&staging, &dest)
-        })();
-        if result.is_err() && staging.exists() && !sibling_named(&dest, "swap").exists() {
-            let _ = fs::remove_dir_all(&staging);
-        }
-        result
-            .with_context(|| format!("restoring {}", self.path.display()))
-            .map(|()| Restored::Done)
+        let dest_of = |rel: &str| resolved.get(rel).cloned().unwrap_or_else(|| root.join(rel));
+        inplace::restore(
+            &root,
+            &items,
+            &filter,
+            rec,
+            &kept(&rec.files, &filter),
+            store,
+            &dest_of,
+            self.setid_mask(),
+        )
+        .with_context(|| format!("restoring {} in place", self.source()))?;
+        Ok(Restored::Done)
     }
 
     fn verify_restored(&self, rec: &TargetRecord) -> Result<()> {
+        let (root, items) = self.layout_for(rec)?;
+        let filter = self.filter(&root)?;
+        if items != [""] {
+            for i in &items {
+                if let Some(r) = rec.meta.get(&format!("resolved:{i}")) {
+                    let now = fs::canonicalize(root.join(i)).ok();
+                    if now.as_deref() != Some(Path::new(r)) {
+                        bail!("{} no longer leads to {r}", root.join(i).display());
+                    }
+                }
+            }
+            return compare_listings(&kept(&rec.files, &filter), &scan_items(&root, &items, &filter)?);
+        }
         if rec.absent {
-            if fs::symlink_metadata(&self.path).is_ok() {
+            let left = if fs::metadata(&self.path).is_ok_and(|m| m.is_dir()) {
+                scan_items(&self.path, &items, &filter)?
+            } else {
+                Vec::new()
+            };
+            // Swapped away, or (in use) emptied of everything but what is left out.
+            let emptied = left.is_empty() && !self.swappable(&self.path);
+            if fs::symlink_metadata(&self.path).is_ok() && !emptied {
                 bail!("{} exists but the snapshot recorded none", self.path.display());
             }
             return Ok(());
@@ -400,11 +687,12 @@ impl Target for DirTarget {
             }
             _ => {}
         }
-        compare_listings(&rec.files, &scan(&self.path)?)
+        compare_listings(&kept(&rec.files, &filter), &scan_items(&self.path, &items, &filter)?)
     }
 
     fn fingerprint(&self, items: &[String]) -> Result<BTreeMap<String, Fingerprint>> {
-        let listing = scan(&self.path)?;
+        let (root, layout) = self.live_layout();
+        let listing = scan_items(&root, &layout, &self.filter(&root)?)?;
         Ok(items.iter().map(|i| (i.clone(), fingerprint_of(&listing, i))).collect())
     }
 

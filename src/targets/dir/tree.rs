@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -53,29 +53,144 @@ pub(super) fn symlink_entry(path: String, link: Option<String>, mode: u32) -> Fi
     }
 }
 
+/// What a walk leaves out: the policy's `exclude` globs (gitignore rules, relative to the
+/// root), and always guard's own store and state directories (by device and inode, wherever
+/// they sit) and guard's temporary files.
+pub(super) struct Filter {
+    rules: Option<ignore::gitignore::Gitignore>,
+    guard_dirs: Vec<(u64, u64)>,
+}
+
+/// Is `name` one of guard's own temporary files or directories?
+pub(super) fn is_guard_temp(name: &str) -> bool {
+    name.starts_with('.')
+        && (name.contains(".guard-tmp-")
+            || name.contains(".guard-restore-")
+            || name.contains(".guard-old-")
+            || name.ends_with(".guard-swap")
+            || name.starts_with(".guard-inplace-"))
+}
+
+impl Filter {
+    /// Nothing left out but guard's own files.
+    pub(super) fn none() -> Filter {
+        Filter {
+            rules: None,
+            guard_dirs: Vec::new(),
+        }
+    }
+
+    pub(super) fn new(root: &Path, globs: &[String]) -> Result<Filter> {
+        let rules = if globs.is_empty() {
+            None
+        } else {
+            let mut b = ignore::gitignore::GitignoreBuilder::new(root);
+            for g in globs {
+                b.add_line(None, g).with_context(|| format!("exclude {g:?}"))?;
+            }
+            Some(b.build()?)
+        };
+        let guard_dirs = crate::store::state::local_dirs()
+            .iter()
+            .filter_map(|d| fs::metadata(d).ok())
+            .map(|m| (m.dev(), m.ino()))
+            .collect();
+        Ok(Filter { rules, guard_dirs })
+    }
+
+    /// Does an `exclude` glob match `rel` (or a directory above it)?
+    pub(super) fn excluded(&self, rel: &str, is_dir: bool) -> bool {
+        self.rules
+            .as_ref()
+            .is_some_and(|r| r.matched_path_or_any_parents(rel, is_dir).is_ignore())
+    }
+
+    /// Is `rel` (with metadata `m`, not followed) left out of snapshots and restores?
+    pub(super) fn skips(&self, rel: &str, m: &fs::Metadata) -> bool {
+        let name = rel.rsplit('/').next().unwrap_or(rel);
+        is_guard_temp(name)
+            || (m.is_dir() && self.guard_dirs.contains(&(m.dev(), m.ino())))
+            || self.excluded(rel, m.is_dir())
+    }
+}
+
+/// Is `rel` one of `items` or inside one? (`""` is the whole root.)
+pub(super) fn within(items: &[String], rel: &str) -> bool {
+    items
+        .iter()
+        .any(|i| i.is_empty() || rel == i || rel.strip_prefix(i.as_str()).is_some_and(|r| r.starts_with('/')))
+}
+
+/// Every entry of the target (each item, and everything below it that `filter` keeps), in
+/// order, with its path relative to `root` and its metadata (an item itself is followed if it
+/// is a symlink; nothing below it is). Items that do not exist are passed over.
+pub(super) fn walk(
+    root: &Path,
+    items: &[String],
+    filter: &Filter,
+    mut f: impl FnMut(&str, &Path, &fs::Metadata) -> Result<()>,
+) -> Result<()> {
+    for item in items {
+        let top = if item.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(item)
+        };
+        let meta = match fs::metadata(&top) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", top.display())),
+        };
+        if !item.is_empty() {
+            f(item, &top, &meta)?;
+        }
+        if !meta.is_dir() {
+            continue;
+        }
+        let mut it = walkdir::WalkDir::new(&top)
+            .follow_links(false)
+            .sort_by_file_name()
+            .min_depth(1)
+            .into_iter();
+        while let Some(e) = it.next() {
+            let e = e?;
+            let m = e.path().symlink_metadata()?;
+            let rel = rel_string(root, e.path());
+            if filter.skips(&rel, &m) {
+                if m.is_dir() {
+                    it.skip_current_dir();
+                }
+                continue;
+            }
+            f(&rel, e.path(), &m)?;
+        }
+    }
+    Ok(())
+}
+
 /// Walk `root` and describe every entry, hashing files.
 pub(super) fn scan(root: &Path) -> Result<Vec<FileEntry>> {
+    scan_items(root, &[String::new()], &Filter::none())
+}
+
+/// Describe every entry of the target, hashing files.
+pub(super) fn scan_items(root: &Path, items: &[String], filter: &Filter) -> Result<Vec<FileEntry>> {
     let mut out = Vec::new();
-    for e in walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .sort_by_file_name()
-        .min_depth(1)
-    {
-        let e = e?;
-        let meta = e.path().symlink_metadata()?;
-        let path = rel_string(root, e.path());
+    walk(root, items, filter, |path, abs, meta| {
         let mode = meta.permissions().mode() & 0o7777;
         let ft = meta.file_type();
+        let path = path.to_string();
         if ft.is_symlink() {
-            let link = fs::read_link(e.path())?.to_string_lossy().into_owned();
+            let link = fs::read_link(abs)?.to_string_lossy().into_owned();
             out.push(symlink_entry(path, Some(link), mode));
         } else if ft.is_dir() {
             out.push(dir_entry(path, mode));
         } else if ft.is_file() {
-            let d = crate::archive::digest(fs::File::open(e.path())?)?;
+            let d = crate::archive::digest(fs::File::open(abs)?)?;
             out.push(file_entry(path, d.bytes, d.sha256, mode));
         }
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -137,48 +252,47 @@ pub(super) fn compare_listings(expected: &[FileEntry], got: &[FileEntry]) -> Res
     )
 }
 
-/// Write the tree at `root` as a tar stream into `w`, returning the listing with hashes.
-pub(super) fn write_tar(root: &Path, w: impl Write) -> Result<Vec<FileEntry>> {
+/// Write the target's entries as a tar stream into `w` (names relative to `root`), returning
+/// the listing with hashes.
+pub(super) fn write_tar(root: &Path, items: &[String], filter: &Filter, w: impl Write) -> Result<Vec<FileEntry>> {
     let mut b = tar::Builder::new(w);
     b.follow_symlinks(false);
     let mut out = Vec::new();
-    for e in walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .sort_by_file_name()
-        .min_depth(1)
-    {
-        let e = e?;
-        let meta = e.path().symlink_metadata()?;
-        let path = rel_string(root, e.path());
+    walk(root, items, filter, |path, abs, meta| {
         let mode = meta.permissions().mode() & 0o7777;
         let ft = meta.file_type();
         let mut h = tar::Header::new_gnu();
-        h.set_metadata(&meta);
+        h.set_metadata(meta);
         if ft.is_file() {
-            let f = fs::File::open(e.path()).with_context(|| format!("cannot read {}", e.path().display()))?;
+            let f = fs::File::open(abs).with_context(|| format!("cannot read {}", abs.display()))?;
             let size = f.metadata()?.len();
             h.set_size(size);
             h.set_cksum();
             let mut r = HashingReader::new(f.take(size));
-            b.append_data(&mut h, &path, &mut r)?;
+            b.append_data(&mut h, path, &mut r)?;
             let d = r.finish();
             if d.bytes != size {
                 bail!(
                     "{} changed while it was being read; stop writers (a `before` hook) and retry",
-                    e.path().display()
+                    abs.display()
                 );
             }
-            out.push(file_entry(path, size, d.sha256, mode));
+            out.push(file_entry(path.to_string(), size, d.sha256, mode));
         } else if ft.is_dir() {
-            b.append_data(&mut h, &path, std::io::empty())?;
-            out.push(dir_entry(path, mode));
+            b.append_data(&mut h, path, std::io::empty())?;
+            out.push(dir_entry(path.to_string(), mode));
         } else if ft.is_symlink() {
-            let link = fs::read_link(e.path())?;
-            b.append_link(&mut h, &path, &link)?;
-            out.push(symlink_entry(path, Some(link.to_string_lossy().into_owned()), mode));
+            let link = fs::read_link(abs)?;
+            b.append_link(&mut h, path, &link)?;
+            out.push(symlink_entry(
+                path.to_string(),
+                Some(link.to_string_lossy().into_owned()),
+                mode,
+            ));
         }
         // Sockets, fifos and devices are not data: skipped.
-    }
+        Ok(())
+    })?;
     b.into_inner()?.flush()?;
     Ok(out)
 }

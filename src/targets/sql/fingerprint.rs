@@ -168,7 +168,7 @@ mod tests {
         }
         c.execute_batch("COMMIT").unwrap();
         let items: Vec<String> = ["t", "w", "plain", "vt"].iter().map(|s| s.to_string()).collect();
-        let spec = TargetSpec::new("app", KindSpec::Sqlite(SqliteSpec { path: path.clone() }));
+        let spec = TargetSpec::new("app", KindSpec::Sqlite(SqliteSpec::at(path.clone())));
         // A SQLite target reads each table in one statement through rusqlite.
         let sqlite = crate::targets::sqlite::SqliteTarget::new(spec, path.clone());
         let want = sqlite.fingerprint(&items).unwrap();

@@ -9,7 +9,7 @@
 //!
 //! A symlinked `path` is followed: the snapshot records the file it read (`meta.resolved`) and
 //! a restore writes that file, keeping the link, and only while the link still leads there.
-//! Another process's lock is waited for at most [`BUSY_TIMEOUT`]; a database still locked then,
+//! Another process's lock is waited for at most `busy_timeout` ([`BUSY_TIMEOUT`] unless set); a database still locked then,
 //! or one with a hot journal, is never copied byte for byte (its file holds uncommitted pages)
 //! and never restored over (its writer's `-journal` is never deleted): guard says who holds it
 //! and stops.
@@ -41,7 +41,8 @@ pub struct SqliteTarget {
     path: PathBuf,
 }
 
-/// How long guard waits for another process's lock on a database before it stops.
+/// How long guard waits for another process's lock on a database before it stops, unless the
+/// target sets `busy_timeout`.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A database another process holds locked: never copied, never restored over.
@@ -92,6 +93,14 @@ impl SqliteTarget {
         SqliteTarget { spec, path }
     }
 
+    /// The target's `busy_timeout`.
+    fn busy_timeout(&self) -> Duration {
+        match &self.spec.kind {
+            KindSpec::Sqlite(s) => s.busy_timeout,
+            _ => BUSY_TIMEOUT,
+        }
+    }
+
     /// The database file behind the policy's path, symlinks resolved, or why there is none.
     fn live_file(&self) -> Result<PathBuf> {
         let (name, p) = (&self.spec.name, &self.path);
@@ -126,7 +135,7 @@ impl SqliteTarget {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .with_context(|| format!("target {}: cannot open {}", self.spec.name, self.path.display()))?;
-        c.busy_timeout(BUSY_TIMEOUT)?;
+        c.busy_timeout(self.busy_timeout())?;
         Ok(c)
     }
 
@@ -138,10 +147,10 @@ impl SqliteTarget {
             None => format!("another process holds it ({cause:#})"),
         };
         anyhow::Error::new(Busy(format!(
-            "target {}: {} is locked: {who}; guard waited {}s. A copy taken now could hold writes that were never committed, so guard stops here; let that process commit or roll back (or stop it), then retry",
+            "target {}: {} is locked: {who}; guard waited {}s (`busy_timeout`). A copy taken now could hold writes that were never committed, so guard stops here; let that process commit or roll back (or stop it), then retry",
             self.spec.name,
             self.path.display(),
-            BUSY_TIMEOUT.as_secs()
+            self.busy_timeout().as_secs_f64()
         )))
     }
 
@@ -237,8 +246,8 @@ impl SqliteTarget {
             let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
             // One step copies every page under a single read transaction: consistent even while
             // other connections write, and never restarted by them. A writer's lock is waited
-            // for (the source's busy timeout, then here) until BUSY_TIMEOUT, no longer.
-            let deadline = Instant::now() + BUSY_TIMEOUT;
+            // for (the source's busy timeout, then here) until `busy_timeout`, no longer.
+            let deadline = Instant::now() + self.busy_timeout();
             loop {
                 match backup.step(-1).map_err(full)? {
                     rusqlite::backup::StepResult::Done => break,
@@ -388,7 +397,7 @@ impl Target for SqliteTarget {
         .with_context(|| format!("{}/{}", store.location(), a.key))?;
         let spec = TargetSpec {
             line: self.spec.line,
-            ..TargetSpec::new(rec.name.clone(), KindSpec::Sqlite(SqliteSpec { path: copy.clone() }))
+            ..TargetSpec::new(rec.name.clone(), KindSpec::Sqlite(SqliteSpec::at(copy.clone())))
         };
         Ok(Some(Box::new(SqliteTarget::new(spec, copy))))
     }

@@ -297,7 +297,7 @@ impl Target for TursoTarget {
         };
         let path = scratch.join(format!("{}.drill.db", rec.name));
         check_export(rec, store, a, &path)?;
-        let spec = TargetSpec::new(rec.name.clone(), KindSpec::Sqlite(SqliteSpec { path: path.clone() }));
+        let spec = TargetSpec::new(rec.name.clone(), KindSpec::Sqlite(SqliteSpec::at(path.clone())));
         Ok(Some(Box::new(super::sqlite::SqliteTarget::new(spec, path))))
     }
 
