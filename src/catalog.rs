@@ -119,11 +119,66 @@ CREATE TABLE IF NOT EXISTS check_results (
 "#;
 
 impl Catalog {
-    /// Open (creating) the catalog of a store and bring it up to date.
+    /// Open (creating) the catalog of a store and bring it up to date. A damaged catalog (not
+    /// a database, malformed) is moved aside (`catalog.db.damaged-TIME`) and rebuilt from the
+    /// manifests and journals, with the drill history and verification results that can still
+    /// be read from it; a warning says what was kept and what was lost. It never blocks a
+    /// command: the manifests are the truth.
     pub fn open(store: &dyn Store) -> Result<Catalog> {
         // A remote store's catalog is a local cache file (rebuilt from the manifests by `sync`).
         let path = crate::store::state::state_dir(store)?.join(keys::CATALOG);
         private_files(&path)?;
+        match Catalog::open_at(store, &path) {
+            Err(e) if damaged(&e) => Catalog::rebuild_damaged(store, &path, e),
+            r => r,
+        }
+    }
+
+    /// Move the damaged catalog at `path` aside, open a new one, and put back what could be
+    /// read from the old one.
+    fn rebuild_damaged(store: &dyn Store, path: &std::path::Path, e: anyhow::Error) -> Result<Catalog> {
+        let salvaged = salvage(path);
+        let aside = path.with_extension(format!("db.damaged-{}", crate::clock::now().unix_timestamp()));
+        std::fs::rename(path, &aside)
+            .with_context(|| format!("moving the damaged catalog {} aside", path.display()))?;
+        for ext in ["db-wal", "db-shm"] {
+            let _ = std::fs::remove_file(path.with_extension(ext));
+        }
+        let cat = Catalog::open_at(store, path)?;
+        let (drills, verified) = match &salvaged {
+            Ok((drills, verified)) => {
+                for d in drills {
+                    let _ = cat.record_drill(d);
+                }
+                for (id, at, ok) in verified {
+                    let _ = block_on(
+                        sqlx::query("UPDATE snapshots SET verified_at = ?, verified_ok = ? WHERE id = ?")
+                            .bind(at)
+                            .bind(ok)
+                            .bind(id)
+                            .execute(&cat.pool),
+                    );
+                }
+                (drills.len(), verified.len())
+            }
+            Err(_) => (0, 0),
+        };
+        let lost = match &salvaged {
+            Ok(_) => format!("kept {drills} drill(s) and {verified} verification result(s) from it"),
+            Err(s) => format!(
+                "nothing could be read from it ({s:#}): the drill history and verification results are lost (run `guard verify` and `guard drill` again)"
+            ),
+        };
+        tracing_warn(&format!(
+            "the catalog {} was damaged ({e:#}); it was moved to {} and rebuilt from the manifests; {lost}",
+            path.display(),
+            aside.display()
+        ));
+        Ok(cat)
+    }
+
+    fn open_at(store: &dyn Store, path: &std::path::Path) -> Result<Catalog> {
+        let path = path.to_path_buf();
         let opts = SqliteConnectOptions::from_str("sqlite://")?
             .filename(&path)
             .create_if_missing(true)
@@ -138,6 +193,37 @@ impl Catalog {
         let cat = Catalog { pool, path };
         cat.sync(store)?;
         Ok(cat)
+    }
+
+    /// The catalog for reading only, when it cannot be brought up to date (a full disk, a
+    /// read-only store): opened read-only, never written, as last indexed. `guard status` uses
+    /// it so that it works whatever the store's filesystem is doing.
+    pub fn open_read_only(store: &dyn Store) -> Result<Catalog> {
+        let path = crate::store::state::state_dir(store)?.join(keys::CATALOG);
+        let opts = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(&path)
+            .read_only(true);
+        let pool = block_on(SqlitePoolOptions::new().max_connections(1).connect_with(opts))
+            .with_context(|| format!("cannot open catalog {} read-only", path.display()))?;
+        Ok(Catalog { pool, path })
+    }
+
+    /// [`Catalog::open`], or, when that fails (it writes: the disk may be full),
+    /// [`Catalog::open_read_only`] with a warning saying so.
+    pub fn open_or_read_only(store: &dyn Store, ui: &crate::ui::Ui) -> Result<Catalog> {
+        match Catalog::open(store) {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                let c = match Catalog::open_read_only(store) {
+                    Ok(c) => c,
+                    Err(e2) => return Err(e.context(format!("{e2:#}"))),
+                };
+                ui.warn(&format!(
+                    "the catalog could not be brought up to date ({e:#}); showing it as last indexed, read-only (interrupted runs are read from the journals)"
+                ));
+                Ok(c)
+            }
+        }
     }
 
     /// Index manifests and journals that are in the store but not in the catalog, and forget
@@ -481,6 +567,51 @@ async fn insert_snapshot<'e, E: sqlx::SqliteExecutor<'e>>(e: E, m: &Manifest) ->
         .execute(e)
         .await?;
     Ok(())
+}
+
+/// Is `e` SQLite saying the catalog file is damaged (not a database, malformed)?
+fn damaged(e: &anyhow::Error) -> bool {
+    let s = format!("{e:#}");
+    s.contains("file is not a database")
+        || s.contains("malformed")
+        || s.contains("(code: 26)")
+        || s.contains("(code: 11)")
+}
+
+/// What can still be read from a damaged catalog: its drills, and the verification result of
+/// each snapshot.
+type Salvaged = (Vec<DrillRow>, Vec<(String, Option<String>, Option<bool>)>);
+
+fn salvage(path: &std::path::Path) -> Result<Salvaged> {
+    let opts = SqliteConnectOptions::from_str("sqlite://")?
+        .filename(path)
+        .read_only(true)
+        .immutable(true);
+    block_on(async {
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await?;
+        let drills = sqlx::query("SELECT id, policy, snapshot_id, started_at, seconds, ok, report FROM drills")
+            .fetch_all(&pool)
+            .await?
+            .into_iter()
+            .map(|r| DrillRow {
+                id: r.get(0),
+                policy: r.get(1),
+                snapshot_id: r.get(2),
+                started_at: r.get(3),
+                seconds: r.get(4),
+                ok: r.get::<i64, _>(5) != 0,
+                report: serde_json::from_str(&r.get::<String, _>(6)).unwrap_or(serde_json::Value::Null),
+            })
+            .collect();
+        let verified = sqlx::query("SELECT id, verified_at, verified_ok FROM snapshots WHERE verified_at IS NOT NULL")
+            .fetch_all(&pool)
+            .await?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get::<Option<i64>, _>(2).map(|v| v != 0)))
+            .collect();
+        pool.close().await;
+        anyhow::Ok((drills, verified))
+    })
 }
 
 fn tracing_warn(msg: &str) {

@@ -127,6 +127,9 @@ pub struct Journal {
     pub exit_code: Option<u8>,
     #[serde(default)]
     pub message: Option<String>,
+    /// The last save failed: the journal in the store is behind (a full disk).
+    #[serde(skip)]
+    pub unsaved: bool,
 }
 
 impl Journal {
@@ -157,6 +160,7 @@ impl Journal {
             outcome: None,
             exit_code: None,
             message: None,
+            unsaved: false,
         }
     }
 
@@ -183,6 +187,40 @@ impl Journal {
         match self.command_pgid.or(self.command_pid) {
             Some(pgid) if self.host == crate::clock::hostname() => crate::run::command::group_members(pgid),
             _ => Vec::new(),
+        }
+    }
+
+    /// Has this guarded run's command started? From then on the targets may hold its changes
+    /// and the restore must run whatever happens to the store.
+    pub fn command_started(&self) -> bool {
+        self.op == Op::Run
+            && matches!(
+                self.phase,
+                Phase::CommandRunning | Phase::Checking | Phase::Rescuing | Phase::Restoring | Phase::Done
+            )
+    }
+
+    /// [`Journal::enter`] for a step that must run whatever the store does: once a guarded
+    /// run's command has started (the targets may hold its changes, and a restore needs no
+    /// store space), a journal that cannot be written — a full disk, a store gone read-only —
+    /// is warned about, not fatal; the next step's save tries again. Before that, an error.
+    pub fn advance(&mut self, store: &dyn Store, phase: Phase, ui: &crate::ui::Ui) -> Result<()> {
+        let started = self.command_started();
+        match self.enter(store, phase) {
+            Err(e) if started => {
+                self.unsaved = true;
+                ui.warn(&format!(
+                    "could not write the run journal (phase {}): {e:#}; going on — the targets come first",
+                    phase.as_str()
+                ));
+                Ok(())
+            }
+            r => {
+                if r.is_ok() {
+                    self.unsaved = false;
+                }
+                r
+            }
         }
     }
 

@@ -22,7 +22,8 @@ pub enum Outcome {
     Restored,
     /// The operation stopped with an error of this kind (`restore_failed`, `snapshot_failed`, …).
     Failed(Kind),
-    /// An interrupted run closed by `recover` before its command had started: nothing to undo.
+    /// An interrupted run closed by `recover` before its command had started, or a run stopped
+    /// by a signal before its command started: nothing to undo.
     Abandoned,
     /// An interrupted run whose state `recover --keep` accepted.
     KeptAfterInterrupt,

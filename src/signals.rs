@@ -27,6 +27,27 @@ pub fn install() {
     }
 }
 
+/// The signal received and not yet taken, if any (it stays pending).
+pub fn pending() -> Option<i32> {
+    match PENDING.load(Ordering::SeqCst) {
+        0 => None,
+        s => Some(s),
+    }
+}
+
+/// The error that stops a guarded run's pre-run snapshot when SIGINT/SIGTERM/SIGHUP arrives
+/// (the command is then never started).
+#[derive(Debug, Clone, Copy)]
+pub struct Interrupted(pub i32);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "signal {} arrived", self.0)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 /// The last signal received since the previous call, if any.
 pub fn take() -> Option<i32> {
     match PENDING.swap(0, Ordering::SeqCst) {

@@ -115,6 +115,13 @@ pub fn take(
             }
             records.push(rec);
             crate::faults::test_pause("snapshot-between-targets");
+            // Ctrl-C/SIGTERM during a guarded run's pre-run snapshot stops it here: the partial
+            // snapshot is discarded below and the command never starts.
+            if req.kind == SnapshotKind::PreRun {
+                if let Some(sig) = crate::signals::pending() {
+                    return Err(crate::signals::Interrupted(sig).into());
+                }
+            }
         }
         if records.is_empty() {
             bail!("no target to snapshot");
@@ -237,6 +244,27 @@ pub fn verify_for(
             };
             t.deep_verify(rec, store, scratch)
                 .with_context(|| format!("target {}", rec.name))?;
+        }
+    }
+    crate::faults::test_pause("verify-before-final-check");
+    // An artifact deleted or replaced while it was read (an open file stays readable after
+    // unlink) must not pass: every artifact is still there, with its recorded size, at the end.
+    all_present(store, m).context("after verifying")?;
+    Ok(())
+}
+
+/// Every artifact of `m` exists in the store with the size the manifest records.
+fn all_present(store: &dyn Store, m: &Manifest) -> Result<()> {
+    for t in &m.targets {
+        for a in &t.artifacts {
+            let where_ = format!("{}/{}", store.location(), a.key);
+            match store.size(&a.key)? {
+                None => bail!("{where_}: missing"),
+                Some(n) if n != a.bytes => {
+                    bail!("{where_}: {n} bytes, manifest says {} (truncated or replaced)", a.bytes)
+                }
+                _ => {}
+            }
         }
     }
     Ok(())

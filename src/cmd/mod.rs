@@ -43,6 +43,14 @@ impl Session {
         Ok(Session { store, catalog })
     }
 
+    /// Like [`Session::open`], but a catalog that cannot be written (a full disk, a read-only
+    /// store) is read as last indexed, with a warning, instead of failing: for `guard status`.
+    pub fn open_read_only(policy: &Policy, ui: &Ui) -> Result<Session, Failure> {
+        let store = store::open(&policy.store).kind(Kind::Usage)?;
+        let catalog = Catalog::open_or_read_only(store.as_ref(), ui)?;
+        Ok(Session { store, catalog })
+    }
+
     pub fn store(&self) -> &dyn Store {
         self.store.as_ref()
     }

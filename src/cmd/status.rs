@@ -25,7 +25,9 @@ struct Facts {
 }
 
 pub fn status(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
-    let s = Session::open(policy)?;
+    // On a full disk or a read-only store the catalog cannot be brought up to date, and
+    // status must still work (read-only, as last indexed).
+    let s = Session::open_read_only(policy, ui)?;
     let f = facts(&s, policy)?;
     let file = policy.file.display().to_string();
     if ui.json {

@@ -78,6 +78,8 @@ pub enum Caller {
 #[derive(Debug, Clone, Default)]
 pub struct Restoration {
     pub rescue_id: Option<String>,
+    /// The rescue snapshot went outside the store, into this directory (the store was full).
+    pub rescue_dir: Option<std::path::PathBuf>,
     pub targets: Vec<TargetRestore>,
     /// The `after` hooks failed (already warned about).
     pub after_hooks: Option<String>,
@@ -97,8 +99,12 @@ pub fn close(cx: &Ctx, j: &mut Journal, result: Result<(u8, Outcome), &Failure>)
     }
     j.phase = Phase::Done;
     if let Err(e) = j.save(cx.store) {
-        cx.ui
-            .warn(&format!("could not write the journal of {}: {e:#}", j.run_id));
+        cx.ui.warn(&format!(
+            "could not write the end of the journal of {} ({e:#}): until it is closed, `guard status` shows it as interrupted. What really happened: outcome {outcome}, exit {code} (said above). Once the store has room: `guard --policy {} recover --keep` closes it if the targets are as this run left them, `guard --policy {} recover` restores its snapshot",
+            j.run_id,
+            cx.policy.file.display(),
+            cx.policy.file.display()
+        ));
     }
     let _ = cx.catalog.record_run(j);
 }
@@ -235,17 +241,45 @@ fn rescue_and_restore(
     j: &mut Journal,
     caller: &Caller,
 ) -> Result<Restoration, Failure> {
+    let mut rescue_dir = None;
     let rescue_id = match rescue {
         Rescue::Skip => None,
         Rescue::Taken(id) => Some(id),
         Rescue::Take(label) => {
-            j.enter(cx.store, Phase::Rescuing).kind(Kind::Internal)?;
+            j.advance(cx.store, Phase::Rescuing, cx.ui).kind(Kind::Internal)?;
             let command = (j.op == Op::Run).then(|| j.command.clone());
             let run_id = j.run_id.clone();
-            let r = crate::error::no_panic("the rescue snapshot", || {
-                take_rescue(cx, targets, label, run_id, command)
-            })
-            .map_err(|e| rescue_failed(cx, m, caller, e))?;
+            let r = match crate::error::no_panic("the rescue snapshot", || {
+                take_rescue(cx, cx.store, targets, label.clone(), run_id.clone(), command.clone())
+            }) {
+                Ok(r) => r,
+                // After a guarded run's command the restore must still run when the store is
+                // full: the failed state goes to a private directory outside the store.
+                Err(e) if j.command_started() && no_space(&e) => {
+                    match rescue_outside_store(cx, targets, label, &run_id, command) {
+                        Ok((r, dir)) => {
+                            cx.ui.warn(&format!(
+                                "the store {} is full ({e:#}): the rescue snapshot {r} of the failed state was written to {} instead. Keep it: once the store has room, move it in with `mv {}/snapshots/{r} {}/snapshots/` (its artifacts also restore by hand)",
+                                cx.store.location(),
+                                dir.display(),
+                                dir.display(),
+                                cx.store.location()
+                            ));
+                            rescue_dir = Some(dir);
+                            r
+                        }
+                        Err(e2) => {
+                            return Err(rescue_failed(
+                                cx,
+                                m,
+                                caller,
+                                e.context(format!("nor outside the store: {e2:#}")),
+                            ))
+                        }
+                    }
+                }
+                Err(e) => return Err(rescue_failed(cx, m, caller, e)),
+            };
             cx.ui.info(&format!(
                 "guard: the state being replaced is kept in rescue snapshot {r}"
             ));
@@ -253,18 +287,50 @@ fn rescue_and_restore(
         }
     };
     j.rescue_id = rescue_id.clone().or(j.rescue_id.take());
-    j.enter(cx.store, Phase::Restoring).kind(Kind::Internal)?;
+    j.advance(cx.store, Phase::Restoring, cx.ui).kind(Kind::Internal)?;
     let results = restore_deferring_signals(targets, cx.store, m, cx.ui);
     j.restored = results.iter().filter(|r| r.ok).map(|r| r.target.clone()).collect();
     Ok(Restoration {
         rescue_id,
+        rescue_dir,
         targets: results,
         after_hooks: None,
     })
 }
 
+/// Did `e` come from a full filesystem (ENOSPC, EDQUOT, SQLite's "disk is full")?
+pub fn no_space(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+    }) || {
+        let s = format!("{e:#}");
+        s.contains("No space left on device")
+            || s.contains("database or disk is full")
+            || s.contains("Disk quota exceeded")
+    }
+}
+
+/// The rescue snapshot into a private store directory of its own under the system's temp
+/// directory (`guard-rescue-RUN`), for when the store is full. Its id and directory.
+fn rescue_outside_store(
+    cx: &Ctx,
+    targets: &[Box<dyn Target>],
+    label: String,
+    run_id: &str,
+    command: Option<Vec<String>>,
+) -> anyhow::Result<(String, std::path::PathBuf)> {
+    let dir = std::env::temp_dir().join(format!("guard-rescue-{run_id}"));
+    let store = crate::store::local::LocalStore::open(&dir)?;
+    let id = crate::error::no_panic("the rescue snapshot", || {
+        take_rescue(cx, &store, targets, label, run_id.to_string(), command)
+    })?;
+    Ok((id, dir))
+}
+
 fn take_rescue(
     cx: &Ctx,
+    store: &dyn Store,
     targets: &[Box<dyn Target>],
     label: String,
     run_id: String,
@@ -273,7 +339,7 @@ fn take_rescue(
     let rescue = snapshot::take(
         cx.policy,
         targets,
-        cx.store,
+        store,
         Request {
             kind: SnapshotKind::Rescue,
             label: Some(label),
@@ -284,7 +350,9 @@ fn take_rescue(
         },
         cx.ui,
     )?;
-    let _ = cx.catalog.record_snapshot(&rescue);
+    if std::ptr::addr_eq(store, cx.store) {
+        let _ = cx.catalog.record_snapshot(&rescue);
+    }
     Ok(rescue.id)
 }
 
@@ -345,9 +413,13 @@ impl Restoration {
             Caller::Run { why } => format!("{why}; "),
             _ => String::new(),
         };
-        let rescue = match &self.rescue_id {
-            Some(r) => format!(" The state it replaced is kept in rescue snapshot {r}."),
-            None => String::new(),
+        let rescue = match (&self.rescue_id, &self.rescue_dir) {
+            (Some(r), Some(d)) => format!(
+                " The state it replaced is kept in rescue snapshot {r}, in {} (outside the full store).",
+                d.display()
+            ),
+            (Some(r), None) => format!(" The state it replaced is kept in rescue snapshot {r}."),
+            _ => String::new(),
         };
         let file = cx.policy.file.display();
         let msg = if failed.iter().all(|r| r.manual) {

@@ -58,7 +58,18 @@ pub fn begin(cx: &Ctx, opts: &Options) -> Result<Begun, Failure> {
     let (policy, store, ui) = (cx.policy, cx.store, cx.ui);
     let run_id = crate::manifest::new_id(crate::clock::now());
     let cmdline = shell_words(&opts.command);
-    let lock = crate::lock::acquire(store, &policy.name, &cmdline, Some(&run_id))?;
+    // A store that cannot be written (read-only, full, permissions) is a store the snapshot
+    // cannot go into: exit 69 with the path, nothing run.
+    let lock = crate::lock::acquire(store, &policy.name, &cmdline, Some(&run_id)).map_err(|f| match f.kind {
+        Kind::Internal => Failure::new(
+            Kind::Snapshot,
+            f.error.context(format!(
+                "the store {} cannot be written; nothing was run",
+                store.location()
+            )),
+        ),
+        _ => f,
+    })?;
     if let Some(h) = &lock.taken_over {
         ui.warn(&format!(
             "took over the lock of a guard that died ({h}); `guard status` shows what it left behind"

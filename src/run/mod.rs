@@ -57,7 +57,22 @@ fn lifecycle(
     opts: &Options,
     j: &mut Journal,
 ) -> Result<(u8, Outcome), Failure> {
-    let (snap, before) = take_snapshot(cx, targets, opts, j)?;
+    let taken = take_snapshot(cx, targets, opts, j);
+    let interrupted = match &taken {
+        Err(f) => f
+            .error
+            .chain()
+            .find_map(|c| c.downcast_ref::<crate::signals::Interrupted>())
+            .map(|i| i.0),
+        Ok(_) => None,
+    };
+    if let Some(sig) = interrupted {
+        return Ok(stopped_by_signal(cx, sig, None));
+    }
+    let (snap, before) = taken?;
+    if let Some(sig) = crate::signals::take() {
+        return Ok(stopped_by_signal(cx, sig, Some(&snap.id)));
+    }
     let code = run_command(cx, runner, opts, j)?;
     let checks_ok = check(cx, targets, &before, &snap, j)?;
     let file = cx.policy.file.display();
@@ -80,6 +95,22 @@ fn lifecycle(
     }
 }
 
+/// SIGINT/SIGTERM/SIGHUP arrived before the command started: the run stops, the command is
+/// never run, guard exits 128 + the signal (130 for Ctrl-C, 143 for SIGTERM) like a shell.
+/// `complete` is the pre-run snapshot when it had been completed (it is kept); otherwise the
+/// partial one was discarded.
+fn stopped_by_signal(cx: &Ctx, sig: i32, complete: Option<&str>) -> (u8, Outcome) {
+    crate::signals::take();
+    let snap = match complete {
+        Some(id) => format!("snapshot {id} was complete and is kept"),
+        None => "the partial snapshot was discarded".into(),
+    };
+    cx.ui.warn(&format!(
+        "signal {sig} arrived before the command started: the command was not run and nothing was changed ({snap})"
+    ));
+    ((128 + sig).clamp(0, 255) as u8, Outcome::Abandoned)
+}
+
 /// Preflight, the checks' before values, and the pre-run snapshot (verified as it is taken).
 fn take_snapshot(
     cx: &Ctx,
@@ -89,6 +120,9 @@ fn take_snapshot(
 ) -> Result<(Manifest, BTreeMap<String, String>), Failure> {
     let (policy, store, ui) = (cx.policy, cx.store, cx.ui);
     j.enter(store, Phase::Snapshotting).kind(Kind::Snapshot)?;
+    if let Some(sig) = crate::signals::pending() {
+        return Err(Failure::new(Kind::Snapshot, crate::signals::Interrupted(sig)));
+    }
     for t in targets {
         t.preflight().kind(Kind::Snapshot)?;
     }
@@ -119,7 +153,8 @@ fn take_snapshot(
 fn run_command(cx: &Ctx, runner: &dyn Runner, opts: &Options, j: &mut Journal) -> Result<i32, Failure> {
     let store = cx.store;
     let log = command::open_log(store, &j.run_id).kind(Kind::Snapshot)?;
-    j.enter(store, Phase::CommandRunning).kind(Kind::Internal)?;
+    // Nothing has run yet: a journal that cannot say so stops the run (exit 69).
+    j.enter(store, Phase::CommandRunning).kind(Kind::Snapshot)?;
     let mut started = |pid: u32| {
         j.command_pid = Some(pid);
         j.command_pgid = Some(pid);
@@ -150,7 +185,7 @@ fn check(
     snap: &Manifest,
     j: &mut Journal,
 ) -> Result<bool, Failure> {
-    j.enter(cx.store, Phase::Checking).kind(Kind::Internal)?;
+    j.advance(cx.store, Phase::Checking, cx.ui).kind(Kind::Internal)?;
     let results = crate::error::no_panic("the checks", || Ok(checks::evaluate(cx.policy, targets, before, snap)))
         .unwrap_or_else(|e| {
             vec![crate::journal::CheckResult {
@@ -167,7 +202,12 @@ fn check(
     plan::print_checks(&results, cx.ui);
     let ok = results.iter().all(|r| r.passed);
     j.checks = results;
-    j.save(cx.store).kind(Kind::Internal)?;
+    if let Err(e) = j.save(cx.store) {
+        j.unsaved = true;
+        cx.ui.warn(&format!(
+            "could not write the checks into the run journal: {e:#}; going on"
+        ));
+    }
     Ok(ok)
 }
 
@@ -191,8 +231,12 @@ fn restore_after(
     if let Some(f) = done.failure(cx, snap, &caller) {
         return Err(f);
     }
+    let outside = match &done.rescue_dir {
+        Some(d) => format!(", in {} (outside the full store)", d.display()),
+        None => String::new(),
+    };
     cx.ui.info(&format!(
-        "guard: {why}; restored {} from snapshot {} and verified it. The failed state is kept in rescue snapshot {}.",
+        "guard: {why}; restored {} from snapshot {} and verified it. The failed state is kept in rescue snapshot {}{outside}.",
         j.restored.join(", "),
         snap.id,
         done.rescue_id.as_deref().unwrap_or("-")
