@@ -185,7 +185,7 @@ impl Journal {
     /// while one is alive: it would write over what was restored.
     pub fn command_still_running(&self) -> Vec<u32> {
         match self.command_pgid.or(self.command_pid) {
-            Some(pgid) if self.host == crate::clock::hostname() => crate::run::command::group_members(pgid),
+            Some(pgid) if self.host == crate::clock::hostname() => crate::process::group_members(pgid),
             _ => Vec::new(),
         }
     }

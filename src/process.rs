@@ -111,3 +111,32 @@ pub fn exit_code_of(s: &std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
 }
+
+/// The live (not zombie) processes of process group `pgid`, read from `/proc`. Empty when the
+/// group is gone. Where `/proc` cannot be read, `kill(-pgid, 0)` decides (a zombie counts).
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        // SAFETY: signal 0 only checks that the group exists.
+        let alive = unsafe { libc::kill(-(pgid as libc::pid_t), 0) == 0 };
+        return if alive { vec![pgid] } else { Vec::new() };
+    };
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 2 && f[0] != "Z" && f[0] != "X" && f[2].parse::<u32>().ok() == Some(pgid) {
+            out.push(pid);
+        }
+    }
+    out.sort_unstable();
+    out
+}

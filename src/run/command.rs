@@ -9,7 +9,7 @@
 //! thread is refused, [`spawn_thread_ok`]). Processes the command starts in the background
 //! stay in its group; a guard killed with SIGKILL cannot stop those, so the journal records the
 //! pid and group and `guard status`/`guard recover` refuse to act while any of them is alive
-//! ([`group_members`]). Signals guard receives are forwarded to the whole group. When guard's
+//! ([`crate::process::group_members`]). Signals guard receives are forwarded to the whole group. When guard's
 //! stdin is the terminal and guard is in its foreground, the command's group becomes the
 //! foreground group while it runs (so it can read the terminal and gets Ctrl-C directly), and
 //! guard takes the terminal back when it exits.
@@ -170,35 +170,6 @@ pub fn run_command(cmd: &[String], log: File, ui: &Ui, started: &mut dyn FnMut(u
         let _ = l.sync_all();
     }
     Ok(exit_code_of(&status))
-}
-
-/// The live (not zombie) processes of process group `pgid`, read from `/proc`. Empty when the
-/// group is gone. Where `/proc` cannot be read, `kill(-pgid, 0)` decides (a zombie counts).
-pub fn group_members(pgid: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        // SAFETY: signal 0 only checks that the group exists.
-        let alive = unsafe { libc::kill(-(pgid as libc::pid_t), 0) == 0 };
-        return if alive { vec![pgid] } else { Vec::new() };
-    };
-    let mut out = Vec::new();
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.len() > 2 && f[0] != "Z" && f[0] != "X" && f[2].parse::<u32>().ok() == Some(pgid) {
-            out.push(pid);
-        }
-    }
-    out.sort_unstable();
-    out
 }
 
 /// The run log, a private file in the state directory (a remote store receives it when the
