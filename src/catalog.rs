@@ -130,6 +130,11 @@ impl Catalog {
         private_files(&path)?;
         match Catalog::open_at(store, &path) {
             Err(e) if damaged(&e) => Catalog::rebuild_damaged(store, &path, e),
+            Err(e) => Err(match unwritable(&path) {
+                // SQLite says only "unable to open database file": say why.
+                Some(why) => e.context(format!("{} cannot be written: {why}", path.display())),
+                None => e,
+            }),
             r => r,
         }
     }
@@ -616,4 +621,14 @@ fn salvage(path: &std::path::Path) -> Result<Salvaged> {
 
 fn tracing_warn(msg: &str) {
     crate::errln!("guard: warning: {}", crate::secrets::redact(msg));
+}
+
+/// Why the directory holding `path` cannot be written (a read-only mount, permissions), if so.
+fn unwritable(path: &std::path::Path) -> Option<std::io::Error> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = path.parent()?;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: a valid NUL-terminated path; access(2) reads it and nothing else.
+    let r = unsafe { libc::access(c.as_ptr(), libc::W_OK) };
+    (r != 0).then(std::io::Error::last_os_error)
 }
