@@ -2,7 +2,8 @@
 //!
 //! `untouched` compares fingerprints recorded in the pre-run snapshot with the live target;
 //! `sql` compares a query's value with its expectation (`unchanged`/`changed` against the value
-//! read before the command); `command` runs a shell command that must exit 0. Each result is a
+//! read before the command; every other expectation is evaluated after the command only, and
+//! shows `—` as its before value); `command` runs a shell command that must exit 0. Each result is a
 //! [`CheckResult`], recorded in the run's journal.
 
 use std::collections::BTreeMap;
@@ -23,21 +24,45 @@ fn target<'a>(targets: &'a [Box<dyn Target>], name: &str) -> Result<&'a dyn Targ
         .ok_or_else(|| anyhow!("no target {name:?}"))
 }
 
-/// Values of `sql` checks before the command runs. An error here stops the run: a check that
-/// cannot be evaluated before cannot protect anything after.
+/// Does `expect` compare the value after the command with the one before it?
+pub fn needs_before(expect: &Expect) -> bool {
+    matches!(expect, Expect::Unchanged | Expect::Changed)
+}
+
+/// Values read before the command, for the `sql` and `objects`/`bytes` checks whose expectation
+/// compares with them (`unchanged`, `changed`). Every other check is read only after the
+/// command, so a check about what the command creates (`SELECT count(*) FROM "Role"` with
+/// `== 8`) works although its table does not exist yet. An error here stops the run: a check
+/// that cannot read its before value cannot protect anything after.
 pub fn before_values(policy: &Policy, targets: &[Box<dyn Target>]) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for c in &policy.checks {
-        if let (Some(t), CheckWhat::Sql { sql, .. }) = (&c.target, &c.what) {
-            let v = target(targets, t)?
-                .query(sql)
-                .with_context(|| format!("check {:?} (policy line {}): query failed", c.name, c.line))?;
-            out.insert(c.name.clone(), v);
-        }
-        if let (Some(t), CheckWhat::Objects { prefix, measure, .. }) = (&c.target, &c.what) {
-            let v = objects_value(target(targets, t)?, prefix, *measure)
-                .with_context(|| format!("check {:?} (policy line {})", c.name, c.line))?;
-            out.insert(c.name.clone(), v);
+        let Some(t) = &c.target else { continue };
+        let hint = "an `unchanged`/`changed` check reads its value before the command too; a check about what the command creates can use `==`, `>=` and the like, read only after it";
+        match &c.what {
+            CheckWhat::Sql { sql, expect } if needs_before(expect) => {
+                let v = target(targets, t)?.query(sql).with_context(|| {
+                    format!(
+                        "check {:?} (policy line {}): query failed before the command ({hint})",
+                        c.name, c.line
+                    )
+                })?;
+                out.insert(c.name.clone(), v);
+            }
+            CheckWhat::Objects {
+                prefix,
+                measure,
+                expect,
+            } if needs_before(expect) => {
+                let v = objects_value(target(targets, t)?, prefix, *measure).with_context(|| {
+                    format!(
+                        "check {:?} (policy line {}): could not read it before the command ({hint})",
+                        c.name, c.line
+                    )
+                })?;
+                out.insert(c.name.clone(), v);
+            }
+            _ => {}
         }
     }
     Ok(out)

@@ -78,8 +78,8 @@ pub fn print_checks(results: &[CheckResult], ui: &Ui) {
         .map(|r| {
             vec![
                 r.name.clone(),
-                r.before.clone().unwrap_or_else(|| "-".into()),
-                r.after.clone().unwrap_or_else(|| "-".into()),
+                r.before.clone().unwrap_or_else(|| "—".into()),
+                r.after.clone().unwrap_or_else(|| "—".into()),
                 r.expect.clone(),
                 if r.passed {
                     "pass".into()

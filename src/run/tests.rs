@@ -130,11 +130,11 @@ impl Ran {
     }
 }
 
-const PREFIX: [&str; 8] = [
+// The `sql` check expects "== 1": read after the command only (an `unchanged` one is read before too).
+const PREFIX: [&str; 7] = [
     "before hook stop",
     "preflight app",
     "preflight files",
-    "query app",
     "snapshot app",
     "snapshot files",
     "command",

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod checks;
 mod drill;
 mod faults;
 mod files;

@@ -1,0 +1,223 @@
+//! Checks as migration authors write them from the seed guides (issue 15): checks about what
+//! the command creates (F5), `untouched` meaning "existing data untouched" (F6), with SQLite
+//! and PostgreSQL migrations through the real binary.
+
+use crate::common::pg::Cluster;
+use crate::common::*;
+use std::path::Path;
+
+fn cashback(env: &Env, extra: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/migrate_cashback_tables.py");
+    let mut s = format!("python3 '{}' '{}'", script.display(), db(env).display());
+    for e in extra {
+        s.push(' ');
+        s.push_str(e);
+    }
+    s
+}
+
+/// `guard FLAGS -- sh -c SCRIPT` in the env.
+fn guard_sh(env: &Env, flags: &[&str], script: &str) -> Run {
+    let mut args: Vec<&str> = flags.to_vec();
+    args.extend(["--", "sh", "-c", script]);
+    env.guard(&args)
+}
+
+fn json(r: &Run) -> serde_json::Value {
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("one JSON document on stdout ({e}): {r:?}"))
+}
+
+fn check<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name:?} in {v}"))
+}
+
+const NEW_TABLE_CHECK: &str = r#"
+[[check]]
+name = "redemptions table created empty"
+target = "app"
+sql = "SELECT count(*) FROM cashback_redemption"
+expect = "== 0"
+"#;
+
+#[test]
+fn sqlite_check_on_a_table_the_command_creates_is_read_after_it_only() {
+    let env = lending_env(NEW_TABLE_CHECK);
+    let r = guard_sh(&env, &[], &cashback(&env, &[]));
+    assert_eq!(
+        r.code, 0,
+        "the table does not exist before; the check reads it after: {r:?}"
+    );
+    let row = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("redemptions table created empty"))
+        .unwrap_or_else(|| panic!("{r:?}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert!(
+        cells.ends_with(&["—", "0", "==", "0", "pass"]),
+        "before is shown as —: {row:?}"
+    );
+    let status = env.guard(&["status", "--json"]);
+    assert_eq!(json(&status)["last_run"]["outcome"], "kept", "{status:?}");
+}
+
+#[test]
+fn sqlite_check_whose_query_fails_after_the_command_fails_and_restores() {
+    let env = lending_env(NEW_TABLE_CHECK);
+    let before = dump(&db(&env));
+    // The migration stops halfway (before cashback_redemption) and its wrapper hides the error.
+    let r = guard_sh(&env, &["--json"], &format!("{}; exit 0", cashback(&env, &["--crash"])));
+    assert_eq!(r.code, 79, "a failed check restores: {r:?}");
+    let v = json(&r);
+    let c = check(&v, "redemptions table created empty");
+    assert_eq!(c["passed"], false, "{v}");
+    assert!(c["before"].is_null(), "{v}");
+    assert!(
+        c["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no such table: cashback_redemption"),
+        "the query's error is shown: {v}"
+    );
+    assert_eq!(dump(&db(&env)), before, "restored exactly");
+}
+
+#[test]
+fn sqlite_unchanged_check_still_reads_before_and_says_why_it_stops() {
+    let env = lending_env(
+        "\n[[check]]\nname = \"redemptions unchanged\"\ntarget = \"app\"\nsql = \"SELECT count(*) FROM cashback_redemption\"\nexpect = \"unchanged\"\n",
+    );
+    let before = dump(&db(&env));
+    let r = guard_sh(&env, &[], &cashback(&env, &[]));
+    assert_eq!(
+        r.code, 69,
+        "an `unchanged` value cannot be read before: nothing runs: {r:?}"
+    );
+    assert!(r.stderr.contains("query failed before the command"), "{r:?}");
+    assert!(r.stderr.contains("read only after it"), "the way out is named: {r:?}");
+    assert_eq!(dump(&db(&env)), before, "nothing ran");
+}
+
+// ---- PostgreSQL: the rent migration of seed 000 ----
+
+/// The rent database of seed 000 before its migration (Prisma-style quoted names).
+const RENT_SCHEMA: &str = r#"
+CREATE TABLE "Tenant" (id text PRIMARY KEY, name text NOT NULL, email text UNIQUE, "startDate" timestamp(3),
+    "roomAdjustment" double precision);
+CREATE TABLE "RentConfig" (id text PRIMARY KEY, key text NOT NULL, value text NOT NULL, period timestamp(3) NOT NULL,
+    period_month integer GENERATED ALWAYS AS ((extract(year FROM period) * 100 + extract(month FROM period))::integer) STORED);
+CREATE TABLE "RentLedger" (id text PRIMARY KEY, "tenantId" text NOT NULL REFERENCES "Tenant"(id),
+    period timestamp(3) NOT NULL, "amountDue" double precision NOT NULL, "amountPaid" double precision NOT NULL DEFAULT 0);
+INSERT INTO "Tenant" (id, name, email, "startDate", "roomAdjustment")
+SELECT 't' || i, 'Tenant ' || i, 'tenant' || i || '@example.com', timestamp '2024-01-01' + (i || ' days')::interval,
+       CASE WHEN i % 3 = 0 THEN -1400.5 ELSE NULL END FROM generate_series(1, 8) i;
+INSERT INTO "RentConfig" (id, key, value, period)
+SELECT 'c' || k || '-' || m, k, (1000 + m * 17)::text, timestamp '2025-01-01' + ((m - 1) || ' months')::interval
+FROM unnest(ARRAY['el', 'larm', 'internet']) k, generate_series(1, 10) m;
+INSERT INTO "RentLedger" (id, "tenantId", period, "amountDue", "amountPaid")
+SELECT 'l' || i, 't' || (1 + i % 8), timestamp '2025-01-01' + ((i % 10) || ' months')::interval, 7045.0 + i, 7045.0 + i
+FROM generate_series(1, 31) i;
+"#;
+
+/// The migration of seed 000: new ledger columns, the ElectricityBill table and its 62 bills.
+const RENT_MIGRATION: &str = r#"
+ALTER TABLE "RentLedger" ADD COLUMN "daysStayed" DOUBLE PRECISION;
+ALTER TABLE "RentLedger" ADD COLUMN "calculationTitle" TEXT;
+CREATE TABLE "ElectricityBill" (id TEXT PRIMARY KEY, provider TEXT NOT NULL, "billDate" TIMESTAMP(3) NOT NULL,
+    amount DOUBLE PRECISION NOT NULL);
+INSERT INTO "ElectricityBill" (id, provider, "billDate", amount)
+SELECT p || '-' || m, p, timestamp '2023-01-28' + (m || ' months')::interval, 900 + m * 3
+FROM unnest(ARRAY['Vattenfall', 'Fortum']) p, generate_series(1, 31) m;
+UPDATE "RentLedger" SET "daysStayed" = 30, "calculationTitle" = 'Hyran ' || to_char(period, 'YYYY-MM');
+"#;
+
+fn rent() -> Cluster {
+    let c = Cluster::start();
+    c.createdb("rent");
+    c.psql("rent", RENT_SCHEMA);
+    c
+}
+
+fn rent_env(checks: &str) -> Env {
+    let env = Env::new();
+    env.write(
+        "guard.toml",
+        &format!("name = \"rent-data\"\nstore = \"backups\"\n\n[[target]]\nname = \"rent\"\nkind = \"postgres\"\nurl = \"${{DATABASE_URL}}\"\n{checks}"),
+    );
+    env
+}
+
+/// `guard FLAGS -- psql [-v ON_ERROR_STOP=1] -f migration.sql` with DATABASE_URL set, as the
+/// guides run their migrations.
+fn guard_psql(env: &Env, c: &Cluster, flags: &[&str], sql: &str, stop_on_error: bool) -> Run {
+    let file = env.write("migration.sql", sql);
+    let psql = c.bin.join("psql").display().to_string();
+    let file = file.display().to_string();
+    let mut args: Vec<&str> = flags.to_vec();
+    args.extend(["--", &psql, "-X", "-q"]);
+    if stop_on_error {
+        args.extend(["-v", "ON_ERROR_STOP=1"]);
+    }
+    args.extend(["-f", &file]);
+    pg_guard(env, c, &args)
+}
+
+fn pg_guard(env: &Env, c: &Cluster, args: &[&str]) -> Run {
+    env.cmd(args)
+        .env("DATABASE_URL", c.url("rent"))
+        .env("PGHOST", c.sock())
+        .env("PGPORT", c.port.to_string())
+        .env("PGUSER", "postgres")
+        .env("PGDATABASE", "rent")
+        .output()
+        .expect("run guard")
+        .into()
+}
+
+const BILLS_CHECK: &str = r#"
+[[check]]
+name = "electricity bills migrated"
+target = "rent"
+sql = 'SELECT count(*) FROM "ElectricityBill"'
+expect = "== 62"
+"#;
+
+#[test]
+fn postgres_check_on_a_table_the_migration_creates_passes_and_a_broken_one_restores() {
+    let c = rent();
+    let env = rent_env(BILLS_CHECK);
+    let r = guard_psql(&env, &c, &["--json"], RENT_MIGRATION, true);
+    assert_eq!(r.code, 0, "{r:?}");
+    let v = json(&r);
+    let bills = check(&v, "electricity bills migrated");
+    assert_eq!(
+        (&bills["before"], &bills["after"], &bills["passed"]),
+        (&serde_json::Value::Null, &"62".into(), &true.into()),
+        "{v}"
+    );
+
+    // The same migration with a typo in CREATE TABLE, run by psql without ON_ERROR_STOP (the
+    // guide's way): psql exits 0, the check's query fails after the command, guard restores.
+    let c = rent();
+    let env = rent_env(BILLS_CHECK);
+    let before = c.dump("rent");
+    let broken = RENT_MIGRATION.replace("CREATE TABLE \"ElectricityBill\"", "CREATE TABEL \"ElectricityBill\"");
+    let r = guard_psql(&env, &c, &["--json"], &broken, false);
+    assert_eq!(r.code, 79, "{r:?}");
+    let v = json(&r);
+    let bills = check(&v, "electricity bills migrated");
+    assert_eq!(bills["passed"], false, "{v}");
+    assert!(
+        bills["detail"]
+            .as_str()
+            .unwrap()
+            .contains("\"ElectricityBill\" does not exist"),
+        "{v}"
+    );
+    assert_eq!(c.dump("rent"), before, "restored exactly (pg_dump)");
+}
