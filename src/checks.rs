@@ -104,6 +104,7 @@ fn compare(value: &str, op: Op, n: f64) -> Result<bool> {
 fn kind_of(c: &CheckSpec) -> &'static str {
     match c.what {
         CheckWhat::Untouched(_) => "untouched",
+        CheckWhat::Identical(_) => "identical",
         CheckWhat::Sql { .. } => "sql",
         CheckWhat::Command { .. } => "command",
         CheckWhat::Objects {
@@ -136,29 +137,69 @@ fn evaluate_one(
     };
     let outcome: Result<()> = (|| {
         match &c.what {
-            CheckWhat::Untouched(items) => {
-                r.expect = format!("{} untouched", items.join(", "));
+            CheckWhat::Untouched(items) | CheckWhat::Identical(items) => {
+                let strict = matches!(c.what, CheckWhat::Identical(_));
+                r.expect = format!(
+                    "{} {}",
+                    items.join(", "),
+                    if strict { "identical" } else { "untouched" }
+                );
                 let tname = c.target.as_deref().expect("validated");
                 let rec = snapshot
                     .target(tname)
                     .ok_or_else(|| anyhow!("snapshot has no target {tname}"))?;
                 let t = target(targets, tname)?;
-                let now = t.fingerprint(items)?;
+                let recorded = |i: &String| {
+                    rec.fingerprints
+                        .get(i)
+                        .ok_or_else(|| anyhow!("snapshot recorded no fingerprint of {i}"))
+                };
+                // Whole fingerprints: `identical`, paths and schema items, and tables whose
+                // snapshot (taken by an older guard) recorded no column list.
+                let whole: Vec<String> = items
+                    .iter()
+                    .filter(|i| strict || recorded(i).map(|b| b.columns.is_none()).unwrap_or(true))
+                    .cloned()
+                    .collect();
+                let now_whole = if whole.is_empty() {
+                    BTreeMap::new()
+                } else {
+                    t.fingerprint(&whole)?
+                };
                 let mut rows_before = 0;
                 let mut rows_after = 0;
                 let mut diffs = Vec::new();
                 for i in items {
-                    let b = rec
-                        .fingerprints
-                        .get(i)
-                        .ok_or_else(|| anyhow!("snapshot recorded no fingerprint of {i}"))?;
-                    let a = now.get(i).ok_or_else(|| anyhow!("no fingerprint of {i}"))?;
+                    let b = recorded(i)?;
                     rows_before += b.rows;
+                    let a = match (&b.columns, whole.contains(i)) {
+                        (Some(cols), false) => match t.fingerprint_existing(i, cols) {
+                            Ok(a) => a,
+                            Err(e) => {
+                                diffs.push(format!("{e:#}"));
+                                continue;
+                            }
+                        },
+                        _ => now_whole
+                            .get(i)
+                            .cloned()
+                            .ok_or_else(|| anyhow!("no fingerprint of {i}"))?,
+                    };
                     rows_after += a.rows;
+                    let old = if !strict && b.columns.is_none() && a.columns.is_some() {
+                        " (the snapshot, taken by an older guard, recorded no column list: whole rows were compared, as `identical` does)"
+                    } else {
+                        ""
+                    };
                     if a.rows != b.rows {
-                        diffs.push(format!("{i}: {} → {} rows", b.rows, a.rows));
+                        diffs.push(format!("{i}: {} → {} rows{old}", b.rows, a.rows));
                     } else if a.hash != b.hash {
-                        diffs.push(format!("{i}: content changed ({} rows)", a.rows));
+                        let what = if strict || b.columns.is_none() {
+                            "content"
+                        } else {
+                            "existing data"
+                        };
+                        diffs.push(format!("{i}: {what} changed ({} rows){old}", a.rows));
                     }
                 }
                 r.before = Some(format!("{rows_before} rows"));

@@ -127,6 +127,21 @@ pub struct Fingerprint {
     pub rows: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<String>,
+    /// A table's columns (name and declared type) when `hash` was computed, in table order:
+    /// `untouched` compares only these afterwards (columns added since are left out). Absent
+    /// in snapshots taken by older guards and for paths and schema fingerprints: `untouched`
+    /// then compares whole rows, like `identical`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<Column>>,
+}
+
+/// One column of a fingerprinted table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Column {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: String,
 }
 
 impl std::fmt::Display for Fingerprint {

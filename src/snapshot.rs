@@ -42,7 +42,7 @@ pub struct Request<'a> {
 pub fn fingerprint_items(policy: &Policy) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for c in policy.checks.iter().chain(policy.drill.checks.iter()) {
-        if let (Some(t), CheckWhat::Untouched(items)) = (&c.target, &c.what) {
+        if let (Some(t), CheckWhat::Untouched(items) | CheckWhat::Identical(items)) = (&c.target, &c.what) {
             let v = out.entry(t.clone()).or_default();
             for i in items {
                 if !v.contains(i) {

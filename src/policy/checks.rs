@@ -24,8 +24,13 @@ pub struct CheckSpec {
 
 #[derive(Debug, Clone)]
 pub enum CheckWhat {
-    /// Fingerprints of these tables (or paths, for directory targets) must not change.
+    /// Existing data untouched: every row and every value of the columns these tables had
+    /// before the command is unchanged (columns added pass; rows added or deleted, values
+    /// changed, columns dropped or retyped fail). Paths (directory, s3 targets): their
+    /// fingerprints must not change.
     Untouched(Vec<String>),
+    /// The strict form: the whole tables' fingerprints (every column) must not change.
+    Identical(Vec<String>),
     /// A query whose single value is compared with `expect`.
     Sql { sql: String, expect: Expect },
     /// A shell command that must exit 0.
@@ -241,25 +246,34 @@ fn one(
 fn what(c: &RawCheck, target: Option<Kind>, cx: &mut ParseCtx) -> Result<CheckWhat> {
     let set = [
         c.untouched.is_some(),
+        c.identical.is_some(),
         c.sql.is_some(),
         c.command.is_some(),
         c.objects.is_some(),
         c.bytes.is_some(),
     ];
     if set.iter().filter(|&&k| k).count() != 1 {
-        return Err(cx.fail_sentence("needs exactly one of `untouched`, `sql`, `command`, `objects` or `bytes`"));
+        return Err(
+            cx.fail_sentence("needs exactly one of `untouched`, `identical`, `sql`, `command`, `objects` or `bytes`")
+        );
     }
-    if let Some(u) = &c.untouched {
+    for (key, list) in [("untouched", &c.untouched), ("identical", &c.identical)] {
+        let Some(u) = list else { continue };
         if target.is_none() {
-            fail!(cx, "`untouched` needs `target`");
+            fail!(cx, "`{key}` needs `target`");
         }
         if c.expect.is_some() {
-            fail!(cx, "`expect` does not apply to `untouched`");
+            fail!(cx, "`expect` does not apply to `{key}`");
         }
         if u.is_empty() {
-            fail!(cx, "`untouched` lists nothing");
+            fail!(cx, "`{key}` lists nothing");
         }
-        return Ok(CheckWhat::Untouched(cx.list("untouched", Some(u.clone()))?));
+        let items = cx.list(key, Some(u.clone()))?;
+        return Ok(if key == "untouched" {
+            CheckWhat::Untouched(items)
+        } else {
+            CheckWhat::Identical(items)
+        });
     }
     if let Some(sql) = &c.sql {
         if target.is_none() {

@@ -72,6 +72,8 @@ pub struct RawCheck {
     pub name: String,
     pub target: Option<String>,
     pub untouched: Option<Vec<String>>,
+    /// The strict form of `untouched`: whole rows (every column, added ones too) unchanged.
+    pub identical: Option<Vec<String>>,
     pub sql: Option<String>,
     pub expect: Option<RawExpect>,
     pub command: Option<String>,

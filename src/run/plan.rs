@@ -43,6 +43,7 @@ pub fn print_plan(policy: &Policy, targets: &[Box<dyn Target>], opts: &Options, 
     for c in &policy.checks {
         let what = match &c.what {
             CheckWhat::Untouched(items) => format!("{} untouched", items.join(", ")),
+            CheckWhat::Identical(items) => format!("{} identical", items.join(", ")),
             CheckWhat::Sql { sql, expect } => format!("{sql} → {expect}"),
             CheckWhat::Command { command } => format!("`{command}` exits 0"),
             CheckWhat::Objects {

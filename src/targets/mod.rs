@@ -274,6 +274,16 @@ pub trait Target: Send + Sync {
     fn verify_restored(&self, rec: &TargetRecord) -> Result<()>;
     /// Row counts and content hashes of tables (or paths) of the live target.
     fn fingerprint(&self, items: &[String]) -> Result<BTreeMap<String, Fingerprint>>;
+    /// "Existing data untouched" (`untouched`): the row count and content hash of `table` over
+    /// `columns` only, the columns it had when the snapshot recorded them, hashed as
+    /// [`Target::fingerprint`] hashes whole rows. A recorded column now missing or of another
+    /// type is an error naming it. Kinds without tables compare whole fingerprints instead.
+    fn fingerprint_existing(&self, table: &str, columns: &[crate::manifest::Column]) -> Result<Fingerprint> {
+        let _ = columns;
+        self.fingerprint(&[table.to_string()])?
+            .remove(table)
+            .ok_or_else(|| anyhow::anyhow!("no fingerprint of {table}"))
+    }
     /// Run a query and return its single value as text.
     fn query(&self, sql: &str) -> Result<String>;
     /// Object count and total bytes under `prefix` (object-store targets: `objects`/`bytes` checks).

@@ -221,3 +221,208 @@ fn postgres_check_on_a_table_the_migration_creates_passes_and_a_broken_one_resto
     );
     assert_eq!(c.dump("rent"), before, "restored exactly (pg_dump)");
 }
+
+// ---- `untouched`: existing data untouched (F6) ----
+
+fn loan_splitting(env: &Env, bug: Option<&str>) -> Vec<String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/migrate_loan_splitting.py");
+    let mut v = vec![
+        "python3".to_string(),
+        script.display().to_string(),
+        db(env).display().to_string(),
+    ];
+    if let Some(b) = bug {
+        v.push(format!("--bug={b}"));
+    }
+    v
+}
+
+/// The lending env with the loan-splitting guide's one check: existing data untouched.
+fn loan_env() -> Env {
+    let env = lending_env("");
+    let p = std::fs::read_to_string(env.path("guard.toml")).unwrap();
+    let cut = p
+        .find("[[check]]\nname = \"cashback tables exist\"")
+        .expect("lending policy");
+    env.write("guard.toml", &p[..cut]);
+    env
+}
+
+fn guarded(env: &Env, flags: &[&str], cmd: &[String]) -> Run {
+    let mut args: Vec<&str> = flags.to_vec();
+    args.push("--");
+    args.extend(cmd.iter().map(|s| s.as_str()));
+    env.guard(&args)
+}
+
+#[test]
+fn sqlite_untouched_passes_added_columns_and_fails_changed_deleted_dropped_retyped() {
+    // The correct migration (two columns added and filled in) is kept.
+    let env = loan_env();
+    let r = guarded(&env, &["--json"], &loan_splitting(&env, None));
+    assert_eq!(r.code, 0, "adding columns leaves existing data untouched: {r:?}");
+    let v = json(&r);
+    assert_eq!(check(&v, "existing data untouched")["passed"], true, "{v}");
+    assert_eq!(
+        count(&db(&env), "SELECT count(*) FROM payment WHERE split_part = 1"),
+        150
+    );
+
+    for (bug, says) in [
+        ("values", "payment: existing data changed (150 rows)"),
+        ("rows", "payment: 150 → 135 rows"),
+        ("drop", "payment: column \"paid_at\" was dropped"),
+        ("retype", "payment: column \"amount\" changed type (NUMERIC → TEXT)"),
+    ] {
+        let env = loan_env();
+        let before = dump(&db(&env));
+        let r = guarded(&env, &["--json"], &loan_splitting(&env, Some(bug)));
+        assert_eq!(r.code, 79, "{bug}: {r:?}");
+        let v = json(&r);
+        let c = check(&v, "existing data untouched");
+        assert_eq!(c["passed"], false, "{bug}: {v}");
+        assert!(c["detail"].as_str().unwrap().contains(says), "{bug}: {v}");
+        assert_eq!(dump(&db(&env)), before, "{bug}: restored exactly");
+    }
+}
+
+#[test]
+fn sqlite_identical_is_the_strict_whole_table_form() {
+    let env = loan_env();
+    let p = std::fs::read_to_string(env.path("guard.toml")).unwrap();
+    env.write(
+        "guard.toml",
+        &format!("{p}\n[[check]]\nname = \"payments identical\"\ntarget = \"app\"\nidentical = [\"payment\"]\n\n[[check]]\nname = \"users identical\"\ntarget = \"app\"\nidentical = [\"user\"]\n"),
+    );
+    let before = dump(&db(&env));
+    let r = guarded(&env, &["--json"], &loan_splitting(&env, None));
+    assert_eq!(
+        r.code, 79,
+        "an added column changes every row of an `identical` table: {r:?}"
+    );
+    let v = json(&r);
+    assert_eq!(check(&v, "existing data untouched")["passed"], true, "{v}");
+    assert_eq!(check(&v, "users identical")["passed"], true, "{v}");
+    let c = check(&v, "payments identical");
+    assert_eq!((&c["passed"], &c["kind"]), (&false.into(), &"identical".into()), "{v}");
+    assert!(
+        c["detail"]
+            .as_str()
+            .unwrap()
+            .contains("payment: content changed (150 rows)"),
+        "{v}"
+    );
+    assert_eq!(dump(&db(&env)), before);
+}
+
+#[test]
+fn a_snapshot_without_column_lists_is_restorable_and_compared_whole() {
+    // A snapshot as guards before column lists wrote it: fingerprints of rows and hash only.
+    let env = lending_env(
+        "\n[[drill.check]]\nname = \"restored payments untouched\"\ntarget = \"app\"\nuntouched = [\"payment\"]\n",
+    );
+    let before = dump(&db(&env));
+    let s = env.guard(&["snapshot", "--json"]);
+    assert_eq!(s.code, 0, "{s:?}");
+    let id = snapshots(&env)[0]["id"].as_str().unwrap().to_string();
+    let path = env.path(&format!("backups/snapshots/{id}/manifest.json"));
+    let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut stripped = 0;
+    for t in m["targets"].as_array_mut().unwrap() {
+        for (_, f) in t
+            .get_mut("fingerprints")
+            .and_then(|f| f.as_object_mut())
+            .into_iter()
+            .flatten()
+        {
+            stripped += f.as_object_mut().unwrap().remove("columns").is_some() as usize;
+        }
+    }
+    assert_eq!(stripped, 3, "the hashed tables user, loan, payment: {m}");
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    // The catalog indexes the store's manifests as they are (an older guard's snapshot).
+    let ri = env.guard(&["reindex"]);
+    assert_eq!(ri.code, 0, "{ri:?}");
+    // Its drill compares the restored copy's whole rows with the recorded hash.
+    let d = env.guard(&["drill", "--json"]);
+    assert_eq!(d.code, 0, "{d:?}");
+    // And it restores: damage the database, restore it, compare with the original.
+    sql(
+        &db(&env),
+        "DELETE FROM payment WHERE id < 20; ALTER TABLE loan ADD COLUMN x INTEGER;",
+    );
+    let r = env.guard(&["restore", &id, "--yes"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(dump(&db(&env)), before, "restored exactly");
+}
+
+const PG_UNTOUCHED: &str = r#"
+[[check]]
+name = "existing data untouched"
+target = "rent"
+untouched = ["Tenant", "RentLedger"]
+"#;
+
+#[test]
+fn postgres_untouched_passes_added_columns_and_fails_changed_dropped_retyped() {
+    let c = rent();
+    let env = rent_env(PG_UNTOUCHED);
+    let r = guard_psql(&env, &c, &["--json"], RENT_MIGRATION, true);
+    assert_eq!(
+        r.code, 0,
+        "RentLedger gained two filled-in columns; its existing data is untouched: {r:?}"
+    );
+    assert_eq!(check(&json(&r), "existing data untouched")["passed"], true);
+    assert_eq!(
+        c.psql("rent", r#"SELECT count(*) FROM "RentLedger" WHERE "daysStayed" = 30"#),
+        "31"
+    );
+
+    for (bug, says) in [
+        (
+            r#"UPDATE "RentLedger" SET "amountPaid" = 0 WHERE id = 'l7';"#,
+            "RentLedger: existing data changed (31 rows)",
+        ),
+        (
+            r#"INSERT INTO "Tenant" (id, name) VALUES ('t9', 'Tenant 9');"#,
+            "Tenant: 8 → 9 rows",
+        ),
+        (
+            r#"ALTER TABLE "RentLedger" DROP COLUMN "amountPaid";"#,
+            "RentLedger: column \"amountPaid\" was dropped",
+        ),
+        (
+            r#"ALTER TABLE "RentLedger" ALTER COLUMN "amountDue" TYPE numeric(10,2);"#,
+            "RentLedger: column \"amountDue\" changed type (double precision → numeric(10,2))",
+        ),
+    ] {
+        let c = rent();
+        let env = rent_env(PG_UNTOUCHED);
+        let before = c.dump("rent");
+        let r = guard_psql(&env, &c, &["--json"], &format!("{RENT_MIGRATION}\n{bug}\n"), true);
+        assert_eq!(r.code, 79, "{bug}: {r:?}");
+        let v = json(&r);
+        let chk = check(&v, "existing data untouched");
+        assert_eq!(chk["passed"], false, "{bug}: {v}");
+        assert!(chk["detail"].as_str().unwrap().contains(says), "{bug}: {v}");
+        assert_eq!(c.dump("rent"), before, "{bug}: restored exactly (pg_dump)");
+    }
+}
+
+#[test]
+fn postgres_identical_fails_on_added_columns() {
+    let c = rent();
+    let env = rent_env("\n[[check]]\nname = \"ledger identical\"\ntarget = \"rent\"\nidentical = [\"RentLedger\"]\n");
+    let before = c.dump("rent");
+    let r = guard_psql(&env, &c, &["--json"], RENT_MIGRATION, true);
+    assert_eq!(r.code, 79, "{r:?}");
+    let chk = check(&json(&r), "ledger identical").clone();
+    assert!(
+        chk["detail"]
+            .as_str()
+            .unwrap()
+            .contains("RentLedger: content changed (31 rows)"),
+        "{chk}"
+    );
+    assert_eq!(c.dump("rent"), before);
+}

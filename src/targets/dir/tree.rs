@@ -217,6 +217,7 @@ pub(super) fn fingerprint_of(entries: &[FileEntry], item: &str) -> Fingerprint {
     Fingerprint {
         rows: n,
         hash: Some(hex::encode(&h.finalize()[..16])),
+        columns: None,
     }
 }
 

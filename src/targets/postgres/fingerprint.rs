@@ -8,7 +8,7 @@ use sqlx::postgres::PgConnection;
 
 use super::conn::{qualified, quote_ident};
 use super::database::DbState;
-use crate::manifest::Fingerprint;
+use crate::manifest::{Column, Fingerprint};
 
 /// Schema fingerprint parts: (key suffix, query returning one text line per object).
 pub(super) const SCHEMA_PARTS: [(&str, &str); 7] = [
@@ -71,6 +71,7 @@ pub(super) fn hash_lines(lines: &[String]) -> Fingerprint {
     Fingerprint {
         rows: lines.len() as u64,
         hash: Some(hex::encode(&h.finalize()[..16])),
+        columns: None,
     }
 }
 
@@ -95,16 +96,10 @@ pub(super) async fn schema_fingerprints(c: &mut PgConnection) -> Result<BTreeMap
 }
 
 /// Row count and order-independent content hash of one table: the sum (not xor, so duplicate
-/// rows do not cancel) of a 64-bit hash of each row's text form.
+/// rows do not cancel) of a 64-bit hash of each row's text form, with the columns it covers.
 pub(super) async fn table_fingerprint(c: &mut PgConnection, table: &str) -> Result<Fingerprint> {
     let q = qualified(table);
-    let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
-        .bind(&q)
-        .fetch_one(&mut *c)
-        .await?;
-    if exists.is_none() {
-        bail!("table {table:?} does not exist");
-    }
+    let columns = table_columns(c, table, &q).await?;
     let (rows, hash): (i64, String) = sqlx::query_as(&format!(
         "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM {q} t"
     ))
@@ -114,6 +109,57 @@ pub(super) async fn table_fingerprint(c: &mut PgConnection, table: &str) -> Resu
     Ok(Fingerprint {
         rows: rows as u64,
         hash: Some(hash),
+        columns: Some(columns),
+    })
+}
+
+/// The table's columns in order, with their types (`format_type`); an error when there is no
+/// such table.
+async fn table_columns(c: &mut PgConnection, table: &str, q: &str) -> Result<Vec<Column>> {
+    let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+        .bind(q)
+        .fetch_one(&mut *c)
+        .await?;
+    if exists.is_none() {
+        bail!("table {table:?} does not exist");
+    }
+    let cols: Vec<(String, String)> = sqlx::query_as(
+        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+         WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+    )
+    .bind(q)
+    .fetch_all(&mut *c)
+    .await
+    .with_context(|| format!("columns of {table}"))?;
+    Ok(cols.into_iter().map(|(name, ty)| Column { name, ty }).collect())
+}
+
+/// "Existing data untouched": row count and content hash of `table` over the columns it had
+/// when `before` was recorded, hashed as [`table_fingerprint`] hashes whole rows (a row of just
+/// those columns has the same text form). Columns added since are left out; a recorded column
+/// dropped or retyped is an error naming it.
+pub(super) async fn existing_fingerprint(c: &mut PgConnection, table: &str, before: &[Column]) -> Result<Fingerprint> {
+    let q = qualified(table);
+    let now = table_columns(c, table, &q).await?;
+    crate::targets::sql::fingerprint::check_columns(table, before, &now)?;
+    if now == before {
+        return table_fingerprint(c, table).await;
+    }
+    let row = before
+        .iter()
+        .map(|col| format!("t.{}", quote_ident(&col.name)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (rows, hash): (i64, String) = sqlx::query_as(&format!(
+        "SELECT count(*), coalesce(sum(hashtextextended(ROW({row})::text, 0)), 0)::text FROM {q} t"
+    ))
+    .fetch_one(&mut *c)
+    .await
+    .with_context(|| format!("fingerprint of {table}"))?;
+    Ok(Fingerprint {
+        rows: rows as u64,
+        hash: Some(hash),
+        columns: Some(now),
     })
 }
 
@@ -151,6 +197,7 @@ pub(super) async fn fingerprints(
             Fingerprint {
                 rows: n as u64,
                 hash: None,
+                columns: None,
             },
         );
     }

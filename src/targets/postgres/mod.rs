@@ -64,7 +64,7 @@ pub use config::{PgFormat, PostgresSpec, Sessions};
 use conn::{quote_ident, ConnInfo};
 use database::DbState;
 use drill::ScratchDb;
-use fingerprint::{database_fingerprint, fingerprints, schema_fingerprints, table_fingerprint};
+use fingerprint::{database_fingerprint, existing_fingerprint, fingerprints, schema_fingerprints, table_fingerprint};
 use tools::{major_name, major_of, Tools};
 
 /// gzip level of PostgreSQL artifacts when the policy sets no `[compression] level`. Measured on
@@ -310,6 +310,15 @@ impl Target for PostgresTarget {
                 }
                 None => e,
             }
+        })
+    }
+
+    fn fingerprint_existing(&self, table: &str, columns: &[crate::manifest::Column]) -> Result<Fingerprint> {
+        let mut c = self.connect()?;
+        crate::runtime::block_on(async {
+            let r = existing_fingerprint(&mut c, table, columns).await;
+            let _ = c.close().await;
+            r
         })
     }
 

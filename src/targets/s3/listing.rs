@@ -177,6 +177,7 @@ pub(super) fn fingerprint_of<'a>(
     Fingerprint {
         rows: n,
         hash: Some(hex::encode(&h.finalize()[..16])),
+        columns: None,
     }
 }
 

@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Result};
 use sha2::{Digest as _, Sha256};
 
 use super::{quote_ident, row_digest, Sql, Val};
-use crate::manifest::Fingerprint;
+use crate::manifest::{Column, Fingerprint};
 
 /// User tables of a database.
 pub fn user_tables(c: &mut dyn Sql) -> Result<Vec<String>> {
@@ -23,25 +23,101 @@ pub fn user_tables(c: &mut dyn Sql) -> Result<Vec<String>> {
 }
 
 /// Row count and order-independent content hash of a table or view: the wrapping sum of
-/// [`row_digest`] over every row of `SELECT *`.
+/// [`row_digest`] over every row of `SELECT *`, with the columns it was computed over.
 pub fn table_fingerprint(c: &mut dyn Sql, table: &str) -> Result<Fingerprint> {
-    let kind = c.rows(
-        "SELECT type FROM sqlite_master WHERE type IN ('table','view') AND name = ?1",
-        &[Val::Text(table.into())],
-    )?;
-    let Some(kind) = kind.first().and_then(Val::as_str).map(String::from) else {
-        bail!("table {table:?} does not exist");
-    };
+    let is_table = table_kind(c, table)?;
+    let columns = table_columns(c, table)?;
     let mut sum: u128 = 0;
     let mut count = 0u64;
-    c.each_row(table, kind == "table", &mut |row| {
+    c.each_row(table, is_table, &mut |row| {
         sum = sum.wrapping_add(row_digest(row));
         count += 1;
     })?;
     Ok(Fingerprint {
         rows: count,
         hash: Some(format!("{sum:032x}")),
+        columns: Some(columns),
     })
+}
+
+/// Is `table` a table (true) or a view (false)? An error when it is neither.
+fn table_kind(c: &mut dyn Sql, table: &str) -> Result<bool> {
+    let kind = c.rows(
+        "SELECT type FROM sqlite_master WHERE type IN ('table','view') AND name = ?1",
+        &[Val::Text(table.into())],
+    )?;
+    match kind.first().and_then(Val::as_str) {
+        Some(k) => Ok(k == "table"),
+        None => bail!("table {table:?} does not exist"),
+    }
+}
+
+/// The columns `SELECT *` returns (hidden columns of virtual tables left out), in order, with
+/// their declared types.
+pub fn table_columns(c: &mut dyn Sql, table: &str) -> Result<Vec<Column>> {
+    Ok(super::page::columns(c, table)?
+        .into_iter()
+        .filter(|c| c.hidden != 1)
+        .map(|c| Column {
+            name: c.name,
+            ty: c.decl,
+        })
+        .collect())
+}
+
+/// "Existing data untouched": the row count and content hash of `table` over the columns it
+/// had when `before` was recorded, hashed as [`table_fingerprint`] hashes whole rows (so with no
+/// column added the two agree). Columns added since are left out; a recorded column that was
+/// dropped or changed type is an error naming it.
+pub fn existing_fingerprint(c: &mut dyn Sql, table: &str, before: &[Column]) -> Result<Fingerprint> {
+    let is_table = table_kind(c, table)?;
+    let now = table_columns(c, table)?;
+    check_columns(table, before, &now)?;
+    if now == before {
+        return table_fingerprint(c, table);
+    }
+    let names: Vec<String> = before.iter().map(|c| c.name.clone()).collect();
+    let mut sum: u128 = 0;
+    let mut count = 0u64;
+    c.each_row_of(table, &names, is_table, &mut |row| {
+        sum = sum.wrapping_add(row_digest(row));
+        count += 1;
+    })?;
+    Ok(Fingerprint {
+        rows: count,
+        hash: Some(format!("{sum:032x}")),
+        columns: Some(now),
+    })
+}
+
+/// Every column of `before` is still in `now` with the same type; else say which are not.
+pub fn check_columns(table: &str, before: &[Column], now: &[Column]) -> Result<()> {
+    let mut problems = Vec::new();
+    for b in before {
+        match now.iter().find(|n| n.name == b.name) {
+            None => problems.push(format!("column {:?} was dropped", b.name)),
+            Some(n) if n.ty != b.ty => problems.push(format!(
+                "column {:?} changed type ({} → {})",
+                b.name,
+                shown(&b.ty),
+                shown(&n.ty)
+            )),
+            Some(_) => {}
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        bail!("{table}: {}", problems.join(", "))
+    }
+}
+
+fn shown(ty: &str) -> &str {
+    if ty.is_empty() {
+        "no declared type"
+    } else {
+        ty
+    }
 }
 
 /// Hash of every CREATE statement, the `@schema` fingerprint.
@@ -61,6 +137,7 @@ pub fn schema_fingerprint(c: &mut dyn Sql) -> Result<Fingerprint> {
     Ok(Fingerprint {
         rows: r.rows.len() as u64,
         hash: Some(hex::encode(&h.finalize()[..16])),
+        columns: None,
     })
 }
 
@@ -79,6 +156,7 @@ pub fn fingerprints(c: &mut dyn Sql, hashed: &[String]) -> Result<BTreeMap<Strin
                 Fingerprint {
                     rows: rows as u64,
                     hash: None,
+                    columns: None,
                 },
             );
         }
@@ -193,5 +271,72 @@ mod tests {
         let after = sqlite.fingerprint(&items[..1]).unwrap();
         assert_ne!(after["t"], want["t"]);
         assert_eq!(table_fingerprint(&mut paged, "t").unwrap(), after["t"]);
+    }
+
+    #[test]
+    fn existing_data_over_pages_agrees_with_one_statement_and_ignores_added_columns() {
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        c.execute_batch(
+            "CREATE TABLE payment (id INTEGER PRIMARY KEY, loan_id INTEGER, amount NUMERIC, paid_at TEXT);
+             CREATE TABLE w (k TEXT PRIMARY KEY, n INT) WITHOUT ROWID;
+             CREATE VIEW v AS SELECT k, n FROM w;",
+        )
+        .unwrap();
+        c.execute_batch("BEGIN").unwrap();
+        for i in 0..1100 {
+            c.execute(
+                "INSERT INTO payment (loan_id, amount, paid_at) VALUES (?1, ?2, 'x')",
+                (i % 7, i as f64 / 3.0),
+            )
+            .unwrap();
+            c.execute("INSERT INTO w VALUES (?1, ?2)", (format!("k{i}"), i))
+                .unwrap();
+        }
+        c.execute_batch("COMMIT").unwrap();
+        let mut paged = Paged { c, statements: 0 };
+        let before: Vec<Fingerprint> = ["payment", "w", "v"]
+            .iter()
+            .map(|t| table_fingerprint(&mut paged.c, t).unwrap())
+            .collect();
+        paged
+            .c
+            .execute_batch("ALTER TABLE payment ADD COLUMN split INTEGER; UPDATE payment SET split = 1; ALTER TABLE w ADD COLUMN z;")
+            .unwrap();
+        for (t, b) in ["payment", "w", "v"].iter().zip(&before) {
+            let cols = b.columns.as_ref().unwrap();
+            let local = existing_fingerprint(&mut paged.c, t, cols).unwrap();
+            let over_pages = existing_fingerprint(&mut paged, t, cols).unwrap();
+            assert_eq!(
+                (local.rows, &local.hash),
+                (b.rows, &b.hash),
+                "{t}: added columns are left out"
+            );
+            assert_eq!(
+                (over_pages.rows, &over_pages.hash),
+                (b.rows, &b.hash),
+                "{t}: pages agree"
+            );
+        }
+        assert_ne!(
+            table_fingerprint(&mut paged.c, "payment").unwrap().hash,
+            before[0].hash,
+            "whole rows differ"
+        );
+        paged
+            .c
+            .execute("UPDATE payment SET amount = 0 WHERE id = 900", [])
+            .unwrap();
+        let cols = before[0].columns.as_ref().unwrap();
+        assert_ne!(
+            existing_fingerprint(&mut paged, "payment", cols).unwrap().hash,
+            before[0].hash
+        );
+        let mut gone = cols.clone();
+        gone.push(Column {
+            name: "gone".into(),
+            ty: "TEXT".into(),
+        });
+        let e = existing_fingerprint(&mut paged, "payment", &gone).unwrap_err();
+        assert_eq!(format!("{e:#}"), "payment: column \"gone\" was dropped");
     }
 }

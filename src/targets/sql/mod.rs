@@ -201,12 +201,34 @@ impl Rows {
 
 /// Anything that runs SQLite-dialect statements: a Hrana stream (Turso), or a local SQLite file
 /// (a SQLite target, a Turso export).
-pub trait Sql {
+pub trait Sql: AsDynSql {
     /// Run a statement and return its rows.
     fn rows(&mut self, sql: &str, args: &[Val]) -> Result<Rows>;
     /// Call `f` with every row of `SELECT * FROM table` (a table when `is_table`, else a view),
     /// in no particular order.
     fn each_row(&mut self, table: &str, is_table: bool, f: &mut dyn FnMut(&[ValRef<'_>])) -> Result<()>;
+    /// Call `f` with every row of `SELECT columns FROM table`, in no particular order (an
+    /// `untouched` check over the columns a table had before the command).
+    fn each_row_of(
+        &mut self,
+        table: &str,
+        columns: &[String],
+        is_table: bool,
+        f: &mut dyn FnMut(&[ValRef<'_>]),
+    ) -> Result<()> {
+        page::each_row_paged_of(self.as_dyn_sql(), table, columns, is_table, f)
+    }
+}
+
+/// `&mut dyn Sql` from any [`Sql`] (for the trait's default methods).
+pub trait AsDynSql {
+    fn as_dyn_sql(&mut self) -> &mut dyn Sql;
+}
+
+impl<T: Sql> AsDynSql for T {
+    fn as_dyn_sql(&mut self) -> &mut dyn Sql {
+        self
+    }
 }
 
 impl Sql for rusqlite::Connection {
@@ -245,25 +267,46 @@ impl Sql for rusqlite::Connection {
     /// One statement over the whole table, values hashed as SQLite returns them (text as its
     /// bytes, valid UTF-8 or not).
     fn each_row(&mut self, table: &str, _is_table: bool, f: &mut dyn FnMut(&[ValRef<'_>])) -> Result<()> {
-        use rusqlite::types::ValueRef;
-        let mut st = self.prepare(&format!("SELECT * FROM {}", quote_ident(table)))?;
-        let ncol = st.column_count();
-        let mut rows = st.query([])?;
-        while let Some(row) = rows.next()? {
-            let mut vals = Vec::with_capacity(ncol);
-            for i in 0..ncol {
-                vals.push(match row.get_ref(i)? {
-                    ValueRef::Null => ValRef::Null,
-                    ValueRef::Integer(v) => ValRef::Int(v),
-                    ValueRef::Real(v) => ValRef::Float(v),
-                    ValueRef::Text(t) => ValRef::Text(t),
-                    ValueRef::Blob(b) => ValRef::Blob(b),
-                });
-            }
-            f(&vals);
-        }
-        Ok(())
+        each_row_of_local(self, table, "*", f)
     }
+
+    fn each_row_of(
+        &mut self,
+        table: &str,
+        columns: &[String],
+        _is_table: bool,
+        f: &mut dyn FnMut(&[ValRef<'_>]),
+    ) -> Result<()> {
+        let select = columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+        each_row_of_local(self, table, &select, f)
+    }
+}
+
+/// `SELECT select FROM table` over a local file in one statement.
+fn each_row_of_local(
+    c: &rusqlite::Connection,
+    table: &str,
+    select: &str,
+    f: &mut dyn FnMut(&[ValRef<'_>]),
+) -> Result<()> {
+    use rusqlite::types::ValueRef;
+    let mut st = c.prepare(&format!("SELECT {select} FROM {}", quote_ident(table)))?;
+    let ncol = st.column_count();
+    let mut rows = st.query([])?;
+    while let Some(row) = rows.next()? {
+        let mut vals = Vec::with_capacity(ncol);
+        for i in 0..ncol {
+            vals.push(match row.get_ref(i)? {
+                ValueRef::Null => ValRef::Null,
+                ValueRef::Integer(v) => ValRef::Int(v),
+                ValueRef::Real(v) => ValRef::Float(v),
+                ValueRef::Text(t) => ValRef::Text(t),
+                ValueRef::Blob(b) => ValRef::Blob(b),
+            });
+        }
+        f(&vals);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

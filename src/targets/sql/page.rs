@@ -250,6 +250,37 @@ pub fn each_row_paged(c: &mut dyn Sql, table: &str, is_table: bool, f: &mut dyn 
     })
 }
 
+/// [`Sql::each_row_of`] in pages: `SELECT columns FROM table`, as [`each_row_paged`] reads
+/// `SELECT *`.
+pub fn each_row_paged_of(
+    c: &mut dyn Sql,
+    table: &str,
+    names: &[String],
+    is_table: bool,
+    f: &mut dyn FnMut(&[ValRef<'_>]),
+) -> Result<()> {
+    let cols = columns(c, table)?;
+    let paging = match paging(c, table, is_table, &cols)? {
+        // Positions in the select list, not in the table.
+        Paging::Offset(_) if !cols.iter().any(|c| c.pk > 0) => Paging::Offset(
+            (1..=names.len().max(1))
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        p => p,
+    };
+    let skip = usize::from(matches!(paging, Paging::Rowid(_)));
+    let select = names.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+    for_each_page(c, table, &select, &paging, |rows| {
+        for r in rows {
+            let vals: Vec<ValRef<'_>> = r[skip..].iter().map(Val::as_ref).collect();
+            f(&vals);
+        }
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

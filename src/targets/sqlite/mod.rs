@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use rusqlite::{Connection, OpenFlags};
 
-use super::sql::fingerprint::{compare_fingerprints, fingerprints, table_fingerprint};
+use super::sql::fingerprint::{compare_fingerprints, existing_fingerprint, fingerprints, table_fingerprint};
 use super::{Restored, SnapshotCtx, Target};
 use crate::artifact::read_artifact;
 use crate::manifest::{Fingerprint, TargetRecord};
@@ -520,6 +520,10 @@ impl Target for SqliteTarget {
         let mut c = Connection::open_with_flags(&file, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         let got = fingerprints(&mut c, &hashed)?;
         compare_fingerprints(&rec.fingerprints, &got)
+    }
+
+    fn fingerprint_existing(&self, table: &str, columns: &[crate::manifest::Column]) -> Result<Fingerprint> {
+        existing_fingerprint(&mut self.open_live()?, table, columns)
     }
 
     fn fingerprint(&self, items: &[String]) -> Result<BTreeMap<String, Fingerprint>> {

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::sql::fingerprint::{compare_fingerprints, fingerprints, table_fingerprint};
+use super::sql::fingerprint::{compare_fingerprints, existing_fingerprint, fingerprints, table_fingerprint};
 use super::sql::Val;
 use super::{Restored, SnapshotCtx, Target};
 use crate::manifest::{Fingerprint, TargetRecord};
@@ -338,6 +338,16 @@ impl Target for TursoTarget {
         let got = self.read_fingerprints(&source, &tables)?;
         compare_fingerprints(&want, &got)
             .with_context(|| format!("{} differs from branch {}", self.t.database, info.name))
+    }
+
+    fn fingerprint_existing(&self, table: &str, columns: &[crate::manifest::Column]) -> Result<Fingerprint> {
+        let db = self.source_db()?;
+        let mut s = db.stream();
+        s.execute("BEGIN", &[])?;
+        let r = existing_fingerprint(&mut s, table, columns);
+        let _ = s.execute("ROLLBACK", &[]);
+        s.close();
+        r
     }
 
     fn fingerprint(&self, items: &[String]) -> Result<BTreeMap<String, Fingerprint>> {
