@@ -18,21 +18,7 @@ const MIGRATION: &str = include_str!("../fixtures/pg/corpus_migration.sql");
 /// with `--create` the database's own comment, ACL, connection limit, `ALTER DATABASE … SET`
 /// and `ALTER ROLE … IN DATABASE … SET`), minus the per-run `\restrict` key lines.
 fn full_dump(cluster: &Cluster, db: &str) -> String {
-    let out = cluster
-        .client("pg_dump", db)
-        .args(["-Fp", "--create"])
-        .output()
-        .expect("run pg_dump");
-    assert!(
-        out.status.success(),
-        "pg_dump failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    cluster.dump_with(db, &["-Fp", "--create"])
 }
 
 /// What `pg_dump` of one database leaves out: the database's owner, comment, connection limit

@@ -100,8 +100,14 @@ pub(super) async fn schema_fingerprints(c: &mut PgConnection) -> Result<BTreeMap
 pub(super) async fn table_fingerprint(c: &mut PgConnection, table: &str) -> Result<Fingerprint> {
     let q = qualified(table);
     let columns = table_columns(c, table, &q).await?;
+    digest(c, table, &q, "t", columns).await
+}
+
+/// Row count and hash of `row` (an expression over the table as `t`) over every row of `q`,
+/// recorded with `columns`.
+async fn digest(c: &mut PgConnection, table: &str, q: &str, row: &str, columns: Vec<Column>) -> Result<Fingerprint> {
     let (rows, hash): (i64, String) = sqlx::query_as(&format!(
-        "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM {q} t"
+        "SELECT count(*), coalesce(sum(hashtextextended({row}::text, 0)), 0)::text FROM {q} t"
     ))
     .fetch_one(&mut *c)
     .await
@@ -143,24 +149,14 @@ pub(super) async fn existing_fingerprint(c: &mut PgConnection, table: &str, befo
     let now = table_columns(c, table, &q).await?;
     crate::targets::sql::fingerprint::check_columns(table, before, &now)?;
     if now == before {
-        return table_fingerprint(c, table).await;
+        return digest(c, table, &q, "t", now).await;
     }
     let row = before
         .iter()
         .map(|col| format!("t.{}", quote_ident(&col.name)))
         .collect::<Vec<_>>()
         .join(", ");
-    let (rows, hash): (i64, String) = sqlx::query_as(&format!(
-        "SELECT count(*), coalesce(sum(hashtextextended(ROW({row})::text, 0)), 0)::text FROM {q} t"
-    ))
-    .fetch_one(&mut *c)
-    .await
-    .with_context(|| format!("fingerprint of {table}"))?;
-    Ok(Fingerprint {
-        rows: rows as u64,
-        hash: Some(hash),
-        columns: Some(now),
-    })
+    digest(c, table, &q, &format!("ROW({row})"), now).await
 }
 
 /// Row counts of every user table, hashes of `hashed`, and the schema fingerprints. With

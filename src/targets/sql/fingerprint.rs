@@ -27,9 +27,17 @@ pub fn user_tables(c: &mut dyn Sql) -> Result<Vec<String>> {
 pub fn table_fingerprint(c: &mut dyn Sql, table: &str) -> Result<Fingerprint> {
     let is_table = table_kind(c, table)?;
     let columns = table_columns(c, table)?;
+    digest(columns, |f| c.each_row(table, is_table, f))
+}
+
+/// The fingerprint of the rows `each` feeds, recorded with `columns`.
+fn digest(
+    columns: Vec<Column>,
+    each: impl FnOnce(&mut dyn FnMut(&[super::ValRef<'_>])) -> Result<()>,
+) -> Result<Fingerprint> {
     let mut sum: u128 = 0;
     let mut count = 0u64;
-    c.each_row(table, is_table, &mut |row| {
+    each(&mut |row| {
         sum = sum.wrapping_add(row_digest(row));
         count += 1;
     })?;
@@ -74,20 +82,10 @@ pub fn existing_fingerprint(c: &mut dyn Sql, table: &str, before: &[Column]) -> 
     let now = table_columns(c, table)?;
     check_columns(table, before, &now)?;
     if now == before {
-        return table_fingerprint(c, table);
+        return digest(now, |f| c.each_row(table, is_table, f));
     }
     let names: Vec<String> = before.iter().map(|c| c.name.clone()).collect();
-    let mut sum: u128 = 0;
-    let mut count = 0u64;
-    c.each_row_of(table, &names, is_table, &mut |row| {
-        sum = sum.wrapping_add(row_digest(row));
-        count += 1;
-    })?;
-    Ok(Fingerprint {
-        rows: count,
-        hash: Some(format!("{sum:032x}")),
-        columns: Some(now),
-    })
+    digest(now, |f| c.each_row_of(table, &names, is_table, f))
 }
 
 /// Every column of `before` is still in `now` with the same type; else say which are not.

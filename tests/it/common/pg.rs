@@ -215,11 +215,12 @@ impl Cluster {
     /// A plain dump of `db` without the per-run `\restrict` keys: equal text means equal
     /// schema and data.
     pub fn dump(&self, db: &str) -> String {
-        let out = self
-            .client("pg_dump", db)
-            .args(["-Fp", "--no-comments"])
-            .output()
-            .expect("run pg_dump");
+        self.dump_with(db, &["-Fp", "--no-comments"])
+    }
+
+    /// `pg_dump` of `db` with `args`, without the per-run `\restrict` keys.
+    pub fn dump_with(&self, db: &str, args: &[&str]) -> String {
+        let out = self.client("pg_dump", db).args(args).output().expect("run pg_dump");
         assert!(
             out.status.success(),
             "pg_dump failed: {}",
