@@ -166,7 +166,7 @@ const MEMBER_RAW_MAX: usize = 64 << 20;
 struct Deflater {
     level: u32,
     /// libdeflate for levels 0-8; zlib-rs for 9, where it is both faster and smaller here
-    /// (README, Performance: "Compression").
+    /// (docs/performance.md, "Compression").
     compressor: Option<libdeflater::Compressor>,
     checker: libdeflater::Decompressor,
     scratch: Vec<u8>,

@@ -85,7 +85,7 @@ pub enum Sub {
     },
     /// Rebuild the catalog from the manifests in the store.
     Reindex,
-    /// Delete snapshots past retention (never the last good ones; see README "Retention").
+    /// Delete snapshots past retention (never the last good ones; see docs/operations.md, "Retention").
     Prune {
         /// Every policy in ./policies/ instead of one.
         #[arg(long, conflicts_with = "policy")]

@@ -383,7 +383,7 @@ pub fn target_for(specs: &[TargetSpec], rec: &TargetRecord) -> Result<Box<dyn Ta
     crate::names::checked(&rec.name, "target name", "manifest")?;
     let Some(spec) = specs.iter().find(|t| t.name == rec.name) else {
         bail!(
-            "the snapshot holds target {} ({} {}), which the policy does not name; guard writes only to the policy's own targets, at the policy's paths (`guard show` lists it; README \"Restoring by hand\" says how to restore it yourself)",
+            "the snapshot holds target {} ({} {}), which the policy does not name; guard writes only to the policy's own targets, at the policy's paths (`guard show` lists it; docs/store.md, \"Restoring by hand\", says how to restore it yourself)",
             rec.name,
             rec.kind,
             rec.source
@@ -405,7 +405,7 @@ pub fn target_for(specs: &[TargetSpec], rec: &TargetRecord) -> Result<Box<dyn Ta
             format!("{what} {snap}")
         };
         anyhow::anyhow!(
-            "target {}: the snapshot is of {snap} but the policy's target is {policy}; guard writes only where the policy says, so nothing is restored from it (put the policy back as it was, or restore by hand: README \"Restoring by hand\")",
+            "target {}: the snapshot is of {snap} but the policy's target is {policy}; guard writes only where the policy says, so nothing is restored from it (put the policy back as it was, or restore by hand: docs/store.md, \"Restoring by hand\")",
             rec.name
         )
     };

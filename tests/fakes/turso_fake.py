@@ -48,7 +48,7 @@ token minted for THAT database. As sqld does:
   of tables without an INTEGER PRIMARY KEY only with preserve_row_ids; floats as Rust prints
   them, ±Inf as `inf`, which does not load back).
 
-Known differences from the real service (README, "The test fake's known gaps"):
+Known differences from the real service (docs/targets/turso.md, "The test fake, and what was checked against Turso's official clients"):
 * Point in time: a seed with a timestamp copies the source's current state (Turso restores
   from a backup and may miss up to 15 s of writes before the timestamp).
 * Tokens are HS256 JWTs signed with a per-process secret (Turso's are EdDSA).

@@ -5,6 +5,7 @@
 mod common;
 
 mod checks;
+mod docs;
 mod drill;
 mod faults;
 mod files;

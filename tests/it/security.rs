@@ -1,4 +1,4 @@
-//! The store is untrusted input (README "Threat model"): each attack of the red-team review
+//! The store is untrusted input (docs/security.md, the threat model): each attack of the red-team review
 //! that needs only write access to the store (R2, R3, R4, the local part of R15, R17) is
 //! performed here through the real binary, and shown to fail.
 

@@ -15,7 +15,7 @@ use crate::targets::Target;
 
 /// How long any of guard's own sessions waits for a lock before it gives up: the `lock_timeout`
 /// of guard's connections and the restore's psql, pg_dump's `--lock-wait-timeout`, and how long
-/// [`super::watch::BlockerWatch`] lets a statement of guard's sit blocked (README, PostgreSQL:
+/// [`super::watch::BlockerWatch`] lets a statement of guard's sit blocked (docs/targets/postgres.md,
 /// "Bounded waits").
 pub const LOCK_WAIT: Duration = Duration::from_secs(30);
 

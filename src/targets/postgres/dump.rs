@@ -170,7 +170,7 @@ impl PostgresTarget {
             }
             if !f.refusals.is_empty() {
                 bail!(
-                    "target {name}: a restore of this database as it is now would fail, so nothing was run: {}. Connect as a superuser, or see README (PostgreSQL, \"What a restore cannot put back\")",
+                    "target {name}: a restore of this database as it is now would fail, so nothing was run: {}. Connect as a superuser, or see docs/targets/postgres.md, \"What a restore cannot put back\"",
                     f.refusals.join("; ")
                 );
             }

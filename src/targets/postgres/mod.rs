@@ -68,7 +68,7 @@ use fingerprint::{database_fingerprint, existing_fingerprint, fingerprints, sche
 use tools::{major_name, major_of, Tools};
 
 /// gzip level of PostgreSQL artifacts when the policy sets no `[compression] level`. Measured on
-/// the bench's 416 MB `pg_dump -Fc -Z0` stream (README, Performance): level 2 (zlib-rs's "fast"
+/// the bench's 416 MB `pg_dump -Fc -Z0` stream (docs/performance.md): level 2 (zlib-rs's "fast"
 /// deflate) costs two thirds of level 6's CPU for an artifact 2% larger, about as large as
 /// `pg_dump -Fc`'s own; level 1 ("quick") is 46% larger than that.
 pub const DUMP_LEVEL: u32 = 2;

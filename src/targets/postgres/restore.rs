@@ -383,7 +383,7 @@ impl PostgresTarget {
                     read_artifact(store, a, &mut to_psql)?;
                 }
                 _ => {
-                    // Subscriptions stay as they are (README: what a restore cannot put back).
+                    // Subscriptions stay as they are (docs/targets/postgres.md: what a restore cannot put back).
                     let mut cmd = tools.buffered("pg_restore", &["-i", "-o"]);
                     cmd.args(["-f", "-"]).stdin(Stdio::piped()).stderr(Stdio::piped());
                     if tools.major >= 1000 {

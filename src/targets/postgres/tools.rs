@@ -30,8 +30,7 @@ impl Tools {
     /// `name` with 1 MiB stdio buffers on the streams `streams` names (`-i` stdin, `-o`
     /// stdout), through coreutils' `stdbuf` when it works here, else the tool alone.
     /// pg_dump, pg_restore and psql move a dump through stdio in 4 KiB calls: 100,000
-    /// write(2)s for a 400 MB dump, a tenth of a second of a core each way (README,
-    /// Performance). The bytes are the same either way.
+    /// write(2)s for a 400 MB dump, a tenth of a second of a core each way (docs/performance.md). The bytes are the same either way.
     pub(super) fn buffered(&self, name: &str, streams: &[&str]) -> Command {
         static STDBUF: OnceLock<bool> = OnceLock::new();
         let works = *STDBUF.get_or_init(|| {
