@@ -84,7 +84,7 @@ impl DirTarget {
         if !self.paths.is_empty() {
             if rec.paths != self.paths {
                 bail!(
-                    "target {}: the snapshot holds paths {:?}, the policy protects {:?}; restore it by hand (docs/store.md, "Restoring by hand")",
+                    "target {}: the snapshot holds paths {:?}, the policy protects {:?}; restore it by hand (docs/store.md, \"Restoring by hand\")",
                     self.spec.name,
                     rec.paths,
                     self.paths
