@@ -19,6 +19,17 @@
 #                    server (S3_OBJECTS × S3_SIZE, default 2,000 × 200 KB), and a repeat
 #                    snapshot of the unchanged bucket; SKIP_S3=1 skips it
 #   prune            guard prune over a catalog of 10,000 snapshots
+#   ttr              issue 17, per size of TTR_ROWS (default "200000 800000": ~14 MB and ~56 MB
+#                    SQLite databases; "3300000 14000000" is the issue's 232 MB / ~1 GB):
+#                    time to recovery (the failed command's exit → guard's "restored and
+#                    verified" line) and added downtime (guard start → command start) of a
+#                    failed guarded run, for SQLite (vs `cp backup.db app.db && sync app.db` and
+#                    the seed recipe), a directory tree (vs `rm -rf` + `cp -a`) and PostgreSQL
+#                    (PG_TTR_ROWS, default "100000 400000"; vs createdb + pg_restore and
+#                    pg_dump -Fc); guard with its hot copy and guard forced onto the path
+#                    without one (GUARD_TEST_HOT_FREE=0), side by side; peak memory per size.
+#
+#   CASES=ttr scripts/bench.sh       # only the ttr cases (CASES=all, the default: everything)
 # Peak memory (max RSS) of guard is reported for the big snapshot.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -51,6 +62,241 @@ else
     guard="$root/target/release/guard"
 fi
 cores=$(nproc)
+CASES="${CASES:-all}"
+command -v bc >/dev/null || need bc:bc
+
+# --- ttr: time to recovery and added downtime of a failed guarded run (issue 17) ----------
+# One failed run: the command records when it starts and when it exits; every line guard
+# prints is timestamped as it arrives. Prints "downtime ttr total peak_kb".
+cat > "$work/ttr.py" <<'PY'
+import os, subprocess, sys, time
+out, started, exited = sys.argv[1], sys.argv[2], sys.argv[3]
+cmd = sys.argv[4:]
+for f in (started, exited):
+    if os.path.exists(f):
+        os.remove(f)
+mem = out + ".mem"
+t0 = time.time()
+p = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", mem] + cmd, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.PIPE, text=True)
+lines = []
+for line in p.stderr:
+    lines.append((time.time(), line))
+p.wait()
+t_end = time.time()
+with open(out, "w") as f:
+    f.writelines(l for _, l in lines)
+restored = [t for t, l in lines if "restored and verified" in l]
+if p.returncode not in (3,) or not restored or not os.path.exists(exited):
+    sys.stderr.write("".join(l for _, l in lines))
+    sys.exit(f"bench: the failed run did not restore (exit {p.returncode})")
+t_start = float(open(started).read())
+t_exit = float(open(exited).read())
+peak = open(mem).read().split()[-1]
+print(f"{t_start - t0:.3f} {restored[-1] - t_exit:.3f} {t_end - t_exit:.3f} {peak}")
+PY
+# median of column $1 of ROUNDS lines on stdin
+col_median() { awk -v c="$1" '{print $c}' | sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f\n", m}'; }
+col_max() { awk -v c="$1" '{print $c}' | sort -g | tail -1; }
+# median seconds of "$@" over ROUNDS (no prep)
+secs() {
+    local times=() t0 t1
+    for _ in $(seq "$ROUNDS"); do
+        sync
+        t0=$(date +%s.%N)
+        "$@" >/dev/null 2>"$work/last.err" || { echo "bench: '$*' failed:" >&2; cat "$work/last.err" >&2; exit 1; }
+        t1=$(date +%s.%N)
+        times+=("$(echo "$t1 - $t0" | bc -l)")
+    done
+    printf '%s\n' "${times[@]}" | sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f\n", m}'
+}
+rat() { echo "scale=3; $1 / $2" | bc -l | sed 's/^\./0./'; }
+gen_sqlite() {   # gen_sqlite PATH ROWS: the sensor database
+    rm -f "$1" "$1-wal" "$1-shm"
+    python3 - "$1" "$2" <<'PY'
+import random, sqlite3, sys
+db, rows = sys.argv[1], int(sys.argv[2])
+con = sqlite3.connect(db)
+con.executescript("""
+PRAGMA journal_mode=WAL;
+CREATE TABLE sensor (id INTEGER PRIMARY KEY, name TEXT, location TEXT);
+CREATE TABLE reading (id INTEGER PRIMARY KEY, sensor_id INTEGER REFERENCES sensor(id),
+                      taken_at TEXT, value REAL, unit TEXT, quality INTEGER);
+CREATE INDEX reading_sensor ON reading(sensor_id, taken_at);
+""")
+con.executemany("INSERT INTO sensor VALUES (?, ?, ?)", [(i, f"sensor-{i:04d}", f"site-{i % 37}") for i in range(1, 1001)])
+rnd = random.Random(42)
+units = ["kWh", "W", "V", "A", "C"]
+def gen():
+    for i in range(1, rows + 1):
+        yield (i, rnd.randint(1, 1000), f"2025-{rnd.randint(1,12):02d}-{rnd.randint(1,28):02d}T{rnd.randint(0,23):02d}:{rnd.randint(0,59):02d}:00Z",
+               round(rnd.uniform(0, 5000), 3), units[i % 5], rnd.randint(0, 3))
+con.executemany("INSERT INTO reading VALUES (?, ?, ?, ?, ?, ?)", gen())
+con.commit()
+con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+con.close()
+PY
+}
+# A failed guarded run of policy $1 whose command runs "$2" (sh) and exits 3, ROUNDS times,
+# the store removed before each; prints "downtime ttr total peak_kb" medians (peak: max).
+ttr_runs() {
+    local pol="$1" change="$2" store="$3" lines=""
+    for _ in $(seq "$ROUNDS"); do
+        rm -rf "$store"; sync
+        lines+="$(python3 "$work/ttr.py" "$work/ttr.out" "$work/ttr.started" "$work/ttr.exited" \
+            "$guard" --policy "$pol" -- sh -c "date +%s.%N > '$work/ttr.started'; $change; date +%s.%N > '$work/ttr.exited'; exit 3")"$'\n'
+    done
+    lines="${lines%$'\n'}"
+    echo "$(echo "$lines" | col_median 1) $(echo "$lines" | col_median 2) $(echo "$lines" | col_median 3) $(echo "$lines" | col_max 4)"
+}
+ttr_table=""
+ttr_row() {   # case size guard-hot guard-nohot recipe-name recipe-time
+    ttr_table+="| $1 | $2 | $3 s | $4 s | $5 | $6 s | **$(rat "$3" "$6")×** | $(rat "$4" "$6")× |"$'\n'
+}
+if [ "$CASES" = all ] || [ "$CASES" = ttr ]; then
+    TTR_ROWS="${TTR_ROWS:-200000 800000}"
+    need sqlite3:sqlite3
+    mem_lines=""
+    for rows in $TTR_ROWS; do
+        d="$work/ttr-$rows"
+        mkdir -p "$d"
+        if [ ! -f "$d/app.db" ] || [ "$(cat "$d/rows" 2>/dev/null)" != "$rows" ]; then
+            say "ttr: generating a $rows-row SQLite database"
+            gen_sqlite "$d/app.db" "$rows"
+            echo "$rows" > "$d/rows"
+            rm -rf "$d/tree"; mkdir -p "$d/tree"
+            # A directory tree of about the same size: files of 64 KiB.
+            python3 - "$d/tree" "$(stat -c %s "$d/app.db")" <<'PY'
+import os, random, sys
+root, total = sys.argv[1], int(sys.argv[2])
+rnd = random.Random(7)
+n = max(1, total // 65536)
+for i in range(n):
+    sub = os.path.join(root, f"d{i % 32:02d}")
+    os.makedirs(sub, exist_ok=True)
+    with open(os.path.join(sub, f"f{i:06d}.bin"), "wb") as f:
+        f.write(rnd.randbytes(16384) * 4)
+PY
+        fi
+        size=$(numfmt --to=iec "$(stat -c %s "$d/app.db")")
+        cat > "$d/sqlite.toml" <<TOML
+name = "ttr-sqlite"
+store = "store"
+[[target]]
+name = "app"
+kind = "sqlite"
+path = "app.db"
+TOML
+        cat > "$d/dir.toml" <<TOML
+name = "ttr-dir"
+store = "dirstore"
+[[target]]
+name = "tree"
+kind = "dir"
+path = "tree"
+TOML
+        say "ttr: SQLite $size, failed run with a hot copy"
+        read -r sd_hot st_hot stot_hot smem_hot <<<"$(ttr_runs "$d/sqlite.toml" "sqlite3 '$d/app.db' \"UPDATE sensor SET name = 'x'\"" "$d/store")"
+        say "ttr: SQLite $size, failed run without (GUARD_TEST_HOT_FREE=0)"
+        read -r sd_cold st_cold stot_cold smem_cold <<<"$(GUARD_TEST_HOT_FREE=0 ttr_runs "$d/sqlite.toml" "sqlite3 '$d/app.db' \"UPDATE sensor SET name = 'x'\"" "$d/store")"
+        sqlite3 "$d/app.db" ".backup '$d/backup.db'"
+        cp_back() { cp "$d/backup.db" "$d/restored.db" && sync "$d/restored.db"; }
+        seed_of() { rm -f "$d/recipe.db" "$d/recipe.db.gz"; sqlite3 "$d/app.db" ".backup '$d/recipe.db'"; gzip -6 -c "$d/recipe.db" > "$d/recipe.db.gz"; sha256sum "$d/recipe.db.gz" >/dev/null; }
+        say "ttr: SQLite $size recipes"
+        t_cp=$(secs cp_back)
+        t_seed=$(secs seed_of)
+        rm -f "$d/restored.db" "$d/recipe.db" "$d/recipe.db.gz"
+        ttr_row "SQLite: time to recovery" "$size" "$st_hot" "$st_cold" "cp backup.db app.db && sync app.db" "$t_cp"
+        ttr_row "SQLite: added downtime" "$size" "$sd_hot" "$sd_cold" "sqlite3 .backup + gzip -6 + sha256sum" "$t_seed"
+        say "ttr: directory tree $size, failed run"
+        read -r dd_hot dt_hot dtot_hot dmem_hot <<<"$(ttr_runs "$d/dir.toml" "touch '$d/tree/d00/new'" "$d/dirstore")"
+        cp_tree() { rm -rf "$d/tree-copy" && cp -a "$d/tree" "$d/tree-copy" && sync; }
+        t_cpa=$(secs cp_tree)
+        rm -rf "$d/tree-copy"
+        ttr_row "directory: time to recovery" "$size" "$dt_hot" "$dt_hot" "rm -rf + cp -a" "$t_cpa"
+        ttr_row "directory: added downtime" "$size" "$dd_hot" "$dd_hot" "cp -a" "$t_cpa"
+        mem_lines+="SQLite $size: guard's peak memory $((smem_hot / 1024)) MiB with a hot copy, $((smem_cold / 1024)) MiB without; total wall time after the command's exit (restore, rescue compressed into the store, exit) ${stot_hot} s vs ${stot_cold} s. Directory $size: peak $((dmem_hot / 1024)) MiB, total after exit ${dtot_hot} s."$'\n'
+        rm -rf "$d/store" "$d/dirstore"
+    done
+    pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+    if [ "${SKIP_PG:-}" != 1 ] && [ -n "$pgbin" ] && [ -x "$pgbin/initdb" ]; then
+        PG_TTR_ROWS="${PG_TTR_ROWS:-100000 400000}"
+        tpg="$work/ttr-pg"
+        as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+        if [ -f "$tpg/data/postmaster.pid" ]; then as_pg "$pgbin/pg_ctl" stop -D "$tpg/data" -m fast >/dev/null 2>&1 || true; fi
+        rm -rf "$tpg"; mkdir -p "$tpg/sock"
+        [ "$(id -u)" = 0 ] && chown -R postgres "$tpg" && chmod 755 "$work" "$tpg"
+        as_pg "$pgbin/initdb" -D "$tpg/data" -A trust -U postgres >/dev/null
+        as_pg "$pgbin/pg_ctl" start -w -D "$tpg/data" -l "$tpg/server.log" \
+            -o "-k $tpg/sock -c listen_addresses='' -p 55434 -c autovacuum=off" >/dev/null
+        trap 'as_pg "$pgbin/pg_ctl" stop -D "$tpg/data" -m fast >/dev/null 2>&1 || true' EXIT
+        pgx() { PGHOST="$tpg/sock" PGPORT=55434 PGUSER=postgres "$@"; }
+        for prows in $PG_TTR_ROWS; do
+            pgx "$pgbin/dropdb" --if-exists bench >/dev/null
+            pgx "$pgbin/createdb" bench
+            say "ttr: PostgreSQL, generating $prows rows"
+            pgx "$pgbin/psql" -Xq bench <<SQL >/dev/null
+CREATE TABLE sensor (id int PRIMARY KEY, name text, site text);
+INSERT INTO sensor SELECT g, 'sensor-' || g, 'site-' || (g % 37) FROM generate_series(1, 1000) g;
+CREATE TABLE reading (
+  id bigint PRIMARY KEY, sensor_id int REFERENCES sensor(id), taken_at timestamptz,
+  value double precision, unit text, note text, checksum text);
+INSERT INTO reading
+  SELECT g, 1 + g % 1000, timestamptz '2025-01-01' + g * interval '7 seconds', random() * 5000,
+         (ARRAY['kWh','W','V','A','C'])[1 + g % 5], 'reading ' || (g % 977) || ' of batch ' || (g / 1000),
+         md5(g::text || random()::text)
+  FROM generate_series(1, $prows) g;
+CREATE INDEX reading_sensor ON reading (sensor_id, taken_at);
+ANALYZE;
+CHECKPOINT;
+SQL
+            psize=$(numfmt --to=iec "$(pgx "$pgbin/psql" -XAtc "select pg_database_size('bench')" bench)")
+            for mode in dump clone; do
+                cat > "$tpg/$mode.toml" <<TOML
+name = "ttr-pg-$mode"
+store = "store-$mode"
+[[target]]
+name = "bench"
+kind = "postgres"
+url = "postgres://postgres@/bench?host=$tpg/sock&port=55434"
+snapshot = "$mode"
+TOML
+            done
+            change="PGHOST='$tpg/sock' PGPORT=55434 PGUSER=postgres '$pgbin/psql' -Xqc \"UPDATE sensor SET name = 'x'\" bench"
+            say "ttr: PostgreSQL $psize, failed run with snapshot = clone"
+            read -r pd_hot pt_hot ptot_hot pmem_hot <<<"$(ttr_runs "$tpg/clone.toml" "$change" "$tpg/store-clone")"
+            say "ttr: PostgreSQL $psize, failed run with snapshot = dump"
+            read -r pd_cold pt_cold ptot_cold pmem_cold <<<"$(ttr_runs "$tpg/dump.toml" "$change" "$tpg/store-dump")"
+            pgx "$pgbin/pg_dump" -Fc -f "$tpg/bench.dump" bench
+            pg_dump_fc() { pgx "$pgbin/pg_dump" -Fc -f "$tpg/bench.dump" bench; }
+            pg_restore_new() { pgx "$pgbin/dropdb" --if-exists restored && pgx "$pgbin/createdb" -T template0 restored && pgx "$pgbin/pg_restore" -d restored "$tpg/bench.dump"; }
+            say "ttr: PostgreSQL $psize recipes"
+            t_pgd=$(secs pg_dump_fc)
+            t_pgr=$(secs pg_restore_new)
+            pgx "$pgbin/dropdb" --if-exists restored
+            ttr_row "PostgreSQL: time to recovery (guard: clone / dump)" "$psize" "$pt_hot" "$pt_cold" "createdb + pg_restore" "$t_pgr"
+            ttr_row "PostgreSQL: added downtime (guard: clone / dump)" "$psize" "$pd_hot" "$pd_cold" "pg_dump -Fc" "$t_pgd"
+            mem_lines+="PostgreSQL $psize: guard's peak memory $((pmem_hot / 1024)) MiB (clone), $((pmem_cold / 1024)) MiB (dump); total wall time after the command's exit ${ptot_hot} s (clone) vs ${ptot_cold} s (dump)."$'\n'
+            rm -rf "$tpg/store-clone" "$tpg/store-dump" "$tpg/bench.dump"
+        done
+        as_pg "$pgbin/pg_ctl" stop -D "$tpg/data" -m fast >/dev/null 2>&1 || true
+        trap - EXIT
+    fi
+    ttr_report="$work/results-ttr.md"
+    {
+        echo "## guard time to recovery — $(date -u +%Y-%m-%dT%H:%MZ), $cores cores, $ROUNDS rounds (medians)"
+        echo
+        echo "Time to recovery: the failed command's exit → guard's last \"restored and verified\" line. Added downtime: guard start → command start. \"guard\" keeps a hot copy (SQLite) or a clone (PostgreSQL \`snapshot = \"clone\"\`); \"without\" is the path without one (SQLite: \`GUARD_TEST_HOT_FREE=0\`; PostgreSQL: \`snapshot = \"dump\"\`; directories have no hot copy yet)."
+        echo
+        echo "| case | size | guard | guard without hot copy | recipe | recipe time | ratio | ratio without |"
+        echo "|---|---|---|---|---|---|---|---|"
+        printf '%s' "$ttr_table"
+        echo
+        printf '%s' "$mem_lines"
+    } | tee "$ttr_report"
+    say "written to $ttr_report"
+    [ "$CASES" = ttr ] && exit 0
+fi
 
 db="$work/sensors.db"
 if [ ! -f "$db" ] || [ "$(cat "$work/sensors.rows" 2>/dev/null)" != "$ROWS" ]; then
@@ -98,7 +344,6 @@ median() {
     done
     printf '%s\n' "${times[@]}" | sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f\n", m}'
 }
-command -v bc >/dev/null || need bc:bc
 
 # --- sqlite-snapshot -------------------------------------------------------------------
 policy="$work/bench.toml"

@@ -180,7 +180,7 @@ fn parse(t: &str) -> Option<OffsetDateTime> {
 fn failed_period(j: &Journal, later: &[&Journal]) -> Option<(OffsetDateTime, Option<OffsetDateTime>)> {
     let touched_phase = matches!(
         j.phase,
-        Phase::CommandRunning | Phase::Checking | Phase::Rescuing | Phase::Restoring
+        Phase::CommandRunning | Phase::Checking | Phase::Swapping | Phase::Rescuing | Phase::Restoring
     );
     if j.phase != Phase::Done {
         return touched_phase.then_some((j.started_at, None));
@@ -447,7 +447,15 @@ pub fn advice(j: &Journal, policy_file: &str) -> (String, String) {
             format!("the command `{}` had started: the targets may hold its changes. The pre-run state is in snapshot {snap}.", j.command.join(" ")),
             format!("{recover}   (rescue snapshot, then restore {snap})\n  or: {recover} --keep   (accept the current state)"),
         ),
-        Phase::Rescuing => (
+        Phase::Swapping | Phase::Rescuing if !j.set_aside.is_empty() => (
+            format!(
+                "the command failed and guard was restoring by rename: {} may already be back (hot copy renamed into place), the failed state set aside beside it (.NAME.guard-failed-{}) until a rescue snapshot holds it. The pre-run state is in snapshot {snap}.",
+                j.set_aside.join(", "),
+                j.run_id
+            ),
+            format!("{recover}   (restores {snap}; names the failed state set aside, kept until you delete it)"),
+        ),
+        Phase::Swapping | Phase::Rescuing => (
             format!("the command failed and guard was taking a rescue snapshot; nothing was restored yet. The pre-run state is in snapshot {snap}."),
             format!("{recover}   (rescue snapshot, then restore {snap})"),
         ),

@@ -20,6 +20,8 @@ pub enum Phase {
     SnapshotVerified,
     CommandRunning,
     Checking,
+    /// Restoring by rename: hot copies into place, the failed state set aside beside them.
+    Swapping,
     Rescuing,
     Restoring,
     Done,
@@ -33,6 +35,7 @@ impl Phase {
             Phase::SnapshotVerified => "snapshot-verified",
             Phase::CommandRunning => "command-running",
             Phase::Checking => "checking",
+            Phase::Swapping => "swapping",
             Phase::Rescuing => "rescuing",
             Phase::Restoring => "restoring",
             Phase::Done => "done",
@@ -115,6 +118,10 @@ pub struct Journal {
     pub checks: Vec<CheckResult>,
     #[serde(default)]
     pub restored: Vec<String>,
+    /// Targets restored by rename from their hot copy (issue 17) whose failed state was set
+    /// aside beside them, until the rescue snapshot holds it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set_aside: Vec<String>,
     /// The runs (or drill) this recovery closed (`"op": "recover"`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub closes: Vec<String>,
@@ -155,6 +162,7 @@ impl Journal {
             command_exit: None,
             checks: Vec::new(),
             restored: Vec::new(),
+            set_aside: Vec::new(),
             closes: Vec::new(),
             touched: false,
             outcome: None,
@@ -174,7 +182,7 @@ impl Journal {
     /// Move to `phase` and persist it before doing that phase's work.
     pub fn enter(&mut self, store: &dyn Store, phase: Phase) -> Result<()> {
         self.phase = phase;
-        self.touched |= matches!(phase, Phase::CommandRunning | Phase::Restoring);
+        self.touched |= matches!(phase, Phase::CommandRunning | Phase::Swapping | Phase::Restoring);
         self.save(store)?;
         crate::faults::test_pause(phase.as_str());
         Ok(())
@@ -196,7 +204,12 @@ impl Journal {
         self.op == Op::Run
             && matches!(
                 self.phase,
-                Phase::CommandRunning | Phase::Checking | Phase::Rescuing | Phase::Restoring | Phase::Done
+                Phase::CommandRunning
+                    | Phase::Checking
+                    | Phase::Swapping
+                    | Phase::Rescuing
+                    | Phase::Restoring
+                    | Phase::Done
             )
     }
 

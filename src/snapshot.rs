@@ -55,9 +55,9 @@ pub fn fingerprint_items(policy: &Policy) -> BTreeMap<String, Vec<String>> {
 }
 
 /// Take, verify and complete a snapshot of `targets`.
-pub fn take(
+pub fn take<T: std::ops::Deref<Target = dyn Target>>(
     policy: &Policy,
-    targets: &[Box<dyn Target>],
+    targets: &[T],
     store: &dyn Store,
     req: Request,
     ui: &Ui,
@@ -91,6 +91,10 @@ pub fn take(
                 quiesced: req.command.is_some()
                     && matches!(req.kind, SnapshotKind::PreRun | SnapshotKind::Rescue)
                     && !policy.hooks.before.is_empty(),
+                hot: match req.kind {
+                    SnapshotKind::PreRun if req.command.is_some() => req.run_id.as_deref(),
+                    _ => None,
+                },
             };
             let started = std::time::Instant::now();
             let spinner = ui.spinner(&format!("snapshot {} ({})", t.name(), t.kind()));
@@ -102,6 +106,12 @@ pub fn take(
                 .artifacts
                 .iter()
                 .fold((0, 0), |(r, s), a| (r + a.raw_bytes, s + a.bytes));
+            if let Some(why) = rec.meta.get("hot_skipped") {
+                ui.warn(&format!(
+                    "target {}: no hot copy ({why}); a restore after a failure decompresses the snapshot from the store instead of renaming",
+                    t.name()
+                ));
+            }
             if rec.absent {
                 ui.info(&format!("  {:<16} absent (recorded as missing)", t.name()));
             } else {
@@ -156,6 +166,9 @@ pub fn take(
         // objects with earlier snapshots: what only this one copied is left for prune.)
         for rec in &taken {
             if let Some(t) = targets.iter().find(|t| t.name() == rec.name) {
+                if let Some(tag) = rec.meta.get("hot") {
+                    t.drop_hot(tag);
+                }
                 if !t.release_needs_kept() {
                     if let Err(e) = t.release(rec, &[], store) {
                         ui.warn(&format!(

@@ -242,6 +242,19 @@ fn rescue_and_restore(
     caller: &Caller,
 ) -> Result<Restoration, Failure> {
     let mut rescue_dir = None;
+    // A guarded run restores by rename what it kept a hot copy of, first, the failed state set
+    // aside beside it; the rescue snapshot then holds the set-aside state.
+    let swapped = match (&rescue, j.op) {
+        (Rescue::Take(_), Op::Run) if j.command_started() => swap_hot_copies(cx, targets, m, j)?,
+        _ => Vec::new(),
+    };
+    let views: Vec<&(dyn Target + 'static)> = targets
+        .iter()
+        .map(|t| match swapped.iter().find(|(name, _)| name == t.name()) {
+            Some((_, view)) => &**view,
+            None => &**t,
+        })
+        .collect();
     let rescue_id = match rescue {
         Rescue::Skip => None,
         Rescue::Taken(id) => Some(id),
@@ -250,13 +263,13 @@ fn rescue_and_restore(
             let command = (j.op == Op::Run).then(|| j.command.clone());
             let run_id = j.run_id.clone();
             let r = match crate::error::no_panic("the rescue snapshot", || {
-                take_rescue(cx, cx.store, targets, label.clone(), run_id.clone(), command.clone())
+                take_rescue(cx, cx.store, &views, label.clone(), run_id.clone(), command.clone())
             }) {
                 Ok(r) => r,
                 // After a guarded run's command the restore must still run when the store is
                 // full: the failed state goes to a private directory outside the store.
                 Err(e) if j.command_started() && no_space(&e) => {
-                    match rescue_outside_store(cx, targets, label, &run_id, command) {
+                    match rescue_outside_store(cx, &views, label, &run_id, command) {
                         Ok((r, dir)) => {
                             cx.ui.warn(&format!(
                                 "the store {} is full ({e:#}): the rescue snapshot {r} of the failed state was written to {} instead. Keep it: once the store has room, move it in with `mv {}/snapshots/{r} {}/snapshots/` (its artifacts also restore by hand)",
@@ -269,26 +282,44 @@ fn rescue_and_restore(
                             r
                         }
                         Err(e2) => {
-                            return Err(rescue_failed(
-                                cx,
-                                m,
-                                caller,
-                                e.context(format!("nor outside the store: {e2:#}")),
-                            ))
+                            let e = e.context(format!("nor outside the store: {e2:#}"));
+                            return Err(if swapped.is_empty() {
+                                rescue_failed(cx, m, caller, e)
+                            } else {
+                                rescue_failed_after_swap(cx, m, caller, &swapped, j, e)
+                            });
                         }
                     }
                 }
+                Err(e) if !swapped.is_empty() => return Err(rescue_failed_after_swap(cx, m, caller, &swapped, j, e)),
                 Err(e) => return Err(rescue_failed(cx, m, caller, e)),
             };
             cx.ui.info(&format!(
                 "guard: the state being replaced is kept in rescue snapshot {r}"
             ));
+            for (name, view) in &swapped {
+                if let Err(e) = view.drop_aside() {
+                    cx.ui.warn(&format!(
+                        "target {name}: could not remove the failed state set aside (rescue snapshot {r} holds it): {e:#}"
+                    ));
+                }
+            }
             Some(r)
         }
     };
     j.rescue_id = rescue_id.clone().or(j.rescue_id.take());
     j.advance(cx.store, Phase::Restoring, cx.ui).kind(Kind::Internal)?;
-    let results = restore_deferring_signals(targets, cx.store, m, cx.ui);
+    let rest = Manifest {
+        targets: m
+            .targets
+            .iter()
+            .filter(|r| !swapped.iter().any(|(name, _)| *name == r.name))
+            .cloned()
+            .collect(),
+        ..m.clone()
+    };
+    let mut results = swapped_results(&swapped, m);
+    results.extend(restore_deferring_signals(targets, cx.store, &rest, cx.ui));
     j.restored = results.iter().filter(|r| r.ok).map(|r| r.target.clone()).collect();
     Ok(Restoration {
         rescue_id,
@@ -296,6 +327,123 @@ fn rescue_and_restore(
         targets: results,
         after_hooks: None,
     })
+}
+
+/// A target restored by rename: its name, and the view over its failed state set aside.
+type Swapped = (String, Box<dyn Target>);
+
+/// Restore by rename every target of `m` with a hot copy of run `j` (issue 17), in manifest
+/// order, each proven equal as it is renamed in ([`Target::swap_in`]). Returns each swapped
+/// target's name and the view over its failed state set aside. A target whose hot copy cannot
+/// be used is left as it was, for the restore from the store.
+fn swap_hot_copies(
+    cx: &Ctx,
+    targets: &[Box<dyn Target>],
+    m: &Manifest,
+    j: &mut Journal,
+) -> Result<Vec<Swapped>, Failure> {
+    let hot: Vec<&crate::manifest::TargetRecord> = m
+        .targets
+        .iter()
+        .filter(|r| r.meta.get("hot") == Some(&j.run_id))
+        .collect();
+    if hot.is_empty() {
+        return Ok(Vec::new());
+    }
+    j.set_aside = hot.iter().map(|r| r.name.clone()).collect();
+    j.advance(cx.store, Phase::Swapping, cx.ui).kind(Kind::Internal)?;
+    crate::signals::install();
+    let mut out = Vec::new();
+    for rec in hot {
+        let Some(t) = targets.iter().find(|t| t.name() == rec.name) else {
+            continue;
+        };
+        let started = std::time::Instant::now();
+        match crate::error::no_panic(&format!("the swap of {}", rec.name), || t.swap_in(rec, &j.run_id)) {
+            Ok(Some(view)) => {
+                cx.ui.info(&format!(
+                    "  {:<16} restored and verified in {:.3}s (its hot copy renamed into place; the failed state set aside beside it)",
+                    rec.name,
+                    started.elapsed().as_secs_f64()
+                ));
+                out.push((rec.name.clone(), view));
+            }
+            Ok(None) => {}
+            Err(e) => cx.ui.warn(&format!(
+                "target {}: the hot copy was not used ({e:#}); restoring it from the store",
+                rec.name
+            )),
+        }
+    }
+    j.set_aside = out.iter().map(|(n, _)| n.clone()).collect();
+    let _ = j.save(cx.store);
+    crate::faults::test_pause("swapped");
+    Ok(out)
+}
+
+/// The results of the targets restored by rename, for [`Restoration::targets`].
+fn swapped_results(swapped: &[Swapped], m: &Manifest) -> Vec<TargetRestore> {
+    m.targets
+        .iter()
+        .filter(|r| swapped.iter().any(|(n, _)| *n == r.name))
+        .map(|r| TargetRestore {
+            target: r.name.clone(),
+            ok: true,
+            seconds: 0.0,
+            error: None,
+            manual: false,
+        })
+        .collect()
+}
+
+/// The rescue snapshot failed after targets were restored by rename: they are restored, their
+/// failed state is kept where it was set aside; the others are as the command left them.
+fn rescue_failed_after_swap(
+    cx: &Ctx,
+    m: &Manifest,
+    caller: &Caller,
+    swapped: &[Swapped],
+    j: &Journal,
+    e: anyhow::Error,
+) -> Failure {
+    let kept: Vec<String> = swapped
+        .iter()
+        .map(|(name, view)| {
+            format!(
+                "{name} in {}",
+                view.aside(&j.run_id)
+                    .unwrap_or_else(|| "(no file: there was none)".into())
+            )
+        })
+        .collect();
+    let others: Vec<&str> = m
+        .targets
+        .iter()
+        .map(|r| r.name.as_str())
+        .filter(|n| !swapped.iter().any(|(s, _)| s == n))
+        .collect();
+    let others = if others.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " {} are as the command left them; to restore them without a rescue snapshot: guard --policy {} restore {} --no-rescue",
+            others.join(", "),
+            cx.policy.file.display(),
+            m.id
+        )
+    };
+    Failure::msg(
+        Kind::RestoreFailed,
+        format!(
+            "{}restored {} by rename and verified, but the rescue snapshot of the failed state could not be written ({e:#}); the failed state is kept where it was set aside: {}.{others}",
+            match caller {
+                Caller::Run { why } => format!("{why}; "),
+                _ => String::new(),
+            },
+            swapped.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
+            kept.join(", ")
+        ),
+    )
 }
 
 /// Did `e` come from a full filesystem (ENOSPC, EDQUOT, SQLite's "disk is full")?
@@ -315,7 +463,7 @@ pub fn no_space(e: &anyhow::Error) -> bool {
 /// directory (`guard-rescue-RUN`), for when the store is full. Its id and directory.
 fn rescue_outside_store(
     cx: &Ctx,
-    targets: &[Box<dyn Target>],
+    targets: &[&(dyn Target + 'static)],
     label: String,
     run_id: &str,
     command: Option<Vec<String>>,
@@ -331,7 +479,7 @@ fn rescue_outside_store(
 fn take_rescue(
     cx: &Ctx,
     store: &dyn Store,
-    targets: &[Box<dyn Target>],
+    targets: &[&(dyn Target + 'static)],
     label: String,
     run_id: String,
     command: Option<Vec<String>>,

@@ -123,7 +123,7 @@ fn close_interrupted(cx: &Ctx, mut j: Journal, keep: bool, yes: bool) -> Result<
     let phase = j.phase.as_str();
     let touched = matches!(
         j.phase,
-        Phase::CommandRunning | Phase::Checking | Phase::Rescuing | Phase::Restoring
+        Phase::CommandRunning | Phase::Checking | Phase::Swapping | Phase::Rescuing | Phase::Restoring
     );
     let outcome = if !touched {
         Outcome::Abandoned
@@ -134,6 +134,7 @@ fn close_interrupted(cx: &Ctx, mut j: Journal, keep: bool, yes: bool) -> Result<
         Outcome::Recovered
     };
     cx.ui.info(&format!("guard: run {} ({phase}) → {outcome}", j.run_id));
+    release_hot(cx, &j.run_id);
     j.outcome = Some(outcome);
     j.phase = Phase::Done;
     j.save(cx.store)?;
@@ -145,6 +146,24 @@ fn close_interrupted(cx: &Ctx, mut j: Journal, keep: bool, yes: bool) -> Result<
         restored: j.restored,
         rescue_id: j.rescue_id,
     })
+}
+
+/// What interrupted run `run_id` left beside the targets (issue 17): its hot copies are
+/// removed (the store holds the snapshot they copied); a failed state it set aside and no
+/// rescue snapshot holds is kept and named.
+fn release_hot(cx: &Ctx, run_id: &str) {
+    let Ok(targets) = crate::targets::build_all(&cx.policy.targets) else {
+        return;
+    };
+    for t in &targets {
+        t.drop_hot(run_id);
+        if let Some(p) = t.aside(run_id) {
+            cx.ui.warn(&format!(
+                "target {}: the failed state run {run_id} set aside is kept in {p}; no rescue snapshot may hold it. Delete it once you no longer need it",
+                t.name()
+            ));
+        }
+    }
 }
 
 /// Replace a damaged journal with a readable one, after restoring its run's pre-run snapshot

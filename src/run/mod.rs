@@ -46,6 +46,10 @@ pub fn guarded(cx: &Ctx, targets: &[Box<dyn Target>], runner: &dyn Runner, opts:
     let mut begun = begin::begin(cx, opts)?;
     // The after hooks run whatever happened once guard got as far as the before hooks.
     let (result, after_hooks) = restore::with_hooks(cx, || lifecycle(cx, targets, runner, opts, &mut begun.journal));
+    // The run is over: the hot copies its pre-run snapshot kept beside the targets go.
+    for t in targets {
+        t.drop_hot(&begun.journal.run_id);
+    }
     begin::finish(cx, begun, result, after_hooks)
 }
 

@@ -231,6 +231,9 @@ pub struct SnapshotCtx<'a> {
     /// The policy's `before` hooks ran just before this snapshot (they stop the application):
     /// nothing else is writing, so a target can take its current state as exact.
     pub quiesced: bool,
+    /// The pre-run snapshot of guarded run `hot`: a kind that can keeps a hot copy beside the
+    /// live data for a restore by rename ([`Target::swap_in`]).
+    pub hot: Option<&'a str>,
 }
 
 impl SnapshotCtx<'_> {
@@ -314,6 +317,30 @@ pub trait Target: Send + Sync {
     /// Does [`Target::release`] need the kept records? (Loading them costs a manifest read each.)
     fn release_needs_kept(&self) -> bool {
         false
+    }
+    /// Restore by rename (issue 17): put `rec` back from the hot copy the pre-run snapshot of
+    /// run `run_id` kept beside the live data, setting the failed state aside. `Ok(None)`: no
+    /// usable hot copy, nothing changed (restore from the store). `Ok(Some(view))`: restored
+    /// and proven equal to `rec`; `view` is a target over the failed state set aside, of the
+    /// same name and source, for the rescue snapshot, then [`Target::drop_aside`]. An error
+    /// leaves the target as it was.
+    fn swap_in(&self, rec: &TargetRecord, run_id: &str) -> Result<Option<Box<dyn Target>>> {
+        let _ = (rec, run_id);
+        Ok(None)
+    }
+    /// Remove the hot copy kept for run `run_id`, if there is one (the run is over).
+    fn drop_hot(&self, run_id: &str) {
+        let _ = run_id;
+    }
+    /// On a view [`Target::swap_in`] returned: remove the failed state it set aside (a rescue
+    /// snapshot holds it now).
+    fn drop_aside(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Where run `run_id` set this target's failed state aside, if it is still there.
+    fn aside(&self, run_id: &str) -> Option<String> {
+        let _ = run_id;
+        None
     }
 }
 

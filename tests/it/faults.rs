@@ -47,8 +47,14 @@ fn sigkill_in_every_phase_then_status_and_recover_bring_targets_back() {
         ("snapshot-verified", "snapshot-verified", false),
         ("command-running", "command-running", false),
         ("checking", "checking", true),
-        ("rescuing", "rescuing", true),
-        ("restoring", "restoring", true),
+        // Issue 17: the SQLite target is put back by renaming its hot copy, the failed state
+        // set aside beside it, before the rescue snapshot compresses that into the store.
+        ("swapping", "swapping", true),
+        ("sqlite-swap", "swapping", true),
+        ("swapped", "swapping", false),
+        // From here the SQLite database is already back (by rename).
+        ("rescuing", "rescuing", false),
+        ("restoring", "restoring", false),
         ("restore-between-targets", "restoring", true),
     ];
     for (point, phase, changed) in points {
@@ -89,6 +95,26 @@ fn sigkill_in_every_phase_then_status_and_recover_bring_targets_back() {
 
         let r = env.guard(&["recover", "--yes"]);
         assert_eq!(r.code, 0, "{point}: {r:?}");
+        let dir = db(&env).parent().unwrap().to_path_buf();
+        let guard_files = |infix: &str| -> Vec<String> {
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(infix))
+                .collect()
+        };
+        assert!(
+            guard_files(".guard-hot-").is_empty(),
+            "{point}: recover removes the hot copy: {r:?}"
+        );
+        let aside = guard_files(".guard-failed-");
+        if matches!(point, "sqlite-swap" | "swapped" | "rescuing") {
+            // The failed state set aside is the only copy of it: kept, and named.
+            assert!(!aside.is_empty(), "{point}: {r:?}");
+            assert!(r.stderr.contains(".guard-failed-"), "{point}: recover names it: {r:?}");
+        } else {
+            assert!(aside.is_empty(), "{point}: {aside:?} {r:?}");
+        }
         assert_eq!(
             dump(&db(&env)),
             before_db,

@@ -20,5 +20,6 @@ mod s3;
 mod security;
 mod sqlite_lifecycle;
 mod sticky;
+mod ttr;
 mod turso;
 mod turso_clients;

@@ -22,6 +22,10 @@ pub struct PostgresSpec {
     pub sessions: Sessions,
     /// Where drills restore (a server URL whose database is created and dropped).
     pub drill_url: Option<String>,
+    /// How a guarded run's pre-run snapshot is taken: a dump (`"dump"`, the default), or a
+    /// clone database first, dumped into the store and kept for a restore by rename (`"clone"`,
+    /// issue 17).
+    pub snapshot: PgSnapshot,
     /// Prisma's `?schema=NAME` in the URL (taken out of `url`, which libpq would refuse): the
     /// schema checks and fingerprints resolve unqualified names in (their `search_path`).
     pub schema: Option<String>,
@@ -35,6 +39,7 @@ impl std::fmt::Debug for PostgresSpec {
             .field("csv_tables", &self.csv_tables)
             .field("pg_bin", &self.pg_bin)
             .field("sessions", &self.sessions)
+            .field("snapshot", &self.snapshot)
             .field("schema", &self.schema)
             .finish()
     }
@@ -44,6 +49,13 @@ impl std::fmt::Debug for PostgresSpec {
 pub enum PgFormat {
     Custom,
     Plain,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PgSnapshot {
+    #[default]
+    Dump,
+    Clone,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +75,7 @@ pub struct Raw {
     pg_bin: Option<String>,
     sessions: Option<String>,
     drill_url: Option<String>,
+    snapshot: Option<String>,
 }
 
 pub fn parse(raw: Raw, cx: &mut ParseCtx) -> Result<PostgresSpec> {
@@ -88,8 +101,15 @@ pub fn parse(raw: Raw, cx: &mut ParseCtx) -> Result<PostgresSpec> {
         Sessions::Refuse,
         &[("refuse", Sessions::Refuse), ("terminate", Sessions::Terminate)],
     )?;
+    let snapshot = cx.one_of(
+        "snapshot",
+        raw.snapshot,
+        PgSnapshot::Dump,
+        &[("dump", PgSnapshot::Dump), ("clone", PgSnapshot::Clone)],
+    )?;
     Ok(PostgresSpec {
         url,
+        snapshot,
         format,
         csv_tables: cx.list("csv_tables", raw.csv_tables)?,
         pg_bin: cx.opt("pg_bin", raw.pg_bin)?.map(|p| cx.resolve(&p)),

@@ -115,6 +115,7 @@ impl PostgresTarget {
             url: format!("{shown} (scratch database {name})"),
             sessions: Sessions::Refuse,
             drill_url: None,
+            snapshot: Default::default(),
             ..self.pg.clone()
         };
         let t = PostgresTarget {
@@ -127,6 +128,7 @@ impl PostgresTarget {
             from_manifest: false,
             tools: OnceLock::new(),
             scratch: Some(scratch),
+            shown_db: None,
         };
         t.restore(rec, store)?;
         t.verify_restored(rec)

@@ -34,6 +34,7 @@
 //! Connection parameters reach children through `PGHOST`/`PGPORT`/`PGUSER`/`PGDATABASE`/
 //! `PGPASSWORD` in their environment, never on their argv.
 
+mod clone;
 pub mod config;
 mod conn;
 mod database;
@@ -59,7 +60,7 @@ use crate::manifest::{Fingerprint, TargetRecord};
 use crate::secrets;
 use crate::store::Store;
 use crate::targets::{KindSpec, TargetSpec};
-pub use config::{PgFormat, PostgresSpec, Sessions};
+pub use config::{PgFormat, PgSnapshot, PostgresSpec, Sessions};
 
 use conn::{quote_ident, ConnInfo};
 use database::DbState;
@@ -92,6 +93,8 @@ pub struct PostgresTarget {
     /// A drill's scratch database, dropped with the target (held only for its `Drop`).
     #[allow(dead_code)]
     scratch: Option<ScratchDb>,
+    /// A view over a clone or a set-aside database ([`clone`]): the live database's name.
+    shown_db: Option<String>,
 }
 
 /// A line on stderr for the person at the terminal, secrets masked. A closed or broken stderr
@@ -113,6 +116,7 @@ impl PostgresTarget {
             from_manifest: false,
             tools: OnceLock::new(),
             scratch: None,
+            shown_db: None,
         })
     }
 
@@ -130,6 +134,7 @@ impl PostgresTarget {
             pg_bin: None,
             sessions: Sessions::Refuse,
             drill_url: None,
+            snapshot: Default::default(),
             schema: None,
         };
         let spec = TargetSpec::new(rec.name.clone(), KindSpec::Postgres(pg.clone()));
@@ -141,6 +146,7 @@ impl PostgresTarget {
             from_manifest: true,
             tools: OnceLock::new(),
             scratch: None,
+            shown_db: None,
         })
     }
 
@@ -187,7 +193,29 @@ impl Target for PostgresTarget {
             source: self.source(),
             ..Default::default()
         };
-        rec.meta.insert("database".into(), self.dbname());
+        rec.meta.insert("database".into(), self.live_db());
+        if let (Some(tag), PgSnapshot::Clone, None, false) =
+            (ctx.hot, self.pg.snapshot, &self.shown_db, ctx.allow_absent)
+        {
+            let tools = self.tools()?;
+            match self.make_clone(tag) {
+                Ok(clone) => {
+                    let view = self.view(&clone);
+                    let r = view
+                        .snapshot_live(ctx, &mut rec, &tools)
+                        .and_then(|()| self.freeze_clone(&clone, tag, &mut rec));
+                    if let Err(e) = r {
+                        let _ = self.drop_db(&clone);
+                        return Err(e);
+                    }
+                    return Ok(rec);
+                }
+                Err(e) => {
+                    rec.meta
+                        .insert("hot_skipped".into(), format!("no clone database: {e:#}"));
+                }
+            }
+        }
         if ctx.allow_absent {
             // A rescue of a dropped database records it as absent.
             match crate::runtime::block_on(self.connect_to(None)) {
@@ -311,6 +339,47 @@ impl Target for PostgresTarget {
                 None => e,
             }
         })
+    }
+
+    fn swap_in(&self, rec: &TargetRecord, run_id: &str) -> Result<Option<Box<dyn Target>>> {
+        if self.shown_db.is_some() || self.from_manifest {
+            return Ok(None);
+        }
+        Ok(self.swap_clone(rec, run_id)?.map(|aside| {
+            let (_, name) = self.hot_names(run_id);
+            let _ = aside;
+            Box::new(self.view(&name)) as Box<dyn Target>
+        }))
+    }
+
+    fn drop_hot(&self, run_id: &str) {
+        if self.shown_db.is_none() && !self.from_manifest && self.pg.snapshot == PgSnapshot::Clone {
+            let (clone, _) = self.hot_names(run_id);
+            if let Err(e) = self.drop_db(&clone) {
+                say(&format!("guard: warning: target {}: {e:#}", self.spec.name));
+            }
+        }
+    }
+
+    fn drop_aside(&self) -> Result<()> {
+        match &self.shown_db {
+            Some(_) => {
+                let name = self.dbname();
+                self.drop_db(&name)
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn aside(&self, run_id: &str) -> Option<String> {
+        if self.from_manifest || self.pg.snapshot != PgSnapshot::Clone {
+            return None;
+        }
+        let name = match &self.shown_db {
+            Some(_) => self.dbname(),
+            None => self.hot_names(run_id).1,
+        };
+        matches!(self.db_exists(&name), Ok(Some(_))).then(|| format!("database {name}"))
     }
 
     fn fingerprint_existing(&self, table: &str, columns: &[crate::manifest::Column]) -> Result<Fingerprint> {

@@ -14,6 +14,7 @@
 //! and never restored over (its writer's `-journal` is never deleted): guard says who holds it
 //! and stops.
 
+mod hot;
 mod locks;
 
 pub mod config;
@@ -39,6 +40,9 @@ pub use config::SqliteSpec;
 pub struct SqliteTarget {
     spec: TargetSpec,
     path: PathBuf,
+    /// A view over the failed state a swap set aside ([`hot`]): the path the policy names,
+    /// recorded as the source of its rescue snapshot.
+    shown: Option<PathBuf>,
 }
 
 /// How long guard waits for another process's lock on a database before it stops, unless the
@@ -90,7 +94,11 @@ fn file_type_name(ft: fs::FileType) -> &'static str {
 
 impl SqliteTarget {
     pub fn new(spec: TargetSpec, path: PathBuf) -> Self {
-        SqliteTarget { spec, path }
+        SqliteTarget {
+            spec,
+            path,
+            shown: None,
+        }
     }
 
     /// The target's `busy_timeout`.
@@ -217,7 +225,7 @@ impl SqliteTarget {
     /// and fingerprinted, then compressed into the store.
     fn consistent_copy(&self, ctx: &SnapshotCtx, rec: &mut TargetRecord) -> Result<()> {
         let file = self.live_file()?;
-        if file != self.path {
+        if file != self.path && self.shown.is_none() {
             rec.meta.insert("resolved".into(), file.display().to_string());
         }
         let src = self.open_live()?;
@@ -229,7 +237,42 @@ impl SqliteTarget {
         let jm: String = src.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
         rec.meta.insert("journal_mode".into(), jm);
 
-        let copy = ctx.scratch.join(format!("{}.db", self.spec.name));
+        // A guarded run's pre-run copy is kept beside the database (the hot copy), when there
+        // is room, for a restore by rename; otherwise it goes to scratch as before.
+        let hot = match ctx.hot {
+            Some(tag) if self.shown.is_none() && file == self.path => match hot::create(&file, tag) {
+                Ok(p) => Some((p, tag)),
+                Err(why) => {
+                    rec.meta.insert("hot_skipped".into(), why);
+                    None
+                }
+            },
+            _ => None,
+        };
+        let copy = match &hot {
+            Some((p, _)) => p.clone(),
+            None => ctx.scratch.join(format!("{}.db", self.spec.name)),
+        };
+        let r = self.copy_into(ctx, rec, src, &copy, hot.map(|(_, tag)| tag));
+        if r.is_err() || ctx.hot.is_none() || !rec.meta.contains_key("hot_id") {
+            for s in sidecars(&copy) {
+                let _ = fs::remove_file(s);
+            }
+            let _ = fs::remove_file(&copy);
+        }
+        r
+    }
+
+    /// The backup of `src` into `copy`, checked, fingerprinted and compressed into the store;
+    /// a hot copy (`hot` = its run) also gets the live mode and owner and its identity recorded.
+    fn copy_into(
+        &self,
+        ctx: &SnapshotCtx,
+        rec: &mut TargetRecord,
+        src: Connection,
+        copy: &Path,
+        hot: Option<&str>,
+    ) -> Result<()> {
         let full = |e: rusqlite::Error| -> anyhow::Error {
             if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
                 anyhow!(
@@ -242,7 +285,7 @@ impl SqliteTarget {
             }
         };
         {
-            let mut dst = Connection::open(&copy)?;
+            let mut dst = Connection::open(copy)?;
             let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
             // One step copies every page under a single read transaction: consistent even while
             // other connections write, and never restarted by them. A writer's lock is waited
@@ -264,19 +307,29 @@ impl SqliteTarget {
         }
         drop(src);
         {
-            let mut c = Connection::open(&copy)?;
+            let mut c = Connection::open(copy)?;
             quick_check(&c)
                 .with_context(|| format!("target {}: the copy failed its integrity check", self.spec.name))?;
             rec.fingerprints =
                 fingerprints(&mut c, ctx.fingerprint).with_context(|| format!("target {}", self.spec.name))?;
         }
-        for s in sidecars(&copy) {
+        for s in sidecars(copy) {
             let _ = fs::remove_file(s);
         }
-        let f = fs::File::open(&copy)?;
+        if hot.is_some() {
+            hot::finish(copy, rec)?;
+        }
+        let before = hot.map(|_| hot::identity(copy)).transpose()?;
+        let f = fs::File::open(copy)?;
         let artifact = ctx.write_artifact(ctx.key(&self.spec.name, "sqlite.gz"), "sqlite", f)?;
-        fs::remove_file(&copy)?;
         rec.artifacts.push(artifact);
+        if let (Some(tag), Some(before)) = (hot, before) {
+            // Unchanged while it was read: the artifact's content checksum is this file's.
+            if hot::identity(copy)? == before {
+                rec.meta.insert("hot".into(), tag.to_string());
+                rec.meta.insert("hot_id".into(), before);
+            }
+        }
         Ok(())
     }
 
@@ -325,7 +378,7 @@ impl Target for SqliteTarget {
     }
 
     fn source(&self) -> String {
-        self.path.display().to_string()
+        self.shown.as_ref().unwrap_or(&self.path).display().to_string()
     }
 
     fn preflight(&self) -> Result<()> {
@@ -520,6 +573,39 @@ impl Target for SqliteTarget {
         let mut c = Connection::open_with_flags(&file, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         let got = fingerprints(&mut c, &hashed)?;
         compare_fingerprints(&rec.fingerprints, &got)
+    }
+
+    fn swap_in(&self, rec: &TargetRecord, run_id: &str) -> Result<Option<Box<dyn Target>>> {
+        if self.shown.is_some() {
+            return Ok(None);
+        }
+        Ok(hot::swap_in(self, rec, run_id)?.map(|aside| {
+            Box::new(SqliteTarget {
+                spec: self.spec.clone(),
+                path: aside,
+                shown: Some(self.path.clone()),
+            }) as Box<dyn Target>
+        }))
+    }
+
+    fn drop_hot(&self, run_id: &str) {
+        if self.shown.is_none() {
+            hot::remove(&self.path, run_id);
+        }
+    }
+
+    fn drop_aside(&self) -> Result<()> {
+        match self.shown {
+            Some(_) => hot::remove_aside(&self.path),
+            None => Ok(()),
+        }
+    }
+
+    fn aside(&self, run_id: &str) -> Option<String> {
+        let own = self.shown.is_some().then(|| self.path.clone());
+        own.or_else(|| hot::aside_path(&self.path, run_id))
+            .filter(|p| fs::symlink_metadata(p).is_ok())
+            .map(|p| format!("{} (with its -wal, if any)", p.display()))
     }
 
     fn fingerprint_existing(&self, table: &str, columns: &[crate::manifest::Column]) -> Result<Fingerprint> {

@@ -1,0 +1,352 @@
+//! Time to recovery (issue 17): a failed guarded run puts SQLite back by renaming the hot copy
+//! its pre-run snapshot kept beside the database, sets the failed state aside, and compresses
+//! that into the rescue snapshot afterwards. Proven with `sqlite3 .dump`-style comparisons.
+
+use crate::common::*;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+/// Guard's files beside `app.db` (hot copies, failed states set aside), by name.
+fn guard_files(env: &Env) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(env.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".app.db.guard-"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A command that deletes every payment and exits 3 without closing its connection, so its
+/// committed transaction is left in `app.db-wal`.
+fn failing_migration() -> Vec<&'static str> {
+    vec![
+        "--",
+        "python3",
+        "-c",
+        "import os, sqlite3; c = sqlite3.connect('app.db'); c.execute('DELETE FROM payment'); c.commit(); os._exit(3)",
+    ]
+}
+
+#[test]
+fn a_failed_run_restores_sqlite_by_renaming_its_hot_copy_and_rescues_the_failed_state() {
+    let env = simple_env("");
+    let db = env.path("app.db");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let before = dump(&db);
+    let ino_before = std::fs::metadata(&db).unwrap().ino();
+
+    let r = env.guard(&failing_migration());
+    assert_eq!(r.code, 3, "the command's exit code passes through: {r:?}");
+    assert!(
+        r.stderr.contains("hot copy renamed into place"),
+        "restored by rename: {r:?}"
+    );
+    assert_eq!(dump(&db), before, "database back exactly");
+    let m = std::fs::metadata(&db).unwrap();
+    assert_ne!(m.ino(), ino_before, "the live path names the hot copy now");
+    assert_eq!(m.permissions().mode() & 0o7777, 0o640, "the live file's mode is kept");
+    assert!(
+        !env.path("app.db-wal").exists(),
+        "the failed state's WAL is not left beside it"
+    );
+    assert!(
+        guard_files(&env).is_empty(),
+        "no hot copy or set-aside file is left: {:?}",
+        guard_files(&env)
+    );
+
+    // The rescue snapshot holds the failed state, WAL included: no payments.
+    let snaps = snapshots(&env);
+    let id_of = |kind: &str| -> String {
+        let s: Vec<_> = snaps.iter().filter(|s| s["kind"] == kind).collect();
+        assert_eq!(s.len(), 1, "one {kind} snapshot: {snaps:?}");
+        s[0]["id"].as_str().unwrap().to_string()
+    };
+    let (rescue, pre) = (id_of("rescue"), id_of("pre-run"));
+    let show = env.guard(&["show", &rescue, "--json"]);
+    let sm: serde_json::Value = serde_json::from_str(&show.stdout).unwrap();
+    assert_eq!(sm["kind"], "rescue", "{sm}");
+    assert_eq!(
+        sm["targets"][0]["source"],
+        db.display().to_string(),
+        "recorded as the policy's path, not the set-aside file: {sm}"
+    );
+    let back = env.guard(&["restore", &rescue, "--yes", "--no-rescue"]);
+    assert_eq!(back.code, 0, "{back:?}");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM payment"),
+        0,
+        "the failed state came back"
+    );
+    assert_ne!(dump(&db), before);
+    let again = env.guard(&["restore", &pre, "--yes", "--no-rescue"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(dump(&db), before, "the pre-run snapshot in the store restores too");
+}
+
+#[test]
+fn a_kept_run_and_a_refused_one_leave_no_hot_copy() {
+    let env = simple_env("");
+    let r = env.guard(&["--", "true"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(guard_files(&env).is_empty(), "{:?}", guard_files(&env));
+    let r = env.guard(&["--no-restore", "--", "false"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(guard_files(&env).is_empty(), "{:?}", guard_files(&env));
+}
+
+#[test]
+fn without_room_for_a_hot_copy_the_run_says_so_and_restores_from_the_store() {
+    let env = simple_env("");
+    let db = env.path("app.db");
+    let before = dump(&db);
+    let r = env
+        .cmd(&failing_migration())
+        .env("GUARD_TEST_HOT_FREE", "1000")
+        .output()
+        .unwrap();
+    let r: Run = r.into();
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stderr.contains("no hot copy"), "the fallback is said: {r:?}");
+    assert!(r.stderr.contains("a hot copy needs"), "{r:?}");
+    assert!(!r.stderr.contains("renamed into place"), "{r:?}");
+    assert_eq!(dump(&db), before);
+    assert!(guard_files(&env).is_empty(), "{:?}", guard_files(&env));
+}
+
+#[test]
+fn a_hot_copy_changed_during_the_command_is_not_used() {
+    let env = simple_env("");
+    let db = env.path("app.db");
+    let before = dump(&db);
+    // The command corrupts guard's hot copy (as a stray `find -exec` might), then fails.
+    let r = env.guard(&[
+        "--",
+        "sh",
+        "-c",
+        "for f in .app.db.guard-hot-*; do printf garbage >> \"$f\"; done; exit 4",
+    ]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("hot copy was not used"), "{r:?}");
+    assert!(r.stderr.contains("changed after its checksum was taken"), "{r:?}");
+    assert_eq!(dump(&db), before, "restored from the store instead");
+    assert!(guard_files(&env).is_empty(), "{:?}", guard_files(&env));
+}
+
+// --- PostgreSQL: `snapshot = "clone"` ------------------------------------------------------
+
+use crate::common::pg::Cluster;
+
+const SHOP: &str = r#"
+CREATE ROLE shop_owner;
+CREATE ROLE shop_app;
+CREATE TABLE item (id int PRIMARY KEY, name text NOT NULL, price numeric);
+INSERT INTO item SELECT g, 'item ' || g, g * 1.5 FROM generate_series(1, 500) g;
+COMMENT ON DATABASE shop IS 'the shop';
+ALTER DATABASE shop SET work_mem = '8MB';
+ALTER ROLE shop_app IN DATABASE shop SET search_path = public;
+GRANT CONNECT, TEMPORARY ON DATABASE shop TO shop_app;
+REVOKE TEMPORARY ON DATABASE shop FROM PUBLIC;
+ALTER DATABASE shop OWNER TO shop_owner;
+"#;
+
+/// The database-level state a dump leaves out: owner, comment, ACL, settings.
+fn db_state(c: &Cluster) -> String {
+    c.psql(
+        "postgres",
+        "SELECT pg_get_userbyid(d.datdba) || ' | ' || coalesce(shobj_description(d.oid, 'pg_database'), '') || ' | ' || coalesce(d.datacl::text, '') || ' | ' || d.datallowconn || ' | ' ||
+                (SELECT string_agg(coalesce(r.rolname, '-') || '=' || array_to_string(s.setconfig, ','), ';' ORDER BY r.rolname NULLS FIRST)
+                   FROM pg_db_role_setting s LEFT JOIN pg_roles r ON r.oid = s.setrole WHERE s.setdatabase = d.oid)
+           FROM pg_database d WHERE d.datname = 'shop'",
+    )
+}
+
+fn guard_dbs(c: &Cluster) -> String {
+    c.psql(
+        "postgres",
+        "SELECT string_agg(datname, ',') FROM pg_database WHERE datname LIKE 'guard_%'",
+    )
+}
+
+fn shop_env(c: &Cluster, extra: &str) -> Env {
+    let env = Env::new();
+    env.write(
+        "guard.toml",
+        &format!(
+            "name = \"shop\"\nstore = \"backups\"\n[[target]]\nname = \"shop\"\nkind = \"postgres\"\nurl = \"{}\"\nsnapshot = \"clone\"\n{extra}\n",
+            c.url("shop")
+        ),
+    );
+    env
+}
+
+/// `-- psql -c S1 -c S2 …`: each statement its own transaction.
+fn psql_cmd(c: &Cluster, sql: &str) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "--".into(),
+        c.bin.join("psql").display().to_string(),
+        "-X".into(),
+        "-v".into(),
+        "ON_ERROR_STOP=1".into(),
+    ];
+    for s in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        v.push("-c".into());
+        v.push(s.into());
+    }
+    v
+}
+
+fn run_with_pg(env: &Env, c: &Cluster, args: &[String]) -> Run {
+    let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    env.cmd(&a)
+        .env("PGHOST", c.sock())
+        .env("PGPORT", c.port.to_string())
+        .env("PGUSER", "postgres")
+        .env("PGDATABASE", "shop")
+        .output()
+        .unwrap()
+        .into()
+}
+
+#[test]
+fn postgres_clone_restores_by_rename_with_the_database_state_and_rescues_the_failed_one() {
+    let c = Cluster::start();
+    c.createdb("shop");
+    c.psql("shop", SHOP);
+    let env = shop_env(&c, "");
+    let before = c.dump("shop");
+    let state = db_state(&c);
+    let oid_before = c.psql("postgres", "SELECT oid FROM pg_database WHERE datname = 'shop'");
+
+    // The migration changes data, the database's comment and ACL, then fails.
+    let r = run_with_pg(
+        &env,
+        &c,
+        &psql_cmd(
+            &c,
+            "DELETE FROM item WHERE id > 100; COMMENT ON DATABASE shop IS 'changed'; GRANT CREATE ON DATABASE shop TO shop_app; SELECT 1/0;",
+        ),
+    );
+    assert_eq!(r.code, 1, "psql's own exit code passes through: {r:?}");
+    assert!(
+        r.stderr.contains("hot copy renamed into place"),
+        "restored by rename: {r:?}"
+    );
+    assert_eq!(c.dump("shop"), before, "the database came back exactly");
+    assert_eq!(db_state(&c), state, "owner, comment, ACL and settings came back");
+    assert_ne!(
+        c.psql("postgres", "SELECT oid FROM pg_database WHERE datname = 'shop'"),
+        oid_before,
+        "the live name names the clone now"
+    );
+    assert_eq!(guard_dbs(&c), "", "no clone or set-aside database is left");
+
+    // The rescue snapshot holds the failed state: 100 items.
+    let snaps = snapshots_pg(&env, &c);
+    let rescue = snaps.iter().find(|s| s["kind"] == "rescue").expect("a rescue snapshot");
+    let id = rescue["id"].as_str().unwrap().to_string();
+    let back = run_with_pg(&env, &c, &["restore".into(), id, "--yes".into(), "--no-rescue".into()]);
+    assert_eq!(back.code, 0, "{back:?}");
+    assert_eq!(c.psql("shop", "SELECT count(*) FROM item"), "100");
+}
+
+fn snapshots_pg(env: &Env, c: &Cluster) -> Vec<serde_json::Value> {
+    let r = run_with_pg(env, c, &["list".into(), "--json".into()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    serde_json::from_str::<serde_json::Value>(&r.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn postgres_clone_kept_run_drops_the_clone_and_refused_sessions_fall_back_to_the_dump() {
+    let c = Cluster::start();
+    c.createdb("shop");
+    c.psql("shop", SHOP);
+    let env = shop_env(&c, "");
+    let r = run_with_pg(
+        &env,
+        &c,
+        &psql_cmd(&c, "UPDATE item SET price = price + 1 WHERE id = 1;"),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(guard_dbs(&c), "", "the clone is dropped once the run is kept");
+
+    // Another session on the database and `sessions = "refuse"`: no clone, the dump as before.
+    let mut other = c
+        .client("psql", "shop")
+        .args(["-X", "-q", "-c", "SELECT pg_sleep(600)"])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while c.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE datname = 'shop' AND query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()") != "1" {
+        assert!(std::time::Instant::now() < deadline, "the other session never showed up");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let r = run_with_pg(&env, &c, &psql_cmd(&c, "UPDATE item SET price = 0;"));
+    let _ = other.kill();
+    let _ = other.wait();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("no hot copy (no clone database"),
+        "the fallback is said: {r:?}"
+    );
+    assert!(r.stderr.contains("other session(s)"), "{r:?}");
+    assert_eq!(guard_dbs(&c), "");
+}
+
+#[test]
+fn postgres_clone_sigkill_while_swapping_then_recover_brings_the_database_back() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    for point in ["swapping", "pg-swap", "swapped"] {
+        let c = Cluster::start();
+        c.createdb("shop");
+        c.psql("shop", SHOP);
+        let env = shop_env(&c, "sessions = \"terminate\"");
+        let before = c.dump("shop");
+        let state = db_state(&c);
+        let pause = env.path("paused.pid");
+        let cmd = psql_cmd(&c, "DELETE FROM item WHERE id > 100; SELECT 1/0;");
+        let a: Vec<&str> = cmd.iter().map(|s| s.as_str()).collect();
+        let mut child = env
+            .cmd(&a)
+            .env("PGHOST", c.sock())
+            .env("PGPORT", c.port.to_string())
+            .env("PGUSER", "postgres")
+            .env("GUARD_TEST_PAUSE", point)
+            .env("GUARD_TEST_PAUSE_FILE", &pause)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !pause.exists() {
+            assert!(child.try_wait().unwrap().is_none(), "{point}: guard finished first");
+            assert!(Instant::now() < deadline, "{point}: never reached");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let status = run_with_pg(&env, &c, &["status".into(), "--json".into()]);
+        assert_eq!(status.code, 82, "{point}: {status:?}");
+        assert!(status.stdout.contains("\"swapping\""), "{point}: {status:?}");
+        let r = run_with_pg(&env, &c, &["recover".into(), "--yes".into()]);
+        assert_eq!(r.code, 0, "{point}: {r:?}");
+        assert_eq!(c.dump("shop"), before, "{point}: the database is back");
+        assert_eq!(db_state(&c), state, "{point}");
+        let left = guard_dbs(&c);
+        if point == "swapped" {
+            // The failed database set aside is the only copy of that state: kept, and named.
+            assert!(
+                left.starts_with("guard_failed_") && !left.contains(','),
+                "{point}: {left}"
+            );
+            assert!(r.stderr.contains(&left), "{point}: recover names it: {r:?}");
+        } else {
+            assert_eq!(left, "", "{point}: {r:?}");
+        }
+    }
+}
