@@ -291,7 +291,7 @@ impl Item {
             Item::Interrupted(j) => format!(
                 "INTERRUPTED {} (started {}, pid {} on {}), stopped in phase {}",
                 subject(j),
-                crate::clock::rfc3339(j.started_at),
+                crate::clock::local(j.started_at),
                 j.pid,
                 j.host,
                 j.phase.as_str()
@@ -299,7 +299,7 @@ impl Item {
             Item::Failed(j) => format!(
                 "FAILED STATE left by {} (started {}): it ended {} (exit {})",
                 subject(j),
-                crate::clock::rfc3339(j.started_at),
+                crate::clock::local(j.started_at),
                 j.outcome.map(|o| o.as_str()).unwrap_or("-"),
                 j.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into())
             ),

@@ -1,5 +1,6 @@
 //! Command-line arguments.
 
+use clap::builder::BoolishValueParser;
 use clap::{Parser, Subcommand};
 
 /// Make risky changes to production data reversible.
@@ -15,12 +16,25 @@ pub struct Cli {
     pub policy: Option<String>,
 
     /// Print one JSON document on stdout instead of human output.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "GUARD_JSON", value_parser = BoolishValueParser::new())]
     pub json: bool,
 
     /// Do not ask for confirmation.
-    #[arg(long, short = 'y', global = true)]
+    #[arg(long, short = 'y', global = true, env = "GUARD_YES", value_parser = BoolishValueParser::new())]
     pub yes: bool,
+
+    /// Say only what went wrong: warnings, errors, a failed check (results still print).
+    #[arg(long, short = 'q', global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Also say which policy file, store and lock guard uses.
+    #[arg(long, short = 'v', global = true)]
+    pub verbose: bool,
+
+    /// Wait up to DURATION (`30s`, `10m`) for another guard to release the policy's lock instead
+    /// of exiting 75 at once.
+    #[arg(long, global = true, value_name = "DURATION", env = "GUARD_WAIT", value_parser = humantime::parse_duration)]
+    pub wait: Option<std::time::Duration>,
 
     /// Print what would happen and touch nothing.
     #[arg(long)]
@@ -138,6 +152,22 @@ pub enum Sub {
         /// Snapshot id or unique prefix.
         id: String,
     },
+    /// Print a shell completion script: `guard completions bash > /etc/bash_completion.d/guard`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print guard's man page (roff): `guard man | man -l -`.
+    Man,
+    /// Print the policy's JSON Schema (for editors: `#:schema` in guard.toml; for CI checks).
+    Schema,
+    /// Write a starter policy from what is here: SQLite files, DATABASE_URL/.env, Prisma, data/,
+    /// Turso and S3 settings (never overwrites).
+    Init {
+        /// The policy file to create.
+        #[arg(default_value = "guard.toml")]
+        file: std::path::PathBuf,
+    },
 }
 
 pub const EXIT_CODES: &str = "Exit codes:
@@ -153,4 +183,38 @@ pub const EXIT_CODES: &str = "Exit codes:
   76   confirmation declined; nothing was run
   79   checks failed; the snapshot was restored
   80   restore failed: act now
-  81   the command or a check failed and --no-restore kept the failed state";
+  81   the command or a check failed and --no-restore kept the failed state
+  82   needs attention: an earlier run left the targets in a failed or unknown state
+       (`guard status` says what; `guard recover` or `guard recover --keep`)";
+
+/// A better message than clap's for a word where a subcommand goes (`guard stauts`,
+/// `guard python3 migrate.py`): the parser takes the guarded command only after `--`, so clap
+/// calls such a word an unexpected argument and suggests nothing. Says which subcommand was
+/// probably meant, or that the command to guard goes after `--`.
+pub fn unknown_subcommand(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use clap::CommandFactory;
+    if e.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let Some(ContextValue::String(word)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    if word.starts_with('-') {
+        return None;
+    }
+    let cmd = Cli::command();
+    let best = cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set())
+        .map(|s| (strsim::jaro(word, s.get_name()), s.get_name().to_string()))
+        .filter(|(score, _)| *score > 0.7)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let tip = match best {
+        Some((_, name)) => format!("  tip: a similar subcommand exists: '{name}'"),
+        None => format!("  tip: the command to guard goes after `--`: guard -- {word} ..."),
+    };
+    Some(format!(
+        "error: unrecognized subcommand '{word}'\n\n{tip}\n\nUsage: guard [OPTIONS] [-- <COMMAND>...] [SUBCOMMAND]\n\nFor more information, try '--help'.\n"
+    ))
+}

@@ -64,7 +64,13 @@ pub mod vars;
 /// Run the parsed command line; returns the process exit code.
 pub fn run(cli: cli::Cli) -> u8 {
     process::private_umask();
-    let ui = ui::Ui::new(cli.json);
+    let mut ui = ui::Ui::new(cli.json);
+    ui.verbosity = match (cli.quiet, cli.verbose) {
+        (true, _) => ui::Verbosity::Quiet,
+        (_, true) => ui::Verbosity::Verbose,
+        _ => ui::Verbosity::Normal,
+    };
+    ui.lock_wait = cli.wait;
     match cmd::dispatch(cli, &ui) {
         Ok(code) => code,
         Err(f) => {
@@ -74,7 +80,7 @@ pub fn run(cli: cli::Cli) -> u8 {
                     &serde_json::json!({"error": msg, "kind": f.kind.as_str(), "exit_code": f.kind.exit_code()}),
                 );
             }
-            crate::errln!("guard: error: {msg}");
+            crate::errln!("{} {msg}", ui::paint(ui::color::FAIL, "guard: error:"));
             f.kind.exit_code()
         }
     }

@@ -32,7 +32,10 @@ impl std::fmt::Display for Holder {
         write!(
             f,
             "pid {} on {} since {} ({})",
-            self.pid, self.host, self.since, self.command
+            self.pid,
+            self.host,
+            crate::clock::local_str(&self.since),
+            self.command
         )
     }
 }
@@ -209,5 +212,45 @@ impl Drop for Lock {
         let _ = self.file.set_len(0);
         let _ = self.file.sync_all();
         unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+/// [`acquire`], but while another guard holds the lock wait up to `wait` for it (`--wait`),
+/// calling `waiting` once with what holds it. A lock still held at the deadline is exit 75, as
+/// without `--wait`. Nothing has been done yet while guard waits, so a signal simply ends it.
+pub fn acquire_waiting(
+    store: &dyn Store,
+    policy: &str,
+    command: &str,
+    run_id: Option<&str>,
+    wait: Option<std::time::Duration>,
+    mut waiting: impl FnMut(&str),
+) -> Result<Lock, Failure> {
+    let Some(wait) = wait else {
+        return acquire(store, policy, command, run_id);
+    };
+    let deadline = std::time::Instant::now() + wait;
+    let mut said = false;
+    loop {
+        match acquire(store, policy, command, run_id) {
+            Err(f) if f.kind == Kind::Locked => {
+                let now = std::time::Instant::now();
+                if now >= deadline {
+                    return Err(Failure::new(
+                        Kind::Locked,
+                        f.error.context(format!(
+                            "still locked after waiting {}",
+                            humantime::format_duration(wait)
+                        )),
+                    ));
+                }
+                if !said {
+                    waiting(&format!("{:#}", f.error));
+                    said = true;
+                }
+                std::thread::sleep((deadline - now).min(std::time::Duration::from_millis(250)));
+            }
+            other => return other,
+        }
     }
 }

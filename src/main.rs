@@ -17,7 +17,12 @@ fn main() {
             } else {
                 0
             };
-            let _ = e.print();
+            match guard::cli::unknown_subcommand(&e) {
+                Some(msg) => guard::ui::to_stderr(&msg),
+                None => {
+                    let _ = e.print();
+                }
+            }
             std::process::exit(code.into());
         }
     };

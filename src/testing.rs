@@ -356,8 +356,5 @@ pub fn policy(toml: &str) -> (Policy, tempfile::TempDir) {
 
 /// A quiet UI (no terminal, no JSON).
 pub fn ui() -> Ui {
-    Ui {
-        json: false,
-        tty: false,
-    }
+    Ui::default()
 }

@@ -15,18 +15,33 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// Write `s` to stderr and flush it, ignoring every error.
+/// Write `s` to stderr and flush it, ignoring every error. Colors ([`paint`]) reach a terminal
+/// and are taken out otherwise: `NO_COLOR` (set and not empty) turns them off, `CLICOLOR_FORCE`
+/// keeps them on a pipe, `CLICOLOR=0` turns them off (anstream's rules).
 pub fn to_stderr(s: &str) {
-    let mut e = std::io::stderr().lock();
+    let mut e = anstream::stderr().lock();
     let _ = e.write_all(s.as_bytes());
     let _ = e.flush();
 }
 
-/// Write `s` to stdout and flush it, ignoring every error.
+/// Write `s` to stdout and flush it, ignoring every error (colors as in [`to_stderr`]).
 pub fn to_stdout(s: &str) {
-    let mut o = std::io::stdout().lock();
+    let mut o = anstream::stdout().lock();
     let _ = o.write_all(s.as_bytes());
     let _ = o.flush();
+}
+
+/// The colors guard uses: pass, fail, warning.
+pub mod color {
+    use anstyle::{AnsiColor, Style};
+    pub const PASS: Style = AnsiColor::Green.on_default();
+    pub const FAIL: Style = AnsiColor::Red.on_default().bold();
+    pub const WARN: Style = AnsiColor::Yellow.on_default().bold();
+}
+
+/// `text` in `style`; the escape codes are taken out on the way to a non-terminal.
+pub fn paint(style: anstyle::Style, text: &str) -> String {
+    format!("{style}{text}{style:#}")
 }
 
 /// `eprintln!` that cannot panic: a line on stderr, write errors ignored.
@@ -61,10 +76,23 @@ macro_rules! out {
     };
 }
 
-#[derive(Clone)]
+/// How much guard says on stderr: `-q` only warnings, errors and what went wrong; `-v` also the
+/// details (which policy file, store and lock).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verbosity {
+    Quiet,
+    #[default]
+    Normal,
+    Verbose,
+}
+
+#[derive(Clone, Default)]
 pub struct Ui {
     pub json: bool,
     pub tty: bool,
+    pub verbosity: Verbosity,
+    /// `--wait`: how long to wait for a policy's lock held by another guard (none: exit 75 at once).
+    pub lock_wait: Option<Duration>,
 }
 
 pub struct Spinner(Option<ProgressBar>);
@@ -82,23 +110,42 @@ impl Ui {
         Ui {
             json,
             tty: std::io::stderr().is_terminal(),
+            ..Ui::default()
         }
     }
 
-    /// A progress line for human readers (suppressed with `--json`).
+    /// A progress line for human readers (suppressed with `--json` and `-q`).
     pub fn info(&self, msg: &str) {
-        if !self.json {
+        if !self.json && self.verbosity >= Verbosity::Normal {
+            to_stderr(&format!("{}\n", crate::secrets::redact(msg)));
+        }
+    }
+
+    /// A detail only `-v` shows (never with `--json`).
+    pub fn detail(&self, msg: &str) {
+        if !self.json && self.verbosity >= Verbosity::Verbose {
             to_stderr(&format!("{}\n", crate::secrets::redact(msg)));
         }
     }
 
     /// Always shown on stderr.
     pub fn warn(&self, msg: &str) {
-        to_stderr(&format!("guard: warning: {}\n", crate::secrets::redact(msg)));
+        to_stderr(&format!(
+            "{} {}\n",
+            paint(color::WARN, "guard: warning:"),
+            crate::secrets::redact(msg)
+        ));
+    }
+
+    /// What went wrong and what guard did about it: shown with `-q` too (not with `--json`).
+    pub fn notice(&self, msg: &str) {
+        if !self.json {
+            to_stderr(&format!("{}\n", crate::secrets::redact(msg)));
+        }
     }
 
     pub fn spinner(&self, msg: &str) -> Spinner {
-        if self.json || !self.tty {
+        if self.json || !self.tty || self.verbosity == Verbosity::Quiet {
             return Spinner(None);
         }
         let p = ProgressBar::new_spinner();

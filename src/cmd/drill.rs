@@ -37,7 +37,7 @@ pub fn drill(policy: &Policy, id: Option<&str>, ui: &Ui) -> Result<u8, Failure> 
             &report.checks,
             &Ui {
                 json: false,
-                tty: ui.tty,
+                ..ui.clone()
             },
         );
         crate::outln!(

@@ -41,7 +41,7 @@ pub fn drills(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
                 })
                 .unwrap_or_default();
             vec![
-                d.started_at.clone(),
+                crate::clock::local_str(&d.started_at),
                 d.snapshot_id.clone(),
                 if d.ok { "passed".into() } else { "FAILED".into() },
                 format!("{:.2}s", d.seconds),

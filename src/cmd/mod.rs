@@ -3,8 +3,10 @@
 //! [`dispatch`] picks the file; [`Session`] is the preamble they share (the policy's store and
 //! catalog, the lock); [`for_policies`] runs one for every policy with `--all`.
 
+pub mod completions;
 pub mod drill;
 pub mod drills;
+pub mod init;
 pub mod list;
 pub mod pin;
 pub mod prune;
@@ -13,6 +15,7 @@ pub mod reindex;
 pub mod restore;
 pub mod run;
 pub mod schedule;
+pub mod schema;
 pub mod show;
 pub mod snapshot;
 pub mod status;
@@ -58,7 +61,9 @@ impl Session {
     /// Take the policy's lock for `what` (shown to a second guard), saying so when it was taken
     /// over from a guard that died.
     pub fn lock(&self, policy: &Policy, what: &str, run_id: Option<&str>, ui: &Ui) -> Result<Lock, Failure> {
-        let lock = crate::lock::acquire(self.store(), &policy.name, what, run_id)?;
+        let lock = crate::lock::acquire_waiting(self.store(), &policy.name, what, run_id, ui.lock_wait, |who| {
+            ui.info(&format!("guard: {who}; waiting for it (--wait)"))
+        })?;
         if let Some(h) = &lock.taken_over {
             ui.warn(&format!(
                 "took over the lock of a guard that died ({h}); `guard status` shows what it left behind"
@@ -126,6 +131,11 @@ pub fn dispatch(cli: Cli, ui: &Ui) -> Result<u8, Failure> {
     }
     let arg = cli.policy.as_deref();
     match &cli.sub {
+        // Generated from the command line's definition: no policy needed.
+        Some(Sub::Completions { shell }) => return completions::completions(*shell),
+        Some(Sub::Man) => return completions::man(),
+        Some(Sub::Schema) => return schema::schema(),
+        Some(Sub::Init { file }) => return init::init(Some(file), ui),
         Some(Sub::Prune {
             all,
             keep_within,
@@ -150,6 +160,7 @@ pub fn dispatch(cli: Cli, ui: &Ui) -> Result<u8, Failure> {
     }
     let policy = policy::load(&policy::locate(arg).kind(Kind::Usage)?).kind(Kind::Usage)?;
     let policy = &policy;
+    said_policy(policy, ui);
     // Commands that open a target need every variable the policy uses; the others (list,
     // show, status, drills, pin, verify --quick, schedule, reindex) need none of the targets'.
     let opens_targets = match &cli.sub {
@@ -180,7 +191,14 @@ pub fn dispatch(cli: Cli, ui: &Ui) -> Result<u8, Failure> {
         Some(Sub::Status) => status::status(policy, ui),
         Some(Sub::Recover { keep }) => recover::recover(policy, keep, cli.yes, ui),
         Some(Sub::Reindex) => reindex::reindex(policy, ui),
-        Some(Sub::Prune { .. }) | Some(Sub::Drill { .. }) => unreachable!("handled above"),
+        Some(Sub::Prune { .. })
+        | Some(Sub::Drill { .. })
+        | Some(Sub::Completions { .. })
+        | Some(Sub::Man)
+        | Some(Sub::Schema)
+        | Some(Sub::Init { .. }) => {
+            unreachable!("handled above")
+        }
         Some(Sub::Drills) => drills::drills(policy, ui),
         Some(Sub::Schedule {
             every,
@@ -191,6 +209,18 @@ pub fn dispatch(cli: Cli, ui: &Ui) -> Result<u8, Failure> {
         Some(Sub::Pin { id, reason }) => pin::pin(policy, &id, Some(&reason), false, ui),
         Some(Sub::Unpin { id }) => pin::pin(policy, &id, None, true, ui),
     }
+}
+
+/// `-v`: which policy file and store this command uses.
+fn said_policy(policy: &Policy, ui: &Ui) {
+    ui.detail(&format!(
+        "guard: policy {} from {}, store {}",
+        policy.name,
+        std::fs::canonicalize(&policy.file)
+            .unwrap_or_else(|_| policy.file.clone())
+            .display(),
+        policy.store
+    ));
 }
 
 /// Every policy file in `./policies/`, for `--all`.

@@ -17,8 +17,8 @@ pub fn show(policy: &Policy, id: &str, ui: &Ui) -> Result<u8, Failure> {
     let mut s = format!("snapshot {} ({}) of policy {}\n", m.id, m.kind.as_str(), m.policy);
     s.push_str(&format!(
         "taken {} → {} on {} by guard {}\n",
-        crate::clock::rfc3339(m.created_at),
-        crate::clock::rfc3339(m.completed_at),
+        crate::clock::local(m.created_at),
+        crate::clock::local(m.completed_at),
         m.host,
         m.guard_version
     ));

@@ -141,7 +141,7 @@ fn human(f: &Facts, policy: &Policy, location: &str) -> String {
         Some(r) => s.push_str(&format!(
             "last run: {} started {} `{}` → {} (exit {})\n",
             r.id,
-            r.started_at,
+            crate::clock::local_str(&r.started_at),
             r.command,
             r.outcome.as_deref().unwrap_or(&r.phase),
             r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into())
@@ -154,13 +154,18 @@ fn human(f: &Facts, policy: &Policy, location: &str) -> String {
             f.snaps.len(),
             n.id,
             n.kind,
-            n.created_at
+            crate::clock::local_str(&n.created_at)
         )),
         None => s.push_str("snapshots: none\n"),
     }
     if let Some(r) = &f.restorable {
         if f.snaps.first().map(|n| &n.id) != Some(&r.id) {
-            s.push_str(&format!("newest restorable: {} ({}, {})\n", r.id, r.kind, r.created_at));
+            s.push_str(&format!(
+                "newest restorable: {} ({}, {})\n",
+                r.id,
+                r.kind,
+                crate::clock::local_str(&r.created_at)
+            ));
         }
     }
     drills(&mut s, &f.drills);
@@ -186,17 +191,22 @@ fn drills(s: &mut String, drills: &[DrillRow]) {
         (None, _) => s.push_str("drills: none yet (`guard drill`)\n"),
         (Some(d), Some(g)) if d.id == g.id => s.push_str(&format!(
             "last drill: passed {} (snapshot {}, {:.2}s)\n",
-            d.started_at, d.snapshot_id, d.seconds
+            crate::clock::local_str(&d.started_at),
+            d.snapshot_id,
+            d.seconds
         )),
         (Some(d), g) => {
             s.push_str(&format!(
                 "last drill: FAILED {} (snapshot {})\n",
-                d.started_at, d.snapshot_id
+                crate::clock::local_str(&d.started_at),
+                d.snapshot_id
             ));
             match g {
                 Some(g) => s.push_str(&format!(
                     "last good drill: {} (snapshot {}, {:.2}s)\n",
-                    g.started_at, g.snapshot_id, g.seconds
+                    crate::clock::local_str(&g.started_at),
+                    g.snapshot_id,
+                    g.seconds
                 )),
                 None => s.push_str("last good drill: none\n"),
             }

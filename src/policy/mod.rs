@@ -13,6 +13,7 @@
 mod checks;
 mod overlap;
 mod raw;
+pub mod schema;
 mod sections;
 mod targets;
 

@@ -8,43 +8,53 @@ use toml::Spanned;
 
 use crate::parse_ctx::{line_of, ParseCtx};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPolicy {
+    #[schemars(with = "String")]
     pub name: Spanned<String>,
+    #[schemars(with = "Option<String>")]
     pub store: Option<Spanned<String>>,
     #[serde(default)]
     pub confirm: bool,
     pub retention: Option<RawRetention>,
     pub compression: Option<RawCompression>,
     #[serde(default)]
+    #[schemars(with = "Vec<super::schema::TargetSchema>")]
     pub target: Vec<Spanned<RawTarget>>,
     pub hooks: Option<RawHooks>,
     #[serde(default)]
+    #[schemars(with = "Vec<RawCheck>")]
     pub check: Vec<Spanned<RawCheck>>,
     pub drill: Option<RawDrill>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawDrill {
+    #[schemars(with = "Option<String>")]
     pub max_age: Option<Spanned<String>>,
     pub on_failure: Option<String>,
     #[serde(default)]
+    #[schemars(with = "Vec<RawCheck>")]
     pub check: Vec<Spanned<RawCheck>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRetention {
+    #[schemars(with = "Option<String>")]
     pub keep_within: Option<Spanned<String>>,
+    #[schemars(with = "Option<usize>")]
     pub keep_last: Option<Spanned<usize>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCompression {
+    #[schemars(with = "Option<u32>")]
     pub level: Option<Spanned<u32>>,
+    #[schemars(with = "Option<usize>")]
     pub threads: Option<Spanned<usize>>,
 }
 
@@ -57,7 +67,7 @@ pub struct RawTarget {
     pub keys: toml::Table,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHooks {
     #[serde(default)]
@@ -66,7 +76,7 @@ pub struct RawHooks {
     pub after: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCheck {
     pub name: String,

@@ -60,7 +60,9 @@ pub fn begin(cx: &Ctx, opts: &Options) -> Result<Begun, Failure> {
     let cmdline = shell_words(&opts.command);
     // A store that cannot be written (read-only, full, permissions) is a store the snapshot
     // cannot go into: exit 69 with the path, nothing run.
-    let lock = crate::lock::acquire(store, &policy.name, &cmdline, Some(&run_id)).map_err(|f| match f.kind {
+    let waiting = |who: &str| ui.info(&format!("guard: {who}; waiting for it (--wait)"));
+    let lock = crate::lock::acquire_waiting(store, &policy.name, &cmdline, Some(&run_id), ui.lock_wait, waiting);
+    let lock = lock.map_err(|f| match f.kind {
         Kind::Internal => Failure::new(
             Kind::Snapshot,
             f.error.context(format!(

@@ -89,7 +89,7 @@ fn lifecycle(
             Ok((0, Outcome::Kept))
         }
         Decision::KeepFailed { why, exit } => {
-            cx.ui.info(&format!(
+            cx.ui.notice(&format!(
                 "guard: {why}; --no-restore keeps the failed state. To roll back later: guard --policy {file} restore {}",
                 snap.id
             ));
@@ -239,7 +239,7 @@ fn restore_after(
         Some(d) => format!(", in {} (outside the full store)", d.display()),
         None => String::new(),
     };
-    cx.ui.info(&format!(
+    cx.ui.notice(&format!(
         "guard: {why}; restored {} from snapshot {} and verified it. The failed state is kept in rescue snapshot {}{outside}.",
         j.restored.join(", "),
         snap.id,

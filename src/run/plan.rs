@@ -71,7 +71,8 @@ pub fn print_plan(policy: &Policy, targets: &[Box<dyn Target>], opts: &Options, 
 
 /// Print the checks table for people.
 pub fn print_checks(results: &[CheckResult], ui: &Ui) {
-    if ui.json || results.is_empty() {
+    // `-q` shows the table only when a check failed.
+    if ui.json || results.is_empty() || (ui.verbosity == ui::Verbosity::Quiet && results.iter().all(|r| r.passed)) {
         return;
     }
     let rows: Vec<Vec<String>> = results
@@ -93,8 +94,27 @@ pub fn print_checks(results: &[CheckResult], ui: &Ui) {
             ]
         })
         .collect();
-    crate::err!(
-        "{}",
-        crate::secrets::redact(&ui::table(&["check", "before", "after", "expect", "result"], &rows))
-    );
+    // The result is the last column (never padded), so its color cannot upset the alignment.
+    let table = crate::secrets::redact(&ui::table(&["check", "before", "after", "expect", "result"], &rows));
+    // Columns are aligned by characters ("—" is one), so the result column starts at the same
+    // character on every line: where the header's "result" does.
+    let at = table.lines().next().and_then(|h| h.find("result")).unwrap_or(0);
+    let colored: String = table
+        .lines()
+        .map(|line| {
+            let result = line.char_indices().nth(at).map(|(b, _)| b);
+            match result.map(|b| (b, &line[b..])) {
+                Some((b, r)) if r.starts_with("pass") || r.starts_with("FAIL") => {
+                    let style = if r.starts_with("pass") {
+                        ui::color::PASS
+                    } else {
+                        ui::color::FAIL
+                    };
+                    format!("{}{}\n", &line[..b], ui::paint(style, r))
+                }
+                _ => format!("{line}\n"),
+            }
+        })
+        .collect();
+    crate::err!("{colored}");
 }

@@ -232,3 +232,62 @@ fn the_readme_tour_runs_as_written() {
     );
     assert!(run.stdout.contains("nothing needs attention"), "{run:?}");
 }
+
+/// Every ```toml block of a Markdown file.
+fn toml_blocks(md: &str) -> Vec<String> {
+    md.split("```toml\n")
+        .skip(1)
+        .map(|b| b.split("\n```").next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn every_recipe_policy_loads() {
+    let dir = repo().join("docs/recipes");
+    let mut n = 0;
+    let mut pages: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    pages.sort();
+    for page in pages {
+        for (i, policy) in toml_blocks(&read(&page)).iter().enumerate() {
+            let env = Env::new();
+            env.write("guard.toml", policy);
+            // The variables the recipes read from their platform's secrets.
+            let r: Run = env
+                .cmd(&["--dry-run", "--", "true"])
+                .env("DATABASE_URL", "postgres://app:pw@127.0.0.1:1/app")
+                .env("AWS_ACCESS_KEY_ID", "test")
+                .env("AWS_SECRET_ACCESS_KEY", "test")
+                .env("AWS_REGION", "us-east-1")
+                .output()
+                .unwrap()
+                .into();
+            assert_eq!(
+                r.code,
+                0,
+                "{} policy {i} does not load: {r:?}\n{policy}",
+                page.display()
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 6, "the recipes' policies: {n}");
+    // The Dockerfile builds guard with the command README's Install gives.
+    let docker = read(&dir.join("Dockerfile"));
+    let readme = read(&repo().join("README.md"));
+    assert!(
+        readme.contains("cargo install --locked --path ."),
+        "README's install command"
+    );
+    assert!(
+        docker.contains("RUN cargo install --locked --path ."),
+        "the Dockerfile uses it:\n{docker}"
+    );
+    assert!(
+        docker.contains("postgresql-client-${PG_MAJOR}"),
+        "with the PostgreSQL client tools"
+    );
+}

@@ -5,11 +5,13 @@
 mod common;
 
 mod checks;
+mod cli;
 mod docs;
 mod drill;
 mod faults;
 mod files;
 mod fuzz_parsers;
+mod init;
 mod lifecycle;
 mod pg_exact;
 mod pg_hangs;

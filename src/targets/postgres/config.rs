@@ -66,7 +66,7 @@ pub enum Sessions {
     Terminate,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Raw {
     url: Option<String>,

@@ -35,7 +35,7 @@ impl S3Tags {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Raw {
     bucket: Option<String>,

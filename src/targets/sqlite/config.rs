@@ -26,7 +26,7 @@ impl Default for SqliteSpec {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Raw {
     path: Option<String>,

@@ -43,7 +43,7 @@ pub enum TursoRestore {
     Promote,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Raw {
     organization: Option<String>,
