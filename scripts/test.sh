@@ -50,6 +50,8 @@ say "PostgreSQL binaries: $GUARD_TEST_PG_BIN"
 for tool in gzip tar python3; do
     command -v "$tool" >/dev/null || { say "installing $tool"; apt_install "$tool"; }
 done
+# man (man-db) renders the generated man page in the cli tests.
+command -v man >/dev/null || { say "installing man-db"; apt_install man-db; }
 
 # moto (an S3-protocol server) for the S3 tests.
 if ! python3 -c 'import moto.server' 2>/dev/null; then
