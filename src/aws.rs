@@ -1,17 +1,166 @@
 //! The AWS SDK pieces every S3 part of guard shares (the S3 store and the S3 target): one cached
-//! client per endpoint and region, SDK errors as messages people can act on (and whether the
-//! server itself failed, [`unavailable`]), and a
+//! client per endpoint and region with every wait on the server bounded ([`Limits`]), SDK errors
+//! as messages people can act on (and whether the server itself failed, [`unavailable`]), and a
 //! CompleteMultipartUpload that survives servers whose answer the SDK cannot parse.
 
 use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::config::interceptors::{BeforeSerializationInterceptorContextRef, FinalizerInterceptorContextRef};
+use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_s3::error::{BoxError, DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 
 use crate::runtime::wait;
+
+/// How long guard waits on an S3 server, and how often it asks again. Every request is bounded:
+/// connecting takes at most `connect`; once sent, a request (its body included) must get the
+/// response's headers within `read`; a response body (or a request body being uploaded) that
+/// moves no byte for `read` fails; no single attempt lasts longer than `attempt`, whatever
+/// it moves. A request that fails in one of these ways (or gets no connection, or a 5xx) is
+/// tried `attempts` times in all, with exponential backoff (jittered, 0.5 s doubling up to
+/// 5 s) in between, and the whole request (every attempt and backoff) is cut off after
+/// [`Limits::operation`]. So a server that stops answering fails a request within about
+/// `attempts × (connect + read) + backoff` (at most 115 s with the defaults, about 95 s when
+/// the connection is accepted).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub connect: Duration,
+    pub read: Duration,
+    pub attempt: Duration,
+    pub attempts: u32,
+}
+
+impl Limits {
+    pub const DEFAULT: Limits = Limits {
+        connect: Duration::from_secs(5),
+        read: Duration::from_secs(30),
+        attempt: Duration::from_secs(900),
+        attempts: 3,
+    };
+
+    /// The defaults, overridden by `GUARD_S3_CONNECT_TIMEOUT`, `GUARD_S3_READ_TIMEOUT`,
+    /// `GUARD_S3_ATTEMPT_TIMEOUT` (seconds, fractions allowed) and `GUARD_S3_ATTEMPTS`.
+    pub fn from_env() -> Limits {
+        let secs = |name: &str, default: Duration| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .map(|s| Duration::from_secs_f64(s.max(0.05)))
+                .unwrap_or(default)
+        };
+        let d = Limits::DEFAULT;
+        Limits {
+            connect: secs("GUARD_S3_CONNECT_TIMEOUT", d.connect),
+            read: secs("GUARD_S3_READ_TIMEOUT", d.read),
+            attempt: secs("GUARD_S3_ATTEMPT_TIMEOUT", d.attempt),
+            attempts: std::env::var("GUARD_S3_ATTEMPTS")
+                .ok()
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                .map(|n| n.clamp(1, 10))
+                .unwrap_or(d.attempts),
+        }
+    }
+}
+
+impl Limits {
+    /// The bound on one request with all its attempts: `attempts` attempts of at most
+    /// `attempt` each, and the backoff between them (at most 5 s each).
+    pub fn operation(&self) -> Duration {
+        self.attempt * self.attempts + Duration::from_secs(5) * self.attempts.saturating_sub(1)
+    }
+}
+
+fn limits() -> Limits {
+    static L: OnceLock<Limits> = OnceLock::new();
+    *L.get_or_init(Limits::from_env)
+}
+
+/// A request not sent because its server stopped answering moments ago ([`Breaker`]).
+#[derive(Debug)]
+struct StoppedAnswering {
+    ago: Duration,
+    why: String,
+}
+
+impl std::fmt::Display for StoppedAnswering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "not sent: the S3 server stopped answering {:.0?} ago ({})",
+            self.ago, self.why
+        )
+    }
+}
+
+impl std::error::Error for StoppedAnswering {}
+
+/// After a request timed out on every attempt, its server is taken to have stopped answering
+/// for a while (`cooldown`, as long as such a request takes): requests to it in that time fail
+/// at once instead of each waiting out its timeouts again, so that a run against a hung server
+/// ends within one request's bound instead of one per request still to make (removing the
+/// partial snapshot, writing the journal, releasing the lock, …). The first request after the
+/// cooldown is sent again; one that succeeds clears it.
+#[derive(Debug)]
+struct Breaker {
+    cooldown: Duration,
+    tripped: Mutex<Option<(std::time::Instant, String)>>,
+}
+
+impl Intercept for Breaker {
+    fn name(&self) -> &'static str {
+        "guard::aws::Breaker"
+    }
+
+    fn read_before_execution(
+        &self,
+        _: &BeforeSerializationInterceptorContextRef<'_>,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        match &*self.tripped.lock().expect("breaker") {
+            Some((at, why)) if at.elapsed() < self.cooldown => Err(Box::new(StoppedAnswering {
+                ago: at.elapsed(),
+                why: why.clone(),
+            })),
+            _ => Ok(()),
+        }
+    }
+
+    fn read_after_execution(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let mut tripped = self.tripped.lock().expect("breaker");
+        match context.output_or_error() {
+            Some(Ok(_)) => *tripped = None,
+            Some(Err(e)) if e.is_timeout_error() || e.as_connector_error().is_some_and(|c| c.is_timeout()) => {
+                *tripped = Some((std::time::Instant::now(), causes(e)))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// `e` and its sources' messages, joined (no debug dumps).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !out.iter().any(|o| o.contains(&m)) {
+            out.push(m);
+        }
+        cur = c.source();
+    }
+    out.join(": ")
+}
 
 /// A client for `endpoint` (or the standard chain's) and `region` (or the chain's, else
 /// `us-east-1`). Credentials come from the standard AWS chain (environment, profile, …).
@@ -31,9 +180,42 @@ pub fn client(endpoint: Option<&str>, region: Option<&str>) -> Client {
             loader = loader.region(aws_config::Region::new(r.to_string()));
         }
         let sdk = loader.load().await;
+        let l = limits();
         let mut b = aws_sdk_s3::config::Builder::from(&sdk)
             .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired);
+            .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(l.connect)
+                    .read_timeout(l.read)
+                    .operation_attempt_timeout(l.attempt)
+                    .operation_timeout(l.operation())
+                    .build(),
+            )
+            .retry_config(
+                aws_config::retry::RetryConfig::standard()
+                    .with_max_attempts(l.attempts)
+                    .with_initial_backoff(Duration::from_millis(500))
+                    .with_max_backoff(Duration::from_secs(5)),
+            )
+            .stalled_stream_protection(
+                aws_sdk_s3::config::StalledStreamProtectionConfig::enabled()
+                    .grace_period(l.read)
+                    .build(),
+            )
+            // Operations without a streaming body (CopyObject, ListObjectsV2, …) get no
+            // stalled-stream protection from the SDK: a server that sends the headers of such a
+            // response and then stops would be waited on for the whole attempt timeout. The
+            // SDK's own interceptor, added for every operation, bounds their bodies by `read`
+            // too (streaming operations already have it; a second one watching the same bytes
+            // changes nothing).
+            .interceptor(
+                aws_smithy_runtime::client::stalled_stream_protection::StalledStreamProtectionInterceptor::default(),
+            )
+            .interceptor(Breaker {
+                cooldown: l.read * l.attempts,
+                tripped: Mutex::new(None),
+            });
         if sdk.region().is_none() {
             b = b.region(aws_config::Region::new("us-east-1"));
         }
@@ -50,8 +232,8 @@ pub fn client(endpoint: Option<&str>, region: Option<&str>) -> Client {
 }
 
 /// A failed S3 request: what was attempted and why, and whether the server (or the way to it)
-/// failed rather than the request — no connection, no answer in time, a broken response, a 5xx
-/// — after every attempt.
+/// failed rather than the request — no connection, no answer within the [`Limits`], a broken
+/// response, a 5xx — after every attempt.
 #[derive(Debug)]
 pub struct S3Failure {
     msg: String,
@@ -88,11 +270,29 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let status = e.raw_response().map(|r| r.status().as_u16());
-    let unavailable = matches!(
-        e,
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_)
-    ) || status.is_some_and(|s| s >= 500);
+    let timed_out = match &e {
+        SdkError::TimeoutError(_) => true,
+        SdkError::DispatchFailure(d) => d.is_timeout(),
+        _ => false,
+    };
+    let not_sent = source_of::<StoppedAnswering>(&e);
+    let unavailable = timed_out
+        || not_sent.is_some()
+        || matches!(
+            e,
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_)
+        )
+        || status.is_some_and(|s| s >= 500);
+    let l = limits();
     let msg = match (status, e.code()) {
+        _ if not_sent.is_some() => format!("{what}: {}", not_sent.expect("checked")),
+        _ if timed_out => format!(
+            "{what}: the S3 server did not answer in time ({}; {} attempt(s), each allowed {:?} to connect and {:?} for a response; GUARD_S3_CONNECT_TIMEOUT, GUARD_S3_READ_TIMEOUT, GUARD_S3_ATTEMPTS)",
+            causes(&e),
+            l.attempts,
+            l.connect,
+            l.read,
+        ),
         (Some(s), Some(code)) => format!(
             "{what}: HTTP {s} {code}{}",
             e.message().map(|m| format!(": {m}")).unwrap_or_default()
@@ -101,6 +301,18 @@ where
         _ => format!("{what}: {}", DisplayErrorContext(&e)),
     };
     anyhow::Error::new(S3Failure { msg, unavailable })
+}
+
+/// The first error of type `T` among `e`'s sources.
+fn source_of<'a, T: std::error::Error + 'static>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a T> {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(t) = c.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = c.source();
+    }
+    None
 }
 
 /// CompleteMultipartUpload `parts` of `bucket/key`, whose content must total `size` bytes.

@@ -122,6 +122,26 @@ impl Moto {
         }
     }
 
+    /// Stop the server (SIGSTOP): it keeps its port and accepts connections, but answers
+    /// nothing — a server that hangs.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Let a frozen server go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let pid = self.child.as_ref().expect("moto is running").id();
+        assert_eq!(
+            unsafe { libc::kill(pid as libc::pid_t, sig) },
+            0,
+            "signal {sig} to moto"
+        );
+    }
+
     /// Environment for guard and the migration scripts: test credentials, this endpoint as
     /// the default (S3 stores), a private cache directory.
     pub fn env(&self, cmd: &mut Command, cache: &std::path::Path) {
