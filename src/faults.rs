@@ -4,7 +4,9 @@
 /// `GUARD_TEST_PAUSE` names `point` (a phase such as `command-running`, or
 /// `snapshot-between-targets`, `restore-between-targets`), guard writes its pid to the file
 /// named by `GUARD_TEST_PAUSE_FILE` and sleeps (`GUARD_TEST_PAUSE_SECS`, default 120), so a
-/// test can SIGKILL it at exactly that moment. Without the variable this does nothing.
+/// test can SIGKILL it at exactly that moment. With `GUARD_TEST_PAUSE_RELEASE` naming a file,
+/// the sleep ends as soon as that file exists (a test lets guard go on when it is done looking).
+/// Without the variable this does nothing.
 pub fn test_pause(point: &str) {
     if std::env::var("GUARD_TEST_PAUSE").ok().as_deref() == Some(point) {
         if let Ok(f) = std::env::var("GUARD_TEST_PAUSE_FILE") {
@@ -14,7 +16,11 @@ pub fn test_pause(point: &str) {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(120);
-        std::thread::sleep(std::time::Duration::from_secs(secs));
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        let release = std::env::var_os("GUARD_TEST_PAUSE_RELEASE").map(std::path::PathBuf::from);
+        while std::time::Instant::now() < until && !release.as_ref().is_some_and(|r| r.exists()) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 

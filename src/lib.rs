@@ -40,6 +40,7 @@ pub mod drill;
 pub mod error;
 pub mod faults;
 pub mod journal;
+pub mod leftovers;
 pub mod lock;
 pub mod manifest;
 pub mod names;

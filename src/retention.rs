@@ -243,6 +243,8 @@ pub struct Pruned {
     /// Incomplete snapshots (no manifest) more than a day old.
     pub garbage: Vec<String>,
     pub deleted: Vec<String>,
+    /// What killed guards left behind ([`crate::leftovers`]): removed, or kept while in use.
+    pub leftovers: crate::leftovers::Removed,
     pub bytes_freed: u64,
 }
 
@@ -292,11 +294,17 @@ pub fn prune(
         finished_interrupted_prunes: unfinished,
         garbage,
         deleted: Vec::new(),
+        leftovers: crate::leftovers::Removed::default(),
         bytes_freed: 0,
     };
+    // The caller holds the policy's lock; another guard at work in the store keeps its files.
+    let leftovers = crate::leftovers::find(store, policy, Some(&policy.name));
     if dry_run {
+        out.leftovers.removed = leftovers;
         return Ok(out);
     }
+    out.leftovers = crate::leftovers::remove(leftovers).kind(Kind::Internal)?;
+    out.bytes_freed += out.leftovers.bytes_freed;
     let kept_ids: Vec<String> = out.decisions.iter().filter(|d| d.keep).map(|d| d.id.clone()).collect();
     // Fail closed: a kept snapshot whose manifest cannot be read might reference what a
     // release would delete, so it stops the prune instead of being skipped.

@@ -41,6 +41,7 @@ pub fn prune(
             "finished_interrupted_prunes": p.finished_interrupted_prunes,
             "garbage": p.garbage,
             "deleted": p.deleted,
+            "leftovers": p.leftovers,
             "bytes_freed": p.bytes_freed,
         }));
         return Ok(0);
@@ -79,6 +80,18 @@ fn print(p: &retention::Pruned, dry_run: bool) {
             "{id}: incomplete (no manifest), more than a day old: {}",
             if dry_run { "would remove" } else { "removed" }
         );
+    }
+    for l in &p.leftovers.removed {
+        crate::outln!(
+            "{}: {} ({}): {}",
+            l.path.display(),
+            l.what,
+            ui::bytes(l.bytes),
+            if dry_run { "would remove" } else { "removed" }
+        );
+    }
+    for l in &p.leftovers.in_use {
+        crate::outln!("{}: {}: kept, a process has it open", l.path.display(), l.what);
     }
     if dry_run {
         let doomed: Vec<_> = p.decisions.iter().filter(|d| !d.keep).collect();

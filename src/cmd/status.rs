@@ -21,6 +21,8 @@ struct Facts {
     restorable: Option<SnapshotRow>,
     drills: Vec<DrillRow>,
     incomplete: Vec<String>,
+    /// What killed guards left behind ([`crate::leftovers`]).
+    leftovers: Vec<crate::leftovers::Leftover>,
     warnings: Vec<String>,
 }
 
@@ -47,6 +49,7 @@ pub fn status(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
                        "command_pgid": j.command_pgid, "command_running": j.command_still_running()})
             }).collect::<Vec<_>>(),
             "incomplete_snapshots": f.incomplete,
+            "leftovers": f.leftovers,
             "last_drill": last_drill.map(|d| json!({"id": d.id, "snapshot_id": d.snapshot_id, "started_at": d.started_at, "ok": d.ok, "seconds": d.seconds})),
             "last_good_drill": last_good.map(|d| json!({"id": d.id, "snapshot_id": d.snapshot_id, "started_at": d.started_at, "seconds": d.seconds})),
             "newest_restorable_snapshot": f.restorable.as_ref().map(|s| s.id.clone()),
@@ -82,6 +85,7 @@ fn facts(s: &Session, policy: &Policy) -> Result<Facts, Failure> {
         running: held.then_some(holder),
         last_run: catalog.runs(Some(&policy.name), 1)?.into_iter().next(),
         incomplete: crate::manifest::incomplete_snapshots(store)?,
+        leftovers: crate::leftovers::find(store, policy, None),
         snaps,
         restorable,
         drills,
@@ -177,6 +181,17 @@ fn human(f: &Facts, policy: &Policy, location: &str) -> String {
             "\nincomplete snapshots (no manifest; never listed or used): {}\n",
             f.incomplete.join(", ")
         ));
+    }
+    if !f.leftovers.is_empty() {
+        s.push_str("\nleft behind by guards that died (`guard prune` removes them):\n");
+        for l in &f.leftovers {
+            s.push_str(&format!(
+                "  {} — {} ({})\n",
+                l.path.display(),
+                l.what,
+                ui::bytes(l.bytes)
+            ));
+        }
     }
     if f.attention.is_empty() && f.running.is_none() && f.warnings.is_empty() {
         s.push_str("nothing needs attention\n");

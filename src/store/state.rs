@@ -57,20 +57,71 @@ pub fn local_dirs() -> Vec<PathBuf> {
     LOCAL_DIRS.lock().map(|v| v.clone()).unwrap_or_default()
 }
 
-/// A private scratch directory, inside the store when it is local (same disk, same quota).
-/// It is 0700 whatever the umask, and `tmp/` in a store is checked to be a real directory of
-/// the running user first (never a planted link).
-pub fn scratch_dir(store: &dyn Store) -> Result<tempfile::TempDir> {
-    let base = match store.local_root() {
-        Some(root) => super::local::private_dir(root, "tmp")?,
-        None => {
-            let base = std::env::temp_dir();
-            super::local::create_dir_all_private(&base)?;
-            base
-        }
-    };
-    Ok(tempfile::Builder::new()
-        .prefix("guard-")
+/// A private scratch directory: `tmp/guard-XXXXXX` in the store's state directory (the store
+/// itself when it is local: same disk, same quota). It is 0700 whatever the umask, and `tmp/`
+/// is checked to be a real directory of the running user first (never a planted link).
+///
+/// The directory is held with an exclusive `flock` for as long as it lives, so a scratch
+/// directory whose lock can be taken belonged to a guard that died ([`scratch_is_held`]):
+/// `guard status` names it and `guard prune` removes it; the kernel drops the lock with its
+/// holder, however it died.
+pub fn scratch_dir(store: &dyn Store) -> Result<Scratch> {
+    let base = super::local::private_dir(&state_dir(store)?, SCRATCH)?;
+    let dir = tempfile::Builder::new()
+        .prefix(SCRATCH_PREFIX)
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .tempdir_in(&base)?)
+        .tempdir_in(&base)?;
+    let held = open_dir(dir.path())?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe {
+        libc::flock(
+            std::os::unix::io::AsRawFd::as_raw_fd(&held),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    } != 0
+    {
+        anyhow::bail!(
+            "cannot lock scratch directory {}: {}",
+            dir.path().display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(Scratch { dir, _held: held })
+}
+
+/// The directory, under a state directory, that holds scratch directories.
+pub const SCRATCH: &str = "tmp";
+/// How a scratch directory's name begins.
+pub const SCRATCH_PREFIX: &str = "guard-";
+
+/// A scratch directory from [`scratch_dir`], removed (and its lock released) when dropped.
+pub struct Scratch {
+    dir: tempfile::TempDir,
+    _held: std::fs::File,
+}
+
+impl Scratch {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+fn open_dir(p: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(p)
+}
+
+/// Is the scratch directory `p` held by a live guard? `false` when its lock can be taken (its
+/// guard died, or it is gone); `true` when it cannot be opened or locked for another reason
+/// (fail safe: it is then never removed).
+pub fn scratch_is_held(p: &Path) -> bool {
+    let Ok(f) = open_dir(p) else {
+        return std::fs::symlink_metadata(p).is_ok();
+    };
+    let fd = std::os::unix::io::AsRawFd::as_raw_fd(&f);
+    // SAFETY: flock on a descriptor we own; closing `f` releases it.
+    unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) != 0 }
 }

@@ -12,6 +12,7 @@ mod faults;
 mod files;
 mod fuzz_parsers;
 mod init;
+mod leftovers;
 mod lifecycle;
 mod pg_exact;
 mod pg_hangs;
