@@ -8,9 +8,9 @@
 //! threshold go through UploadPartCopy with their attributes set explicitly and are hashed by
 //! reading the clone). Each copy is pinned to the listed version with
 //! `x-amz-copy-source-if-match` and, since some servers ignore that header, checked against the
-//! listing by its result (`copy::copy_matches`); after each round of copies the source is listed
+//! listing by its result (`clone::copy_matches`); after each round of copies the source is listed
 //! again and whatever changed gets another round, until a listing shows nothing new (at most
-//! `copy::MAX_LISTINGS`): the snapshot is then that listing, every clone proven to be the
+//! `clone::MAX_LISTINGS`): the snapshot is then that listing, every clone proven to be the
 //! version it names.
 //!
 //! Change detection: S3 can change an object's bytes or metadata only by writing a new object,
@@ -30,10 +30,13 @@
 //! and checksummed like every artifact. Restore copies back what differs, deletes what the
 //! snapshot did not have, then proves the bucket equals the listing.
 
+mod clone;
 pub mod config;
 mod copy;
 mod listing;
+mod objects;
 mod restore;
+mod tasks;
 mod wire;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -50,8 +53,8 @@ use crate::store::Store;
 use crate::targets::{KindSpec, TargetSpec};
 pub use config::{S3Spec, S3Tags};
 
-use copy::delete_keys;
 use listing::{fingerprint_of, list_all, summarize, to_jsonl};
+use objects::delete_keys;
 use restore::RestoredListing;
 
 /// Counters of a snapshot or restore, for the record and for tests.

@@ -11,15 +11,16 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::copy::{
-    bounded, bounded_each, concurrency, copy_object, delete_keys_each, get_tags, object_sha256, read_attrs, set_tags,
-    snapshot_tags,
-};
+use super::copy::{copy_object, CopyReq};
 use super::listing::{exact_tags, list_all, summarize, Attrs, Listed, ObjectEntry};
+use super::objects::{delete_keys_each, get_tags, object_sha256, read_attrs, set_tags, snapshot_tags};
+use super::tasks::{bounded, bounded_each, concurrency, Each};
+use super::S3Spec;
 use super::S3Target;
 use crate::manifest::TargetRecord;
 use crate::runtime::wait;
 use crate::store::Store;
+use aws_sdk_s3::Client;
 
 /// A listing a restore read, and what it put back: key → the attributes the object must now have.
 pub(super) type RestoredListing = (Arc<Vec<ObjectEntry>>, HashMap<String, Attrs>);
@@ -37,6 +38,55 @@ struct Outcome {
     failed: Vec<(String, String)>,
     /// The server stopped answering: why, and the keys not restored or not confirmed.
     stopped: Option<(String, Vec<String>)>,
+}
+
+/// What a restore has to do, each part on its own objects.
+struct Todo {
+    /// Objects that cannot come back (their clone is missing or short), with why.
+    failed: Vec<(String, String)>,
+    /// Objects whose bytes are the snapshot's; their tag sets are checked.
+    tagged: Vec<ObjectEntry>,
+    /// Objects copied back from their clones.
+    to_copy: Vec<ObjectEntry>,
+    /// Keys created since the snapshot, deleted.
+    extra: Vec<String>,
+}
+
+/// Copy object `e` back from its clone, with the attributes and tag set it must have.
+async fn copy_back_one(c: &Client, s3: &S3Spec, e: ObjectEntry) -> Result<(String, Attrs)> {
+    // The clone carries the object's content-type and metadata (and its tags, unless the
+    // snapshot read them itself).
+    let (mut attrs, _, _, _) = read_attrs(c, &s3.clone_bucket, &e.clone_key, Some(&e.clone_etag)).await?;
+    if let Some(t) = &e.tags {
+        attrs.tags = t.clone();
+    }
+    let copied = copy_object(
+        c,
+        &CopyReq {
+            src_bucket: &s3.clone_bucket,
+            src_key: &e.clone_key,
+            src_etag: &e.clone_etag,
+            size: e.size,
+            attrs: Some(&attrs),
+            dst_bucket: &s3.bucket,
+            dst_key: &e.key,
+        },
+    )
+    .await?;
+    if let Some(sha) = copied.sha256 {
+        if sha != e.sha256 {
+            bail!(
+                "the restored copy's SHA-256 {sha} is not the snapshot's {} (was its clone s3://{}/{} replaced?)",
+                e.sha256,
+                s3.clone_bucket,
+                e.clone_key
+            );
+        }
+    }
+    // Set the tag set explicitly: some servers keep an overwritten key's old tags when the copy
+    // brings none.
+    set_tags(c, &s3.bucket, &e.key, &attrs.tags).await?;
+    Ok((e.key, attrs))
 }
 
 fn key_of(e: &ObjectEntry) -> String {
@@ -112,8 +162,69 @@ impl S3Target {
     /// Copy back, re-tag and delete what differs from `entries`, each object on its own.
     async fn put_back(&self, entries: Arc<Vec<ObjectEntry>>, clone_prefix: String, exact: bool) -> Result<Outcome> {
         let c = self.client();
-        let s3 = self.s3.clone();
-        let clones: HashMap<String, (u64, String)> = list_all(&c, &s3.clone_bucket, &clone_prefix)
+        let Todo {
+            mut failed,
+            tagged,
+            to_copy,
+            extra,
+        } = self.todo(&entries, &clone_prefix, exact).await?;
+        let needed = failed.len() + tagged.len() + to_copy.len() + extra.len();
+        let mut stopped: Option<(String, Vec<String>)> = None;
+        let mut stop = |e: anyhow::Error, rest: Vec<String>, later: &[String]| {
+            let mut rest = rest;
+            rest.extend(later.iter().cloned());
+            match &mut stopped {
+                None => stopped = Some((format!("{e:#}"), rest)),
+                Some((_, r)) => r.extend(rest),
+            }
+        };
+        let tags = self.retag(tagged, exact).await;
+        failed.extend(
+            tags.failed
+                .into_iter()
+                .map(|(k, e)| (k, format!("its tag set could not be put back: {e:#}"))),
+        );
+        let mut put_back = HashMap::new();
+        if let Some((e, rest)) = tags.stopped {
+            let later: Vec<String> = to_copy
+                .iter()
+                .map(|e| e.key.clone())
+                .chain(extra.iter().cloned())
+                .collect();
+            stop(e, rest, &later);
+        } else {
+            let copies = self.copy_back(to_copy).await;
+            put_back.extend(copies.done);
+            failed.extend(copies.failed.into_iter().map(|(k, e)| (k, format!("{e:#}"))));
+            if let Some((e, rest)) = copies.stopped {
+                stop(e, rest, &extra);
+            } else {
+                let deletes = delete_keys_each(&c, &self.s3.bucket, &extra).await;
+                failed.extend(deletes.failed.into_iter().map(|(k, e)| {
+                    (
+                        k,
+                        format!("created since the snapshot, and could not be deleted: {e:#}"),
+                    )
+                }));
+                if let Some((e, rest)) = deletes.stopped {
+                    stop(e, rest, &[]);
+                }
+            }
+        }
+        failed.sort();
+        Ok(Outcome {
+            put_back,
+            needed,
+            failed,
+            stopped,
+        })
+    }
+
+    /// What a restore to `entries` has to do, from the clone and live listings.
+    async fn todo(&self, entries: &[ObjectEntry], clone_prefix: &str, exact: bool) -> Result<Todo> {
+        let c = self.client();
+        let s3 = &self.s3;
+        let clones: HashMap<String, (u64, String)> = list_all(&c, &s3.clone_bucket, clone_prefix)
             .await?
             .into_iter()
             .map(|l| (l.key, (l.size, l.etag)))
@@ -154,26 +265,23 @@ impl S3Target {
         let (same, to_copy): (Vec<ObjectEntry>, Vec<ObjectEntry>) = available
             .into_iter()
             .partition(|e| e.settled() && live_map.get(e.key.as_str()).is_some_and(|l| e.same_object(l)));
-        let tagged: Vec<ObjectEntry> = same.into_iter().filter(|e| exact || e.tags.is_some()).collect();
-        let extra: Vec<String> = live
-            .iter()
-            .filter(|l| !wanted.contains(l.key.as_str()))
-            .map(|l| l.key.clone())
-            .collect();
-        let needed = failed.len() + tagged.len() + to_copy.len() + extra.len();
-        let mut stopped: Option<(String, Vec<String>)> = None;
-        let mut stop = |e: anyhow::Error, rest: Vec<String>, later: &[String]| {
-            let mut rest = rest;
-            rest.extend(later.iter().cloned());
-            match &mut stopped {
-                None => stopped = Some((format!("{e:#}"), rest)),
-                Some((_, r)) => r.extend(rest),
-            }
-        };
+        Ok(Todo {
+            failed,
+            tagged: same.into_iter().filter(|e| exact || e.tags.is_some()).collect(),
+            to_copy,
+            extra: live
+                .iter()
+                .filter(|l| !wanted.contains(l.key.as_str()))
+                .map(|l| l.key.clone())
+                .collect(),
+        })
+    }
 
-        let (c2, b2, cb) = (c.clone(), s3.bucket.clone(), s3.clone_bucket.clone());
-        let tags = bounded_each(tagged, concurrency(), key_of, move |e: ObjectEntry| {
-            let (c, b, cb) = (c2.clone(), b2.clone(), cb.clone());
+    /// Put back the tag sets of objects whose bytes are the snapshot's.
+    async fn retag(&self, tagged: Vec<ObjectEntry>, exact: bool) -> Each<()> {
+        let (c, b, cb) = (self.client(), self.s3.bucket.clone(), self.s3.clone_bucket.clone());
+        bounded_each(tagged, concurrency(), key_of, move |e: ObjectEntry| {
+            let (c, b, cb) = (c.clone(), b.clone(), cb.clone());
             async move {
                 let want = snapshot_tags(&c, &cb, &e, exact).await?.expect("exact or recorded");
                 if get_tags(&c, &b, &e.key).await? != want {
@@ -182,84 +290,17 @@ impl S3Target {
                 Ok(())
             }
         })
-        .await;
-        failed.extend(
-            tags.failed
-                .into_iter()
-                .map(|(k, e)| (k, format!("its tag set could not be put back: {e:#}"))),
-        );
-        let mut put_back = HashMap::new();
-        if let Some((e, rest)) = tags.stopped {
-            let later: Vec<String> = to_copy
-                .iter()
-                .map(|e| e.key.clone())
-                .chain(extra.iter().cloned())
-                .collect();
-            stop(e, rest, &later);
-        } else {
-            let (c2, s2) = (c.clone(), s3.clone());
-            let copies = bounded_each(to_copy, concurrency(), key_of, move |e: ObjectEntry| {
-                let (c, s3) = (c2.clone(), s2.clone());
-                async move {
-                    // The clone carries the object's content-type and metadata (and its tags,
-                    // unless the snapshot read them itself).
-                    let (mut attrs, _, _, _) =
-                        read_attrs(&c, &s3.clone_bucket, &e.clone_key, Some(&e.clone_etag)).await?;
-                    if let Some(t) = &e.tags {
-                        attrs.tags = t.clone();
-                    }
-                    let copied = copy_object(
-                        &c,
-                        &s3.clone_bucket,
-                        &e.clone_key,
-                        &e.clone_etag,
-                        e.size,
-                        Some(&attrs),
-                        &s3.bucket,
-                        &e.key,
-                    )
-                    .await?;
-                    if let Some(sha) = copied.sha256 {
-                        if sha != e.sha256 {
-                            bail!(
-                                "the restored copy's SHA-256 {sha} is not the snapshot's {} (was its clone s3://{}/{} replaced?)",
-                                e.sha256,
-                                s3.clone_bucket,
-                                e.clone_key
-                            );
-                        }
-                    }
-                    // Set the tag set explicitly: some servers keep an overwritten key's old
-                    // tags when the copy brings none.
-                    set_tags(&c, &s3.bucket, &e.key, &attrs.tags).await?;
-                    Ok((e.key, attrs))
-                }
-            })
-            .await;
-            put_back.extend(copies.done);
-            failed.extend(copies.failed.into_iter().map(|(k, e)| (k, format!("{e:#}"))));
-            if let Some((e, rest)) = copies.stopped {
-                stop(e, rest, &extra);
-            } else {
-                let deletes = delete_keys_each(&c, &s3.bucket, &extra).await;
-                failed.extend(deletes.failed.into_iter().map(|(k, e)| {
-                    (
-                        k,
-                        format!("created since the snapshot, and could not be deleted: {e:#}"),
-                    )
-                }));
-                if let Some((e, rest)) = deletes.stopped {
-                    stop(e, rest, &[]);
-                }
-            }
-        }
-        failed.sort();
-        Ok(Outcome {
-            put_back,
-            needed,
-            failed,
-            stopped,
+        .await
+    }
+
+    /// Copy back every object of `to_copy` from its clone, each on its own.
+    async fn copy_back(&self, to_copy: Vec<ObjectEntry>) -> Each<(String, Attrs)> {
+        let (c, s3) = (self.client(), self.s3.clone());
+        bounded_each(to_copy, concurrency(), key_of, move |e: ObjectEntry| {
+            let (c, s3) = (c.clone(), s3.clone());
+            async move { copy_back_one(&c, &s3, e).await }
         })
+        .await
     }
 
     /// Prove the bucket equals the listing in `rec` (the body of [`Target::verify_restored`]).
