@@ -664,9 +664,20 @@ fn s3_store_lock_keeps_a_second_guard_out() {
     sqlite_env(&e);
     let lock_key = "prod/locks/lending.lock";
     let started = e.env.path("started");
+    let release = e.env.path("release");
 
-    // Guard A holds the lock while its command runs.
-    let mut a = e.cmd(&["--", "sh", "-c", &format!("touch {}; sleep 4", started.display())]);
+    // Guard A holds the lock while its command runs, until the test releases it (no sleep whose
+    // length a loaded machine could outlast).
+    let mut a = e.cmd(&[
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "touch {}; i=0; while [ ! -e {} ] && [ $i -lt 2400 ]; do sleep 0.05; i=$((i+1)); done",
+            started.display(),
+            release.display()
+        ),
+    ]);
     a.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut a = a.spawn().unwrap();
@@ -692,6 +703,7 @@ fn s3_store_lock_keeps_a_second_guard_out() {
     // And so is a second guard on this machine.
     let r = e.guard(&["snapshot"]);
     assert_eq!(r.code, 75, "{r:?}");
+    std::fs::write(&release, "").unwrap();
     assert!(a.wait().unwrap().success());
     assert!(keys(&c, "guard-store", lock_key).is_empty(), "released at the end");
 
