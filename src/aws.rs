@@ -383,3 +383,64 @@ pub async fn complete_multipart(
 pub fn status_of<E>(e: &SdkError<E, HttpResponse>) -> Option<u16> {
     e.raw_response().map(|r| r.status().as_u16())
 }
+
+/// Server-side encryption guard asks for on every object it writes to a bucket (`sse`,
+/// `kms_key_id`): SSE-S3 (`AES256`) or SSE-KMS (`aws:kms`, with the server's default key or
+/// `kms_key_id`). The server's answer is checked: a write that comes back without the asked-for
+/// encryption fails, so a server that ignores the header cannot leave a plaintext copy unnoticed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sse {
+    pub kind: SseKind,
+    pub kms_key_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SseKind {
+    Aes256,
+    Kms,
+}
+
+impl Sse {
+    /// The policy's words for it.
+    pub const CHOICES: &'static [(&'static str, Option<SseKind>)] =
+        &[("AES256", Some(SseKind::Aes256)), ("aws:kms", Some(SseKind::Kms))];
+
+    pub fn as_str(&self) -> &'static str {
+        match self.kind {
+            SseKind::Aes256 => "AES256",
+            SseKind::Kms => "aws:kms",
+        }
+    }
+
+    /// The `x-amz-server-side-encryption` value.
+    pub fn header(&self) -> aws_sdk_s3::types::ServerSideEncryption {
+        match self.kind {
+            SseKind::Aes256 => aws_sdk_s3::types::ServerSideEncryption::Aes256,
+            SseKind::Kms => aws_sdk_s3::types::ServerSideEncryption::AwsKms,
+        }
+    }
+
+    /// `x-amz-server-side-encryption` for requests that write, when `sse` is set.
+    pub fn header_of(sse: Option<&Sse>) -> Option<aws_sdk_s3::types::ServerSideEncryption> {
+        sse.map(Sse::header)
+    }
+
+    /// `x-amz-server-side-encryption-aws-kms-key-id`, when `sse` names a key.
+    pub fn key_of(sse: Option<&Sse>) -> Option<String> {
+        sse.and_then(|s| s.kms_key_id.clone())
+    }
+
+    /// Check the encryption a write's response (or a HeadObject of what it wrote) reports.
+    pub fn check(sse: Option<&Sse>, got: Option<&aws_sdk_s3::types::ServerSideEncryption>, what: &str) -> Result<()> {
+        let Some(want) = sse else { return Ok(()) };
+        if got == Some(&want.header()) {
+            return Ok(());
+        }
+        Err(anyhow!(
+            "{what}: the server did not encrypt it as asked (sse = {:?}; it reports {}); nothing unencrypted is kept",
+            want.as_str(),
+            got.map(|g| format!("{:?}", g.as_str()))
+                .unwrap_or_else(|| "no encryption".into())
+        ))
+    }
+}

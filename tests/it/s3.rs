@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 mod races;
+mod sse;
 mod stalls;
 
 const SRC: &str = "the-art-exchange";

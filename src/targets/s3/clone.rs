@@ -30,6 +30,8 @@ struct CloneCtx {
     clone_prefix: String,
     snapshot_id: String,
     exact_tags: bool,
+    /// Encryption of the clones written (`sse`).
+    sse: Option<crate::aws::Sse>,
     /// The clone prefix as listed when the snapshot started.
     clones: HashMap<String, Listed>,
     /// The previous snapshot's entries, by key.
@@ -110,6 +112,12 @@ async fn clone_one(cx: Arc<CloneCtx>, o: Listed) -> Result<Cloned> {
     );
     let prev = cx.prev.get(&o.key);
     let plan = plan(&o, prev, &cx.clones, base, &cx.snapshot_id);
+    // A clone found only by its key may predate `sse` (unencrypted): with encryption asked for,
+    // the object is copied anew beside it.
+    let plan = match plan {
+        Plan::Adopt(key) if cx.sse.is_some() => Plan::Copy(key),
+        p => p,
+    };
     // With exact tags, an object copied now needs no read: the copy carries the tag set it has
     // at this moment (TaggingDirective COPY), so the listing leaves `tags` out and restore takes
     // them from the clone. A reused clone may carry older tags: read the object's current set.
@@ -145,6 +153,7 @@ async fn clone_one(cx: Arc<CloneCtx>, o: Listed) -> Result<Cloned> {
                     attrs: None,
                     dst_bucket: &cx.clone_bucket,
                     dst_key: &key,
+                    sse: cx.sse.as_ref(),
                 },
             )
             .await
@@ -222,6 +231,7 @@ impl S3Target {
             clone_prefix,
             snapshot_id,
             exact_tags: s3.tags == S3Tags::Exact,
+            sse: s3.sse.clone(),
             clones,
             prev: previous.into_iter().map(|e| (e.key.clone(), e)).collect(),
             made: Mutex::new(HashSet::new()),

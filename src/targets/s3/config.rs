@@ -3,6 +3,7 @@
 use anyhow::Result;
 use serde::Deserialize;
 
+use crate::aws::Sse;
 use crate::parse_ctx::ParseCtx;
 
 /// `kind = "s3"`.
@@ -14,6 +15,9 @@ pub struct S3Spec {
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub tags: S3Tags,
+    /// Server-side encryption of the clones guard writes into `clone_bucket` (`sse`,
+    /// `kms_key_id`).
+    pub sse: Option<Sse>,
 }
 
 /// `tags` of an s3 target: how object tags are snapshotted.
@@ -44,9 +48,12 @@ pub struct Raw {
     endpoint: Option<String>,
     region: Option<String>,
     tags: Option<String>,
+    sse: Option<String>,
+    kms_key_id: Option<String>,
 }
 
 pub fn parse(raw: Raw, cx: &mut ParseCtx) -> Result<S3Spec> {
+    let sse = sse(raw.sse, raw.kms_key_id, cx)?;
     Ok(S3Spec {
         bucket: cx.need("bucket", raw.bucket)?,
         prefix: cx.opt("prefix", raw.prefix)?.unwrap_or_default(),
@@ -59,5 +66,25 @@ pub fn parse(raw: Raw, cx: &mut ParseCtx) -> Result<S3Spec> {
             S3Tags::Exact,
             &[("exact", S3Tags::Exact), ("with-content", S3Tags::WithContent)],
         )?,
+        sse,
     })
+}
+
+/// `sse = "AES256" | "aws:kms"` and `kms_key_id` (only with `aws:kms`), for an s3 target's clones
+/// and the `s3://` store.
+pub fn sse(sse: Option<String>, kms_key_id: Option<String>, cx: &mut ParseCtx) -> Result<Option<Sse>> {
+    let kind = cx.one_of("sse", sse, None, Sse::CHOICES)?;
+    let kms_key_id = cx.opt("kms_key_id", kms_key_id)?;
+    match (kind, kms_key_id) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(cx.fail_key(
+            "kms_key_id",
+            "kms_key_id needs sse = \"aws:kms\" (add it, or remove kms_key_id)",
+        )),
+        (Some(crate::aws::SseKind::Aes256), Some(_)) => Err(cx.fail_key(
+            "kms_key_id",
+            "kms_key_id goes with sse = \"aws:kms\", not \"AES256\" (SSE-S3 uses the server's own keys)",
+        )),
+        (Some(kind), kms_key_id) => Ok(Some(Sse { kind, kms_key_id })),
+    }
 }

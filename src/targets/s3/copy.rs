@@ -9,7 +9,7 @@ use super::listing::Attrs;
 use super::objects::read_attrs;
 use super::tasks::{multipart_threshold, part_size};
 use super::wire::{encode_key, form_encode, read_error, server_sha256, unquote, Raced};
-use crate::aws::{complete_multipart, sdk_error, status_of};
+use crate::aws::{complete_multipart, sdk_error, status_of, Sse};
 
 /// What a server-side copy made.
 pub(super) struct Copied {
@@ -31,6 +31,8 @@ pub(super) struct CopyReq<'a> {
     pub(super) attrs: Option<&'a Attrs>,
     pub(super) dst_bucket: &'a str,
     pub(super) dst_key: &'a str,
+    /// Server-side encryption to ask for (and check) on the copy.
+    pub(super) sse: Option<&'a Sse>,
 }
 
 impl CopyReq<'_> {
@@ -76,6 +78,10 @@ pub(super) async fn copy_object(c: &Client, req: &CopyReq<'_>) -> Result<Copied>
     };
     let id = start_multipart(c, req, attrs).await?;
     let result = copy_parts(c, req, &id).await;
+    let result = match result {
+        Ok((copied, sse)) => encrypted(c, req, sse.as_ref(), copied).await,
+        Err(e) => Err(e),
+    };
     if result.is_err() {
         let _ = c
             .abort_multipart_upload()
@@ -99,15 +105,35 @@ async fn copy_single(c: &Client, req: &CopyReq<'_>) -> Result<Copied> {
         .metadata_directive(MetadataDirective::Copy)
         .tagging_directive(TaggingDirective::Copy)
         .checksum_algorithm(ChecksumAlgorithm::Sha256)
+        .set_server_side_encryption(Sse::header_of(req.sse))
+        .set_ssekms_key_id(Sse::key_of(req.sse))
         .send()
         .await
         .map_err(|e| req.raced(status_of(&e)).unwrap_or_else(|| sdk_error(req.what(), e)))?;
+    let sse = r.server_side_encryption().cloned();
     let r = r.copy_object_result();
-    Ok(Copied {
+    let copied = Copied {
         etag: r.and_then(|x| x.e_tag()).map(unquote).unwrap_or_default(),
         modified: r.and_then(|x| x.last_modified()).map(|t| t.secs()).unwrap_or(0),
         sha256: server_sha256(r.and_then(|x| x.checksum_sha256())),
-    })
+    };
+    encrypted(c, req, sse.as_ref(), copied).await
+}
+
+/// `copied` when the server reports the encryption `req` asked for; otherwise the copy is
+/// deleted (no unencrypted copy stays behind) and the copy fails.
+async fn encrypted(
+    c: &Client,
+    req: &CopyReq<'_>,
+    got: Option<&aws_sdk_s3::types::ServerSideEncryption>,
+    copied: Copied,
+) -> Result<Copied> {
+    let shown = format!("s3://{}/{}", req.dst_bucket, req.dst_key);
+    if let Err(e) = Sse::check(req.sse, got, &shown) {
+        let _ = c.delete_object().bucket(req.dst_bucket).key(req.dst_key).send().await;
+        return Err(e);
+    }
+    Ok(copied)
 }
 
 /// Start the multipart upload of a copy, with the source's attributes and tags (so the object
@@ -122,6 +148,8 @@ async fn start_multipart(c: &Client, req: &CopyReq<'_>, attrs: &Attrs) -> Result
         .set_cache_control(attrs.cache_control.clone())
         .set_content_disposition(attrs.content_disposition.clone())
         .set_content_language(attrs.content_language.clone())
+        .set_server_side_encryption(Sse::header_of(req.sse))
+        .set_ssekms_key_id(Sse::key_of(req.sse))
         .set_metadata(if attrs.metadata.is_empty() {
             None
         } else {
@@ -149,8 +177,12 @@ async fn start_multipart(c: &Client, req: &CopyReq<'_>, attrs: &Attrs) -> Result
 }
 
 /// Copy the parts of upload `id` (each pinned to the source's ETag), complete it, and read the
-/// result's Last-Modified.
-async fn copy_parts(c: &Client, req: &CopyReq<'_>, id: &str) -> Result<Copied> {
+/// result's Last-Modified and encryption.
+async fn copy_parts(
+    c: &Client,
+    req: &CopyReq<'_>,
+    id: &str,
+) -> Result<(Copied, Option<aws_sdk_s3::types::ServerSideEncryption>)> {
     let (size, ps) = (req.size, part_size());
     let mut parts = Vec::new();
     let mut start = 0u64;
@@ -189,9 +221,12 @@ async fn copy_parts(c: &Client, req: &CopyReq<'_>, id: &str) -> Result<Copied> {
         .send()
         .await
         .map_err(|e| read_error(req.dst_bucket, req.dst_key, e))?;
-    Ok(Copied {
-        etag,
-        modified: h.last_modified().map(|t| t.secs()).unwrap_or(0),
-        sha256: None,
-    })
+    Ok((
+        Copied {
+            etag,
+            modified: h.last_modified().map(|t| t.secs()).unwrap_or(0),
+            sha256: None,
+        },
+        h.server_side_encryption().cloned(),
+    ))
 }

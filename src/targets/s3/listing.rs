@@ -241,6 +241,7 @@ impl S3Target {
                 || rec.absent
                 || rec.meta.get("bucket") != Some(&self.s3.bucket)
                 || rec.meta.get("prefix").map(String::as_str) != Some(self.s3.prefix.as_str())
+                || !self.same_sse(rec)
             {
                 continue;
             }
@@ -256,6 +257,18 @@ impl S3Target {
             }
         }
         Vec::new()
+    }
+
+    /// Were `rec`'s clones written with the encryption the policy asks for now? Only then may
+    /// they be reused (a clone written before `sse` was set stays unencrypted).
+    fn same_sse(&self, rec: &TargetRecord) -> bool {
+        match &self.s3.sse {
+            None => true,
+            Some(sse) => {
+                rec.meta.get("sse").map(String::as_str) == Some(sse.as_str())
+                    && rec.meta.get("kms_key_id") == sse.kms_key_id.as_ref()
+            }
+        }
     }
 
     /// Read and check (checksums) a snapshot's listing artifact.

@@ -119,6 +119,8 @@ impl S3Target {
                 Some("with-content") => S3Tags::WithContent,
                 _ => S3Tags::Exact,
             },
+            // A record serves inspection only; what guard writes is encrypted as the policy says.
+            sse: None,
         };
         Ok(S3Target::new(
             TargetSpec::new(rec.name.clone(), KindSpec::S3(s3.clone())),
@@ -192,6 +194,12 @@ impl Target for S3Target {
         }
         if let Some(r) = &s3.region {
             rec.meta.insert("region".into(), r.clone());
+        }
+        if let Some(sse) = &s3.sse {
+            rec.meta.insert("sse".into(), sse.as_str().into());
+            if let Some(k) = &sse.kms_key_id {
+                rec.meta.insert("kms_key_id".into(), k.clone());
+            }
         }
         let c = self.client();
         if ctx.allow_absent {
