@@ -7,7 +7,6 @@
 //! [`CheckResult`], recorded in the run's journal.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, Context, Result};
 
@@ -229,14 +228,17 @@ fn evaluate_one(
                 r.after = Some(after.clone());
                 r.passed = meets(expect, r.before.as_deref(), &after)?;
             }
-            CheckWhat::Command { command } => {
+            CheckWhat::Command { command, timeout } => {
                 r.expect = "exit 0".into();
-                let out = crate::process::user_umask(&mut Command::new("sh"))
-                    .arg("-c")
-                    .arg(command)
-                    .stdin(Stdio::null())
-                    .output()
+                let out = crate::process::run_shell(command, *timeout, crate::process::Sink::Capture)
                     .with_context(|| format!("cannot run {command:?}"))?;
+                if let Some(pgid) = out.timed_out {
+                    r.after = Some("timed out".into());
+                    anyhow::bail!(
+                        "did not finish within {}: killed it with its process group {pgid} (the check's `timeout` sets how long it may take)",
+                        humantime::format_duration(*timeout)
+                    );
+                }
                 let code = out
                     .status
                     .code()

@@ -14,7 +14,7 @@ use anyhow::{anyhow, bail, Result};
 use crate::journal::Journal;
 use crate::manifest::{Fingerprint, TargetRecord};
 use crate::policy::Policy;
-use crate::process::Hooks;
+use crate::process::{HookRun, Hooks};
 use crate::store::{Entry, Store, Upload};
 use crate::targets::TargetSpec;
 use crate::targets::{Restored, SnapshotCtx, Target};
@@ -335,8 +335,9 @@ pub struct FakeHooks {
 }
 
 impl Hooks for FakeHooks {
-    fn run(&self, which: &str, hooks: &[String], _ui: &Ui) -> Result<()> {
-        for h in hooks {
+    fn run(&self, run: &HookRun, _ui: &Ui) -> Result<()> {
+        let which = run.which;
+        for h in run.hooks {
             self.world.event(format!("{which} hook {h}"));
             if self.fail.contains(h) {
                 bail!("{which} hook {h:?} failed (exit 1)");

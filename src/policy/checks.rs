@@ -33,8 +33,11 @@ pub enum CheckWhat {
     Identical(Vec<String>),
     /// A query whose single value is compared with `expect`.
     Sql { sql: String, expect: Expect },
-    /// A shell command that must exit 0.
-    Command { command: String },
+    /// A shell command that must exit 0 within `timeout`.
+    Command {
+        command: String,
+        timeout: std::time::Duration,
+    },
     /// Object count or total bytes under a key prefix of an s3 target, compared with `expect`.
     Objects {
         prefix: String,
@@ -257,6 +260,9 @@ fn what(c: &RawCheck, target: Option<Kind>, cx: &mut ParseCtx) -> Result<CheckWh
             cx.fail_sentence("needs exactly one of `untouched`, `identical`, `sql`, `command`, `objects` or `bytes`")
         );
     }
+    if c.timeout.is_some() && c.command.is_none() {
+        fail!(cx, "`timeout` applies to `command` checks only");
+    }
     for (key, list) in [("untouched", &c.untouched), ("identical", &c.identical)] {
         let Some(u) = list else { continue };
         if target.is_none() {
@@ -310,9 +316,14 @@ fn what(c: &RawCheck, target: Option<Kind>, cx: &mut ParseCtx) -> Result<CheckWh
     let subject = cx.subject().to_string();
     let mut path = cx.scope_path();
     path.push(Seg::Key("command"));
-    Ok(CheckWhat::Command {
-        command: cx.shell(&path, &subject, c.command.as_deref().unwrap_or_default()),
-    })
+    let command = cx.shell(&path, &subject, c.command.as_deref().unwrap_or_default());
+    let mut tpath = cx.scope_path();
+    tpath.push(Seg::Key("timeout"));
+    let timeout = match &c.timeout {
+        Some(t) => super::sections::duration(cx, &tpath, t, "timeout")?,
+        None => crate::process::DEFAULT_CHECK_TIMEOUT,
+    };
+    Ok(CheckWhat::Command { command, timeout })
 }
 
 /// The check's `expect`, required for `sql`, `objects` and `bytes`.
@@ -403,7 +414,7 @@ mod tests {
         assert_eq!(c.iter().map(|c| c.line).collect::<Vec<_>>(), [10, 14, 19]);
         assert!(matches!(&c[0].what, CheckWhat::Untouched(u) if u == &["x"]));
         assert!(matches!(&c[1].what, CheckWhat::Sql { expect: Expect::Compare(Op::Eq, n), .. } if *n == 1.0));
-        assert!(matches!(&c[2].what, CheckWhat::Command { command } if command == "true"));
+        assert!(matches!(&c[2].what, CheckWhat::Command { command, .. } if command == "true"));
         assert_eq!((d.len(), d[0].line), (1, 22));
     }
 

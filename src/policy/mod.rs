@@ -93,10 +93,22 @@ impl Default for Retention {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Hooks {
     pub before: Vec<String>,
     pub after: Vec<String>,
+    /// How long each hook may run (`[hooks] timeout`, default 10 minutes).
+    pub timeout: std::time::Duration,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks {
+            before: Vec::new(),
+            after: Vec::new(),
+            timeout: crate::process::DEFAULT_HOOK_TIMEOUT,
+        }
+    }
 }
 
 /// Find the policy file the user means.
@@ -156,7 +168,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy> {
     let compression = sections::compression(raw.compression.as_ref(), &cx)?;
     let mut targets = targets::parse(raw.target, &mut cx)?;
     overlap::check(&targets, &store, &cx)?;
-    let hooks = sections::hooks(raw.hooks, &mut cx);
+    let hooks = sections::hooks(raw.hooks, &mut cx)?;
     let drill_checks = raw.drill.as_ref().map(|d| d.check.as_slice()).unwrap_or(&[]);
     let (checks, drill_checks) = checks::parse(&raw.check, drill_checks, &targets, &mut cx)?;
     // A check's unset variables are its target's too: the check is only ever run with it.

@@ -74,6 +74,8 @@ pub struct RawHooks {
     pub before: Vec<String>,
     #[serde(default)]
     pub after: Vec<String>,
+    /// How long each hook may run (`"10m"`); a hook still running then is killed.
+    pub timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -90,6 +92,8 @@ pub struct RawCheck {
     /// s3 targets: count of objects / total bytes under this key prefix.
     pub objects: Option<String>,
     pub bytes: Option<String>,
+    /// `command` checks: how long the command may run (`"5m"`).
+    pub timeout: Option<Spanned<String>>,
 }
 
 /// A check's `expect`: words (`">= 1"`, `"unchanged"`, a literal) or `{ text = "…" }`, a

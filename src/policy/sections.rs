@@ -97,8 +97,12 @@ pub fn compression(raw: Option<&RawCompression>, cx: &ParseCtx) -> Result<Compre
 
 /// `[hooks]`: shell commands. `${VAR}` in them is left for the shell to expand from the
 /// environment, so a secret never appears on `sh -c`'s command line; `$${` is a literal `${`.
-pub fn hooks(raw: Option<RawHooks>, cx: &mut ParseCtx) -> Hooks {
-    let Some(h) = raw else { return Hooks::default() };
+pub fn hooks(raw: Option<RawHooks>, cx: &mut ParseCtx) -> Result<Hooks> {
+    let Some(h) = raw else { return Ok(Hooks::default()) };
+    let timeout = match &h.timeout {
+        Some(t) => duration(cx, &[Seg::Key("hooks"), Seg::Key("timeout")], t, "hooks.timeout")?,
+        None => crate::process::DEFAULT_HOOK_TIMEOUT,
+    };
     let mut shell = |key: &'static str, list: Vec<String>| -> Vec<String> {
         let user = format!("hooks.{key}");
         list.iter()
@@ -106,10 +110,27 @@ pub fn hooks(raw: Option<RawHooks>, cx: &mut ParseCtx) -> Hooks {
             .map(|(i, c)| cx.shell(&[Seg::Key("hooks"), Seg::Key(key), Seg::Index(i)], &user, c))
             .collect()
     };
-    Hooks {
+    Ok(Hooks {
         before: shell("before", h.before),
         after: shell("after", h.after),
+        timeout,
+    })
+}
+
+/// A duration key (`"90s"`, `"10m"`), more than zero.
+pub fn duration(cx: &mut ParseCtx, path: &[Seg], t: &toml::Spanned<String>, key: &str) -> Result<std::time::Duration> {
+    let text = t.get_ref();
+    let value = cx.expand_at(path, text)?.text;
+    let d = humantime::parse_duration(&value).map_err(|e| {
+        cx.err_at(
+            t.span(),
+            format!("{key} {text:?}: {e} (write it like \"90s\" or \"10m\")"),
+        )
+    })?;
+    if d.is_zero() {
+        return Err(cx.err_at(t.span(), format!("{key} must be more than zero")));
     }
+    Ok(d)
 }
 
 /// `[drill]`: `max_age`, `on_failure`, and the `[[drill.check]]`s parsed with the others.

@@ -24,7 +24,7 @@ use crate::journal::{Journal, Op, Phase};
 use crate::manifest::{Manifest, SnapshotKind};
 use crate::outcome::Outcome;
 use crate::policy::Policy;
-use crate::process::Hooks;
+use crate::process::{HookRun, Hooks};
 use crate::snapshot::{self, Depth, Request};
 use crate::store::Store;
 use crate::targets::{target_for, Restored, Target};
@@ -174,7 +174,8 @@ pub fn rescue_then_restore(
     if !hooks {
         return rescue_and_restore(cx, targets, m, rescue, j, caller);
     }
-    let (result, after) = with_hooks(cx, || rescue_and_restore(cx, targets, m, rescue, j, caller));
+    let run_id = j.run_id.clone();
+    let (result, after) = with_hooks(cx, &run_id, || rescue_and_restore(cx, targets, m, rescue, j, caller));
     result.map(|r| Restoration {
         after_hooks: after,
         ..r
@@ -219,17 +220,43 @@ pub fn requested(
 /// Run `f` between the policy's `before` and `after` hooks. The `after` hooks run whatever `f`
 /// did, and also when a `before` hook failed (it may have stopped half of what it stops);
 /// their failure is warned about and returned beside `f`'s result.
-pub fn with_hooks<T>(cx: &Ctx, f: impl FnOnce() -> Result<T, Failure>) -> (Result<T, Failure>, Option<String>) {
+/// The hooks' output is appended to run `run_id`'s log (a remote store receives it at the end).
+pub fn with_hooks<T>(
+    cx: &Ctx,
+    run_id: &str,
+    f: impl FnOnce() -> Result<T, Failure>,
+) -> (Result<T, Failure>, Option<String>) {
+    let log = crate::store::state::state_dir(cx.store)
+        .ok()
+        .map(|d| d.join(crate::store::keys::log_key(run_id)));
+    let hooks = |which, list| HookRun {
+        which,
+        hooks: list,
+        timeout: cx.policy.hooks.timeout,
+        log: log.as_deref(),
+    };
     let result = cx
         .hooks
-        .run("before", &cx.policy.hooks.before, cx.ui)
+        .run(&hooks("before", &cx.policy.hooks.before), cx.ui)
         .map_err(|e| Failure::msg(Kind::Hook, format!("{e:#}; nothing was changed")))
         .and_then(|()| f());
-    let after = cx.hooks.run("after", &cx.policy.hooks.after, cx.ui).err().map(|e| {
-        let e = format!("{e:#}");
-        cx.ui.warn(&e);
-        e
-    });
+    let after = cx
+        .hooks
+        .run(&hooks("after", &cx.policy.hooks.after), cx.ui)
+        .err()
+        .map(|e| {
+            let e = format!("{e:#}");
+            cx.ui.warn(&e);
+            e
+        });
+    if log.as_deref().is_some_and(|p| p.exists()) {
+        if let Err(e) = crate::store::publish_log(cx.store, run_id, true) {
+            cx.ui.warn(&format!(
+                "could not upload the run log to {}: {e:#}",
+                cx.store.location()
+            ));
+        }
+    }
     (result, after)
 }
 

@@ -45,7 +45,9 @@ pub struct Options {
 pub fn guarded(cx: &Ctx, targets: &[Box<dyn Target>], runner: &dyn Runner, opts: &Options) -> Result<u8, Failure> {
     let mut begun = begin::begin(cx, opts)?;
     // The after hooks run whatever happened once guard got as far as the before hooks.
-    let (result, after_hooks) = restore::with_hooks(cx, || lifecycle(cx, targets, runner, opts, &mut begun.journal));
+    let run_id = begun.journal.run_id.clone();
+    let (result, after_hooks) =
+        restore::with_hooks(cx, &run_id, || lifecycle(cx, targets, runner, opts, &mut begun.journal));
     // The run is over: the hot copies its pre-run snapshot kept beside the targets go.
     for t in targets {
         t.drop_hot(&begun.journal.run_id);
@@ -174,7 +176,7 @@ fn run_command(cx: &Ctx, runner: &dyn Runner, opts: &Options, j: &mut Journal) -
         127
     });
     j.command_exit = Some(code);
-    if let Err(e) = store::publish_log(store, &j.run_id) {
+    if let Err(e) = store::publish_log(store, &j.run_id, false) {
         cx.ui
             .warn(&format!("could not upload the run log to {}: {e:#}", store.location()));
     }

@@ -45,7 +45,7 @@ pub fn print_plan(policy: &Policy, targets: &[Box<dyn Target>], opts: &Options, 
             CheckWhat::Untouched(items) => format!("{} untouched", items.join(", ")),
             CheckWhat::Identical(items) => format!("{} identical", items.join(", ")),
             CheckWhat::Sql { sql, expect } => format!("{sql} → {expect}"),
-            CheckWhat::Command { command } => format!("`{command}` exits 0"),
+            CheckWhat::Command { command, .. } => format!("`{command}` exits 0"),
             CheckWhat::Objects {
                 prefix,
                 measure,

@@ -136,9 +136,10 @@ pub fn open(spec: &StoreSpec) -> Result<Box<dyn Store>> {
     }
 }
 
-/// After a command ran: a remote store receives the run log written locally meanwhile
-/// (`runs/RUN/run.log` in [`state::state_dir`]). Nothing to do for a local store.
-pub fn publish_log(store: &dyn Store, run_id: &str) -> Result<()> {
+/// After a command ran, and again after the `after` hooks (`last`): a remote store receives the
+/// run log written locally meanwhile (`runs/RUN/run.log` in [`state::state_dir`]), whole each
+/// time; the local copy is removed after the last upload. Nothing to do for a local store.
+pub fn publish_log(store: &dyn Store, run_id: &str, last: bool) -> Result<()> {
     if store.local_root().is_some() {
         return Ok(());
     }
@@ -147,6 +148,8 @@ pub fn publish_log(store: &dyn Store, run_id: &str) -> Result<()> {
     let mut u = store.create(&key)?;
     std::io::copy(&mut std::fs::File::open(&path)?, &mut u)?;
     u.commit()?;
-    std::fs::remove_file(&path)?;
+    if last {
+        std::fs::remove_file(&path)?;
+    }
     Ok(())
 }

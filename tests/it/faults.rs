@@ -410,6 +410,94 @@ fn secrets_never_appear_in_output_logs_manifests_or_child_argv() {
     }
 }
 
+/// Scan every process's argv until `child` exits; panics when one holds `secret`. Returns how
+/// many times a child of `child` was seen, and `child`'s output.
+fn scan_argv_until_exit(child: std::process::Child, secret: &str) -> (usize, std::process::Output) {
+    let pid = child.id();
+    let mut child = child;
+    let mut seen_children = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(format!("/proc/{p}/cmdline")) else {
+                continue;
+            };
+            assert!(
+                !String::from_utf8_lossy(&cmdline).contains(secret),
+                "secret in argv of pid {p}: {:?}",
+                String::from_utf8_lossy(&cmdline)
+            );
+            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
+                let rest = stat.rsplit(')').next().unwrap_or("");
+                if rest.split_whitespace().nth(1) == Some(&pid.to_string()) {
+                    seen_children += 1;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (seen_children, child.wait_with_output().unwrap())
+}
+
+/// Item 2 of issue 15's rest: a variable guard reads from the `.env` beside the policy (not the
+/// real environment) reaches hooks and `command` checks through their environment, expanded by
+/// the shell, never on a command line; also through `guard restore`'s hooks.
+#[test]
+fn dotenv_secrets_reach_hooks_and_checks_through_the_environment_not_argv() {
+    let secret = "d0tenv-guard-secret-7171";
+    let env = simple_env("");
+    let text = std::fs::read_to_string(env.path("guard.toml")).unwrap();
+    env.write(".env", &format!("GUARD_FAULTS_DOTENV_TOKEN={secret}\n"));
+    env.write(
+        "guard.toml",
+        &format!(
+            "{text}\n[hooks]\nbefore = [\"printf %s \\\"${{GUARD_FAULTS_DOTENV_TOKEN}}\\\" >> seen-before; sleep 1\"]\nafter = [\"printf %s \\\"${{GUARD_FAULTS_DOTENV_TOKEN}}\\\" >> seen-after; sleep 1\"]\n\n[[check]]\nname = \"token works\"\ncommand = \"sleep 1; printf %s \\\"${{GUARD_FAULTS_DOTENV_TOKEN}}\\\" >> seen-check\"\n"
+        ),
+    );
+    let child = env
+        .cmd(&["--json", "--", "true"])
+        .env_remove("GUARD_FAULTS_DOTENV_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (seen, out) = scan_argv_until_exit(child, secret);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "hooks and check saw the value: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(seen > 0, "the scan saw guard's children");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["checks"][0]["passed"], true, "{v}");
+    // `guard restore` runs the hooks too.
+    let child = env
+        .cmd(&["restore", "latest", "--yes"])
+        .env_remove("GUARD_FAULTS_DOTENV_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (seen, out) = scan_argv_until_exit(child, secret);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(seen > 0, "the scan saw restore's hooks");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains(secret), "{all}");
+    // The shell expanded the value each time: twice for the run and the restore's hooks.
+    let seen = |f: &str| std::fs::read_to_string(env.path(f)).unwrap_or_default();
+    assert_eq!(seen("seen-before"), format!("{secret}{secret}"));
+    assert_eq!(seen("seen-after"), format!("{secret}{secret}"));
+    assert_eq!(seen("seen-check"), secret);
+}
+
 fn wait_for(path: &std::path::Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !path.exists() {

@@ -11,6 +11,7 @@ mod drill;
 mod faults;
 mod files;
 mod fuzz_parsers;
+mod hooks;
 mod init;
 mod leftovers;
 mod lifecycle;
