@@ -104,10 +104,21 @@ impl Hooks for ShellHooks {
 /// `timeout` is killed with its process group and reported as failed.
 pub fn run_hooks(run: &HookRun, ui: &Ui) -> Result<()> {
     let which = run.which;
-    let log = match run.log {
-        Some(p) => Some(open_append(p).with_context(|| format!("cannot open the run log {}", p.display()))?),
-        None => None,
-    };
+    if run.hooks.is_empty() {
+        return Ok(());
+    }
+    // A run log that cannot be written (a read-only or full store) loses the hooks' output
+    // there, not the hooks.
+    let log = run.log.and_then(|p| match open_append(p) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            ui.warn(&format!(
+                "cannot write the {which} hooks' output into the run log {}: {e}",
+                p.display()
+            ));
+            None
+        }
+    });
     for h in run.hooks {
         let line = format!("guard: {which} hook: {h}");
         ui.info(&line);
