@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use anyhow::{anyhow, Context, Result};
 
 use crate::journal::CheckResult;
-use crate::manifest::Manifest;
+use crate::manifest::{Fingerprint, Manifest};
 use crate::policy::{CheckSpec, CheckWhat, Expect, Measure, Op, Policy};
 use crate::targets::Target;
 
@@ -134,134 +134,160 @@ fn evaluate_one(
         passed: false,
         detail: None,
     };
-    let outcome: Result<()> = (|| {
-        match &c.what {
-            CheckWhat::Untouched(items) | CheckWhat::Identical(items) => {
-                let strict = matches!(c.what, CheckWhat::Identical(_));
-                r.expect = format!(
-                    "{} {}",
-                    items.join(", "),
-                    if strict { "identical" } else { "untouched" }
-                );
-                let tname = c.target.as_deref().expect("validated");
-                let rec = snapshot
-                    .target(tname)
-                    .ok_or_else(|| anyhow!("snapshot has no target {tname}"))?;
-                let t = target(targets, tname)?;
-                let recorded = |i: &String| {
-                    rec.fingerprints
-                        .get(i)
-                        .ok_or_else(|| anyhow!("snapshot recorded no fingerprint of {i}"))
-                };
-                // Whole fingerprints: `identical`, paths and schema items, and tables whose
-                // snapshot (taken by an older guard) recorded no column list.
-                let whole: Vec<String> = items
-                    .iter()
-                    .filter(|i| strict || recorded(i).map(|b| b.columns.is_none()).unwrap_or(true))
-                    .cloned()
-                    .collect();
-                let now_whole = if whole.is_empty() {
-                    BTreeMap::new()
-                } else {
-                    t.fingerprint(&whole)?
-                };
-                let mut rows_before = 0;
-                let mut rows_after = 0;
-                let mut diffs = Vec::new();
-                for i in items {
-                    let b = recorded(i)?;
-                    rows_before += b.rows;
-                    let a = match (&b.columns, whole.contains(i)) {
-                        (Some(cols), false) => match t.fingerprint_existing(i, cols) {
-                            Ok(a) => a,
-                            Err(e) => {
-                                diffs.push(format!("{e:#}"));
-                                continue;
-                            }
-                        },
-                        _ => now_whole
-                            .get(i)
-                            .cloned()
-                            .ok_or_else(|| anyhow!("no fingerprint of {i}"))?,
-                    };
-                    rows_after += a.rows;
-                    let old = if !strict && b.columns.is_none() && a.columns.is_some() {
-                        " (the snapshot, taken by an older guard, recorded no column list: whole rows were compared, as `identical` does)"
-                    } else {
-                        ""
-                    };
-                    if a.rows != b.rows {
-                        diffs.push(format!("{i}: {} → {} rows{old}", b.rows, a.rows));
-                    } else if a.hash != b.hash {
-                        let what = if strict || b.columns.is_none() {
-                            "content"
-                        } else {
-                            "existing data"
-                        };
-                        diffs.push(format!("{i}: {what} changed ({} rows){old}", a.rows));
-                    }
-                }
-                r.before = Some(format!("{rows_before} rows"));
-                r.after = Some(format!("{rows_after} rows"));
-                r.passed = diffs.is_empty();
-                if !r.passed {
-                    r.detail = Some(diffs.join("; "));
-                }
-            }
-            CheckWhat::Sql { sql, expect } => {
-                r.expect = expect.to_string();
-                let t = target(targets, c.target.as_deref().expect("validated"))?;
-                r.before = before.get(&c.name).cloned();
-                let after = t.query(sql)?;
-                r.after = Some(after.clone());
-                r.passed = meets(expect, r.before.as_deref(), &after)?;
-            }
-            CheckWhat::Objects {
-                prefix,
-                measure,
-                expect,
-            } => {
-                r.expect = expect.to_string();
-                let t = target(targets, c.target.as_deref().expect("validated"))?;
-                r.before = before.get(&c.name).cloned();
-                let after = objects_value(t, prefix, *measure)?;
-                r.after = Some(after.clone());
-                r.passed = meets(expect, r.before.as_deref(), &after)?;
-            }
-            CheckWhat::Command { command, timeout } => {
-                r.expect = "exit 0".into();
-                let out = crate::process::run_shell(command, *timeout, crate::process::Sink::Capture)
-                    .with_context(|| format!("cannot run {command:?}"))?;
-                if let Some(pgid) = out.timed_out {
-                    r.after = Some("timed out".into());
-                    anyhow::bail!(
-                        "did not finish within {}: killed it with its process group {pgid} (the check's `timeout` sets how long it may take)",
-                        humantime::format_duration(*timeout)
-                    );
-                }
-                let code = out
-                    .status
-                    .code()
-                    .map(|c| c.to_string())
-                    .unwrap_or_else(|| "signal".into());
-                r.after = Some(format!("exit {code}"));
-                r.passed = out.status.success();
-                if !r.passed {
-                    let err = String::from_utf8_lossy(&out.stderr);
-                    let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
-                    if !last.is_empty() {
-                        r.detail = Some(crate::secrets::redact(last));
-                    }
-                }
-            }
-        }
-        Ok(())
-    })();
+    let target_of = || target(targets, c.target.as_deref().expect("validated"));
+    let outcome: Result<()> = match &c.what {
+        CheckWhat::Untouched(items) => target_of().and_then(|t| fingerprints(c, t, items, false, snapshot, &mut r)),
+        CheckWhat::Identical(items) => target_of().and_then(|t| fingerprints(c, t, items, true, snapshot, &mut r)),
+        CheckWhat::Sql { sql, expect } => target_of().and_then(|t| value(c, expect, before, &mut r, || t.query(sql))),
+        CheckWhat::Objects {
+            prefix,
+            measure,
+            expect,
+        } => target_of().and_then(|t| value(c, expect, before, &mut r, || objects_value(t, prefix, *measure))),
+        CheckWhat::Command { command, timeout } => shell_check(command, *timeout, &mut r),
+    };
     if let Err(e) = outcome {
         r.passed = false;
         r.detail = Some(crate::secrets::redact(&format!("{e:#}")));
     }
     r
+}
+
+/// `untouched` (`strict`: `identical`): the live fingerprints of `items` against the ones the
+/// snapshot recorded — over the columns each table had then, or whole rows.
+fn fingerprints(
+    c: &CheckSpec,
+    t: &dyn Target,
+    items: &[String],
+    strict: bool,
+    snapshot: &Manifest,
+    r: &mut CheckResult,
+) -> Result<()> {
+    r.expect = format!(
+        "{} {}",
+        items.join(", "),
+        if strict { "identical" } else { "untouched" }
+    );
+    let tname = c.target.as_deref().expect("validated");
+    let rec = snapshot
+        .target(tname)
+        .ok_or_else(|| anyhow!("snapshot has no target {tname}"))?;
+    let recorded = |i: &String| {
+        rec.fingerprints
+            .get(i)
+            .ok_or_else(|| anyhow!("snapshot recorded no fingerprint of {i}"))
+    };
+    // Whole fingerprints: `identical`, paths and schema items, and tables whose snapshot
+    // (taken by an older guard) recorded no column list.
+    let whole: Vec<String> = items
+        .iter()
+        .filter(|i| strict || recorded(i).map(|b| b.columns.is_none()).unwrap_or(true))
+        .cloned()
+        .collect();
+    let now_whole = if whole.is_empty() {
+        BTreeMap::new()
+    } else {
+        t.fingerprint(&whole)?
+    };
+    let mut rows_before = 0;
+    let mut rows_after = 0;
+    let mut diffs = Vec::new();
+    for i in items {
+        let b = recorded(i)?;
+        rows_before += b.rows;
+        let a = match (&b.columns, whole.contains(i)) {
+            (Some(cols), false) => match t.fingerprint_existing(i, cols) {
+                Ok(a) => a,
+                Err(e) => {
+                    diffs.push(format!("{e:#}"));
+                    continue;
+                }
+            },
+            _ => now_whole
+                .get(i)
+                .cloned()
+                .ok_or_else(|| anyhow!("no fingerprint of {i}"))?,
+        };
+        rows_after += a.rows;
+        if let Some(d) = difference(i, b, &a, strict) {
+            diffs.push(d);
+        }
+    }
+    r.before = Some(format!("{rows_before} rows"));
+    r.after = Some(format!("{rows_after} rows"));
+    r.passed = diffs.is_empty();
+    if !r.passed {
+        r.detail = Some(diffs.join("; "));
+    }
+    Ok(())
+}
+
+/// How `i`'s fingerprint `a` after the command differs from `b` before it, in words.
+fn difference(i: &str, b: &Fingerprint, a: &Fingerprint, strict: bool) -> Option<String> {
+    let old = if !strict && b.columns.is_none() && a.columns.is_some() {
+        " (the snapshot, taken by an older guard, recorded no column list: whole rows were compared, as `identical` does)"
+    } else {
+        ""
+    };
+    if a.rows != b.rows {
+        Some(format!("{i}: {} → {} rows{old}", b.rows, a.rows))
+    } else if a.hash != b.hash {
+        let what = if strict || b.columns.is_none() {
+            "content"
+        } else {
+            "existing data"
+        };
+        Some(format!("{i}: {what} changed ({} rows){old}", a.rows))
+    } else {
+        None
+    }
+}
+
+/// A `sql` or `objects`/`bytes` check: the value now (`read`) against `expect`, with the value
+/// read before the command when there is one.
+fn value(
+    c: &CheckSpec,
+    expect: &Expect,
+    before: &BTreeMap<String, String>,
+    r: &mut CheckResult,
+    read: impl FnOnce() -> Result<String>,
+) -> Result<()> {
+    r.expect = expect.to_string();
+    r.before = before.get(&c.name).cloned();
+    let after = read()?;
+    r.after = Some(after.clone());
+    r.passed = meets(expect, r.before.as_deref(), &after)?;
+    Ok(())
+}
+
+/// A `command` check: `sh -c command` must exit 0 within `timeout`; its last stderr line
+/// explains a failure.
+fn shell_check(command: &str, timeout: std::time::Duration, r: &mut CheckResult) -> Result<()> {
+    r.expect = "exit 0".into();
+    let out = crate::process::run_shell(command, timeout, crate::process::Sink::Capture)
+        .with_context(|| format!("cannot run {command:?}"))?;
+    if let Some(pgid) = out.timed_out {
+        r.after = Some("timed out".into());
+        anyhow::bail!(
+            "did not finish within {}: killed it with its process group {pgid} (the check's `timeout` sets how long it may take)",
+            humantime::format_duration(timeout)
+        );
+    }
+    let code = out
+        .status
+        .code()
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| "signal".into());
+    r.after = Some(format!("exit {code}"));
+    r.passed = out.status.success();
+    if !r.passed {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+        if !last.is_empty() {
+            r.detail = Some(crate::secrets::redact(last));
+        }
+    }
+    Ok(())
 }
 
 /// Evaluate every check of the policy.
