@@ -63,6 +63,8 @@ pub enum Sub {
         #[arg(long, short = 'l')]
         label: Option<String>,
     },
+    /// Read-only preflight: everything a run checks before the command, nothing written.
+    Check,
     /// List the policy's complete snapshots, newest first.
     List,
     /// Show a snapshot's manifest: targets, artifacts, checksums, fingerprints.
@@ -88,6 +90,9 @@ pub enum Sub {
         /// Do not take a rescue snapshot of the current state first.
         #[arg(long)]
         no_rescue: bool,
+        /// End other sessions on PostgreSQL targets (as `sessions = "terminate"`), this once.
+        #[arg(long)]
+        terminate_sessions: bool,
     },
     /// The last run, interrupted runs and what to do about them.
     Status,
@@ -96,6 +101,9 @@ pub enum Sub {
         /// Accept the current state instead of restoring.
         #[arg(long)]
         keep: bool,
+        /// End other sessions on PostgreSQL targets (as `sessions = "terminate"`), this once.
+        #[arg(long)]
+        terminate_sessions: bool,
     },
     /// Rebuild the catalog from the manifests in the store.
     Reindex,
@@ -138,6 +146,12 @@ pub enum Sub {
         /// With --install: write the units but do not run systemctl.
         #[arg(long)]
         no_enable: bool,
+        /// The environment file the job loads (the policy's variables) [default: /etc/guard/POLICY.env]
+        #[arg(long, value_name = "PATH")]
+        env_file: Option<std::path::PathBuf>,
+        /// Take a fresh snapshot before each drill, so the drill tests today's data.
+        #[arg(long)]
+        snapshot: bool,
     },
     /// Protect a snapshot from pruning.
     Pin {

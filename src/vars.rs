@@ -180,10 +180,31 @@ pub fn shell_command(s: &str) -> (String, Vec<(String, usize)>) {
 /// Read `dir/.env` when it exists and set each variable it defines that the environment does
 /// not already have (the real environment wins). Returns the names it set.
 pub fn load_dotenv(dir: &Path) -> Result<Vec<String>> {
-    let path = dir.join(".env");
-    let text = match std::fs::read_to_string(&path) {
+    load_env_file(&dir.join(".env"), false)
+}
+
+/// The environment file `GUARD_ENV_FILE` names (what `guard schedule`'s crontab line sets; the
+/// systemd unit's `EnvironmentFile=` is the same file): required (optional as `-PATH`), read like `.env`,
+/// before the `.env` beside the policy, so it wins over that one and the real environment over
+/// both.
+pub fn load_guard_env_file() -> Result<Vec<String>> {
+    // `-PATH`: optional, as systemd's `EnvironmentFile=-PATH`.
+    let Some(v) = std::env::var("GUARD_ENV_FILE").ok().filter(|v| !v.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let (path, required) = match v.strip_prefix('-') {
+        Some(p) => (p, false),
+        None => (v.as_str(), true),
+    };
+    load_env_file(Path::new(path), required).context("GUARD_ENV_FILE")
+}
+
+/// Set each variable `path` defines (`.env` syntax) that the environment does not have. A
+/// missing file is an error when `required`, nothing otherwise.
+fn load_env_file(path: &Path, required: bool) -> Result<Vec<String>> {
+    let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     let mut set = Vec::new();

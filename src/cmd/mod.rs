@@ -3,6 +3,7 @@
 //! [`dispatch`] picks the file; [`Session`] is the preamble they share (the policy's store and
 //! catalog, the lock); [`for_policies`] runs one for every policy with `--all`.
 
+pub mod check;
 pub mod completions;
 pub mod drill;
 pub mod drills;
@@ -165,7 +166,7 @@ pub fn dispatch(cli: Cli, ui: &Ui) -> Result<u8, Failure> {
     // show, status, drills, pin, verify --quick, schedule, reindex) need none of the targets'.
     let opens_targets = match &cli.sub {
         None | Some(Sub::Snapshot { .. }) | Some(Sub::Restore { .. }) => true,
-        Some(Sub::Recover { keep }) => !keep,
+        Some(Sub::Recover { keep, .. }) => !keep,
         Some(Sub::Verify { quick, .. }) => !quick,
         _ => false,
     };
@@ -184,12 +185,28 @@ pub fn dispatch(cli: Cli, ui: &Ui) -> Result<u8, Failure> {
             ui,
         ),
         Some(Sub::Snapshot { target, label }) => snapshot::snapshot(policy, &target, label, ui),
+        Some(Sub::Check) => check::check(policy, ui),
         Some(Sub::List) => list::list(policy, ui),
         Some(Sub::Show { id }) => show::show(policy, &id, ui),
         Some(Sub::Verify { id, quick }) => verify::verify(policy, id.as_deref(), quick, ui),
-        Some(Sub::Restore { id, target, no_rescue }) => restore::restore(policy, &id, &target, no_rescue, cli.yes, ui),
+        Some(Sub::Restore {
+            id,
+            target,
+            no_rescue,
+            terminate_sessions,
+        }) => restore::restore(
+            &sessions_override(policy, terminate_sessions),
+            &id,
+            &target,
+            no_rescue,
+            cli.yes,
+            ui,
+        ),
         Some(Sub::Status) => status::status(policy, ui),
-        Some(Sub::Recover { keep }) => recover::recover(policy, keep, cli.yes, ui),
+        Some(Sub::Recover {
+            keep,
+            terminate_sessions,
+        }) => recover::recover(&sessions_override(policy, terminate_sessions), keep, cli.yes, ui),
         Some(Sub::Reindex) => reindex::reindex(policy, ui),
         Some(Sub::Prune { .. })
         | Some(Sub::Drill { .. })
@@ -205,7 +222,20 @@ pub fn dispatch(cli: Cli, ui: &Ui) -> Result<u8, Failure> {
             install,
             unit_dir,
             no_enable,
-        }) => schedule::schedule(policy, &every, install, &unit_dir, no_enable, ui),
+            env_file,
+            snapshot,
+        }) => schedule::schedule(
+            policy,
+            &schedule::Options {
+                every: &every,
+                env_file: env_file.as_deref(),
+                snapshot,
+            },
+            install,
+            &unit_dir,
+            no_enable,
+            ui,
+        ),
         Some(Sub::Pin { id, reason }) => pin::pin(policy, &id, Some(&reason), false, ui),
         Some(Sub::Unpin { id }) => pin::pin(policy, &id, None, true, ui),
     }
@@ -221,6 +251,20 @@ fn said_policy(policy: &Policy, ui: &Ui) {
             .display(),
         policy.store
     ));
+}
+
+/// The policy with `sessions = "terminate"` on every PostgreSQL target when `terminate` (the
+/// one-off `--terminate-sessions` of `guard restore` and `guard recover`).
+fn sessions_override(policy: &Policy, terminate: bool) -> Policy {
+    let mut p = policy.clone();
+    if terminate {
+        for t in &mut p.targets {
+            if let crate::targets::KindSpec::Postgres(pg) = &mut t.kind {
+                pg.sessions = crate::targets::postgres::Sessions::Terminate;
+            }
+        }
+    }
+    p
 }
 
 /// Every policy file in `./policies/`, for `--all`.

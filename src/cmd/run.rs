@@ -9,8 +9,13 @@ use crate::ui::Ui;
 pub fn run(policy: &Policy, opts: &Options, ui: &Ui) -> Result<u8, Failure> {
     let targets = begin::targets(policy, opts)?;
     if opts.dry_run {
-        plan::print_plan(policy, &targets, opts, ui);
-        return Ok(0);
+        // The plan, then the read-only preflight a run does before the command (`guard check`).
+        let items = super::check::preflight(policy);
+        plan::print_plan(policy, &targets, opts, ui, serde_json::json!({ "preflight": items }));
+        if !ui.json {
+            super::check::print(policy, &items);
+        }
+        return super::check::verdict(&items).map_err(|f| if ui.json { f.reported() } else { f });
     }
     begin::preconditions(policy, opts)?;
     // A store or catalog that cannot be opened means no snapshot: exit 69, nothing run.

@@ -154,6 +154,7 @@ pub fn load(path: &Path) -> Result<Policy> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
+    vars::load_guard_env_file()?;
     vars::load_dotenv(dir)?;
     parse(&text, path)
 }

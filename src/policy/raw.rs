@@ -75,6 +75,7 @@ pub struct RawHooks {
     #[serde(default)]
     pub after: Vec<String>,
     /// How long each hook may run (`"10m"`); a hook still running then is killed.
+    #[schemars(with = "Option<String>")]
     pub timeout: Option<Spanned<String>>,
 }
 
@@ -93,6 +94,7 @@ pub struct RawCheck {
     pub objects: Option<String>,
     pub bytes: Option<String>,
     /// `command` checks: how long the command may run (`"5m"`).
+    #[schemars(with = "Option<String>")]
     pub timeout: Option<Spanned<String>>,
 }
 

@@ -50,6 +50,9 @@ pub struct TargetRestore {
     /// The target cannot be restored in place by guard; `error` holds what a person must do.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub manual: bool,
+    /// Refused because other sessions hold the database ([`crate::targets::SessionsBlock`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sessions: bool,
 }
 
 /// The rescue snapshot of the state a restore replaces.
@@ -419,6 +422,7 @@ fn swapped_results(swapped: &[Swapped], m: &Manifest) -> Vec<TargetRestore> {
             seconds: 0.0,
             error: None,
             manual: false,
+            sessions: false,
         })
         .collect()
 }
@@ -613,11 +617,27 @@ impl Restoration {
                 Caller::Restore => format!("guard --policy {file} restore {}", m.id),
                 Caller::Recover => format!("guard --policy {file} recover"),
             };
+            // Each target's error was printed as it failed; other sessions' ways out come once.
+            let sessions = if failed.iter().any(|r| r.sessions) {
+                let flag = match caller {
+                    Caller::Recover => format!("guard --policy {file} recover --terminate-sessions"),
+                    _ => format!("guard --policy {file} restore {} --terminate-sessions", m.id),
+                };
+                format!(" Other sessions are connected: stop them (the app), then retry; or end them: {flag} (or set `sessions = \"terminate\"` on the target).")
+            } else {
+                String::new()
+            };
             format!(
-                "{why}RESTORE FAILED for {} — act now.{restored} Snapshot {} is intact.{rescue} Retry with: {retry}",
+                "{why}RESTORE FAILED for {} — act now.{restored} Snapshot {} is intact.{rescue}{sessions} Retry with: {retry}",
                 failed
                     .iter()
-                    .map(|r| format!("{} ({})", r.target, r.error.as_deref().unwrap_or("?")))
+                    .map(|r| {
+                        if r.sessions {
+                            format!("{} (other sessions, above)", r.target)
+                        } else {
+                            format!("{} ({})", r.target, r.error.as_deref().unwrap_or("?"))
+                        }
+                    })
                     .collect::<Vec<_>>()
                     .join(", "),
                 m.id
@@ -648,6 +668,10 @@ pub fn restore_all(targets: &[Box<dyn Target>], store: &dyn Store, m: &Manifest,
         };
         spinner.finish();
         let seconds = started.elapsed().as_secs_f64();
+        let sessions = r.as_ref().is_err_and(|e| {
+            e.chain()
+                .any(|c| c.downcast_ref::<crate::targets::SessionsBlock>().is_some())
+        });
         let (ok, manual, error) = match r {
             Ok(Restored::Done) => {
                 ui.info(&format!("  {:<16} restored and verified in {seconds:.1}s", rec.name));
@@ -673,6 +697,7 @@ pub fn restore_all(targets: &[Box<dyn Target>], store: &dyn Store, m: &Manifest,
             seconds,
             error,
             manual,
+            sessions,
         });
         crate::faults::test_pause("restore-between-targets");
     }

@@ -132,6 +132,7 @@ fn take_snapshot(
     for t in targets {
         t.preflight().kind(Kind::Snapshot)?;
     }
+    refuse_if_restore_blocked(targets)?;
     let before = checks::before_values(policy, targets).kind(Kind::Snapshot)?;
     ui.info(&format!("guard: snapshot of {} into {}", policy.name, store.location()));
     let req = Request {
@@ -153,6 +154,28 @@ fn take_snapshot(
         shell_words(&opts.command)
     ));
     Ok((snap, before))
+}
+
+/// A restore that would be refused (other sessions on a PostgreSQL target under
+/// `sessions = "refuse"`) refuses the run now, before the command could change anything:
+/// exit 69, one short line per target and the two ways out, once (F3).
+fn refuse_if_restore_blocked(targets: &[Box<dyn Target>]) -> Result<(), Failure> {
+    let mut blocked = Vec::new();
+    for t in targets {
+        if let Some(b) = t.restore_blocked().kind(Kind::Snapshot)? {
+            blocked.push(format!("target {}: {}", b.target, b.summary));
+        }
+    }
+    if blocked.is_empty() {
+        return Ok(());
+    }
+    Err(Failure::msg(
+        Kind::Snapshot,
+        format!(
+            "nothing was run: if the command failed, the restore would be refused ({}). Stop the app in a `before` hook, or set `sessions = \"terminate\"` on the target so that a restore ends them",
+            blocked.join("; ")
+        ),
+    ))
 }
 
 /// Run the command; its exit code (127 when it could not even start).

@@ -11,9 +11,10 @@ use crate::targets::Target;
 use crate::ui::{self, Ui};
 
 /// Print what a run would do, touching nothing.
-pub fn print_plan(policy: &Policy, targets: &[Box<dyn Target>], opts: &Options, ui: &Ui) {
+/// `extra`'s keys are added to the `--json` document (the preflight's items).
+pub fn print_plan(policy: &Policy, targets: &[Box<dyn Target>], opts: &Options, ui: &Ui, extra: serde_json::Value) {
     if ui.json {
-        ui::print_json(&json!({
+        let mut doc = json!({
             "policy": policy.name,
             "store": policy.store.to_string(),
             "targets": targets.iter().map(|t| json!({"name": t.name(), "kind": t.kind(), "source": t.source()})).collect::<Vec<_>>(),
@@ -21,7 +22,11 @@ pub fn print_plan(policy: &Policy, targets: &[Box<dyn Target>], opts: &Options, 
             "checks": policy.checks.iter().map(|c| json!({"name": c.name, "target": c.target})).collect::<Vec<_>>(),
             "command": opts.command,
             "confirm": policy.confirm && !opts.yes,
-        }));
+        });
+        if let (Some(d), Some(e)) = (doc.as_object_mut(), extra.as_object()) {
+            d.extend(e.clone());
+        }
+        ui::print_json(&doc);
         return;
     }
     let mut s = format!(

@@ -342,7 +342,33 @@ pub trait Target: Send + Sync {
         let _ = run_id;
         None
     }
+    /// Would a restore of this target be refused right now (PostgreSQL: other sessions under
+    /// `sessions = "refuse"`)? Checked before the command runs, so a failure can be undone.
+    fn restore_blocked(&self) -> Result<Option<SessionsBlock>> {
+        Ok(None)
+    }
+    /// The external tools this target uses and their versions, for `guard check`.
+    fn tool_versions(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 }
+
+/// A restore refused because other sessions hold the database (PostgreSQL under
+/// `sessions = "refuse"`): `summary` is one short line (count, application, user, client).
+/// [`crate::restore`] tells it apart from other failures to give the ways out once.
+#[derive(Debug, Clone)]
+pub struct SessionsBlock {
+    pub target: String,
+    pub summary: String,
+}
+
+impl std::fmt::Display for SessionsBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "target {}: {}; nothing was changed", self.target, self.summary)
+    }
+}
+
+impl std::error::Error for SessionsBlock {}
 
 /// What [`Target::restore`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]

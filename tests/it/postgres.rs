@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// The rent database before the migration of seed 000 (Prisma-style quoted names).
-const RENT_SCHEMA: &str = r#"
+pub(crate) const RENT_SCHEMA: &str = r#"
 CREATE TABLE "Tenant" (
     id text PRIMARY KEY,
     name text NOT NULL,
@@ -57,7 +57,7 @@ FROM generate_series(1, 31) i;
 "#;
 
 /// The migration of seed 000: schema change (Prisma migration.sql) then data migration.
-const RENT_MIGRATION: &str = r#"
+pub(crate) const RENT_MIGRATION: &str = r#"
 ALTER TABLE "RentConfig" DROP COLUMN "period_month";
 ALTER TABLE "RentLedger" ADD COLUMN "daysStayed" DOUBLE PRECISION;
 ALTER TABLE "RentLedger" ADD COLUMN "baseMonthlyRent" DOUBLE PRECISION;
@@ -557,7 +557,7 @@ fn other_sessions_are_refused_by_name_or_terminated() {
     let r = run_env(&env, &cluster, &["restore", &id, "--yes", "--no-rescue"]);
     assert_ne!(r.code, 0, "{r:?}");
     assert!(
-        r.stderr.contains("rent-kiosk") && r.stderr.contains("pid "),
+        r.stderr.contains("application \"rent-kiosk\""),
         "names the session: {r:?}"
     );
     assert!(

@@ -88,11 +88,11 @@ impl PostgresTarget {
         let others = self.other_sessions(&db)?;
         if !others.is_empty() {
             if self.pg.sessions == Sessions::Refuse {
-                bail!(
-                    "{} other session(s) are connected to {db} and `sessions = \"refuse\"`: {}",
-                    others.len(),
-                    others.join("; ")
-                );
+                return Err(crate::targets::SessionsBlock {
+                    target: self.spec.name.clone(),
+                    summary: super::restore::summarize(&db, &others),
+                }
+                .into());
             }
             self.handle_sessions(&db)?;
         }

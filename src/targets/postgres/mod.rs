@@ -185,6 +185,20 @@ impl Target for PostgresTarget {
         self.tools().map(|_| ())
     }
 
+    fn tool_versions(&self) -> Result<Vec<String>> {
+        let t = self.tools()?;
+        Ok(vec![format!(
+            "pg_dump, pg_restore, psql {} in {}",
+            t.version,
+            t.dir.display()
+        )])
+    }
+
+    fn restore_blocked(&self) -> Result<Option<crate::targets::SessionsBlock>> {
+        self.live()?;
+        self.sessions_blocking_restore()
+    }
+
     fn snapshot(&self, ctx: &SnapshotCtx) -> Result<TargetRecord> {
         self.live()?;
         let mut rec = TargetRecord {

@@ -24,6 +24,7 @@ use super::{say, PostgresTarget, Sessions};
 use crate::artifact::read_artifact;
 use crate::manifest::{Artifact, TargetRecord};
 use crate::store::Store;
+use crate::targets::SessionsBlock;
 
 /// The deferred constraint of the restore's gate: its name in an error means the dump's SQL
 /// tried to commit before guard did.
@@ -87,13 +88,13 @@ impl PostgresTarget {
 
     /// Sessions on the database other than guard's own; waits briefly for ones that are
     /// closing (guard's own check connections, a finished migration).
-    pub(super) fn other_sessions(&self, db: &str) -> Result<Vec<String>> {
+    pub(super) fn other_sessions(&self, db: &str) -> Result<Vec<Other>> {
         let deadline = Instant::now() + Duration::from_secs(3);
         loop {
             let mut c = self.connect_server()?;
             let rows = crate::runtime::block_on(async {
                 let r = sqlx::query(
-                    "SELECT pid, coalesce(usename, ''), coalesce(application_name, ''), coalesce(client_addr::text, 'local'), coalesce(state, '')
+                    "SELECT pid, coalesce(usename, ''), coalesce(application_name, ''), coalesce(client_addr::text, 'local')
                      FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend' ORDER BY pid",
                 )
                 .bind(db)
@@ -102,17 +103,12 @@ impl PostgresTarget {
                 let _ = c.close().await;
                 r
             })?;
-            let list: Vec<String> = rows
+            let list: Vec<Other> = rows
                 .iter()
-                .map(|r| {
-                    format!(
-                        "pid {} (user {}, application {:?}, client {}, {})",
-                        r.get::<i32, _>(0),
-                        r.get::<String, _>(1),
-                        r.get::<String, _>(2),
-                        r.get::<String, _>(3),
-                        r.get::<String, _>(4)
-                    )
+                .map(|r| Other {
+                    user: r.get::<String, _>(1),
+                    application: r.get::<String, _>(2),
+                    client: r.get::<String, _>(3),
                 })
                 .collect();
             if list.is_empty() || Instant::now() >= deadline {
@@ -122,6 +118,20 @@ impl PostgresTarget {
         }
     }
 
+    /// Under `sessions = "refuse"`, the other sessions that would make a restore of this
+    /// target refuse now, in one short line; `None` when there are none (or under `terminate`).
+    pub(super) fn sessions_blocking_restore(&self) -> Result<Option<SessionsBlock>> {
+        if self.pg.sessions == Sessions::Terminate {
+            return Ok(None);
+        }
+        let db = self.dbname();
+        let others = self.other_sessions(&db)?;
+        Ok((!others.is_empty()).then(|| SessionsBlock {
+            target: self.spec.name.clone(),
+            summary: summarize(&db, &others),
+        }))
+    }
+
     /// Refuse, or terminate, other sessions on the database, per the policy.
     pub(super) fn handle_sessions(&self, db: &str) -> Result<()> {
         let others = self.other_sessions(db)?;
@@ -129,12 +139,11 @@ impl PostgresTarget {
             return Ok(());
         }
         match self.pg.sessions {
-            Sessions::Refuse => bail!(
-                "target {}: {} other session(s) are connected to database {db}: {}. Stop them (the app: a `before` hook), or set `sessions = \"terminate\"` on the target to end them before restoring; nothing was changed",
-                self.spec.name,
-                others.len(),
-                others.join("; ")
-            ),
+            Sessions::Refuse => Err(SessionsBlock {
+                target: self.spec.name.clone(),
+                summary: summarize(db, &others),
+            }
+            .into()),
             Sessions::Terminate => {
                 let mut c = self.connect_server()?;
                 crate::runtime::block_on(async {
@@ -150,13 +159,57 @@ impl PostgresTarget {
                 .with_context(|| format!("target {}: cannot terminate the other sessions on {db}", self.spec.name))?;
                 let left = self.other_sessions(db)?;
                 if !left.is_empty() {
-                    bail!("target {}: sessions on {db} survived pg_terminate_backend: {}", self.spec.name, left.join("; "));
+                    bail!(
+                        "target {}: sessions survived pg_terminate_backend: {}",
+                        self.spec.name,
+                        summarize(db, &left)
+                    );
                 }
-                crate::errln!("guard: target {}: terminated {} other session(s) on {db}: {}", self.spec.name, others.len(), others.join("; "));
+                crate::errln!(
+                    "guard: target {}: terminated {}",
+                    self.spec.name,
+                    summarize(db, &others)
+                );
                 Ok(())
             }
         }
     }
+}
+
+/// Another session on the database: who it is, as `pg_stat_activity` says.
+pub(super) struct Other {
+    user: String,
+    application: String,
+    client: String,
+}
+
+/// `2 other sessions on database erp: application "erp-app" (user app, client local) ×2`: the
+/// sessions grouped by application, user and client, each group once with its count.
+pub(super) fn summarize(db: &str, others: &[Other]) -> String {
+    let mut groups: std::collections::BTreeMap<(&str, &str, &str), usize> = Default::default();
+    for o in others {
+        *groups
+            .entry((o.application.as_str(), o.user.as_str(), o.client.as_str()))
+            .or_default() += 1;
+    }
+    let parts: Vec<String> = groups
+        .iter()
+        .map(|((app, user, client), n)| {
+            let app = if app.is_empty() {
+                "(none)".to_string()
+            } else {
+                format!("{app:?}")
+            };
+            let n = if *n > 1 { format!(" ×{n}") } else { String::new() };
+            format!("application {app} (user {user}, client {client}){n}")
+        })
+        .collect();
+    let n = others.len();
+    format!(
+        "{n} other session{} on database {db}: {}",
+        if n == 1 { "" } else { "s" },
+        parts.join(", ")
+    )
 }
 
 /// `DO $tag$ body $tag$;` with a tag the body does not contain.
