@@ -265,9 +265,10 @@ fn every_recipe_policy_loads() {
                 .output()
                 .unwrap()
                 .into();
-            assert_eq!(
-                r.code,
-                0,
+            // It loads (64 would be a policy error); the preflight that follows the plan may
+            // find the recipe's targets missing here (69).
+            assert!(
+                r.code != 64 && r.stdout.contains("dry run of policy"),
                 "{} policy {i} does not load: {r:?}\n{policy}",
                 page.display()
             );

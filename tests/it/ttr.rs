@@ -274,7 +274,8 @@ fn postgres_clone_kept_run_drops_the_clone_and_refused_sessions_fall_back_to_the
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(guard_dbs(&c), "", "the clone is dropped once the run is kept");
 
-    // Another session on the database and `sessions = "refuse"`: no clone, the dump as before.
+    // Another session on the database and `sessions = "refuse"`: a restore would be refused, so
+    // the run is refused before any snapshot (issue 15, F3): no clone, nothing run.
     let mut other = c
         .client("psql", "shop")
         .args(["-X", "-q", "-c", "SELECT pg_sleep(600)"])
@@ -288,13 +289,15 @@ fn postgres_clone_kept_run_drops_the_clone_and_refused_sessions_fall_back_to_the
     let r = run_with_pg(&env, &c, &psql_cmd(&c, "UPDATE item SET price = 0;"));
     let _ = other.kill();
     let _ = other.wait();
-    assert_eq!(r.code, 0, "{r:?}");
-    assert!(
-        r.stderr.contains("no hot copy (no clone database"),
-        "the fallback is said: {r:?}"
+    assert_eq!(r.code, 69, "{r:?}");
+    assert!(r.stderr.contains("nothing was run"), "{r:?}");
+    assert!(r.stderr.contains("1 other session on database shop"), "{r:?}");
+    assert_ne!(
+        c.psql("shop", "SELECT price FROM item WHERE id = 1"),
+        "0",
+        "the command did not run"
     );
-    assert!(r.stderr.contains("other session(s)"), "{r:?}");
-    assert_eq!(guard_dbs(&c), "");
+    assert_eq!(guard_dbs(&c), "", "no clone was made");
 }
 
 #[test]
