@@ -275,20 +275,27 @@ fn pump(mut from: impl Read, capture: bool, to_stdout: bool, log: Option<&File>)
             kept.extend_from_slice(&buf[..n]);
             continue;
         }
-        let chunk = crate::secrets::redact_bytes(&buf[..n]);
-        if to_stdout {
-            let mut o = std::io::stdout().lock();
-            let _ = o.write_all(&chunk);
-            let _ = o.flush();
-        } else {
-            let mut e = std::io::stderr().lock();
-            let _ = e.write_all(&chunk);
-            let _ = e.flush();
-        }
+        let chunk = echo_masked(&buf[..n], to_stdout);
         if let Some(mut l) = log {
             let _ = l.write_all(&chunk);
         }
     }
+}
+
+/// Write a child's bytes, secrets masked, to guard's stdout or stderr; the masked bytes, for a log.
+/// A write that fails (a closed pipe) is ignored: nothing printed may abort a run.
+pub fn echo_masked(bytes: &[u8], to_stdout: bool) -> Vec<u8> {
+    let chunk = crate::secrets::redact_bytes(bytes).into_owned();
+    if to_stdout {
+        let mut o = std::io::stdout().lock();
+        let _ = o.write_all(&chunk);
+        let _ = o.flush();
+    } else {
+        let mut e = std::io::stderr().lock();
+        let _ = e.write_all(&chunk);
+        let _ = e.flush();
+    }
+    chunk
 }
 
 pub fn describe_status(s: &std::process::ExitStatus) -> String {

@@ -53,16 +53,7 @@ fn tee(mut from: impl Read + Send + 'static, to_stdout: bool, log: Arc<Mutex<Fil
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            let chunk = crate::secrets::redact_bytes(&buf[..n]);
-            if to_stdout {
-                let mut o = std::io::stdout().lock();
-                let _ = o.write_all(&chunk);
-                let _ = o.flush();
-            } else {
-                let mut e = std::io::stderr().lock();
-                let _ = e.write_all(&chunk);
-                let _ = e.flush();
-            }
+            let chunk = crate::process::echo_masked(&buf[..n], to_stdout);
             if let Ok(mut l) = log.lock() {
                 let _ = l.write_all(&chunk);
             }
