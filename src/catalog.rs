@@ -385,7 +385,7 @@ impl Catalog {
         let m = Manifest::load(store, id)?;
         if let Some(w) = self.manifest_witness(id)? {
             // Compare canonical forms: the witness is the digest of the manifest as guard writes it.
-            if crate::archive::digest(&m.to_json()[..])?.sha256 != w {
+            if crate::archive::digest(&m.canonical_json()[..])?.sha256 != w {
                 anyhow::bail!(
                     "{}/{}: the manifest changed after the snapshot was recorded (tampered with or replaced); refusing to trust it",
                     store.location(),
@@ -550,7 +550,7 @@ async fn delete_snapshot<'e, E: sqlx::SqliteExecutor<'e>>(e: E, id: &str) -> Res
 /// Insert or update a snapshot row (see [`Catalog::record_snapshot`]).
 async fn insert_snapshot<'e, E: sqlx::SqliteExecutor<'e>>(e: E, m: &Manifest) -> Result<()> {
     let targets = m.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(",");
-    let witness = crate::archive::digest(&m.to_json()[..])?.sha256;
+    let witness = crate::archive::digest(&m.canonical_json()[..])?.sha256;
     sqlx::query(
             "INSERT INTO snapshots (id, policy, kind, label, run_id, created_at, completed_at, targets, bytes, raw_bytes, manifest_sha256)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)

@@ -44,6 +44,11 @@ pub struct Cli {
     #[arg(long)]
     pub no_restore: bool,
 
+    /// With a store key: use manifests and journals it does not authenticate (a lost or
+    /// replaced key), with a warning for each, instead of refusing them (exit 65).
+    #[arg(long, global = true)]
+    pub trust_unsigned: bool,
+
     #[command(subcommand)]
     pub sub: Option<Sub>,
 
@@ -181,6 +186,20 @@ pub enum Sub {
         /// The policy file to create.
         #[arg(default_value = "guard.toml")]
         file: std::path::PathBuf,
+    },
+    /// Store keys: `guard key generate [FILE]`.
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyAction {
+    /// Write a new random store key (0600; never over an existing file).
+    Generate {
+        /// Where [default: the policy's `[store] key_file`]
+        file: Option<std::path::PathBuf>,
     },
 }
 

@@ -137,6 +137,14 @@ pub struct Journal {
     /// The last save failed: the journal in the store is behind (a full disk).
     #[serde(skip)]
     pub unsaved: bool,
+    /// HMAC-SHA256 (hex) of the journal's canonical bytes under the store key, when the policy
+    /// has one ([`crate::auth`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hmac: Option<String>,
+    /// Why this journal, as read from the store, is not authenticated by the store key
+    /// (`None`: it is, or there is no key).
+    #[serde(skip)]
+    pub unauthenticated: Option<String>,
 }
 
 impl Journal {
@@ -169,14 +177,41 @@ impl Journal {
             exit_code: None,
             message: None,
             unsaved: false,
+            hmac: None,
+            unauthenticated: None,
         }
     }
 
     pub fn save(&mut self, store: &dyn Store) -> Result<()> {
         self.updated_at = crate::clock::now();
+        self.hmac = None;
+        self.hmac = crate::auth::sign(crate::auth::JOURNAL, &self.canonical_json());
         let mut v = serde_json::to_vec_pretty(self)?;
         v.push(b'\n');
         store.put(&keys::journal_key(&self.run_id), &v)
+    }
+
+    /// The bytes the HMAC covers: the journal as guard writes it, without its `hmac`.
+    fn canonical_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(&Journal {
+            hmac: None,
+            ..self.clone()
+        })
+        .expect("journal serializes");
+        v.push(b'\n');
+        v
+    }
+
+    /// Parse the journal of run `run_id` read from `what`: it must be that run's; with a store
+    /// key, [`Journal::unauthenticated`] says whether the key signed it.
+    pub fn from_json(bytes: &[u8], run_id: &str, what: &str) -> Result<Journal> {
+        let mut j: Journal =
+            serde_json::from_slice(bytes).map_err(|e| anyhow::anyhow!("{what}: not a guard journal: {e}"))?;
+        if j.run_id != run_id || !crate::names::valid_name(&j.run_id) {
+            anyhow::bail!("{what}: names run {:?}, not {run_id} (moved or planted)", j.run_id);
+        }
+        j.unauthenticated = crate::auth::check(crate::auth::JOURNAL, &j.canonical_json(), j.hmac.as_deref(), what);
+        Ok(j)
     }
 
     /// Move to `phase` and persist it before doing that phase's work.
@@ -238,7 +273,11 @@ impl Journal {
     }
 
     pub fn load(store: &dyn Store, run_id: &str) -> Result<Journal> {
-        Ok(serde_json::from_slice(&store.get(&keys::journal_key(run_id))?)?)
+        let key = keys::journal_key(run_id);
+        let bytes = store.get(&key)?;
+        let j = Journal::from_json(&bytes, run_id, &format!("{}/{key}", store.location()))?;
+        crate::auth::require(j.unauthenticated.as_deref()).map_err(|f| f.error)?;
+        Ok(j)
     }
 
     /// Might this run have changed the targets? (Journals written before `touched` existed:
@@ -275,20 +314,29 @@ pub fn read_all(store: &dyn Store) -> Result<Journals> {
         let Some(id) = keys::journal_run_id(&e.key) else {
             continue;
         };
+        let location = format!("{}/{}", store.location(), e.key);
         let read = store
             .get(&e.key)
-            .map(|bytes| serde_json::from_slice::<Journal>(&bytes).map_err(|e| (e, bytes)));
+            .map(|bytes| match Journal::from_json(&bytes, id, &location) {
+                // With a store key, a journal it does not authenticate is never acted on: its
+                // run's state is unknown, so it is reported like a damaged one.
+                Ok(j) => match crate::auth::require(j.unauthenticated.as_deref()) {
+                    Ok(()) => Ok(j),
+                    Err(f) => Err((format!("{:#}", f.error), bytes)),
+                },
+                Err(e) => Err((format!("{e:#}"), bytes)),
+            });
         let (error, bytes) = match read {
             Ok(Ok(j)) => {
                 out.ok.push(j);
                 continue;
             }
-            Ok(Err((e, bytes))) => (e.to_string(), bytes),
+            Ok(Err((e, bytes))) => (e, bytes),
             Err(e) => (format!("{e:#}"), Vec::new()),
         };
         out.damaged.push(Damaged {
             run_id: id.to_string(),
-            location: format!("{}/{}", store.location(), e.key),
+            location,
             error,
             policy: policy_named_in(&bytes),
         });

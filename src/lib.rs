@@ -30,6 +30,7 @@
 pub mod archive;
 pub mod artifact;
 pub mod attention;
+pub mod auth;
 pub mod aws;
 pub mod catalog;
 pub mod checks;
@@ -65,6 +66,7 @@ pub mod vars;
 /// Run the parsed command line; returns the process exit code.
 pub fn run(cli: cli::Cli) -> u8 {
     process::private_umask();
+    auth::set_trust_unsigned(cli.trust_unsigned);
     let mut ui = ui::Ui::new(cli.json);
     ui.verbosity = match (cli.quiet, cli.verbose) {
         (true, _) => ui::Verbosity::Quiet,

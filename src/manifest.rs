@@ -57,6 +57,14 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
     pub targets: Vec<TargetRecord>,
+    /// HMAC-SHA256 (hex) of the manifest's canonical bytes under the store key, when the
+    /// policy has one ([`crate::auth`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hmac: Option<String>,
+    /// Why this manifest, as read from the store, is not authenticated by the store key (`None`:
+    /// it is, or there is no key). Acted on by [`Manifest::authentic`].
+    #[serde(skip)]
+    pub unauthenticated: Option<String>,
 }
 
 /// What a snapshot holds of one target.
@@ -176,8 +184,28 @@ impl Manifest {
         v
     }
 
+    /// The bytes the HMAC and the catalog's witness cover: the manifest as guard writes it,
+    /// without its `hmac`.
+    pub fn canonical_json(&self) -> Vec<u8> {
+        if self.hmac.is_none() {
+            return self.to_json();
+        }
+        Manifest {
+            hmac: None,
+            ..self.clone()
+        }
+        .to_json()
+    }
+
+    /// Refuse (exit 65, naming the file) a manifest the store key does not authenticate,
+    /// unless `--trust-unsigned`: called before guard acts on a snapshot (restore, recover,
+    /// drill, verify).
+    pub fn authentic(&self) -> Result<(), crate::error::Failure> {
+        crate::auth::require(self.unauthenticated.as_deref())
+    }
+
     pub fn from_json(bytes: &[u8], what: &str) -> Result<Manifest> {
-        let m: Manifest =
+        let mut m: Manifest =
             serde_json::from_slice(bytes).with_context(|| format!("{what}: not a valid guard manifest"))?;
         if m.format != FORMAT {
             bail!(
@@ -186,6 +214,7 @@ impl Manifest {
             );
         }
         m.check_names(what)?;
+        m.unauthenticated = crate::auth::check(crate::auth::MANIFEST, &m.canonical_json(), m.hmac.as_deref(), what);
         Ok(m)
     }
 
@@ -237,8 +266,10 @@ impl Manifest {
         Ok(m)
     }
 
-    /// Write the manifest, completing the snapshot.
-    pub fn save(&self, store: &dyn Store) -> Result<()> {
+    /// Write the manifest, completing the snapshot (signed with the store key, if any).
+    pub fn save(&mut self, store: &dyn Store) -> Result<()> {
+        self.hmac = None;
+        self.hmac = crate::auth::sign(crate::auth::MANIFEST, &self.canonical_json());
         store.put(&keys::manifest_key(&self.id), &self.to_json())
     }
 

@@ -181,7 +181,8 @@ fn delete_snapshots(
         let entries = store.list(&keys::snapshot_prefix(id))?;
         let has_manifest = entries.iter().any(|e| keys::is_manifest(&e.key));
         if has_manifest && external {
-            if let Ok(m) = Manifest::load(store, id) {
+            // Only what an authenticated manifest names is released (with a store key).
+            if let Some(m) = Manifest::load(store, id).ok().filter(|m| m.authentic().is_ok()) {
                 for rec in m.targets.iter().filter(|r| {
                     !r.absent && crate::targets::Kind::parse(&r.kind).is_some_and(|k| k.caps().owns_external)
                 }) {

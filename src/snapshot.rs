@@ -136,7 +136,7 @@ pub fn take<T: std::ops::Deref<Target = dyn Target>>(
         if records.is_empty() {
             bail!("no target to snapshot");
         }
-        let m = Manifest {
+        let mut m = Manifest {
             format: manifest::FORMAT,
             id: id.clone(),
             policy: policy.name.clone(),
@@ -152,6 +152,8 @@ pub fn take<T: std::ops::Deref<Target = dyn Target>>(
                 .clone()
                 .map(|c| c.iter().map(|a| crate::secrets::redact(a)).collect()),
             targets: records.clone(),
+            hmac: None,
+            unauthenticated: None,
         };
         // Every artifact is read back from the store against its size and SHA-256. Its
         // content needs no second inflate: the compressor proved each block inflates to the

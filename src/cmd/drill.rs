@@ -11,6 +11,10 @@ pub fn drill(policy: &Policy, id: Option<&str>, ui: &Ui) -> Result<u8, Failure> 
     let s = Session::open(policy)?;
     let _lock = s.lock(policy, "guard drill", None, ui)?;
     let id = s.resolve(policy, id.unwrap_or("latest"))?;
+    // With a store key, a snapshot it does not authenticate is refused (exit 65), not drilled.
+    if let Ok(m) = s.catalog.load_manifest(s.store(), &id) {
+        m.authentic()?;
+    }
     ui.info(&format!("guard: drill of snapshot {id} ({})", policy.name));
     let report = drill::drill(policy, s.store(), &s.catalog, &id, ui)?;
     if ui.json {

@@ -8,6 +8,7 @@ pub mod completions;
 pub mod drill;
 pub mod drills;
 pub mod init;
+pub mod key;
 pub mod list;
 pub mod pin;
 pub mod prune;
@@ -23,7 +24,7 @@ pub mod status;
 pub mod verify;
 
 use crate::catalog::Catalog;
-use crate::cli::{Cli, Sub};
+use crate::cli::{Cli, KeyAction, Sub};
 use crate::error::{Failure, Kind, ResultExt};
 use crate::lock::Lock;
 use crate::manifest::SnapshotKind;
@@ -42,6 +43,9 @@ pub struct Session {
 impl Session {
     /// Open the policy's store and its catalog (brought up to date with the store).
     pub fn open(policy: &Policy) -> Result<Session, Failure> {
+        // The policy's store key signs and checks manifests and journals from here on (with
+        // `--all`, each policy's session uses its own).
+        crate::auth::configure(policy.store_key_file.as_deref())?;
         let store = store::open(&policy.store).kind(Kind::Usage)?;
         let catalog = Catalog::open(store.as_ref())?;
         Ok(Session { store, catalog })
@@ -50,6 +54,7 @@ impl Session {
     /// Like [`Session::open`], but a catalog that cannot be written (a full disk, a read-only
     /// store) is read as last indexed, with a warning, instead of failing: for `guard status`.
     pub fn open_read_only(policy: &Policy, ui: &Ui) -> Result<Session, Failure> {
+        crate::auth::configure(policy.store_key_file.as_deref())?;
         let store = store::open(&policy.store).kind(Kind::Usage)?;
         let catalog = Catalog::open_or_read_only(store.as_ref(), ui)?;
         Ok(Session { store, catalog })
@@ -157,6 +162,9 @@ pub fn dispatch(cli: Cli, ui: &Ui) -> Result<u8, Failure> {
                 drill::drill(p, id.as_deref(), ui)
             })
         }
+        Some(Sub::Key {
+            action: KeyAction::Generate { file: Some(file) },
+        }) => return key::generate(file, ui),
         _ => {}
     }
     let policy = policy::load(&policy::locate(arg).kind(Kind::Usage)?).kind(Kind::Usage)?;
@@ -238,6 +246,9 @@ pub fn dispatch(cli: Cli, ui: &Ui) -> Result<u8, Failure> {
         ),
         Some(Sub::Pin { id, reason }) => pin::pin(policy, &id, Some(&reason), false, ui),
         Some(Sub::Unpin { id }) => pin::pin(policy, &id, None, true, ui),
+        Some(Sub::Key {
+            action: KeyAction::Generate { .. },
+        }) => key::generate_for(policy, ui),
     }
 }
 

@@ -31,6 +31,7 @@ pub fn show(policy: &Policy, id: &str, ui: &Ui) -> Result<u8, Failure> {
     if let Some(r) = &m.run_id {
         s.push_str(&format!("run: {r}\n"));
     }
+    s.push_str(&crate::auth::describe(m.unauthenticated.as_deref(), m.hmac.is_some()));
     for t in &m.targets {
         s.push_str(&format!(
             "\ntarget {} ({}) {}{}\n",

@@ -31,9 +31,10 @@ pub fn verify(policy: &Policy, id: Option<&str>, quick: bool, ui: &Ui) -> Result
     let mut bad = 0;
     for id in &ids {
         let spinner = ui.spinner(&format!("verify {id}"));
-        let r = catalog
-            .load_manifest(store, id)
-            .and_then(|m| snapshot::verify_for(Some(policy), store, &m, depth, scratch.path()));
+        let r = catalog.load_manifest(store, id).and_then(|m| {
+            m.authentic().map_err(|f| f.error)?;
+            snapshot::verify_for(Some(policy), store, &m, depth, scratch.path())
+        });
         spinner.finish();
         let _ = catalog.mark_verified(id, r.is_ok());
         match &r {

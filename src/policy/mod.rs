@@ -39,6 +39,9 @@ pub struct Policy {
     /// Directory relative paths in the policy are resolved against.
     pub base_dir: PathBuf,
     pub store: StoreSpec,
+    /// `[store] key_file`: the store key that signs and checks manifests and journals
+    /// ([`crate::auth`]; else `GUARD_STORE_KEY`, else none).
+    pub store_key_file: Option<PathBuf>,
     pub confirm: bool,
     pub retention: Retention,
     pub compression: Compression,
@@ -164,7 +167,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy> {
     let mut cx = ParseCtx::new(text, path);
     let raw = raw::from_str(text, &cx)?;
     let name = sections::name(&raw.name, &mut cx)?;
-    let store = sections::store(raw.store.as_ref(), &mut cx)?;
+    let (store_path, store_key_file) = sections::store_parts(raw.store, &mut cx)?;
+    let store = sections::store(store_path.as_ref(), &mut cx)?;
     let retention = sections::retention(raw.retention.as_ref(), &mut cx)?;
     let compression = sections::compression(raw.compression.as_ref(), &cx)?;
     let mut targets = targets::parse(raw.target, &mut cx)?;
@@ -187,6 +191,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy> {
         file: path.to_path_buf(),
         base_dir: cx.base_dir().to_path_buf(),
         store,
+        store_key_file,
         confirm: raw.confirm,
         retention,
         compression,

@@ -13,8 +13,9 @@ use crate::parse_ctx::{line_of, ParseCtx};
 pub struct RawPolicy {
     #[schemars(with = "String")]
     pub name: Spanned<String>,
-    #[schemars(with = "Option<String>")]
-    pub store: Option<Spanned<String>>,
+    /// `store = "DIR|s3://…"`, or a `[store]` table (`path`, `key_file`): [`super::sections::store_parts`].
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub store: Option<Spanned<toml::Value>>,
     #[serde(default)]
     pub confirm: bool,
     pub retention: Option<RawRetention>,

@@ -24,6 +24,40 @@ pub fn name(raw: &Spanned<String>, cx: &mut ParseCtx) -> Result<String> {
     Ok(name)
 }
 
+/// `store = "…"`, or the `[store]` table: its location (`path`) and `key_file` (relative to the
+/// policy's directory).
+pub fn store_parts(
+    raw: Option<Spanned<toml::Value>>,
+    cx: &mut ParseCtx,
+) -> Result<(Option<Spanned<String>>, Option<std::path::PathBuf>)> {
+    let Some(raw) = raw else { return Ok((None, None)) };
+    let span = raw.span();
+    match raw.into_inner() {
+        toml::Value::String(s) => Ok((Some(Spanned::new(span, s)), None)),
+        toml::Value::Table(t) => {
+            let (mut path, mut key_file) = (None, None);
+            for (k, v) in t {
+                let toml::Value::String(v) = v else {
+                    fail!(cx, @span.clone(), "[store] {k} must be a string");
+                };
+                match k.as_str() {
+                    "path" => path = Some(Spanned::new(span.clone(), v)),
+                    "key_file" => {
+                        let v = cx.expand_at(&[Seg::Key("store"), Seg::Key("key_file")], &v)?.text;
+                        if v.is_empty() {
+                            fail!(cx, @span.clone(), "[store] key_file is empty");
+                        }
+                        key_file = Some(cx.resolve(&v));
+                    }
+                    _ => fail!(cx, @span.clone(), "[store] has no key {k:?} (it has path, key_file)"),
+                }
+            }
+            Ok((path, key_file))
+        }
+        _ => fail!(cx, @span, "store must be a string (a directory or s3://…) or a [store] table"),
+    }
+}
+
 /// `store`: a local directory (relative to the policy) or `s3://bucket/prefix`; unset is
 /// `backups/` beside the policy.
 pub fn store(raw: Option<&Spanned<String>>, cx: &mut ParseCtx) -> Result<StoreSpec> {
@@ -167,25 +201,38 @@ mod tests {
         (raw::from_str(text, &cx).unwrap(), cx)
     }
 
+    fn store_of(raw: super::super::raw::RawPolicy, cx: &mut ParseCtx) -> Result<StoreSpec> {
+        let (path, _) = store_parts(raw.store, cx)?;
+        store(path.as_ref(), cx)
+    }
+
     #[test]
     fn store_forms() {
         let (raw, mut cx) = parsed("name = \"p\"\n");
         let local = |p: &str| StoreSpec::Local(Path::new("/nonexistent-guard-p").join(p));
-        assert_eq!(store(raw.store.as_ref(), &mut cx).unwrap(), local("backups"));
+        assert_eq!(store_of(raw, &mut cx).unwrap(), local("backups"));
         let (raw, mut cx) = parsed("name = \"p\"\nstore = \"snaps\"\n");
-        assert_eq!(store(raw.store.as_ref(), &mut cx).unwrap(), local("snaps"));
+        assert_eq!(store_of(raw, &mut cx).unwrap(), local("snaps"));
         let (raw, mut cx) = parsed("name = \"p\"\nstore = \"s3://b/p/q/\"\n");
         let s3 = StoreSpec::S3 {
             bucket: "b".into(),
             prefix: "p/q".into(),
         };
-        assert_eq!(store(raw.store.as_ref(), &mut cx).unwrap(), s3);
+        assert_eq!(store_of(raw, &mut cx).unwrap(), s3);
         for bad in ["s3://", "ftp://h/x", ""] {
             let text = format!("name = \"p\"\nstore = {bad:?}\n");
             let (raw, mut cx) = parsed(&text);
-            let e = store(raw.store.as_ref(), &mut cx).unwrap_err().to_string();
+            let e = store_of(raw, &mut cx).unwrap_err().to_string();
             assert!(e.starts_with("/nonexistent-guard-p/policy.toml:2: store"), "{e}");
         }
+        // The [store] table: its path, and a key file relative to the policy.
+        let (raw, mut cx) = parsed("name = \"p\"\n[store]\npath = \"snaps\"\nkey_file = \"k/store.key\"\n");
+        let (path, key) = store_parts(raw.store, &mut cx).unwrap();
+        assert_eq!(store(path.as_ref(), &mut cx).unwrap(), local("snaps"));
+        assert_eq!(key, Some(Path::new("/nonexistent-guard-p/k/store.key").to_path_buf()));
+        let (raw, mut cx) = parsed("name = \"p\"\n[store]\nkey_fle = \"k\"\n");
+        let e = store_of(raw, &mut cx).unwrap_err().to_string();
+        assert!(e.contains(":2:") && e.contains("no key \"key_fle\""), "{e}");
     }
 
     #[test]

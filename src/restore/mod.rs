@@ -129,6 +129,8 @@ pub fn restrict(m: &Manifest, only: &[String]) -> Manifest {
 /// ([`target_for`]); a record the policy does not name as it was refuses the whole restore,
 /// naming it, before anything is touched.
 pub fn targets_for(policy: &Policy, m: &Manifest) -> Result<Vec<Box<dyn Target>>, Failure> {
+    // With a store key, only a manifest it authenticates is restored (exit 65 otherwise).
+    m.authentic()?;
     if m.policy != policy.name {
         return Err(Failure::msg(
             Kind::Usage,
