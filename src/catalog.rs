@@ -205,10 +205,21 @@ impl Catalog {
     /// it so that it works whatever the store's filesystem is doing.
     pub fn open_read_only(store: &dyn Store) -> Result<Catalog> {
         let path = crate::store::state::state_dir(store)?.join(keys::CATALOG);
-        let opts = SqliteConnectOptions::from_str("sqlite://")?
-            .filename(&path)
-            .read_only(true);
-        let pool = block_on(SqlitePoolOptions::new().max_connections(1).connect_with(opts))
+        let open = |immutable: bool| -> Result<SqlitePool> {
+            let opts = SqliteConnectOptions::from_str("sqlite://")?
+                .filename(&path)
+                .read_only(true)
+                .immutable(immutable);
+            let pool = block_on(SqlitePoolOptions::new().max_connections(1).connect_with(opts))?;
+            // SQLite reads the file on the first statement, not on open: a WAL database whose
+            // `-shm` is gone (closed cleanly, then the filesystem went read-only) fails here.
+            block_on(sqlx::query("SELECT count(*) FROM sqlite_master").fetch_one(&pool))?;
+            Ok(pool)
+        };
+        // A read-only open needs the `-shm` file (or the right to create it); on a read-only
+        // filesystem nothing can change the file, so reading it as immutable is exact.
+        let pool = open(false)
+            .or_else(|_| open(true))
             .with_context(|| format!("cannot open catalog {} read-only", path.display()))?;
         Ok(Catalog { pool, path })
     }
