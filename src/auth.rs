@@ -88,6 +88,11 @@ pub fn configure(key_file: Option<&Path>) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Is a store key configured (so a manifest that passed [`check`] was written by guard)?
+pub fn has_key() -> bool {
+    current().is_some()
+}
+
 fn current() -> Option<Arc<StoreKey>> {
     CURRENT.read().expect("key lock").clone()
 }

@@ -99,6 +99,12 @@ pub struct TargetRecord {
     /// Kind-specific facts (file mode, owner, journal mode, …).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub meta: BTreeMap<String, String>,
+    /// Read from the store without the store key's authentication (no key configured, or used
+    /// with `--trust-unsigned`): the owners and modes it records (tar headers, `meta`) are
+    /// store data anyone who can write the store chose, so restores take them from the live
+    /// files instead (issue 16, R17). `false` for a record guard made in this process.
+    #[serde(skip)]
+    pub untrusted: bool,
 }
 
 impl TargetRecord {
@@ -215,6 +221,10 @@ impl Manifest {
         }
         m.check_names(what)?;
         m.unauthenticated = crate::auth::check(crate::auth::MANIFEST, &m.canonical_json(), m.hmac.as_deref(), what);
+        let untrusted = m.unauthenticated.is_some() || !crate::auth::has_key();
+        for t in &mut m.targets {
+            t.untrusted = untrusted;
+        }
         Ok(m)
     }
 

@@ -369,6 +369,17 @@ fn under_umask_000_every_file_guard_writes_is_0600_and_every_directory_0700() {
 /// content; `None` content is a directory), fixing the manifest's checksums and file listing:
 /// an artifact crafted by someone who can write the store.
 fn craft_dir_artifact(env: &Env, id: &str, entries: &[(&str, u32, Option<&str>)], edit: impl FnOnce(&mut Value)) {
+    craft_dir_artifact_owned(env, id, entries, 0, edit)
+}
+
+/// [`craft_dir_artifact`] with every tar header naming uid and gid `owner`.
+fn craft_dir_artifact_owned(
+    env: &Env,
+    id: &str,
+    entries: &[(&str, u32, Option<&str>)],
+    owner: u64,
+    edit: impl FnOnce(&mut Value),
+) {
     let mpath = env.path(&format!("backups/snapshots/{id}/manifest.json"));
     let mut m: Value = serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
     let mut b = tar::Builder::new(Vec::new());
@@ -376,8 +387,8 @@ fn craft_dir_artifact(env: &Env, id: &str, entries: &[(&str, u32, Option<&str>)]
     for (path, mode, content) in entries {
         let mut h = tar::Header::new_gnu();
         h.set_mode(*mode);
-        h.set_uid(0);
-        h.set_gid(0);
+        h.set_uid(owner);
+        h.set_gid(owner);
         h.set_mtime(1_700_000_000);
         match content {
             Some(c) => {
@@ -669,4 +680,220 @@ fn with_a_store_key_a_planted_unsigned_journal_makes_recover_restore_nothing() {
         10,
         "{r:?}"
     );
+}
+
+/// `sqlite3 DB .dump`: restores are proven with the stock tool.
+fn sqlite_dump(db: &Path) -> String {
+    let o = std::process::Command::new("sqlite3")
+        .arg(db)
+        .arg(".dump")
+        .output()
+        .expect("sqlite3 runs");
+    assert!(o.status.success(), "sqlite3 .dump: {o:?}");
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `"uid:gid mode"` of `p` (not following a link).
+fn owner_mode(p: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).unwrap();
+    format!("{}:{} {:o}", m.uid(), m.gid(), m.permissions().mode() & 0o7777)
+}
+
+/// As root, a crafted directory artifact (every tar header naming uid/gid 4242, world-writable
+/// modes) restored from the store — by swap (`path`) and in place (`exclude` set), without a
+/// store key, and with one under `--trust-unsigned` — gives no file to 4242: an entry that
+/// exists keeps its live owner and mode, a new one takes its parent's owner and the recorded
+/// mode without world-write. A snapshot the key authenticates still restores recorded owners.
+#[test]
+fn as_root_a_crafted_dir_artifact_gives_no_file_away_and_entries_keep_their_live_owners() {
+    if !running_as_root() {
+        eprintln!("SKIPPED: giving files away needs root");
+        return;
+    }
+    let chown = |p: &Path, o: u32, mode: u32| {
+        std::os::unix::fs::lchown(p, Some(o), Some(o + 1)).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    for (layout, keyed) in [("swap", false), ("in place", false), ("swap", true), ("in place", true)] {
+        let env = Env::new();
+        env.write("data/a.txt", "a\n");
+        env.write("data/sub/b.txt", "b\n");
+        chown(&env.path("data"), 1500, 0o750);
+        chown(&env.path("data/a.txt"), 1234, 0o640);
+        chown(&env.path("data/sub"), 2000, 0o750);
+        chown(&env.path("data/sub/b.txt"), 2000, 0o600);
+        let exclude = if layout == "in place" {
+            "exclude = [\"*.log\"]\n"
+        } else {
+            ""
+        };
+        let store = if keyed {
+            "[store]\npath = \"backups\"\nkey_file = \"store.key\"\n"
+        } else {
+            "store = \"backups\"\n"
+        };
+        env.write(
+            "guard.toml",
+            &format!("name = \"own\"\n{store}[[target]]\nname = \"data\"\nkind = \"dir\"\npath = \"data\"\n{exclude}"),
+        );
+        if keyed {
+            let r = env.guard(&["key", "generate"]);
+            assert_eq!(r.code, 0, "{r:?}");
+        }
+        let r = env.guard(&["snapshot"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        let id = r.stdout.trim().to_string();
+        let new = later_id(&id);
+        plant(&env, &id, &new, |m| {
+            m.as_object_mut().unwrap().remove("hmac");
+        });
+        craft_dir_artifact_owned(
+            &env,
+            &new,
+            &[
+                ("a.txt", 0o666, Some("crafted a\n")),
+                ("newdir", 0o777, None),
+                ("newdir/x.txt", 0o666, Some("x\n")),
+                ("sub", 0o777, None),
+                ("sub/b.txt", 0o666, Some("crafted b\n")),
+                ("sub/new.txt", 0o664, Some("new\n")),
+            ],
+            4242,
+            |_| {},
+        );
+        let mut args = vec!["restore", new.as_str(), "--yes"];
+        if keyed {
+            // The key refuses the unsigned copy; the operator overrides that, not the owners.
+            let r = env.guard(&args);
+            assert_eq!(r.code, 65, "{layout}: {r:?}");
+            args.push("--trust-unsigned");
+        }
+        let r = env.guard(&args);
+        assert_eq!(r.code, 0, "{layout} keyed={keyed}: {r:?}");
+        let how = format!("{layout}, keyed = {keyed}");
+        assert_eq!(
+            std::fs::read_to_string(env.path("data/sub/b.txt")).unwrap(),
+            "crafted b\n",
+            "{how}"
+        );
+        let got: Vec<(&str, String)> = ["", "a.txt", "sub", "sub/b.txt", "sub/new.txt", "newdir", "newdir/x.txt"]
+            .into_iter()
+            .map(|p| (p, owner_mode(&env.path("data").join(p))))
+            .collect();
+        let want = [
+            ("", "1500:1501 750"),
+            ("a.txt", "1234:1235 640"),
+            ("sub", "2000:2001 750"),
+            ("sub/b.txt", "2000:2001 600"),
+            ("sub/new.txt", "2000:2001 664"),
+            ("newdir", "1500:1501 775"),
+            ("newdir/x.txt", "1500:1501 664"),
+        ]
+        .map(|(p, o)| (p, o.to_string()));
+        assert_eq!(got, want, "{how}");
+
+        if keyed {
+            // guard's own signed snapshot: the command's chown -R is undone.
+            let r = env.guard(&["restore", &id, "--yes"]);
+            assert_eq!(r.code, 0, "{r:?}");
+            let before = owner_mode(&env.path("data/a.txt"));
+            let r = env.guard(&[
+                "--yes",
+                "--",
+                "sh",
+                "-c",
+                "chown -R 4242:4242 data; chmod 666 data/a.txt",
+            ]);
+            assert_eq!(r.code, 0, "{r:?}");
+            let r = env.guard(&["restore", &id, "--yes"]);
+            assert_eq!(r.code, 0, "{r:?}");
+            assert_eq!(
+                owner_mode(&env.path("data/a.txt")),
+                before,
+                "{how}: signed: recorded owner"
+            );
+            assert_eq!(owner_mode(&env.path("data/sub/b.txt")), "2000:2001 600", "{how}");
+        }
+    }
+}
+
+/// A planted SQLite manifest asking for mode 6777 and owner 4242 (no store key; and with one,
+/// under `--trust-unsigned`): the restored database keeps the live file's mode and owner, or,
+/// when the command removed it, gets the directory's owner and 0600. Signed: recorded ones.
+#[test]
+fn a_planted_sqlite_manifest_cannot_chmod_or_chown_the_database() {
+    use std::os::unix::fs::MetadataExt;
+    for keyed in [false, true] {
+        let env = Env::new();
+        lending_db(&env.path("db/app.db"), 5);
+        std::fs::set_permissions(env.path("db/app.db"), std::fs::Permissions::from_mode(0o640)).unwrap();
+        let root = running_as_root();
+        if root {
+            std::os::unix::fs::chown(env.path("db"), Some(3000), Some(3001)).unwrap();
+            std::os::unix::fs::chown(env.path("db/app.db"), Some(1234), Some(1235)).unwrap();
+        }
+        let store = if keyed {
+            "[store]\npath = \"backups\"\nkey_file = \"store.key\"\n"
+        } else {
+            "store = \"backups\"\n"
+        };
+        env.write(
+            "guard.toml",
+            &format!("name = \"sq\"\n{store}[[target]]\nname = \"app\"\nkind = \"sqlite\"\npath = \"db/app.db\"\n"),
+        );
+        if keyed {
+            let r = env.guard(&["key", "generate"]);
+            assert_eq!(r.code, 0, "{r:?}");
+        }
+        let r = env.guard(&["snapshot"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        let id = r.stdout.trim().to_string();
+        let dump = sqlite_dump(&env.path("db/app.db"));
+        let new = later_id(&id);
+        plant(&env, &id, &new, |m| {
+            m.as_object_mut().unwrap().remove("hmac");
+            let meta = &mut m["targets"][0]["meta"];
+            meta["mode"] = Value::String("6777".into());
+            meta["uid"] = Value::String("4242".into());
+            meta["gid"] = Value::String("4242".into());
+        });
+        let trust: &[&str] = if keyed { &["--trust-unsigned"] } else { &[] };
+        let restore = |id: &str| {
+            let mut args = vec!["restore", id, "--yes"];
+            args.extend_from_slice(trust);
+            env.guard(&args)
+        };
+        let live = owner_mode(&env.path("db/app.db"));
+        let r = restore(&new);
+        assert_eq!(r.code, 0, "keyed={keyed}: {r:?}");
+        assert_eq!(sqlite_dump(&env.path("db/app.db")), dump);
+        assert_eq!(
+            owner_mode(&env.path("db/app.db")),
+            live,
+            "keyed={keyed}: the live file's"
+        );
+        // The command removed the database: the directory's owner, 0600.
+        std::fs::remove_file(env.path("db/app.db")).unwrap();
+        let r = restore(&new);
+        assert_eq!(r.code, 0, "keyed={keyed}: {r:?}");
+        assert_eq!(sqlite_dump(&env.path("db/app.db")), dump);
+        let m = std::fs::metadata(env.path("db/app.db")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o600, "keyed={keyed}");
+        if root {
+            assert_eq!((m.uid(), m.gid()), (3000, 3001), "keyed={keyed}: the directory's owner");
+        }
+        if keyed {
+            // The signed snapshot restores what it recorded.
+            std::fs::remove_file(env.path("db/app.db")).unwrap();
+            let r = env.guard(&["restore", &id, "--yes"]);
+            assert_eq!(r.code, 0, "{r:?}");
+            assert_eq!(owner_mode(&env.path("db/app.db")), live, "signed: recorded");
+        }
+    }
 }

@@ -329,6 +329,12 @@ pub(super) fn restore(
         };
         compare_listings(&rec.files, &staged.listing).context("the artifact differs from the manifest")?;
 
+        // Owners and modes of an unauthenticated record come from the live tree, read before
+        // anything changes ([`super::owners`]).
+        let live_metas = rec
+            .untrusted
+            .then(|| super::owners::from_live(want_files, dest_of, root, setid_mask));
+
         // 2. Commit.
         progress("commit")?;
         let want: BTreeMap<&str, &FileEntry> = want_files.iter().map(|f| (f.path.as_str(), f)).collect();
@@ -384,7 +390,9 @@ pub(super) fn restore(
         // c. Owners (as root: only root can give files away; before the modes, since a chown
         //    clears set-user-ID bits), modes, then mtimes (directories last, deepest first:
         //    writing in them moved theirs).
-        if running_as_root() {
+        if let Some(metas) = &live_metas {
+            super::owners::apply(metas, dest_of)?;
+        } else if running_as_root() {
             for (path, (uid, gid)) in want.keys().filter_map(|p| Some((*p, staged.owners.get(*p)?))) {
                 let p = dest_of(path);
                 let m = fs::symlink_metadata(&p)?;
@@ -395,7 +403,7 @@ pub(super) fn restore(
             }
         }
         for (path, w) in &want {
-            if w.kind == "symlink" {
+            if w.kind == "symlink" || live_metas.is_some() {
                 continue;
             }
             let p = dest_of(path);

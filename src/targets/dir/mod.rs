@@ -20,6 +20,7 @@
 
 pub mod config;
 mod inplace;
+mod owners;
 pub mod swap;
 mod tree;
 
@@ -207,12 +208,14 @@ impl DirTarget {
             let (reader, writer) = std::io::pipe()?;
             let unpack_to = staging.clone();
             let mask = self.setid_mask();
+            let untrusted = rec.untrusted;
             let consumer = std::thread::spawn(move || -> Result<()> {
                 let mut ar = tar::Archive::new(std::io::BufReader::new(reader));
                 ar.set_preserve_permissions(true);
                 ar.set_mask(mask);
-                // As root, every entry goes back to its owner (elsewhere they are ours).
-                ar.set_preserve_ownerships(inplace::running_as_root());
+                // As root, every entry goes back to its owner (elsewhere they are ours) — when
+                // the record can be trusted with owners ([`owners`]).
+                ar.set_preserve_ownerships(inplace::running_as_root() && !untrusted);
                 ar.set_overwrite(true);
                 ar.unpack(&unpack_to)?;
                 Ok(())
@@ -222,6 +225,10 @@ impl DirTarget {
             r?;
             unpacked.context("unpacking")?;
             compare_listings(&rec.files, &scan(&staging)?).context("unpacked tree differs from the manifest")?;
+            if rec.untrusted {
+                let metas = owners::from_live(&rec.files, &|p| dest.join(p), &dest, self.setid_mask());
+                owners::apply(&metas, &|p| staging.join(p))?;
+            }
             root_meta(rec, &dest, &staging)?;
             // The verified tree takes the live name in one exchange; the replaced one goes.
             swap::swap_in(&staging, &dest)

@@ -216,6 +216,41 @@ fn check_pragma(c: &Connection, pragma: &str) -> Result<()> {
     }
 }
 
+/// Give the restored file `tmp` the owner and mode it should have at `dest`. From the record
+/// only when guard can trust it (its own snapshot in this process, or a manifest the store key
+/// authenticates); otherwise (issue 16, R17: anyone who can write the store chose them) from
+/// the live file, or, when the command removed it, the directory's owner and mode 0600.
+/// Owner first: a chown clears set-user-ID bits. Setuid, setgid and sticky bits are never set
+/// on a database.
+fn owner_and_mode(rec: &TargetRecord, dest: &Path, tmp: &Path) -> Result<()> {
+    let (owner, mode) = if !rec.untrusted {
+        let owner = match (rec.meta.get("uid"), rec.meta.get("gid")) {
+            (Some(u), Some(g)) => u.parse::<u32>().ok().zip(g.parse::<u32>().ok()),
+            _ => None,
+        };
+        (owner, rec.meta.get("mode").and_then(|m| u32::from_str_radix(m, 8).ok()))
+    } else {
+        match fs::metadata(dest) {
+            Ok(m) if m.is_file() => (Some((m.uid(), m.gid())), Some(m.permissions().mode())),
+            _ => {
+                let dir = dest
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                (fs::metadata(dir).ok().map(|m| (m.uid(), m.gid())), Some(0o600))
+            }
+        }
+    };
+    if let Some((u, g)) = owner {
+        // Only root can give files away; elsewhere they are ours already.
+        let _ = std::os::unix::fs::chown(tmp, Some(u), Some(g));
+    }
+    if let Some(mode) = mode {
+        fs::set_permissions(tmp, fs::Permissions::from_mode(mode & 0o777))?;
+    }
+    Ok(())
+}
+
 fn sqlite_version() -> String {
     rusqlite::version().to_string()
 }
@@ -490,15 +525,7 @@ impl Target for SqliteTarget {
             read_artifact(store, a, &mut w)?;
             let f = w.into_inner().map_err(|e| e.into_error())?;
             f.sync_all()?;
-            if let Some(mode) = rec.meta.get("mode").and_then(|m| u32::from_str_radix(m, 8).ok()) {
-                fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
-            }
-            if let (Some(uid), Some(gid)) = (rec.meta.get("uid"), rec.meta.get("gid")) {
-                if let (Ok(u), Ok(g)) = (uid.parse::<u32>(), gid.parse::<u32>()) {
-                    // Only root can give files away; elsewhere they are ours already.
-                    let _ = std::os::unix::fs::chown(&tmp, Some(u), Some(g));
-                }
-            }
+            owner_and_mode(rec, &dest, &tmp)?;
             // Fold any WAL into the live file and let go of it, then remove every sidecar: a
             // stale WAL or hot journal next to the restored file would be replayed into it.
             if dest.is_file() {
