@@ -897,3 +897,136 @@ fn a_planted_sqlite_manifest_cannot_chmod_or_chown_the_database() {
         }
     }
 }
+
+/// Run `cmd` (a guard run) while scanning every process's argv for `secret`; the run's output.
+fn run_scanning_argv(mut cmd: std::process::Command, secret: &str) -> Run {
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let mut scans = 0;
+    // Until guard has exited (its pid gone or a zombie).
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.split_whitespace().nth(2) != Some("Z")) {
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if let Ok(cmdline) = std::fs::read(format!("/proc/{p}/cmdline")) {
+                let c = String::from_utf8_lossy(&cmdline);
+                assert!(!c.contains(secret), "the password is in the argv of pid {p}: {c:?}");
+            }
+        }
+        scans += 1;
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(scans > 0);
+    o.into()
+}
+
+/// `password_file` (a 0600 file) and `$PGPASSFILE` give guard the password of a
+/// scram-sha-256 cluster whose URL holds none: a guarded run snapshots, runs a failing
+/// migration and restores (pg_dump equal), and neither the password nor the file's content
+/// reaches any process's argv (scanned in /proc while guard runs), guard's output or the
+/// store. A group/world-readable password file or passfile is refused naming it (exit 64);
+/// a URL with a password and a `password_file` too is refused.
+#[test]
+fn postgres_password_file_and_pgpassfile_authenticate_and_never_reach_argv() {
+    use crate::common::pg::Cluster;
+    let password = "pw-file-Zebra-8317";
+    let cluster = Cluster::start_with_password(password);
+    cluster.createdb("rent");
+    cluster.psql(
+        "rent",
+        "CREATE TABLE t (id int primary key, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 50) g;",
+    );
+    let before = cluster.dump("rent");
+    let url = format!(
+        "postgres://postgres@/rent?host={}&port={}",
+        cluster.sock().display(),
+        cluster.port
+    );
+    let psql = cluster.bin.join("psql");
+    // The migration authenticates on its own (reading the file in the shell: not in argv).
+    let migration = format!(
+        "PGPASSWORD=$(head -n1 pw.txt) {} -X -q -v ON_ERROR_STOP=1 -h {} -p {} -U postgres -d rent -c 'DELETE FROM t WHERE id > 10'; exit 3",
+        psql.display(),
+        cluster.sock().display(),
+        cluster.port
+    );
+    for how in ["password_file", "PGPASSFILE"] {
+        let env = Env::new();
+        let key = if how == "password_file" {
+            "password_file = \"pw.txt\"\n"
+        } else {
+            ""
+        };
+        env.write(
+            "guard.toml",
+            &format!("name = \"pw\"\nstore = \"backups\"\n[[target]]\nname = \"rent\"\nkind = \"postgres\"\nurl = \"{url}\"\n{key}"),
+        );
+        env.write("pw.txt", &format!("{password}\n"));
+        env.write(
+            "pgpass",
+            &format!("# guard test\n*:*:other:postgres:wrong\n*:*:rent:postgres:{password}\n"),
+        );
+        for f in ["pw.txt", "pgpass"] {
+            std::fs::set_permissions(env.path(f), std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let guard = |args: &[&str]| {
+            let mut c = env.cmd(args);
+            c.env_remove("PGPASSWORD")
+                .env_remove("PGPASSFILE")
+                .env("HOME", env.path("."));
+            if how == "PGPASSFILE" {
+                c.env("PGPASSFILE", env.path("pgpass"));
+            }
+            c
+        };
+        let r = run_scanning_argv(guard(&["--yes", "--", "sh", "-c", &migration]), password);
+        assert_eq!(r.code, 3, "{how}: {r:?}");
+        assert_eq!(cluster.dump("rent"), before, "{how}: restored");
+        let list: Run = guard(&["list"]).output().unwrap().into();
+        assert_eq!(list.code, 0, "{list:?}");
+        for out in [&r.stdout, &r.stderr, &list.stdout, &list.stderr] {
+            assert!(!out.contains(password), "{how}: output holds the password: {out}");
+        }
+        for e in walkdir::WalkDir::new(env.path("backups")).into_iter().flatten() {
+            if e.file_type().is_file() {
+                let bytes = std::fs::read(e.path()).unwrap();
+                assert!(
+                    !bytes.windows(password.len()).any(|w| w == password.as_bytes()),
+                    "{how}: {} holds the password",
+                    e.path().display()
+                );
+            }
+        }
+        // A file others can read is refused, naming it and the fix; nothing runs.
+        let file = if how == "password_file" { "pw.txt" } else { "pgpass" };
+        std::fs::set_permissions(env.path(file), std::fs::Permissions::from_mode(0o640)).unwrap();
+        let marker = env.path("ran");
+        let r: Run = guard(&["--yes", "--", "touch", marker.to_str().unwrap()])
+            .output()
+            .unwrap()
+            .into();
+        assert_eq!(r.code, 64, "{how}: {r:?}");
+        assert!(
+            r.stderr.contains(&env.path(file).display().to_string()) && r.stderr.contains("chmod 600"),
+            "{how}: names the file and the fix: {r:?}"
+        );
+        assert!(!marker.exists(), "{how}: nothing ran");
+    }
+    // A password in the URL and a password_file: give it once.
+    let env = Env::new();
+    env.write("pw.txt", "x\n");
+    env.write(
+        "guard.toml",
+        &format!(
+            "name = \"pw\"\n[[target]]\nname = \"rent\"\nkind = \"postgres\"\nurl = \"{}\"\npassword_file = \"pw.txt\"\n",
+            cluster.url("rent")
+        ),
+    );
+    let r = env.guard(&["list"]);
+    assert_eq!(r.code, 64, "{r:?}");
+    assert!(
+        r.stderr.contains("password_file") && r.stderr.contains("give it once"),
+        "{r:?}"
+    );
+}

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::parse_ctx::ParseCtx;
@@ -29,6 +29,8 @@ pub struct PostgresSpec {
     /// Prisma's `?schema=NAME` in the URL (taken out of `url`, which libpq would refuse): the
     /// schema checks and fingerprints resolve unqualified names in (their `search_path`).
     pub schema: Option<String>,
+    /// The password read from `password_file` (never printed; masked in output).
+    pub password: Option<String>,
 }
 
 impl std::fmt::Debug for PostgresSpec {
@@ -76,6 +78,7 @@ pub struct Raw {
     sessions: Option<String>,
     drill_url: Option<String>,
     snapshot: Option<String>,
+    password_file: Option<String>,
 }
 
 pub fn parse(raw: Raw, cx: &mut ParseCtx) -> Result<PostgresSpec> {
@@ -83,7 +86,24 @@ pub fn parse(raw: Raw, cx: &mut ParseCtx) -> Result<PostgresSpec> {
     if let Some(pw) = secrets::url_password(&url) {
         secrets::register(&pw);
     }
+    let in_url = secrets::url_password(&url).is_some();
     let (url, schema) = take_schema(&url);
+    let password = match cx.opt("password_file", raw.password_file)? {
+        Some(_) if in_url => {
+            return Err(cx.fail_key(
+                "password_file",
+                "password_file is set but the url already holds a password; give it once (take it out of the url)"
+                    .to_string(),
+            ))
+        }
+        Some(f) if !cx.deferred() => {
+            let path = cx.resolve(&f);
+            let pw = read_password_file(&path).map_err(|e| cx.fail_key("password_file", format!("{e:#}")))?;
+            secrets::register(&pw);
+            Some(pw)
+        }
+        _ => None,
+    };
     if !cx.deferred() {
         if let Err(e) = super::conn::ConnInfo::parse(&url) {
             return Err(cx.fail_key("url", format!("{e:#}")));
@@ -116,7 +136,36 @@ pub fn parse(raw: Raw, cx: &mut ParseCtx) -> Result<PostgresSpec> {
         sessions,
         drill_url: cx.opt("drill_url", raw.drill_url)?,
         schema,
+        password,
     })
+}
+
+/// The password in `path`: its first line (a trailing newline is not part of it). The file
+/// must be a regular file only its owner can read or write, as libpq demands of `~/.pgpass`.
+pub fn read_password_file(path: &std::path::Path) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let m = std::fs::metadata(path).with_context(|| format!("cannot read password file {}", path.display()))?;
+    if !m.is_file() {
+        bail!("password file {} is not a regular file", path.display());
+    }
+    let mode = m.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "password file {} can be read or written by group or others (mode {mode:o}); make it private: chmod 600 {}",
+            path.display(),
+            path.display()
+        );
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read password file {}", path.display()))?;
+    let pw = text.lines().next().unwrap_or("").to_string();
+    if pw.is_empty() {
+        bail!(
+            "password file {} is empty (its first line is the password)",
+            path.display()
+        );
+    }
+    Ok(pw)
 }
 
 /// Take Prisma's `schema` query parameter out of a URL: (the URL without it, its value).

@@ -252,6 +252,101 @@ impl ConnInfo {
     }
 }
 
+/// The password libpq would take from the password file for `ci` — `$PGPASSFILE`, else
+/// `~/.pgpass` — or `None` when there is no such file or no line matches. A file group or
+/// others can read or write is refused, naming it (libpq ignores one, which would fail later
+/// and more obscurely). Lines are `host:port:database:user:password`, `*` matching anything,
+/// `\` escaping `:` and `\`; a socket in the default directory matches `localhost`.
+pub fn passfile_password(ci: &ConnInfo) -> Result<Option<String>> {
+    use std::os::unix::fs::PermissionsExt;
+    let (path, named) = match std::env::var_os("PGPASSFILE").filter(|v| !v.is_empty()) {
+        Some(p) => (std::path::PathBuf::from(p), true),
+        None => match std::env::var_os("HOME") {
+            Some(h) => (std::path::Path::new(&h).join(".pgpass"), false),
+            None => return Ok(None),
+        },
+    };
+    let m = match std::fs::metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !named => return Ok(None),
+        Err(e) => bail!("password file {} ($PGPASSFILE): {e}", path.display()),
+    };
+    if !m.is_file() {
+        bail!("password file {} is not a regular file", path.display());
+    }
+    let mode = m.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "password file {} can be read or written by group or others (mode {mode:o}); libpq ignores such a file and guard refuses it: chmod 600 {}",
+            path.display(),
+            path.display()
+        );
+    }
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| anyhow!("cannot read password file {}: {e}", path.display()))?;
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let host = ci.host.clone().or_else(|| env("PGHOST"));
+    let host = match host.as_deref() {
+        None | Some("/var/run/postgresql") | Some("/run/postgresql") | Some("/tmp") => "localhost".to_string(),
+        Some(h) => h.to_string(),
+    };
+    let port = ci
+        .port
+        .map(|p| p.to_string())
+        .or_else(|| env("PGPORT"))
+        .unwrap_or_else(|| "5432".into());
+    let user = ci.user.clone().or_else(|| env("PGUSER")).unwrap_or_else(os_user);
+    let db = ci
+        .dbname
+        .clone()
+        .or_else(|| env("PGDATABASE"))
+        .unwrap_or_else(|| user.clone());
+    Ok(passfile_lookup(&text, [&host, &port, &db, &user]))
+}
+
+/// The first line of a passfile `text` whose four fields match `want` (host, port, database,
+/// user): its password.
+fn passfile_lookup(text: &str, want: [&str; 4]) -> Option<String> {
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        // Split on unescaped colons into four fields and the rest (the password).
+        let mut fields: Vec<String> = vec![String::new()];
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some(n) = chars.next() {
+                        fields.last_mut().expect("one").push(n);
+                    }
+                }
+                ':' if fields.len() < 5 => fields.push(String::new()),
+                c => fields.last_mut().expect("one").push(c),
+            }
+        }
+        if fields.len() < 5 {
+            continue;
+        }
+        if fields[..4].iter().zip(want).all(|(f, w)| f == "*" || f == w) {
+            return Some(fields[4].clone());
+        }
+    }
+    None
+}
+
+/// The name of the user guard runs as (libpq's default user name).
+fn os_user() -> String {
+    // SAFETY: getpwuid returns a pointer to static storage or NULL; read at once.
+    unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if pw.is_null() || (*pw).pw_name.is_null() {
+            return std::env::var("USER").unwrap_or_default();
+        }
+        std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned()
+    }
+}
+
 /// Quote an identifier for SQL.
 pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
@@ -334,5 +429,23 @@ mod tests {
         assert!(ConnInfo::parse("mysql://x/y").is_err());
         assert!(ConnInfo::parse("postgres://a,b/db").is_err());
         assert!(ConnInfo::parse("postgres://h/db?bogus=1").is_err());
+    }
+
+    #[test]
+    fn passfile_lines_match_as_libpq_reads_them() {
+        let text = "# comment\nother:5432:*:app:wrong\n*:5433:rent:app:a\\:b\\\\c:d\nlocalhost:*:*:*:fallback\n";
+        assert_eq!(
+            passfile_lookup(text, ["db", "5433", "rent", "app"]).as_deref(),
+            Some("a:b\\c:d")
+        );
+        assert_eq!(
+            passfile_lookup(text, ["localhost", "5432", "x", "y"]).as_deref(),
+            Some("fallback")
+        );
+        assert_eq!(passfile_lookup(text, ["db", "5432", "rent", "app"]), None);
+        assert_eq!(
+            passfile_lookup(text, ["other", "5432", "rent", "app"]).as_deref(),
+            Some("wrong")
+        );
     }
 }

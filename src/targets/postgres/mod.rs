@@ -105,7 +105,17 @@ fn say(msg: &str) {
 
 impl PostgresTarget {
     pub fn new(spec: TargetSpec, pg: PostgresSpec) -> Result<Self> {
-        let conn = ConnInfo::parse(&pg.url).with_context(|| format!("target {}", spec.name))?;
+        let mut conn = ConnInfo::parse(&pg.url).with_context(|| format!("target {}", spec.name))?;
+        // The password: the URL's, else `password_file`'s, else `$PGPASSWORD` (libpq and sqlx
+        // read it themselves), else the passfile's (`$PGPASSFILE`, `~/.pgpass`). Children get
+        // it through their environment, never their argv.
+        if conn.password.is_none() {
+            conn.password = match &pg.password {
+                Some(p) => Some(p.clone()),
+                None if std::env::var_os("PGPASSWORD").is_some() => None,
+                None => conn::passfile_password(&conn).with_context(|| format!("target {}", spec.name))?,
+            };
+        }
         if let Some(p) = &conn.password {
             secrets::register(p);
         }
@@ -136,6 +146,7 @@ impl PostgresTarget {
             drill_url: None,
             snapshot: Default::default(),
             schema: None,
+            password: None,
         };
         let spec = TargetSpec::new(rec.name.clone(), KindSpec::Postgres(pg.clone()));
         let conn = ConnInfo::parse(&pg.url).unwrap_or_default();
