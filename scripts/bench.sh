@@ -12,6 +12,7 @@
 #                    `sqlite3 .backup` + `gzip -6` + `sha256sum`, and vs `pigz -p N -6` alone
 #   verify           guard verify --quick vs sha256sum and openssl dgst -sha256 of the artifact
 #   wrapper          `guard -- true` on a small SQLite policy vs `guard snapshot` of it
+#   encryption       the sqlite-snapshot case with [encryption] (age) vs without, and deep verify
 #   levels           guard snapshot at compression levels 1, 6, 9: time and size
 #   postgres         guard snapshot vs pg_dump -Fc, guard restore vs createdb + pg_restore on a
 #                    generated database (PG_ROWS, default 3.5M rows: ~450 MB); SKIP_PG=1 skips it
@@ -410,6 +411,23 @@ say "wrapper: guard -- true vs guard snapshot (small policy)"
 t_small_snap=$(median small_snapshot)
 t_small_run=$(median small_run)
 
+# --- encryption -------------------------------------------------------------------------
+# The same snapshot with `[encryption]` (age, one X25519 recipient) against it without, in this
+# run; the identity is generated here with the `age` crate's format (age-keygen, Debian `age`).
+command -v age-keygen >/dev/null || need age-keygen:age
+age-keygen -o "$work/age.key" 2>/dev/null || true
+chmod 600 "$work/age.key"
+recipient=$(age-keygen -y "$work/age.key")
+sed "s|^store = .*|store = \"store-enc\"\n[encryption]\nrecipients = [\"$recipient\"]\nidentity_file = \"$work/age.key\"|" "$policy" > "$work/enc.toml"
+enc_snapshot() { "$guard" --policy "$work/enc.toml" snapshot; }
+prep="rm -rf '$work/store-enc'"
+say "encryption: guard snapshot with [encryption] (age) vs without"
+t_enc=$(median enc_snapshot)
+prep=""
+enc_peak_kb=$(/usr/bin/time -f %M "$guard" --policy "$work/enc.toml" snapshot 2>&1 >/dev/null | tail -1)
+t_enc_verify=$(median "$guard" --policy "$work/enc.toml" verify latest)
+rm -rf "$work/store-enc"
+
 # --- compression levels -----------------------------------------------------------------
 levels=""
 for level in 1 6 9; do
@@ -620,12 +638,14 @@ report="$work/results.md"
     echo "| verify (checksums) | ${t_verify} s | sha256sum | ${t_sha256sum} s | $(ratio "$t_verify" "$t_sha256sum")× |"
     echo "| verify (checksums) | ${t_verify} s | openssl dgst -sha256 | ${t_openssl} s | $(ratio "$t_verify" "$t_openssl")× |"
     echo "| verify (deep: gunzip + integrity_check + fingerprints) | ${t_verify_deep} s | — | — | — |"
+    echo "| SQLite snapshot, encrypted (age) | ${t_enc} s | the same snapshot unencrypted | ${t_guard} s | **$(ratio "$t_enc" "$t_guard")×** |"
+    echo "| verify (deep), encrypted | ${t_enc_verify} s | the same unencrypted | ${t_verify_deep} s | $(ratio "$t_enc_verify" "$t_verify_deep")× |"
     [ -n "$pg_line" ] && echo "$pg_line"
     [ -n "$s3_line" ] && echo "$s3_line"
     echo "| \`guard -- true\`, small policy | ${t_small_run} s | guard snapshot of the same | ${t_small_snap} s | +$(echo "($t_small_run - $t_small_snap) * 1000" | bc -l | xargs printf '%.0f') ms |"
     echo
     echo "Artifact size: guard $(numfmt --to=iec "$size_guard") vs gzip -6 $(numfmt --to=iec "$size_gzip") ($(echo "scale=2; 100 * ($size_guard - $size_gzip) / $size_gzip" | bc -l)% difference)."
-    echo "Peak memory (max RSS) of guard snapshot: $((peak_kb / 1024)) MiB."
+    echo "Peak memory (max RSS) of guard snapshot: $((peak_kb / 1024)) MiB; encrypted: $((enc_peak_kb / 1024)) MiB."
     [ -n "${pg_sizes:-}" ] && echo "$pg_sizes"
     echo
     echo "Retention: \`guard prune --dry-run\` over a catalog of 10,000 snapshots: ${t_prune_plan} s; the real prune deleting $pruned of them (artifacts, manifests, catalog rows): ${t_prune} s."

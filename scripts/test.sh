@@ -53,6 +53,9 @@ done
 # man (man-db) renders the generated man page in the cli tests.
 command -v man >/dev/null || { say "installing man-db"; apt_install man-db; }
 
+# age (the stock CLI) for the test that decrypts an encrypted artifact by hand.
+command -v age >/dev/null || { say "installing age (Debian package)"; apt_install age; }
+
 # moto (an S3-protocol server) for the S3 tests.
 if ! python3 -c 'import moto.server' 2>/dev/null; then
     say "installing moto[server] from PyPI"

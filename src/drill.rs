@@ -75,7 +75,9 @@ fn run_drill(policy: &Policy, store: &dyn Store, catalog: &Catalog, id: &str, ui
         }
     };
     report.snapshot_created_at = crate::clock::rfc3339(m.created_at);
-    if let Err(e) = snapshot::verify_artifacts(store, &m, Depth::Checksums) {
+    if let Err(e) = snapshot::verify_artifacts(store, &m, Depth::Checksums)
+        .and_then(|()| crate::artifact::check_decryptable(store, &m))
+    {
         report.failure = Some(format!("{e:#}"));
         return Ok(report);
     }

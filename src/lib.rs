@@ -37,6 +37,7 @@ pub mod checks;
 pub mod cli;
 pub mod clock;
 pub mod cmd;
+pub mod crypt;
 pub mod drill;
 pub mod error;
 pub mod faults;

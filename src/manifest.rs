@@ -133,6 +133,23 @@ pub struct Artifact {
     /// Size and SHA-256 of the content.
     pub raw_bytes: u64,
     pub raw_sha256: String,
+    /// The stored file is the gzip encrypted with age ([`crate::crypt`]): `bytes`/`sha256` are
+    /// the ciphertext's, this the gzip's inside and the recipients'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+}
+
+/// How an artifact is encrypted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Encryption {
+    /// `age` (X25519 recipients).
+    pub scheme: String,
+    /// The recipients' public keys (`age1…`).
+    pub recipients: Vec<String>,
+    /// Size and SHA-256 of the gzip stream inside.
+    pub gz_bytes: u64,
+    pub gz_sha256: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -46,6 +46,7 @@ impl Session {
         // The policy's store key signs and checks manifests and journals from here on (with
         // `--all`, each policy's session uses its own).
         crate::auth::configure(policy.store_key_file.as_deref())?;
+        crate::crypt::configure(policy.encryption.as_ref())?;
         let store = store::open(&policy.store).kind(Kind::Usage)?;
         let catalog = Catalog::open(store.as_ref())?;
         Ok(Session { store, catalog })
@@ -55,6 +56,7 @@ impl Session {
     /// store) is read as last indexed, with a warning, instead of failing: for `guard status`.
     pub fn open_read_only(policy: &Policy, ui: &Ui) -> Result<Session, Failure> {
         crate::auth::configure(policy.store_key_file.as_deref())?;
+        crate::crypt::configure(policy.encryption.as_ref())?;
         let store = store::open(&policy.store).kind(Kind::Usage)?;
         let catalog = Catalog::open_or_read_only(store.as_ref(), ui)?;
         Ok(Session { store, catalog })

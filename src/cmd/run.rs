@@ -18,6 +18,9 @@ pub fn run(policy: &Policy, opts: &Options, ui: &Ui) -> Result<u8, Failure> {
         return super::check::verdict(&items).map_err(|f| if ui.json { f.reported() } else { f });
     }
     begin::preconditions(policy, opts)?;
+    // An encrypted policy's run must be able to decrypt what it snapshots: exit 64 otherwise.
+    crate::crypt::configure(policy.encryption.as_ref())?;
+    crate::crypt::require_restorable()?;
     // A store or catalog that cannot be opened means no snapshot: exit 69, nothing run.
     let s = Session::open(policy).map_err(|f| Failure {
         kind: Kind::Snapshot,

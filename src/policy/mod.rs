@@ -42,6 +42,8 @@ pub struct Policy {
     /// `[store] key_file`: the store key that signs and checks manifests and journals
     /// ([`crate::auth`]; else `GUARD_STORE_KEY`, else none).
     pub store_key_file: Option<PathBuf>,
+    /// `[encryption]`: age recipients for new artifacts, the identity for reading them.
+    pub encryption: Option<crate::crypt::EncryptionSpec>,
     pub confirm: bool,
     pub retention: Retention,
     pub compression: Compression,
@@ -171,6 +173,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy> {
     let store = sections::store(store_path.as_ref(), &mut cx)?;
     let retention = sections::retention(raw.retention.as_ref(), &mut cx)?;
     let compression = sections::compression(raw.compression.as_ref(), &cx)?;
+    let encryption = sections::encryption(raw.encryption, &mut cx)?;
     let mut targets = targets::parse(raw.target, &mut cx)?;
     overlap::check(&targets, &store, &cx)?;
     let hooks = sections::hooks(raw.hooks, &mut cx)?;
@@ -192,6 +195,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy> {
         base_dir: cx.base_dir().to_path_buf(),
         store,
         store_key_file,
+        encryption,
         confirm: raw.confirm,
         retention,
         compression,

@@ -28,6 +28,17 @@ pub struct RawPolicy {
     #[schemars(with = "Vec<RawCheck>")]
     pub check: Vec<Spanned<RawCheck>>,
     pub drill: Option<RawDrill>,
+    pub encryption: Option<Spanned<RawEncryption>>,
+}
+
+/// `[encryption]`: age recipients (`recipients`, `recipients_file`) and the identity for reads.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEncryption {
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    pub recipients_file: Option<String>,
+    pub identity_file: Option<String>,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]

@@ -187,6 +187,52 @@ pub fn drill(raw: Option<&RawDrill>, checks: Vec<CheckSpec>, cx: &mut ParseCtx) 
     Ok(drill)
 }
 
+/// `[encryption]`: every recipient checked (file:line named), `recipients_file` read, paths
+/// resolved against the policy's directory. A table with no recipient is refused.
+pub fn encryption(
+    raw: Option<Spanned<super::raw::RawEncryption>>,
+    cx: &mut ParseCtx,
+) -> Result<Option<crate::crypt::EncryptionSpec>> {
+    use crate::crypt::EncryptionSpec;
+    let Some(raw) = raw else { return Ok(None) };
+    let span = raw.span();
+    let raw = raw.into_inner();
+    let mut recipients = Vec::new();
+    for r in &raw.recipients {
+        let r = cx.expand_at(&[Seg::Key("encryption"), Seg::Key("recipients")], r)?.text;
+        if let Err(e) = EncryptionSpec::check_recipient(&r) {
+            fail!(cx, @span.clone(), "[encryption] recipients: {e:#}");
+        }
+        recipients.push(r.trim().to_string());
+    }
+    if let Some(f) = &raw.recipients_file {
+        let f = cx
+            .expand_at(&[Seg::Key("encryption"), Seg::Key("recipients_file")], f)?
+            .text;
+        match EncryptionSpec::read_recipients_file(&cx.resolve(&f)) {
+            Ok(rs) => recipients.extend(rs),
+            Err(e) => fail!(cx, @span.clone(), "[encryption] recipients_file: {e:#}"),
+        }
+    }
+    if recipients.is_empty() {
+        fail!(cx, @span, "[encryption] names no recipient: add recipients = [\"age1…\"] or recipients_file");
+    }
+    recipients.dedup();
+    let identity_file = match &raw.identity_file {
+        Some(f) => {
+            let f = cx
+                .expand_at(&[Seg::Key("encryption"), Seg::Key("identity_file")], f)?
+                .text;
+            Some(cx.resolve(&f))
+        }
+        None => None,
+    };
+    Ok(Some(EncryptionSpec {
+        recipients,
+        identity_file,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;

@@ -161,21 +161,23 @@ pub fn rescue_then_restore(
     j: &mut Journal,
     caller: &Caller,
 ) -> Result<Restoration, Failure> {
-    snapshot::verify_artifacts(cx.store, m, Depth::Checksums).map_err(|e| {
-        Failure::msg(
-            if matches!(caller, Caller::Run { .. }) {
-                Kind::RestoreFailed
-            } else {
-                Kind::Corrupt
-            },
-            format!(
-                "{}snapshot {} failed verification ({e:#}); nothing was restored{}",
-                lead(caller),
-                m.id,
-                left_as(caller)
-            ),
-        )
-    })?;
+    snapshot::verify_artifacts(cx.store, m, Depth::Checksums)
+        .and_then(|()| crate::artifact::check_decryptable(cx.store, m))
+        .map_err(|e| {
+            Failure::msg(
+                if matches!(caller, Caller::Run { .. }) {
+                    Kind::RestoreFailed
+                } else {
+                    Kind::Corrupt
+                },
+                format!(
+                    "{}snapshot {} failed verification ({e:#}); nothing was restored{}",
+                    lead(caller),
+                    m.id,
+                    left_as(caller)
+                ),
+            )
+        })?;
     if !hooks {
         return rescue_and_restore(cx, targets, m, rescue, j, caller);
     }
