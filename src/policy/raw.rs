@@ -28,11 +28,12 @@ pub struct RawPolicy {
     #[schemars(with = "Vec<RawCheck>")]
     pub check: Vec<Spanned<RawCheck>>,
     pub drill: Option<RawDrill>,
+    #[schemars(with = "Option<RawEncryption>")]
     pub encryption: Option<Spanned<RawEncryption>>,
 }
 
 /// `[encryption]`: age recipients (`recipients`, `recipients_file`) and the identity for reads.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawEncryption {
     #[serde(default)]
