@@ -40,6 +40,17 @@ pub struct Session {
     pub catalog: Catalog,
 }
 
+/// The policy's store, opened. A remote store that does not answer (or refuses us) is
+/// unavailable (exit 69, as a store that cannot be written); a local one that cannot be opened
+/// is a bad `store` setting (64).
+fn open_store(policy: &Policy) -> Result<Box<dyn Store>, Failure> {
+    let kind = match policy.store {
+        store::StoreSpec::S3 { .. } => Kind::Snapshot,
+        store::StoreSpec::Local(_) => Kind::Usage,
+    };
+    store::open(&policy.store).kind(kind)
+}
+
 impl Session {
     /// Open the policy's store and its catalog (brought up to date with the store).
     pub fn open(policy: &Policy) -> Result<Session, Failure> {
@@ -47,7 +58,7 @@ impl Session {
         // `--all`, each policy's session uses its own).
         crate::auth::configure(policy.store_key_file.as_deref())?;
         crate::crypt::configure(policy.encryption.as_ref())?;
-        let store = store::open(&policy.store).kind(Kind::Usage)?;
+        let store = open_store(policy)?;
         let catalog = Catalog::open(store.as_ref())?;
         Ok(Session { store, catalog })
     }
@@ -57,7 +68,7 @@ impl Session {
     pub fn open_read_only(policy: &Policy, ui: &Ui) -> Result<Session, Failure> {
         crate::auth::configure(policy.store_key_file.as_deref())?;
         crate::crypt::configure(policy.encryption.as_ref())?;
-        let store = store::open(&policy.store).kind(Kind::Usage)?;
+        let store = open_store(policy)?;
         let catalog = Catalog::open_or_read_only(store.as_ref(), ui)?;
         Ok(Session { store, catalog })
     }

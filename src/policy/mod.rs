@@ -169,8 +169,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy> {
     let mut cx = ParseCtx::new(text, path);
     let raw = raw::from_str(text, &cx)?;
     let name = sections::name(&raw.name, &mut cx)?;
-    let (store_path, store_key_file) = sections::store_parts(raw.store, &mut cx)?;
-    let store = sections::store(store_path.as_ref(), &mut cx)?;
+    let store_parts = sections::store_parts(raw.store, &mut cx)?;
+    let store = sections::store(&store_parts, &mut cx)?;
+    let store_key_file = store_parts.key_file;
     let retention = sections::retention(raw.retention.as_ref(), &mut cx)?;
     let compression = sections::compression(raw.compression.as_ref(), &cx)?;
     let encryption = sections::encryption(raw.encryption, &mut cx)?;

@@ -13,8 +13,9 @@ use crate::parse_ctx::{line_of, ParseCtx};
 pub struct RawPolicy {
     #[schemars(with = "String")]
     pub name: Spanned<String>,
-    /// `store = "DIR|s3://…"`, or a `[store]` table (`path`, `key_file`): [`super::sections::store_parts`].
-    #[schemars(with = "Option<serde_json::Value>")]
+    /// `store = "DIR|s3://…"`, or a `[store]` table (`path`, `key_file`, `sse`, `kms_key_id`):
+    /// [`super::sections::store_parts`].
+    #[schemars(with = "Option<super::schema::StoreSchema>")]
     pub store: Option<Spanned<toml::Value>>,
     #[serde(default)]
     pub confirm: bool,

@@ -90,3 +90,29 @@ impl JsonSchema for super::raw::RawExpect {
         })
     }
 }
+
+/// `store`: a location (a directory or `s3://bucket/prefix`), or the `[store]` table. The table
+/// is read by [`super::sections::store_parts`]; this type only describes it.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum StoreSchema {
+    /// A local directory (relative to the policy) or `s3://bucket/prefix`.
+    Location(String),
+    Table(StoreTable),
+}
+
+/// `[store]`: docs/store.md.
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct StoreTable {
+    /// A local directory (relative to the policy) or `s3://bucket/prefix`.
+    path: Option<String>,
+    /// The key that signs manifests and journals (`guard key generate`).
+    key_file: Option<String>,
+    /// `"AES256"` or `"aws:kms"`: server-side encryption of every object of an `s3://` store.
+    sse: Option<String>,
+    /// The KMS key, with `sse = "aws:kms"`.
+    kms_key_id: Option<String>,
+}

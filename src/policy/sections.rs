@@ -7,6 +7,7 @@ use toml::Spanned;
 use super::raw::{RawCompression, RawDrill, RawHooks, RawRetention};
 use super::{valid_name, CheckSpec, Drill, Hooks, Retention};
 use crate::archive::Compression;
+use crate::aws::{Sse, SseKind};
 use crate::parse_ctx::fail;
 use crate::parse_ctx::{ParseCtx, Seg};
 use crate::store::StoreSpec;
@@ -24,43 +25,114 @@ pub fn name(raw: &Spanned<String>, cx: &mut ParseCtx) -> Result<String> {
     Ok(name)
 }
 
-/// `store = "…"`, or the `[store]` table: its location (`path`) and `key_file` (relative to the
-/// policy's directory).
-pub fn store_parts(
-    raw: Option<Spanned<toml::Value>>,
-    cx: &mut ParseCtx,
-) -> Result<(Option<Spanned<String>>, Option<std::path::PathBuf>)> {
-    let Some(raw) = raw else { return Ok((None, None)) };
+/// The `store` key, read: its location, the key that signs manifests, and the server-side
+/// encryption an `s3://` store's objects are written with.
+#[derive(Default)]
+pub struct StoreParts {
+    pub path: Option<Spanned<String>>,
+    pub key_file: Option<std::path::PathBuf>,
+    /// `sse`/`kms_key_id`, with the span of the `[store]` table for a later refusal.
+    pub sse: Option<(Sse, std::ops::Range<usize>)>,
+}
+
+/// `store = "…"`, or the `[store]` table: its location (`path`), `key_file` (relative to the
+/// policy's directory), and for an `s3://` store `sse` and `kms_key_id`.
+pub fn store_parts(raw: Option<Spanned<toml::Value>>, cx: &mut ParseCtx) -> Result<StoreParts> {
+    let Some(raw) = raw else {
+        return Ok(StoreParts::default());
+    };
     let span = raw.span();
     match raw.into_inner() {
-        toml::Value::String(s) => Ok((Some(Spanned::new(span, s)), None)),
+        toml::Value::String(s) => Ok(StoreParts {
+            path: Some(Spanned::new(span, s)),
+            ..StoreParts::default()
+        }),
         toml::Value::Table(t) => {
-            let (mut path, mut key_file) = (None, None);
+            let mut parts = StoreParts::default();
+            let (mut sse, mut kms_key_id) = (None, None);
             for (k, v) in t {
                 let toml::Value::String(v) = v else {
                     fail!(cx, @span.clone(), "[store] {k} must be a string");
                 };
                 match k.as_str() {
-                    "path" => path = Some(Spanned::new(span.clone(), v)),
+                    "path" => parts.path = Some(Spanned::new(span.clone(), v)),
                     "key_file" => {
                         let v = cx.expand_at(&[Seg::Key("store"), Seg::Key("key_file")], &v)?.text;
                         if v.is_empty() {
                             fail!(cx, @span.clone(), "[store] key_file is empty");
                         }
-                        key_file = Some(cx.resolve(&v));
+                        parts.key_file = Some(cx.resolve(&v));
                     }
-                    _ => fail!(cx, @span.clone(), "[store] has no key {k:?} (it has path, key_file)"),
+                    "sse" => sse = Some(cx.expand_at(&[Seg::Key("store"), Seg::Key("sse")], &v)?.text),
+                    "kms_key_id" => {
+                        kms_key_id = Some(cx.expand_at(&[Seg::Key("store"), Seg::Key("kms_key_id")], &v)?.text)
+                    }
+                    _ => fail!(
+                        cx,
+                        @span.clone(),
+                        "[store] has no key {k:?} (it has path, key_file, sse, kms_key_id)"
+                    ),
                 }
             }
-            Ok((path, key_file))
+            parts.sse = store_sse(sse, kms_key_id, &span, cx)?.map(|s| (s, span));
+            Ok(parts)
         }
         _ => fail!(cx, @span, "store must be a string (a directory or s3://…) or a [store] table"),
     }
 }
 
+/// `[store] sse` and `kms_key_id`: the same words and rules as an s3 target's.
+fn store_sse(
+    sse: Option<String>,
+    kms_key_id: Option<String>,
+    span: &std::ops::Range<usize>,
+    cx: &mut ParseCtx,
+) -> Result<Option<Sse>> {
+    let kms_key_id = kms_key_id.filter(|k| !k.trim().is_empty());
+    let kind = match sse.as_deref() {
+        None => None,
+        Some(w) => match Sse::CHOICES.iter().find(|(word, _)| *word == w) {
+            Some((_, kind)) => *kind,
+            None => fail!(cx, @span.clone(), "[store] sse {w:?} must be \"AES256\" or \"aws:kms\""),
+        },
+    };
+    match (kind, kms_key_id) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => fail!(
+            cx,
+            @span.clone(),
+            "[store] kms_key_id needs sse = \"aws:kms\" (add it, or remove kms_key_id)"
+        ),
+        (Some(SseKind::Aes256), Some(_)) => fail!(
+            cx,
+            @span.clone(),
+            "[store] kms_key_id goes with sse = \"aws:kms\", not \"AES256\" (SSE-S3 uses the server's own keys)"
+        ),
+        (Some(kind), kms_key_id) => Ok(Some(Sse { kind, kms_key_id })),
+    }
+}
+
 /// `store`: a local directory (relative to the policy) or `s3://bucket/prefix`; unset is
-/// `backups/` beside the policy.
-pub fn store(raw: Option<&Spanned<String>>, cx: &mut ParseCtx) -> Result<StoreSpec> {
+/// `backups/` beside the policy. `sse` is for an `s3://` store only.
+pub fn store(parts: &StoreParts, cx: &mut ParseCtx) -> Result<StoreSpec> {
+    let spec = store_location(parts.path.as_ref(), cx)?;
+    match (spec, &parts.sse) {
+        (StoreSpec::S3 { bucket, prefix, .. }, Some((sse, _))) => Ok(StoreSpec::S3 {
+            bucket,
+            prefix,
+            sse: Some(sse.clone()),
+        }),
+        (StoreSpec::Local(p), Some((_, span))) => fail!(
+            cx,
+            @span.clone(),
+            "[store] sse is for an s3:// store; {} is a local directory (encrypt it with [encryption], or remove sse)",
+            p.display()
+        ),
+        (spec, None) => Ok(spec),
+    }
+}
+
+fn store_location(raw: Option<&Spanned<String>>, cx: &mut ParseCtx) -> Result<StoreSpec> {
     let Some(s) = raw else {
         return Ok(StoreSpec::Local(cx.base_dir().join("backups")));
     };
@@ -73,6 +145,7 @@ pub fn store(raw: Option<&Spanned<String>>, cx: &mut ParseCtx) -> Result<StoreSp
         Ok(StoreSpec::S3 {
             bucket: bucket.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
+            sse: None,
         })
     } else if v.contains("://") {
         fail!(cx, @s.span(), "store {v:?}: only local directories and s3:// are supported");
@@ -248,8 +321,8 @@ mod tests {
     }
 
     fn store_of(raw: super::super::raw::RawPolicy, cx: &mut ParseCtx) -> Result<StoreSpec> {
-        let (path, _) = store_parts(raw.store, cx)?;
-        store(path.as_ref(), cx)
+        let parts = store_parts(raw.store, cx)?;
+        store(&parts, cx)
     }
 
     #[test]
@@ -263,6 +336,7 @@ mod tests {
         let s3 = StoreSpec::S3 {
             bucket: "b".into(),
             prefix: "p/q".into(),
+            sse: None,
         };
         assert_eq!(store_of(raw, &mut cx).unwrap(), s3);
         for bad in ["s3://", "ftp://h/x", ""] {
@@ -273,12 +347,47 @@ mod tests {
         }
         // The [store] table: its path, and a key file relative to the policy.
         let (raw, mut cx) = parsed("name = \"p\"\n[store]\npath = \"snaps\"\nkey_file = \"k/store.key\"\n");
-        let (path, key) = store_parts(raw.store, &mut cx).unwrap();
-        assert_eq!(store(path.as_ref(), &mut cx).unwrap(), local("snaps"));
-        assert_eq!(key, Some(Path::new("/nonexistent-guard-p/k/store.key").to_path_buf()));
+        let parts = store_parts(raw.store, &mut cx).unwrap();
+        assert_eq!(store(&parts, &mut cx).unwrap(), local("snaps"));
+        assert_eq!(
+            parts.key_file,
+            Some(Path::new("/nonexistent-guard-p/k/store.key").to_path_buf())
+        );
         let (raw, mut cx) = parsed("name = \"p\"\n[store]\nkey_fle = \"k\"\n");
         let e = store_of(raw, &mut cx).unwrap_err().to_string();
         assert!(e.contains(":2:") && e.contains("no key \"key_fle\""), "{e}");
+        // sse: an s3:// store's only; the target's words and rules.
+        let (raw, mut cx) =
+            parsed("name = \"p\"\n[store]\npath = \"s3://b\"\nsse = \"aws:kms\"\nkms_key_id = \"k1\"\n");
+        let want = StoreSpec::S3 {
+            bucket: "b".into(),
+            prefix: String::new(),
+            sse: Some(Sse {
+                kind: SseKind::Kms,
+                kms_key_id: Some("k1".into()),
+            }),
+        };
+        assert_eq!(store_of(raw, &mut cx).unwrap(), want);
+        for (bad, says) in [
+            ("path = \"snaps\"\nsse = \"AES256\"", "sse is for an s3:// store"),
+            (
+                "path = \"s3://b\"\nsse = \"aes\"",
+                "sse \"aes\" must be \"AES256\" or \"aws:kms\"",
+            ),
+            (
+                "path = \"s3://b\"\nkms_key_id = \"k\"",
+                "kms_key_id needs sse = \"aws:kms\"",
+            ),
+            (
+                "path = \"s3://b\"\nsse = \"AES256\"\nkms_key_id = \"k\"",
+                "not \"AES256\"",
+            ),
+        ] {
+            let text = format!("name = \"p\"\n[store]\n{bad}\n");
+            let (raw, mut cx) = parsed(&text);
+            let e = store_of(raw, &mut cx).unwrap_err().to_string();
+            assert!(e.contains("policy.toml:2: [store]") && e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

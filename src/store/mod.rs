@@ -21,7 +21,12 @@ use anyhow::Result;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreSpec {
     Local(PathBuf),
-    S3 { bucket: String, prefix: String },
+    /// `s3://bucket/prefix`; `sse` is sent on every object written there (`[store] sse`).
+    S3 {
+        bucket: String,
+        prefix: String,
+        sse: Option<crate::aws::Sse>,
+    },
 }
 
 impl StoreSpec {
@@ -29,8 +34,8 @@ impl StoreSpec {
     pub fn location(&self) -> String {
         match self {
             StoreSpec::Local(p) => p.display().to_string(),
-            StoreSpec::S3 { bucket, prefix } if prefix.is_empty() => format!("s3://{bucket}"),
-            StoreSpec::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+            StoreSpec::S3 { bucket, prefix, .. } if prefix.is_empty() => format!("s3://{bucket}"),
+            StoreSpec::S3 { bucket, prefix, .. } => format!("s3://{bucket}/{prefix}"),
         }
     }
 }
@@ -39,7 +44,7 @@ impl std::fmt::Display for StoreSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreSpec::Local(p) => write!(f, "{}", p.display()),
-            StoreSpec::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+            StoreSpec::S3 { bucket, prefix, .. } => write!(f, "s3://{bucket}/{prefix}"),
         }
     }
 }
@@ -132,7 +137,7 @@ pub enum LeaseOutcome {
 pub fn open(spec: &StoreSpec) -> Result<Box<dyn Store>> {
     match spec {
         StoreSpec::Local(path) => Ok(Box::new(local::LocalStore::open(path)?)),
-        StoreSpec::S3 { bucket, prefix } => Ok(Box::new(s3::S3Store::open(bucket, prefix)?)),
+        StoreSpec::S3 { bucket, prefix, sse } => Ok(Box::new(s3::S3Store::open(bucket, prefix, sse.clone())?)),
     }
 }
 

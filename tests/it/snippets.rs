@@ -186,9 +186,44 @@ fn app_dir(at: &str, policy: &str) {
 /// A fragment loads inside the lending policy (its variables given values).
 fn fragment(at: &str, snippet: &str) {
     let env = Env::new();
-    let base = lending_policy("");
+    let mut base = lending_policy("");
+    // A `[store]` table replaces the lending policy's `store = "backups"`. Its location may be
+    // a bucket or a directory of the docs' machine: it is loaded, and opening it may then fail
+    // (exit 69 naming the store) — what must not happen is a refusal of the policy (exit 64).
+    let store_table = snippet.lines().any(|l| l.trim() == "[store]");
+    if store_table {
+        base = base
+            .lines()
+            .filter(|l| !l.starts_with("store ="))
+            .map(|l| format!("{l}\n"))
+            .collect();
+    }
+    // The docs' machine's absolute store directory and key file are this test's own.
+    let mut snippet = snippet.to_string();
+    if store_table {
+        let key = env.path("store.key");
+        let r = env.guard(&["key", "generate", key.to_str().unwrap()]);
+        assert_eq!(r.code, 0, "{r:?}");
+        snippet = snippet
+            .lines()
+            .map(|l| match l.split_once('=') {
+                Some((k, v)) if k.trim() == "path" && v.trim().starts_with("\"/") => "path = \"backups\"".to_string(),
+                Some((k, _)) if k.trim() == "key_file" => format!("key_file = {:?}", key.display().to_string()),
+                _ => l.to_string(),
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+    }
+    let snippet = snippet.as_str();
     env.write("guard.toml", &format!("{base}\n{snippet}"));
     let mut c = env.cmd(&["list"]);
+    if store_table {
+        c.env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("GUARD_S3_CONNECT_TIMEOUT", "2");
+    }
     for var in snippet
         .split("${")
         .skip(1)
@@ -205,6 +240,13 @@ fn fragment(at: &str, snippet: &str) {
         c.env(var, value);
     }
     let r: Run = c.output().unwrap().into();
+    if store_table && r.code == 69 {
+        assert!(
+            r.stderr.contains("store") && !r.stderr.contains("guard.toml:"),
+            "{at}: the [store] fragment loads and only opening the store fails: {r:?}\n{snippet}"
+        );
+        return;
+    }
     assert_eq!(r.code, 0, "{at}: the fragment loads: {r:?}\n{snippet}");
 }
 

@@ -14,7 +14,7 @@ use aws_sdk_s3::Client;
 use serde::{Deserialize, Serialize};
 
 use super::S3Store;
-use crate::aws::{sdk_error, status_of};
+use crate::aws::{sdk_error, status_of, Sse};
 use crate::runtime::wait;
 use crate::store::{LeaseOutcome, Leaser};
 
@@ -103,6 +103,8 @@ impl Leaser for S3Store {
                     .put_object()
                     .bucket(&self.bucket)
                     .key(&full)
+                    .set_server_side_encryption(Sse::header_of(self.sse.as_ref()))
+                    .set_ssekms_key_id(Sse::key_of(self.sse.as_ref()))
                     .if_none_match("*")
                     .body(ByteStream::from(self.lease_body(holder)))
                     .send(),
@@ -127,6 +129,8 @@ impl Leaser for S3Store {
                             .put_object()
                             .bucket(&self.bucket)
                             .key(&full)
+                            .set_server_side_encryption(Sse::header_of(self.sse.as_ref()))
+                            .set_ssekms_key_id(Sse::key_of(self.sse.as_ref()))
                             .if_match(&etag)
                             .body(ByteStream::from(self.lease_body(holder)))
                             .send(),
@@ -164,6 +168,7 @@ impl Leaser for S3Store {
                     client: client.clone(),
                     bucket: bucket.clone(),
                     prefix: String::new(),
+                    sse: self.sse.clone(),
                 };
                 std::thread::spawn(move || {
                     let every = Duration::from_secs((lease_ttl() / 3).max(1) as u64);
@@ -181,6 +186,8 @@ impl Leaser for S3Store {
                                 .put_object()
                                 .bucket(&bucket)
                                 .key(&full)
+                                .set_server_side_encryption(Sse::header_of(me.sse.as_ref()))
+                                .set_ssekms_key_id(Sse::key_of(me.sse.as_ref()))
                                 .if_match(&cur)
                                 .body(ByteStream::from(me.lease_body(&holder)))
                                 .send(),

@@ -22,7 +22,7 @@ use aws_sdk_s3::types::CompletedPart;
 use aws_sdk_s3::Client;
 
 use super::{Entry, Leaser, Store, Upload};
-use crate::aws::{client, complete_multipart, sdk_error, status_of};
+use crate::aws::{client, complete_multipart, sdk_error, status_of, Sse};
 use crate::runtime::wait;
 
 /// Size of the parts of a streamed upload.
@@ -35,16 +35,19 @@ pub struct S3Store {
     client: Client,
     bucket: String,
     prefix: String,
+    /// Server-side encryption asked for on every object written (`[store] sse`).
+    sse: Option<Sse>,
 }
 
 impl S3Store {
     /// Open the store, checking the bucket answers.
-    pub fn open(bucket: &str, prefix: &str) -> Result<S3Store> {
+    pub fn open(bucket: &str, prefix: &str, sse: Option<Sse>) -> Result<S3Store> {
         let client = client(None, None);
         let s = S3Store {
             client,
             bucket: bucket.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
+            sse,
         };
         wait(s.client.head_bucket().bucket(&s.bucket).send()).map_err(|e| {
             sdk_error(
@@ -83,6 +86,7 @@ struct S3Upload {
     bucket: String,
     key: String,
     shown: String,
+    sse: Option<Sse>,
     buf: Vec<u8>,
     upload_id: Option<String>,
     parts: Vec<CompletedPart>,
@@ -100,9 +104,12 @@ impl S3Upload {
                     .create_multipart_upload()
                     .bucket(&self.bucket)
                     .key(&self.key)
+                    .set_server_side_encryption(Sse::header_of(self.sse.as_ref()))
+                    .set_ssekms_key_id(Sse::key_of(self.sse.as_ref()))
                     .send(),
             )
             .map_err(|e| sdk_error(format!("{}: cannot start a multipart upload", self.shown), e))?;
+            Sse::check(self.sse.as_ref(), r.server_side_encryption(), &self.shown)?;
             self.upload_id = Some(
                 r.upload_id()
                     .ok_or_else(|| anyhow!("{}: the server returned no upload id", self.shown))?
@@ -165,15 +172,22 @@ impl Upload for S3Upload {
     fn commit(mut self: Box<Self>) -> Result<()> {
         if self.upload_id.is_none() {
             let data = std::mem::take(&mut self.buf);
-            wait(
+            let r = wait(
                 self.client
                     .put_object()
                     .bucket(&self.bucket)
                     .key(&self.key)
+                    .set_server_side_encryption(Sse::header_of(self.sse.as_ref()))
+                    .set_ssekms_key_id(Sse::key_of(self.sse.as_ref()))
                     .body(ByteStream::from(data))
                     .send(),
             )
             .map_err(|e| sdk_error(format!("{}: upload failed", self.shown), e))?;
+            if let Err(e) = Sse::check(self.sse.as_ref(), r.server_side_encryption(), &self.shown) {
+                // Written, but not as asked: it must not stay under its key.
+                let _ = wait(self.client.delete_object().bucket(&self.bucket).key(&self.key).send());
+                return Err(e);
+            }
             self.done = true;
             return Ok(());
         }
@@ -291,6 +305,7 @@ impl Store for S3Store {
             bucket: self.bucket.clone(),
             key: full,
             shown: self.where_(key),
+            sse: self.sse.clone(),
             buf: Vec::with_capacity(PART),
             upload_id: None,
             parts: Vec::new(),

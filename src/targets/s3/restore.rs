@@ -70,8 +70,9 @@ async fn copy_back_one(c: &Client, s3: &S3Spec, e: ObjectEntry) -> Result<(Strin
             attrs: Some(&attrs),
             dst_bucket: &s3.bucket,
             dst_key: &e.key,
-            // The live bucket's own default encryption applies, as to any write there.
-            sse: None,
+            // Written as the policy asks for what guard writes (`sse`); without it the live
+            // bucket's own default encryption applies, as to any write there.
+            sse: s3.sse.as_ref(),
         },
     )
     .await?;

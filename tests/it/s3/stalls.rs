@@ -163,3 +163,40 @@ fn a_stalled_s3_store_fails_the_snapshot_within_the_bound_and_runs_nothing() {
         "no complete snapshot: {l:?}"
     );
 }
+
+/// An `s3://` store that cannot be reached (nothing listens at the endpoint) is "the store is
+/// unavailable" (exit 69, naming the store), not "bad usage or policy" (64, what it was): for
+/// `list` and for a guarded run, which runs nothing.
+#[test]
+fn an_unreachable_s3_store_exits_69_naming_it_and_runs_nothing() {
+    let env = Env::new();
+    lending_db(&env.path("app.db"), 20);
+    env.write(
+        "guard.toml",
+        "name = \"lending\"\nstore = \"s3://guard-store/prod\"\n\n[[target]]\nname = \"app\"\nkind = \"sqlite\"\npath = \"app.db\"\n",
+    );
+    // A port nothing listens on: bound, then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let marker = env.path("command-ran");
+    let run = |args: &[&str]| -> Run {
+        let mut c = env.cmd(args);
+        c.env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("XDG_CACHE_HOME", env.path("cache"))
+            .env("GUARD_S3_CONNECT_TIMEOUT", "2");
+        c.output().unwrap().into()
+    };
+    let l = run(&["list"]);
+    assert_eq!(l.code, 69, "{l:?}");
+    assert!(l.stderr.contains("s3://guard-store/prod"), "names the store: {l:?}");
+    let r = run(&["--yes", "--", "touch", marker.to_str().unwrap()]);
+    assert_eq!(r.code, 69, "{r:?}");
+    assert!(!marker.exists(), "nothing ran");
+}
