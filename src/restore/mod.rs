@@ -3,7 +3,10 @@
 //!
 //! 1. verify the snapshot before touching anything: every artifact has its recorded size and
 //!    SHA-256 (each target's restore decompresses its artifacts and compares the content
-//!    checksum again before it commits);
+//!    checksum again before it commits). A guarded run's targets with a hot copy are restored by
+//!    rename first, proven by the copy's identity, and their artifacts checked after (a damage
+//!    is reported; the restore did not need them); one whose copy cannot be used is checked
+//!    before it is restored from the store;
 //! 2. the `before` hooks (`guard restore`, `guard recover`; a guarded run ran them already);
 //! 3. a rescue snapshot of the state about to be replaced;
 //! 4. the restore, with SIGINT/SIGTERM deferred until every target is consistent; each target
@@ -161,23 +164,22 @@ pub fn rescue_then_restore(
     j: &mut Journal,
     caller: &Caller,
 ) -> Result<Restoration, Failure> {
-    snapshot::verify_artifacts(cx.store, m, Depth::Checksums)
+    // The targets a guarded run will restore by renaming their hot copy in are proven by the
+    // copy's identity, not by the store's artifact: the checksum pass over their artifacts,
+    // which grows with the data, runs after the swap ([`rescue_and_restore`]), not before it.
+    let swappable = hot_swappable(m, &rescue, j);
+    let first = Manifest {
+        targets: m
+            .targets
+            .iter()
+            .filter(|r| !swappable.contains(&r.name))
+            .cloned()
+            .collect(),
+        ..m.clone()
+    };
+    snapshot::verify_artifacts(cx.store, &first, Depth::Checksums)
         .and_then(|()| crate::artifact::check_decryptable(cx.store, m))
-        .map_err(|e| {
-            Failure::msg(
-                if matches!(caller, Caller::Run { .. }) {
-                    Kind::RestoreFailed
-                } else {
-                    Kind::Corrupt
-                },
-                format!(
-                    "{}snapshot {} failed verification ({e:#}); nothing was restored{}",
-                    lead(caller),
-                    m.id,
-                    left_as(caller)
-                ),
-            )
-        })?;
+        .map_err(|e| unverified_failure(caller, m, e))?;
     if !hooks {
         return rescue_and_restore(cx, targets, m, rescue, j, caller);
     }
@@ -187,6 +189,45 @@ pub fn rescue_then_restore(
         after_hooks: after,
         ..r
     })
+}
+
+/// The snapshot failed verification before anything was touched.
+fn unverified_failure(caller: &Caller, m: &Manifest, e: anyhow::Error) -> Failure {
+    Failure::msg(
+        if matches!(caller, Caller::Run { .. }) {
+            Kind::RestoreFailed
+        } else {
+            Kind::Corrupt
+        },
+        format!(
+            "{}snapshot {} failed verification ({e:#}); nothing was restored{}",
+            lead(caller),
+            m.id,
+            left_as(caller)
+        ),
+    )
+}
+
+/// The targets of `m` a guarded run restores by renaming their hot copy in (if the copy is
+/// still usable): after the command, with a rescue to take, their record names this run's copy.
+fn hot_swappable(m: &Manifest, rescue: &Rescue, j: &Journal) -> Vec<String> {
+    if !matches!(rescue, Rescue::Take(_)) || j.op != Op::Run || !j.command_started() {
+        return Vec::new();
+    }
+    m.targets
+        .iter()
+        .filter(|r| r.meta.get("hot") == Some(&j.run_id))
+        .map(|r| r.name.clone())
+        .collect()
+}
+
+/// The store's artifacts of `names`, checked (sizes and SHA-256) after those targets were put
+/// back without them: `Err` says which artifact is damaged.
+fn verify_later(cx: &Ctx, m: &Manifest, names: &[String]) -> anyhow::Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    snapshot::verify_artifacts(cx.store, &restrict(m, names), Depth::Checksums)
 }
 
 /// `guard restore`: restore `m` (the snapshot, restricted to the targets asked for in `only`)
@@ -278,10 +319,35 @@ fn rescue_and_restore(
     let mut rescue_dir = None;
     // A guarded run restores by rename what it kept a hot copy of, first, the failed state set
     // aside beside it; the rescue snapshot then holds the set-aside state.
+    let swappable = hot_swappable(m, &rescue, j);
     let swapped = match (&rescue, j.op) {
         (Rescue::Take(_), Op::Run) if j.command_started() => swap_hot_copies(cx, targets, m, j)?,
         _ => Vec::new(),
     };
+    // A target whose hot copy could not be used is restored from the store: its artifacts are
+    // checked first, as every other target's were. With nothing touched yet, a damaged one stops
+    // the restore as before; after a swap, that target alone is not restored (and says why).
+    let mut unverified: Vec<TargetRestore> = Vec::new();
+    for name in swappable.iter().filter(|n| !swapped.iter().any(|(s, _)| s == *n)) {
+        if let Err(e) = verify_later(cx, m, std::slice::from_ref(name)) {
+            if swapped.is_empty() {
+                return Err(unverified_failure(caller, m, e));
+            }
+            let error = format!(
+                "its hot copy could not be used and snapshot {} failed verification ({e:#}); it was not restored",
+                m.id
+            );
+            crate::errln!("guard: restore of {name} FAILED: {error}");
+            unverified.push(TargetRestore {
+                target: name.clone(),
+                ok: false,
+                seconds: 0.0,
+                error: Some(error),
+                manual: false,
+                sessions: false,
+            });
+        }
+    }
     let views: Vec<&(dyn Target + 'static)> = targets
         .iter()
         .map(|t| match swapped.iter().find(|(name, _)| name == t.name()) {
@@ -348,12 +414,24 @@ fn rescue_and_restore(
             .targets
             .iter()
             .filter(|r| !swapped.iter().any(|(name, _)| *name == r.name))
+            .filter(|r| !unverified.iter().any(|u| u.target == r.name))
             .cloned()
             .collect(),
         ..m.clone()
     };
     let mut results = swapped_results(&swapped, m);
     results.extend(restore_deferring_signals(targets, cx.store, &rest, cx.ui));
+    results.extend(unverified);
+    // The targets restored by rename are back; the snapshot they were restored to must still be
+    // sound in the store for later (`guard restore`, drills): checked now, said if not.
+    let renamed: Vec<String> = swapped.iter().map(|(n, _)| n.clone()).collect();
+    if let Err(e) = verify_later(cx, m, &renamed) {
+        cx.ui.warn(&format!(
+            "snapshot {} is damaged in the store ({e:#}); {} came back from the hot copy it was taken from and is restored, but that snapshot cannot restore it again: run `guard verify` and take a new snapshot",
+            m.id,
+            renamed.join(", ")
+        ));
+    }
     j.restored = results.iter().filter(|r| r.ok).map(|r| r.target.clone()).collect();
     Ok(Restoration {
         rescue_id,

@@ -709,18 +709,26 @@ fn recover_runs_the_after_hooks_when_a_before_hook_fails() {
 fn a_corrupt_pre_run_snapshot_is_refused_before_the_rescue_and_nothing_is_restored() {
     // Drift (issue 18): `guard restore` and `recover` check every artifact's size and SHA-256
     // before touching anything; the run now does too, so a command that damaged the store
-    // gets no half-restore from it.
+    // gets no half-restore from it. (The SQLite target's hot copy, which needs nothing from the
+    // store, would restore it by rename: the damaged artifact here is the directory's, which
+    // only the store can restore, so nothing — not even the SQLite swap — is touched.)
     let env = lending_env("");
+    let changed_db = "sqlite3 instances/prod/database/lending_app_prod.db 'DELETE FROM payment'";
     let r = env.guard(&[
         "--",
         "sh",
         "-c",
-        "for f in backups/snapshots/*/app.sqlite.gz; do printf x >> $f; done; echo broken > data/rent_history/2025-01.json; exit 1",
+        &format!("{changed_db}; for f in backups/snapshots/*/rent-history.tar.gz; do printf x >> $f; done; echo broken > data/rent_history/2025-01.json; exit 1"),
     ]);
     assert_eq!(r.code, 80, "{r:?}");
     assert!(
-        r.stderr.contains("failed verification") && r.stderr.contains("app.sqlite.gz"),
+        r.stderr.contains("failed verification") && r.stderr.contains("rent-history.tar.gz"),
         "{r:?}"
+    );
+    assert_eq!(
+        count(&db(&env), "SELECT count(*) FROM payment"),
+        0,
+        "the database was not swapped back either: {r:?}"
     );
     assert!(
         snapshots(&env).iter().all(|s| s["kind"] != "rescue"),

@@ -133,6 +133,63 @@ fn a_hot_copy_changed_during_the_command_is_not_used() {
     assert!(guard_files(&env).is_empty(), "{:?}", guard_files(&env));
 }
 
+/// The restore by rename needs nothing from the store, so it no longer waits for the checksum
+/// pass over the pre-run snapshot's artifacts (which grows with the data): a store artifact
+/// damaged while the command ran (here by the command itself) does not stop the restore from the
+/// intact hot copy; guard then says the snapshot is damaged, and `guard verify` fails. (Before:
+/// "failed verification; nothing was restored", exit 80, the database left as the command made it.)
+#[test]
+fn a_store_artifact_damaged_during_the_command_does_not_stop_the_restore_by_rename() {
+    let env = simple_env("");
+    let db = env.path("app.db");
+    let before = dump(&db);
+    let r = env.guard(&[
+        "--",
+        "sh",
+        "-c",
+        "sqlite3 app.db 'DELETE FROM payment' && for f in backups/snapshots/*/app*; do printf garbage | dd of=\"$f\" bs=1 seek=40 conv=notrunc 2>/dev/null; done; exit 3",
+    ]);
+    assert_eq!(r.code, 3, "the command's exit code passes through: {r:?}");
+    assert!(
+        r.stderr.contains("hot copy renamed into place"),
+        "restored by rename: {r:?}"
+    );
+    assert_eq!(dump(&db), before, "database back exactly");
+    assert!(
+        r.stderr.contains("is damaged in the store") && r.stderr.contains("SHA-256 mismatch"),
+        "the damage is said: {r:?}"
+    );
+    let v = env.guard(&["verify"]);
+    assert_ne!(v.code, 0, "verify finds the damaged snapshot: {v:?}");
+}
+
+/// When the hot copy cannot be used either, the damaged store artifact stops the restore before
+/// anything is touched, as before: exit 80, the snapshot named, nothing restored.
+#[test]
+fn a_damaged_store_artifact_and_an_unusable_hot_copy_restore_nothing_and_say_so() {
+    let env = simple_env("");
+    let r = env.guard(&[
+        "--",
+        "sh",
+        "-c",
+        "sqlite3 app.db 'DELETE FROM payment' && for f in .app.db.guard-hot-*; do printf garbage >> \"$f\"; done && for f in backups/snapshots/*/app*; do printf garbage | dd of=\"$f\" bs=1 seek=40 conv=notrunc 2>/dev/null; done; exit 3",
+    ]);
+    assert_eq!(r.code, 80, "{r:?}");
+    assert!(
+        r.stderr.contains("failed verification") && r.stderr.contains("nothing was restored"),
+        "{r:?}"
+    );
+    assert_eq!(
+        count(&db_of(&env), "SELECT count(*) FROM payment"),
+        0,
+        "left as the command made it"
+    );
+}
+
+fn db_of(env: &Env) -> std::path::PathBuf {
+    env.path("app.db")
+}
+
 // --- PostgreSQL: `snapshot = "clone"` ------------------------------------------------------
 
 use crate::common::pg::Cluster;
