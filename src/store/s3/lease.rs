@@ -93,119 +93,144 @@ impl S3Store {
     }
 }
 
+type PutOutput = aws_sdk_s3::operation::put_object::PutObjectOutput;
+type PutError = aws_sdk_s3::error::SdkError<aws_sdk_s3::operation::put_object::PutObjectError>;
+
+/// The condition a lease write is made under.
+enum If<'a> {
+    /// Only if there is no lock object yet (`If-None-Match: *`).
+    Absent,
+    /// Only if the lock object is still the one with this ETag (`If-Match`).
+    Is(&'a str),
+}
+
+/// What one attempt at taking the lease found.
+enum Attempt {
+    /// Written: its ETag, and the holder of the stale lease taken over, if any.
+    Took(String, Option<serde_json::Value>),
+    /// Another guard's live lease.
+    Held(LeaseOutcome),
+    /// The lock object changed while we looked: try again.
+    Raced,
+}
+
+impl S3Store {
+    /// Write the lease object `full` for `holder`, under `cond`, encrypted as the store asks.
+    /// (The SDK's own result: callers read its status.)
+    #[allow(clippy::result_large_err)]
+    fn put_lease(&self, full: &str, holder: &serde_json::Value, cond: If) -> Result<PutOutput, PutError> {
+        let req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(full)
+            .set_server_side_encryption(Sse::header_of(self.sse.as_ref()))
+            .set_ssekms_key_id(Sse::key_of(self.sse.as_ref()))
+            .body(ByteStream::from(self.lease_body(holder)));
+        let req = match cond {
+            If::Absent => req.if_none_match("*"),
+            If::Is(etag) => req.if_match(etag),
+        };
+        wait(req.send())
+    }
+
+    /// Create the lease, or take over a stale one.
+    fn attempt(&self, full: &str, shown: &str, holder: &serde_json::Value) -> Result<Attempt> {
+        match self.put_lease(full, holder, If::Absent) {
+            Ok(r) => Ok(Attempt::Took(r.e_tag().unwrap_or_default().to_string(), None)),
+            Err(e) if matches!(status_of(&e), Some(412) | Some(409)) => {
+                let Some((body, etag)) = self.read_lease(full, shown)? else {
+                    return Ok(Attempt::Raced);
+                };
+                let Some(body) = body else {
+                    bail!("the lock {shown} exists but is not a guard lease; refusing to run (delete it if no guard is running)");
+                };
+                if body.stale().is_none() {
+                    return Ok(Attempt::Held(LeaseOutcome::Held {
+                        holder: Some(body.holder),
+                        expires: body.expires,
+                    }));
+                }
+                match self.put_lease(full, holder, If::Is(&etag)) {
+                    Ok(r) => {
+                        let mut h = body.holder.clone();
+                        if let (Some(why), Some(o)) = (body.stale(), h.as_object_mut()) {
+                            o.insert("stale_because".into(), serde_json::Value::String(why));
+                        }
+                        Ok(Attempt::Took(r.e_tag().unwrap_or_default().to_string(), Some(h)))
+                    }
+                    Err(e) if matches!(status_of(&e), Some(412) | Some(404) | Some(409)) => Ok(Attempt::Raced),
+                    Err(e) => Err(sdk_error(format!("cannot take over the stale lock {shown}"), e)),
+                }
+            }
+            Err(e) => Err(sdk_error(format!("cannot create the lock {shown}"), e)),
+        }
+    }
+
+    /// Renew the lease `full` every third of its lifetime until `stop`, following its ETag.
+    fn spawn_renewer(
+        &self,
+        full: String,
+        shown: String,
+        holder: serde_json::Value,
+        etag: Arc<Mutex<String>>,
+        stop: Arc<AtomicBool>,
+    ) -> std::thread::JoinHandle<()> {
+        let me = S3Store {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            prefix: String::new(),
+            sse: self.sse.clone(),
+        };
+        std::thread::spawn(move || {
+            let every = Duration::from_secs((lease_ttl() / 3).max(1) as u64);
+            loop {
+                let t = std::time::Instant::now();
+                while t.elapsed() < every {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let cur = etag.lock().expect("etag").clone();
+                match me.put_lease(&full, &holder, If::Is(&cur)) {
+                    Ok(r) => *etag.lock().expect("etag") = r.e_tag().unwrap_or_default().to_string(),
+                    Err(e) if status_of(&e) == Some(412) || status_of(&e) == Some(404) => {
+                        crate::errln!("guard: warning: the lock {shown} was taken by someone else; another guard may now run this policy");
+                        return;
+                    }
+                    Err(e) => crate::errln!(
+                        "guard: warning: {:#}",
+                        sdk_error(format!("renewing the lock {shown}"), e)
+                    ),
+                }
+            }
+        })
+    }
+}
+
 impl Leaser for S3Store {
     fn lease(&self, key: &str, holder: &serde_json::Value) -> Result<LeaseOutcome> {
         let full = self.full(key)?;
         let shown = self.where_(key);
         for _ in 0..5 {
-            let put = wait(
-                self.client
-                    .put_object()
-                    .bucket(&self.bucket)
-                    .key(&full)
-                    .set_server_side_encryption(Sse::header_of(self.sse.as_ref()))
-                    .set_ssekms_key_id(Sse::key_of(self.sse.as_ref()))
-                    .if_none_match("*")
-                    .body(ByteStream::from(self.lease_body(holder)))
-                    .send(),
-            );
-            let (etag, taken_over) = match put {
-                Ok(r) => (r.e_tag().unwrap_or_default().to_string(), None),
-                Err(e) if matches!(status_of(&e), Some(412) | Some(409)) => {
-                    let Some((body, etag)) = self.read_lease(&full, &shown)? else {
-                        continue;
-                    };
-                    let Some(body) = body else {
-                        bail!("the lock {shown} exists but is not a guard lease; refusing to run (delete it if no guard is running)");
-                    };
-                    if body.stale().is_none() {
-                        return Ok(LeaseOutcome::Held {
-                            holder: Some(body.holder),
-                            expires: body.expires,
-                        });
-                    }
-                    let r = wait(
-                        self.client
-                            .put_object()
-                            .bucket(&self.bucket)
-                            .key(&full)
-                            .set_server_side_encryption(Sse::header_of(self.sse.as_ref()))
-                            .set_ssekms_key_id(Sse::key_of(self.sse.as_ref()))
-                            .if_match(&etag)
-                            .body(ByteStream::from(self.lease_body(holder)))
-                            .send(),
-                    );
-                    match r {
-                        Ok(r) => {
-                            let mut h = body.holder.clone();
-                            if let (Some(why), Some(o)) = (body.stale(), h.as_object_mut()) {
-                                o.insert("stale_because".into(), serde_json::Value::String(why));
-                            }
-                            (r.e_tag().unwrap_or_default().to_string(), Some(h))
-                        }
-                        Err(e) if matches!(status_of(&e), Some(412) | Some(404) | Some(409)) => continue,
-                        Err(e) => return Err(sdk_error(format!("cannot take over the stale lock {shown}"), e)),
-                    }
-                }
-                Err(e) => return Err(sdk_error(format!("cannot create the lock {shown}"), e)),
+            let (etag, taken_over) = match self.attempt(&full, &shown, holder)? {
+                Attempt::Took(etag, taken_over) => (etag, taken_over),
+                Attempt::Held(held) => return Ok(held),
+                Attempt::Raced => continue,
             };
             if etag.is_empty() {
                 bail!("{shown}: the server returned no ETag for the lock; it cannot be held safely");
             }
             let etag = Arc::new(Mutex::new(etag));
             let stop = Arc::new(AtomicBool::new(false));
-            let renewer = {
-                let (client, bucket, full, etag, stop, holder, shown) = (
-                    self.client.clone(),
-                    self.bucket.clone(),
-                    full.clone(),
-                    Arc::clone(&etag),
-                    Arc::clone(&stop),
-                    holder.clone(),
-                    shown.clone(),
-                );
-                let me = S3Store {
-                    client: client.clone(),
-                    bucket: bucket.clone(),
-                    prefix: String::new(),
-                    sse: self.sse.clone(),
-                };
-                std::thread::spawn(move || {
-                    let every = Duration::from_secs((lease_ttl() / 3).max(1) as u64);
-                    loop {
-                        let t = std::time::Instant::now();
-                        while t.elapsed() < every {
-                            if stop.load(Ordering::SeqCst) {
-                                return;
-                            }
-                            std::thread::sleep(Duration::from_millis(100));
-                        }
-                        let cur = etag.lock().expect("etag").clone();
-                        let r = wait(
-                            client
-                                .put_object()
-                                .bucket(&bucket)
-                                .key(&full)
-                                .set_server_side_encryption(Sse::header_of(me.sse.as_ref()))
-                                .set_ssekms_key_id(Sse::key_of(me.sse.as_ref()))
-                                .if_match(&cur)
-                                .body(ByteStream::from(me.lease_body(&holder)))
-                                .send(),
-                        );
-                        match r {
-                            Ok(r) => *etag.lock().expect("etag") = r.e_tag().unwrap_or_default().to_string(),
-                            Err(e) if status_of(&e) == Some(412) || status_of(&e) == Some(404) => {
-                                crate::errln!("guard: warning: the lock {shown} was taken by someone else; another guard may now run this policy");
-                                return;
-                            }
-                            Err(e) => crate::errln!(
-                                "guard: warning: {:#}",
-                                sdk_error(format!("renewing the lock {shown}"), e)
-                            ),
-                        }
-                    }
-                })
-            };
+            let renewer = self.spawn_renewer(
+                full.clone(),
+                shown.clone(),
+                holder.clone(),
+                Arc::clone(&etag),
+                Arc::clone(&stop),
+            );
             let lease = Lease {
                 client: self.client.clone(),
                 bucket: self.bucket.clone(),
