@@ -229,7 +229,13 @@ fn difference(i: &str, b: &Fingerprint, a: &Fingerprint, strict: bool) -> Option
     } else {
         ""
     };
-    if a.rows != b.rows {
+    if a.absent != b.absent {
+        Some(if a.absent {
+            format!("{i}: deleted ({} rows before)", b.rows)
+        } else {
+            format!("{i}: exists ({} rows), absent before", a.rows)
+        })
+    } else if a.rows != b.rows {
         Some(format!("{i}: {} → {} rows{old}", b.rows, a.rows))
     } else if a.hash != b.hash {
         let what = if strict || b.columns.is_none() {

@@ -164,6 +164,22 @@ pub struct Fingerprint {
     /// then compares whole rows, like `identical`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub columns: Option<Vec<Column>>,
+    /// The path or table did not exist when the fingerprint was taken: the command deleted it
+    /// (a rescue snapshot records what it finds, absence included). Only written when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub absent: bool,
+}
+
+impl Fingerprint {
+    /// The fingerprint of a path or table that does not exist.
+    pub fn absent() -> Fingerprint {
+        Fingerprint {
+            rows: 0,
+            hash: None,
+            columns: None,
+            absent: true,
+        }
+    }
 }
 
 /// One column of a fingerprinted table.
@@ -178,6 +194,7 @@ pub struct Column {
 impl std::fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.hash {
+            _ if self.absent => write!(f, "absent"),
             Some(h) => write!(f, "{} rows #{}", self.rows, &h[..h.len().min(12)]),
             None => write!(f, "{} rows", self.rows),
         }

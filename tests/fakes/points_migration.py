@@ -4,8 +4,9 @@
 It talks to the database the way the real migration talks to Turso: Hrana over HTTP
 (`POST {url}/v2/pipeline`, `Authorization: Bearer $TURSO_DB_TOKEN`).
 
-usage: points_migration.py DB_URL [--bug] [--crash]
+usage: points_migration.py DB_URL [--bug] [--drop-agg] [--crash]
   --bug    also "cleans up" system 3's readings: rows of a table that must stay untouched
+  --drop-agg  also drops readings_agg_5m (the aggregates "are now computed from point_readings")
   --crash  deletes readings of system 2, then fails with exit status 3
 """
 import json
@@ -41,6 +42,7 @@ def main():
     url = sys.argv[1]
     bug = "--bug" in sys.argv
     crash = "--crash" in sys.argv
+    drop_agg = "--drop-agg" in sys.argv
     pipeline(url, [
         "ALTER TABLE point_info ADD COLUMN migrated INTEGER DEFAULT 0",
         "INSERT INTO point_readings (system_id, point_id, measurement_time, value, created_at) "
@@ -56,6 +58,9 @@ def main():
     if bug:
         pipeline(url, ["DELETE FROM readings WHERE system_id = 3"])
         print("cleaned up readings of system 3")
+    if drop_agg:
+        pipeline(url, ["DROP TABLE readings_agg_5m"])
+        print("dropped readings_agg_5m")
     if crash:
         pipeline(url, ["DELETE FROM readings WHERE system_id = 2"])
         print("error: aggregation failed after deleting system 2 readings", file=sys.stderr)

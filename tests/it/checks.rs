@@ -23,11 +23,11 @@ fn guard_sh(env: &Env, flags: &[&str], script: &str) -> Run {
     env.guard(&args)
 }
 
-fn json(r: &Run) -> serde_json::Value {
+pub fn json(r: &Run) -> serde_json::Value {
     serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("one JSON document on stdout ({e}): {r:?}"))
 }
 
-fn check<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+pub fn check<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     v["checks"]
         .as_array()
         .unwrap()
@@ -125,7 +125,7 @@ FROM generate_series(1, 31) i;
 "#;
 
 /// The migration of seed 000: new ledger columns, the ElectricityBill table and its 62 bills.
-const RENT_MIGRATION: &str = r#"
+pub const RENT_MIGRATION: &str = r#"
 ALTER TABLE "RentLedger" ADD COLUMN "daysStayed" DOUBLE PRECISION;
 ALTER TABLE "RentLedger" ADD COLUMN "calculationTitle" TEXT;
 CREATE TABLE "ElectricityBill" (id TEXT PRIMARY KEY, provider TEXT NOT NULL, "billDate" TIMESTAMP(3) NOT NULL,
@@ -136,14 +136,14 @@ FROM unnest(ARRAY['Vattenfall', 'Fortum']) p, generate_series(1, 31) m;
 UPDATE "RentLedger" SET "daysStayed" = 30, "calculationTitle" = 'Hyran ' || to_char(period, 'YYYY-MM');
 "#;
 
-fn rent() -> Cluster {
+pub fn rent() -> Cluster {
     let c = Cluster::start();
     c.createdb("rent");
     c.psql("rent", RENT_SCHEMA);
     c
 }
 
-fn rent_env(checks: &str) -> Env {
+pub fn rent_env(checks: &str) -> Env {
     let env = Env::new();
     env.write(
         "guard.toml",
@@ -154,7 +154,7 @@ fn rent_env(checks: &str) -> Env {
 
 /// `guard FLAGS -- psql [-v ON_ERROR_STOP=1] -f migration.sql` with DATABASE_URL set, as the
 /// guides run their migrations.
-fn guard_psql(env: &Env, c: &Cluster, flags: &[&str], sql: &str, stop_on_error: bool) -> Run {
+pub fn guard_psql(env: &Env, c: &Cluster, flags: &[&str], sql: &str, stop_on_error: bool) -> Run {
     let file = env.write("migration.sql", sql);
     let psql = c.bin.join("psql").display().to_string();
     let file = file.display().to_string();
@@ -224,7 +224,7 @@ fn postgres_check_on_a_table_the_migration_creates_passes_and_a_broken_one_resto
 
 // ---- `untouched`: existing data untouched (F6) ----
 
-fn loan_splitting(env: &Env, bug: Option<&str>) -> Vec<String> {
+pub fn loan_splitting(env: &Env, bug: Option<&str>) -> Vec<String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/migrate_loan_splitting.py");
     let mut v = vec![
         "python3".to_string(),
@@ -238,7 +238,7 @@ fn loan_splitting(env: &Env, bug: Option<&str>) -> Vec<String> {
 }
 
 /// The lending env with the loan-splitting guide's one check: existing data untouched.
-fn loan_env() -> Env {
+pub fn loan_env() -> Env {
     let env = lending_env("");
     let p = std::fs::read_to_string(env.path("guard.toml")).unwrap();
     let cut = p
@@ -248,7 +248,7 @@ fn loan_env() -> Env {
     env
 }
 
-fn guarded(env: &Env, flags: &[&str], cmd: &[String]) -> Run {
+pub fn guarded(env: &Env, flags: &[&str], cmd: &[String]) -> Run {
     let mut args: Vec<&str> = flags.to_vec();
     args.push("--");
     args.extend(cmd.iter().map(|s| s.as_str()));

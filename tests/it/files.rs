@@ -377,7 +377,7 @@ fn dir_restore_killed_between_two_renames_is_finished_by_recover() {
 
 /// The seed-000 app directory: rent JSON files, the bills file at the root, and what an app
 /// keeps beside them (`node_modules/`, `log/`, `*.tmp`).
-fn app_env(policy: &str) -> Env {
+pub fn app_env(policy: &str) -> Env {
     let env = Env::new();
     for m in 1..=8 {
         env.write(

@@ -1286,3 +1286,25 @@ fn recover_of_a_promote_target_says_it_needs_you_not_that_it_failed() {
     assert_eq!(r.code, 0, "{r:?}");
     s.assert_no_tokens(&[&r]);
 }
+
+/// The migration drops a table the `untouched` check names (readings_agg_5m) and then fails:
+/// the rescue branch records the table as absent instead of failing ("table does not exist"
+/// left nothing restored, exit 80), and the reload brings every table back (full dump equal).
+#[test]
+fn a_table_the_migration_dropped_is_recorded_absent_in_the_rescue_and_reloaded() {
+    let s = setup("", CHECKS);
+    let before = full_dump(&s.source());
+    let r = s.migrate(&["--drop-agg", "--crash"]);
+    assert_eq!(r.code, 3, "the command's own exit code, restored: {r:?}");
+    assert!(r.stderr.contains("restored"), "{r:?}");
+    assert_eq!(full_dump(&s.source()), before, "every table came back");
+    let st = s.guard(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    let rescue = s.manifest(v["last_run"]["rescue_id"].as_str().unwrap());
+    let fp = &rescue["targets"][0]["fingerprints"];
+    assert_eq!(fp["readings_agg_5m"]["absent"], true, "{rescue}");
+    assert_eq!(fp["readings"]["rows"], 900, "{rescue}");
+    let id = rescue["id"].as_str().unwrap();
+    let r = s.guard(&["verify", id]);
+    assert_eq!(r.code, 0, "the rescue verifies: {r:?}");
+}

@@ -436,6 +436,9 @@ impl Target for DirTarget {
         if missing && ctx.allow_absent {
             rec.absent = true;
             rec.paths = self.paths.clone();
+            for item in ctx.fingerprint {
+                rec.fingerprints.insert(item.clone(), Fingerprint::absent());
+            }
             return Ok(rec);
         }
         if ctx.allow_absent {
@@ -499,7 +502,10 @@ impl Target for DirTarget {
             } else {
                 root.join(rel)
             };
-            if !p.exists() || !(rel.is_empty() || rel == "." || tree::within(&items, rel)) {
+            // A rescue records what is there: a path the command deleted is absent (its
+            // fingerprint says so), never a reason to keep no rescue and restore nothing.
+            let gone = !p.exists();
+            if (gone && !ctx.allow_absent) || !(rel.is_empty() || rel == "." || tree::within(&items, rel)) {
                 bail!(
                     "target {}: {} is not among its files (named by an `untouched` check; it is relative to {})",
                     self.spec.name,

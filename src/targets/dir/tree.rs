@@ -195,9 +195,14 @@ pub(super) fn scan_items(root: &Path, items: &[String], filter: &Filter) -> Resu
 }
 
 /// Fingerprint of the entries under `item` (a path relative to the root; "" or "." is all).
+/// A path with no entry at all (not even itself) is absent: the command deleted it.
 pub(super) fn fingerprint_of(entries: &[FileEntry], item: &str) -> Fingerprint {
     let item = item.trim_matches('/');
-    let inside = |p: &str| item.is_empty() || item == "." || p == item || p.starts_with(&format!("{item}/"));
+    let whole = item.is_empty() || item == ".";
+    let inside = |p: &str| whole || p == item || p.starts_with(&format!("{item}/"));
+    if !whole && !entries.iter().any(|e| inside(&e.path)) {
+        return Fingerprint::absent();
+    }
     let mut h = Sha256::new();
     let mut n = 0;
     for e in entries.iter().filter(|e| inside(&e.path)) {
@@ -218,6 +223,7 @@ pub(super) fn fingerprint_of(entries: &[FileEntry], item: &str) -> Fingerprint {
         rows: n,
         hash: Some(hex::encode(&h.finalize()[..16])),
         columns: None,
+        absent: false,
     }
 }
 

@@ -72,6 +72,7 @@ pub(super) fn hash_lines(lines: &[String]) -> Fingerprint {
         rows: lines.len() as u64,
         hash: Some(hex::encode(&h.finalize()[..16])),
         columns: None,
+        absent: false,
     }
 }
 
@@ -116,6 +117,7 @@ async fn digest(c: &mut PgConnection, table: &str, q: &str, row: &str, columns: 
         rows: rows as u64,
         hash: Some(hash),
         columns: Some(columns),
+        absent: false,
     })
 }
 
@@ -161,7 +163,7 @@ pub(super) async fn existing_fingerprint(c: &mut PgConnection, table: &str, befo
 
 /// Row counts of every user table, hashes of `hashed`, and the schema fingerprints. With
 /// `lenient` (rescue snapshots of a failed state), a hashed table that no longer exists is
-/// skipped instead of failing.
+/// recorded absent instead of failing.
 pub(super) async fn fingerprints(
     c: &mut PgConnection,
     hashed: &[String],
@@ -194,6 +196,7 @@ pub(super) async fn fingerprints(
                 rows: n as u64,
                 hash: None,
                 columns: None,
+                absent: false,
             },
         );
     }
@@ -205,7 +208,9 @@ pub(super) async fn fingerprints(
             Ok(f) => {
                 out.insert(t.clone(), f);
             }
-            Err(_) if lenient => {}
+            Err(_) if lenient => {
+                out.insert(t.clone(), Fingerprint::absent());
+            }
             Err(e) => return Err(e),
         }
     }

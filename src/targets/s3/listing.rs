@@ -178,6 +178,7 @@ pub(super) fn fingerprint_of<'a>(
         rows: n,
         hash: Some(hex::encode(&h.finalize()[..16])),
         columns: None,
+        absent: false,
     }
 }
 

@@ -45,7 +45,17 @@ fn digest(
         rows: count,
         hash: Some(format!("{sum:032x}")),
         columns: Some(columns),
+        absent: false,
     })
+}
+
+/// Is there a table or view named `table`?
+fn table_exists(c: &mut dyn Sql, table: &str) -> Result<bool> {
+    let r = c.rows(
+        "SELECT count(*) FROM sqlite_master WHERE type IN ('table','view') AND name = ?1",
+        &[Val::Text(table.into())],
+    )?;
+    Ok(r.first().and_then(Val::as_int).unwrap_or(0) > 0)
 }
 
 /// Is `table` a table (true) or a view (false)? An error when it is neither.
@@ -136,11 +146,14 @@ pub fn schema_fingerprint(c: &mut dyn Sql) -> Result<Fingerprint> {
         rows: r.rows.len() as u64,
         hash: Some(hex::encode(&h.finalize()[..16])),
         columns: None,
+        absent: false,
     })
 }
 
-/// Row counts of every table, content hashes of `hashed`, and the schema hash.
-pub fn fingerprints(c: &mut dyn Sql, hashed: &[String]) -> Result<BTreeMap<String, Fingerprint>> {
+/// Row counts of every table, content hashes of `hashed`, and the schema hash. `lenient` (a
+/// rescue snapshot of a failed state): a hashed table that no longer exists is recorded as
+/// absent instead of failing.
+pub fn fingerprints(c: &mut dyn Sql, hashed: &[String], lenient: bool) -> Result<BTreeMap<String, Fingerprint>> {
     let mut out = BTreeMap::new();
     for t in user_tables(c)? {
         if !hashed.contains(&t) {
@@ -155,12 +168,18 @@ pub fn fingerprints(c: &mut dyn Sql, hashed: &[String]) -> Result<BTreeMap<Strin
                     rows: rows as u64,
                     hash: None,
                     columns: None,
+                    absent: false,
                 },
             );
         }
     }
     for t in hashed {
-        out.insert(t.clone(), table_fingerprint(c, t)?);
+        let f = if lenient && !table_exists(c, t)? {
+            Fingerprint::absent()
+        } else {
+            table_fingerprint(c, t)?
+        };
+        out.insert(t.clone(), f);
     }
     out.insert("@schema".into(), schema_fingerprint(c)?);
     Ok(out)
@@ -174,6 +193,14 @@ pub fn compare_fingerprints(
     let mut diffs = Vec::new();
     for (k, e) in expected {
         match got.get(k) {
+            // Recorded absent (the command had dropped it) and absent now.
+            None if e.absent => {}
+            Some(g) if g.absent && e.absent => {}
+            Some(g) if e.absent => diffs.push(format!(
+                "{k}: exists ({} rows), the snapshot recorded it absent",
+                g.rows
+            )),
+            Some(g) if g.absent => diffs.push(format!("{k}: missing")),
             None => diffs.push(format!("{k}: missing")),
             Some(g) if g.rows != e.rows => diffs.push(format!("{k}: {} rows, expected {}", g.rows, e.rows)),
             Some(g) if e.hash.is_some() && g.hash.is_some() && g.hash != e.hash => {
@@ -257,8 +284,8 @@ mod tests {
         // WITHOUT ROWID table and the view), plus the lookups before them.
         assert!(paged.statements >= 4 * 3, "{} statements", paged.statements);
         // Row counts of every table and the schema hash agree too.
-        let all = fingerprints(&mut paged, &items[..1]).unwrap();
-        assert_eq!(fingerprints(&mut paged.c, &items[..1]).unwrap(), all);
+        let all = fingerprints(&mut paged, &items[..1], false).unwrap();
+        assert_eq!(fingerprints(&mut paged.c, &items[..1], false).unwrap(), all);
         assert_eq!(all["w"].rows, 1234);
         assert!(all["w"].hash.is_none() && all["t"].hash.is_some() && all.contains_key("@schema"));
         // One changed row changes the hash, the same way on both paths.

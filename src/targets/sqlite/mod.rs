@@ -345,8 +345,8 @@ impl SqliteTarget {
             let mut c = Connection::open(copy)?;
             quick_check(&c)
                 .with_context(|| format!("target {}: the copy failed its integrity check", self.spec.name))?;
-            rec.fingerprints =
-                fingerprints(&mut c, ctx.fingerprint).with_context(|| format!("target {}", self.spec.name))?;
+            rec.fingerprints = fingerprints(&mut c, ctx.fingerprint, ctx.allow_absent)
+                .with_context(|| format!("target {}", self.spec.name))?;
         }
         for s in sidecars(copy) {
             let _ = fs::remove_file(s);
@@ -478,7 +478,7 @@ impl Target for SqliteTarget {
             let mut c = Connection::open_with_flags(&copy, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
             integrity_check(&c)?;
             let hashed = rec.hashed_items();
-            let got = fingerprints(&mut c, &hashed)?;
+            let got = fingerprints(&mut c, &hashed, false)?;
             compare_fingerprints(&rec.fingerprints, &got)
                 .context("fingerprints differ from those recorded at snapshot time")
         })()
@@ -598,7 +598,7 @@ impl Target for SqliteTarget {
         }
         let hashed = rec.hashed_items();
         let mut c = Connection::open_with_flags(&file, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        let got = fingerprints(&mut c, &hashed)?;
+        let got = fingerprints(&mut c, &hashed, false)?;
         compare_fingerprints(&rec.fingerprints, &got)
     }
 

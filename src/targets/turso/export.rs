@@ -140,7 +140,7 @@ pub(super) fn check_export(
     db: &Path,
 ) -> Result<()> {
     let mut c = load_export(store, a, db)?;
-    let got = fingerprints(&mut c, &rec.hashed_items())?;
+    let got = fingerprints(&mut c, &rec.hashed_items(), false)?;
     compare_fingerprints(&rec.fingerprints, &got)
         .context("the export's data differs from the fingerprints recorded at snapshot time")
         .with_context(|| format!("{}/{}", store.location(), a.key))
@@ -180,13 +180,13 @@ impl TursoTarget {
                 bail!("{} has virtual tables (FTS, vector indexes…), which restore = \"reload\" cannot recreate row by row; use restore = \"promote\" for this database", self.t.database);
             }
         }
-        rec.fingerprints = self.read_fingerprints(&branch, ctx.fingerprint)?;
+        rec.fingerprints = self.read_fingerprints(&branch, ctx.fingerprint, ctx.allow_absent)?;
 
         // The branch is the state a restore brings back. With the application stopped it must
         // be exactly the source; otherwise Turso's point in time may lag its timestamp by up to
         // 15 s: say so when the source already differs from it.
         let source = self.source_db()?;
-        let now = self.read_fingerprints(&source, ctx.fingerprint)?;
+        let now = self.read_fingerprints(&source, ctx.fingerprint, ctx.allow_absent)?;
         let tables = |f: &std::collections::BTreeMap<String, crate::manifest::Fingerprint>| {
             f.get("@schema").map(|s| s.rows).unwrap_or(0)
         };

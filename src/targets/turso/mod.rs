@@ -151,10 +151,11 @@ impl TursoTarget {
     }
 
     /// Fingerprints read in one read transaction.
-    fn read_fingerprints(&self, db: &Db, hashed: &[String]) -> Result<BTreeMap<String, Fingerprint>> {
+    /// `lenient`: a hashed table that does not exist is recorded absent ([`fingerprints`]).
+    fn read_fingerprints(&self, db: &Db, hashed: &[String], lenient: bool) -> Result<BTreeMap<String, Fingerprint>> {
         let mut s = db.stream();
         s.execute("BEGIN", &[])?;
-        let r = fingerprints(&mut s, hashed);
+        let r = fingerprints(&mut s, hashed, lenient);
         let _ = s.execute("ROLLBACK", &[]);
         s.close();
         r.with_context(|| format!("fingerprints of {}", db.label))
@@ -272,7 +273,7 @@ impl Target for TursoTarget {
         let info = self.recorded_branch(rec)?;
         let branch = self.branch_db(&info)?;
         branch.answer(Duration::from_secs(10), false)?;
-        let got = self.read_fingerprints(&branch, &rec.hashed_items())?;
+        let got = self.read_fingerprints(&branch, &rec.hashed_items(), false)?;
         compare_fingerprints(&rec.fingerprints, &got).with_context(|| {
             format!(
                 "branch {} differs from the fingerprints recorded at snapshot time",
@@ -320,7 +321,7 @@ impl Target for TursoTarget {
             };
         }
         let source = self.source_db()?;
-        let got = self.read_fingerprints(&source, &rec.hashed_items())?;
+        let got = self.read_fingerprints(&source, &rec.hashed_items(), false)?;
         compare_fingerprints(&rec.fingerprints, &got)?;
         // Beyond the recorded hashes: every table's content equals the branch's (when the
         // branch is gone the restore came from the export, checked against the record above).
@@ -334,8 +335,8 @@ impl Target for TursoTarget {
             .filter(|k| !k.starts_with('@'))
             .cloned()
             .collect();
-        let want = self.read_fingerprints(&branch, &tables)?;
-        let got = self.read_fingerprints(&source, &tables)?;
+        let want = self.read_fingerprints(&branch, &tables, true)?;
+        let got = self.read_fingerprints(&source, &tables, true)?;
         compare_fingerprints(&want, &got)
             .with_context(|| format!("{} differs from branch {}", self.t.database, info.name))
     }
