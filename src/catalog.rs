@@ -262,10 +262,14 @@ impl Catalog {
         // neither an fsync nor a runtime round trip per row.
         // Manifests are read first: a remote store drives its own async client.
         let mut new = Vec::new();
+        // A manifest that cannot be read is not indexed, and nothing restores from it: every
+        // command says so here; `status`, `verify` and `prune` also name it (crate::damaged).
         for id in in_store.difference(&known) {
             match Manifest::load(store, id) {
                 Ok(m) => new.push(m),
-                Err(e) => tracing_warn(&format!("skipping snapshot {id}: {e:#}")),
+                Err(e) => tracing_warn(&format!(
+                    "skipping snapshot {id}: {e:#}; it is not listed or used (`guard status` says what to do)"
+                )),
             }
         }
         block_on(async {
@@ -392,8 +396,18 @@ impl Catalog {
     }
 
     /// Load a manifest and check it against the catalog's witness, naming the file if it changed.
+    /// A manifest that is there but no longer parses (damaged after it was indexed) is dropped
+    /// from the catalog, so it is named as damaged everywhere ([`crate::damaged`]) and no
+    /// longer listed, kept or pruned as complete.
     pub fn load_manifest(&self, store: &dyn Store, id: &str) -> Result<Manifest> {
-        let m = Manifest::load(store, id)?;
+        let m = Manifest::load(store, id).inspect_err(|_| {
+            let unparsable = store
+                .get(&keys::manifest_key(id))
+                .is_ok_and(|b| Manifest::from_json(&b, id).is_err());
+            if unparsable {
+                let _ = self.forget_snapshots(&[id.to_string()]);
+            }
+        })?;
         if let Some(w) = self.manifest_witness(id)? {
             // Compare canonical forms: the witness is the digest of the manifest as guard writes it.
             if crate::archive::digest(&m.canonical_json()[..])?.sha256 != w {

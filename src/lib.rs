@@ -38,6 +38,7 @@ pub mod cli;
 pub mod clock;
 pub mod cmd;
 pub mod crypt;
+pub mod damaged;
 pub mod drill;
 pub mod error;
 pub mod faults;

@@ -8,6 +8,7 @@ use crate::ui::{self, Ui};
 pub fn list(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
     let s = Session::open(policy)?;
     let snaps = s.catalog.snapshots(Some(&policy.name))?;
+    // A damaged snapshot is not listed as complete; opening the catalog named it on stderr.
     if ui.json {
         ui::print_json(&serde_json::to_value(&snaps)?);
         return Ok(0);

@@ -103,8 +103,17 @@ impl Session {
     }
 
     /// Resolve `latest`, a full id or a unique prefix to a snapshot id of the policy.
+    /// A damaged snapshot (its manifest cannot be read) is refused by name, exit 65.
     pub fn resolve(&self, policy: &Policy, id: &str) -> Result<String, Failure> {
-        resolve_id(&self.catalog, policy, id)
+        resolve_id(&self.catalog, policy, id).map_err(|e| {
+            if id == "latest" {
+                return e;
+            }
+            match crate::damaged::named(self.store(), &self.catalog, &policy.name, id) {
+                Some(d) => Failure::msg(Kind::Corrupt, d.line()),
+                None => e,
+            }
+        })
     }
 }
 

@@ -31,6 +31,8 @@ pub fn prune(
     let s = Session::open(policy)?;
     let _lock = s.lock(policy, "guard prune", None, ui)?;
     let p = retention::prune(policy, s.store(), &s.catalog, &r, dry_run)?;
+    // Never deleted: guard cannot tell what a snapshot it cannot read holds or references.
+    let damaged = crate::damaged::find(s.store(), &s.catalog, &policy.name)?;
     if ui.json {
         ui::print_json(&json!({
             "policy": policy.name,
@@ -40,6 +42,7 @@ pub fn prune(
             "decisions": p.decisions,
             "finished_interrupted_prunes": p.finished_interrupted_prunes,
             "garbage": p.garbage,
+            "damaged_kept": damaged,
             "deleted": p.deleted,
             "leftovers": p.leftovers,
             "bytes_freed": p.bytes_freed,
@@ -47,6 +50,9 @@ pub fn prune(
         return Ok(0);
     }
     print(&p, dry_run);
+    for d in &damaged {
+        crate::outln!("{}: kept: {}", d.id, d.line());
+    }
     Ok(0)
 }
 

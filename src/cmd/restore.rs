@@ -76,13 +76,34 @@ fn pick(s: &Session, policy: &Policy, id: &str, journals: &Journals) -> Result<(
     if id != "latest" {
         return Ok((s.resolve(policy, id)?, Vec::new()));
     }
-    let snaps = s.catalog.snapshots(Some(&policy.name))?;
+    let mut snaps = s.catalog.snapshots(Some(&policy.name))?;
+    // A candidate whose manifest no longer reads is passed over (and marked failed), saying so.
+    let mut unreadable = Vec::new();
+    while let Some(c) = attention::latest(&snaps, journals).chosen.map(|c| c.id.clone()) {
+        let Err(e) = s.catalog.load_manifest(s.store(), &c) else {
+            break;
+        };
+        let _ = s.catalog.mark_verified(&c, false);
+        unreadable.push((c.clone(), format!("{c}: {}", crate::secrets::redact(&format!("{e:#}")))));
+        snaps.retain(|x| x.id != c);
+    }
     let l = attention::latest(&snaps, journals);
-    let passed: Vec<String> = l
-        .skipped
-        .iter()
-        .map(|(r, why)| format!("{} ({}, {}): {why}", r.id, r.kind, r.created_at))
-        .collect();
+    let mut passed: Vec<String> = unreadable.iter().map(|(_, why)| why.clone()).collect();
+    passed.extend(
+        l.skipped
+            .iter()
+            .map(|(r, why)| format!("{} ({}, {}): {why}", r.id, r.kind, r.created_at)),
+    );
+    // A damaged snapshot newer than the one picked (ids sort by time) is passed over, saying so.
+    let picked = l.chosen.map(|c| c.id.clone()).unwrap_or_default();
+    for d in crate::damaged::find(s.store(), &s.catalog, &policy.name)? {
+        if d.id > picked && !unreadable.iter().any(|(id, _)| *id == d.id) {
+            passed.push(format!(
+                "{}: its manifest {} is damaged ({})",
+                d.id, d.manifest, d.error
+            ));
+        }
+    }
     match l.chosen {
         Some(c) => Ok((c.id.clone(), passed)),
         None => Err(Failure::msg(

@@ -21,6 +21,8 @@ struct Facts {
     restorable: Option<SnapshotRow>,
     drills: Vec<DrillRow>,
     incomplete: Vec<String>,
+    /// Snapshots whose manifest cannot be read ([`crate::damaged`]).
+    damaged: Vec<crate::damaged::Damaged>,
     /// What killed guards left behind ([`crate::leftovers`]).
     leftovers: Vec<crate::leftovers::Leftover>,
     warnings: Vec<String>,
@@ -49,6 +51,7 @@ pub fn status(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
                        "command_pgid": j.command_pgid, "command_running": j.command_still_running()})
             }).collect::<Vec<_>>(),
             "incomplete_snapshots": f.incomplete,
+            "damaged_snapshots": f.damaged,
             "leftovers": f.leftovers,
             "last_drill": last_drill.map(|d| json!({"id": d.id, "snapshot_id": d.snapshot_id, "started_at": d.started_at, "ok": d.ok, "seconds": d.seconds})),
             "last_good_drill": last_good.map(|d| json!({"id": d.id, "snapshot_id": d.snapshot_id, "started_at": d.started_at, "seconds": d.seconds})),
@@ -80,11 +83,14 @@ fn facts(s: &Session, policy: &Policy) -> Result<Facts, Failure> {
     let restorable = attention::latest(&snaps, &journals).chosen.cloned();
     let mut warnings = Vec::new();
     warnings.extend(stale(policy, restorable.as_ref())?);
+    let damaged = crate::damaged::find(store, catalog, &policy.name)?;
+    warnings.extend(damaged.iter().map(|d| d.line()));
     Ok(Facts {
         attention,
         running: held.then_some(holder),
         last_run: catalog.runs(Some(&policy.name), 1)?.into_iter().next(),
         incomplete: crate::manifest::incomplete_snapshots(store)?,
+        damaged,
         leftovers: crate::leftovers::find(store, policy, None),
         snaps,
         restorable,

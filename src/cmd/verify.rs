@@ -19,7 +19,12 @@ pub fn verify(policy: &Policy, id: Option<&str>, quick: bool, ui: &Ui) -> Result
             .map(|s| s.id)
             .collect(),
     };
-    if ids.is_empty() {
+    // Every snapshot: the damaged ones fail beside the others, which are still checked.
+    let damaged = match id {
+        Some(_) => Vec::new(),
+        None => crate::damaged::find(store, catalog, &policy.name)?,
+    };
+    if ids.is_empty() && damaged.is_empty() {
         return Err(Failure::msg(
             Kind::Usage,
             format!("policy {} has no snapshot to verify", policy.name),
@@ -48,13 +53,18 @@ pub fn verify(policy: &Policy, id: Option<&str>, quick: bool, ui: &Ui) -> Result
             json!({"id": id, "ok": r.is_ok(), "error": r.err().map(|e| crate::secrets::redact(&format!("{e:#}")))}),
         );
     }
+    for d in &damaged {
+        bad += 1;
+        crate::errln!("{}: FAILED: {}", d.id, d.line());
+        results.push(json!({"id": d.id, "ok": false, "error": d.line()}));
+    }
     if ui.json {
         ui::print_json(&json!({"verified": results, "failed": bad}));
     }
     if bad > 0 {
         let f = Failure::msg(
             Kind::Corrupt,
-            format!("{bad} of {} snapshot(s) failed verification", ids.len()),
+            format!("{bad} of {} snapshot(s) failed verification", results.len()),
         );
         return Err(if ui.json { f.reported() } else { f });
     }

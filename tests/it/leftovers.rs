@@ -270,3 +270,127 @@ fn while_another_guard_runs_in_the_store_its_files_are_kept() {
     assert_eq!(p.code, 0, "{p:?}");
     assert!(!partial.exists(), "removed once no guard is at work: {p:?}");
 }
+
+/// Cut `snapshots/ID/manifest.json` to half its length, as a disk or a sync tool might.
+fn truncate_manifest(env: &Env, id: &str) -> PathBuf {
+    let p = env.path(&format!("backups/snapshots/{id}/manifest.json"));
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    p
+}
+
+/// R19, fourth case: a snapshot whose `manifest.json` is truncated. Before, `reindex` skipped it
+/// and nothing named it again (never listed, never pruned, never reported). Now it is named by
+/// `list`, `status`, `verify` and `prune`, never fatal to the other snapshots, never called
+/// verified, never restored from (exit 65 naming the file), and `prune` keeps it (guard cannot
+/// tell what it holds; its artifacts may restore by hand).
+#[test]
+fn a_truncated_manifest_is_named_everywhere_never_used_and_never_fatal_to_the_others() {
+    let env = simple_env("");
+    let mut ids = Vec::new();
+    let mut dumps = Vec::new();
+    for i in 0..3 {
+        sql(
+            &env.path("app.db"),
+            &format!("INSERT INTO user (name) VALUES ('state {i}')"),
+        );
+        dumps.push(dump(&env.path("app.db")));
+        let r = env.guard(&["snapshot"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        ids.push(r.stdout.trim().to_string());
+    }
+    sql(&env.path("app.db"), "INSERT INTO user (name) VALUES ('state 3')");
+    let live = dump(&env.path("app.db"));
+    let (a, b, c) = (&ids[0], &ids[1], &ids[2]);
+
+    // Damaged after the catalog indexed it: the first command that reads it (`verify`) fails it
+    // and drops it from the catalog, so from then on it is named as damaged, like one `reindex`
+    // could not index.
+    let manifest = truncate_manifest(&env, b);
+    let r = env.guard(&["verify", b]);
+    assert_eq!(r.code, 65, "{r:?}");
+    assert!(
+        r.stderr.contains(&manifest.display().to_string()),
+        "names the file: {r:?}"
+    );
+    let r = env.guard(&["reindex"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let l = env.guard(&["list"]);
+    assert_eq!(l.code, 0, "{l:?}");
+    assert!(l.stdout.contains(a.as_str()) && l.stdout.contains(c.as_str()), "{l:?}");
+    assert!(!l.stdout.contains(b.as_str()), "not listed as complete: {l:?}");
+    assert!(l.stderr.contains(&format!("skipping snapshot {b}")), "named: {l:?}");
+    assert!(
+        l.stderr.contains(&manifest.display().to_string()),
+        "with its file: {l:?}"
+    );
+    let l = env.guard(&["list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&l.stdout).expect("stdout stays one JSON document");
+    assert_eq!(v.as_array().unwrap().len(), 2, "{l:?}");
+
+    let st = env.guard(&["status"]);
+    assert_eq!(
+        st.code, 0,
+        "a damaged snapshot is not a target in a failed state: {st:?}"
+    );
+    assert!(
+        st.stdout.contains(b.as_str()) && st.stdout.contains("damaged"),
+        "{st:?}"
+    );
+    assert!(!st.stdout.contains("nothing needs attention"), "{st:?}");
+    let v = status_json(&env);
+    assert_eq!(v["damaged_snapshots"][0]["id"], b.as_str(), "{v}");
+    assert_eq!(
+        v["damaged_snapshots"][0]["manifest"],
+        manifest.display().to_string(),
+        "{v}"
+    );
+    assert_eq!(
+        v["damaged_snapshots"][0]["policy"], "simple",
+        "read from what is left: {v}"
+    );
+
+    // `verify` of every snapshot checks the others and fails the damaged one.
+    let r = env.guard(&["verify", "--json"]);
+    assert_eq!(r.code, 65, "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let results = v["verified"].as_array().unwrap();
+    assert_eq!(results.len(), 3, "{v}");
+    for r in results {
+        assert_eq!(r["ok"], r["id"] != b.as_str(), "{v}");
+    }
+
+    // Given its id, nothing uses it: exit 65 naming the file, the live database untouched.
+    for args in [
+        vec!["show", b.as_str()],
+        vec!["verify", b.as_str()],
+        vec!["restore", b.as_str(), "--yes"],
+        vec!["drill", b.as_str()],
+    ] {
+        let r = env.guard(&args);
+        assert_eq!(r.code, 65, "{args:?}: {r:?}");
+        assert!(r.stderr.contains(&manifest.display().to_string()), "{args:?}: {r:?}");
+    }
+    assert_eq!(dump(&env.path("app.db")), live, "nothing was restored");
+
+    // `restore latest` passes over a damaged newest snapshot, saying so, and restores the one
+    // before it exactly.
+    truncate_manifest(&env, c);
+    let r = env.guard(&["restore", "latest", "--yes", "--no-rescue"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains(&format!("passed over {c}")), "{r:?}");
+    assert!(r.stderr.contains(&format!("restoring snapshot {a}")), "{r:?}");
+    assert_eq!(dump(&env.path("app.db")), dumps[0], "the older snapshot, exactly");
+
+    // `prune` keeps and names them: their directories are still there.
+    let r = env.guard(&["prune", "--keep-within", "0s", "--keep-last", "1"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    for id in [b, c] {
+        assert!(r.stdout.contains(&format!("{id}: kept")), "{r:?}");
+        assert!(
+            env.path(&format!("backups/snapshots/{id}/app.sqlite.gz")).exists(),
+            "{id}"
+        );
+    }
+    assert_eq!(env.guard(&["verify", a]).code, 0, "the good snapshot is still whole");
+}
