@@ -392,6 +392,19 @@ expect = "unchanged"
         (Some("300"), Some("300")),
         "{count}"
     );
+    // Issue 15 F5: a check on what the command creates is read after it only (before: none).
+    let thumbs = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "thumbnails made")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (&thumbs["before"], thumbs["after"].as_str()),
+        (&serde_json::Value::Null, Some("10")),
+        "{thumbs}"
+    );
     let after = bucket_state(&c, SRC);
     assert_eq!(after.len(), 310);
     assert!(diff_states(&before, &after)

@@ -1308,3 +1308,36 @@ fn a_table_the_migration_dropped_is_recorded_absent_in_the_rescue_and_reloaded()
     let r = s.guard(&["verify", id]);
     assert_eq!(r.code, 0, "the rescue verifies: {r:?}");
 }
+
+/// Issue 15 F6 on Turso through the binary: the point migration adds a column to `point_info`
+/// (`migrated`, filled in); `untouched = ["point_info"]` means the existing data is untouched,
+/// so the run is kept. `identical` (the strict form) fails on the same migration and reloads.
+#[test]
+fn untouched_passes_a_migration_that_adds_a_column_and_identical_does_not() {
+    let untouched = "\n[[check]]\nname = \"points untouched\"\ntarget = \"readings\"\nuntouched = [\"point_info\"]\n";
+    let s = setup("", untouched);
+    let r = s.guard(&[
+        "--json",
+        "--",
+        "python3",
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fakes/points_migration.py")
+            .to_str()
+            .unwrap(),
+        &s.fake.url_of(DB),
+    ]);
+    assert_eq!(r.code, 0, "adding a column leaves existing data untouched: {r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["outcome"], "kept", "{v}");
+    assert_eq!(
+        count(&s.source(), "SELECT count(*) FROM point_info WHERE migrated = 1"),
+        17,
+        "the migration's column is kept"
+    );
+
+    let s = setup("", &untouched.replace("untouched = ", "identical = "));
+    let before = full_dump(&s.source());
+    let r = s.migrate(&[]);
+    assert_eq!(r.code, 79, "identical compares whole rows: {r:?}");
+    assert_eq!(full_dump(&s.source()), before, "reloaded exactly");
+}
