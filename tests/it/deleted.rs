@@ -78,11 +78,21 @@ fn a_file_the_command_deletes_is_restored() {
 
 #[test]
 fn both_paths_the_command_deletes_are_restored() {
-    deleted_and_restored(
+    let env = deleted_and_restored(
         RENT_POLICY,
         "rm -r data/rent_history electricity_bills_history.txt; exit 3",
         3,
     );
+    // The rescue recorded the target absent; restoring it deletes both again, and verifies.
+    let rescue = snapshots(&env).iter().find(|s| s["kind"] == "rescue").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut expect = app(&env);
+    expect.retain(|p, _| !(p.starts_with("data/rent_history") || p == "electricity_bills_history.txt"));
+    let r = env.guard(&["restore", &rescue, "--yes", "--no-rescue"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(app(&env), expect, "the failed state: both paths gone");
 }
 
 /// The command succeeds but deleted what the check names: the check fails, and the restore
@@ -179,5 +189,27 @@ fn a_postgres_table_the_migration_dropped_is_recorded_absent_and_restored() {
         let m: serde_json::Value = serde_json::from_str(&env.guard(&["show", &rescue, "--json"]).stdout).unwrap();
         assert_eq!(m["targets"][0]["fingerprints"]["RentLedger"]["absent"], true, "{m}");
         assert_eq!(m["targets"][0]["fingerprints"]["Tenant"]["rows"], 8, "{m}");
+    }
+}
+
+/// A SQLite database file the command deleted (with its `-wal`): the rescue records the target
+/// absent, the restore brings the database back (dump equal); with exit 0 the `untouched` check
+/// fails (and creates no empty database in its place).
+#[test]
+fn a_sqlite_file_the_command_deleted_is_restored() {
+    for (script, code) in [
+        ("rm -f instances/prod/database/lending_app_prod.db*; exit 3", 3),
+        ("rm -f instances/prod/database/lending_app_prod.db*", 79),
+    ] {
+        let env = lending_env("");
+        let before = dump(&db(&env));
+        let r = env.guard(&["--yes", "--json", "--", "sh", "-c", script]);
+        assert_eq!(r.code, code, "{script}: {r:?}");
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        assert_eq!(v["outcome"], "restored", "{script}: {v}");
+        assert_eq!(dump(&db(&env)), before, "{script}: restored exactly");
+        let rescue = v["rescue_id"].as_str().expect("a rescue").to_string();
+        let m: serde_json::Value = serde_json::from_str(&env.guard(&["show", &rescue, "--json"]).stdout).unwrap();
+        assert_eq!(m["targets"][0]["absent"], true, "{script}: the file was gone: {m}");
     }
 }
