@@ -4,7 +4,9 @@
 A module is a file (`src/x.rs`, `src/a/b.rs`) or a folder (`src/a/` = `src/a/mod.rs` and
 everything under it). Edges come from `crate::…` paths (in `use` trees, including nested
 `{…}` groups, and inline paths such as `crate::clock::now()`) and `super::…` paths, resolved to the
-longest module prefix that exists. Comments and `#[cfg(test)]` modules are skipped.
+longest module prefix that exists. A `#[macro_export]` macro lives at the crate root, so
+`crate::errln!(…)` is an edge to the module whose `macro_rules! errln` defines it, not to lib.rs.
+Comments and `#[cfg(test)]` modules are skipped.
 
 Two levels are checked:
   - top level: `src/x.rs` and `src/x/` are the nodes (edges inside one folder are ignored);
@@ -81,11 +83,25 @@ def paths(text):
     for m in re.finditer(r"\buse\s+((?:crate|super)::[^;]*);", text, flags=re.S):
         out += expand_tree(m.group(1))
     text = re.sub(r"\buse\s+(?:crate|super)::[^;]*;", "", text, flags=re.S)
-    out += re.findall(r"\b(?:crate|super)(?:::(?:super|\w+))+", text)
+    out += re.findall(r"\b(?:crate|super)(?:::(?:super|\w+))+!?", text)
     return out
 
 
-def resolve(path, here, mods):
+def exported_macros(mods):
+    """Macro name -> the module that defines it with `#[macro_export]`."""
+    out = {}
+    for m, f in mods.items():
+        for name in re.findall(r"#\[macro_export\]\s*macro_rules!\s*(\w+)", open(f).read()):
+            out[name] = m
+    return out
+
+
+def resolve(path, here, mods, macros):
+    if path.endswith("!"):
+        segs = path[:-1].split("::")
+        if segs[0] == "crate" and len(segs) == 2 and segs[1] in macros:
+            return macros[segs[1]]
+        path = path[:-1]
     segs = path.split("::")
     if segs[0] == "crate":
         base, segs = [], segs[1:]
@@ -143,10 +159,11 @@ def name(m):
 
 def main():
     mods = modules()
+    macros = exported_macros(mods)
     raw = {}  # module -> set of modules it names
     for m, f in mods.items():
         text = strip(open(f).read())
-        raw[m] = {resolve(p, m, mods) for p in paths(text)} - {m}
+        raw[m] = {resolve(p, m, mods, macros) for p in paths(text)} - {m}
     bad = 0
 
     # Top level.

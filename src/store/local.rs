@@ -3,11 +3,14 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+// The private-file helpers live in `store::files` (a leaf: `state` uses them too, and `local`
+// uses `state`); `targets::dir` still names them through this module.
+pub use super::files::{create_dir_all_private, private_dir, private_temp_beside, sync_dir, write_atomic};
 use super::{Entry, Store, Upload};
 
 pub struct LocalStore {
@@ -57,90 +60,6 @@ impl LocalStore {
 
 /// The directories guard keeps in a store (and in a remote store's state directory).
 pub const STORE_DIRS: [&str; 5] = ["tmp", "snapshots", "runs", "locks", "pins"];
-
-/// `root/rel`, every directory of `rel` created 0700 when missing and checked — not through a
-/// symbolic link — to be a real directory owned by the running user, so that nothing guard
-/// writes, truncates or deletes below it lands outside `root`. `root` itself is the policy's
-/// choice and is trusted; `rel` is a `/`-separated relative path.
-pub fn private_dir(root: &Path, rel: &str) -> Result<PathBuf> {
-    let me = unsafe { libc::geteuid() };
-    let mut p = root.to_path_buf();
-    for part in rel.split('/').filter(|c| !c.is_empty()) {
-        if part == "." || part == ".." {
-            bail!("invalid store path {rel:?}");
-        }
-        p.push(part);
-        match fs::DirBuilder::new().mode(0o700).create(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot create {}", p.display())),
-        }
-        let m = fs::symlink_metadata(&p).with_context(|| format!("cannot stat {}", p.display()))?;
-        let why = if m.file_type().is_symlink() {
-            let to = fs::read_link(&p).map(|t| t.display().to_string()).unwrap_or_default();
-            Some(format!("is a symbolic link (to {to})"))
-        } else if !m.is_dir() {
-            Some("is not a directory".to_string())
-        } else if std::os::unix::fs::MetadataExt::uid(&m) != me {
-            Some(format!(
-                "belongs to uid {}, not to the running user (uid {me})",
-                std::os::unix::fs::MetadataExt::uid(&m)
-            ))
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            bail!(
-                "store directory {} {why}; guard never writes through it (someone with write access to the store may have planted it): remove it, then run guard again",
-                p.display()
-            );
-        }
-    }
-    Ok(p)
-}
-
-/// `mkdir -p` with mode 0700 for the directories it creates.
-pub fn create_dir_all_private(p: &Path) -> io::Result<()> {
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(p)
-}
-
-/// fsync a directory so a rename in it is durable.
-pub fn sync_dir(p: &Path) -> io::Result<()> {
-    File::open(p)?.sync_all()
-}
-
-/// Create a new private (0600) temp file next to `dest`, named so it is recognisably guard's.
-pub fn private_temp_beside(dest: &Path) -> io::Result<(File, PathBuf)> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    for _ in 0..100 {
-        let tmp = dir.join(format!(".{name}.guard-tmp-{:08x}", rand::random::<u32>()));
-        match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp) {
-            Ok(f) => return Ok((f, tmp)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(io::Error::other("could not create a temporary file"))
-}
-
-/// Write `data` to `dest` atomically: private temp file, fsync, rename, fsync the directory.
-pub fn write_atomic(dest: &Path, data: &[u8]) -> io::Result<()> {
-    let (mut f, tmp) = private_temp_beside(dest)?;
-    let r = (|| {
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, dest)?;
-        sync_dir(dest.parent().unwrap_or(Path::new(".")))
-    })();
-    if r.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    r
-}
 
 struct LocalUpload {
     file: Option<io::BufWriter<File>>,

@@ -3,10 +3,11 @@
 //!
 //! Keys are `/`-separated paths relative to the store's root; [`keys`] is the one place that
 //! spells them. [`state`] is what guard keeps on this machine beside a store (catalog, lock
-//! files, scratch).
+//! files, scratch); [`files`]: private directories and atomic writes on local disk.
 //!
 //! Every write is atomic: an [`Upload`] becomes visible under its key only on `commit`.
 
+pub mod files;
 pub mod keys;
 pub mod local;
 pub mod s3;

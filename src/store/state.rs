@@ -18,7 +18,7 @@ pub fn state_dir(store: &dyn Store) -> Result<PathBuf> {
         return Ok(root.to_path_buf());
     }
     let dir = remote_state_dir(&store.location())?;
-    super::local::create_dir_all_private(&dir)?;
+    super::files::create_dir_all_private(&dir)?;
     note_local_dir(&dir);
     Ok(dir)
 }
@@ -66,7 +66,7 @@ pub fn local_dirs() -> Vec<PathBuf> {
 /// `guard status` names it and `guard prune` removes it; the kernel drops the lock with its
 /// holder, however it died.
 pub fn scratch_dir(store: &dyn Store) -> Result<Scratch> {
-    let base = super::local::private_dir(&state_dir(store)?, SCRATCH)?;
+    let base = super::files::private_dir(&state_dir(store)?, SCRATCH)?;
     let dir = tempfile::Builder::new()
         .prefix(SCRATCH_PREFIX)
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
