@@ -16,21 +16,33 @@
 //!
 //! The journal records each step before it starts. [`Restoration::failure`] classifies the
 //! result in one set of words, each naming the next command to run.
+//!
+//! Files: this one holds the protocol ([`rescue_then_restore`], [`requested`] for `guard
+//! restore`, [`with_hooks`]) and its types; `hot.rs` restores by rename what a run kept a hot
+//! copy of; `rescue.rs` takes the rescue snapshot (outside a full store if need be) and words
+//! its failures; `apply.rs` restores and verifies each target; `report.rs` words the result;
+//! [`recover`] is `guard recover`.
 
+mod apply;
+mod hot;
 pub mod recover;
+mod report;
+mod rescue;
+
+pub use apply::{restore_all, restore_deferring_signals};
 
 use serde::Serialize;
 
 use crate::catalog::Catalog;
 use crate::error::{Failure, Kind, ResultExt};
 use crate::journal::{Journal, Op, Phase};
-use crate::manifest::{Manifest, SnapshotKind};
+use crate::manifest::Manifest;
 use crate::outcome::Outcome;
 use crate::policy::Policy;
 use crate::process::{HookRun, Hooks};
-use crate::snapshot::{self, Depth, Request};
+use crate::snapshot::{self, Depth};
 use crate::store::Store;
-use crate::targets::{target_for, Restored, Target};
+use crate::targets::{target_for, Target};
 use crate::ui::Ui;
 
 /// What a restore needs around it.
@@ -321,7 +333,7 @@ fn rescue_and_restore(
     // aside beside it; the rescue snapshot then holds the set-aside state.
     let swappable = hot_swappable(m, &rescue, j);
     let swapped = match (&rescue, j.op) {
-        (Rescue::Take(_), Op::Run) if j.command_started() => swap_hot_copies(cx, targets, m, j)?,
+        (Rescue::Take(_), Op::Run) if j.command_started() => hot::swap_hot_copies(cx, targets, m, j)?,
         _ => Vec::new(),
     };
     // A target whose hot copy could not be used is restored from the store: its artifacts are
@@ -363,13 +375,13 @@ fn rescue_and_restore(
             let command = (j.op == Op::Run).then(|| j.command.clone());
             let run_id = j.run_id.clone();
             let r = match crate::error::no_panic("the rescue snapshot", || {
-                take_rescue(cx, cx.store, &views, label.clone(), run_id.clone(), command.clone())
+                rescue::take_rescue(cx, cx.store, &views, label.clone(), run_id.clone(), command.clone())
             }) {
                 Ok(r) => r,
                 // After a guarded run's command the restore must still run when the store is
                 // full: the failed state goes to a private directory outside the store.
-                Err(e) if j.command_started() && no_space(&e) => {
-                    match rescue_outside_store(cx, &views, label, &run_id, command) {
+                Err(e) if j.command_started() && rescue::no_space(&e) => {
+                    match rescue::rescue_outside_store(cx, &views, label, &run_id, command) {
                         Ok((r, dir)) => {
                             cx.ui.warn(&format!(
                                 "the store {} is full ({e:#}): the rescue snapshot {r} of the failed state was written to {} instead. Keep it: once the store has room, move it in with `mv {}/snapshots/{r} {}/snapshots/` (its artifacts also restore by hand)",
@@ -384,15 +396,17 @@ fn rescue_and_restore(
                         Err(e2) => {
                             let e = e.context(format!("nor outside the store: {e2:#}"));
                             return Err(if swapped.is_empty() {
-                                rescue_failed(cx, m, caller, e)
+                                rescue::rescue_failed(cx, m, caller, e)
                             } else {
-                                rescue_failed_after_swap(cx, m, caller, &swapped, j, e)
+                                rescue::rescue_failed_after_swap(cx, m, caller, &swapped, j, e)
                             });
                         }
                     }
                 }
-                Err(e) if !swapped.is_empty() => return Err(rescue_failed_after_swap(cx, m, caller, &swapped, j, e)),
-                Err(e) => return Err(rescue_failed(cx, m, caller, e)),
+                Err(e) if !swapped.is_empty() => {
+                    return Err(rescue::rescue_failed_after_swap(cx, m, caller, &swapped, j, e))
+                }
+                Err(e) => return Err(rescue::rescue_failed(cx, m, caller, e)),
             };
             cx.ui.info(&format!(
                 "guard: the state being replaced is kept in rescue snapshot {r}"
@@ -419,7 +433,7 @@ fn rescue_and_restore(
             .collect(),
         ..m.clone()
     };
-    let mut results = swapped_results(&swapped, m);
+    let mut results = hot::swapped_results(&swapped, m);
     results.extend(restore_deferring_signals(targets, cx.store, &rest, cx.ui));
     results.extend(unverified);
     // The targets restored by rename are back; the snapshot they were restored to must still be
@@ -441,182 +455,6 @@ fn rescue_and_restore(
     })
 }
 
-/// A target restored by rename: its name, and the view over its failed state set aside.
-type Swapped = (String, Box<dyn Target>);
-
-/// Restore by rename every target of `m` with a hot copy of run `j` (issue 17), in manifest
-/// order, each proven equal as it is renamed in ([`Target::swap_in`]). Returns each swapped
-/// target's name and the view over its failed state set aside. A target whose hot copy cannot
-/// be used is left as it was, for the restore from the store.
-fn swap_hot_copies(
-    cx: &Ctx,
-    targets: &[Box<dyn Target>],
-    m: &Manifest,
-    j: &mut Journal,
-) -> Result<Vec<Swapped>, Failure> {
-    let hot: Vec<&crate::manifest::TargetRecord> = m
-        .targets
-        .iter()
-        .filter(|r| r.meta.get("hot") == Some(&j.run_id))
-        .collect();
-    if hot.is_empty() {
-        return Ok(Vec::new());
-    }
-    j.set_aside = hot.iter().map(|r| r.name.clone()).collect();
-    j.advance(cx.store, Phase::Swapping, cx.ui).kind(Kind::Internal)?;
-    crate::signals::install();
-    let mut out = Vec::new();
-    for rec in hot {
-        let Some(t) = targets.iter().find(|t| t.name() == rec.name) else {
-            continue;
-        };
-        let started = std::time::Instant::now();
-        match crate::error::no_panic(&format!("the swap of {}", rec.name), || t.swap_in(rec, &j.run_id)) {
-            Ok(Some(view)) => {
-                cx.ui.info(&format!(
-                    "  {:<16} restored and verified in {:.3}s (its hot copy renamed into place; the failed state set aside beside it)",
-                    rec.name,
-                    started.elapsed().as_secs_f64()
-                ));
-                out.push((rec.name.clone(), view));
-            }
-            Ok(None) => {}
-            Err(e) => cx.ui.warn(&format!(
-                "target {}: the hot copy was not used ({e:#}); restoring it from the store",
-                rec.name
-            )),
-        }
-    }
-    j.set_aside = out.iter().map(|(n, _)| n.clone()).collect();
-    let _ = j.save(cx.store);
-    crate::faults::test_pause("swapped");
-    Ok(out)
-}
-
-/// The results of the targets restored by rename, for [`Restoration::targets`].
-fn swapped_results(swapped: &[Swapped], m: &Manifest) -> Vec<TargetRestore> {
-    m.targets
-        .iter()
-        .filter(|r| swapped.iter().any(|(n, _)| *n == r.name))
-        .map(|r| TargetRestore {
-            target: r.name.clone(),
-            ok: true,
-            seconds: 0.0,
-            error: None,
-            manual: false,
-            sessions: false,
-        })
-        .collect()
-}
-
-/// The rescue snapshot failed after targets were restored by rename: they are restored, their
-/// failed state is kept where it was set aside; the others are as the command left them.
-fn rescue_failed_after_swap(
-    cx: &Ctx,
-    m: &Manifest,
-    caller: &Caller,
-    swapped: &[Swapped],
-    j: &Journal,
-    e: anyhow::Error,
-) -> Failure {
-    let kept: Vec<String> = swapped
-        .iter()
-        .map(|(name, view)| {
-            format!(
-                "{name} in {}",
-                view.aside(&j.run_id)
-                    .unwrap_or_else(|| "(no file: there was none)".into())
-            )
-        })
-        .collect();
-    let others: Vec<&str> = m
-        .targets
-        .iter()
-        .map(|r| r.name.as_str())
-        .filter(|n| !swapped.iter().any(|(s, _)| s == n))
-        .collect();
-    let others = if others.is_empty() {
-        String::new()
-    } else {
-        format!(
-            " {} are as the command left them; to restore them without a rescue snapshot: guard --policy {} restore {} --no-rescue",
-            others.join(", "),
-            cx.policy.file.display(),
-            m.id
-        )
-    };
-    Failure::msg(
-        Kind::RestoreFailed,
-        format!(
-            "{}restored {} by rename and verified, but the rescue snapshot of the failed state could not be written ({e:#}); the failed state is kept where it was set aside: {}.{others}",
-            match caller {
-                Caller::Run { why } => format!("{why}; "),
-                _ => String::new(),
-            },
-            swapped.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
-            kept.join(", ")
-        ),
-    )
-}
-
-/// Did `e` come from a full filesystem (ENOSPC, EDQUOT, SQLite's "disk is full")?
-pub fn no_space(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
-    }) || {
-        let s = format!("{e:#}");
-        s.contains("No space left on device")
-            || s.contains("database or disk is full")
-            || s.contains("Disk quota exceeded")
-    }
-}
-
-/// The rescue snapshot into a private store directory of its own under the system's temp
-/// directory (`guard-rescue-RUN`), for when the store is full. Its id and directory.
-fn rescue_outside_store(
-    cx: &Ctx,
-    targets: &[&(dyn Target + 'static)],
-    label: String,
-    run_id: &str,
-    command: Option<Vec<String>>,
-) -> anyhow::Result<(String, std::path::PathBuf)> {
-    let dir = std::env::temp_dir().join(format!("guard-rescue-{run_id}"));
-    let store = crate::store::local::LocalStore::open(&dir)?;
-    let id = crate::error::no_panic("the rescue snapshot", || {
-        take_rescue(cx, &store, targets, label, run_id.to_string(), command)
-    })?;
-    Ok((id, dir))
-}
-
-fn take_rescue(
-    cx: &Ctx,
-    store: &dyn Store,
-    targets: &[&(dyn Target + 'static)],
-    label: String,
-    run_id: String,
-    command: Option<Vec<String>>,
-) -> anyhow::Result<String> {
-    let rescue = snapshot::take(
-        cx.policy,
-        targets,
-        store,
-        Request {
-            kind: SnapshotKind::Rescue,
-            label: Some(label),
-            run_id: Some(run_id),
-            command,
-            only: None,
-            allow_absent: true,
-        },
-        cx.ui,
-    )?;
-    if std::ptr::addr_eq(store, cx.store) {
-        let _ = cx.catalog.record_snapshot(&rescue);
-    }
-    Ok(rescue.id)
-}
-
 /// The words that open a failure: the run says why it restored.
 fn lead(caller: &Caller) -> String {
     match caller {
@@ -633,181 +471,13 @@ fn left_as(caller: &Caller) -> &'static str {
     }
 }
 
-fn rescue_failed(cx: &Ctx, m: &Manifest, caller: &Caller, e: anyhow::Error) -> Failure {
-    let why = match caller {
-        Caller::Run { why } => format!("{why}, and the"),
-        _ => "the".into(),
-    };
-    Failure::msg(
-        Kind::RestoreFailed,
-        format!(
-            "{why} rescue snapshot of the current state could not be taken ({e:#}); nothing was restored, so nothing is lost{}. To restore {} anyway, without a rescue snapshot: guard --policy {} restore {} --no-rescue",
-            left_as(caller),
-            m.id,
-            cx.policy.file.display(),
-            m.id
-        ),
-    )
-}
-
-impl Restoration {
-    /// `None` when every target was restored and verified; otherwise the failure to report:
-    /// a manual step (Turso `promote`) says so and points at the instructions printed above,
-    /// a failed restore names each target and what to run next.
-    pub fn failure(&self, cx: &Ctx, m: &Manifest, caller: &Caller) -> Option<Failure> {
-        let failed: Vec<&TargetRestore> = self.targets.iter().filter(|r| !r.ok).collect();
-        if failed.is_empty() {
-            return None;
-        }
-        let restored: Vec<&str> = self
-            .targets
-            .iter()
-            .filter(|r| r.ok)
-            .map(|r| r.target.as_str())
-            .collect();
-        let restored = if restored.is_empty() {
-            String::new()
-        } else {
-            format!(" Restored and verified: {}.", restored.join(", "))
-        };
-        let why = match caller {
-            Caller::Run { why } => format!("{why}; "),
-            _ => String::new(),
-        };
-        let rescue = match (&self.rescue_id, &self.rescue_dir) {
-            (Some(r), Some(d)) => format!(
-                " The state it replaced is kept in rescue snapshot {r}, in {} (outside the full store).",
-                d.display()
-            ),
-            (Some(r), None) => format!(" The state it replaced is kept in rescue snapshot {r}."),
-            _ => String::new(),
-        };
-        let file = cx.policy.file.display();
-        let msg = if failed.iter().all(|r| r.manual) {
-            let then = match caller {
-                Caller::Recover => format!(" When that is done: guard --policy {file} recover --keep"),
-                _ => String::new(),
-            };
-            format!(
-                "{why}restore is not automatic for {} — act now, following the instructions above.{restored}{rescue} The snapshot is {}.{then}",
-                failed.iter().map(|r| r.target.as_str()).collect::<Vec<_>>().join(", "),
-                m.id
-            )
-        } else {
-            let retry = match caller {
-                Caller::Run { .. } => format!("guard --policy {file} restore {} --no-rescue", m.id),
-                Caller::Restore => format!("guard --policy {file} restore {}", m.id),
-                Caller::Recover => format!("guard --policy {file} recover"),
-            };
-            // Each target's error was printed as it failed; other sessions' ways out come once.
-            let sessions = if failed.iter().any(|r| r.sessions) {
-                let flag = match caller {
-                    Caller::Recover => format!("guard --policy {file} recover --terminate-sessions"),
-                    _ => format!("guard --policy {file} restore {} --terminate-sessions", m.id),
-                };
-                format!(" Other sessions are connected: stop them (the app), then retry; or end them: {flag} (or set `sessions = \"terminate\"` on the target).")
-            } else {
-                String::new()
-            };
-            format!(
-                "{why}RESTORE FAILED for {} — act now.{restored} Snapshot {} is intact.{rescue}{sessions} Retry with: {retry}",
-                failed
-                    .iter()
-                    .map(|r| {
-                        if r.sessions {
-                            format!("{} (other sessions, above)", r.target)
-                        } else {
-                            format!("{} ({})", r.target, r.error.as_deref().unwrap_or("?"))
-                        }
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                m.id
-            )
-        };
-        Some(Failure::msg(Kind::RestoreFailed, msg))
-    }
-}
-
-/// Restore every target of `m`, in manifest order, and verify each. `targets` are the live
-/// targets, found by record name.
-pub fn restore_all(targets: &[Box<dyn Target>], store: &dyn Store, m: &Manifest, ui: &Ui) -> Vec<TargetRestore> {
-    let mut out = Vec::new();
-    for rec in &m.targets {
-        let started = std::time::Instant::now();
-        let spinner = ui.spinner(&format!("restore {}", rec.name));
-        let r = match targets.iter().find(|t| t.name() == rec.name) {
-            None => Err(anyhow::anyhow!("no live target {} to restore into", rec.name)),
-            Some(t) => crate::error::no_panic(&format!("the restore of {}", rec.name), || {
-                t.restore(rec, store).and_then(|done| match done {
-                    Restored::Done => t
-                        .verify_restored(rec)
-                        .map(|()| Restored::Done)
-                        .map_err(|e| anyhow::anyhow!("restored, but it does not match the snapshot: {e:#}")),
-                    manual => Ok(manual),
-                })
-            }),
-        };
-        spinner.finish();
-        let seconds = started.elapsed().as_secs_f64();
-        let sessions = r.as_ref().is_err_and(|e| {
-            e.chain()
-                .any(|c| c.downcast_ref::<crate::targets::SessionsBlock>().is_some())
-        });
-        let (ok, manual, error) = match r {
-            Ok(Restored::Done) => {
-                ui.info(&format!("  {:<16} restored and verified in {seconds:.1}s", rec.name));
-                (true, false, None)
-            }
-            Ok(Restored::Manual(steps)) => {
-                let steps = crate::secrets::redact(&steps);
-                crate::errln!(
-                    "guard: {} is not restored in place automatically — it needs you:\n{steps}",
-                    rec.name
-                );
-                (false, true, Some(steps))
-            }
-            Err(e) => {
-                let e = crate::secrets::redact(&format!("{e:#}"));
-                crate::errln!("guard: restore of {} FAILED: {e}", rec.name);
-                (false, false, Some(e))
-            }
-        };
-        out.push(TargetRestore {
-            target: rec.name.clone(),
-            ok,
-            seconds,
-            error,
-            manual,
-            sessions,
-        });
-        crate::faults::test_pause("restore-between-targets");
-    }
-    out
-}
-
-/// Restore with SIGINT/SIGTERM deferred until every target is consistent.
-pub fn restore_deferring_signals(
-    targets: &[Box<dyn Target>],
-    store: &dyn Store,
-    m: &Manifest,
-    ui: &Ui,
-) -> Vec<TargetRestore> {
-    crate::signals::install();
-    let r = restore_all(targets, store, m, ui);
-    if let Some(sig) = crate::signals::take() {
-        ui.warn(&format!(
-            "signal {sig} arrived during the restore; it was deferred until the targets were consistent"
-        ));
-    }
-    r
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::manifest::SnapshotKind;
+    use crate::snapshot::Request;
     use crate::testing::{self, FakeHooks, FakeTarget, MemStore, World};
 
     const POLICY: &str = "name = \"unit\"\nstore = \"store\"\n[[target]]\nname = \"app\"\nkind = \"sqlite\"\npath = \"app.db\"\n[hooks]\nbefore = [\"stop\"]\nafter = [\"start\"]\n";

@@ -1,0 +1,77 @@
+//! Restore by rename (issue 17): a guarded run that kept a hot copy of a target swaps it back
+//! into place, proven equal as it is renamed in, the failed state set aside beside it for the
+//! rescue snapshot to take.
+
+use super::{Ctx, TargetRestore};
+use crate::error::{Failure, Kind, ResultExt};
+use crate::journal::{Journal, Phase};
+use crate::manifest::Manifest;
+use crate::targets::Target;
+
+/// A target restored by rename: its name, and the view over its failed state set aside.
+pub(super) type Swapped = (String, Box<dyn Target>);
+
+/// Restore by rename every target of `m` with a hot copy of run `j` (issue 17), in manifest
+/// order, each proven equal as it is renamed in ([`Target::swap_in`]). Returns each swapped
+/// target's name and the view over its failed state set aside. A target whose hot copy cannot
+/// be used is left as it was, for the restore from the store.
+pub(super) fn swap_hot_copies(
+    cx: &Ctx,
+    targets: &[Box<dyn Target>],
+    m: &Manifest,
+    j: &mut Journal,
+) -> Result<Vec<Swapped>, Failure> {
+    let hot: Vec<&crate::manifest::TargetRecord> = m
+        .targets
+        .iter()
+        .filter(|r| r.meta.get("hot") == Some(&j.run_id))
+        .collect();
+    if hot.is_empty() {
+        return Ok(Vec::new());
+    }
+    j.set_aside = hot.iter().map(|r| r.name.clone()).collect();
+    j.advance(cx.store, Phase::Swapping, cx.ui).kind(Kind::Internal)?;
+    crate::signals::install();
+    let mut out = Vec::new();
+    for rec in hot {
+        let Some(t) = targets.iter().find(|t| t.name() == rec.name) else {
+            continue;
+        };
+        let started = std::time::Instant::now();
+        match crate::error::no_panic(&format!("the swap of {}", rec.name), || t.swap_in(rec, &j.run_id)) {
+            Ok(Some(view)) => {
+                cx.ui.info(&format!(
+                    "  {:<16} restored and verified in {:.3}s (its hot copy renamed into place; the failed state set aside beside it)",
+                    rec.name,
+                    started.elapsed().as_secs_f64()
+                ));
+                out.push((rec.name.clone(), view));
+            }
+            Ok(None) => {}
+            Err(e) => cx.ui.warn(&format!(
+                "target {}: the hot copy was not used ({e:#}); restoring it from the store",
+                rec.name
+            )),
+        }
+    }
+    j.set_aside = out.iter().map(|(n, _)| n.clone()).collect();
+    let _ = j.save(cx.store);
+    crate::faults::test_pause("swapped");
+    Ok(out)
+}
+
+/// The results of the targets restored by rename, for [`Restoration::targets`].
+pub(super) fn swapped_results(swapped: &[Swapped], m: &Manifest) -> Vec<TargetRestore> {
+    m.targets
+        .iter()
+        .filter(|r| swapped.iter().any(|(n, _)| *n == r.name))
+        .map(|r| TargetRestore {
+            target: r.name.clone(),
+            ok: true,
+            seconds: 0.0,
+            error: None,
+            manual: false,
+            sessions: false,
+        })
+        .collect()
+}
