@@ -170,33 +170,29 @@ fn look(dir: &Path) -> Found {
         add_sqlite(&mut found, dir, &dir.join("prisma").join(p));
     }
     found.data_dir = dir.join("data").is_dir();
-    for v in [
+    let seen = |names: &[&str]| -> Vec<String> {
+        names
+            .iter()
+            .filter(|v| var(v).is_some())
+            .map(|v| v.to_string())
+            .collect()
+    };
+    found.turso = seen(&[
         "TURSO_API_TOKEN",
         "TURSO_ORG",
         "TURSO_ORGANIZATION",
         "TURSO_DATABASE_URL",
         "TURSO_AUTH_TOKEN",
-    ] {
-        if var(v).is_some() {
-            found.turso.push(v.to_string());
-        }
-    }
-    for v in [
+    ]);
+    found.s3 = seen(&[
         "S3_BUCKET",
         "AWS_S3_BUCKET",
         "BUCKET",
         "AWS_ACCESS_KEY_ID",
         "AWS_ENDPOINT_URL",
         "AWS_ENDPOINT_URL_S3",
-    ] {
-        if var(v).is_some() {
-            found.s3.push(v.to_string());
-        }
-    }
-    found.bucket_var = ["S3_BUCKET", "AWS_S3_BUCKET", "BUCKET"]
-        .iter()
-        .find(|v| var(v).is_some())
-        .map(|v| v.to_string());
+    ]);
+    found.bucket_var = seen(&["S3_BUCKET", "AWS_S3_BUCKET", "BUCKET"]).into_iter().next();
     found
 }
 
@@ -345,119 +341,77 @@ fn target_name(path: &str, taken: &mut Vec<String>) -> String {
     name
 }
 
+/// The policy text: the header, one `[[target]]` per thing found (its suggested check gathered
+/// after the targets), commented-out Turso/S3 targets for settings seen in the environment, and
+/// the commented examples at the end.
 fn render(name: &str, f: &Found) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "#:schema ./guard.schema.json");
-    let _ = writeln!(s, "# guard policy written by `guard init`: check every line, then try");
-    let _ = writeln!(s, "#   guard --dry-run -- true");
-    let _ = writeln!(
-        s,
-        "# Every key: docs/policy.md (or `guard schema` for the JSON Schema editors use)."
-    );
-    let _ = writeln!(s);
-    let _ = writeln!(s, "name = {}", q(name));
-    let _ = writeln!(
-        s,
-        "store = \"backups\"                 # snapshots go here (add it to .gitignore); or \"s3://BUCKET/PREFIX\""
-    );
-    let _ = writeln!(
-        s,
-        "confirm = false                   # true: ask before each guarded run (--yes skips)"
-    );
-    let _ = writeln!(s);
-    let _ = writeln!(s, "[retention]");
-    let _ = writeln!(
-        s,
-        "keep_within = \"30d\"               # keep every snapshot younger than this"
-    );
-    let _ = writeln!(
-        s,
-        "keep_last = 3                     # and always the newest 3 of each target"
+    let mut s = format!(
+        r#"#:schema ./guard.schema.json
+# guard policy written by `guard init`: check every line, then try
+#   guard --dry-run -- true
+# Every key: docs/policy.md (or `guard schema` for the JSON Schema editors use).
+
+name = {name}
+store = "backups"                 # snapshots go here (add it to .gitignore); or "s3://BUCKET/PREFIX"
+confirm = false                   # true: ask before each guarded run (--yes skips)
+
+[retention]
+keep_within = "30d"               # keep every snapshot younger than this
+keep_last = 3                     # and always the newest 3 of each target
+"#,
+        name = q(name)
     );
     let mut taken = Vec::new();
     let mut checks = String::new();
     for (path, tables) in &f.sqlite {
         let t = target_name(path, &mut taken);
-        let _ = writeln!(s);
-        let _ = writeln!(s, "[[target]]");
-        let _ = writeln!(s, "name = {}", q(&t));
-        let _ = writeln!(s, "kind = \"sqlite\"");
-        let _ = writeln!(s, "path = {}", q(path));
-        let _ = writeln!(checks);
-        if tables.is_empty() {
-            let _ = writeln!(checks, "# [[check]]");
-            let _ = writeln!(checks, "# name = \"existing data untouched\"");
-            let _ = writeln!(checks, "# target = {}", q(&t));
-            let _ = writeln!(
-                checks,
-                "# untouched = [\"TABLE\"]          # the tables whose existing rows must not change"
-            );
-        } else {
-            let list: Vec<String> = tables.iter().map(|t| q(t)).collect();
-            let _ = writeln!(checks, "[[check]]");
-            let _ = writeln!(checks, "name = {}", q(&format!("existing data of {t} untouched")));
-            let _ = writeln!(checks, "target = {}", q(&t));
-            let _ = writeln!(
-                checks,
-                "# Existing rows and columns must not change (added columns pass); drop the"
-            );
-            let _ = writeln!(checks, "# tables your migration is meant to change.");
-            let _ = writeln!(checks, "untouched = [{}]", list.join(", "));
-        }
+        let _ = write!(
+            s,
+            "\n[[target]]\nname = {}\nkind = \"sqlite\"\npath = {}\n",
+            q(&t),
+            q(path)
+        );
+        checks.push_str(&untouched_check(&t, tables));
     }
     if let Some((var, from)) = &f.postgres {
         let t = target_name("db", &mut taken);
-        let _ = writeln!(s);
-        let _ = writeln!(
+        let _ = write!(
             s,
-            "[[target]]                        # PostgreSQL, URL from ${{{var}}} ({from})"
+            r#"
+[[target]]                        # PostgreSQL, URL from ${{{var}}} ({from})
+name = {}
+kind = "postgres"
+url = "${{{var}}}"                # read when guard runs; the password is never written here
+"#,
+            q(&t)
         );
-        let _ = writeln!(s, "name = {}", q(&t));
-        let _ = writeln!(s, "kind = \"postgres\"");
-        let _ = writeln!(
-            s,
-            "url = \"${{{var}}}\"                # read when guard runs; the password is never written here"
-        );
-        let _ = writeln!(checks);
-        let _ = writeln!(checks, "# [[check]]");
-        let _ = writeln!(checks, "# name = \"existing data untouched\"");
-        let _ = writeln!(checks, "# target = {}", q(&t));
-        let _ = writeln!(
-            checks,
-            "# untouched = [\"TABLE\"]          # the tables whose existing rows must not change"
-        );
+        checks.push_str(&untouched_check(&t, &[]));
     }
     if f.data_dir {
         let t = target_name("data", &mut taken);
-        let _ = writeln!(s);
-        let _ = writeln!(
+        let _ = write!(
             s,
-            "[[target]]                        # a directory tree, snapshotted as one tar"
-        );
-        let _ = writeln!(s, "name = {}", q(&t));
-        let _ = writeln!(s, "kind = \"dir\"");
-        let _ = writeln!(s, "path = \"data\"");
-        let _ = writeln!(
-            s,
-            "# exclude = [\"*.tmp\", \"cache/\"]   # gitignore-style, left out of snapshots and restores"
+            r#"
+[[target]]                        # a directory tree, snapshotted as one tar
+name = {}
+kind = "dir"
+path = "data"
+# exclude = ["*.tmp", "cache/"]   # gitignore-style, left out of snapshots and restores
+"#,
+            q(&t)
         );
     }
     if !f.turso.is_empty() {
-        let _ = writeln!(s);
-        let _ = writeln!(
-            s,
-            "# Turso settings are in the environment ({}): fill in and uncomment.",
-            f.turso.join(", ")
-        );
-        let _ = writeln!(s, "# [[target]]");
-        let _ = writeln!(s, "# name = \"turso\"");
-        let _ = writeln!(s, "# kind = \"turso\"");
-        let _ = writeln!(s, "# organization = \"ORG\"");
-        let _ = writeln!(s, "# database = \"DATABASE\"");
-        let _ = writeln!(
-            s,
-            "# api_token = \"${{TURSO_API_TOKEN}}\"   # Platform API token (not the database token)"
-        );
+        s.push_str(&from_environment(
+            "Turso",
+            &f.turso,
+            r#"# name = "turso"
+# kind = "turso"
+# organization = "ORG"
+# database = "DATABASE"
+# api_token = "${TURSO_API_TOKEN}"   # Platform API token (not the database token)
+"#,
+        ));
     }
     if !f.s3.is_empty() {
         let bucket = f
@@ -465,58 +419,83 @@ fn render(name: &str, f: &Found) -> String {
             .as_ref()
             .map(|v| format!("${{{v}}}"))
             .unwrap_or_else(|| "BUCKET".into());
-        let _ = writeln!(s);
-        let _ = writeln!(
-            s,
-            "# S3 settings are in the environment ({}): fill in and uncomment.",
-            f.s3.join(", ")
+        let target = format!(
+            r#"# name = "bucket"
+# kind = "s3"
+# bucket = "{bucket}"
+# clone_bucket = "{bucket}-guard"  # must exist: snapshots copy objects there
+"#
         );
-        let _ = writeln!(s, "# [[target]]");
-        let _ = writeln!(s, "# name = \"bucket\"");
-        let _ = writeln!(s, "# kind = \"s3\"");
-        let _ = writeln!(s, "# bucket = \"{bucket}\"");
-        let _ = writeln!(
-            s,
-            "# clone_bucket = \"{bucket}-guard\"  # must exist: snapshots copy objects there"
-        );
+        s.push_str(&from_environment("S3", &f.s3, &target));
     }
     if taken.is_empty() {
-        let _ = writeln!(s);
-        let _ = writeln!(s, "# guard init found no data here. A target, for example:");
-        let _ = writeln!(s, "# [[target]]");
-        let _ = writeln!(s, "# name = \"app\"");
-        let _ = writeln!(
-            s,
-            "# kind = \"sqlite\"                 # or dir, postgres, s3, turso (docs/targets/)"
+        s.push_str(
+            r#"
+# guard init found no data here. A target, for example:
+# [[target]]
+# name = "app"
+# kind = "sqlite"                 # or dir, postgres, s3, turso (docs/targets/)
+# path = "app.db"
+"#,
         );
-        let _ = writeln!(s, "# path = \"app.db\"");
     }
     s.push_str(&checks);
-    let _ = writeln!(s);
-    let _ = writeln!(
+    let _ = write!(
         s,
-        "# A check of your own: a query whose first value must satisfy `expect`."
-    );
-    let _ = writeln!(s, "# [[check]]");
-    let _ = writeln!(s, "# name = \"new table exists\"");
-    let _ = writeln!(
-        s,
-        "# target = \"{}\"",
+        r#"
+# A check of your own: a query whose first value must satisfy `expect`.
+# [[check]]
+# name = "new table exists"
+# target = "{}"
+# sql = "SELECT count(*) FROM sqlite_master WHERE name = 'NEW_TABLE'"
+# expect = "== 1"
+
+# [hooks]
+# before = ["systemctl stop app"]  # stop writers before the snapshot
+# after = ["systemctl start app"]  # runs whatever happened
+"#,
         taken.first().map(String::as_str).unwrap_or("app")
     );
-    let _ = writeln!(
-        s,
-        "# sql = \"SELECT count(*) FROM sqlite_master WHERE name = 'NEW_TABLE'\""
-    );
-    let _ = writeln!(s, "# expect = \"== 1\"");
-    let _ = writeln!(s);
-    let _ = writeln!(s, "# [hooks]");
-    let _ = writeln!(
-        s,
-        "# before = [\"systemctl stop app\"]  # stop writers before the snapshot"
-    );
-    let _ = writeln!(s, "# after = [\"systemctl start app\"]  # runs whatever happened");
     s
+}
+
+/// The `untouched` check of target `t`: over `tables` when they are known, else commented out
+/// with a placeholder.
+fn untouched_check(t: &str, tables: &[String]) -> String {
+    if tables.is_empty() {
+        return format!(
+            r#"
+# [[check]]
+# name = "existing data untouched"
+# target = {}
+# untouched = ["TABLE"]          # the tables whose existing rows must not change
+"#,
+            q(t)
+        );
+    }
+    let list: Vec<String> = tables.iter().map(|t| q(t)).collect();
+    format!(
+        r#"
+[[check]]
+name = {}
+target = {}
+# Existing rows and columns must not change (added columns pass); drop the
+# tables your migration is meant to change.
+untouched = [{}]
+"#,
+        q(&format!("existing data of {t} untouched")),
+        q(t),
+        list.join(", ")
+    )
+}
+
+/// A commented-out target of `kind` for the settings `vars` seen in the environment; `target`
+/// is its commented keys.
+fn from_environment(kind: &str, vars: &[String], target: &str) -> String {
+    format!(
+        "\n# {kind} settings are in the environment ({}): fill in and uncomment.\n# [[target]]\n{target}",
+        vars.join(", ")
+    )
 }
 
 #[cfg(test)]

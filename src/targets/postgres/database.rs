@@ -370,7 +370,8 @@ fn list(v: &[String]) -> String {
     v.join(", ")
 }
 
-/// `roles`: the roles the database refers to ([`referenced_roles`]).
+/// `roles`: the roles the database refers to ([`referenced_roles`]). What any role meets
+/// (subscriptions, extension versions) comes first; a superuser can restore everything else.
 pub(super) async fn findings(
     c: &mut PgConnection,
     format: PgFormat,
@@ -378,6 +379,38 @@ pub(super) async fn findings(
     roles: &[String],
 ) -> Result<Findings> {
     let mut f = Findings::default();
+    subscription_findings(c, format, server_num, &mut f).await?;
+    extension_version_findings(c, &mut f).await?;
+    let (superuser, createrole, temp): (bool, bool, bool) = sqlx::query_as(
+        "SELECT r.rolsuper, r.rolcreaterole, pg_catalog.has_database_privilege(pg_catalog.current_database(), 'TEMPORARY')
+         FROM pg_catalog.pg_roles r WHERE r.rolname = current_user",
+    )
+    .fetch_one(&mut *c)
+    .await
+    .context("reading the connecting role's attributes")?;
+    if superuser {
+        return Ok(f);
+    }
+    if !temp {
+        f.refusals.push(
+            "the restore needs the TEMPORARY privilege on the database (GRANT TEMPORARY ON DATABASE … TO the role guard connects as)".into(),
+        );
+    }
+    superuser_only_findings(c, server_num, &mut f).await?;
+    if !createrole {
+        no_createrole_findings(c, roles, &mut f).await?;
+    }
+    Ok(f)
+}
+
+/// Subscriptions: a plain dump's restore would recreate them (refused); a custom one leaves
+/// them alone (warned).
+async fn subscription_findings(
+    c: &mut PgConnection,
+    format: PgFormat,
+    server_num: u32,
+    f: &mut Findings,
+) -> Result<()> {
     // Subscriptions and publications came with PostgreSQL 10.
     let subs: Vec<String> = if server_num < 100000 {
         Vec::new()
@@ -403,6 +436,12 @@ pub(super) async fn findings(
             ));
         }
     }
+    Ok(())
+}
+
+/// Extensions whose installed version is not the server's default (a restore recreates the
+/// default), or that the server no longer has (refused).
+async fn extension_version_findings(c: &mut PgConnection, f: &mut Findings) -> Result<()> {
     let exts: Vec<(String, String, Option<String>)> = sqlx::query_as(
         "SELECT e.extname::text, e.extversion, a.default_version FROM pg_catalog.pg_extension e
          LEFT JOIN pg_catalog.pg_available_extensions a ON a.name = e.extname
@@ -421,21 +460,13 @@ pub(super) async fn findings(
             )),
         }
     }
-    let (superuser, createrole, temp): (bool, bool, bool) = sqlx::query_as(
-        "SELECT r.rolsuper, r.rolcreaterole, pg_catalog.has_database_privilege(pg_catalog.current_database(), 'TEMPORARY')
-         FROM pg_catalog.pg_roles r WHERE r.rolname = current_user",
-    )
-    .fetch_one(&mut *c)
-    .await
-    .context("reading the connecting role's attributes")?;
-    if superuser {
-        return Ok(f);
-    }
-    if !temp {
-        f.refusals.push(
-            "the restore needs the TEMPORARY privilege on the database (GRANT TEMPORARY ON DATABASE … TO the role guard connects as)".into(),
-        );
-    }
+    Ok(())
+}
+
+/// What only a superuser can recreate: event triggers, FOR ALL TABLES / TABLES IN SCHEMA
+/// publications, objects owned by roles the connecting role is not a member of, untrusted
+/// extensions.
+async fn superuser_only_findings(c: &mut PgConnection, server_num: u32, f: &mut Findings) -> Result<()> {
     let evts: Vec<String> = sqlx::query_scalar("SELECT evtname::text FROM pg_catalog.pg_event_trigger ORDER BY 1")
         .fetch_all(&mut *c)
         .await
@@ -497,33 +528,37 @@ pub(super) async fn findings(
             list(&untrusted)
         ));
     }
-    if !createrole {
-        let others: Vec<String> = sqlx::query_scalar(
-            "SELECT r.rolname::text FROM pg_catalog.pg_db_role_setting s JOIN pg_catalog.pg_roles r ON r.oid = s.setrole
-             WHERE s.setdatabase = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
-               AND r.rolname <> current_user ORDER BY 1",
-        )
-        .fetch_all(&mut *c)
-        .await
-        .context("listing role settings")?;
-        if !others.is_empty() {
-            f.warnings.push(format!(
-                "the settings of role(s) {} in this database (ALTER ROLE … IN DATABASE … SET): if the command changes them, the restore fails, since the connecting role has no CREATEROLE",
-                list(&others)
-            ));
-        }
-        let me: String = sqlx::query_scalar("SELECT current_user::text")
-            .fetch_one(&mut *c)
-            .await?;
-        let droppable: Vec<String> = roles.iter().filter(|r| **r != me).cloned().collect();
-        if !droppable.is_empty() {
-            f.warnings.push(format!(
-                "if the command drops role(s) {}, the restore cannot recreate them (the connecting role has no CREATEROLE) and fails",
-                list(&droppable)
-            ));
-        }
+    Ok(())
+}
+
+/// Without CREATEROLE: other roles' settings in this database and the roles the database
+/// refers to cannot be put back if the command changes or drops them.
+async fn no_createrole_findings(c: &mut PgConnection, roles: &[String], f: &mut Findings) -> Result<()> {
+    let others: Vec<String> = sqlx::query_scalar(
+        "SELECT r.rolname::text FROM pg_catalog.pg_db_role_setting s JOIN pg_catalog.pg_roles r ON r.oid = s.setrole
+         WHERE s.setdatabase = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
+           AND r.rolname <> current_user ORDER BY 1",
+    )
+    .fetch_all(&mut *c)
+    .await
+    .context("listing role settings")?;
+    if !others.is_empty() {
+        f.warnings.push(format!(
+            "the settings of role(s) {} in this database (ALTER ROLE … IN DATABASE … SET): if the command changes them, the restore fails, since the connecting role has no CREATEROLE",
+            list(&others)
+        ));
     }
-    Ok(f)
+    let me: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&mut *c)
+        .await?;
+    let droppable: Vec<String> = roles.iter().filter(|r| **r != me).cloned().collect();
+    if !droppable.is_empty() {
+        f.warnings.push(format!(
+            "if the command drops role(s) {}, the restore cannot recreate them (the connecting role has no CREATEROLE) and fails",
+            list(&droppable)
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
-use sqlx::Connection as _;
+use sqlx::{Connection as _, PgConnection};
 
 use super::conn::{qualified, LOCK_WAIT};
 use super::database::{findings, referenced_roles, DbState};
@@ -14,6 +14,7 @@ use super::fingerprint::fingerprints;
 use super::tools::{drain, kill, status_text, tail, widen_pipe, Tools};
 use super::watch::BlockerWatch;
 use super::{say, PgFormat, PostgresTarget, Sessions, DUMP_LEVEL};
+use crate::archive::Compression;
 use crate::artifact::read_artifact;
 use crate::manifest::TargetRecord;
 use crate::store::Store;
@@ -110,7 +111,27 @@ impl PostgresTarget {
         ))
     }
 
+    /// Everything of one snapshot is read in one exported REPEATABLE READ snapshot: the
+    /// database's metadata and own state, then pg_dump (with the fingerprints beside it), then
+    /// the CSV exports.
     fn snapshot_watched(&self, ctx: &SnapshotCtx, rec: &mut TargetRecord, tools: &Tools) -> Result<()> {
+        let (mut conn, snapshot_id) = self.export_snapshot(rec, tools)?;
+        self.record_database_state(ctx, rec, &mut conn)?;
+        let compression = ctx.compression.default_level(DUMP_LEVEL);
+        let mut conn = self.dump_and_fingerprint(ctx, rec, tools, conn, &snapshot_id, compression)?;
+        self.export_csv_tables(ctx, rec, &mut conn, compression)?;
+        crate::runtime::block_on(async {
+            let _ = sqlx::query("COMMIT").execute(&mut conn).await;
+            let _ = conn.close().await;
+        });
+        // The artifacts are read back from the store, against their checksums, by
+        // snapshot::take; the compressor proved each block inflates to what pg_dump wrote.
+        Ok(())
+    }
+
+    /// Open the snapshot transaction and export its snapshot for pg_dump; record the server's
+    /// and pg_dump's versions and the database's encoding, collation and owner.
+    fn export_snapshot(&self, rec: &mut TargetRecord, tools: &Tools) -> Result<(PgConnection, String)> {
         let name = &self.spec.name;
         let mut conn = self.connect()?;
         let (snapshot_id, server_version) = crate::runtime::block_on(async {
@@ -139,15 +160,22 @@ impl PostgresTarget {
             rec.meta.insert("db_ctype".into(), ctype);
             rec.meta.insert("db_owner".into(), owner);
         }
+        Ok((conn, snapshot_id))
+    }
 
+    /// What a dump of one database leaves out, the roles it refers to, its large objects and
+    /// the public schema's owner, grants and comment, into `rec.meta`; before the command runs,
+    /// a database a restore could not put back is refused.
+    fn record_database_state(&self, ctx: &SnapshotCtx, rec: &mut TargetRecord, conn: &mut PgConnection) -> Result<()> {
+        let name = &self.spec.name;
         // What a dump of one database leaves out (database.rs), the roles it refers to, and how
         // many large objects it holds (then the restore filters the dump's own transaction
         // control out of its SQL).
         let (state, roles, large_objects) = crate::runtime::block_on(async {
-            let state = DbState::capture(&mut conn).await?;
-            let roles = referenced_roles(&mut conn).await?;
+            let state = DbState::capture(&mut *conn).await?;
+            let roles = referenced_roles(&mut *conn).await?;
             let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_catalog.pg_largeobject_metadata")
-                .fetch_one(&mut conn)
+                .fetch_one(&mut *conn)
                 .await?;
             Ok::<_, anyhow::Error>((state, roles, n))
         })
@@ -159,9 +187,9 @@ impl PostgresTarget {
         // taken whatever it holds).
         if !ctx.allow_absent {
             let num: String =
-                crate::runtime::block_on(sqlx::query_scalar("SHOW server_version_num").fetch_one(&mut conn))?;
+                crate::runtime::block_on(sqlx::query_scalar("SHOW server_version_num").fetch_one(&mut *conn))?;
             let num: u32 = num.trim().parse().unwrap_or(0);
-            let f = crate::runtime::block_on(findings(&mut conn, self.pg.format, num, &roles))
+            let f = crate::runtime::block_on(findings(&mut *conn, self.pg.format, num, &roles))
                 .with_context(|| format!("target {name}: checking what a restore could put back"))?;
             for w in &f.warnings {
                 say(&format!(
@@ -182,7 +210,7 @@ impl PostgresTarget {
         let public: Option<Public> = crate::runtime::block_on(async {
             let owner: Option<String> =
                 sqlx::query_scalar("SELECT r.rolname::text FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner WHERE n.nspname = 'public'")
-                    .fetch_optional(&mut conn)
+                    .fetch_optional(&mut *conn)
                     .await?;
             let Some(owner) = owner else {
                 return Ok::<_, sqlx::Error>(None);
@@ -192,12 +220,12 @@ impl PostgresTarget {
                  FROM pg_namespace n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
                  WHERE n.nspname = 'public' AND a.grantee <> n.nspowner ORDER BY 1, 2",
             )
-            .fetch_all(&mut conn)
+            .fetch_all(&mut *conn)
             .await?;
             let comment: Option<String> = sqlx::query_scalar(
                 "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = 'public'",
             )
-            .fetch_one(&mut conn)
+            .fetch_one(&mut *conn)
             .await?;
             Ok(Some((owner, grants, comment)))
         })?;
@@ -207,7 +235,21 @@ impl PostgresTarget {
                 serde_json::json!({"owner": owner, "grants": grants, "comment": comment}).to_string(),
             );
         }
+        Ok(())
+    }
 
+    /// pg_dump in the exported snapshot into the store, checked by the stock tools as it
+    /// streams, while the fingerprints run on `conn` in the same snapshot; `conn` comes back.
+    fn dump_and_fingerprint(
+        &self,
+        ctx: &SnapshotCtx,
+        rec: &mut TargetRecord,
+        tools: &Tools,
+        mut conn: PgConnection,
+        snapshot_id: &str,
+        compression: Compression,
+    ) -> Result<PgConnection> {
+        let name = &self.spec.name;
         let (ext, format) = self.artifact_ext();
         let mut cmd = self.child(tools, "pg_dump", &["-o"]);
         cmd.arg("--no-password")
@@ -237,7 +279,6 @@ impl PostgresTarget {
             inner: out,
             check: &mut check,
         };
-        let compression = ctx.compression.default_level(DUMP_LEVEL);
         let items = ctx.fingerprint.to_vec();
         let lenient = ctx.allow_absent;
 
@@ -250,7 +291,7 @@ impl PostgresTarget {
             let w = ctx.write_artifact_with(ctx.key(name, ext), format, stdout, compression);
             (w, fp.join().expect("fingerprint thread"))
         });
-        let mut conn = conn_back;
+        let conn = conn_back;
         let written = match written {
             Ok(a) => a,
             Err(e) => {
@@ -280,7 +321,18 @@ impl PostgresTarget {
             .with_context(|| format!("target {name}: the dump failed validation"))?;
         rec.artifacts.push(written);
         rec.fingerprints = fps;
+        Ok(conn)
+    }
 
+    /// `csv_tables`: each table as CSV (`COPY … TO STDOUT`) in the same snapshot.
+    fn export_csv_tables(
+        &self,
+        ctx: &SnapshotCtx,
+        rec: &mut TargetRecord,
+        conn: &mut PgConnection,
+        compression: Compression,
+    ) -> Result<()> {
+        let name = &self.spec.name;
         for table in &self.pg.csv_tables {
             let stmt = format!("COPY {} TO STDOUT WITH (FORMAT csv, HEADER)", qualified(table));
             let a = {
@@ -296,12 +348,6 @@ impl PostgresTarget {
             };
             rec.artifacts.push(a);
         }
-        crate::runtime::block_on(async {
-            let _ = sqlx::query("COMMIT").execute(&mut conn).await;
-            let _ = conn.close().await;
-        });
-        // The artifacts are read back from the store, against their checksums, by
-        // snapshot::take; the compressor proved each block inflates to what pg_dump wrote.
         Ok(())
     }
 }

@@ -435,47 +435,7 @@ impl PostgresTarget {
                 "pg-plain" => {
                     read_artifact(store, a, &mut to_psql)?;
                 }
-                _ => {
-                    // Subscriptions stay as they are (docs/targets/postgres.md: what a restore cannot put back).
-                    let mut cmd = tools.buffered("pg_restore", &["-i", "-o"]);
-                    cmd.args(["-f", "-"]).stdin(Stdio::piped()).stderr(Stdio::piped());
-                    if tools.major >= 1000 {
-                        cmd.arg("--no-subscriptions");
-                    }
-                    // The Command holds the other copy of the pipe's write end: it is dropped
-                    // right after the spawn, so that pg_restore's is the only one left open.
-                    if filter {
-                        cmd.stdout(Stdio::piped());
-                    } else {
-                        cmd.stdout(to_psql.try_clone().context("creating a pipe for psql")?);
-                    }
-                    let mut pr = cmd
-                        .spawn()
-                        .with_context(|| format!("cannot run {}", tools.bin("pg_restore").display()))?;
-                    drop(cmd);
-                    let pr_err = drain(pr.stderr.take().expect("piped"));
-                    let pr_in = pr.stdin.take().expect("piped");
-                    widen_pipe(&pr_in);
-                    let (fed, copied) = std::thread::scope(|s| {
-                        let copier = pr.stdout.take().map(|out| {
-                            let to = &mut to_psql;
-                            s.spawn(move || filter_into(out, to))
-                        });
-                        let fed = read_artifact(store, a, pr_in);
-                        let copied = copier.map(|c| {
-                            c.join()
-                                .unwrap_or_else(|_| Err(anyhow!("the SQL filter thread panicked")))
-                        });
-                        (fed, copied)
-                    });
-                    let status = pr.wait()?;
-                    let stderr = pr_err.join().unwrap_or_default();
-                    fed.context("reading the artifact")?;
-                    if !status.success() {
-                        bail!("pg_restore {}: {}", status_text(status), tail(&stderr));
-                    }
-                    copied.transpose()?;
-                }
+                _ => pg_restore_into(store, a, tools, filter, &mut to_psql)?,
             }
             to_psql
                 .write_all(POSTAMBLE.as_bytes())
@@ -521,6 +481,58 @@ impl PostgresTarget {
         }
         Ok(())
     }
+}
+
+/// A custom archive's SQL into psql's pipe `to_psql`: `pg_restore -f -` reads the artifact from
+/// the store; its output goes into the pipe straight, or through [`TxnFilter`] (`filter`: the
+/// dump holds large objects).
+fn pg_restore_into(
+    store: &dyn Store,
+    a: &Artifact,
+    tools: &Tools,
+    filter: bool,
+    to_psql: &mut std::io::PipeWriter,
+) -> Result<()> {
+    // Subscriptions stay as they are (docs/targets/postgres.md: what a restore cannot put back).
+    let mut cmd = tools.buffered("pg_restore", &["-i", "-o"]);
+    cmd.args(["-f", "-"]).stdin(Stdio::piped()).stderr(Stdio::piped());
+    if tools.major >= 1000 {
+        cmd.arg("--no-subscriptions");
+    }
+    // The Command holds the other copy of the pipe's write end: it is dropped
+    // right after the spawn, so that pg_restore's is the only one left open.
+    if filter {
+        cmd.stdout(Stdio::piped());
+    } else {
+        cmd.stdout(to_psql.try_clone().context("creating a pipe for psql")?);
+    }
+    let mut pr = cmd
+        .spawn()
+        .with_context(|| format!("cannot run {}", tools.bin("pg_restore").display()))?;
+    drop(cmd);
+    let pr_err = drain(pr.stderr.take().expect("piped"));
+    let pr_in = pr.stdin.take().expect("piped");
+    widen_pipe(&pr_in);
+    let (fed, copied) = std::thread::scope(|s| {
+        let copier = pr.stdout.take().map(|out| {
+            let to = &mut *to_psql;
+            s.spawn(move || filter_into(out, to))
+        });
+        let fed = read_artifact(store, a, pr_in);
+        let copied = copier.map(|c| {
+            c.join()
+                .unwrap_or_else(|_| Err(anyhow!("the SQL filter thread panicked")))
+        });
+        (fed, copied)
+    });
+    let status = pr.wait()?;
+    let stderr = pr_err.join().unwrap_or_default();
+    fed.context("reading the artifact")?;
+    if !status.success() {
+        bail!("pg_restore {}: {}", status_text(status), tail(&stderr));
+    }
+    copied.transpose()?;
+    Ok(())
 }
 
 #[cfg(test)]

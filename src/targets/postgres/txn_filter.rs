@@ -204,162 +204,183 @@ impl Lexer {
     fn feed(&mut self, buf: &[u8]) {
         let mut i = 0;
         while i < buf.len() {
-            let b = buf[i];
-            match self.mode {
-                Mode::Normal => self.normal(b),
-                Mode::Dash => {
-                    if b == b'-' {
-                        self.mode = Mode::LineComment;
-                    } else {
-                        self.mode = Mode::Normal;
-                        self.in_stmt = true;
-                        self.note(b'-');
-                        continue; // `b` again, in Normal
-                    }
-                }
-                Mode::Slash => {
-                    if b == b'*' {
-                        self.mode = Mode::Block { depth: 1, prev: 0 };
-                    } else {
-                        self.mode = Mode::Normal;
-                        self.in_stmt = true;
-                        self.note(b'/');
-                        continue;
-                    }
-                }
-                Mode::LineComment => match buf[i..].iter().position(|&c| c == b'\n') {
-                    Some(p) => {
-                        i += p;
-                        self.mode = Mode::Normal;
-                        continue; // the newline, in Normal (it may start COPY data)
-                    }
-                    None => return,
-                },
-                Mode::Block { depth, prev } => {
-                    self.mode = match (prev, b) {
-                        (b'*', b'/') if depth == 1 => Mode::Normal,
-                        (b'*', b'/') => Mode::Block {
-                            depth: depth - 1,
-                            prev: 0,
-                        },
-                        (b'/', b'*') => Mode::Block {
-                            depth: depth + 1,
-                            prev: 0,
-                        },
-                        _ => Mode::Block { depth, prev: b },
-                    };
-                }
-                Mode::Quote { esc, backslash } => {
-                    if backslash {
-                        self.mode = Mode::Quote { esc, backslash: false };
-                    } else if b == b'\'' {
-                        // `''` inside a string closes and reopens it: the same to a lexer.
-                        self.mode = Mode::Normal;
-                    } else if esc && b == b'\\' {
-                        self.mode = Mode::Quote { esc, backslash: true };
-                    } else {
-                        let stop = |c: &u8| *c == b'\'' || (esc && *c == b'\\');
-                        if let Some(p) = buf[i..].iter().position(stop) {
-                            i += p;
-                            continue;
-                        }
-                        return;
-                    }
-                }
-                Mode::Ident => match buf[i..].iter().position(|&c| c == b'"') {
-                    Some(p) => {
-                        i += p;
-                        self.mode = Mode::Normal;
-                    }
-                    None => return,
-                },
-                Mode::DollarOpen => {
-                    if b == b'$' {
-                        self.mode = Mode::Dollar { matched: 0 };
-                    } else if (self.tag.is_empty() && is_tag_start(b))
-                        || (!self.tag.is_empty() && (is_tag_start(b) || b.is_ascii_digit()))
-                    {
-                        self.tag.push(b);
-                    } else {
-                        // `$1`, or a `$` that opens nothing: plain SQL after all.
-                        self.mode = Mode::Normal;
-                        self.word = self.tag.len();
-                        continue;
-                    }
-                }
-                Mode::Dollar { matched } => {
-                    // The closing delimiter is `$` tag `$`; `matched` counts its bytes seen.
-                    let want = if matched == 0 || matched == self.tag.len() + 1 {
-                        b'$'
-                    } else {
-                        self.tag[matched - 1]
-                    };
-                    if b == want {
-                        if matched == self.tag.len() + 1 {
-                            self.mode = Mode::Normal;
-                        } else {
-                            self.mode = Mode::Dollar { matched: matched + 1 };
-                        }
-                    } else if b == b'$' {
-                        self.mode = Mode::Dollar { matched: 1 };
-                    } else if matched > 0 {
-                        self.mode = Mode::Dollar { matched: 0 };
-                    } else if let Some(p) = buf[i..].iter().position(|&c| c == b'$') {
-                        i += p;
-                        continue;
-                    } else {
-                        return;
-                    }
-                }
-                Mode::Meta => match buf[i..].iter().position(|&c| c == b'\n') {
-                    Some(p) => {
-                        i += p;
-                        self.mode = Mode::Normal;
-                    }
-                    None => return,
-                },
-                Mode::Copy { line_start, end } => {
-                    self.mode = match (line_start, end, b) {
-                        (true, 0, b'\\') => Mode::Copy {
-                            line_start: true,
-                            end: 1,
-                        },
-                        (true, 1, b'.') => Mode::Copy {
-                            line_start: true,
-                            end: 2,
-                        },
-                        (true, 2, b'\r') => Mode::Copy {
-                            line_start: true,
-                            end: 3,
-                        },
-                        (true, 2 | 3, b'\n') => Mode::Normal,
-                        (_, _, b'\n') => Mode::Copy {
-                            line_start: true,
-                            end: 0,
-                        },
-                        _ => match buf[i..].iter().position(|&c| c == b'\n') {
-                            Some(p) => {
-                                i += p;
-                                self.mode = Mode::Copy {
-                                    line_start: false,
-                                    end: 0,
-                                };
-                                continue;
-                            }
-                            None => {
-                                self.mode = Mode::Copy {
-                                    line_start: false,
-                                    end: 0,
-                                };
-                                return;
-                            }
-                        },
-                    };
-                }
+            match self.step(buf, i) {
+                Step::Next => i += 1,
+                Step::Again => {}
+                Step::To(j) => i = j,
+                Step::Done => return,
             }
-            i += 1;
         }
     }
+
+    /// Lex `buf[i]` in the current mode; a mode that scans for its closing byte jumps there.
+    fn step(&mut self, buf: &[u8], i: usize) -> Step {
+        let b = buf[i];
+        match self.mode {
+            Mode::Normal => {
+                self.normal(b);
+                Step::Next
+            }
+            Mode::Dash => self.after_first(b, b'-', Mode::LineComment),
+            Mode::Slash => self.after_first(b, b'*', Mode::Block { depth: 1, prev: 0 }),
+            // The newline, in Normal (it may start COPY data).
+            Mode::LineComment => self.skip_to(buf, i, b'\n', Mode::Normal, false),
+            Mode::Block { depth, prev } => {
+                self.mode = match (prev, b) {
+                    (b'*', b'/') if depth == 1 => Mode::Normal,
+                    (b'*', b'/') => Mode::Block {
+                        depth: depth - 1,
+                        prev: 0,
+                    },
+                    (b'/', b'*') => Mode::Block {
+                        depth: depth + 1,
+                        prev: 0,
+                    },
+                    _ => Mode::Block { depth, prev: b },
+                };
+                Step::Next
+            }
+            Mode::Quote { esc, backslash } => self.quote(buf, i, esc, backslash),
+            Mode::Ident => self.skip_to(buf, i, b'"', Mode::Normal, true),
+            Mode::DollarOpen => self.dollar_open(b),
+            Mode::Dollar { matched } => self.dollar(buf, i, matched),
+            Mode::Meta => self.skip_to(buf, i, b'\n', Mode::Normal, true),
+            Mode::Copy { line_start, end } => self.copy(buf, i, line_start, end),
+        }
+    }
+
+    /// After a `-` or `/` in Normal: `second` opens `then`; anything else makes the first byte
+    /// plain SQL, and `b` is lexed again in Normal.
+    fn after_first(&mut self, b: u8, second: u8, then: Mode) -> Step {
+        if b == second {
+            self.mode = then;
+            return Step::Next;
+        }
+        self.mode = Mode::Normal;
+        self.in_stmt = true;
+        self.note(if second == b'-' { b'-' } else { b'/' });
+        Step::Again
+    }
+
+    /// Skip to the next `stop` byte and switch to `then` there; `past`: the stop byte belongs
+    /// to the token (skipped), else it is lexed again in `then`. No stop byte: the rest of
+    /// `buf` is inside the token.
+    fn skip_to(&mut self, buf: &[u8], i: usize, stop: u8, then: Mode, past: bool) -> Step {
+        match buf[i..].iter().position(|&c| c == stop) {
+            Some(p) => {
+                self.mode = then;
+                Step::To(i + p + usize::from(past))
+            }
+            None => Step::Done,
+        }
+    }
+
+    fn quote(&mut self, buf: &[u8], i: usize, esc: bool, backslash: bool) -> Step {
+        let b = buf[i];
+        if backslash {
+            self.mode = Mode::Quote { esc, backslash: false };
+        } else if b == b'\'' {
+            // `''` inside a string closes and reopens it: the same to a lexer.
+            self.mode = Mode::Normal;
+        } else if esc && b == b'\\' {
+            self.mode = Mode::Quote { esc, backslash: true };
+        } else {
+            let stop = |c: &u8| *c == b'\'' || (esc && *c == b'\\');
+            return match buf[i..].iter().position(stop) {
+                Some(p) => Step::To(i + p),
+                None => Step::Done,
+            };
+        }
+        Step::Next
+    }
+
+    fn dollar_open(&mut self, b: u8) -> Step {
+        if b == b'$' {
+            self.mode = Mode::Dollar { matched: 0 };
+        } else if (self.tag.is_empty() && is_tag_start(b))
+            || (!self.tag.is_empty() && (is_tag_start(b) || b.is_ascii_digit()))
+        {
+            self.tag.push(b);
+        } else {
+            // `$1`, or a `$` that opens nothing: plain SQL after all.
+            self.mode = Mode::Normal;
+            self.word = self.tag.len();
+            return Step::Again;
+        }
+        Step::Next
+    }
+
+    fn dollar(&mut self, buf: &[u8], i: usize, matched: usize) -> Step {
+        let b = buf[i];
+        // The closing delimiter is `$` tag `$`; `matched` counts its bytes seen.
+        let want = if matched == 0 || matched == self.tag.len() + 1 {
+            b'$'
+        } else {
+            self.tag[matched - 1]
+        };
+        if b == want {
+            if matched == self.tag.len() + 1 {
+                self.mode = Mode::Normal;
+            } else {
+                self.mode = Mode::Dollar { matched: matched + 1 };
+            }
+        } else if b == b'$' {
+            self.mode = Mode::Dollar { matched: 1 };
+        } else if matched > 0 {
+            self.mode = Mode::Dollar { matched: 0 };
+        } else {
+            return match buf[i..].iter().position(|&c| c == b'$') {
+                Some(p) => Step::To(i + p),
+                None => Step::Done,
+            };
+        }
+        Step::Next
+    }
+
+    fn copy(&mut self, buf: &[u8], i: usize, line_start: bool, end: u8) -> Step {
+        self.mode = match (line_start, end, buf[i]) {
+            (true, 0, b'\\') => Mode::Copy {
+                line_start: true,
+                end: 1,
+            },
+            (true, 1, b'.') => Mode::Copy {
+                line_start: true,
+                end: 2,
+            },
+            (true, 2, b'\r') => Mode::Copy {
+                line_start: true,
+                end: 3,
+            },
+            (true, 2 | 3, b'\n') => Mode::Normal,
+            (_, _, b'\n') => Mode::Copy {
+                line_start: true,
+                end: 0,
+            },
+            _ => {
+                self.mode = Mode::Copy {
+                    line_start: false,
+                    end: 0,
+                };
+                return match buf[i..].iter().position(|&c| c == b'\n') {
+                    Some(p) => Step::To(i + p),
+                    None => Step::Done,
+                };
+            }
+        };
+        Step::Next
+    }
+}
+
+/// What [`Lexer::feed`] does after one step.
+enum Step {
+    /// On to the next byte.
+    Next,
+    /// The same byte again (the mode changed).
+    Again,
+    /// Go on at this index.
+    To(usize),
+    /// The rest of the buffer is inside the current token.
+    Done,
 }
 
 /// A `Write` that passes SQL on to `out` without the dump's own top-level `BEGIN;` and

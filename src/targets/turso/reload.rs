@@ -173,6 +173,145 @@ fn insert_page(into: &str, names: &[String], rows: &[Vec<Val>], skip: usize) -> 
         .collect()
 }
 
+/// What a reload recreates, read from the snapshot's side: every object (type, name, CREATE
+/// statement) in `sqlite_master` order, its tables, and whether it has `sqlite_sequence`.
+struct Schema {
+    objects: Vec<(String, String, String)>,
+    /// (name, CREATE TABLE statement)
+    tables: Vec<(String, String)>,
+    sequence: bool,
+}
+
+impl Schema {
+    /// Refuses what a reload cannot recreate (virtual tables) and names guard reserves.
+    fn read(b: &mut dyn Sql, from: &str) -> Result<Schema> {
+        let objects = b.rows("SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY rowid", &[])?;
+        let objects: Vec<(String, String, String)> = objects
+            .rows
+            .iter()
+            .map(|r| {
+                (
+                    r[0].as_str().unwrap_or_default().to_string(),
+                    r[1].as_str().unwrap_or_default().to_string(),
+                    r[2].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        if objects
+            .iter()
+            .any(|(t, _, sql)| t == "table" && sql.to_ascii_uppercase().starts_with("CREATE VIRTUAL TABLE"))
+        {
+            bail!("{from} has virtual tables, which reload cannot recreate; use restore = \"promote\"");
+        }
+        if let Some((_, n, _)) = objects.iter().find(|(_, n, _)| n.starts_with(STAGING)) {
+            bail!("{from} has a table {n}, a name guard reserves for the tables a reload stages");
+        }
+        let sequence = b
+            .rows("SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_sequence'", &[])?
+            .first()
+            .and_then(Val::as_int)
+            .unwrap_or(0)
+            > 0;
+        let tables: Vec<(String, String)> = objects
+            .iter()
+            .filter(|(t, _, _)| t == "table")
+            .map(|(_, n, sql)| (n.clone(), sql.clone()))
+            .collect();
+        Ok(Schema {
+            objects,
+            tables,
+            sequence,
+        })
+    }
+}
+
+/// One table loaded under its staging name: (table, CREATE statement, staged name, copy plan).
+type Staged = (String, String, String, Option<Copy>);
+
+/// Steps 1 and 2: create every table of `tables` under a staging name in `s`, fill it page by
+/// page from `b` (each page one transaction), and prove it holds what `b`'s table holds. What
+/// was staged is pushed to `plans` as it goes, so a failure leaves it for the caller to drop.
+fn stage_tables(
+    b: &mut dyn Sql,
+    s: &mut Stream,
+    tables: &[(String, String)],
+    from: &str,
+    plans: &mut Vec<Staged>,
+) -> Result<()> {
+    for (i, (table, sql)) in tables.iter().enumerate() {
+        let staged = format!("{STAGING}{i}");
+        s.transaction(&[(renamed_create(sql, &staged)?, Vec::new())])
+            .with_context(|| format!("creating {staged} for table {table}"))?;
+        let plan = copy_plan(b, table)?;
+        if let Some(p) = &plan {
+            let skip = usize::from(matches!(p.paging, Paging::Rowid(_)) && !p.keep_rowid);
+            for_each_page(b, table, &p.select, &p.paging, |rows| {
+                s.transaction(&insert_page(&staged, &p.names, rows, skip))
+            })
+            .with_context(|| format!("copying table {table} into {staged}"))?;
+        }
+        let want = table_fingerprint(b, table)?;
+        let got = table_fingerprint(s, &staged)?;
+        if want != got {
+            bail!(
+                "table {table} staged as {staged} holds {} rows (hash {:?}), {from} {} rows (hash {:?})",
+                got.rows,
+                got.hash,
+                want.rows,
+                want.hash
+            );
+        }
+        plans.push((table.clone(), sql.clone(), staged, plan));
+    }
+    Ok(())
+}
+
+/// Step 3's statements, one batch: drop the source's views, triggers and tables; recreate each
+/// table and copy its staged rows in (`INSERT … SELECT`), dropping the staged table; restore
+/// `sqlite_sequence`; recreate indexes, triggers and views.
+fn swap_batch(b: &mut dyn Sql, s: &mut Stream, snap: &Schema, plans: &[Staged]) -> Result<Vec<(String, Vec<Val>)>> {
+    let mut swap: Vec<(String, Vec<Val>)> = Vec::new();
+    let existing = s.execute(
+        "SELECT type, name FROM sqlite_master WHERE type IN ('view','trigger','table') AND name NOT LIKE 'sqlite_%' AND substr(name, 1, ?1) <> ?2",
+        &[Val::Int(STAGING.len() as i64), Val::Text(STAGING.into())],
+    )?;
+    for kind in ["view", "trigger", "table"] {
+        for r in existing.rows.iter().filter(|r| r[0].as_str() == Some(kind)) {
+            let name = r[1].as_str().unwrap_or_default();
+            swap.push((
+                format!("DROP {} IF EXISTS {}", kind.to_ascii_uppercase(), quote_ident(name)),
+                Vec::new(),
+            ));
+        }
+    }
+    for (table, sql, staged, plan) in plans {
+        swap.push((sql.clone(), Vec::new()));
+        if let Some(p) = plan {
+            let names = p.names.join(", ");
+            swap.push((
+                format!(
+                    "INSERT INTO {} ({names}) SELECT {names} FROM {}",
+                    quote_ident(table),
+                    quote_ident(staged)
+                ),
+                Vec::new(),
+            ));
+        }
+        swap.push((format!("DROP TABLE {}", quote_ident(staged)), Vec::new()));
+    }
+    if snap.sequence {
+        let rows = b.rows("SELECT name, seq FROM sqlite_sequence", &[])?;
+        swap.push(("DELETE FROM sqlite_sequence".to_string(), Vec::new()));
+        for r in rows.rows {
+            swap.push(("INSERT INTO sqlite_sequence (name, seq) VALUES (?1, ?2)".into(), r));
+        }
+    }
+    for (_, _, sql) in snap.objects.iter().filter(|(t, _, _)| t != "table") {
+        swap.push((sql.clone(), Vec::new()));
+    }
+    Ok(swap)
+}
+
 impl TursoTarget {
     /// Replace every table, index, trigger and view of the source with the branch's (see the
     /// module's documentation for how).
@@ -227,38 +366,7 @@ impl TursoTarget {
     /// loaded into a local SQLite file).
     pub(super) fn reload_from(&self, b: &mut dyn Sql, from: &str) -> Result<()> {
         let source = self.source_db()?;
-        let objects = b.rows("SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY rowid", &[])?;
-        let objects: Vec<(String, String, String)> = objects
-            .rows
-            .iter()
-            .map(|r| {
-                (
-                    r[0].as_str().unwrap_or_default().to_string(),
-                    r[1].as_str().unwrap_or_default().to_string(),
-                    r[2].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect();
-        if objects
-            .iter()
-            .any(|(t, _, sql)| t == "table" && sql.to_ascii_uppercase().starts_with("CREATE VIRTUAL TABLE"))
-        {
-            bail!("{from} has virtual tables, which reload cannot recreate; use restore = \"promote\"");
-        }
-        if let Some((_, n, _)) = objects.iter().find(|(_, n, _)| n.starts_with(STAGING)) {
-            bail!("{from} has a table {n}, a name guard reserves for the tables a reload stages");
-        }
-        let sequence = b
-            .rows("SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_sequence'", &[])?
-            .first()
-            .and_then(Val::as_int)
-            .unwrap_or(0)
-            > 0;
-        let tables: Vec<(String, String)> = objects
-            .iter()
-            .filter(|(t, _, _)| t == "table")
-            .map(|(_, n, sql)| (n.clone(), sql.clone()))
-            .collect();
+        let snap = Schema::read(b, from)?;
 
         let mut s = source.stream();
         // Foreign keys are checked per connection: off, so that loading and swapping tables
@@ -269,36 +377,8 @@ impl TursoTarget {
             .with_context(|| format!("reloading {db}: dropping the staged tables of an earlier reload"))?;
 
         // 1 and 2: load and prove every table, in short transactions.
-        let mut plans = Vec::with_capacity(tables.len());
-        let loaded = (|| -> Result<()> {
-            for (i, (table, sql)) in tables.iter().enumerate() {
-                let staged = format!("{STAGING}{i}");
-                s.transaction(&[(renamed_create(sql, &staged)?, Vec::new())])
-                    .with_context(|| format!("creating {staged} for table {table}"))?;
-                let plan = copy_plan(b, table)?;
-                if let Some(p) = &plan {
-                    let skip = usize::from(matches!(p.paging, Paging::Rowid(_)) && !p.keep_rowid);
-                    for_each_page(b, table, &p.select, &p.paging, |rows| {
-                        s.transaction(&insert_page(&staged, &p.names, rows, skip))
-                    })
-                    .with_context(|| format!("copying table {table} into {staged}"))?;
-                }
-                let want = table_fingerprint(b, table)?;
-                let got = table_fingerprint(&mut s, &staged)?;
-                if want != got {
-                    bail!(
-                        "table {table} staged as {staged} holds {} rows (hash {:?}), {from} {} rows (hash {:?})",
-                        got.rows,
-                        got.hash,
-                        want.rows,
-                        want.hash
-                    );
-                }
-                plans.push((table.clone(), sql.clone(), staged, plan));
-            }
-            Ok(())
-        })();
-        if let Err(e) = loaded {
+        let mut plans = Vec::with_capacity(snap.tables.len());
+        if let Err(e) = stage_tables(b, &mut s, &snap.tables, from, &mut plans) {
             let cleaned = self.drop_staged(&mut s).is_ok();
             s.close();
             return Err(e.context(format!(
@@ -312,45 +392,7 @@ impl TursoTarget {
         }
 
         // 3: the swap, one transaction in one request.
-        let mut swap: Vec<(String, Vec<Val>)> = Vec::new();
-        let existing = s.execute(
-            "SELECT type, name FROM sqlite_master WHERE type IN ('view','trigger','table') AND name NOT LIKE 'sqlite_%' AND substr(name, 1, ?1) <> ?2",
-            &[Val::Int(STAGING.len() as i64), Val::Text(STAGING.into())],
-        )?;
-        for kind in ["view", "trigger", "table"] {
-            for r in existing.rows.iter().filter(|r| r[0].as_str() == Some(kind)) {
-                let name = r[1].as_str().unwrap_or_default();
-                swap.push((
-                    format!("DROP {} IF EXISTS {}", kind.to_ascii_uppercase(), quote_ident(name)),
-                    Vec::new(),
-                ));
-            }
-        }
-        for (table, sql, staged, plan) in &plans {
-            swap.push((sql.clone(), Vec::new()));
-            if let Some(p) = plan {
-                let names = p.names.join(", ");
-                swap.push((
-                    format!(
-                        "INSERT INTO {} ({names}) SELECT {names} FROM {}",
-                        quote_ident(table),
-                        quote_ident(staged)
-                    ),
-                    Vec::new(),
-                ));
-            }
-            swap.push((format!("DROP TABLE {}", quote_ident(staged)), Vec::new()));
-        }
-        if sequence {
-            let rows = b.rows("SELECT name, seq FROM sqlite_sequence", &[])?;
-            swap.push(("DELETE FROM sqlite_sequence".to_string(), Vec::new()));
-            for r in rows.rows {
-                swap.push(("INSERT INTO sqlite_sequence (name, seq) VALUES (?1, ?2)".into(), r));
-            }
-        }
-        for (_, _, sql) in objects.iter().filter(|(t, _, _)| t != "table") {
-            swap.push((sql.clone(), Vec::new()));
-        }
+        let swap = swap_batch(b, &mut s, &snap, &plans)?;
         if let Err(e) = s.transaction(&swap) {
             // The batch's own ROLLBACK step ran unless the request itself was lost: the staged
             // tables still being there says the swap did not commit.
