@@ -16,25 +16,9 @@ fn script() -> String {
 /// Start a guarded run of the buggy migration that pauses at `point`, wait for the pause, and
 /// SIGKILL guard there.
 fn kill_at(env: &Env, point: &str) {
-    let pause = env.path("paused.pid");
-    let _ = std::fs::remove_file(&pause);
     let db = db(env).display().to_string();
-    let mut child = env
-        .cmd(&["--", "python3", &script(), &db, "--bug"])
-        .env("GUARD_TEST_PAUSE", point)
-        .env("GUARD_TEST_PAUSE_FILE", &pause)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !pause.exists() {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("guard finished ({status}) before reaching {point}");
-        }
-        assert!(Instant::now() < deadline, "guard never reached {point}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let cmd = env.cmd(&["--", "python3", &script(), &db, "--bug"]);
+    let mut child = spawn_paused(cmd, point, &env.path("paused.pid"));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 }
@@ -588,16 +572,8 @@ fn a_killed_guard_restore_is_named_by_status_and_finished_by_recover() {
     let snap_file = std::fs::read_to_string(env.path("data/rent_history/2025-01.json")).unwrap();
     sql(&db(&env), "DELETE FROM payment WHERE id % 2 = 0");
     env.write("data/rent_history/2025-01.json", "{\"rent\": 0}\n");
-    let pause = env.path("paused.pid");
-    let mut child = env
-        .cmd(&["restore", &id, "--yes"])
-        .env("GUARD_TEST_PAUSE", "restore-between-targets")
-        .env("GUARD_TEST_PAUSE_FILE", &pause)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(&pause);
+    let cmd = env.cmd(&["restore", &id, "--yes"]);
+    let mut child = spawn_paused(cmd, "restore-between-targets", &env.path("paused.pid"));
     child.kill().unwrap(); // SIGKILL after the first target, before the second
     child.wait().unwrap();
     assert_eq!(dump(&db(&env)), snap_db, "the first target was restored");
@@ -649,16 +625,8 @@ fn recover_of_a_killed_restore_of_one_target_restores_only_that_target() {
     let snap_db = dump(&db(&env));
     sql(&db(&env), "DELETE FROM payment WHERE id % 2 = 0");
     env.write("data/rent_history/2025-01.json", "{\"rent\": 0}\n");
-    let pause = env.path("paused.pid");
-    let mut child = env
-        .cmd(&["restore", &id, "--yes", "--target", "app"])
-        .env("GUARD_TEST_PAUSE", "restoring")
-        .env("GUARD_TEST_PAUSE_FILE", &pause)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(&pause);
+    let cmd = env.cmd(&["restore", &id, "--yes", "--target", "app"]);
+    let mut child = spawn_paused(cmd, "restoring", &env.path("paused.pid"));
     child.kill().unwrap();
     child.wait().unwrap();
     let r = env.guard(&["recover", "--yes"]);

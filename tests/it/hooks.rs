@@ -31,14 +31,6 @@ fn run_log(env: &Env, run_id: &str) -> String {
     std::fs::read_to_string(env.path(&format!("backups/runs/{run_id}/run.log"))).unwrap_or_default()
 }
 
-fn alive(pid: i32) -> bool {
-    // A zombie is dead for our purpose.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
-        Err(_) => false,
-    }
-}
-
 const HOOKS: &str = r#"
 [hooks]
 before = ["echo before-out-1; echo before-err-1 >&2"]
@@ -105,21 +97,8 @@ fn a_hung_before_hook_is_killed_with_its_process_group_and_nothing_runs() {
     assert_eq!(r.stderr.matches("did not finish within").count(), 1, "said once: {r:?}");
     assert!(!env.path("command-ran").exists(), "the command never ran");
     assert!(env.path("after-ran").exists(), "the after hooks still ran");
-    let bg: i32 = std::fs::read_to_string(env.path("bg.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    // The group was killed: the hook's background child is gone too (give the kernel a moment
-    // to reap it; the bound only turns a survivor into a failure).
-    let end = Instant::now() + Duration::from_secs(10);
-    while alive(bg) && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(
-        !alive(bg),
-        "the hook's background process {bg} was killed with its group"
-    );
+    // The group was killed: the hook's background child is gone too.
+    assert_killed(&env.path("bg.pid"), "the hook's background process");
     assert_eq!(dump(&env.path("app.db")), before, "nothing was changed");
     let v = snapshots(&env);
     assert!(v.is_empty(), "nothing was snapshotted: {v:?}");
@@ -150,19 +129,7 @@ fn a_hung_command_check_fails_with_its_timeout_and_the_run_restores() {
         "{v}"
     );
     assert_eq!(dump(&env.path("app.db")), before, "restored exactly");
-    let bg: i32 = std::fs::read_to_string(env.path("bg.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let end = Instant::now() + Duration::from_secs(10);
-    while alive(bg) && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(
-        !alive(bg),
-        "the check's background process {bg} was killed with its group"
-    );
+    assert_killed(&env.path("bg.pid"), "the check's background process");
 }
 
 #[test]

@@ -30,17 +30,6 @@ fn journals(env: &Env) -> Vec<serde_json::Value> {
     out
 }
 
-/// Is `pid` a live process (not a zombie)?
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => false,
-        Ok(s) => {
-            let state = s[s.rfind(')').unwrap() + 1..].split_whitespace().next().unwrap_or("");
-            state != "Z" && state != "X"
-        }
-    }
-}
-
 fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {

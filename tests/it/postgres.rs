@@ -192,13 +192,7 @@ fn artifact_path(env: &Env, m: &serde_json::Value, suffix: &str) -> PathBuf {
 }
 
 fn list(env: &Env, cluster: &Cluster) -> Vec<serde_json::Value> {
-    let r = run_env(env, cluster, &["list", "--json"]);
-    assert_eq!(r.code, 0, "{r:?}");
-    serde_json::from_str::<serde_json::Value>(&r.stdout)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
+    listed(&run_env(env, cluster, &["list", "--json"]))
 }
 
 fn gunzip(path: &Path) -> Vec<u8> {

@@ -1,8 +1,6 @@
 //! Retention with the real binary: snapshots aged with the test clock (`GUARD_TEST_NOW`).
 
 use crate::common::*;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 const NOW: &str = "2026-06-01T12:00:00Z";
 
@@ -122,21 +120,9 @@ fn an_interrupted_prune_is_finished_by_the_next_one() {
     for i in 0..3 {
         snap_at(&env, &days_ago(10 - i));
     }
-    let pause = env.path("paused");
-    let mut child = env
-        .cmd(&["prune"])
-        .env("GUARD_TEST_NOW", NOW)
-        .env("GUARD_TEST_PAUSE", "prune-marked")
-        .env("GUARD_TEST_PAUSE_FILE", &pause)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !pause.exists() {
-        assert!(Instant::now() < deadline, "prune never paused");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut cmd = env.cmd(&["prune"]);
+    cmd.env("GUARD_TEST_NOW", NOW);
+    let mut child = spawn_paused(cmd, "prune-marked", &env.path("paused"));
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(env.path(&format!("backups/snapshots/{old}/prune.json")).exists());
@@ -176,19 +162,9 @@ fn snapshots_of_an_unrecovered_run_are_kept() {
         snap_at(&env, &days_ago(200 - i));
     }
     // A run interrupted long ago: its pre-run snapshot must survive until it is recovered.
-    let pause = env.path("paused");
-    let mut child = env
-        .cmd(&["--", "true"])
-        .env("GUARD_TEST_NOW", days_ago(300))
-        .env("GUARD_TEST_PAUSE", "command-running")
-        .env("GUARD_TEST_PAUSE_FILE", &pause)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    while !pause.exists() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut cmd = env.cmd(&["--", "true"]);
+    cmd.env("GUARD_TEST_NOW", days_ago(300));
+    let mut child = spawn_paused(cmd, "command-running", &env.path("paused"));
     child.kill().unwrap();
     child.wait().unwrap();
     let status: serde_json::Value = serde_json::from_str(&env.guard(&["status", "--json"]).stdout).unwrap();

@@ -7,7 +7,6 @@ use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 /// A snapshot id that sorts after `id` (same time, larger suffix), so `latest` picks it.
 fn later_id(id: &str) -> String {
@@ -320,20 +319,7 @@ fn under_umask_000_every_file_guard_writes_is_0600_and_every_directory_0700() {
         c
     };
     // While a snapshot is between its two targets, the SQLite copy is in scratch.
-    let pause = env.path("paused.pid");
-    let mut child = sh("snapshot")
-        .env("GUARD_TEST_PAUSE", "snapshot-between-targets")
-        .env("GUARD_TEST_PAUSE_FILE", &pause)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !pause.exists() {
-        assert!(child.try_wait().unwrap().is_none(), "guard finished before the pause");
-        assert!(Instant::now() < deadline, "guard never paused");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = spawn_paused(sh("snapshot"), "snapshot-between-targets", &env.path("paused.pid"));
     let scratch: Vec<_> = std::fs::read_dir(env.path("backups/tmp")).unwrap().collect();
     assert!(!scratch.is_empty(), "a scratch directory exists during the snapshot");
     let bad = not_private(&env.path("backups"));

@@ -308,13 +308,7 @@ fn postgres_clone_restores_by_rename_with_the_database_state_and_rescues_the_fai
 }
 
 fn snapshots_pg(env: &Env, c: &Cluster) -> Vec<serde_json::Value> {
-    let r = run_with_pg(env, c, &["list".into(), "--json".into()]);
-    assert_eq!(r.code, 0, "{r:?}");
-    serde_json::from_str::<serde_json::Value>(&r.stdout)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
+    listed(&run_with_pg(env, c, &["list".into(), "--json".into()]))
 }
 
 #[test]
@@ -359,8 +353,6 @@ fn postgres_clone_kept_run_drops_the_clone_and_refused_sessions_fall_back_to_the
 
 #[test]
 fn postgres_clone_sigkill_while_swapping_then_recover_brings_the_database_back() {
-    use std::process::Stdio;
-    use std::time::{Duration, Instant};
     for point in ["swapping", "pg-swap", "swapped"] {
         let c = Cluster::start();
         c.createdb("shop");
@@ -368,26 +360,13 @@ fn postgres_clone_sigkill_while_swapping_then_recover_brings_the_database_back()
         let env = shop_env(&c, "sessions = \"terminate\"");
         let before = c.dump("shop");
         let state = db_state(&c);
-        let pause = env.path("paused.pid");
         let cmd = psql_cmd(&c, "DELETE FROM item WHERE id > 100; SELECT 1/0;");
         let a: Vec<&str> = cmd.iter().map(|s| s.as_str()).collect();
-        let mut child = env
-            .cmd(&a)
-            .env("PGHOST", c.sock())
+        let mut cmd = env.cmd(&a);
+        cmd.env("PGHOST", c.sock())
             .env("PGPORT", c.port.to_string())
-            .env("PGUSER", "postgres")
-            .env("GUARD_TEST_PAUSE", point)
-            .env("GUARD_TEST_PAUSE_FILE", &pause)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !pause.exists() {
-            assert!(child.try_wait().unwrap().is_none(), "{point}: guard finished first");
-            assert!(Instant::now() < deadline, "{point}: never reached");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            .env("PGUSER", "postgres");
+        let mut child = spawn_paused(cmd, point, &env.path("paused.pid"));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let status = run_with_pg(&env, &c, &["status".into(), "--json".into()]);

@@ -180,13 +180,7 @@ impl Setup {
 
     /// Snapshots as `guard list --json` reports them.
     fn snapshots(&self) -> Vec<serde_json::Value> {
-        let r = self.guard(&["list", "--json"]);
-        assert_eq!(r.code, 0, "{r:?}");
-        serde_json::from_str::<serde_json::Value>(&r.stdout)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .clone()
+        listed(&self.guard(&["list", "--json"]))
     }
 
     /// The target as the library builds it from the policy's settings.
@@ -1247,24 +1241,11 @@ fn recover_of_a_promote_target_says_it_needs_you_not_that_it_failed() {
     let s = setup("restore = \"promote\"", CHECKS);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes/points_migration.py");
     let url = s.fake.url_of(DB);
-    let pause = s.env.path("paused.pid");
-    let mut child = s
+    let mut cmd = s
         .env
-        .cmd(&["--", "python3", script.to_str().unwrap(), url.as_str(), "--crash"])
-        .env("TURSO_API_TOKEN", API_TOKEN)
-        .env("TURSO_DB_TOKEN", &s.db_token)
-        .env("GUARD_TEST_PAUSE", "checking")
-        .env("GUARD_TEST_PAUSE_FILE", &pause)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !pause.exists() {
-        assert!(child.try_wait().unwrap().is_none(), "guard finished before the pause");
-        assert!(std::time::Instant::now() < deadline, "guard never paused");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+        .cmd(&["--", "python3", script.to_str().unwrap(), url.as_str(), "--crash"]);
+    cmd.env("TURSO_API_TOKEN", API_TOKEN).env("TURSO_DB_TOKEN", &s.db_token);
+    let mut child = spawn_paused(cmd, "checking", &s.env.path("paused.pid"));
     child.kill().unwrap();
     child.wait().unwrap();
     let r = s.guard(&["recover", "--yes"]);

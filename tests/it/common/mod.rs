@@ -203,13 +203,70 @@ pub fn db(env: &Env) -> PathBuf {
 
 /// Snapshot ids in the env's store, as `guard list --json` reports them.
 pub fn snapshots(env: &Env) -> Vec<serde_json::Value> {
-    let r = env.guard(&["list", "--json"]);
+    listed(&env.guard(&["list", "--json"]))
+}
+
+/// The snapshots of a `guard list --json` run (which must have exited 0).
+pub fn listed(r: &Run) -> Vec<serde_json::Value> {
     assert_eq!(r.code, 0, "{r:?}");
     serde_json::from_str::<serde_json::Value>(&r.stdout)
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}: {r:?}"))
         .as_array()
         .unwrap()
         .clone()
+}
+
+/// Spawn `cmd` (a guard command, output discarded) with fault point `point` set
+/// (`GUARD_TEST_PAUSE`), and return once guard has paused there: it writes its pid to `pause`
+/// and waits. Panics when guard exits first or never gets there (60 s: a bound on a hang, not a
+/// timing).
+pub fn spawn_paused(mut cmd: Command, point: &str, pause: &Path) -> std::process::Child {
+    let _ = std::fs::remove_file(pause);
+    let mut child = cmd
+        .env("GUARD_TEST_PAUSE", point)
+        .env("GUARD_TEST_PAUSE_FILE", pause)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !pause.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("guard finished ({status}) before reaching {point}");
+        }
+        assert!(std::time::Instant::now() < deadline, "guard never reached {point}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child
+}
+
+/// Is `pid` a live process (a zombie counts as gone)?
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(s) => {
+            let state = s[s.rfind(')').map_or(0, |i| i + 1)..]
+                .split_whitespace()
+                .next()
+                .unwrap_or("");
+            state != "Z" && state != "X"
+        }
+    }
+}
+
+/// The pid a test's shell wrote to `file`, once that process is gone: the kernel gets up to
+/// 10 s to reap it (a bound that only turns a survivor into a failure).
+pub fn assert_killed(file: &Path, what: &str) {
+    let pid: u32 = std::fs::read_to_string(file)
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+        .trim()
+        .parse()
+        .unwrap();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while alive(pid) && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!alive(pid), "{what} {pid} was killed with its group");
 }
 
 /// A minimal env: one SQLite target, no checks; `top` goes before the first table.
