@@ -99,10 +99,12 @@ PY
 # median of column $1 of ROUNDS lines on stdin
 col_median() { awk -v c="$1" '{print $c}' | sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f\n", m}'; }
 col_max() { awk -v c="$1" '{print $c}' | sort -g | tail -1; }
-# median seconds of "$@" over ROUNDS (no prep)
-secs() {
+# median SECONDS of running "$@" ROUNDS times (after `prep`, untimed, if set)
+prep=""
+median() {
     local times=() t0 t1
     for _ in $(seq "$ROUNDS"); do
+        [ -n "$prep" ] && eval "$prep"
         sync
         t0=$(date +%s.%N)
         "$@" >/dev/null 2>"$work/last.err" || { echo "bench: '$*' failed:" >&2; cat "$work/last.err" >&2; exit 1; }
@@ -137,6 +139,36 @@ con.commit()
 con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 con.close()
 PY
+}
+pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+pg_cluster() {   # pg_cluster DIR PORT: a fresh throwaway cluster in DIR (unix socket only), stopped on exit
+    local dir="$1" port="$2"
+    if [ -f "$dir/data/postmaster.pid" ]; then as_pg "$pgbin/pg_ctl" stop -D "$dir/data" -m fast >/dev/null 2>&1 || true; fi
+    rm -rf "$dir"; mkdir -p "$dir/sock"
+    if [ "$(id -u)" = 0 ]; then chown -R postgres "$dir" && chmod 755 "$work" "$dir"; fi
+    as_pg "$pgbin/initdb" -D "$dir/data" -A trust -U postgres >/dev/null
+    as_pg "$pgbin/pg_ctl" start -w -D "$dir/data" -l "$dir/server.log" \
+        -o "-k $dir/sock -c listen_addresses='' -p $port -c autovacuum=off" >/dev/null
+    # shellcheck disable=SC2064  # the directory is the one of this call
+    trap "as_pg '$pgbin/pg_ctl' stop -D '$dir/data' -m fast >/dev/null 2>&1 || true" EXIT
+}
+gen_pg() {   # gen_pg DB ROWS [WRAPPER]: the sensor database in PostgreSQL (WRAPPER: how psql reaches the server)
+    local db="$1" rows="$2"; shift 2
+    "$@" "$pgbin/psql" -Xq "$db" <<SQL >/dev/null
+CREATE TABLE sensor (id int PRIMARY KEY, name text, site text);
+INSERT INTO sensor SELECT g, 'sensor-' || g, 'site-' || (g % 37) FROM generate_series(1, 1000) g;
+CREATE TABLE reading (
+  id bigint PRIMARY KEY, sensor_id int REFERENCES sensor(id), taken_at timestamptz,
+  value double precision, unit text, note text, checksum text);
+INSERT INTO reading
+  SELECT g, 1 + g % 1000, timestamptz '2025-01-01' + g * interval '7 seconds', random() * 5000,
+         (ARRAY['kWh','W','V','A','C'])[1 + g % 5], 'reading ' || (g % 977) || ' of batch ' || (g / 1000),
+         md5(g::text || random()::text)
+  FROM generate_series(1, $rows) g;
+CREATE INDEX reading_sensor ON reading (sensor_id, taken_at);
+ANALYZE;
+SQL
 }
 # A failed guarded run of policy $1 whose command runs "$2" (sh) and exits 3, ROUNDS times,
 # the store removed before each; prints "downtime ttr total peak_kb" medians (peak: max).
@@ -204,53 +236,32 @@ TOML
         cp_back() { cp "$d/backup.db" "$d/restored.db" && sync "$d/restored.db"; }
         seed_of() { rm -f "$d/recipe.db" "$d/recipe.db.gz"; sqlite3 "$d/app.db" ".backup '$d/recipe.db'"; gzip -6 -c "$d/recipe.db" > "$d/recipe.db.gz"; sha256sum "$d/recipe.db.gz" >/dev/null; }
         say "ttr: SQLite $size recipes"
-        t_cp=$(secs cp_back)
-        t_seed=$(secs seed_of)
+        t_cp=$(median cp_back)
+        t_seed=$(median seed_of)
         rm -f "$d/restored.db" "$d/recipe.db" "$d/recipe.db.gz"
         ttr_row "SQLite: time to recovery" "$size" "$st_hot" "$st_cold" "cp backup.db app.db && sync app.db" "$t_cp"
         ttr_row "SQLite: added downtime" "$size" "$sd_hot" "$sd_cold" "sqlite3 .backup + gzip -6 + sha256sum" "$t_seed"
         say "ttr: directory tree $size, failed run"
         read -r dd_hot dt_hot dtot_hot dmem_hot <<<"$(ttr_runs "$d/dir.toml" "touch '$d/tree/d00/new'" "$d/dirstore")"
         cp_tree() { rm -rf "$d/tree-copy" && cp -a "$d/tree" "$d/tree-copy" && sync; }
-        t_cpa=$(secs cp_tree)
+        t_cpa=$(median cp_tree)
         rm -rf "$d/tree-copy"
         ttr_row "directory: time to recovery" "$size" "$dt_hot" "$dt_hot" "rm -rf + cp -a" "$t_cpa"
         ttr_row "directory: added downtime" "$size" "$dd_hot" "$dd_hot" "cp -a" "$t_cpa"
         mem_lines+="SQLite $size: guard's peak memory $((smem_hot / 1024)) MiB with a hot copy, $((smem_cold / 1024)) MiB without; total wall time after the command's exit (restore, rescue compressed into the store, exit) ${stot_hot} s vs ${stot_cold} s. Directory $size: peak $((dmem_hot / 1024)) MiB, total after exit ${dtot_hot} s."$'\n'
         rm -rf "$d/store" "$d/dirstore"
     done
-    pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
     if [ "${SKIP_PG:-}" != 1 ] && [ -n "$pgbin" ] && [ -x "$pgbin/initdb" ]; then
         PG_TTR_ROWS="${PG_TTR_ROWS:-100000 400000}"
         tpg="$work/ttr-pg"
-        as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-        if [ -f "$tpg/data/postmaster.pid" ]; then as_pg "$pgbin/pg_ctl" stop -D "$tpg/data" -m fast >/dev/null 2>&1 || true; fi
-        rm -rf "$tpg"; mkdir -p "$tpg/sock"
-        [ "$(id -u)" = 0 ] && chown -R postgres "$tpg" && chmod 755 "$work" "$tpg"
-        as_pg "$pgbin/initdb" -D "$tpg/data" -A trust -U postgres >/dev/null
-        as_pg "$pgbin/pg_ctl" start -w -D "$tpg/data" -l "$tpg/server.log" \
-            -o "-k $tpg/sock -c listen_addresses='' -p 55434 -c autovacuum=off" >/dev/null
-        trap 'as_pg "$pgbin/pg_ctl" stop -D "$tpg/data" -m fast >/dev/null 2>&1 || true' EXIT
+        pg_cluster "$tpg" 55434
         pgx() { PGHOST="$tpg/sock" PGPORT=55434 PGUSER=postgres "$@"; }
         for prows in $PG_TTR_ROWS; do
             pgx "$pgbin/dropdb" --if-exists bench >/dev/null
             pgx "$pgbin/createdb" bench
             say "ttr: PostgreSQL, generating $prows rows"
-            pgx "$pgbin/psql" -Xq bench <<SQL >/dev/null
-CREATE TABLE sensor (id int PRIMARY KEY, name text, site text);
-INSERT INTO sensor SELECT g, 'sensor-' || g, 'site-' || (g % 37) FROM generate_series(1, 1000) g;
-CREATE TABLE reading (
-  id bigint PRIMARY KEY, sensor_id int REFERENCES sensor(id), taken_at timestamptz,
-  value double precision, unit text, note text, checksum text);
-INSERT INTO reading
-  SELECT g, 1 + g % 1000, timestamptz '2025-01-01' + g * interval '7 seconds', random() * 5000,
-         (ARRAY['kWh','W','V','A','C'])[1 + g % 5], 'reading ' || (g % 977) || ' of batch ' || (g / 1000),
-         md5(g::text || random()::text)
-  FROM generate_series(1, $prows) g;
-CREATE INDEX reading_sensor ON reading (sensor_id, taken_at);
-ANALYZE;
-CHECKPOINT;
-SQL
+            gen_pg bench "$prows" pgx
+            pgx "$pgbin/psql" -Xqc CHECKPOINT bench >/dev/null
             psize=$(numfmt --to=iec "$(pgx "$pgbin/psql" -XAtc "select pg_database_size('bench')" bench)")
             for mode in dump clone; do
                 cat > "$tpg/$mode.toml" <<TOML
@@ -272,8 +283,8 @@ TOML
             pg_dump_fc() { pgx "$pgbin/pg_dump" -Fc -f "$tpg/bench.dump" bench; }
             pg_restore_new() { pgx "$pgbin/dropdb" --if-exists restored && pgx "$pgbin/createdb" -T template0 restored && pgx "$pgbin/pg_restore" -d restored "$tpg/bench.dump"; }
             say "ttr: PostgreSQL $psize recipes"
-            t_pgd=$(secs pg_dump_fc)
-            t_pgr=$(secs pg_restore_new)
+            t_pgd=$(median pg_dump_fc)
+            t_pgr=$(median pg_restore_new)
             pgx "$pgbin/dropdb" --if-exists restored
             ttr_row "PostgreSQL: time to recovery (guard: clone / dump)" "$psize" "$pt_hot" "$pt_cold" "createdb + pg_restore" "$t_pgr"
             ttr_row "PostgreSQL: added downtime (guard: clone / dump)" "$psize" "$pd_hot" "$pd_cold" "pg_dump -Fc" "$t_pgd"
@@ -302,49 +313,12 @@ fi
 db="$work/sensors.db"
 if [ ! -f "$db" ] || [ "$(cat "$work/sensors.rows" 2>/dev/null)" != "$ROWS" ]; then
     say "generating $db ($ROWS sensor rows)"
-    rm -f "$db" "$db-wal" "$db-shm"
-    python3 - "$db" "$ROWS" <<'PY'
-import random, sqlite3, sys
-db, rows = sys.argv[1], int(sys.argv[2])
-con = sqlite3.connect(db)
-con.executescript("""
-PRAGMA journal_mode=WAL;
-CREATE TABLE sensor (id INTEGER PRIMARY KEY, name TEXT, location TEXT);
-CREATE TABLE reading (id INTEGER PRIMARY KEY, sensor_id INTEGER REFERENCES sensor(id),
-                      taken_at TEXT, value REAL, unit TEXT, quality INTEGER);
-CREATE INDEX reading_sensor ON reading(sensor_id, taken_at);
-""")
-con.executemany("INSERT INTO sensor VALUES (?, ?, ?)", [(i, f"sensor-{i:04d}", f"site-{i % 37}") for i in range(1, 1001)])
-rnd = random.Random(42)
-units = ["kWh", "W", "V", "A", "C"]
-def gen():
-    for i in range(1, rows + 1):
-        yield (i, rnd.randint(1, 1000), f"2025-{rnd.randint(1,12):02d}-{rnd.randint(1,28):02d}T{rnd.randint(0,23):02d}:{rnd.randint(0,59):02d}:00Z",
-               round(rnd.uniform(0, 5000), 3), units[i % 5], rnd.randint(0, 3))
-con.executemany("INSERT INTO reading VALUES (?, ?, ?, ?, ?, ?)", gen())
-con.commit()
-con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-con.close()
-PY
+    gen_sqlite "$db" "$ROWS"
     echo "$ROWS" > "$work/sensors.rows"
 fi
 db_bytes=$(stat -c %s "$db")
 say "fixture: $(numfmt --to=iec "$db_bytes") SQLite database"
 
-# median SECONDS of running "$@" ROUNDS times (after `prep`, untimed, if set)
-prep=""
-median() {
-    local times=() t0 t1
-    for _ in $(seq "$ROUNDS"); do
-        [ -n "$prep" ] && eval "$prep"
-        sync
-        t0=$(date +%s.%N)
-        "$@" >/dev/null 2>"$work/last.err" || { echo "bench: '$*' failed:" >&2; cat "$work/last.err" >&2; exit 1; }
-        t1=$(date +%s.%N)
-        times+=("$(echo "$t1 - $t0" | bc -l)")
-    done
-    printf '%s\n' "${times[@]}" | sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f\n", m}'
-}
 
 # --- sqlite-snapshot -------------------------------------------------------------------
 policy="$work/bench.toml"
@@ -483,35 +457,14 @@ pruned=$(python3 -c "import json; print(len(json.load(open('$work/prune.json'))[
 
 # --- PostgreSQL: guard snapshot vs pg_dump -Fc, guard restore vs createdb + pg_restore ------
 pg_line=""
-pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 if [ "${SKIP_PG:-}" != 1 ] && [ -n "$pgbin" ] && [ -x "$pgbin/initdb" ]; then
     PG_ROWS="${PG_ROWS:-3500000}"   # ~450 MB of readings with incompressible-ish text
     pgroot="$work/pg"
-    as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-    if [ -f "$pgroot/data/postmaster.pid" ]; then as_pg "$pgbin/pg_ctl" stop -D "$pgroot/data" -m fast >/dev/null 2>&1 || true; fi
-    rm -rf "$pgroot"; mkdir -p "$pgroot/sock"
-    [ "$(id -u)" = 0 ] && chown -R postgres "$pgroot" && chmod 755 "$work" "$pgroot"
-    as_pg "$pgbin/initdb" -D "$pgroot/data" -A trust -U postgres >/dev/null
-    as_pg "$pgbin/pg_ctl" start -w -D "$pgroot/data" -l "$pgroot/server.log" \
-        -o "-k $pgroot/sock -c listen_addresses='' -p 55432 -c autovacuum=off" >/dev/null
-    trap 'as_pg "$pgbin/pg_ctl" stop -D "$pgroot/data" -m fast >/dev/null 2>&1 || true' EXIT
+    pg_cluster "$pgroot" 55432
     export PGHOST="$pgroot/sock" PGPORT=55432 PGUSER=postgres
     "$pgbin/createdb" bench
     say "postgres: generating $PG_ROWS rows"
-    "$pgbin/psql" -Xq bench <<SQL >/dev/null
-CREATE TABLE sensor (id int PRIMARY KEY, name text, site text);
-INSERT INTO sensor SELECT g, 'sensor-' || g, 'site-' || (g % 37) FROM generate_series(1, 1000) g;
-CREATE TABLE reading (
-  id bigint PRIMARY KEY, sensor_id int REFERENCES sensor(id), taken_at timestamptz,
-  value double precision, unit text, note text, checksum text);
-INSERT INTO reading
-  SELECT g, 1 + g % 1000, timestamptz '2025-01-01' + g * interval '7 seconds', random() * 5000,
-         (ARRAY['kWh','W','V','A','C'])[1 + g % 5], 'reading ' || (g % 977) || ' of batch ' || (g / 1000),
-         md5(g::text || random()::text)
-  FROM generate_series(1, $PG_ROWS) g;
-CREATE INDEX reading_sensor ON reading (sensor_id, taken_at);
-ANALYZE;
-SQL
+    gen_pg bench "$PG_ROWS"
     pg_bytes=$("$pgbin/psql" -XAtc "select pg_database_size('bench')" bench)
     cat > "$work/pg.toml" <<TOML
 name = "pgbench"
