@@ -2,10 +2,11 @@
 //! into place, proven equal as it is renamed in, the failed state set aside beside it for the
 //! rescue snapshot to take.
 
-use super::{Ctx, TargetRestore};
+use super::{restrict, Caller, Ctx, Rescue, TargetRestore};
 use crate::error::{Failure, Kind, ResultExt};
-use crate::journal::{Journal, Phase};
+use crate::journal::{Journal, Op, Phase};
 use crate::manifest::Manifest;
+use crate::snapshot::{self, Depth};
 use crate::targets::Target;
 
 /// A target restored by rename: its name, and the view over its failed state set aside.
@@ -74,4 +75,61 @@ pub(super) fn swapped_results(swapped: &[Swapped], m: &Manifest) -> Vec<TargetRe
             sessions: false,
         })
         .collect()
+}
+
+/// The targets of `m` a guarded run restores by renaming their hot copy in (if the copy is
+/// still usable): after the command, with a rescue to take, their record names this run's copy.
+pub(super) fn hot_swappable(m: &Manifest, rescue: &Rescue, j: &Journal) -> Vec<String> {
+    if !matches!(rescue, Rescue::Take(_)) || j.op != Op::Run || !j.command_started() {
+        return Vec::new();
+    }
+    m.targets
+        .iter()
+        .filter(|r| r.meta.get("hot") == Some(&j.run_id))
+        .map(|r| r.name.clone())
+        .collect()
+}
+
+/// The store's artifacts of `names`, checked (sizes and SHA-256) after those targets were put
+/// back without them: `Err` says which artifact is damaged.
+pub(super) fn verify_later(cx: &Ctx, m: &Manifest, names: &[String]) -> anyhow::Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    snapshot::verify_artifacts(cx.store, &restrict(m, names), Depth::Checksums)
+}
+
+/// The targets of `swappable` whose hot copy was not used (`swapped` lacks them) are restored
+/// from the store: their artifacts are checked first. With nothing touched yet (no swap), a
+/// damaged one stops the restore as before; after a swap, that target alone is not restored,
+/// and its result says why.
+pub(super) fn check_unswapped(
+    cx: &Ctx,
+    m: &Manifest,
+    swappable: &[String],
+    swapped: &[Swapped],
+    caller: &Caller,
+) -> Result<Vec<TargetRestore>, Failure> {
+    let mut unverified: Vec<TargetRestore> = Vec::new();
+    for name in swappable.iter().filter(|n| !swapped.iter().any(|(s, _)| s == *n)) {
+        if let Err(e) = verify_later(cx, m, std::slice::from_ref(name)) {
+            if swapped.is_empty() {
+                return Err(super::unverified_failure(caller, m, e));
+            }
+            let error = format!(
+                "its hot copy could not be used and snapshot {} failed verification ({e:#}); it was not restored",
+                m.id
+            );
+            crate::errln!("guard: restore of {name} FAILED: {error}");
+            unverified.push(TargetRestore {
+                target: name.clone(),
+                ok: false,
+                seconds: 0.0,
+                error: Some(error),
+                manual: false,
+                sessions: false,
+            });
+        }
+    }
+    Ok(unverified)
 }

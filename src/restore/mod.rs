@@ -179,7 +179,7 @@ pub fn rescue_then_restore(
     // The targets a guarded run will restore by renaming their hot copy in are proven by the
     // copy's identity, not by the store's artifact: the checksum pass over their artifacts,
     // which grows with the data, runs after the swap ([`rescue_and_restore`]), not before it.
-    let swappable = hot_swappable(m, &rescue, j);
+    let swappable = hot::hot_swappable(m, &rescue, j);
     let first = Manifest {
         targets: m
             .targets
@@ -218,28 +218,6 @@ fn unverified_failure(caller: &Caller, m: &Manifest, e: anyhow::Error) -> Failur
             left_as(caller)
         ),
     )
-}
-
-/// The targets of `m` a guarded run restores by renaming their hot copy in (if the copy is
-/// still usable): after the command, with a rescue to take, their record names this run's copy.
-fn hot_swappable(m: &Manifest, rescue: &Rescue, j: &Journal) -> Vec<String> {
-    if !matches!(rescue, Rescue::Take(_)) || j.op != Op::Run || !j.command_started() {
-        return Vec::new();
-    }
-    m.targets
-        .iter()
-        .filter(|r| r.meta.get("hot") == Some(&j.run_id))
-        .map(|r| r.name.clone())
-        .collect()
-}
-
-/// The store's artifacts of `names`, checked (sizes and SHA-256) after those targets were put
-/// back without them: `Err` says which artifact is damaged.
-fn verify_later(cx: &Ctx, m: &Manifest, names: &[String]) -> anyhow::Result<()> {
-    if names.is_empty() {
-        return Ok(());
-    }
-    snapshot::verify_artifacts(cx.store, &restrict(m, names), Depth::Checksums)
 }
 
 /// `guard restore`: restore `m` (the snapshot, restricted to the targets asked for in `only`)
@@ -331,35 +309,14 @@ fn rescue_and_restore(
     let mut rescue_dir = None;
     // A guarded run restores by rename what it kept a hot copy of, first, the failed state set
     // aside beside it; the rescue snapshot then holds the set-aside state.
-    let swappable = hot_swappable(m, &rescue, j);
+    let swappable = hot::hot_swappable(m, &rescue, j);
     let swapped = match (&rescue, j.op) {
         (Rescue::Take(_), Op::Run) if j.command_started() => hot::swap_hot_copies(cx, targets, m, j)?,
         _ => Vec::new(),
     };
     // A target whose hot copy could not be used is restored from the store: its artifacts are
-    // checked first, as every other target's were. With nothing touched yet, a damaged one stops
-    // the restore as before; after a swap, that target alone is not restored (and says why).
-    let mut unverified: Vec<TargetRestore> = Vec::new();
-    for name in swappable.iter().filter(|n| !swapped.iter().any(|(s, _)| s == *n)) {
-        if let Err(e) = verify_later(cx, m, std::slice::from_ref(name)) {
-            if swapped.is_empty() {
-                return Err(unverified_failure(caller, m, e));
-            }
-            let error = format!(
-                "its hot copy could not be used and snapshot {} failed verification ({e:#}); it was not restored",
-                m.id
-            );
-            crate::errln!("guard: restore of {name} FAILED: {error}");
-            unverified.push(TargetRestore {
-                target: name.clone(),
-                ok: false,
-                seconds: 0.0,
-                error: Some(error),
-                manual: false,
-                sessions: false,
-            });
-        }
-    }
+    // checked first, as every other target's were.
+    let unverified = hot::check_unswapped(cx, m, &swappable, &swapped, caller)?;
     let views: Vec<&(dyn Target + 'static)> = targets
         .iter()
         .map(|t| match swapped.iter().find(|(name, _)| name == t.name()) {
@@ -371,53 +328,8 @@ fn rescue_and_restore(
         Rescue::Skip => None,
         Rescue::Taken(id) => Some(id),
         Rescue::Take(label) => {
-            j.advance(cx.store, Phase::Rescuing, cx.ui).kind(Kind::Internal)?;
-            let command = (j.op == Op::Run).then(|| j.command.clone());
-            let run_id = j.run_id.clone();
-            let r = match crate::error::no_panic("the rescue snapshot", || {
-                rescue::take_rescue(cx, cx.store, &views, label.clone(), run_id.clone(), command.clone())
-            }) {
-                Ok(r) => r,
-                // After a guarded run's command the restore must still run when the store is
-                // full: the failed state goes to a private directory outside the store.
-                Err(e) if j.command_started() && rescue::no_space(&e) => {
-                    match rescue::rescue_outside_store(cx, &views, label, &run_id, command) {
-                        Ok((r, dir)) => {
-                            cx.ui.warn(&format!(
-                                "the store {} is full ({e:#}): the rescue snapshot {r} of the failed state was written to {} instead. Keep it: once the store has room, move it in with `mv {}/snapshots/{r} {}/snapshots/` (its artifacts also restore by hand)",
-                                cx.store.location(),
-                                dir.display(),
-                                dir.display(),
-                                cx.store.location()
-                            ));
-                            rescue_dir = Some(dir);
-                            r
-                        }
-                        Err(e2) => {
-                            let e = e.context(format!("nor outside the store: {e2:#}"));
-                            return Err(if swapped.is_empty() {
-                                rescue::rescue_failed(cx, m, caller, e)
-                            } else {
-                                rescue::rescue_failed_after_swap(cx, m, caller, &swapped, j, e)
-                            });
-                        }
-                    }
-                }
-                Err(e) if !swapped.is_empty() => {
-                    return Err(rescue::rescue_failed_after_swap(cx, m, caller, &swapped, j, e))
-                }
-                Err(e) => return Err(rescue::rescue_failed(cx, m, caller, e)),
-            };
-            cx.ui.info(&format!(
-                "guard: the state being replaced is kept in rescue snapshot {r}"
-            ));
-            for (name, view) in &swapped {
-                if let Err(e) = view.drop_aside() {
-                    cx.ui.warn(&format!(
-                        "target {name}: could not remove the failed state set aside (rescue snapshot {r} holds it): {e:#}"
-                    ));
-                }
-            }
+            let (r, dir) = rescue::take(cx, &views, label, j, m, caller, &swapped)?;
+            rescue_dir = dir;
             Some(r)
         }
     };
@@ -439,7 +351,7 @@ fn rescue_and_restore(
     // The targets restored by rename are back; the snapshot they were restored to must still be
     // sound in the store for later (`guard restore`, drills): checked now, said if not.
     let renamed: Vec<String> = swapped.iter().map(|(n, _)| n.clone()).collect();
-    if let Err(e) = verify_later(cx, m, &renamed) {
+    if let Err(e) = hot::verify_later(cx, m, &renamed) {
         cx.ui.warn(&format!(
             "snapshot {} is damaged in the store ({e:#}); {} came back from the hot copy it was taken from and is restored, but that snapshot cannot restore it again: run `guard verify` and take a new snapshot",
             m.id,

@@ -4,12 +4,74 @@
 
 use super::hot::Swapped;
 use super::{left_as, Caller, Ctx};
-use crate::error::{Failure, Kind};
-use crate::journal::Journal;
+use crate::error::{Failure, Kind, ResultExt};
+use crate::journal::{Journal, Op, Phase};
 use crate::manifest::{Manifest, SnapshotKind};
 use crate::snapshot::{self, Request};
 use crate::store::Store;
 use crate::targets::Target;
+
+/// Step 3: the rescue snapshot of `views` (the live targets, or for those restored by rename
+/// the failed state set aside), labelled `label`, under phase `rescuing`; outside the store when
+/// a guarded run's command has run and the store is full. Then what was set aside is removed
+/// (the rescue snapshot holds it). Its id, and the directory outside the store it went to.
+pub(super) fn take(
+    cx: &Ctx,
+    views: &[&(dyn Target + 'static)],
+    label: String,
+    j: &mut Journal,
+    m: &Manifest,
+    caller: &Caller,
+    swapped: &[Swapped],
+) -> Result<(String, Option<std::path::PathBuf>), Failure> {
+    let mut rescue_dir = None;
+    j.advance(cx.store, Phase::Rescuing, cx.ui).kind(Kind::Internal)?;
+    let command = (j.op == Op::Run).then(|| j.command.clone());
+    let run_id = j.run_id.clone();
+    let r = match crate::error::no_panic("the rescue snapshot", || {
+        take_rescue(cx, cx.store, views, label.clone(), run_id.clone(), command.clone())
+    }) {
+        Ok(r) => r,
+        // After a guarded run's command the restore must still run when the store is
+        // full: the failed state goes to a private directory outside the store.
+        Err(e) if j.command_started() && no_space(&e) => {
+            match rescue_outside_store(cx, views, label, &run_id, command) {
+                Ok((r, dir)) => {
+                    cx.ui.warn(&format!(
+                        "the store {} is full ({e:#}): the rescue snapshot {r} of the failed state was written to {} instead. Keep it: once the store has room, move it in with `mv {}/snapshots/{r} {}/snapshots/` (its artifacts also restore by hand)",
+                        cx.store.location(),
+                        dir.display(),
+                        dir.display(),
+                        cx.store.location()
+                    ));
+                    rescue_dir = Some(dir);
+                    r
+                }
+                Err(e2) => {
+                    let e = e.context(format!("nor outside the store: {e2:#}"));
+                    return Err(if swapped.is_empty() {
+                        rescue_failed(cx, m, caller, e)
+                    } else {
+                        rescue_failed_after_swap(cx, m, caller, swapped, j, e)
+                    });
+                }
+            }
+        }
+        Err(e) if !swapped.is_empty() => return Err(rescue_failed_after_swap(cx, m, caller, swapped, j, e)),
+        Err(e) => return Err(rescue_failed(cx, m, caller, e)),
+    };
+    cx.ui.info(&format!(
+        "guard: the state being replaced is kept in rescue snapshot {r}"
+    ));
+    for (name, view) in swapped {
+        if let Err(e) = view.drop_aside() {
+            cx.ui.warn(&format!(
+                "target {name}: could not remove the failed state set aside (rescue snapshot {r} holds it): {e:#}"
+            ));
+        }
+    }
+    Ok((r, rescue_dir))
+}
 
 /// The rescue snapshot failed after targets were restored by rename: they are restored, their
 /// failed state is kept where it was set aside; the others are as the command left them.
