@@ -466,15 +466,12 @@ fn deleting_untouched_readings_fails_the_check_and_reloads() {
 #[test]
 fn rejected_api_token_is_reported_before_anything_runs() {
     let s = setup("", CHECKS);
-    let marker = s.env.path("ran");
     let wrong = "plat-token-wrong-0000";
-    let r = s.guard_with_api_token(wrong, &["--", "touch", marker.to_str().unwrap()]);
-    assert_eq!(r.code, 69, "{r:?}");
+    let r = refused(&s.env, 69, |a| s.guard_with_api_token(wrong, a));
     assert!(
         r.stderr.contains("the Platform API token was rejected") && r.stderr.contains("401"),
         "{r:?}"
     );
-    assert!(!marker.exists(), "the command must not run");
     assert!(!r.all().contains(wrong), "the token is masked: {r:?}");
     assert!(s.branches().is_empty());
 }
@@ -484,14 +481,11 @@ fn taken_branch_name_is_reported_before_anything_runs() {
     let s = setup("", CHECKS);
     // Another client takes the name guard is about to use: a genuine 409 from the API.
     s.fake.squat("guard-liveone-tokyo-");
-    let marker = s.env.path("ran");
-    let r = s.guard(&["--", "touch", marker.to_str().unwrap()]);
-    assert_eq!(r.code, 69, "{r:?}");
+    let r = refused(&s.env, 69, |a| s.guard(a));
     assert!(
         r.stderr.contains("409") && r.stderr.contains("the name is taken"),
         "{r:?}"
     );
-    assert!(!marker.exists(), "the command must not run");
     // guard never deletes a database it did not create: the squatter is still there.
     assert_eq!(s.branches().len(), 1, "{:?}", s.branches());
     assert!(s.snapshots().is_empty());
@@ -504,14 +498,11 @@ fn unknown_group_is_reported_before_anything_runs() {
         .unwrap()
         .replace("group = \"default\"", "group = \"tokyo\"");
     s.env.write("guard.toml", &text);
-    let marker = s.env.path("ran");
-    let r = s.guard(&["--", "touch", marker.to_str().unwrap()]);
-    assert_eq!(r.code, 69, "{r:?}");
+    let r = refused(&s.env, 69, |a| s.guard(a));
     assert!(
         r.stderr.contains("group not found") && r.stderr.contains("\"tokyo\""),
         "{r:?}"
     );
-    assert!(!marker.exists());
 }
 
 #[test]
@@ -657,14 +648,11 @@ fn virtual_tables_refuse_reload_before_anything_runs_and_leave_no_branch() {
         .unwrap()
         .execute_batch("CREATE VIRTUAL TABLE notes USING fts5(body); INSERT INTO notes VALUES ('inverter swapped');")
         .unwrap();
-    let marker = s.env.path("ran");
-    let r = s.guard(&["--", "touch", marker.to_str().unwrap()]);
-    assert_eq!(r.code, 69, "{r:?}");
+    let r = refused(&s.env, 69, |a| s.guard(a));
     assert!(
         r.stderr.contains("virtual tables") && r.stderr.contains("promote"),
         "{r:?}"
     );
-    assert!(!marker.exists());
     assert!(
         s.branches().is_empty(),
         "the branch made for the failed snapshot was deleted: {:?}",
@@ -1006,14 +994,11 @@ fn a_row_larger_than_the_response_cap_is_named_before_anything_runs() {
         DOCS_CHECK,
     );
     add_docs(&s.source(), 3, 400_000);
-    let marker = s.env.path("ran");
-    let r = s.guard(&["--", "touch", marker.to_str().unwrap()]);
-    assert_eq!(r.code, 69, "{r:?}");
+    let r = refused(&s.env, 69, |a| s.guard(a));
     assert!(
         r.stderr.contains("docs") && r.stderr.contains("RESPONSE_TOO_LARGE") && r.stderr.contains("single row"),
         "{r:?}"
     );
-    assert!(!marker.exists());
     assert!(s.branches().is_empty(), "{:?}", s.branches());
 }
 
@@ -1085,14 +1070,11 @@ fn a_branch_the_service_did_not_seed_fails_the_snapshot() {
     // A service that ignores `seed.name` (Turso's CLI sends `seed.value`) creates an empty
     // database without a parent.
     s.fake.config(serde_json::json!({"seed_fields": ["value"]}));
-    let marker = s.env.path("ran");
-    let r = s.guard(&["--", "touch", marker.to_str().unwrap()]);
-    assert_eq!(r.code, 69, "{r:?}");
+    let r = refused(&s.env, 69, |a| s.guard(a));
     assert!(
         r.stderr.contains("parent") && r.stderr.contains(DB) && r.stderr.contains("seed"),
         "{r:?}"
     );
-    assert!(!marker.exists(), "the command must not run");
     assert!(
         s.branches().is_empty(),
         "the unseeded branch was deleted: {:?}",
@@ -1141,30 +1123,24 @@ fn a_403_names_every_scope_guard_needs() {
     let s = setup("", CHECKS);
     s.fake
         .config(serde_json::json!({"scopes": ["db:create", "db:delete", "db:mint-token"]}));
-    let marker = s.env.path("ran");
-    let r = s.guard(&["--", "touch", marker.to_str().unwrap()]);
-    assert_eq!(r.code, 69, "{r:?}");
+    let r = refused(&s.env, 69, |a| s.guard(a));
     assert!(
         r.stderr.contains("403") && r.stderr.contains("scopes read, db:create, db:delete and db:mint-token"),
         "guard's hint names every scope: {r:?}"
     );
-    assert!(!marker.exists());
 }
 
 #[test]
 fn a_422_says_the_branch_name_is_not_available() {
     let s = setup("", CHECKS);
     s.fake.config(serde_json::json!({"unavailable": ["guard-"]}));
-    let marker = s.env.path("ran");
-    let r = s.guard(&["--", "touch", marker.to_str().unwrap()]);
-    assert_eq!(r.code, 69, "{r:?}");
+    let r = refused(&s.env, 69, |a| s.guard(a));
     assert!(
         r.stderr.contains("422")
             && r.stderr.contains("Turso does not allow this name")
             && r.stderr.contains("guard-liveone-tokyo-"),
         "{r:?}"
     );
-    assert!(!marker.exists());
 }
 
 #[test]

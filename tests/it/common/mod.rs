@@ -216,6 +216,17 @@ pub fn listed(r: &Run) -> Vec<serde_json::Value> {
         .clone()
 }
 
+/// A guarded run of `touch ran` (through `guard`: the env's guard with whatever settings it
+/// needs) that guard must refuse with exit `code` before the command runs. The run, for the
+/// caller's assertions on what it said.
+pub fn refused(env: &Env, code: i32, guard: impl FnOnce(&[&str]) -> Run) -> Run {
+    let marker = env.path("ran");
+    let r = guard(&["--", "touch", marker.to_str().unwrap()]);
+    assert_eq!(r.code, code, "{r:?}");
+    assert!(!marker.exists(), "the command must not run: {r:?}");
+    r
+}
+
 /// Spawn `cmd` (a guard command, output discarded) with fault point `point` set
 /// (`GUARD_TEST_PAUSE`), and return once guard has paused there: it writes its pid to `pause`
 /// and waits. Panics when guard exits first or never gets there (60 s: a bound on a hang, not a
