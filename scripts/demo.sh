@@ -91,6 +91,6 @@ say "status"
 "$guard" status
 
 say "restoring by hand needs only stock tools:"
-latest=$("$guard" list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
+latest=$("$guard" list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["snapshots"][0]["id"])')
 echo "    gunzip -c $demo/backups/snapshots/$latest/app.sqlite.gz > restored.db"
 echo "    tar -xzf $demo/backups/snapshots/$latest/rent-history.tar.gz -C restored-rent-history/"

@@ -32,12 +32,19 @@ pub struct SnapshotRow {
     pub label: Option<String>,
     pub run_id: Option<String>,
     pub created_at: String,
+    /// The target names, comma-joined as stored; `--json` shows them as an array.
+    #[serde(serialize_with = "comma_list")]
     pub targets: String,
     pub bytes: i64,
     pub raw_bytes: i64,
     pub verified_at: Option<String>,
     pub verified_ok: Option<bool>,
     pub drilled_ok: Option<bool>,
+}
+
+/// A comma-joined list as a JSON array (`"a,b"` → `["a", "b"]`; `""` → `[]`).
+fn comma_list<S: serde::Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.split(',').filter(|p| !p.is_empty()))
 }
 
 /// A restore drill as listed.
@@ -63,7 +70,9 @@ pub struct RunRow {
     pub exit_code: Option<i64>,
     pub snapshot_id: Option<String>,
     pub rescue_id: Option<String>,
-    pub command: String,
+    /// The command's words (stored as a JSON array; a catalog written before that holds the
+    /// words joined by spaces, read back as one word).
+    pub command: Vec<String>,
 }
 
 const SCHEMA: &str = r#"
@@ -447,7 +456,7 @@ impl Catalog {
             .bind(j.exit_code.map(i64::from))
             .bind(&j.snapshot_id)
             .bind(&j.rescue_id)
-            .bind(j.command.join(" "))
+            .bind(serde_json::to_string(&j.command)?)
             .execute(&mut *tx),
         )?;
         block_on(
@@ -527,7 +536,10 @@ impl Catalog {
                 exit_code: r.get(5),
                 snapshot_id: r.get(6),
                 rescue_id: r.get(7),
-                command: r.get(8),
+                command: {
+                    let s: String = r.get(8);
+                    serde_json::from_str(&s).unwrap_or_else(|_| vec![s])
+                },
             })
             .collect())
     }

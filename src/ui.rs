@@ -171,11 +171,53 @@ impl Ui {
     }
 }
 
-/// Print a JSON document on stdout.
+/// The shape version every `--json` document carries as `"schema_version"` (docs/json.md).
+/// A new field does not change it; a field that changes meaning, type or goes away does.
+pub const JSON_SCHEMA_VERSION: u64 = 1;
+
+thread_local! {
+    /// Documents held back by [`collect_json`] (`--all`: one document for every policy).
+    static HELD: std::cell::RefCell<Option<Vec<serde_json::Value>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// `doc` with `"schema_version"` added (every document is an object; see docs/json.md).
+pub fn versioned(doc: &serde_json::Value) -> serde_json::Value {
+    debug_assert!(doc.is_object(), "a --json document is an object: {doc}");
+    let mut doc = doc.clone();
+    if let Some(o) = doc.as_object_mut() {
+        o.insert("schema_version".into(), serde_json::json!(JSON_SCHEMA_VERSION));
+    }
+    doc
+}
+
+/// Print a JSON document on stdout (`"schema_version"` added), or hold it back while
+/// [`collect_json`] runs.
 pub fn print_json(v: &serde_json::Value) {
+    let doc = versioned(v);
+    let held = HELD.with(|h| match h.borrow_mut().as_mut() {
+        Some(docs) => {
+            docs.push(doc.clone());
+            true
+        }
+        None => false,
+    });
+    if held {
+        return;
+    }
     // A `Value` always serializes; print the compact form should it ever not.
-    let s = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
+    let s = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| doc.to_string());
     to_stdout(&format!("{}\n", crate::secrets::redact(&s)));
+}
+
+/// Run `f`, holding back the documents it prints; returns them with `f`'s result (for `--all`,
+/// which prints one document listing every policy's).
+pub fn collect_json<T>(f: impl FnOnce() -> T) -> (T, Vec<serde_json::Value>) {
+    let outer = HELD.with(|h| h.borrow_mut().replace(Vec::new()));
+    let r = f();
+    let docs = HELD
+        .with(|h| std::mem::replace(&mut *h.borrow_mut(), outer))
+        .unwrap_or_default();
+    (r, docs)
 }
 
 /// Human-readable byte count.

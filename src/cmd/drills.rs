@@ -11,11 +11,12 @@ pub fn drills(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
     let s = Session::open(policy)?;
     let drills = s.catalog.drills(Some(&policy.name), 1000)?;
     if ui.json {
-        ui::print_json(&json!(drills
+        let list: Vec<_> = drills
             .iter()
             .map(|d| json!({"id": d.id, "snapshot_id": d.snapshot_id, "started_at": d.started_at, "seconds": d.seconds, "ok": d.ok,
                              "targets": d.report["targets"], "failure": d.report["failure"]}))
-            .collect::<Vec<_>>()));
+            .collect();
+        ui::print_json(&json!({"policy": policy.name, "drills": list}));
         return Ok(0);
     }
     if drills.is_empty() {

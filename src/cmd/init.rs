@@ -79,6 +79,14 @@ pub fn init(file: Option<&Path>, ui: &Ui) -> Result<u8, Failure> {
     if !found.s3.is_empty() {
         what.push("S3 settings (commented out)".into());
     }
+    if ui.json {
+        crate::ui::print_json(&serde_json::json!({
+            "file": file.display().to_string(),
+            "schema": schema.display().to_string(),
+            "policy": name,
+            "found": what,
+        }));
+    }
     ui.notice(&format!(
         "guard: wrote {} ({}); edit it, then try `guard --dry-run -- true`",
         file.display(),

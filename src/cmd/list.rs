@@ -10,7 +10,7 @@ pub fn list(policy: &Policy, ui: &Ui) -> Result<u8, Failure> {
     let snaps = s.catalog.snapshots(Some(&policy.name))?;
     // A damaged snapshot is not listed as complete; opening the catalog named it on stderr.
     if ui.json {
-        ui::print_json(&serde_json::to_value(&snaps)?);
+        ui::print_json(&serde_json::json!({"policy": policy.name, "snapshots": snaps}));
         return Ok(0);
     }
     if snaps.is_empty() {

@@ -170,7 +170,7 @@ pub fn dispatch(cli: Cli, ui: &Ui) -> Result<u8, Failure> {
             keep_last,
             dry_run,
         }) => {
-            return for_policies(*all, arg, |p| {
+            return for_policies(*all, arg, ui, |p| {
                 // Releasing what a pruned snapshot owns outside the store opens its target.
                 if !*dry_run && p.targets.iter().any(|t| t.kind.caps().owns_external) {
                     p.require_env().kind(Kind::Usage)?;
@@ -179,7 +179,7 @@ pub fn dispatch(cli: Cli, ui: &Ui) -> Result<u8, Failure> {
             });
         }
         Some(Sub::Drill { all, id }) => {
-            return for_policies(*all, arg, |p| {
+            return for_policies(*all, arg, ui, |p| {
                 p.require_env().kind(Kind::Usage)?;
                 drill::drill(p, id.as_deref(), ui)
             })
@@ -311,34 +311,46 @@ fn all_policies() -> Result<Vec<Policy>, Failure> {
     files.iter().map(|f| policy::load(f).kind(Kind::Usage)).collect()
 }
 
-/// Run `f` for one policy or, with `--all`, for each; the worst exit code wins.
+/// Run `f` for one policy or, with `--all`, for each; the worst exit code wins. With `--json`
+/// and `--all`, one document: `{"policies": [...]}`, each policy's document (or its error).
 pub fn for_policies(
     all: bool,
     arg: Option<&str>,
+    ui: &Ui,
     mut f: impl FnMut(&Policy) -> Result<u8, Failure>,
 ) -> Result<u8, Failure> {
     if !all {
         let path = policy::locate(arg).kind(Kind::Usage)?;
         return f(&policy::load(&path).kind(Kind::Usage)?);
     }
+    let policies = all_policies()?;
     let mut worst = 0;
     let mut first_err = None;
-    for p in all_policies()? {
-        match f(&p) {
+    let mut docs = Vec::new();
+    for p in policies {
+        let (r, mut printed) = crate::ui::collect_json(|| f(&p));
+        match r {
             Ok(c) => worst = worst.max(c),
             Err(e) => {
-                crate::errln!(
-                    "guard: policy {}: {}",
-                    p.name,
-                    crate::secrets::redact(&format!("{:#}", e.error))
-                );
+                let msg = crate::secrets::redact(&format!("{:#}", e.error));
+                crate::errln!("guard: policy {}: {msg}", p.name);
+                if !e.reported {
+                    printed.push(crate::ui::versioned(&serde_json::json!({
+                        "policy": p.name, "error": msg, "kind": e.kind.as_str(), "exit_code": e.kind.exit_code(),
+                    })));
+                }
                 if first_err.is_none() {
                     first_err = Some(e);
                 }
             }
         }
+        docs.extend(printed);
+    }
+    if ui.json {
+        crate::ui::print_json(&serde_json::json!({ "policies": docs }));
     }
     match first_err {
+        Some(e) if ui.json => Err(e.reported()),
         Some(e) => Err(e),
         None => Ok(worst),
     }

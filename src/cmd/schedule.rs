@@ -185,11 +185,25 @@ pub fn schedule(
         .unwrap_or_default();
     let note = needs_note(&u, &env_file);
     let systemd = Path::new("/run/systemd/system").is_dir() || unit_dir != Path::new("/etc/systemd/system");
-    if install && systemd {
-        install_units(&u, unit_dir, no_enable, ui)?;
-        ui.info(note.trim_end());
-    } else if install {
-        install_cron_line(&u.cron_line, ui)?;
+    if install {
+        let files = if systemd {
+            install_units(&u, unit_dir, no_enable, ui)?
+        } else {
+            install_cron_line(&u.cron_line, ui)?;
+            Vec::new()
+        };
+        if ui.json {
+            ui::print_json(&json!({
+                "installed": if systemd { "systemd" } else { "crontab" },
+                "unit": u.unit,
+                "files": files,
+                "enabled": systemd && !no_enable,
+                "crontab": if systemd { None } else { Some(&u.cron_line) },
+                "env_file": env_file,
+                "needs": u.needs,
+                "snapshot": opts.snapshot,
+            }));
+        }
         ui.info(note.trim_end());
     } else if ui.json {
         ui::print_json(&json!({
@@ -223,19 +237,22 @@ pub fn schedule(
 }
 
 /// Write the service and timer into `unit_dir` and (unless `no_enable`) enable the timer.
-fn install_units(u: &Units, unit_dir: &Path, no_enable: bool, ui: &Ui) -> Result<(), Failure> {
+/// Returns the files written.
+fn install_units(u: &Units, unit_dir: &Path, no_enable: bool, ui: &Ui) -> Result<Vec<String>, Failure> {
     crate::store::local::create_dir_all_private(unit_dir).map_err(|e| Failure::new(Kind::Internal, e))?;
+    let mut files = Vec::new();
     for (name, text) in [
         (format!("{}.service", u.unit), &u.service),
         (format!("{}.timer", u.unit), &u.timer),
     ] {
         let p = unit_dir.join(name);
+        files.push(p.display().to_string());
         crate::store::local::write_atomic(&p, text.as_bytes())
             .map_err(|e| Failure::msg(Kind::Internal, format!("cannot write {}: {e}", p.display())))?;
         ui.info(&format!("wrote {}", p.display()));
     }
     if no_enable {
-        return Ok(());
+        return Ok(files);
     }
     for args in [
         vec!["daemon-reload"],
@@ -253,7 +270,7 @@ fn install_units(u: &Units, unit_dir: &Path, no_enable: bool, ui: &Ui) -> Result
         }
     }
     ui.info(&format!("enabled {}.timer", u.unit));
-    Ok(())
+    Ok(files)
 }
 
 /// Add `line` to the user's crontab unless it is there already.

@@ -152,7 +152,7 @@ fn human(f: &Facts, policy: &Policy, location: &str) -> String {
             "last run: {} started {} `{}` → {} (exit {})\n",
             r.id,
             crate::clock::local_str(&r.started_at),
-            r.command,
+            crate::process::shell_words(&r.command),
             r.outcome.as_deref().unwrap_or(&r.phase),
             r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into())
         )),

@@ -48,7 +48,7 @@ fn a_healthy_policy_drills_green_and_records_time_to_restore() {
     assert_eq!(count(&db(&env), "SELECT count(*) FROM payment"), 150);
 
     let h = env.guard(&["drills", "--json"]);
-    let hv: serde_json::Value = serde_json::from_str(&h.stdout).unwrap();
+    let hv: serde_json::Value = serde_json::from_str::<serde_json::Value>(&h.stdout).unwrap()["drills"].clone();
     assert_eq!(hv.as_array().unwrap().len(), 1);
     assert_eq!(hv[0]["ok"], true);
     let s = env.guard(&["status", "--json"]);

@@ -14,6 +14,7 @@ mod files;
 mod fuzz_parsers;
 mod hooks;
 mod init;
+mod json;
 mod leftovers;
 mod lifecycle;
 mod pg_exact;

@@ -458,7 +458,7 @@ fn password_never_appears_in_output_files_or_child_argv() {
     let list = run_env(&env, &cluster, &["list", "--json"]);
     let snaps: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
     let mut outputs = vec![r.all(), r_json.all(), list.all()];
-    for s in snaps.as_array().unwrap() {
+    for s in snaps["snapshots"].as_array().unwrap() {
         outputs.push(run_env(&env, &cluster, &["show", s["id"].as_str().unwrap()]).all());
     }
     outputs.push(run_env(&env, &cluster, &["status", "--json"]).all());
@@ -923,7 +923,7 @@ expect = "== 30"
     );
     let history = run_env(&env, &cluster, &["drills", "--json"]);
     let h: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
-    assert_eq!(h.as_array().unwrap().len(), 1, "{h}");
+    assert_eq!(h["drills"].as_array().unwrap().len(), 1, "{h}");
 
     // Damage the SQLite artifact: the drill restores `rent` into scratch first, then fails on `app`.
     let gz = env.path(&format!("backups/snapshots/{id}/app.sqlite.gz"));

@@ -102,7 +102,7 @@ fn the_crontab_line_loads_the_env_file_quotes_every_path_and_drills() {
     assert!(r.stdout.contains("pruned "), "prune ran after the drill: {r:?}");
     no_pwned(&env);
     let d = with_var(&env, &["--policy", &policy, "drills", "--json"]);
-    let drills: serde_json::Value = serde_json::from_str(&d.stdout).unwrap();
+    let drills: serde_json::Value = serde_json::from_str::<serde_json::Value>(&d.stdout).unwrap()["drills"].clone();
     assert_eq!(drills.as_array().unwrap().len(), 1, "{drills}");
     assert_eq!(drills[0]["ok"], true, "{drills}");
 
@@ -140,8 +140,7 @@ fn a_failed_drill_prunes_nothing_under_cron_as_under_systemd() {
 
 fn snapshots_of(env: &Env, policy: &str) -> usize {
     let r = with_var(env, &["--policy", policy, "list", "--json"]);
-    serde_json::from_str::<serde_json::Value>(&r.stdout)
-        .unwrap()
+    serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()["snapshots"]
         .as_array()
         .unwrap()
         .len()
@@ -171,13 +170,13 @@ fn schedule_snapshot_drills_a_fresh_snapshot_of_todays_data() {
     no_pwned(&env);
     let list = with_var(&env, &["--policy", &policy, "list", "--json"]);
     let snaps: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
-    let fresh = snaps
+    let fresh = snaps["snapshots"]
         .as_array()
         .unwrap()
         .iter()
         .find(|s| s["label"] == "scheduled drill")
         .unwrap_or_else(|| panic!("{snaps}"));
     let d = with_var(&env, &["--policy", &policy, "drills", "--json"]);
-    let drills: serde_json::Value = serde_json::from_str(&d.stdout).unwrap();
+    let drills: serde_json::Value = serde_json::from_str::<serde_json::Value>(&d.stdout).unwrap()["drills"].clone();
     assert_eq!(drills[0]["snapshot_id"], fresh["id"], "{drills}");
 }

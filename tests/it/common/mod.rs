@@ -209,8 +209,7 @@ pub fn snapshots(env: &Env) -> Vec<serde_json::Value> {
 /// The snapshots of a `guard list --json` run (which must have exited 0).
 pub fn listed(r: &Run) -> Vec<serde_json::Value> {
     assert_eq!(r.code, 0, "{r:?}");
-    serde_json::from_str::<serde_json::Value>(&r.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {r:?}"))
+    serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()["snapshots"]
         .as_array()
         .unwrap()
         .clone()
