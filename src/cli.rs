@@ -36,6 +36,11 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DURATION", env = "GUARD_WAIT", value_parser = humantime::parse_duration)]
     pub wait: Option<std::time::Duration>,
 
+    /// Also append guard's messages and the command's output to PATH (created 0600; secrets
+    /// masked as in the run log).
+    #[arg(long, global = true, value_name = "PATH", env = "GUARD_LOG_FILE")]
+    pub log_file: Option<std::path::PathBuf>,
+
     /// Print what would happen and touch nothing.
     #[arg(long)]
     pub dry_run: bool,

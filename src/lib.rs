@@ -76,7 +76,12 @@ pub fn run(cli: cli::Cli) -> u8 {
         _ => ui::Verbosity::Normal,
     };
     ui.lock_wait = cli.wait;
-    match cmd::dispatch(cli, &ui) {
+    let opened = match &cli.log_file {
+        Some(p) => ui::open_log_file(p)
+            .map_err(|e| error::Failure::msg(error::Kind::Usage, format!("--log-file {}: {e}", p.display()))),
+        None => Ok(()),
+    };
+    match opened.and_then(|()| cmd::dispatch(cli, &ui)) {
         Ok(code) => code,
         Err(f) => {
             let msg = secrets::redact(&format!("{:#}", f.error));

@@ -295,6 +295,7 @@ pub fn echo_masked(bytes: &[u8], to_stdout: bool) -> Vec<u8> {
         let _ = e.write_all(&chunk);
         let _ = e.flush();
     }
+    crate::ui::log_bytes(&chunk);
     chunk
 }
 

@@ -22,6 +22,7 @@ pub fn to_stderr(s: &str) {
     let mut e = anstream::stderr().lock();
     let _ = e.write_all(s.as_bytes());
     let _ = e.flush();
+    log_text(s);
 }
 
 /// Write `s` to stdout and flush it, ignoring every error (colors as in [`to_stderr`]).
@@ -29,6 +30,65 @@ pub fn to_stdout(s: &str) {
     let mut o = anstream::stdout().lock();
     let _ = o.write_all(s.as_bytes());
     let _ = o.flush();
+    log_text(s);
+}
+
+/// `--log-file`: where guard's messages and the command's output are appended as well.
+static LOG_FILE: std::sync::Mutex<Option<std::fs::File>> = std::sync::Mutex::new(None);
+
+/// Open `--log-file PATH` for appending: created 0600 if absent, made 0600 if it was readable by
+/// others, never followed through a symlink. Everything guard then prints (and the wrapped
+/// command's and hooks' output) is appended, secrets masked and colors taken out, after a line
+/// saying which guard wrote what follows.
+pub fn open_log_file(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => std::io::Error::other("is a symbolic link; give the file itself"),
+            _ => e,
+        })?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("is not a regular file"));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    if let Ok(mut l) = LOG_FILE.lock() {
+        *l = Some(f);
+    }
+    log_text(&format!(
+        "==> guard {} (pid {}) at {}\n",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        crate::clock::rfc3339(crate::clock::now())
+    ));
+    Ok(())
+}
+
+/// Append text to `--log-file` (secrets masked, colors out); errors ignored like every print.
+fn log_text(s: &str) {
+    if let Ok(mut l) = LOG_FILE.lock() {
+        if let Some(f) = l.as_mut() {
+            let plain = anstream::adapter::strip_str(s).to_string();
+            let _ = f.write_all(crate::secrets::redact(&plain).as_bytes());
+        }
+    }
+}
+
+/// Append bytes guard passes through (the command's and hooks' output, secrets already masked)
+/// to `--log-file`.
+pub fn log_bytes(b: &[u8]) {
+    if let Ok(mut l) = LOG_FILE.lock() {
+        if let Some(f) = l.as_mut() {
+            let _ = f.write_all(&crate::secrets::redact_bytes(b));
+        }
+    }
 }
 
 /// The colors guard uses: pass, fail, warning.
@@ -116,8 +176,12 @@ impl Ui {
 
     /// A progress line for human readers (suppressed with `--json` and `-q`).
     pub fn info(&self, msg: &str) {
+        let line = format!("{}\n", crate::secrets::redact(msg));
         if !self.json && self.verbosity >= Verbosity::Normal {
-            to_stderr(&format!("{}\n", crate::secrets::redact(msg)));
+            to_stderr(&line);
+        } else {
+            // `--log-file` keeps what `--json`/`-q` leave off the terminal.
+            log_text(&line);
         }
     }
 
@@ -139,8 +203,11 @@ impl Ui {
 
     /// What went wrong and what guard did about it: shown with `-q` too (not with `--json`).
     pub fn notice(&self, msg: &str) {
+        let line = format!("{}\n", crate::secrets::redact(msg));
         if !self.json {
-            to_stderr(&format!("{}\n", crate::secrets::redact(msg)));
+            to_stderr(&line);
+        } else {
+            log_text(&line);
         }
     }
 

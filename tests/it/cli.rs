@@ -391,3 +391,92 @@ fn people_read_local_time_to_the_second_and_json_keeps_utc() {
     let sh: Run = c.output().unwrap().into();
     assert!(sh.stdout.contains("taken 2026-12-01 15:14:03 -05:00"), "{sh:?}");
 }
+
+#[test]
+fn log_file_appends_guards_messages_and_the_commands_output_0600_with_secrets_masked() {
+    use std::os::unix::fs::PermissionsExt;
+    let token = "tok-log-file-5150-secret";
+    let url_pw = "hunter2-log-file-pw";
+    let env = checked_env();
+    let mut policy = std::fs::read_to_string(env.path("guard.toml")).unwrap();
+    policy = policy.replacen(
+        "\n[[target]]",
+        "\n[hooks]\nbefore = [\"echo hook sees ${GUARD_LOG_API_TOKEN} and ${GUARD_LOG_DB_URL}\"]\n\n[[target]]",
+        1,
+    );
+    env.write("guard.toml", &policy);
+    // An existing log, readable by others: appended to, and made private.
+    let log = env.write("logs/guard.log", "an earlier line\n");
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let db = env.path("app.db");
+    let script = format!(
+        "echo token is $GUARD_LOG_API_TOKEN; echo err $GUARD_LOG_API_TOKEN >&2; sqlite3 '{}' 'DELETE FROM payment'",
+        db.display()
+    );
+    let r: Run = env
+        .cmd(&["--json", "--log-file", "logs/guard.log", "--", "sh", "-c", &script])
+        .env("GUARD_LOG_API_TOKEN", token)
+        .env("GUARD_LOG_DB_URL", format!("postgres://app:{url_pw}@db.internal/app"))
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 79, "the check failed and guard restored: {r:?}");
+    assert!(count(&db, "SELECT count(*) FROM payment") > 0, "restored");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the log is private: {mode:o}");
+    assert!(text.starts_with("an earlier line\n"), "appended, not replaced:\n{text}");
+    assert!(
+        text.contains("==> guard "),
+        "a line says which guard wrote what follows:\n{text}"
+    );
+    assert!(
+        text.contains("token is ***") && text.contains("err ***"),
+        "the command's stdout and stderr, masked:\n{text}"
+    );
+    assert!(text.contains("hook sees ***"), "the hook's output, masked:\n{text}");
+    assert!(
+        text.contains("payments untouched") && text.contains("restored app"),
+        "guard's own messages, also under --json:\n{text}"
+    );
+    assert!(
+        text.contains("\"schema_version\": 1"),
+        "the --json document too:\n{text}"
+    );
+    assert!(
+        !text.contains(token) && !text.contains(url_pw),
+        "no secret in the log:\n{text}"
+    );
+    assert!(!text.contains('\u{1b}'), "no color codes in the log:\n{text}");
+    assert!(!r.all().contains(token) && !r.all().contains(url_pw), "{r:?}");
+
+    // Absent: created 0600 even under umask 000; GUARD_LOG_FILE is --log-file.
+    let fresh = env.path("logs/new.log");
+    let r: Run = Command::new("sh")
+        .current_dir(env.path(""))
+        .arg("-c")
+        .arg(format!("umask 000; exec '{}' -- true", guard_bin()))
+        .env_remove("GUARD_POLICY")
+        .env("GUARD_LOG_FILE", &fresh)
+        .env("GUARD_LOG_API_TOKEN", token)
+        .env("GUARD_LOG_DB_URL", "sqlite:unused")
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 0, "{r:?}");
+    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "created private under umask 000: {mode:o}");
+    let text = std::fs::read_to_string(&fresh).unwrap();
+    assert!(text.contains("snapshot of simple"), "{text}");
+
+    // A symbolic link is refused (exit 64, naming the flag); its target is untouched.
+    let victim = env.write("victim.txt", "keep me\n");
+    std::os::unix::fs::symlink(&victim, env.path("logs/link.log")).unwrap();
+    let r = env.guard(&["--log-file", "logs/link.log", "list"]);
+    assert_eq!(r.code, 64, "{r:?}");
+    assert!(
+        r.stderr.contains("--log-file") && r.stderr.contains("symbolic link"),
+        "{r:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me\n");
+}
