@@ -18,6 +18,8 @@ pub fn write_artifact(
     input: impl Read,
     c: Compression,
 ) -> Result<Artifact> {
+    // A snapshot's stream has no known size until it ends: a spinner with bytes and rate.
+    let input = crate::progress::reader(input, &format!("writing {}", file_name(&key)), None);
     if crate::crypt::encrypting() {
         return write_encrypted(store, format!("{key}.age"), format, input, c);
     }
@@ -63,6 +65,7 @@ fn write_encrypted(store: &dyn Store, key: String, format: &str, input: impl Rea
 /// content digest while streaming the content to `sink`.
 pub fn read_artifact(store: &dyn Store, a: &Artifact, sink: impl Write + Send) -> Result<()> {
     let input = store.open(&a.key)?;
+    let sink = crate::progress::writer(sink, &format!("reading {}", file_name(&a.key)), Some(a.raw_bytes));
     let Some(e) = &a.encryption else {
         let got =
             archive::decompress(input, sink).map_err(|e| anyhow::anyhow!("{}/{}: {e:#}", store.location(), a.key))?;
@@ -90,6 +93,11 @@ pub fn read_artifact(store: &dyn Store, a: &Artifact, sink: impl Write + Send) -
         bail!("{where_}: content checksum mismatch after decryption and decompression");
     }
     Ok(())
+}
+
+/// The last part of a store key (`snapshots/ID/app.sqlite.gz` → `app.sqlite.gz`), for progress.
+fn file_name(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key)
 }
 
 /// Compare what was read back with what the manifest promises; name the file on mismatch.

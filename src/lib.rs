@@ -51,6 +51,7 @@ pub mod outcome;
 pub mod parse_ctx;
 pub mod policy;
 pub mod process;
+pub mod progress;
 pub mod restore;
 pub mod retention;
 pub mod run;
@@ -76,6 +77,7 @@ pub fn run(cli: cli::Cli) -> u8 {
         _ => ui::Verbosity::Normal,
     };
     ui.lock_wait = cli.wait;
+    progress::enable(&ui);
     let opened = match &cli.log_file {
         Some(p) => ui::open_log_file(p)
             .map_err(|e| error::Failure::msg(error::Kind::Usage, format!("--log-file {}: {e}", p.display()))),

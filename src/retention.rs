@@ -176,6 +176,7 @@ fn delete_snapshots(
     // only its credentials can release it), so only then are manifests read.
     let external = policy.targets.iter().any(|t| t.kind.caps().owns_external);
     let mut freed = 0;
+    let progress = crate::progress::count("prune", ids.len() as u64);
     for id in ids {
         // 2. release what lives outside the store
         let entries = store.list(&keys::snapshot_prefix(id))?;
@@ -221,6 +222,7 @@ fn delete_snapshots(
         }
         store.remove(&keys::prune_marker_key(id))?;
         let _ = store.remove(&keys::pin_key(id));
+        progress.inc(1);
     }
     store.sync()?;
     Ok(freed)

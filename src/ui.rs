@@ -13,15 +13,16 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
-
 /// Write `s` to stderr and flush it, ignoring every error. Colors ([`paint`]) reach a terminal
 /// and are taken out otherwise: `NO_COLOR` (set and not empty) turns them off, `CLICOLOR_FORCE`
 /// keeps them on a pipe, `CLICOLOR=0` turns them off (anstream's rules).
 pub fn to_stderr(s: &str) {
-    let mut e = anstream::stderr().lock();
-    let _ = e.write_all(s.as_bytes());
-    let _ = e.flush();
+    // Above any progress bar, not through it.
+    crate::progress::suspend(|| {
+        let mut e = anstream::stderr().lock();
+        let _ = e.write_all(s.as_bytes());
+        let _ = e.flush();
+    });
     log_text(s);
 }
 
@@ -155,13 +156,12 @@ pub struct Ui {
     pub lock_wait: Option<Duration>,
 }
 
-pub struct Spinner(Option<ProgressBar>);
+/// A spinner for work of unknown length ([`crate::progress::spinner`]); gone when finished.
+pub struct Spinner(crate::progress::Progress);
 
 impl Spinner {
     pub fn finish(self) {
-        if let Some(p) = self.0 {
-            p.finish_and_clear();
-        }
+        drop(self.0);
     }
 }
 
@@ -213,15 +213,9 @@ impl Ui {
 
     pub fn spinner(&self, msg: &str) -> Spinner {
         if self.json || !self.tty || self.verbosity == Verbosity::Quiet {
-            return Spinner(None);
+            return Spinner(crate::progress::Progress::hidden());
         }
-        let p = ProgressBar::new_spinner();
-        if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
-            p.set_style(style);
-        }
-        p.set_message(msg.to_string());
-        p.enable_steady_tick(Duration::from_millis(120));
-        Spinner(Some(p))
+        Spinner(crate::progress::spinner(msg))
     }
 
     /// Ask a yes/no question on the terminal. Without a terminal the answer is no.

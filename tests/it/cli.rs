@@ -480,3 +480,64 @@ fn log_file_appends_guards_messages_and_the_commands_output_0600_with_secrets_ma
     );
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me\n");
 }
+
+/// `guard ARGS` on a pseudo-terminal (`script`): stdout and stderr as the terminal shows them.
+fn on_a_terminal(env: &Env, args: &[&str]) -> Run {
+    let words: Vec<String> = std::iter::once(guard_bin())
+        .chain(args.iter().map(|a| a.to_string()))
+        .map(|w| format!("'{}'", w.replace('\'', "'\\''")))
+        .collect();
+    Command::new("script")
+        .args(["-qefc", &words.join(" "), "/dev/null"])
+        .current_dir(env.path(""))
+        .env_remove("GUARD_POLICY")
+        .env_remove("NO_COLOR")
+        .env("TERM", "xterm")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script (util-linux)")
+        .into()
+}
+
+#[test]
+fn progress_is_drawn_on_a_terminal_and_never_under_json_quiet_or_a_pipe() {
+    let env = Env::new();
+    lending_db(&env.path("app.db"), 3000);
+    env.write(
+        "guard.toml",
+        "name = \"big\"\nstore = \"backups\"\n\n[[target]]\nname = \"app\"\nkind = \"sqlite\"\npath = \"app.db\"\n",
+    );
+    // On a terminal: the snapshot's artifact is written with a spinner (bytes, rate), the
+    // restore reads it back with a bar (bytes of the total, rate, ETA).
+    let snap = on_a_terminal(&env, &["snapshot"]);
+    assert_eq!(snap.code, 0, "{snap:?}");
+    assert!(
+        snap.stdout.contains("writing app.sqlite.gz") && snap.stdout.contains("B/s"),
+        "a spinner with bytes and rate: {snap:?}"
+    );
+    let restore = on_a_terminal(&env, &["restore", "latest", "--yes"]);
+    assert_eq!(restore.code, 0, "{restore:?}");
+    assert!(
+        restore.stdout.contains("reading app.sqlite.gz") && restore.stdout.contains("ETA"),
+        "a bar with the total and ETA: {restore:?}"
+    );
+    // --json and -q on a terminal, and a pipe: not one byte of progress.
+    for args in [&["--json", "snapshot"][..], &["-q", "snapshot"][..]] {
+        let r = on_a_terminal(&env, args);
+        assert_eq!(r.code, 0, "{args:?}: {r:?}");
+        assert!(
+            !r.stdout.contains("B/s") && !r.stdout.contains("writing app.sqlite.gz"),
+            "{args:?}: {r:?}"
+        );
+    }
+    for args in [&["snapshot"][..], &["restore", "latest", "--yes"][..], &["verify"][..]] {
+        let r = env.guard(args);
+        assert_eq!(r.code, 0, "{args:?}: {r:?}");
+        for s in [&r.stdout, &r.stderr] {
+            assert!(
+                !s.contains("B/s") && !s.contains('\r') && !s.contains('\u{1b}'),
+                "no progress bytes on a pipe ({args:?}): {s:?}"
+            );
+        }
+    }
+}
