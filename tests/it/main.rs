@@ -6,6 +6,7 @@ mod common;
 
 mod checks;
 mod cli;
+mod cookbook;
 mod deleted;
 mod docs;
 mod drill;

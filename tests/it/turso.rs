@@ -8,11 +8,11 @@ use std::path::Path;
 use crate::common::turso::{TursoFake, API_TOKEN, ORG};
 use crate::common::*;
 
-const DB: &str = "liveone-tokyo";
+pub(crate) const DB: &str = "liveone-tokyo";
 
 /// The seed-002 database: readings of several systems, their 5-minute aggregates, point metadata,
 /// the (empty) point tables, and objects of every kind a reload must bring back.
-fn seed(path: &Path) {
+pub(crate) fn seed(path: &Path) {
     let mut c = rusqlite::Connection::open(path).unwrap();
     c.execute_batch(
         "CREATE TABLE readings (id INTEGER PRIMARY KEY, system_id INTEGER NOT NULL, inverter_time INTEGER NOT NULL,
@@ -71,7 +71,7 @@ fn seed(path: &Path) {
 }
 
 /// Everything in a database, rowids and the AUTOINCREMENT counters included.
-fn full_dump(path: &Path) -> String {
+pub(crate) fn full_dump(path: &Path) -> String {
     let mut out = dump(path);
     let c = rusqlite::Connection::open(path).unwrap();
     let mut st = c.prepare("SELECT rowid, * FROM point_info ORDER BY rowid").unwrap();
