@@ -487,6 +487,25 @@ pub fn target_for(specs: &[TargetSpec], rec: &TargetRecord) -> Result<Box<dyn Ta
     Ok(live)
 }
 
+/// The error for a target path that does not exist: `p` is a dangling symlink (named with
+/// where it leads) or nothing at all. `what` names what `p` should be ("directory",
+/// "database"), or is empty.
+pub(crate) fn missing_path(name: &str, what: &str, p: &Path) -> anyhow::Error {
+    let what = if what.is_empty() {
+        String::new()
+    } else {
+        format!("{what} ")
+    };
+    match std::fs::read_link(p) {
+        Ok(to) => anyhow::anyhow!(
+            "target {name}: {} is a symlink to {}, which does not exist",
+            p.display(),
+            to.display()
+        ),
+        Err(_) => anyhow::anyhow!("target {name}: {what}{} does not exist", p.display()),
+    }
+}
+
 /// The target to inspect a record with (`guard verify`): the policy's own when it names the
 /// record's target as it was, else one rebuilt read-only from the record ([`from_record`]).
 pub fn for_inspection(specs: &[TargetSpec], rec: &TargetRecord) -> Result<Box<dyn Target>> {

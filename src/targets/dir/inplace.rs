@@ -295,38 +295,8 @@ pub(super) fn restore(
     let result = (|| -> Result<()> {
         progress("stage")?;
         // 1. Stage: nothing live changes.
-        let need: BTreeSet<String> = want_files
-            .iter()
-            .filter(|f| f.kind == "file")
-            .filter(|f| {
-                !live
-                    .get(&f.path)
-                    .is_some_and(|l| l.kind == "file" && l.sha256 == f.sha256)
-            })
-            .map(|f| f.path.clone())
-            .collect();
-        // An absent record (no path existed) has no artifact: everything goes.
-        let staged = match rec.artifacts.first() {
-            None => StageResult::default(),
-            Some(a) => {
-                let (reader, writer) = std::io::pipe()?;
-                std::thread::scope(|s| -> Result<StageResult> {
-                    let h = s.spawn(|| {
-                        stage(
-                            std::io::BufReader::with_capacity(1 << 20, reader),
-                            items,
-                            filter,
-                            &need,
-                            &staging,
-                        )
-                    });
-                    let r = crate::artifact::read_artifact(store, a, writer);
-                    let staged = h.join().map_err(|_| anyhow!("tar reader panicked"))?;
-                    r?;
-                    staged.context("reading the artifact")
-                })?
-            }
-        };
+        let need = needed(want_files, &live);
+        let staged = stage_artifact(rec, store, items, filter, &need, &staging)?;
         compare_listings(&rec.files, &staged.listing).context("the artifact differs from the manifest")?;
 
         // Owners and modes of an unauthenticated record come from the live tree, read before
@@ -339,94 +309,10 @@ pub(super) fn restore(
         progress("commit")?;
         let want: BTreeMap<&str, &FileEntry> = want_files.iter().map(|f| (f.path.as_str(), f)).collect();
         let mut touched: BTreeSet<PathBuf> = BTreeSet::new();
-        let parent_of = |p: &Path| p.parent().unwrap_or(root).to_path_buf();
-        // a. What the snapshot does not have, or has as another kind: children first.
-        for (path, l) in live.iter().rev() {
-            if want.get(path.as_str()).is_some_and(|w| w.kind == l.kind) {
-                continue;
-            }
-            let p = dest_of(path);
-            let removed = remove_live(&p, l.kind == "dir").with_context(|| format!("removing {}", p.display()))?;
-            if !removed && want.contains_key(path.as_str()) {
-                bail!(
-                    "{} must become a {} again, but it holds excluded entries; move them away and restore again",
-                    p.display(),
-                    want[path.as_str()].kind
-                );
-            }
-            touched.insert(parent_of(&p));
-        }
+        remove_unwanted(root, &live, &want, dest_of, &mut touched)?;
         crate::faults::test_pause("dir-inplace-commit");
-        // b. Directories, files and links of the snapshot, parents first.
-        for (path, w) in &want {
-            let p = dest_of(path);
-            match w.kind.as_str() {
-                "dir" if !p.is_dir() => {
-                    fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
-                    touched.insert(parent_of(&p));
-                }
-                "file" => {
-                    if let Some(s) = staged.staged.get(*path) {
-                        if let Some(d) = p.parent() {
-                            fs::create_dir_all(d)?;
-                        }
-                        put(&s.file, &p).with_context(|| format!("writing {}", p.display()))?;
-                        touched.insert(parent_of(&p));
-                    }
-                }
-                "symlink" => {
-                    let to = w.link.as_deref().unwrap_or("");
-                    let same = fs::read_link(&p).is_ok_and(|l| l.as_os_str().as_bytes() == to.as_bytes());
-                    if !same {
-                        let tmp = super::sibling(&p, "tmp");
-                        std::os::unix::fs::symlink(to, &tmp)?;
-                        fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))?;
-                        touched.insert(parent_of(&p));
-                    }
-                }
-                _ => {}
-            }
-        }
-        // c. Owners (as root: only root can give files away; before the modes, since a chown
-        //    clears set-user-ID bits), modes, then mtimes (directories last, deepest first:
-        //    writing in them moved theirs).
-        if let Some(metas) = &live_metas {
-            super::owners::apply(metas, dest_of)?;
-        } else if running_as_root() {
-            for (path, (uid, gid)) in want.keys().filter_map(|p| Some((*p, staged.owners.get(*p)?))) {
-                let p = dest_of(path);
-                let m = fs::symlink_metadata(&p)?;
-                if (m.uid(), m.gid()) != (*uid, *gid) {
-                    std::os::unix::fs::lchown(&p, Some(*uid), Some(*gid))
-                        .with_context(|| format!("giving {} back to {uid}:{gid}", p.display()))?;
-                }
-            }
-        }
-        for (path, w) in &want {
-            if w.kind == "symlink" || live_metas.is_some() {
-                continue;
-            }
-            let p = dest_of(path);
-            let m = fs::symlink_metadata(&p)?;
-            let mode = w.mode & !setid_mask;
-            if m.permissions().mode() & 0o7777 != mode {
-                fs::set_permissions(&p, fs::Permissions::from_mode(mode))?;
-            }
-        }
-        for (path, w) in &want {
-            if w.kind != "dir" {
-                if let Some(t) = staged.mtimes.get(*path) {
-                    set_mtime(&dest_of(path), *t)?;
-                }
-            }
-        }
-        for (path, w) in want.iter().rev() {
-            if w.kind == "dir" {
-                if let Some(t) = staged.mtimes.get(*path) {
-                    set_mtime(&dest_of(path), *t)?;
-                }
-            }
-        }
+        write_wanted(root, &want, &staged, dest_of, &mut touched)?;
+        set_metadata(&want, &staged, live_metas.as_ref(), dest_of, setid_mask)?;
         for d in &touched {
             if d.is_dir() {
                 sync_dir(d)?;
@@ -442,4 +328,167 @@ pub(super) fn restore(
         sync_dir(root)?;
     }
     result
+}
+
+/// The snapshot's files whose content the live tree does not already hold.
+fn needed(want_files: &[FileEntry], live: &BTreeMap<String, FileEntry>) -> BTreeSet<String> {
+    want_files
+        .iter()
+        .filter(|f| f.kind == "file")
+        .filter(|f| {
+            !live
+                .get(&f.path)
+                .is_some_and(|l| l.kind == "file" && l.sha256 == f.sha256)
+        })
+        .map(|f| f.path.clone())
+        .collect()
+}
+
+/// Step 1: stream `rec`'s artifact through [`stage`] into `staging`. An absent record (no path
+/// existed) has no artifact: everything goes.
+fn stage_artifact(
+    rec: &TargetRecord,
+    store: &dyn Store,
+    items: &[String],
+    filter: &Filter,
+    need: &BTreeSet<String>,
+    staging: &Path,
+) -> Result<StageResult> {
+    let Some(a) = rec.artifacts.first() else {
+        return Ok(StageResult::default());
+    };
+    let (reader, writer) = std::io::pipe()?;
+    std::thread::scope(|s| -> Result<StageResult> {
+        let h = s.spawn(|| {
+            stage(
+                std::io::BufReader::with_capacity(1 << 20, reader),
+                items,
+                filter,
+                need,
+                staging,
+            )
+        });
+        let r = crate::artifact::read_artifact(store, a, writer);
+        let staged = h.join().map_err(|_| anyhow!("tar reader panicked"))?;
+        r?;
+        staged.context("reading the artifact")
+    })
+}
+
+/// Step 2a: remove what the snapshot does not have, or has as another kind: children first.
+fn remove_unwanted(
+    root: &Path,
+    live: &BTreeMap<String, FileEntry>,
+    want: &BTreeMap<&str, &FileEntry>,
+    dest_of: &dyn Fn(&str) -> PathBuf,
+    touched: &mut BTreeSet<PathBuf>,
+) -> Result<()> {
+    for (path, l) in live.iter().rev() {
+        if want.get(path.as_str()).is_some_and(|w| w.kind == l.kind) {
+            continue;
+        }
+        let p = dest_of(path);
+        let removed = remove_live(&p, l.kind == "dir").with_context(|| format!("removing {}", p.display()))?;
+        if !removed && want.contains_key(path.as_str()) {
+            bail!(
+                "{} must become a {} again, but it holds excluded entries; move them away and restore again",
+                p.display(),
+                want[path.as_str()].kind
+            );
+        }
+        touched.insert(p.parent().unwrap_or(root).to_path_buf());
+    }
+    Ok(())
+}
+
+/// Step 2b: the snapshot's directories, files and links, parents first.
+fn write_wanted(
+    root: &Path,
+    want: &BTreeMap<&str, &FileEntry>,
+    staged: &StageResult,
+    dest_of: &dyn Fn(&str) -> PathBuf,
+    touched: &mut BTreeSet<PathBuf>,
+) -> Result<()> {
+    let parent_of = |p: &Path| p.parent().unwrap_or(root).to_path_buf();
+    for (path, w) in want {
+        let p = dest_of(path);
+        match w.kind.as_str() {
+            "dir" if !p.is_dir() => {
+                fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+                touched.insert(parent_of(&p));
+            }
+            "file" => {
+                if let Some(s) = staged.staged.get(*path) {
+                    if let Some(d) = p.parent() {
+                        fs::create_dir_all(d)?;
+                    }
+                    put(&s.file, &p).with_context(|| format!("writing {}", p.display()))?;
+                    touched.insert(parent_of(&p));
+                }
+            }
+            "symlink" => {
+                let to = w.link.as_deref().unwrap_or("");
+                let same = fs::read_link(&p).is_ok_and(|l| l.as_os_str().as_bytes() == to.as_bytes());
+                if !same {
+                    let tmp = super::sibling(&p, "tmp");
+                    std::os::unix::fs::symlink(to, &tmp)?;
+                    fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))?;
+                    touched.insert(parent_of(&p));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Step 2c: owners (as root: only root can give files away; before the modes, since a chown
+/// clears set-user-ID bits), modes, then mtimes (directories last, deepest first: writing in
+/// them moved theirs). `live_metas`: an unauthenticated record's owners and modes, read from
+/// the live tree.
+fn set_metadata(
+    want: &BTreeMap<&str, &FileEntry>,
+    staged: &StageResult,
+    live_metas: Option<&BTreeMap<String, super::owners::Meta>>,
+    dest_of: &dyn Fn(&str) -> PathBuf,
+    setid_mask: u32,
+) -> Result<()> {
+    if let Some(metas) = live_metas {
+        super::owners::apply(metas, dest_of)?;
+    } else if running_as_root() {
+        for (path, (uid, gid)) in want.keys().filter_map(|p| Some((*p, staged.owners.get(*p)?))) {
+            let p = dest_of(path);
+            let m = fs::symlink_metadata(&p)?;
+            if (m.uid(), m.gid()) != (*uid, *gid) {
+                std::os::unix::fs::lchown(&p, Some(*uid), Some(*gid))
+                    .with_context(|| format!("giving {} back to {uid}:{gid}", p.display()))?;
+            }
+        }
+    }
+    for (path, w) in want {
+        if w.kind == "symlink" || live_metas.is_some() {
+            continue;
+        }
+        let p = dest_of(path);
+        let m = fs::symlink_metadata(&p)?;
+        let mode = w.mode & !setid_mask;
+        if m.permissions().mode() & 0o7777 != mode {
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode))?;
+        }
+    }
+    for (path, w) in want {
+        if w.kind != "dir" {
+            if let Some(t) = staged.mtimes.get(*path) {
+                set_mtime(&dest_of(path), *t)?;
+            }
+        }
+    }
+    for (path, w) in want.iter().rev() {
+        if w.kind == "dir" {
+            if let Some(t) = staged.mtimes.get(*path) {
+                set_mtime(&dest_of(path), *t)?;
+            }
+        }
+    }
+    Ok(())
 }

@@ -320,14 +320,7 @@ impl DirTarget {
                 p.display()
             ),
             Ok(_) => bail!("target {name}: {} is not a directory", p.display()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match fs::read_link(p) {
-                Ok(to) => bail!(
-                    "target {name}: {} is a symlink to {}, which does not exist",
-                    p.display(),
-                    to.display()
-                ),
-                Err(_) => bail!("target {name}: directory {} does not exist", p.display()),
-            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(super::missing_path(name, "directory", p)),
             Err(e) => Err(e).with_context(|| format!("target {name}: cannot read {}", p.display())),
         }
     }
@@ -400,15 +393,9 @@ impl Target for DirTarget {
                 let p = root.join(i);
                 match fs::metadata(&p) {
                     Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => match fs::read_link(&p) {
-                        Ok(to) => bail!(
-                            "target {}: {} is a symlink to {}, which does not exist",
-                            self.spec.name,
-                            p.display(),
-                            to.display()
-                        ),
-                        Err(_) => bail!("target {}: {} does not exist", self.spec.name, p.display()),
-                    },
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(super::missing_path(&self.spec.name, "", &p))
+                    }
                     Err(e) => {
                         return Err(e)
                             .with_context(|| format!("target {}: cannot read {}", self.spec.name, p.display()))

@@ -124,14 +124,7 @@ impl SqliteTarget {
                 p.display(),
                 file_type_name(m.file_type())
             ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match fs::read_link(p) {
-                Ok(to) => bail!(
-                    "target {name}: {} is a symlink to {}, which does not exist",
-                    p.display(),
-                    to.display()
-                ),
-                Err(_) => bail!("target {name}: database {} does not exist", p.display()),
-            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(super::missing_path(name, "database", p)),
             Err(e) => Err(e).with_context(|| format!("target {name}: cannot read {}", p.display())),
         }
     }
