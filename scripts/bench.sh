@@ -182,6 +182,22 @@ ttr_runs() {
     lines="${lines%$'\n'}"
     echo "$(echo "$lines" | col_median 1) $(echo "$lines" | col_median 2) $(echo "$lines" | col_median 3) $(echo "$lines" | col_max 4)"
 }
+# A kept guarded run of policy $1 (the command `true`), ROUNDS times, the store $2 removed
+# before each; prints "total peak_kb": the median wall time guard start → exit (the deferred
+# store artifact written and verified included) and the peak memory (max).
+kept_runs() {
+    local pol="$1" store="$2" lines="" t0 t1
+    for _ in $(seq "$ROUNDS"); do
+        rm -rf "$store"; sync
+        t0=$(date +%s.%N)
+        /usr/bin/time -f %M -o "$work/kept.mem" "$guard" --policy "$pol" -- true >/dev/null 2>"$work/kept.err" \
+            || { echo "bench: the kept run failed:" >&2; cat "$work/kept.err" >&2; exit 1; }
+        t1=$(date +%s.%N)
+        lines+="$(echo "$t1 - $t0" | bc -l) $(tail -1 "$work/kept.mem")"$'\n'
+    done
+    lines="${lines%$'\n'}"
+    echo "$(echo "$lines" | col_median 1) $(echo "$lines" | col_max 2)"
+}
 ttr_table=""
 ttr_row() {   # case size guard-hot guard-nohot recipe-name recipe-time
     ttr_table+="| $1 | $2 | $3 s | $4 s | $5 | $6 s | **$(rat "$3" "$6")×** | $(rat "$4" "$6")× |"$'\n'
@@ -232,6 +248,9 @@ TOML
         read -r sd_hot st_hot stot_hot smem_hot <<<"$(ttr_runs "$d/sqlite.toml" "sqlite3 '$d/app.db' \"UPDATE sensor SET name = 'x'\"" "$d/store")"
         say "ttr: SQLite $size, failed run without (GUARD_TEST_HOT_FREE=0)"
         read -r sd_cold st_cold stot_cold smem_cold <<<"$(GUARD_TEST_HOT_FREE=0 ttr_runs "$d/sqlite.toml" "sqlite3 '$d/app.db' \"UPDATE sensor SET name = 'x'\"" "$d/store")"
+        say "ttr: SQLite $size, kept run with / without a hot copy"
+        read -r sk_hot skm_hot <<<"$(kept_runs "$d/sqlite.toml" "$d/store")"
+        read -r sk_cold skm_cold <<<"$(GUARD_TEST_HOT_FREE=0 kept_runs "$d/sqlite.toml" "$d/store")"
         sqlite3 "$d/app.db" ".backup '$d/backup.db'"
         cp_back() { cp "$d/backup.db" "$d/restored.db" && sync "$d/restored.db"; }
         seed_of() { rm -f "$d/recipe.db" "$d/recipe.db.gz"; sqlite3 "$d/app.db" ".backup '$d/recipe.db'"; gzip -6 -c "$d/recipe.db" > "$d/recipe.db.gz"; sha256sum "$d/recipe.db.gz" >/dev/null; }
@@ -248,7 +267,7 @@ TOML
         rm -rf "$d/tree-copy"
         ttr_row "directory: time to recovery" "$size" "$dt_hot" "$dt_hot" "rm -rf + cp -a" "$t_cpa"
         ttr_row "directory: added downtime" "$size" "$dd_hot" "$dd_hot" "cp -a" "$t_cpa"
-        mem_lines+="SQLite $size: guard's peak memory $((smem_hot / 1024)) MiB with a hot copy, $((smem_cold / 1024)) MiB without; total wall time after the command's exit (restore, rescue compressed into the store, exit) ${stot_hot} s vs ${stot_cold} s. Directory $size: peak $((dmem_hot / 1024)) MiB, total after exit ${dtot_hot} s."$'\n'
+        mem_lines+="SQLite $size: guard's peak memory $((smem_hot / 1024)) MiB with a hot copy, $((smem_cold / 1024)) MiB without; total wall time after the command's exit (restore, rescue compressed into the store, exit) ${stot_hot} s vs ${stot_cold} s; a kept run (\`-- true\`) start → exit ${sk_hot} s with the deferred store artifact vs ${sk_cold} s without a hot copy (the artifact before the command), peak $((skm_hot / 1024)) vs $((skm_cold / 1024)) MiB. Directory $size: peak $((dmem_hot / 1024)) MiB, total after exit ${dtot_hot} s."$'\n'
         rm -rf "$d/store" "$d/dirstore"
     done
     if [ "${SKIP_PG:-}" != 1 ] && [ -n "$pgbin" ] && [ -x "$pgbin/initdb" ]; then

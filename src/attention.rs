@@ -180,7 +180,7 @@ fn parse(t: &str) -> Option<OffsetDateTime> {
 fn failed_period(j: &Journal, later: &[&Journal]) -> Option<(OffsetDateTime, Option<OffsetDateTime>)> {
     let touched_phase = matches!(
         j.phase,
-        Phase::CommandRunning | Phase::Checking | Phase::Swapping | Phase::Rescuing | Phase::Restoring
+        Phase::CommandRunning | Phase::Checking | Phase::Storing | Phase::Swapping | Phase::Rescuing | Phase::Restoring
     );
     if j.phase != Phase::Done {
         return touched_phase.then_some((j.started_at, None));
@@ -443,7 +443,16 @@ pub fn advice(j: &Journal, policy_file: &str) -> (String, String) {
             "guard stopped before the command started: the targets were not touched by it.".into(),
             format!("{recover}   (marks the run closed; nothing to restore)"),
         ),
-        Phase::CommandRunning | Phase::Checking => (
+        Phase::CommandRunning | Phase::Checking | Phase::Storing if !j.pending.is_empty() => (
+            format!(
+                "the command `{}` had started: the targets may hold its changes. The pre-run state is in the hot copy kept beside {} (.NAME.guard-hot-{} or a guard_hot_ database): snapshot {snap} was still being written into the store.",
+                j.command.join(" "),
+                j.pending.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", "),
+                j.run_id
+            ),
+            format!("{recover}   (rescue snapshot, then rename the hot copy back)\n  or: {recover} --keep   (accept the current state; removes the hot copy)"),
+        ),
+        Phase::CommandRunning | Phase::Checking | Phase::Storing => (
             format!("the command `{}` had started: the targets may hold its changes. The pre-run state is in snapshot {snap}.", j.command.join(" ")),
             format!("{recover}   (rescue snapshot, then restore {snap})\n  or: {recover} --keep   (accept the current state)"),
         ),

@@ -51,11 +51,15 @@ pub enum Kind {
     /// An earlier run left the targets in a failed or unknown state (interrupted, restore
     /// failed, failed state kept, failed drill): `guard recover` first.
     NeedsAttention,
+    /// The command and every check passed and its changes are kept, but the pre-run snapshot's
+    /// store artifact, deferred while the command ran (issue 17), could not be written or
+    /// verified: the hot copy (or clone) is kept until `guard recover`.
+    Unstored,
 }
 
 impl Kind {
     /// Every kind, for reading [`Kind::as_str`] back.
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Internal,
         Kind::Usage,
         Kind::Snapshot,
@@ -68,6 +72,7 @@ impl Kind {
         Kind::DrillFailed,
         Kind::Hook,
         Kind::NeedsAttention,
+        Kind::Unstored,
     ];
 
     /// The process exit code for this kind. Stable: documented in README.
@@ -85,6 +90,7 @@ impl Kind {
             Kind::RestoreFailed => 80,
             Kind::KeptFailed => 81,
             Kind::NeedsAttention => 82,
+            Kind::Unstored => 83,
         }
     }
 
@@ -103,6 +109,7 @@ impl Kind {
             Kind::KeptFailed => "kept_failed",
             Kind::Hook => "hook_failed",
             Kind::NeedsAttention => "needs_attention",
+            Kind::Unstored => "snapshot_unstored",
         }
     }
 }

@@ -30,3 +30,21 @@ pub fn test_pause(point: &str) {
 pub fn test_flag(name: &str) -> bool {
     std::env::var(name).ok().as_deref() == Some("1")
 }
+
+/// Hold a deferred store write (issue 17) at `point` while the environment variable
+/// `GUARD_TEST_HOLD` names it: until the file `GUARD_TEST_HOLD_RELEASE` exists, `cancel` is
+/// set, or 120 s pass. A test uses it to make a command fail, or guard die, while the pre-run
+/// snapshot's store artifact does not exist yet. Without the variable this does nothing.
+pub fn test_hold(point: &str, cancel: &std::sync::atomic::AtomicBool) {
+    if std::env::var("GUARD_TEST_HOLD").ok().as_deref() != Some(point) {
+        return;
+    }
+    let release = std::env::var_os("GUARD_TEST_HOLD_RELEASE").map(std::path::PathBuf::from);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::time::Instant::now() < until
+        && !cancel.load(std::sync::atomic::Ordering::Relaxed)
+        && !release.as_ref().is_some_and(|r| r.exists())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

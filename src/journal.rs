@@ -20,6 +20,9 @@ pub enum Phase {
     SnapshotVerified,
     CommandRunning,
     Checking,
+    /// The command and every check passed; the pre-run snapshot's deferred store artifacts
+    /// (issue 17) are being finished before the run is kept.
+    Storing,
     /// Restoring by rename: hot copies into place, the failed state set aside beside them.
     Swapping,
     Rescuing,
@@ -35,6 +38,7 @@ impl Phase {
             Phase::SnapshotVerified => "snapshot-verified",
             Phase::CommandRunning => "command-running",
             Phase::Checking => "checking",
+            Phase::Storing => "storing",
             Phase::Swapping => "swapping",
             Phase::Rescuing => "rescuing",
             Phase::Restoring => "restoring",
@@ -122,6 +126,16 @@ pub struct Journal {
     /// aside beside them, until the rescue snapshot holds it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub set_aside: Vec<String>,
+    /// The pre-run snapshot's records whose store artifact was deferred (issue 17): written
+    /// while the command runs, from the hot copy or clone, which is the verified snapshot until
+    /// the manifest exists (each record names it: `meta.hot`, its identity `meta.hot_id` or OID
+    /// `meta.hot_oid`). Emptied once the manifest is written, or the targets are back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<crate::manifest::TargetRecord>,
+    /// A recovery restoring from the hot copies of run `hot_of` (whose snapshot never reached
+    /// the store): the tag those copies carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hot_of: Option<String>,
     /// The runs (or drill) this recovery closed (`"op": "recover"`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub closes: Vec<String>,
@@ -171,6 +185,8 @@ impl Journal {
             checks: Vec::new(),
             restored: Vec::new(),
             set_aside: Vec::new(),
+            pending: Vec::new(),
+            hot_of: None,
             closes: Vec::new(),
             touched: false,
             outcome: None,
@@ -241,11 +257,47 @@ impl Journal {
                 self.phase,
                 Phase::CommandRunning
                     | Phase::Checking
+                    | Phase::Storing
                     | Phase::Swapping
                     | Phase::Rescuing
                     | Phase::Restoring
                     | Phase::Done
             )
+    }
+
+    /// The run whose hot copies (or clones) a restore under this journal may rename into place:
+    /// a guarded run's own once its command started, or the run a recovery names (`hot_of`).
+    pub fn hot_tag(&self) -> Option<&str> {
+        match self.op {
+            Op::Run if self.command_started() => Some(&self.run_id),
+            Op::Recover => self.hot_of.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The pre-run snapshot as far as it got when its store artifact was deferred: the records
+    /// in `pending` (no artifacts; their hot copies hold the state), for a restore by rename.
+    pub fn pending_manifest(&self, policy: &crate::policy::Policy) -> Option<crate::manifest::Manifest> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let now = crate::clock::now();
+        Some(crate::manifest::Manifest {
+            format: crate::manifest::FORMAT,
+            id: self.snapshot_id.clone()?,
+            policy: policy.name.clone(),
+            kind: crate::manifest::SnapshotKind::PreRun,
+            label: None,
+            run_id: Some(self.hot_of.clone().unwrap_or_else(|| self.run_id.clone())),
+            created_at: self.started_at,
+            completed_at: now,
+            host: self.host.clone(),
+            guard_version: env!("CARGO_PKG_VERSION").to_string(),
+            command: None,
+            targets: self.pending.clone(),
+            hmac: None,
+            unauthenticated: None,
+        })
     }
 
     /// [`Journal::enter`] for a step that must run whatever the store does: once a guarded

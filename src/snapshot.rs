@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use crate::manifest::{self, Manifest, SnapshotKind};
 use crate::policy::{CheckWhat, Policy};
 use crate::store::{keys, Store};
-use crate::targets::{self, SnapshotCtx, Target};
+use crate::targets::{self, is_deferred, SnapshotCtx, Target};
 use crate::ui::Ui;
 
 /// How thoroughly to verify a snapshot.
@@ -54,6 +54,26 @@ pub fn fingerprint_items(policy: &Policy) -> BTreeMap<String, Vec<String>> {
     out
 }
 
+/// A snapshot taken as far as its deferred store artifacts (issue 17): every target's state is
+/// held and verified — in the store, or, for a deferred record ([`is_deferred`]), in the hot
+/// copy or clone it names — but no manifest is written yet, so it is not complete.
+pub struct Pending {
+    /// The manifest to be; the deferred records have no artifact yet.
+    pub manifest: Manifest,
+}
+
+impl Pending {
+    /// The targets whose store artifact is still to be written.
+    pub fn deferred(&self) -> Vec<String> {
+        self.manifest
+            .targets
+            .iter()
+            .filter(|r| is_deferred(r))
+            .map(|r| r.name.clone())
+            .collect()
+    }
+}
+
 /// Take, verify and complete a snapshot of `targets`.
 pub fn take<T: std::ops::Deref<Target = dyn Target>>(
     policy: &Policy,
@@ -62,6 +82,33 @@ pub fn take<T: std::ops::Deref<Target = dyn Target>>(
     req: Request,
     ui: &Ui,
 ) -> Result<Manifest> {
+    let pending = begin(policy, targets, store, req, ui)?;
+    let id = pending.manifest.id.clone();
+    let records = pending.manifest.targets.clone();
+    complete(
+        policy,
+        targets,
+        store,
+        pending,
+        &std::sync::atomic::AtomicBool::new(false),
+    )
+    .inspect_err(|_| {
+        discard(store, &id);
+        release_taken(targets, store, &records, ui);
+    })
+}
+
+/// Take a snapshot of `targets` up to its deferred store artifacts: each target's state is
+/// captured and verified (the artifacts written so far are read back against their SHA-256);
+/// a guarded run's pre-run snapshot defers the artifacts of the targets that keep a hot copy
+/// or clone ([`complete`] writes them). A failure removes everything it made.
+pub fn begin<T: std::ops::Deref<Target = dyn Target>>(
+    policy: &Policy,
+    targets: &[T],
+    store: &dyn Store,
+    req: Request,
+    ui: &Ui,
+) -> Result<Pending> {
     let created_at = crate::clock::now();
     let id = manifest::new_id(created_at);
     let scratch = crate::store::state::scratch_dir(store)?;
@@ -69,7 +116,7 @@ pub fn take<T: std::ops::Deref<Target = dyn Target>>(
     // Records of the targets snapshotted so far, so a failure can release what they created
     // outside the store.
     let mut taken: Vec<crate::manifest::TargetRecord> = Vec::new();
-    let result = (|| -> Result<Manifest> {
+    let result = (|| -> Result<Pending> {
         let records = &mut taken;
         for t in targets {
             if let Some(only) = req.only {
@@ -98,7 +145,7 @@ pub fn take<T: std::ops::Deref<Target = dyn Target>>(
             };
             let started = std::time::Instant::now();
             let spinner = ui.spinner(&format!("snapshot {} ({})", t.name(), t.kind()));
-            let rec = t
+            let mut rec = t
                 .snapshot(&ctx)
                 .with_context(|| format!("snapshot of target {} failed", t.name()))?;
             spinner.finish();
@@ -112,8 +159,20 @@ pub fn take<T: std::ops::Deref<Target = dyn Target>>(
                     t.name()
                 ));
             }
+            if let Some(why) = rec.meta.remove("defer_skipped") {
+                ui.info(&format!(
+                    "  {:<16} written into the store before the command ({why})",
+                    t.name()
+                ));
+            }
             if rec.absent {
                 ui.info(&format!("  {:<16} absent (recorded as missing)", t.name()));
+            } else if is_deferred(&rec) {
+                ui.info(&format!(
+                    "  {:<16} hot copy verified in {:.1}s (written into the store while the command runs)",
+                    t.name(),
+                    started.elapsed().as_secs_f64()
+                ));
             } else {
                 ui.info(&format!(
                     "  {:<16} {} → {} in {:.1}s",
@@ -136,7 +195,7 @@ pub fn take<T: std::ops::Deref<Target = dyn Target>>(
         if records.is_empty() {
             bail!("no target to snapshot");
         }
-        let mut m = Manifest {
+        let m = Manifest {
             format: manifest::FORMAT,
             id: id.clone(),
             policy: policy.name.clone(),
@@ -159,30 +218,105 @@ pub fn take<T: std::ops::Deref<Target = dyn Target>>(
         // content needs no second inflate: the compressor proved each block inflates to the
         // bytes it read, and those are what the content checksum covers.
         verify_artifacts(store, &m, Depth::Checksums).context("the new snapshot failed verification")?;
-        m.save(store)?;
-        Ok(m)
+        Ok(Pending { manifest: m })
     })();
     if result.is_err() {
         discard(store, &id);
-        // A Turso branch made for this snapshot would otherwise outlive it. (Bucket clones share
-        // objects with earlier snapshots: what only this one copied is left for prune.)
-        for rec in &taken {
-            if let Some(t) = targets.iter().find(|t| t.name() == rec.name) {
-                if let Some(tag) = rec.meta.get("hot") {
-                    t.drop_hot(tag);
-                }
-                if !t.release_needs_kept() {
-                    if let Err(e) = t.release(rec, &[], store) {
-                        ui.warn(&format!(
-                            "could not release what the failed snapshot made for {}: {e:#}",
-                            rec.name
-                        ));
-                    }
+        release_taken(targets, store, &taken, ui);
+    }
+    result
+}
+
+/// Finish `p`: write its deferred artifacts ([`Target::write_deferred`]), read them back
+/// against their SHA-256, and write the manifest, which makes the snapshot complete. Stops once
+/// `cancel` is set. An error leaves the snapshot incomplete (no manifest) with what was written
+/// before: the caller keeps it while a restore may need it, or [`abandon`]s it.
+pub fn complete<T: std::ops::Deref<Target = dyn Target>>(
+    policy: &Policy,
+    targets: &[T],
+    store: &dyn Store,
+    p: Pending,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<Manifest> {
+    let mut m = p.manifest;
+    let deferred: Vec<String> = m
+        .targets
+        .iter()
+        .filter(|r| is_deferred(r))
+        .map(|r| r.name.clone())
+        .collect();
+    if !deferred.is_empty() {
+        crate::faults::test_hold("deferred-artifact", cancel);
+        let scratch = crate::store::state::scratch_dir(store)?;
+        let items = fingerprint_items(policy);
+        let empty = Vec::new();
+        for rec in m.targets.iter_mut().filter(|r| is_deferred(r)) {
+            let t = targets
+                .iter()
+                .find(|t| t.name() == rec.name)
+                .ok_or_else(|| anyhow::anyhow!("no target {} to finish the snapshot of", rec.name))?;
+            let tag = rec.meta.get("hot").cloned();
+            let ctx = SnapshotCtx {
+                store,
+                snapshot_id: &m.id,
+                policy: &policy.name,
+                compression: policy.compression,
+                scratch: scratch.path(),
+                fingerprint: items.get(&rec.name).unwrap_or(&empty),
+                allow_absent: false,
+                quiesced: false,
+                hot: tag.as_deref(),
+            };
+            t.write_deferred(&ctx, rec, cancel)
+                .with_context(|| format!("writing the snapshot of target {} into the store", rec.name))?;
+        }
+        let written = Manifest {
+            targets: m
+                .targets
+                .iter()
+                .filter(|r| deferred.contains(&r.name))
+                .cloned()
+                .collect(),
+            ..m.clone()
+        };
+        verify_artifacts(store, &written, Depth::Checksums).context("the new snapshot failed verification")?;
+    }
+    m.completed_at = crate::clock::now();
+    m.save(store)?;
+    Ok(m)
+}
+
+/// Give up on snapshot `p` (never completed): its objects in the store, the hot copies and
+/// what its targets made outside the store go.
+pub fn abandon<T: std::ops::Deref<Target = dyn Target>>(targets: &[T], store: &dyn Store, p: &Pending, ui: &Ui) {
+    discard(store, &p.manifest.id);
+    release_taken(targets, store, &p.manifest.targets, ui);
+}
+
+/// After a failed snapshot: drop the hot copies its records name, and release what their
+/// targets made outside the store (a Turso branch database; bucket clones share objects with
+/// earlier snapshots: what only this one copied is left for prune).
+fn release_taken<T: std::ops::Deref<Target = dyn Target>>(
+    targets: &[T],
+    store: &dyn Store,
+    taken: &[crate::manifest::TargetRecord],
+    ui: &Ui,
+) {
+    for rec in taken {
+        if let Some(t) = targets.iter().find(|t| t.name() == rec.name) {
+            if let Some(tag) = rec.meta.get("hot") {
+                t.drop_hot(tag);
+            }
+            if !t.release_needs_kept() {
+                if let Err(e) = t.release(rec, &[], store) {
+                    ui.warn(&format!(
+                        "could not release what the failed snapshot made for {}: {e:#}",
+                        rec.name
+                    ));
                 }
             }
         }
     }
-    result
 }
 
 /// Remove every object of a snapshot (manifest first, so it stops counting as complete).

@@ -4,7 +4,7 @@
 
 use super::{restrict, Caller, Ctx, Rescue, TargetRestore};
 use crate::error::{Failure, Kind, ResultExt};
-use crate::journal::{Journal, Op, Phase};
+use crate::journal::{Journal, Phase};
 use crate::manifest::Manifest;
 use crate::snapshot::{self, Depth};
 use crate::targets::Target;
@@ -22,10 +22,13 @@ pub(super) fn swap_hot_copies(
     m: &Manifest,
     j: &mut Journal,
 ) -> Result<Vec<Swapped>, Failure> {
+    let Some(tag) = j.hot_tag().map(str::to_string) else {
+        return Ok(Vec::new());
+    };
     let hot: Vec<&crate::manifest::TargetRecord> = m
         .targets
         .iter()
-        .filter(|r| r.meta.get("hot") == Some(&j.run_id))
+        .filter(|r| r.meta.get("hot") == Some(&tag))
         .collect();
     if hot.is_empty() {
         return Ok(Vec::new());
@@ -39,7 +42,7 @@ pub(super) fn swap_hot_copies(
             continue;
         };
         let started = std::time::Instant::now();
-        match crate::error::no_panic(&format!("the swap of {}", rec.name), || t.swap_in(rec, &j.run_id)) {
+        match crate::error::no_panic(&format!("the swap of {}", rec.name), || t.swap_in(rec, &tag)) {
             Ok(Some(view)) => {
                 cx.ui.info(&format!(
                     "  {:<16} restored and verified in {:.3}s (its hot copy renamed into place; the failed state set aside beside it)",
@@ -80,12 +83,12 @@ pub(super) fn swapped_results(swapped: &[Swapped], m: &Manifest) -> Vec<TargetRe
 /// The targets of `m` a guarded run restores by renaming their hot copy in (if the copy is
 /// still usable): after the command, with a rescue to take, their record names this run's copy.
 pub(super) fn hot_swappable(m: &Manifest, rescue: &Rescue, j: &Journal) -> Vec<String> {
-    if !matches!(rescue, Rescue::Take(_)) || j.op != Op::Run || !j.command_started() {
+    let Some(tag) = j.hot_tag().filter(|_| matches!(rescue, Rescue::Take(_))) else {
         return Vec::new();
-    }
+    };
     m.targets
         .iter()
-        .filter(|r| r.meta.get("hot") == Some(&j.run_id))
+        .filter(|r| r.meta.get("hot").map(String::as_str) == Some(tag))
         .map(|r| r.name.clone())
         .collect()
 }
@@ -102,9 +105,12 @@ pub(super) fn verify_later(cx: &Ctx, m: &Manifest, names: &[String]) -> anyhow::
 /// The targets of `swappable` whose hot copy was not used (`swapped` lacks them) are restored
 /// from the store: their artifacts are checked first. With nothing touched yet (no swap), a
 /// damaged one stops the restore as before; after a swap, that target alone is not restored,
-/// and its result says why.
+/// and its result says why. A target whose store artifact was deferred and never written (issue
+/// 17) has nothing in the store: it is already restored when its hot copy is in place (a guard
+/// killed after its swap; its result is a success), else it is not restored.
 pub(super) fn check_unswapped(
     cx: &Ctx,
+    targets: &[Box<dyn Target>],
     m: &Manifest,
     swappable: &[String],
     swapped: &[Swapped],
@@ -112,7 +118,30 @@ pub(super) fn check_unswapped(
 ) -> Result<Vec<TargetRestore>, Failure> {
     let mut unverified: Vec<TargetRestore> = Vec::new();
     for name in swappable.iter().filter(|n| !swapped.iter().any(|(s, _)| s == *n)) {
-        if let Err(e) = verify_later(cx, m, std::slice::from_ref(name)) {
+        let rec = m.targets.iter().find(|r| r.name == *name);
+        let never_stored = rec.is_some_and(crate::targets::is_deferred);
+        let target = targets.iter().find(|t| t.name() == name);
+        if let (true, Some(rec), Some(t)) = (never_stored, rec, target) {
+            if t.verify_restored(rec).is_ok() {
+                cx.ui.info(&format!("  {name:<16} already restored (its hot copy is in place)"));
+                unverified.push(TargetRestore {
+                    target: name.clone(),
+                    ok: true,
+                    seconds: 0.0,
+                    error: None,
+                    manual: false,
+                    sessions: false,
+                });
+                continue;
+            }
+        }
+        let checked = match never_stored {
+            true => Err(anyhow::anyhow!(
+                "its store artifact was still being written when the command failed, so the hot copy was the only copy of the pre-run state"
+            )),
+            false => verify_later(cx, m, std::slice::from_ref(name)),
+        };
+        if let Err(e) = checked {
             if swapped.is_empty() {
                 return Err(super::unverified_failure(caller, m, e));
             }

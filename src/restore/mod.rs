@@ -310,13 +310,13 @@ fn rescue_and_restore(
     // A guarded run restores by rename what it kept a hot copy of, first, the failed state set
     // aside beside it; the rescue snapshot then holds the set-aside state.
     let swappable = hot::hot_swappable(m, &rescue, j);
-    let swapped = match (&rescue, j.op) {
-        (Rescue::Take(_), Op::Run) if j.command_started() => hot::swap_hot_copies(cx, targets, m, j)?,
+    let swapped = match (&rescue, j.hot_tag()) {
+        (Rescue::Take(_), Some(_)) => hot::swap_hot_copies(cx, targets, m, j)?,
         _ => Vec::new(),
     };
     // A target whose hot copy could not be used is restored from the store: its artifacts are
     // checked first, as every other target's were.
-    let unverified = hot::check_unswapped(cx, m, &swappable, &swapped, caller)?;
+    let unverified = hot::check_unswapped(cx, targets, m, &swappable, &swapped, caller)?;
     let views: Vec<&(dyn Target + 'static)> = targets
         .iter()
         .map(|t| match swapped.iter().find(|(name, _)| name == t.name()) {

@@ -134,7 +134,7 @@ fn close_interrupted(cx: &Ctx, mut j: Journal, keep: bool, yes: bool, live: Live
     let phase = j.phase.as_str();
     let touched = matches!(
         j.phase,
-        Phase::CommandRunning | Phase::Checking | Phase::Swapping | Phase::Rescuing | Phase::Restoring
+        Phase::CommandRunning | Phase::Checking | Phase::Storing | Phase::Swapping | Phase::Rescuing | Phase::Restoring
     );
     let outcome = if !touched {
         Outcome::Abandoned
@@ -246,6 +246,10 @@ fn close_failed(cx: &Ctx, failed: &[Journal], keep: bool, yes: bool, live: Live)
     k.closes = failed.iter().map(|j| j.run_id.clone()).collect();
     k.snapshot_id = newest.snapshot_id.clone();
     k.only = newest.only.clone();
+    if !newest.pending.is_empty() {
+        k.pending = newest.pending.clone();
+        k.hot_of = Some(newest.run_id.clone());
+    }
     let result = if keep {
         Ok((0, Outcome::Accepted))
     } else {
@@ -254,6 +258,9 @@ fn close_failed(cx: &Ctx, failed: &[Journal], keep: bool, yes: bool, live: Live)
     };
     super::close(cx, &mut k, result.as_ref().map(|r| *r));
     let (_, outcome) = result?;
+    for j in failed {
+        release_hot(cx, &j.run_id);
+    }
     Ok(failed
         .iter()
         .map(|j| {
@@ -283,7 +290,21 @@ fn finish_restore(cx: &Ctx, j: &mut Journal, yes: bool, live: Live) -> Result<()
             format!("run {} has no pre-run snapshot to restore", j.run_id),
         )
     })?;
-    let m = cx.catalog.load_manifest(cx.store, &snap_id).kind(Kind::Corrupt)?;
+    // A run killed (or whose store write failed) while its snapshot's store artifact was still
+    // being written (issue 17) left no manifest: its journal's records and hot copies are it.
+    let m = match cx.catalog.load_manifest(cx.store, &snap_id) {
+        Ok(m) => m,
+        Err(e) => match j.pending_manifest(cx.policy) {
+            Some(m) => {
+                cx.ui.info(&format!(
+                    "guard: snapshot {snap_id} never reached the store ({e:#}); restoring from the hot copies run {} kept",
+                    j.hot_of.as_deref().unwrap_or(&j.run_id)
+                ));
+                m
+            }
+            None => return Err(e).kind(Kind::Corrupt),
+        },
+    };
     let m = super::restrict(&m, &j.only);
     if !yes
         && !cx.ui.confirm(&format!(

@@ -20,6 +20,7 @@ pub mod plan;
 mod tests;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::checks;
 use crate::error::{Failure, Kind, ResultExt};
@@ -48,9 +49,13 @@ pub fn guarded(cx: &Ctx, targets: &[Box<dyn Target>], runner: &dyn Runner, opts:
     let run_id = begun.journal.run_id.clone();
     let (result, after_hooks) =
         restore::with_hooks(cx, &run_id, || lifecycle(cx, targets, runner, opts, &mut begun.journal));
-    // The run is over: the hot copies its pre-run snapshot kept beside the targets go.
-    for t in targets {
-        t.drop_hot(&begun.journal.run_id);
+    // The run is over: the hot copies its pre-run snapshot kept beside the targets go — unless
+    // they are the only copy of the pre-run state (its store artifact failed, or a restore
+    // needing them failed): then they stay until `guard recover`.
+    if begun.journal.pending.is_empty() {
+        for t in targets {
+            t.drop_hot(&begun.journal.run_id);
+        }
     }
     begin::finish(cx, begun, result, after_hooks)
 }
@@ -75,15 +80,116 @@ fn lifecycle(
     if let Some(sig) = interrupted {
         return Ok(stopped_by_signal(cx, sig, None));
     }
-    let (snap, before) = taken?;
+    let (pending, before) = taken?;
     if let Some(sig) = crate::signals::take() {
-        return Ok(stopped_by_signal(cx, sig, Some(&snap.id)));
+        if pending.deferred().is_empty() {
+            return Ok(stopped_by_signal(cx, sig, Some(&pending.manifest.id)));
+        }
+        snapshot::abandon(targets, cx.store, &pending, cx.ui);
+        j.pending.clear();
+        let _ = j.save(cx.store);
+        return Ok(stopped_by_signal(cx, sig, None));
     }
+    let snap = pending.manifest.clone();
+    let cancel = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let handle = (!pending.deferred().is_empty()).then(|| {
+            let (policy, store, cancel) = (cx.policy, cx.store, &cancel);
+            s.spawn(move || {
+                lower_priority();
+                crate::error::no_panic("the deferred snapshot", || {
+                    snapshot::complete(policy, targets, store, pending, cancel)
+                })
+            })
+        });
+        let mut worker = Deferred {
+            handle,
+            cancel: &cancel,
+        };
+        let r = after_snapshot(cx, targets, runner, opts, j, &snap, &before, &mut worker);
+        // An early error (a journal that cannot be written): the store write stops too.
+        if let Some(Ok(m)) = worker.stop() {
+            stored(cx, &m, j);
+        }
+        r
+    })
+}
+
+/// The pre-run snapshot's deferred store artifacts, written by a worker thread while the
+/// command runs (issue 17).
+struct Deferred<'scope, 'a> {
+    handle: Option<std::thread::ScopedJoinHandle<'scope, anyhow::Result<Manifest>>>,
+    cancel: &'a AtomicBool,
+}
+
+impl Deferred<'_, '_> {
+    /// Wait for the worker: `None` when there was none (the snapshot was complete before the
+    /// command), else the complete snapshot or why it is not.
+    fn wait(&mut self) -> Option<anyhow::Result<Manifest>> {
+        let h = self.handle.take()?;
+        Some(
+            h.join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the deferred snapshot's worker panicked"))),
+        )
+    }
+
+    /// Stop the worker (it stops within one read) and wait for it.
+    fn stop(&mut self) -> Option<anyhow::Result<Manifest>> {
+        self.cancel.store(true, Ordering::Relaxed);
+        self.wait()
+    }
+}
+
+/// The worker runs at a lower CPU and I/O priority than the command (nice 10, best-effort I/O
+/// class at its lowest level), on this thread only.
+fn lower_priority() {
+    // SAFETY: plain syscalls on the calling thread; failure leaves the priority as it was.
+    unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        let _ = libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+        // ioprio_set(IOPRIO_WHO_PROCESS, this thread, IOPRIO_CLASS_BE << 13 | 7)
+        let _ = libc::syscall(libc::SYS_ioprio_set, 1, tid, (2 << 13) | 7);
+    }
+}
+
+/// The deferred snapshot `m` is complete: in the catalog, and no longer pending in the journal.
+fn stored(cx: &Ctx, m: &Manifest, j: &mut Journal) {
+    let _ = cx.catalog.record_snapshot(m);
+    let _ = cx.catalog.mark_verified(&m.id, true);
+    j.pending.clear();
+    if let Err(e) = j.save(cx.store) {
+        j.unsaved = true;
+        cx.ui.warn(&format!("could not write the run journal: {e:#}; going on"));
+    }
+}
+
+/// Command, checks, decision, once the pre-run snapshot `snap` is verified (its deferred store
+/// artifacts may still be in `worker`'s hands).
+#[allow(clippy::too_many_arguments)]
+fn after_snapshot(
+    cx: &Ctx,
+    targets: &[Box<dyn Target>],
+    runner: &dyn Runner,
+    opts: &Options,
+    j: &mut Journal,
+    snap: &Manifest,
+    before: &BTreeMap<String, String>,
+    worker: &mut Deferred,
+) -> Result<(u8, Outcome), Failure> {
     let code = run_command(cx, runner, opts, j)?;
-    let checks_ok = check(cx, targets, &before, &snap, j)?;
+    let checks_ok = check(cx, targets, before, snap, j)?;
     let file = cx.policy.file.display();
     match decide(code, checks_ok, opts.no_restore) {
         Decision::Keep => {
+            if worker.handle.is_some() {
+                j.advance(cx.store, Phase::Storing, cx.ui).kind(Kind::Internal)?;
+            }
+            if let Some(r) = worker.wait() {
+                match r {
+                    Ok(m) => stored(cx, &m, j),
+                    Err(e) => return Err(unstored(cx, snap, j, e)),
+                }
+            }
             cx.ui.info(&format!(
                 "guard: command succeeded and every check passed; changes kept (pre-run snapshot {})",
                 snap.id
@@ -91,14 +197,66 @@ fn lifecycle(
             Ok((0, Outcome::Kept))
         }
         Decision::KeepFailed { why, exit } => {
+            // The failed state is kept, so the snapshot that undoes it must be complete.
+            if let Some(r) = worker.wait() {
+                match r {
+                    Ok(m) => stored(cx, &m, j),
+                    Err(e) => cx.ui.warn(&format!(
+                        "the pre-run snapshot {} could not be written into the store ({e:#}); its state is kept in the hot copy beside {}, which `guard --policy {file} recover` renames back",
+                        snap.id,
+                        j.pending.iter().filter(|r| crate::targets::is_deferred(r)).map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
+                    )),
+                }
+            }
             cx.ui.notice(&format!(
                 "guard: {why}; --no-restore keeps the failed state. To roll back later: guard --policy {file} restore {}",
                 snap.id
             ));
             Ok((exit, Outcome::FailedKept))
         }
-        Decision::Restore { why, exit } => restore_after(cx, targets, &snap, why, exit, j),
+        Decision::Restore { why, exit } => {
+            // The restore needs no store artifact of a target with a hot copy: the write stops.
+            let complete = match worker.stop() {
+                Some(Ok(m)) => {
+                    stored(cx, &m, j);
+                    Some(m)
+                }
+                Some(Err(_)) => None,
+                None => Some(snap.clone()),
+            };
+            let m = complete.clone().unwrap_or_else(|| snap.clone());
+            let r = restore_after(cx, targets, &m, why, exit, j, complete.is_none());
+            if r.is_ok() && complete.is_none() {
+                // Every target is back to the pre-run state; the snapshot that never reached the
+                // store is not needed any more (the rescue snapshot holds the failed state).
+                snapshot::discard(cx.store, &snap.id);
+                j.pending.clear();
+                let _ = j.save(cx.store);
+            }
+            r
+        }
     }
+}
+
+/// The command and its checks passed and its changes are kept, but the pre-run snapshot never
+/// reached the store: exit 83, the hot copies kept (the journal names them) until recover.
+fn unstored(cx: &Ctx, snap: &Manifest, j: &Journal, e: anyhow::Error) -> Failure {
+    let file = cx.policy.file.display();
+    let held: Vec<&str> = j
+        .pending
+        .iter()
+        .filter(|r| crate::targets::is_deferred(r))
+        .map(|r| r.name.as_str())
+        .collect();
+    Failure::msg(
+        Kind::Unstored,
+        format!(
+            "the command succeeded and every check passed, and its changes are kept; but the pre-run snapshot {} could not be written into the store ({e:#}), so it is not complete. The pre-run state of {} is kept in its hot copy (.NAME.guard-hot-{}, or a guard_hot_ database) until you choose: `guard --policy {file} recover --keep` keeps the changes and removes it; `guard --policy {file} recover` puts it back, undoing the command. Until then a new run is refused (exit 82)",
+            snap.id,
+            held.join(", "),
+            j.run_id
+        ),
+    )
 }
 
 /// SIGINT/SIGTERM/SIGHUP arrived before the command started: the run stops, the command is
@@ -123,7 +281,7 @@ fn take_snapshot(
     targets: &[Box<dyn Target>],
     opts: &Options,
     j: &mut Journal,
-) -> Result<(Manifest, BTreeMap<String, String>), Failure> {
+) -> Result<(snapshot::Pending, BTreeMap<String, String>), Failure> {
     let (policy, store, ui) = (cx.policy, cx.store, cx.ui);
     j.enter(store, Phase::Snapshotting).kind(Kind::Snapshot)?;
     if let Some(sig) = crate::signals::pending() {
@@ -143,17 +301,44 @@ fn take_snapshot(
         only: None,
         allow_absent: false,
     };
-    let snap = snapshot::take(policy, targets, store, req, ui).kind(Kind::Snapshot)?;
-    let _ = cx.catalog.record_snapshot(&snap);
-    let _ = cx.catalog.mark_verified(&snap.id, true);
-    j.snapshot_id = Some(snap.id.clone());
-    j.enter(store, Phase::SnapshotVerified).kind(Kind::Snapshot)?;
+    let mut pending = snapshot::begin(policy, targets, store, req, ui).kind(Kind::Snapshot)?;
+    let deferred = pending.deferred();
+    if deferred.is_empty() {
+        let cancel = AtomicBool::new(false);
+        let taken = snapshot::Pending {
+            manifest: pending.manifest.clone(),
+        };
+        let m = snapshot::complete(policy, targets, store, pending, &cancel);
+        let m = m
+            .inspect_err(|_| snapshot::abandon(targets, store, &taken, ui))
+            .kind(Kind::Snapshot)?;
+        let _ = cx.catalog.record_snapshot(&m);
+        let _ = cx.catalog.mark_verified(&m.id, true);
+        pending = snapshot::Pending { manifest: m };
+    } else {
+        // The hot copies are the verified snapshot until the store holds it: the journal
+        // records them (with their identity) before the command may start.
+        j.pending = pending.manifest.targets.clone();
+    }
+    j.snapshot_id = Some(pending.manifest.id.clone());
+    if let Err(e) = j.enter(store, Phase::SnapshotVerified) {
+        snapshot::abandon(targets, store, &pending, ui);
+        return Err(Failure::new(Kind::Snapshot, e));
+    }
     ui.info(&format!(
-        "guard: snapshot {} verified; running {}",
-        snap.id,
+        "guard: snapshot {} verified{}; running {}",
+        pending.manifest.id,
+        if deferred.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (the hot copy of {}; written into the store while the command runs)",
+                deferred.join(", ")
+            )
+        },
         shell_words(&opts.command)
     ));
-    Ok((snap, before))
+    Ok((pending, before))
 }
 
 /// A restore that would be refused (other sessions on a PostgreSQL target under
@@ -249,6 +434,7 @@ fn restore_after(
     why: Why,
     exit: u8,
     j: &mut Journal,
+    unstored: bool,
 ) -> Result<(u8, Outcome), Failure> {
     cx.ui.info(&format!(
         "guard: {why}; taking a rescue snapshot of the failed state, then restoring {}",
@@ -264,10 +450,17 @@ fn restore_after(
         Some(d) => format!(", in {} (outside the full store)", d.display()),
         None => String::new(),
     };
+    let from = if unstored {
+        format!(
+            "from the pre-run state (snapshot {}, whose store artifact was still being written: it is not kept)",
+            snap.id
+        )
+    } else {
+        format!("from snapshot {}", snap.id)
+    };
     cx.ui.notice(&format!(
-        "guard: {why}; restored {} from snapshot {} and verified it. The failed state is kept in rescue snapshot {}{outside}.",
+        "guard: {why}; restored {} {from} and verified it. The failed state is kept in rescue snapshot {}{outside}.",
         j.restored.join(", "),
-        snap.id,
         done.rescue_id.as_deref().unwrap_or("-")
     ));
     Ok((exit, Outcome::Restored))

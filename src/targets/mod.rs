@@ -253,6 +253,30 @@ impl SnapshotCtx<'_> {
     }
 }
 
+/// Is `rec` a record whose store artifact was deferred (a hot copy or clone holds its state, and
+/// nothing is in the store yet)?
+pub fn is_deferred(rec: &crate::manifest::TargetRecord) -> bool {
+    !rec.absent && rec.artifacts.is_empty() && rec.meta.contains_key("hot")
+}
+
+/// A reader that fails once `cancel` is set: a deferred store write stops within one read.
+pub struct Cancellable<'a, R> {
+    pub inner: R,
+    pub cancel: &'a std::sync::atomic::AtomicBool,
+}
+
+impl<R: std::io::Read> std::io::Read for Cancellable<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            // Not `Interrupted`: readers retry that kind.
+            return Err(std::io::Error::other(
+                "stopped: the command failed, and the targets are restored from the hot copy",
+            ));
+        }
+        self.inner.read(buf)
+    }
+}
+
 /// One protected thing.
 pub trait Target: Send + Sync {
     fn spec(&self) -> &TargetSpec;
@@ -327,6 +351,19 @@ pub trait Target: Send + Sync {
     fn swap_in(&self, rec: &TargetRecord, run_id: &str) -> Result<Option<Box<dyn Target>>> {
         let _ = (rec, run_id);
         Ok(None)
+    }
+    /// Write the store artifacts of `rec`, whose pre-run snapshot deferred them (issue 17: its
+    /// record names a hot copy or clone, verified when the snapshot was taken, and has no
+    /// artifact yet). Runs while the command runs, on a worker thread; stops with an error
+    /// once `cancel` is set. The hot copy must still be what `rec` records, before and after.
+    fn write_deferred(
+        &self,
+        ctx: &SnapshotCtx,
+        rec: &mut TargetRecord,
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Result<()> {
+        let _ = (ctx, cancel);
+        anyhow::bail!("target {} has no deferred snapshot to write", rec.name)
     }
     /// Remove the hot copy kept for run `run_id`, if there is one (the run is over).
     fn drop_hot(&self, run_id: &str) {

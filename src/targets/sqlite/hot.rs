@@ -2,12 +2,13 @@
 //! a failure is put back by renames instead of a decompression.
 //!
 //! The online-backup copy is written to `.<file>.guard-hot-<run>` in the database's own
-//! directory (same filesystem: a rename is atomic), `quick_check`ed, given the live file's mode
-//! and owner, and compressed into the store as before; the command starts once the store's
-//! artifact is verified. The file's identity (device, inode, size, mtime and ctime, which no
-//! write can leave unchanged) is recorded with the snapshot (`meta.hot_id`) right after the
-//! artifact was read from it, so the bytes the artifact's content checksum covers are the
-//! bytes of the file.
+//! directory (same filesystem: a rename is atomic), `quick_check`ed and given the live file's
+//! mode and owner; its identity (device, inode, size, mtime and ctime, which no write can leave
+//! unchanged) is recorded with the snapshot (`meta.hot_id`, journaled as `pending`), and the
+//! command starts: the hot copy is the verified snapshot. Its store artifact is compressed from
+//! it while the command runs ([`super::SqliteTarget::write_hot`]), only while its identity is
+//! the recorded one before and after the read, so the bytes the artifact's content checksum
+//! covers are the bytes of the file. (A local store without room for it gets it first.)
 //!
 //! On a failure ([`swap_in`]): the failed database is hard-linked to `.<file>.guard-failed-<run>`,
 //! its `-wal` renamed beside that, its `-shm`/`-journal` removed, and the hot copy renamed over
@@ -77,6 +78,27 @@ fn free_bytes(dir: &Path) -> Result<u64> {
     if let Some(v) = std::env::var("GUARD_TEST_HOT_FREE").ok().and_then(|v| v.parse().ok()) {
         return Ok(v);
     }
+    statvfs_free(dir)
+}
+
+/// Is there room in the local store at `root` for the artifact of a `raw`-byte copy, however
+/// little it compresses (its raw size plus 1/16 and 16 MiB)? `Err(why)` when not: the
+/// artifact is then written before the command, so a full store still stops the run there.
+pub fn store_room(root: &Path, raw: u64) -> std::result::Result<(), String> {
+    let need = raw + raw / 16 + (16 << 20);
+    match statvfs_free(root) {
+        Ok(free) if free < need => Err(format!(
+            "the store {} has {} free, the copy is {}",
+            root.display(),
+            crate::ui::bytes(free),
+            crate::ui::bytes(raw)
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("{e:#}")),
+    }
+}
+
+fn statvfs_free(dir: &Path) -> Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };

@@ -347,6 +347,23 @@ impl SqliteTarget {
         if hot.is_some() {
             hot::finish(copy, rec)?;
         }
+        // A local store without room for the artifact however little it compresses: it is
+        // written now, before the command, so a full store stops the run before it starts.
+        let room = match (hot, ctx.store.local_root()) {
+            (Some(_), Some(root)) => hot::store_room(root, fs::metadata(copy)?.len()),
+            _ => Ok(()),
+        };
+        if let (Some(tag), Ok(())) = (hot, &room) {
+            // The hot copy, `quick_check`ed, is the verified snapshot from here: its identity is
+            // recorded (and journaled), and the command may start. Its store artifact is
+            // written while the command runs ([`Target::write_deferred`]).
+            rec.meta.insert("hot".into(), tag.to_string());
+            rec.meta.insert("hot_id".into(), hot::identity(copy)?);
+            return Ok(());
+        }
+        if let Err(why) = room {
+            rec.meta.insert("defer_skipped".into(), why);
+        }
         let before = hot.map(|_| hot::identity(copy)).transpose()?;
         let f = fs::File::open(copy)?;
         let artifact = ctx.write_artifact(ctx.key(&self.spec.name, "sqlite.gz"), "sqlite", f)?;
@@ -358,6 +375,60 @@ impl SqliteTarget {
                 rec.meta.insert("hot_id".into(), before);
             }
         }
+        Ok(())
+    }
+
+    /// Is the live path the hot copy `rec` records, renamed into place and not written since
+    /// (device, inode, size and mtime as recorded: a rename changes only its ctime)?
+    fn renamed_in(&self, rec: &TargetRecord) -> bool {
+        let (Some(want), Ok(now)) = (rec.meta.get("hot_id"), fs::symlink_metadata(&self.path)) else {
+            return false;
+        };
+        if !now.is_file() {
+            return false;
+        }
+        let want: Vec<&str> = want.split(':').take(4).collect();
+        let now = [
+            now.dev().to_string(),
+            now.ino().to_string(),
+            now.size().to_string(),
+            format!("{}.{:09}", now.mtime(), now.mtime_nsec()),
+        ];
+        want == now
+    }
+
+    /// The deferred store artifact of a pre-run snapshot: the hot copy compressed into the
+    /// store, read only while its identity is the one recorded when it was checked.
+    fn write_hot(
+        &self,
+        ctx: &SnapshotCtx,
+        rec: &mut TargetRecord,
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Result<()> {
+        let (Some(tag), Some(want)) = (rec.meta.get("hot").cloned(), rec.meta.get("hot_id").cloned()) else {
+            bail!("target {}: the snapshot names no hot copy", self.spec.name);
+        };
+        let copy = hot::hot_path(&self.path, &tag).ok_or_else(|| anyhow!("run id {tag:?} cannot name a file"))?;
+        let changed = |when: &str| -> Result<()> {
+            let got = hot::identity(&copy)?;
+            if got != want {
+                bail!(
+                    "the hot copy {} changed {when} ({got}, recorded {want}): it is no longer the state that was checked",
+                    copy.display()
+                );
+            }
+            Ok(())
+        };
+        changed("before its store artifact was written")?;
+        let f = fs::File::open(&copy).with_context(|| format!("cannot read {}", copy.display()))?;
+        if f.metadata()?.ino() != fs::symlink_metadata(&copy)?.ino() {
+            bail!("the hot copy {} was replaced while it was opened", copy.display());
+        }
+        let input = crate::targets::Cancellable { inner: f, cancel };
+        let artifact = ctx.write_artifact(ctx.key(&self.spec.name, "sqlite.gz"), "sqlite", input)?;
+        // Unchanged while it was read: the artifact's content checksum is this file's.
+        changed("while its store artifact was written")?;
+        rec.artifacts.push(artifact);
         Ok(())
     }
 
@@ -484,6 +555,18 @@ impl Target for SqliteTarget {
     }
 
     fn restore(&self, rec: &TargetRecord, store: &dyn Store) -> Result<Restored> {
+        if crate::targets::is_deferred(rec) {
+            // No store artifact (issue 17): only the hot copy held this state. A guard killed
+            // after renaming it into place left it there: that is this restore, done.
+            if self.renamed_in(rec) {
+                return Ok(Restored::Done);
+            }
+            bail!(
+                "target {}: snapshot of {} never reached the store (its artifact was being written from the hot copy), and the hot copy is not in place; nothing was changed",
+                self.spec.name,
+                self.path.display()
+            );
+        }
         let dest = self.restore_dest(rec)?;
         // Never replace a database, or delete its -journal/-wal, under a process using it.
         if let Some((pid, what)) = locks::user_of(&dest) {
@@ -580,10 +663,18 @@ impl Target for SqliteTarget {
         } else if file != self.path && fs::symlink_metadata(&self.path)?.file_type().is_symlink() {
             bail!("{} is a symlink; the snapshot read a plain file", self.path.display());
         }
-        let a = rec.artifacts.first().ok_or_else(|| anyhow!("no artifact"))?;
-        let d = crate::archive::digest(fs::File::open(&file)?)?;
-        if d.sha256 != a.raw_sha256 || d.bytes != a.raw_bytes {
-            bail!("{} differs from the snapshot's content checksum", self.path.display());
+        if crate::targets::is_deferred(rec) {
+            // No content checksum was ever taken: the proof is that the live path names the hot
+            // copy, unwritten since it was checked, and the fingerprints below.
+            if !self.renamed_in(rec) {
+                bail!("{} is not the hot copy the snapshot recorded", self.path.display());
+            }
+        } else {
+            let a = rec.artifacts.first().ok_or_else(|| anyhow!("no artifact"))?;
+            let d = crate::archive::digest(fs::File::open(&file)?)?;
+            if d.sha256 != a.raw_sha256 || d.bytes != a.raw_bytes {
+                bail!("{} differs from the snapshot's content checksum", self.path.display());
+            }
         }
         if is_raw(rec) {
             // Not a database SQLite can open: the bytes are the proof.
@@ -606,6 +697,15 @@ impl Target for SqliteTarget {
                 shown: Some(self.path.clone()),
             }) as Box<dyn Target>
         }))
+    }
+
+    fn write_deferred(
+        &self,
+        ctx: &SnapshotCtx,
+        rec: &mut TargetRecord,
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Result<()> {
+        self.write_hot(ctx, rec, cancel)
     }
 
     fn drop_hot(&self, run_id: &str) {
