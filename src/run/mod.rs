@@ -111,6 +111,11 @@ fn lifecycle(
         if let Some(Ok(m)) = worker.stop() {
             stored(cx, &m, j);
         }
+        if r.is_err() && !j.command_started() && !j.pending.is_empty() {
+            // The command never ran: the incomplete snapshot and its hot copies are not needed.
+            snapshot::discard(cx.store, &snap.id);
+            j.pending.clear();
+        }
         r
     })
 }
@@ -215,23 +220,30 @@ fn after_snapshot(
             Ok((exit, Outcome::FailedKept))
         }
         Decision::Restore { why, exit } => {
-            // The restore needs no store artifact of a target with a hot copy: the write stops.
-            let complete = match worker.stop() {
-                Some(Ok(m)) => {
+            // Written already: the complete snapshot is what is restored.
+            if worker.handle.as_ref().is_some_and(|h| h.is_finished()) {
+                if let Some(Ok(m)) = worker.wait() {
                     stored(cx, &m, j);
-                    Some(m)
+                    return restore_after(cx, targets, &m, why, exit, j, false);
                 }
-                Some(Err(_)) => None,
-                None => Some(snap.clone()),
-            };
-            let m = complete.clone().unwrap_or_else(|| snap.clone());
-            let r = restore_after(cx, targets, &m, why, exit, j, complete.is_none());
-            if r.is_ok() && complete.is_none() {
-                // Every target is back to the pre-run state; the snapshot that never reached the
-                // store is not needed any more (the rescue snapshot holds the failed state).
-                snapshot::discard(cx.store, &snap.id);
-                j.pending.clear();
-                let _ = j.save(cx.store);
+            }
+            // Otherwise the restore needs no store artifact of a target with a hot copy: the
+            // write is told to stop, and the restore does not wait for it (it runs at a lower
+            // priority).
+            let unstored = !j.pending.is_empty();
+            worker.cancel.store(true, Ordering::Relaxed);
+            let r = restore_after(cx, targets, snap, why, exit, j, unstored);
+            match worker.wait() {
+                // It finished before it saw the stop: a complete snapshot of the pre-run state.
+                Some(Ok(m)) => stored(cx, &m, j),
+                _ if r.is_ok() && unstored => {
+                    // Every target is back to the pre-run state; the snapshot that never reached
+                    // the store is not needed (the rescue snapshot holds the failed state).
+                    snapshot::discard(cx.store, &snap.id);
+                    j.pending.clear();
+                    let _ = j.save(cx.store);
+                }
+                _ => {}
             }
             r
         }
@@ -452,7 +464,7 @@ fn restore_after(
     };
     let from = if unstored {
         format!(
-            "from the pre-run state (snapshot {}, whose store artifact was still being written: it is not kept)",
+            "from the hot copy of snapshot {} (its store artifact was still being written)",
             snap.id
         )
     } else {
