@@ -188,6 +188,12 @@ fn after_snapshot(
         Decision::Keep => {
             if worker.handle.is_some() {
                 j.advance(cx.store, Phase::Storing, cx.ui).kind(Kind::Internal)?;
+                if !worker.handle.as_ref().is_some_and(|h| h.is_finished()) {
+                    cx.ui.info(&format!(
+                        "guard: command succeeded and every check passed; waiting for snapshot {} to be written into the store and verified",
+                        snap.id
+                    ));
+                }
             }
             if let Some(r) = worker.wait() {
                 match r {
