@@ -25,11 +25,8 @@ pub(super) fn swap_hot_copies(
     let Some(tag) = j.hot_tag().map(str::to_string) else {
         return Ok(Vec::new());
     };
-    let hot: Vec<&crate::manifest::TargetRecord> = m
-        .targets
-        .iter()
-        .filter(|r| r.meta.get("hot") == Some(&tag))
-        .collect();
+    let hot: Vec<&crate::manifest::TargetRecord> =
+        m.targets.iter().filter(|r| r.meta.get("hot") == Some(&tag)).collect();
     if hot.is_empty() {
         return Ok(Vec::new());
     }
@@ -123,7 +120,8 @@ pub(super) fn check_unswapped(
         let target = targets.iter().find(|t| t.name() == name);
         if let (true, Some(rec), Some(t)) = (never_stored, rec, target) {
             if t.verify_restored(rec).is_ok() {
-                cx.ui.info(&format!("  {name:<16} already restored (its hot copy is in place)"));
+                cx.ui
+                    .info(&format!("  {name:<16} already restored (its hot copy is in place)"));
                 unverified.push(TargetRestore {
                     target: name.clone(),
                     ok: true,
