@@ -1,13 +1,15 @@
 //! Connection parameters: the URL parsed once ([`ConnInfo`]), handed to child tools through
 //! their environment and to sqlx, and the connections guard opens itself; SQL quoting.
 
+use std::future::Future;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgRow, PgSslMode};
 use sqlx::Connection as _;
+use sqlx::Postgres;
 
 use super::{PostgresTarget, SESSION_SETTINGS};
 use crate::secrets;
@@ -364,6 +366,102 @@ pub(super) fn qualified(name: &str) -> String {
     }
 }
 
+/// One of guard's own PostgreSQL sessions, driven synchronously: the `block_on` of every round
+/// trip guard's synchronous code makes is here, so sqlx's async stays in this file and in the
+/// `async fn` helpers [`Session::run`] drives (fingerprint.rs, database.rs). The connection is
+/// closed (a clean `Terminate`, not a dropped socket) when the session is dropped.
+pub(super) struct Session(Option<PgConnection>);
+
+impl Session {
+    /// Connect with `o`.
+    pub(super) fn open(o: &PgConnectOptions) -> std::result::Result<Session, sqlx::Error> {
+        crate::runtime::block_on(PgConnection::connect_with(o)).map(|c| Session(Some(c)))
+    }
+
+    /// Connect with `o`, giving up after `within`.
+    pub(super) fn open_within(o: &PgConnectOptions, within: Duration) -> Result<Session> {
+        crate::runtime::block_on(async { tokio::time::timeout(within, PgConnection::connect_with(o)).await })
+            .map_err(|_| anyhow!("no answer within {} s", within.as_secs()))?
+            .map(|c| Session(Some(c)))
+            .map_err(|e| anyhow!("{}", secrets::redact(&e.to_string())))
+    }
+
+    fn conn(&mut self) -> &mut PgConnection {
+        self.0
+            .as_mut()
+            .expect("a session's connection lives until it is dropped")
+    }
+
+    /// Run `f`'s future (sqlx calls on the connection, or an `async fn` taking it) to completion.
+    pub(super) fn run<'s, F: Future>(&'s mut self, f: impl FnOnce(&'s mut PgConnection) -> F) -> F::Output {
+        crate::runtime::block_on(f(self.conn()))
+    }
+
+    /// Execute `sql` (no parameters, the extended protocol): the rows it affected.
+    pub(super) fn execute(&mut self, sql: &str) -> Result<u64> {
+        Ok(self.run(|c| sqlx::query(sql).execute(c))?.rows_affected())
+    }
+
+    /// Execute `sql` with one parameter `$1`.
+    pub(super) fn execute_with<A>(&mut self, sql: &str, a: A) -> Result<u64>
+    where
+        A: for<'q> sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + Send,
+    {
+        Ok(self.run(|c| sqlx::query(sql).bind(a).execute(c))?.rows_affected())
+    }
+
+    /// The one value of `sql`'s one row.
+    pub(super) fn scalar<T>(&mut self, sql: &str) -> Result<T>
+    where
+        T: for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres> + Send + Unpin,
+    {
+        Ok(self.run(|c| sqlx::query_scalar(sql).fetch_one(c))?)
+    }
+
+    /// The one value of `sql`'s one row with `$1` = `a`.
+    pub(super) fn scalar_with<T, A>(&mut self, sql: &str, a: A) -> Result<T>
+    where
+        T: for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres> + Send + Unpin,
+        A: for<'q> sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + Send,
+    {
+        Ok(self.run(|c| sqlx::query_scalar(sql).bind(a).fetch_one(c))?)
+    }
+
+    /// The one value of `sql`'s first row with `$1` = `a`, if it returns one.
+    pub(super) fn scalar_optional<T, A>(&mut self, sql: &str, a: A) -> Result<Option<T>>
+    where
+        T: for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres> + Send + Unpin,
+        A: for<'q> sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + Send,
+    {
+        Ok(self.run(|c| sqlx::query_scalar(sql).bind(a).fetch_optional(c))?)
+    }
+
+    /// Every row of `sql` with `$1` = `a`.
+    pub(super) fn fetch_all_with<A>(&mut self, sql: &str, a: A) -> Result<Vec<PgRow>>
+    where
+        A: for<'q> sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + Send,
+    {
+        Ok(self.run(|c| sqlx::query(sql).bind(a).fetch_all(c))?)
+    }
+}
+
+impl Session {
+    /// Drop the connection without closing it (it failed: nothing to say goodbye to).
+    pub(super) fn abandon(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            crate::runtime::block_on(async {
+                let _ = c.close().await;
+            });
+        }
+    }
+}
+
 impl PostgresTarget {
     pub(super) async fn connect_to(&self, dbname: Option<&str>) -> Result<PgConnection> {
         let o = self.conn.sqlx(dbname)?;
@@ -386,24 +484,37 @@ impl PostgresTarget {
         }
     }
 
+    /// A session on database `dbname` of the target's server (`None`: the target's own).
+    pub(super) fn session_on(&self, dbname: Option<&str>) -> Result<Session> {
+        crate::runtime::block_on(self.connect_to(dbname)).map(|c| Session(Some(c)))
+    }
+
+    /// A session on a maintenance database of the target's server: `postgres`, else `template1`.
+    pub(super) fn maintenance_session(&self) -> Result<Session> {
+        self.session_on(Some("postgres"))
+            .or_else(|_| self.session_on(Some("template1")))
+    }
+
+    /// A session on the target's database.
+    pub(super) fn session(&self) -> Result<Session> {
+        self.live()?;
+        self.session_on(None)
+    }
+
+    /// A session on the target's database, or on a maintenance database of the same server
+    /// when the target's does not exist (a command dropped it).
+    pub(super) fn server_session(&self) -> Result<Session> {
+        self.live()?;
+        match self.session_on(None) {
+            Ok(c) => Ok(c),
+            Err(e) if format!("{e:#}").contains("does not exist") => self.maintenance_session().map_err(|_| e),
+            Err(e) => Err(e),
+        }
+    }
+
     pub(super) fn connect(&self) -> Result<PgConnection> {
         self.live()?;
         crate::runtime::block_on(self.connect_to(None))
-    }
-
-    /// A connection to the target's database, or to a maintenance database of the same
-    /// server when the target's does not exist (a command dropped it).
-    pub(super) fn connect_server(&self) -> Result<PgConnection> {
-        self.live()?;
-        match crate::runtime::block_on(self.connect_to(None)) {
-            Ok(c) => Ok(c),
-            Err(e) if format!("{e:#}").contains("does not exist") => {
-                crate::runtime::block_on(self.connect_to(Some("postgres")))
-                    .or_else(|_| crate::runtime::block_on(self.connect_to(Some("template1"))))
-                    .map_err(|_| e)
-            }
-            Err(e) => Err(e),
-        }
     }
 }
 

@@ -3,10 +3,8 @@
 use std::sync::OnceLock;
 
 use anyhow::{anyhow, bail, Context, Result};
-use sqlx::postgres::PgConnection;
-use sqlx::Connection as _;
 
-use super::conn::{quote_ident, ConnInfo};
+use super::conn::{quote_ident, ConnInfo, Session};
 use super::restore::create_database_sql;
 use super::PostgresTarget;
 use super::{PostgresSpec, Sessions};
@@ -24,18 +22,12 @@ pub(super) struct ScratchDb {
 
 impl ScratchDb {
     pub(super) fn drop_now(&self) -> Result<()> {
-        crate::runtime::block_on(async {
-            let mut c = match PgConnection::connect_with(&self.conn.sqlx(Some("postgres"))?).await {
-                Ok(c) => c,
-                Err(_) => PgConnection::connect_with(&self.conn.sqlx(Some("template1"))?).await?,
-            };
-            let r = sqlx::query(&format!("DROP DATABASE IF EXISTS {}", quote_ident(&self.name)))
-                .execute(&mut c)
-                .await;
-            let _ = c.close().await;
-            r?;
-            Ok(())
-        })
+        let mut c = match Session::open(&self.conn.sqlx(Some("postgres"))?) {
+            Ok(c) => c,
+            Err(_) => Session::open(&self.conn.sqlx(Some("template1"))?)?,
+        };
+        c.execute(&format!("DROP DATABASE IF EXISTS {}", quote_ident(&self.name)))?;
+        Ok(())
     }
 }
 
@@ -78,34 +70,26 @@ impl PostgresTarget {
             ),
         };
         conn.dbname = Some(name.clone());
-        let maint = {
+        let mut maint = {
             let o = conn.sqlx(Some("postgres"))?;
             let o1 = conn.sqlx(Some("template1"))?;
-            crate::runtime::block_on(PgConnection::connect_with(&o))
-                .or_else(|_| crate::runtime::block_on(PgConnection::connect_with(&o1)))
-                .map_err(|e| {
-                    anyhow!(
-                        "cannot connect to the drill server {shown}: {}",
-                        secrets::redact(&e.to_string())
-                    )
-                })?
+            Session::open(&o).or_else(|_| Session::open(&o1)).map_err(|e| {
+                anyhow!(
+                    "cannot connect to the drill server {shown}: {}",
+                    secrets::redact(&e.to_string())
+                )
+            })?
         };
-        let mut maint = maint;
-        let created: Result<()> = crate::runtime::block_on(async {
-            let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
-                .bind(&name)
-                .fetch_optional(&mut maint)
-                .await?;
+        let created: Result<()> = (|| {
+            let exists: Option<i32> = maint.scalar_optional("SELECT 1 FROM pg_database WHERE datname = $1", &name)?;
             if exists.is_some() {
                 bail!("the drill's scratch database {name} already exists on {shown}; guard never drops a database it did not create (drop it by hand if a killed drill left it)");
             }
             let sql = create_database_sql(&name, rec, false);
-            sqlx::query(&sql).execute(&mut maint).await.with_context(|| format!("creating the drill's scratch database {name} on {shown} (set drill_url to a server where guard may create databases)"))?;
+            maint.execute(&sql).with_context(|| format!("creating the drill's scratch database {name} on {shown} (set drill_url to a server where guard may create databases)"))?;
             Ok(())
-        });
-        crate::runtime::block_on(async {
-            let _ = maint.close().await;
-        });
+        })();
+        drop(maint);
         created?;
         let scratch = ScratchDb {
             conn: conn.clone(),

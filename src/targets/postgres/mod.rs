@@ -52,7 +52,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use anyhow::{anyhow, bail, Context, Result};
-use sqlx::{Connection as _, Row as _};
+use sqlx::Row as _;
 
 use super::{Restored, SnapshotCtx, Target};
 use crate::artifact::read_artifact;
@@ -243,10 +243,8 @@ impl Target for PostgresTarget {
         }
         if ctx.allow_absent {
             // A rescue of a dropped database records it as absent.
-            match crate::runtime::block_on(self.connect_to(None)) {
-                Ok(c) => crate::runtime::block_on(async {
-                    let _ = c.close().await;
-                }),
+            match self.session_on(None) {
+                Ok(_) => {}
                 Err(e) if format!("{e:#}").contains("does not exist") => {
                     rec.absent = true;
                     return Ok(rec);
@@ -283,14 +281,8 @@ impl Target for PostgresTarget {
         let db = self.dbname();
         if rec.absent {
             self.handle_sessions(&db)?;
-            let mut c = crate::runtime::block_on(self.connect_to(Some("postgres")))?;
-            crate::runtime::block_on(async {
-                let r = sqlx::query(&format!("DROP DATABASE IF EXISTS {}", quote_ident(&db)))
-                    .execute(&mut c)
-                    .await;
-                let _ = c.close().await;
-                r
-            })?;
+            self.session_on(Some("postgres"))?
+                .execute(&format!("DROP DATABASE IF EXISTS {}", quote_ident(&db)))?;
             return Ok(Restored::Done);
         }
         let a = rec
@@ -318,23 +310,16 @@ impl Target for PostgresTarget {
     fn verify_restored(&self, rec: &TargetRecord) -> Result<()> {
         self.live()?;
         if rec.absent {
-            let c = crate::runtime::block_on(self.connect_to(None));
-            return match c {
+            return match self.session_on(None) {
                 Err(e) if format!("{e:#}").contains("does not exist") => Ok(()),
                 Ok(_) => bail!("database {} exists but the snapshot recorded none", self.dbname()),
                 Err(e) => Err(e),
             };
         }
-        let mut c = self.connect()?;
         let hashed = rec.hashed_items();
-        let (mut got, live_state) = crate::runtime::block_on(async {
-            let r = async {
-                let got = fingerprints(&mut c, &hashed, false).await?;
-                Ok::<_, anyhow::Error>((got, DbState::capture(&mut c).await?))
-            }
-            .await;
-            let _ = c.close().await;
-            r
+        let (mut got, live_state) = self.session()?.run(|c| async {
+            let got = fingerprints(c, &hashed, false).await?;
+            Ok::<_, anyhow::Error>((got, DbState::capture(c).await?))
         })?;
         let mut expected = rec.fingerprints.clone();
         // A drill's scratch database has its own owner and ACL; snapshots taken before
@@ -408,67 +393,50 @@ impl Target for PostgresTarget {
     }
 
     fn fingerprint_existing(&self, table: &str, columns: &[crate::manifest::Column]) -> Result<Fingerprint> {
-        let mut c = self.connect()?;
-        crate::runtime::block_on(async {
-            let r = existing_fingerprint(&mut c, table, columns).await;
-            let _ = c.close().await;
-            r
-        })
+        self.session()?.run(|c| existing_fingerprint(c, table, columns))
     }
 
     fn fingerprint(&self, items: &[String]) -> Result<BTreeMap<String, Fingerprint>> {
-        let mut c = self.connect()?;
-        crate::runtime::block_on(async {
+        self.session()?.run(|c| async move {
             let mut out = BTreeMap::new();
-            let r: Result<()> = async {
-                let schema =
-                    if items.iter().any(|i| i.starts_with('@')) { schema_fingerprints(&mut c).await? } else { BTreeMap::new() };
-                for t in items {
-                    if t == "@database" {
-                        out.insert(t.clone(), database_fingerprint(&mut c).await?);
-                    } else if t.starts_with('@') {
-                        let f = schema.get(t).ok_or_else(|| anyhow!("unknown fingerprint {t:?} (known: @schema, @schema.tables, @schema.columns, @schema.indexes, @schema.constraints, @schema.triggers, @schema.functions, @schema.schemas, @database)"))?;
-                        out.insert(t.clone(), f.clone());
-                    } else {
-                        out.insert(t.clone(), table_fingerprint(&mut c, t).await?);
-                    }
+            let schema =
+                if items.iter().any(|i| i.starts_with('@')) { schema_fingerprints(c).await? } else { BTreeMap::new() };
+            for t in items {
+                if t == "@database" {
+                    out.insert(t.clone(), database_fingerprint(c).await?);
+                } else if t.starts_with('@') {
+                    let f = schema.get(t).ok_or_else(|| anyhow!("unknown fingerprint {t:?} (known: @schema, @schema.tables, @schema.columns, @schema.indexes, @schema.constraints, @schema.triggers, @schema.functions, @schema.schemas, @database)"))?;
+                    out.insert(t.clone(), f.clone());
+                } else {
+                    out.insert(t.clone(), table_fingerprint(c, t).await?);
                 }
-                Ok(())
             }
-            .await;
-            let _ = c.close().await;
-            r.map(|_| out)
+            Ok(out)
         })
     }
 
     fn query(&self, sql: &str) -> Result<String> {
-        let mut c = self.connect()?;
-        crate::runtime::block_on(async {
+        self.session()?.run(|c| async move {
             // The simple protocol returns every value in its text form, whatever its type.
             use futures_util::StreamExt as _;
-            let r: Result<String> = async {
-                let mut rows = sqlx::raw_sql(sql).fetch(&mut c);
-                let first = rows
-                    .next()
-                    .await
-                    .transpose()
-                    .map_err(|e| anyhow!("{}", secrets::redact(&e.to_string())))?;
-                // Read the rest so errors in later statements are not silently dropped.
-                while let Some(r) = rows.next().await {
-                    r.map_err(|e| anyhow!("{}", secrets::redact(&e.to_string())))?;
-                }
-                let Some(row) = first else {
-                    return Ok("NULL".to_string());
-                };
-                if row.is_empty() {
-                    return Ok("NULL".to_string());
-                }
-                let v: Option<String> = row.try_get_unchecked(0)?;
-                Ok(v.unwrap_or_else(|| "NULL".into()))
+            let mut rows = sqlx::raw_sql(sql).fetch(c);
+            let first = rows
+                .next()
+                .await
+                .transpose()
+                .map_err(|e| anyhow!("{}", secrets::redact(&e.to_string())))?;
+            // Read the rest so errors in later statements are not silently dropped.
+            while let Some(r) = rows.next().await {
+                r.map_err(|e| anyhow!("{}", secrets::redact(&e.to_string())))?;
             }
-            .await;
-            let _ = c.close().await;
-            r
+            let Some(row) = first else {
+                return Ok("NULL".to_string());
+            };
+            if row.is_empty() {
+                return Ok("NULL".to_string());
+            }
+            let v: Option<String> = row.try_get_unchecked(0)?;
+            Ok(v.unwrap_or_else(|| "NULL".into()))
         })
     }
 }

@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use sqlx::{Connection as _, Row as _};
+use sqlx::Row as _;
 
 use super::conn::{quote_ident, quote_literal, LOCK_WAIT};
 use super::database::{missing_roles, DbState};
@@ -56,33 +56,24 @@ impl PostgresTarget {
     /// Recreate the target's database when it is gone, as recorded at snapshot time (owner,
     /// encoding, collation), so the dump has somewhere to go.
     pub(super) fn ensure_database(&self, rec: &TargetRecord, db: &str) -> Result<()> {
-        if let Ok(c) = crate::runtime::block_on(self.connect_to(Some(db))) {
-            crate::runtime::block_on(async {
-                let _ = c.close().await;
-            });
+        if self.session_on(Some(db)).is_ok() {
             return Ok(());
         }
-        let mut c = crate::runtime::block_on(self.connect_to(Some("postgres")))
-            .or_else(|_| crate::runtime::block_on(self.connect_to(Some("template1"))))?;
-        let r: Result<()> = crate::runtime::block_on(async {
-            let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
-                .bind(db)
-                .fetch_optional(&mut c)
-                .await?;
+        let mut c = self.maintenance_session()?;
+        let r: Result<()> = (|| {
+            let exists: Option<i32> = c.scalar_optional("SELECT 1 FROM pg_database WHERE datname = $1", db)?;
             if exists.is_some() {
                 return Ok(());
             }
             let sql = create_database_sql(db, rec, true);
-            sqlx::query(&sql).execute(&mut c).await?;
+            c.execute(&sql)?;
             crate::errln!(
                 "guard: target {}: database {db} did not exist; created it to restore into",
                 self.spec.name
             );
             Ok(())
-        });
-        crate::runtime::block_on(async {
-            let _ = c.close().await;
-        });
+        })();
+        drop(c);
         r.with_context(|| format!("target {}: cannot recreate database {db}", self.spec.name))
     }
 
@@ -91,18 +82,11 @@ impl PostgresTarget {
     pub(super) fn other_sessions(&self, db: &str) -> Result<Vec<Other>> {
         let deadline = Instant::now() + Duration::from_secs(3);
         loop {
-            let mut c = self.connect_server()?;
-            let rows = crate::runtime::block_on(async {
-                let r = sqlx::query(
-                    "SELECT pid, coalesce(usename, ''), coalesce(application_name, ''), coalesce(client_addr::text, 'local')
-                     FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend' ORDER BY pid",
-                )
-                .bind(db)
-                .fetch_all(&mut c)
-                .await;
-                let _ = c.close().await;
-                r
-            })?;
+            let rows = self.server_session()?.fetch_all_with(
+                "SELECT pid, coalesce(usename, ''), coalesce(application_name, ''), coalesce(client_addr::text, 'local')
+                 FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend' ORDER BY pid",
+                db,
+            )?;
             let list: Vec<Other> = rows
                 .iter()
                 .map(|r| Other {
@@ -145,18 +129,12 @@ impl PostgresTarget {
             }
             .into()),
             Sessions::Terminate => {
-                let mut c = self.connect_server()?;
-                crate::runtime::block_on(async {
-                    let r = sqlx::query(
+                self.server_session()?
+                    .execute_with(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+                        db,
                     )
-                    .bind(db)
-                    .execute(&mut c)
-                    .await;
-                    let _ = c.close().await;
-                    r
-                })
-                .with_context(|| format!("target {}: cannot terminate the other sessions on {db}", self.spec.name))?;
+                    .with_context(|| format!("target {}: cannot terminate the other sessions on {db}", self.spec.name))?;
                 let left = self.other_sessions(db)?;
                 if !left.is_empty() {
                     bail!(
@@ -370,12 +348,7 @@ impl PostgresTarget {
         if self.scratch.is_some() || roles.is_empty() {
             return Ok(Vec::new());
         }
-        let mut c = self.connect_server()?;
-        let missing = crate::runtime::block_on(async {
-            let r = missing_roles(&mut c, &roles).await;
-            let _ = c.close().await;
-            r
-        })?;
+        let missing = self.server_session()?.run(|c| missing_roles(c, &roles))?;
         for r in &missing {
             say(&format!(
                 "guard: warning: target {}: role {r} no longer exists; the restore recreates it NOLOGIN so that what it owned and was granted comes back. Roles are the cluster's, not the database's: its password, attributes and memberships are not restored (ALTER ROLE {} LOGIN PASSWORD …, GRANT … TO {} to put them back)",

@@ -7,7 +7,6 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 
 use anyhow::{anyhow, bail, Context, Result};
-use sqlx::Connection as _;
 
 use super::PostgresTarget;
 use crate::manifest::TargetRecord;
@@ -227,14 +226,7 @@ impl PostgresTarget {
         if let Some(t) = self.tools.get() {
             return Ok(t.clone());
         }
-        let mut c = self.connect_server()?;
-        let num: String = crate::runtime::block_on(async {
-            let r = sqlx::query_scalar::<_, String>("SHOW server_version_num")
-                .fetch_one(&mut c)
-                .await;
-            let _ = c.close().await;
-            r
-        })?;
+        let num: String = self.server_session()?.scalar("SHOW server_version_num")?;
         let num: u32 = num.trim().parse().map_err(|_| anyhow!("server_version_num {num:?}"))?;
         let need = if num >= 100000 { num / 10000 * 100 } else { num / 100 };
         let t = find_tools(

@@ -12,10 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::PgConnection;
-use sqlx::{Connection as _, Row as _};
+use sqlx::Row as _;
 
-use super::conn::{app_name, ConnInfo, LOCK_WAIT};
+use super::conn::{app_name, ConnInfo, Session, LOCK_WAIT};
 use crate::secrets;
 
 const POLL: Duration = Duration::from_millis(500);
@@ -124,7 +123,7 @@ WHERE w.application_name = $1 AND w.pid <> pg_catalog.pg_backend_pid()
   AND b.application_name IS DISTINCT FROM $1";
 
 fn watch(conn: &ConnInfo, db: &str, target: &str, step: &str, terminate: bool, stop: &AtomicBool, seen: &Mutex<Seen>) {
-    let mut c: Option<PgConnection> = None;
+    let mut c: Option<Session> = None;
     // Blockers of the previous poll (ended when seen twice), and since when each of guard's
     // sessions has been blocked.
     let mut previous: Vec<i32> = Vec::new();
@@ -135,33 +134,30 @@ fn watch(conn: &ConnInfo, db: &str, target: &str, step: &str, terminate: bool, s
             break;
         }
         if c.is_none() {
-            c = conn.sqlx(Some(db)).ok().and_then(|o| {
-                crate::runtime::block_on(async {
-                    tokio::time::timeout(POLL * 4, PgConnection::connect_with(&o))
-                        .await
-                        .ok()?
-                        .ok()
-                })
-            });
+            c = conn
+                .sqlx(Some(db))
+                .ok()
+                .and_then(|o| Session::open_within(&o, POLL * 4).ok());
         }
         let Some(conn_) = c.as_mut() else { continue };
-        let rows: Vec<(i32, i32, String)> =
-            match crate::runtime::block_on(sqlx::query(BLOCKERS).bind(app_name()).fetch_all(&mut *conn_)) {
-                Ok(rows) => rows
-                    .iter()
-                    .map(|r| {
-                        (
-                            r.get::<i32, _>(0),
-                            r.get::<i32, _>(1),
-                            r.get::<Option<String>, _>(2).unwrap_or_default(),
-                        )
-                    })
-                    .collect(),
-                Err(_) => {
-                    c = None;
-                    continue;
+        let rows: Vec<(i32, i32, String)> = match conn_.fetch_all_with(BLOCKERS, app_name()) {
+            Ok(rows) => rows
+                .iter()
+                .map(|r| {
+                    (
+                        r.get::<i32, _>(0),
+                        r.get::<i32, _>(1),
+                        r.get::<Option<String>, _>(2).unwrap_or_default(),
+                    )
+                })
+                .collect(),
+            Err(_) => {
+                if let Some(broken) = c.take() {
+                    broken.abandon();
                 }
-            };
+                continue;
+            }
+        };
         let now = Instant::now();
         blocked_since.retain(|w, _| rows.iter().any(|(x, _, _)| x == w));
         let mut current = Vec::new();
@@ -175,12 +171,9 @@ fn watch(conn: &ConnInfo, db: &str, target: &str, step: &str, terminate: bool, s
                 && previous.contains(pid)
                 && !s.terminated.iter().any(|t| t.starts_with(&format!("pid {pid} ")))
             {
-                let ended = crate::runtime::block_on(
-                    sqlx::query_scalar::<_, bool>("SELECT pg_catalog.pg_terminate_backend($1)")
-                        .bind(pid)
-                        .fetch_one(&mut *conn_),
-                )
-                .unwrap_or(false);
+                let ended = conn_
+                    .scalar_with::<bool, _>("SELECT pg_catalog.pg_terminate_backend($1)", pid)
+                    .unwrap_or(false);
                 if ended {
                     super::say(&format!(
                         "guard: target {target}: terminated session {desc}: it blocked {step} (sessions = \"terminate\")"
@@ -191,20 +184,13 @@ fn watch(conn: &ConnInfo, db: &str, target: &str, step: &str, terminate: bool, s
         }
         for (waiter, since) in &blocked_since {
             if now.duration_since(*since) > LOCK_WAIT + Duration::from_secs(5) {
-                let _ = crate::runtime::block_on(
-                    sqlx::query("SELECT pg_catalog.pg_cancel_backend($1)")
-                        .bind(*waiter)
-                        .execute(&mut *conn_),
-                );
+                let _ = conn_.execute_with("SELECT pg_catalog.pg_cancel_backend($1)", *waiter);
                 seen.lock().unwrap_or_else(|e| e.into_inner()).cancelled += 1;
             }
         }
         blocked_since.retain(|_, since| now.duration_since(*since) <= LOCK_WAIT + Duration::from_secs(5));
         previous = current;
     }
-    if let Some(c) = c {
-        crate::runtime::block_on(async {
-            let _ = c.close().await;
-        });
-    }
+    // A session closes when dropped.
+    drop(c);
 }
