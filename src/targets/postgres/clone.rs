@@ -20,7 +20,6 @@
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::Digest;
 use sqlx::Connection as _;
-use sqlx::PgConnection;
 
 use super::conn::{quote_ident, quote_literal};
 use super::database::DbState;
@@ -66,23 +65,15 @@ impl PostgresTarget {
         }
     }
 
-    /// A connection to a maintenance database of the server (`postgres`, else `template1`).
-    fn maintenance(&self) -> Result<PgConnection> {
-        crate::runtime::block_on(self.connect_to(Some("postgres")))
-            .or_else(|_| crate::runtime::block_on(self.connect_to(Some("template1"))))
-    }
-
     /// Make run `tag`'s clone of the live database, with the live database's own state. `Err`
     /// is why there is none (nothing was left behind).
     pub(super) fn make_clone(&self, tag: &str) -> Result<String> {
         let db = self.dbname();
         let (clone, _) = self.hot_names(tag);
         let state = {
-            let mut c = self.connect()?;
-            let s = crate::runtime::block_on(DbState::capture(&mut c));
-            crate::runtime::block_on(async {
-                let _ = c.close().await;
-            });
+            let mut c = self.session()?;
+            let s = c.run(DbState::capture);
+            drop(c);
             s?
         };
         let others = self.other_sessions(&db)?;
@@ -96,70 +87,69 @@ impl PostgresTarget {
             }
             self.handle_sessions(&db)?;
         }
-        let mut m = self.maintenance()?;
-        let r = crate::runtime::block_on(async {
-            let num: String = sqlx::query_scalar("SHOW server_version_num").fetch_one(&mut m).await?;
-            let strategy = if num.trim().parse::<u32>().unwrap_or(0) >= 150000 {
-                " STRATEGY FILE_COPY"
-            } else {
-                ""
-            };
-            sqlx::query(&format!("DROP DATABASE IF EXISTS {}", quote_ident(&clone)))
-                .execute(&mut m)
-                .await?;
-            sqlx::query(&format!(
-                "CREATE DATABASE {} TEMPLATE {}{strategy}",
-                quote_ident(&clone),
-                quote_ident(&db)
-            ))
-            .execute(&mut m)
-            .await?;
-            let carried = async {
-                let body = state
-                    .apply_sql(false)
-                    .replace("pg_catalog.current_database()", &quote_literal(&clone));
-                sqlx::raw_sql(&format!("DO {}", dollar_quote(&body)))
-                    .execute(&mut m)
+        let mut m = self.maintenance_session()?;
+        let r = m.run(|m| {
+            let (clone, db, state) = (&clone, &db, &state);
+            async move {
+                let num: String = sqlx::query_scalar("SHOW server_version_num").fetch_one(&mut *m).await?;
+                let strategy = if num.trim().parse::<u32>().unwrap_or(0) >= 150000 {
+                    " STRATEGY FILE_COPY"
+                } else {
+                    ""
+                };
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {}", quote_ident(clone)))
+                    .execute(&mut *m)
                     .await?;
-                Ok::<_, sqlx::Error>(())
+                sqlx::query(&format!(
+                    "CREATE DATABASE {} TEMPLATE {}{strategy}",
+                    quote_ident(clone),
+                    quote_ident(db)
+                ))
+                .execute(&mut *m)
+                .await?;
+                let carried = async {
+                    let body = state
+                        .apply_sql(false)
+                        .replace("pg_catalog.current_database()", &quote_literal(clone));
+                    sqlx::raw_sql(&format!("DO {}", dollar_quote(&body)))
+                        .execute(&mut *m)
+                        .await?;
+                    Ok::<_, sqlx::Error>(())
+                }
+                .await;
+                if let Err(e) = carried {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {}", quote_ident(clone)))
+                        .execute(&mut *m)
+                        .await;
+                    return Err(anyhow!(
+                        "carrying the database's owner, ACL and settings over to the clone: {e}"
+                    ));
+                }
+                Ok::<_, anyhow::Error>(())
             }
-            .await;
-            if let Err(e) = carried {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {}", quote_ident(&clone)))
-                    .execute(&mut m)
-                    .await;
-                return Err(anyhow!(
-                    "carrying the database's owner, ACL and settings over to the clone: {e}"
-                ));
-            }
-            Ok::<_, anyhow::Error>(())
         });
-        crate::runtime::block_on(async {
-            let _ = m.close().await;
-        });
+        drop(m);
         r.map_err(|e| anyhow!("{}", crate::secrets::redact(&format!("{e:#}"))))?;
         Ok(clone)
     }
 
     /// Close the clone to connections and record it in `rec`, once its snapshot is taken.
     pub(super) fn freeze_clone(&self, clone: &str, tag: &str, rec: &mut TargetRecord) -> Result<()> {
-        let mut m = self.maintenance()?;
-        let oid: Result<i64> = crate::runtime::block_on(async {
+        let mut m = self.maintenance_session()?;
+        let oid: Result<i64> = m.run(|m| async move {
             sqlx::query(&format!(
                 "ALTER DATABASE {} ALLOW_CONNECTIONS false",
                 quote_ident(clone)
             ))
-            .execute(&mut m)
+            .execute(&mut *m)
             .await?;
             let oid: i64 = sqlx::query_scalar("SELECT oid::int8 FROM pg_database WHERE datname = $1")
                 .bind(clone)
-                .fetch_one(&mut m)
+                .fetch_one(&mut *m)
                 .await?;
             Ok(oid)
         });
-        crate::runtime::block_on(async {
-            let _ = m.close().await;
-        });
+        drop(m);
         let oid = oid?;
         rec.meta.insert("hot".into(), tag.to_string());
         rec.meta.insert("hot_oid".into(), oid.to_string());
@@ -172,37 +162,33 @@ impl PostgresTarget {
         if !name.starts_with("guard_hot_") && !name.starts_with("guard_failed_") {
             bail!("{name} is not a database guard made");
         }
-        let mut m = self.maintenance()?;
-        let r = crate::runtime::block_on(async {
+        let mut m = self.maintenance_session()?;
+        let r = m.run(|m| async move {
             // A set-aside database a rescue snapshot just read may still show its session.
             sqlx::query(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
             )
             .bind(name)
-            .execute(&mut m)
+            .execute(&mut *m)
             .await?;
             sqlx::query(&format!("DROP DATABASE IF EXISTS {}", quote_ident(name)))
-                .execute(&mut m)
+                .execute(&mut *m)
                 .await?;
             Ok::<_, sqlx::Error>(())
         });
-        crate::runtime::block_on(async {
-            let _ = m.close().await;
-        });
+        drop(m);
         r.with_context(|| format!("cannot drop database {name}"))
     }
 
     /// Does database `name` exist?
     pub(super) fn db_exists(&self, name: &str) -> Result<Option<(i64, bool)>> {
-        let mut m = self.maintenance()?;
-        let r = crate::runtime::block_on(
+        let mut m = self.maintenance_session()?;
+        let r = m.run(|m| {
             sqlx::query_as::<_, (i64, bool)>("SELECT oid::int8, datallowconn FROM pg_database WHERE datname = $1")
                 .bind(name)
-                .fetch_optional(&mut m),
-        );
-        crate::runtime::block_on(async {
-            let _ = m.close().await;
+                .fetch_optional(m)
         });
+        drop(m);
         Ok(r?)
     }
 
@@ -233,44 +219,45 @@ impl PostgresTarget {
         if had_live {
             self.handle_sessions(&db)?;
         }
-        let mut m = self.maintenance()?;
-        let r = crate::runtime::block_on(async {
-            let mut tx = m.begin().await?;
-            if had_live {
+        let mut m = self.maintenance_session()?;
+        let r = m.run(|m| {
+            let (db, clone, aside) = (&db, &clone, &aside);
+            async move {
+                let mut tx = m.begin().await?;
+                if had_live {
+                    sqlx::query(&format!(
+                        "ALTER DATABASE {} RENAME TO {}",
+                        quote_ident(db),
+                        quote_ident(aside)
+                    ))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                crate::faults::test_pause("pg-swap");
                 sqlx::query(&format!(
                     "ALTER DATABASE {} RENAME TO {}",
-                    quote_ident(&db),
-                    quote_ident(&aside)
+                    quote_ident(clone),
+                    quote_ident(db)
                 ))
                 .execute(&mut *tx)
                 .await?;
+                sqlx::query(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", quote_ident(db)))
+                    .execute(&mut *tx)
+                    .await?;
+                let oid: i64 = sqlx::query_scalar("SELECT oid::int8 FROM pg_database WHERE datname = $1")
+                    .bind(db)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if oid.to_string() != *want {
+                    return Err(sqlx::Error::Protocol(format!(
+                        "{db} has OID {oid} after the rename, not {want}"
+                    )));
+                }
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(())
             }
-            crate::faults::test_pause("pg-swap");
-            sqlx::query(&format!(
-                "ALTER DATABASE {} RENAME TO {}",
-                quote_ident(&clone),
-                quote_ident(&db)
-            ))
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", quote_ident(&db)))
-                .execute(&mut *tx)
-                .await?;
-            let oid: i64 = sqlx::query_scalar("SELECT oid::int8 FROM pg_database WHERE datname = $1")
-                .bind(&db)
-                .fetch_one(&mut *tx)
-                .await?;
-            if oid.to_string() != *want {
-                return Err(sqlx::Error::Protocol(format!(
-                    "{db} has OID {oid} after the rename, not {want}"
-                )));
-            }
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(())
         });
-        crate::runtime::block_on(async {
-            let _ = m.close().await;
-        });
+        drop(m);
         r.with_context(|| {
             format!(
                 "target {}: renaming the clone {clone} into place (nothing was changed)",
