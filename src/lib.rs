@@ -77,7 +77,7 @@ pub fn run(cli: cli::Cli) -> u8 {
         _ => ui::Verbosity::Normal,
     };
     ui.lock_wait = cli.wait;
-    progress::enable(&ui);
+    progress::enable(ui.wants_progress());
     let opened = match &cli.log_file {
         Some(p) => ui::open_log_file(p)
             .map_err(|e| error::Failure::msg(error::Kind::Usage, format!("--log-file {}: {e}", p.display()))),

@@ -22,9 +22,8 @@ fn multi() -> &'static MultiProgress {
     M.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10)))
 }
 
-/// Draw progress from now on if `ui` talks to a person: stderr a terminal, no `--json`, no `-q`.
-pub fn enable(ui: &crate::ui::Ui) {
-    let on = ui.tty && !ui.json && ui.verbosity != crate::ui::Verbosity::Quiet;
+/// Draw progress from now on when `on`: guard talks to a person (`Ui::wants_progress`).
+pub fn enable(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
 }
 

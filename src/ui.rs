@@ -166,6 +166,11 @@ impl Spinner {
 }
 
 impl Ui {
+    /// Progress is drawn for a person: stderr a terminal, no `--json`, no `-q`.
+    pub fn wants_progress(&self) -> bool {
+        self.tty && !self.json && self.verbosity != Verbosity::Quiet
+    }
+
     pub fn new(json: bool) -> Self {
         Ui {
             json,
