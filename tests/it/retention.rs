@@ -162,8 +162,10 @@ fn snapshots_of_an_unrecovered_run_are_kept() {
         snap_at(&env, &days_ago(200 - i));
     }
     // A run interrupted long ago: its pre-run snapshot must survive until it is recovered.
+    // (Without a hot copy, so the pre-run snapshot is in the store before the command starts:
+    // with one, its artifact is written while the command runs and may not exist yet.)
     let mut cmd = env.cmd(&["--", "true"]);
-    cmd.env("GUARD_TEST_NOW", days_ago(300));
+    cmd.env("GUARD_TEST_NOW", days_ago(300)).env("GUARD_TEST_HOT_FREE", "0");
     let mut child = spawn_paused(cmd, "command-running", &env.path("paused"));
     child.kill().unwrap();
     child.wait().unwrap();
@@ -180,4 +182,31 @@ fn a_policy_that_keeps_nothing_is_refused() {
     let r = env.guard(&["prune", "--keep-last", "0", "--keep-within", "0s"]);
     assert_eq!(r.code, 64, "{r:?}");
     assert_eq!(ids(&env).len(), 1);
+}
+
+/// The same with a hot copy: the run was killed while its pre-run snapshot's artifact was still
+/// being written (issue 17), so the store holds only a partial artifact; prune may remove that,
+/// but never the hot copy beside the database, which is what `recover` restores from.
+#[test]
+fn prune_keeps_the_hot_copy_of_an_unrecovered_run_for_recover() {
+    let env = simple_env("");
+    let before = dump(&env.path("app.db"));
+    let mut cmd = env.cmd(&["--", "sqlite3", "app.db", "DELETE FROM payment"]);
+    cmd.env("GUARD_TEST_HOLD", "deferred-artifact");
+    let mut child = spawn_paused(cmd, "command-running", &env.path("paused"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let hot = |env: &Env| -> Vec<String> {
+        std::fs::read_dir(env.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".app.db.guard-hot-"))
+            .collect()
+    };
+    assert_eq!(hot(&env).len(), 1, "the hot copy is there");
+    let _ = prune(&env, &[]);
+    assert_eq!(hot(&env).len(), 1, "prune left the hot copy of the unrecovered run");
+    let r = env.guard(&["recover", "--yes"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(dump(&env.path("app.db")), before, "recover put the database back");
 }
