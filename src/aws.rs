@@ -401,6 +401,19 @@ pub enum SseKind {
 }
 
 impl Sse {
+    /// `sse` and `kms_key_id` together, by the rules both an s3 target and an `s3://` store
+    /// follow: a key only with `aws:kms`. `Err` is what is wrong, for the caller to place.
+    pub fn pair(kind: Option<SseKind>, kms_key_id: Option<String>) -> Result<Option<Sse>, &'static str> {
+        match (kind, kms_key_id) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err("kms_key_id needs sse = \"aws:kms\" (add it, or remove kms_key_id)"),
+            (Some(SseKind::Aes256), Some(_)) => {
+                Err("kms_key_id goes with sse = \"aws:kms\", not \"AES256\" (SSE-S3 uses the server's own keys)")
+            }
+            (Some(kind), kms_key_id) => Ok(Some(Sse { kind, kms_key_id })),
+        }
+    }
+
     /// The policy's words for it.
     pub const CHOICES: &'static [(&'static str, Option<SseKind>)] =
         &[("AES256", Some(SseKind::Aes256)), ("aws:kms", Some(SseKind::Kms))];

@@ -7,7 +7,7 @@ use toml::Spanned;
 use super::raw::{RawCompression, RawDrill, RawHooks, RawRetention};
 use super::{valid_name, CheckSpec, Drill, Hooks, Retention};
 use crate::archive::Compression;
-use crate::aws::{Sse, SseKind};
+use crate::aws::Sse;
 use crate::parse_ctx::fail;
 use crate::parse_ctx::{ParseCtx, Seg};
 use crate::store::StoreSpec;
@@ -96,19 +96,9 @@ fn store_sse(
             None => fail!(cx, @span.clone(), "[store] sse {w:?} must be \"AES256\" or \"aws:kms\""),
         },
     };
-    match (kind, kms_key_id) {
-        (None, None) => Ok(None),
-        (None, Some(_)) => fail!(
-            cx,
-            @span.clone(),
-            "[store] kms_key_id needs sse = \"aws:kms\" (add it, or remove kms_key_id)"
-        ),
-        (Some(SseKind::Aes256), Some(_)) => fail!(
-            cx,
-            @span.clone(),
-            "[store] kms_key_id goes with sse = \"aws:kms\", not \"AES256\" (SSE-S3 uses the server's own keys)"
-        ),
-        (Some(kind), kms_key_id) => Ok(Some(Sse { kind, kms_key_id })),
+    match Sse::pair(kind, kms_key_id) {
+        Ok(sse) => Ok(sse),
+        Err(why) => fail!(cx, @span.clone(), "[store] {why}"),
     }
 }
 
@@ -313,6 +303,7 @@ mod tests {
 
     use super::super::raw::{self, RawPolicy};
     use super::*;
+    use crate::aws::SseKind;
 
     /// The raw policy of `text` and a context over it.
     fn parsed(text: &str) -> (RawPolicy, ParseCtx<'_>) {

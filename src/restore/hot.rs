@@ -66,14 +66,7 @@ pub(super) fn swapped_results(swapped: &[Swapped], m: &Manifest) -> Vec<TargetRe
     m.targets
         .iter()
         .filter(|r| swapped.iter().any(|(n, _)| *n == r.name))
-        .map(|r| TargetRestore {
-            target: r.name.clone(),
-            ok: true,
-            seconds: 0.0,
-            error: None,
-            manual: false,
-            sessions: false,
-        })
+        .map(|r| TargetRestore::instant(&r.name, None))
         .collect()
 }
 
@@ -122,14 +115,7 @@ pub(super) fn check_unswapped(
             if t.verify_restored(rec).is_ok() {
                 cx.ui
                     .info(&format!("  {name:<16} already restored (its hot copy is in place)"));
-                unverified.push(TargetRestore {
-                    target: name.clone(),
-                    ok: true,
-                    seconds: 0.0,
-                    error: None,
-                    manual: false,
-                    sessions: false,
-                });
+                unverified.push(TargetRestore::instant(name, None));
                 continue;
             }
         }
@@ -148,14 +134,7 @@ pub(super) fn check_unswapped(
                 m.id
             );
             crate::errln!("guard: restore of {name} FAILED: {error}");
-            unverified.push(TargetRestore {
-                target: name.clone(),
-                ok: false,
-                seconds: 0.0,
-                error: Some(error),
-                manual: false,
-                sessions: false,
-            });
+            unverified.push(TargetRestore::instant(name, Some(error)));
         }
     }
     Ok(unverified)

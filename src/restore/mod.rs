@@ -70,6 +70,21 @@ pub struct TargetRestore {
     pub sessions: bool,
 }
 
+impl TargetRestore {
+    /// A target that needed no restore from the store (renamed in, found in place: `error`
+    /// `None`), or could not get one (`error` says why).
+    pub(crate) fn instant(target: &str, error: Option<String>) -> TargetRestore {
+        TargetRestore {
+            target: target.to_string(),
+            ok: error.is_none(),
+            seconds: 0.0,
+            error,
+            manual: false,
+            sessions: false,
+        }
+    }
+}
+
 /// The rescue snapshot of the state a restore replaces.
 #[derive(Debug, Clone)]
 pub enum Rescue {

@@ -75,16 +75,5 @@ pub fn parse(raw: Raw, cx: &mut ParseCtx) -> Result<S3Spec> {
 pub fn sse(sse: Option<String>, kms_key_id: Option<String>, cx: &mut ParseCtx) -> Result<Option<Sse>> {
     let kind = cx.one_of("sse", sse, None, Sse::CHOICES)?;
     let kms_key_id = cx.opt("kms_key_id", kms_key_id)?;
-    match (kind, kms_key_id) {
-        (None, None) => Ok(None),
-        (None, Some(_)) => Err(cx.fail_key(
-            "kms_key_id",
-            "kms_key_id needs sse = \"aws:kms\" (add it, or remove kms_key_id)",
-        )),
-        (Some(crate::aws::SseKind::Aes256), Some(_)) => Err(cx.fail_key(
-            "kms_key_id",
-            "kms_key_id goes with sse = \"aws:kms\", not \"AES256\" (SSE-S3 uses the server's own keys)",
-        )),
-        (Some(kind), kms_key_id) => Ok(Some(Sse { kind, kms_key_id })),
-    }
+    Sse::pair(kind, kms_key_id).map_err(|why| cx.fail_key("kms_key_id", why))
 }
