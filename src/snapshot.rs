@@ -149,39 +149,7 @@ pub fn begin<T: std::ops::Deref<Target = dyn Target>>(
                 .snapshot(&ctx)
                 .with_context(|| format!("snapshot of target {} failed", t.name()))?;
             spinner.finish();
-            let (raw, stored): (u64, u64) = rec
-                .artifacts
-                .iter()
-                .fold((0, 0), |(r, s), a| (r + a.raw_bytes, s + a.bytes));
-            if let Some(why) = rec.meta.get("hot_skipped") {
-                ui.warn(&format!(
-                    "target {}: no hot copy ({why}); a restore after a failure decompresses the snapshot from the store instead of renaming",
-                    t.name()
-                ));
-            }
-            if let Some(why) = rec.meta.remove("defer_skipped") {
-                ui.info(&format!(
-                    "  {:<16} written into the store before the command ({why})",
-                    t.name()
-                ));
-            }
-            if rec.absent {
-                ui.info(&format!("  {:<16} absent (recorded as missing)", t.name()));
-            } else if is_deferred(&rec) {
-                ui.info(&format!(
-                    "  {:<16} hot copy verified in {:.1}s (written into the store while the command runs)",
-                    t.name(),
-                    started.elapsed().as_secs_f64()
-                ));
-            } else {
-                ui.info(&format!(
-                    "  {:<16} {} → {} in {:.1}s",
-                    t.name(),
-                    crate::ui::bytes(raw),
-                    crate::ui::bytes(stored),
-                    started.elapsed().as_secs_f64()
-                ));
-            }
+            say_taken(ui, t.name(), &mut rec, started);
             records.push(rec);
             crate::faults::test_pause("snapshot-between-targets");
             // Ctrl-C/SIGTERM during a guarded run's pre-run snapshot stops it here: the partial
@@ -195,25 +163,7 @@ pub fn begin<T: std::ops::Deref<Target = dyn Target>>(
         if records.is_empty() {
             bail!("no target to snapshot");
         }
-        let m = Manifest {
-            format: manifest::FORMAT,
-            id: id.clone(),
-            policy: policy.name.clone(),
-            kind: req.kind,
-            label: req.label.clone(),
-            run_id: req.run_id.clone(),
-            created_at,
-            completed_at: crate::clock::now(),
-            host: crate::clock::hostname(),
-            guard_version: env!("CARGO_PKG_VERSION").to_string(),
-            command: req
-                .command
-                .clone()
-                .map(|c| c.iter().map(|a| crate::secrets::redact(a)).collect()),
-            targets: records.clone(),
-            hmac: None,
-            unauthenticated: None,
-        };
+        let m = new_manifest(policy, &req, &id, created_at, records.clone());
         // Every artifact is read back from the store against its size and SHA-256. Its
         // content needs no second inflate: the compressor proved each block inflates to the
         // bytes it read, and those are what the content checksum covers.
@@ -225,6 +175,72 @@ pub fn begin<T: std::ops::Deref<Target = dyn Target>>(
         release_taken(targets, store, &taken, ui);
     }
     result
+}
+
+/// One line for the target just snapshotted (and a warning when it could not keep a hot copy).
+fn say_taken(ui: &Ui, name: &str, rec: &mut crate::manifest::TargetRecord, started: std::time::Instant) {
+    let (raw, stored): (u64, u64) = rec
+        .artifacts
+        .iter()
+        .fold((0, 0), |(r, s), a| (r + a.raw_bytes, s + a.bytes));
+    if let Some(why) = rec.meta.get("hot_skipped") {
+        ui.warn(&format!(
+            "target {}: no hot copy ({why}); a restore after a failure decompresses the snapshot from the store instead of renaming",
+            name
+        ));
+    }
+    if let Some(why) = rec.meta.remove("defer_skipped") {
+        ui.info(&format!(
+            "  {:<16} written into the store before the command ({why})",
+            name
+        ));
+    }
+    if rec.absent {
+        ui.info(&format!("  {:<16} absent (recorded as missing)", name));
+    } else if is_deferred(rec) {
+        ui.info(&format!(
+            "  {:<16} hot copy verified in {:.1}s (written into the store while the command runs)",
+            name,
+            started.elapsed().as_secs_f64()
+        ));
+    } else {
+        ui.info(&format!(
+            "  {:<16} {} → {} in {:.1}s",
+            name,
+            crate::ui::bytes(raw),
+            crate::ui::bytes(stored),
+            started.elapsed().as_secs_f64()
+        ));
+    }
+}
+
+/// The manifest of snapshot `id` of `records`, for `req` (its hmac is set when it is saved).
+fn new_manifest(
+    policy: &Policy,
+    req: &Request,
+    id: &str,
+    created_at: time::OffsetDateTime,
+    records: Vec<crate::manifest::TargetRecord>,
+) -> Manifest {
+    Manifest {
+        format: manifest::FORMAT,
+        id: id.to_string(),
+        policy: policy.name.clone(),
+        kind: req.kind,
+        label: req.label.clone(),
+        run_id: req.run_id.clone(),
+        created_at,
+        completed_at: crate::clock::now(),
+        host: crate::clock::hostname(),
+        guard_version: env!("CARGO_PKG_VERSION").to_string(),
+        command: req
+            .command
+            .clone()
+            .map(|c| c.iter().map(|a| crate::secrets::redact(a)).collect()),
+        targets: records,
+        hmac: None,
+        unauthenticated: None,
+    }
 }
 
 /// Finish `p`: write its deferred artifacts ([`Target::write_deferred`]), read them back

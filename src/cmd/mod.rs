@@ -158,36 +158,8 @@ pub fn dispatch(cli: Cli, ui: &Ui) -> Result<u8, Failure> {
         ));
     }
     let arg = cli.policy.as_deref();
-    match &cli.sub {
-        // Generated from the command line's definition: no policy needed.
-        Some(Sub::Completions { shell }) => return completions::completions(*shell),
-        Some(Sub::Man) => return completions::man(),
-        Some(Sub::Schema) => return schema::schema(),
-        Some(Sub::Init { file }) => return init::init(Some(file), ui),
-        Some(Sub::Prune {
-            all,
-            keep_within,
-            keep_last,
-            dry_run,
-        }) => {
-            return for_policies(*all, arg, ui, |p| {
-                // Releasing what a pruned snapshot owns outside the store opens its target.
-                if !*dry_run && p.targets.iter().any(|t| t.kind.caps().owns_external) {
-                    p.require_env().kind(Kind::Usage)?;
-                }
-                prune::prune(p, *keep_within, *keep_last, *dry_run, ui)
-            });
-        }
-        Some(Sub::Drill { all, id }) => {
-            return for_policies(*all, arg, ui, |p| {
-                p.require_env().kind(Kind::Usage)?;
-                drill::drill(p, id.as_deref(), ui)
-            })
-        }
-        Some(Sub::Key {
-            action: KeyAction::Generate { file: Some(file) },
-        }) => return key::generate(file, ui),
-        _ => {}
+    if let Some(done) = without_policy(&cli, arg, ui) {
+        return done;
     }
     let policy = policy::load(&policy::locate(arg).kind(Kind::Usage)?).kind(Kind::Usage)?;
     let policy = &policy;
@@ -272,6 +244,38 @@ pub fn dispatch(cli: Cli, ui: &Ui) -> Result<u8, Failure> {
             action: KeyAction::Generate { .. },
         }) => key::generate_for(policy, ui),
     }
+}
+
+/// The subcommands that need no policy, or run over one or every policy themselves (`None`:
+/// the command line names one that loads the policy first).
+fn without_policy(cli: &Cli, arg: Option<&str>, ui: &Ui) -> Option<Result<u8, Failure>> {
+    Some(match &cli.sub {
+        // Generated from the command line's definition: no policy needed.
+        Some(Sub::Completions { shell }) => completions::completions(*shell),
+        Some(Sub::Man) => completions::man(),
+        Some(Sub::Schema) => schema::schema(),
+        Some(Sub::Init { file }) => init::init(Some(file), ui),
+        Some(Sub::Prune {
+            all,
+            keep_within,
+            keep_last,
+            dry_run,
+        }) => for_policies(*all, arg, ui, |p| {
+            // Releasing what a pruned snapshot owns outside the store opens its target.
+            if !*dry_run && p.targets.iter().any(|t| t.kind.caps().owns_external) {
+                p.require_env().kind(Kind::Usage)?;
+            }
+            prune::prune(p, *keep_within, *keep_last, *dry_run, ui)
+        }),
+        Some(Sub::Drill { all, id }) => for_policies(*all, arg, ui, |p| {
+            p.require_env().kind(Kind::Usage)?;
+            drill::drill(p, id.as_deref(), ui)
+        }),
+        Some(Sub::Key {
+            action: KeyAction::Generate { file: Some(file) },
+        }) => key::generate(file, ui),
+        _ => return None,
+    })
 }
 
 /// `-v`: which policy file and store this command uses.
