@@ -8,7 +8,6 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest as _, Sha256};
 
 use crate::archive::HashingReader;
 use crate::manifest::{FileEntry, Fingerprint};
@@ -203,28 +202,17 @@ pub(super) fn fingerprint_of(entries: &[FileEntry], item: &str) -> Fingerprint {
     if !whole && !entries.iter().any(|e| inside(&e.path)) {
         return Fingerprint::absent();
     }
-    let mut h = Sha256::new();
-    let mut n = 0;
+    let mut h = crate::manifest::ListingHash::default();
     for e in entries.iter().filter(|e| inside(&e.path)) {
-        for part in [
+        let parts = [
             e.path.as_str(),
             e.kind.as_str(),
             e.sha256.as_deref().unwrap_or(""),
             e.link.as_deref().unwrap_or(""),
-        ] {
-            h.update((part.len() as u64).to_le_bytes());
-            h.update(part.as_bytes());
-        }
-        if e.kind == "file" {
-            n += 1;
-        }
+        ];
+        h.entry(&parts, e.kind == "file");
     }
-    Fingerprint {
-        rows: n,
-        hash: Some(hex::encode(&h.finalize()[..16])),
-        columns: None,
-        absent: false,
-    }
+    h.finish()
 }
 
 /// Name every difference between two listings.

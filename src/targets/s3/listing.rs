@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 use anyhow::{anyhow, bail, Context, Result};
 use aws_sdk_s3::Client;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use super::wire::unquote;
 use super::S3Tags;
@@ -161,25 +160,14 @@ pub(super) fn fingerprint_of<'a>(
     objects: impl Iterator<Item = (&'a str, &'a str)>,
     item: &str,
 ) -> Fingerprint {
-    let mut h = Sha256::new();
-    let mut n = 0;
+    let mut h = crate::manifest::ListingHash::default();
     for (key, sha) in objects {
         let rel = key.strip_prefix(prefix).unwrap_or(key);
-        if !rel.starts_with(item) {
-            continue;
+        if rel.starts_with(item) {
+            h.entry(&[rel, sha], true);
         }
-        for part in [rel, sha] {
-            h.update((part.len() as u64).to_le_bytes());
-            h.update(part.as_bytes());
-        }
-        n += 1;
     }
-    Fingerprint {
-        rows: n,
-        hash: Some(hex::encode(&h.finalize()[..16])),
-        columns: None,
-        absent: false,
-    }
+    h.finish()
 }
 
 pub(super) fn to_jsonl(entries: &[ObjectEntry]) -> Vec<u8> {
