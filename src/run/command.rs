@@ -61,6 +61,38 @@ fn tee(mut from: impl Read + Send + 'static, to_stdout: bool, log: Arc<Mutex<Fil
     })
 }
 
+/// Wakes as soon as the command exits (a pidfd, Linux 5.3+), or after the timeout: the loop
+/// that waits for the command also forwards signals, so it cannot block in `waitpid`, and a
+/// plain sleep between polls would add up to its length to every time to recovery.
+struct ExitWatch(Option<std::os::fd::OwnedFd>);
+
+impl ExitWatch {
+    fn new(pid: u32) -> ExitWatch {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        ExitWatch((fd >= 0).then(|| {
+            // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) }
+        }))
+    }
+
+    /// Return once the process has exited, a signal arrived, or `most` has passed.
+    fn wait(&self, most: Duration) {
+        match &self.0 {
+            Some(fd) => {
+                let mut p = libc::pollfd {
+                    fd: std::os::fd::AsRawFd::as_raw_fd(fd),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd for the call's duration.
+                unsafe { libc::poll(&mut p, 1, most.as_millis() as i32) };
+            }
+            None => std::thread::sleep(most),
+        }
+    }
+}
+
 /// Is this guard's main thread? PDEATHSIG is tied to the thread that forks the child.
 fn spawn_thread_ok() -> bool {
     // SAFETY: getpid and gettid have no preconditions.
@@ -132,16 +164,18 @@ pub fn run_command(cmd: &[String], log: File, ui: &Ui, started: &mut dyn FnMut(u
     started(pgid);
     let out = child.stdout.take().map(|s| tee(s, !ui.json, Arc::clone(&log)));
     let err = child.stderr.take().map(|s| tee(s, false, Arc::clone(&log)));
+    let exited = ExitWatch::new(pgid);
     let status = loop {
         if let Some(sig) = crate::signals::take() {
             crate::signals::forward_group(pgid, sig);
         }
         match child.try_wait() {
             Ok(Some(s)) => break Ok(s),
-            Ok(None) => std::thread::sleep(Duration::from_millis(25)),
+            Ok(None) => exited.wait(Duration::from_millis(25)),
             Err(e) => break Err(e),
         }
     };
+    drop(exited);
     if foreground {
         // SAFETY: getpgrp has no preconditions.
         give_terminal(unsafe { libc::getpgrp() });
@@ -152,7 +186,9 @@ pub fn run_command(cmd: &[String], log: File, ui: &Ui, started: &mut dyn FnMut(u
     let finished = |h: &Option<std::thread::JoinHandle<()>>| h.as_ref().is_none_or(|h| h.is_finished());
     let grace = std::time::Instant::now() + Duration::from_secs(2);
     while !(finished(&out) && finished(&err)) && std::time::Instant::now() < grace {
-        std::thread::sleep(Duration::from_millis(10));
+        // The readers see EOF as the command exits: a short sleep, so the restore that
+        // follows a failure does not wait for a long one (time to recovery, issue 17).
+        std::thread::sleep(Duration::from_millis(1));
     }
     if !(finished(&out) && finished(&err)) {
         ui.warn("the command exited but something it started still holds its output open; no longer waiting for it");
