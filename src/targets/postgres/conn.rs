@@ -446,9 +446,51 @@ impl Session {
 }
 
 impl Session {
+    /// `COPY … TO STDOUT` as a blocking reader over the stream's chunks; the session is busy
+    /// until the reader is dropped.
+    pub(super) fn copy_out(&mut self, stmt: &str) -> Result<impl std::io::Read + '_> {
+        let stream = crate::runtime::block_on(self.conn().copy_out_raw(stmt))?;
+        Ok(CopyOut {
+            stream,
+            buf: Vec::new(),
+            pos: 0,
+        })
+    }
+
     /// Drop the connection without closing it (it failed: nothing to say goodbye to).
     pub(super) fn abandon(mut self) {
         drop(self.0.take());
+    }
+}
+
+/// A blocking reader over sqlx's COPY OUT stream: one chunk of the stream at a time.
+struct CopyOut<S> {
+    stream: S,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl<S, B> std::io::Read for CopyOut<S>
+where
+    S: futures_util::Stream<Item = sqlx::Result<B>> + Unpin,
+    B: AsRef<[u8]>,
+{
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        use futures_util::StreamExt as _;
+        while self.pos >= self.buf.len() {
+            match crate::runtime::block_on(self.stream.next()) {
+                None => return Ok(0),
+                Some(Ok(b)) => {
+                    self.buf = b.as_ref().to_vec();
+                    self.pos = 0;
+                }
+                Some(Err(e)) => return Err(std::io::Error::other(e.to_string())),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..n + self.pos]);
+        self.pos += n;
+        Ok(n)
     }
 }
 
@@ -510,11 +552,6 @@ impl PostgresTarget {
             Err(e) if format!("{e:#}").contains("does not exist") => self.maintenance_session().map_err(|_| e),
             Err(e) => Err(e),
         }
-    }
-
-    pub(super) fn connect(&self) -> Result<PgConnection> {
-        self.live()?;
-        crate::runtime::block_on(self.connect_to(None))
     }
 }
 

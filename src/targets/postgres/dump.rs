@@ -5,10 +5,7 @@
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 
-use anyhow::{anyhow, bail, Context, Result};
-use sqlx::{Connection as _, PgConnection};
-
-use super::conn::{qualified, LOCK_WAIT};
+use super::conn::{qualified, Session, LOCK_WAIT};
 use super::database::{findings, referenced_roles, DbState};
 use super::fingerprint::fingerprints;
 use super::tools::{drain, kill, status_text, tail, widen_pipe, Tools};
@@ -19,6 +16,7 @@ use crate::artifact::read_artifact;
 use crate::manifest::TargetRecord;
 use crate::store::Store;
 use crate::targets::SnapshotCtx;
+use anyhow::{anyhow, bail, Context, Result};
 
 impl PostgresTarget {
     pub(super) fn artifact_ext(&self) -> (&'static str, &'static str) {
@@ -115,15 +113,13 @@ impl PostgresTarget {
     /// database's metadata and own state, then pg_dump (with the fingerprints beside it), then
     /// the CSV exports.
     fn snapshot_watched(&self, ctx: &SnapshotCtx, rec: &mut TargetRecord, tools: &Tools) -> Result<()> {
-        let (mut conn, snapshot_id) = self.export_snapshot(rec, tools)?;
-        self.record_database_state(ctx, rec, &mut conn)?;
+        let (mut session, snapshot_id) = self.export_snapshot(rec, tools)?;
+        self.record_database_state(ctx, rec, &mut session)?;
         let compression = ctx.compression.default_level(DUMP_LEVEL);
-        let mut conn = self.dump_and_fingerprint(ctx, rec, tools, conn, &snapshot_id, compression)?;
-        self.export_csv_tables(ctx, rec, &mut conn, compression)?;
-        crate::runtime::block_on(async {
-            let _ = sqlx::query("COMMIT").execute(&mut conn).await;
-            let _ = conn.close().await;
-        });
+        self.dump_and_fingerprint(ctx, rec, tools, &mut session, &snapshot_id, compression)?;
+        self.export_csv_tables(ctx, rec, &mut session, compression)?;
+        let _ = session.execute("COMMIT");
+        drop(session);
         // The artifacts are read back from the store, against their checksums, by
         // snapshot::take; the compressor proved each block inflates to what pg_dump wrote.
         Ok(())
@@ -131,65 +127,68 @@ impl PostgresTarget {
 
     /// Open the snapshot transaction and export its snapshot for pg_dump; record the server's
     /// and pg_dump's versions and the database's encoding, collation and owner.
-    fn export_snapshot(&self, rec: &mut TargetRecord, tools: &Tools) -> Result<(PgConnection, String)> {
+    fn export_snapshot(&self, rec: &mut TargetRecord, tools: &Tools) -> Result<(Session, String)> {
         let name = &self.spec.name;
-        let mut conn = self.connect()?;
-        let (snapshot_id, server_version) = crate::runtime::block_on(async {
-            sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                .execute(&mut conn)
-                .await?;
-            let id: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
-                .fetch_one(&mut conn)
-                .await?;
-            let v: String = sqlx::query_scalar("SHOW server_version").fetch_one(&mut conn).await?;
-            Ok::<_, sqlx::Error>((id, v))
-        })
-        .with_context(|| format!("target {name}: cannot open a snapshot transaction"))?;
+        let mut session = self.session()?;
+        let (snapshot_id, server_version) = session
+            .run(|c| async move {
+                sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .execute(&mut *c)
+                    .await?;
+                let id: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
+                    .fetch_one(&mut *c)
+                    .await?;
+                let v: String = sqlx::query_scalar("SHOW server_version").fetch_one(&mut *c).await?;
+                Ok::<_, sqlx::Error>((id, v))
+            })
+            .with_context(|| format!("target {name}: cannot open a snapshot transaction"))?;
         rec.tools.insert("server".into(), server_version);
         rec.tools.insert("pg_dump".into(), tools.version.clone());
-        let dbmeta: Option<(String, String, String, String)> = crate::runtime::block_on(
+        let dbmeta: Option<(String, String, String, String)> = session.run(|c| {
             sqlx::query_as(
                 "SELECT pg_encoding_to_char(d.encoding)::text, d.datcollate::text, d.datctype::text, r.rolname::text
                  FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE d.datname = current_database()",
             )
-            .fetch_optional(&mut conn),
-        )?;
+            .fetch_optional(c)
+        })?;
         if let Some((enc, collate, ctype, owner)) = dbmeta {
             rec.meta.insert("db_encoding".into(), enc);
             rec.meta.insert("db_collate".into(), collate);
             rec.meta.insert("db_ctype".into(), ctype);
             rec.meta.insert("db_owner".into(), owner);
         }
-        Ok((conn, snapshot_id))
+        Ok((session, snapshot_id))
     }
 
     /// What a dump of one database leaves out, the roles it refers to, its large objects and
     /// the public schema's owner, grants and comment, into `rec.meta`; before the command runs,
     /// a database a restore could not put back is refused.
-    fn record_database_state(&self, ctx: &SnapshotCtx, rec: &mut TargetRecord, conn: &mut PgConnection) -> Result<()> {
+    fn record_database_state(&self, ctx: &SnapshotCtx, rec: &mut TargetRecord, session: &mut Session) -> Result<()> {
         let name = &self.spec.name;
         // What a dump of one database leaves out (database.rs), the roles it refers to, and how
         // many large objects it holds (then the restore filters the dump's own transaction
         // control out of its SQL).
-        let (state, roles, large_objects) = crate::runtime::block_on(async {
-            let state = DbState::capture(&mut *conn).await?;
-            let roles = referenced_roles(&mut *conn).await?;
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_catalog.pg_largeobject_metadata")
-                .fetch_one(&mut *conn)
-                .await?;
-            Ok::<_, anyhow::Error>((state, roles, n))
-        })
-        .with_context(|| format!("target {name}: reading the database's own state"))?;
+        let (state, roles, large_objects) = session
+            .run(|c| async move {
+                let state = DbState::capture(&mut *c).await?;
+                let roles = referenced_roles(&mut *c).await?;
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_catalog.pg_largeobject_metadata")
+                    .fetch_one(&mut *c)
+                    .await?;
+                Ok::<_, anyhow::Error>((state, roles, n))
+            })
+            .with_context(|| format!("target {name}: reading the database's own state"))?;
         rec.meta.insert("database_state".into(), serde_json::to_string(&state)?);
         rec.meta.insert("roles".into(), serde_json::to_string(&roles)?);
         rec.meta.insert("large_objects".into(), large_objects.to_string());
         // Before the command runs: what a restore could not put back (a rescue snapshot is
         // taken whatever it holds).
         if !ctx.allow_absent {
-            let num: String =
-                crate::runtime::block_on(sqlx::query_scalar("SHOW server_version_num").fetch_one(&mut *conn))?;
+            let num: String = session.scalar("SHOW server_version_num")?;
             let num: u32 = num.trim().parse().unwrap_or(0);
-            let f = crate::runtime::block_on(findings(&mut *conn, self.pg.format, num, &roles))
+            let format = self.pg.format;
+            let f = session
+                .run(|c| findings(c, format, num, &roles))
                 .with_context(|| format!("target {name}: checking what a restore could put back"))?;
             for w in &f.warnings {
                 say(&format!(
@@ -207,7 +206,7 @@ impl PostgresTarget {
         // public schema's owner, grants and comment, to recreate it exactly on restore.
         // (owner, [(grantee, privilege)], comment)
         type Public = (String, Vec<(String, String)>, Option<String>);
-        let public: Option<Public> = crate::runtime::block_on(async {
+        let public: Option<Public> = session.run(|conn| async move {
             let owner: Option<String> =
                 sqlx::query_scalar("SELECT r.rolname::text FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner WHERE n.nspname = 'public'")
                     .fetch_optional(&mut *conn)
@@ -239,16 +238,16 @@ impl PostgresTarget {
     }
 
     /// pg_dump in the exported snapshot into the store, checked by the stock tools as it
-    /// streams, while the fingerprints run on `conn` in the same snapshot; `conn` comes back.
+    /// streams, while the fingerprints run on `session` in the same snapshot.
     fn dump_and_fingerprint(
         &self,
         ctx: &SnapshotCtx,
         rec: &mut TargetRecord,
         tools: &Tools,
-        mut conn: PgConnection,
+        session: &mut Session,
         snapshot_id: &str,
         compression: Compression,
-    ) -> Result<PgConnection> {
+    ) -> Result<()> {
         let name = &self.spec.name;
         let (ext, format) = self.artifact_ext();
         let mut cmd = self.child(tools, "pg_dump", &["-o"]);
@@ -283,15 +282,11 @@ impl PostgresTarget {
         let lenient = ctx.allow_absent;
 
         // Fingerprints run in the exported snapshot while pg_dump streams into the store.
-        let (written, (conn_back, fps)) = std::thread::scope(|s| {
-            let fp = s.spawn(move || {
-                let r = crate::runtime::block_on(fingerprints(&mut conn, &items, lenient));
-                (conn, r)
-            });
+        let (written, fps) = std::thread::scope(|s| {
+            let fp = s.spawn(move || session.run(|c| fingerprints(c, &items, lenient)));
             let w = ctx.write_artifact_with(ctx.key(name, ext), format, stdout, compression);
             (w, fp.join().expect("fingerprint thread"))
         });
-        let conn = conn_back;
         let written = match written {
             Ok(a) => a,
             Err(e) => {
@@ -321,7 +316,7 @@ impl PostgresTarget {
             .with_context(|| format!("target {name}: the dump failed validation"))?;
         rec.artifacts.push(written);
         rec.fingerprints = fps;
-        Ok(conn)
+        Ok(())
     }
 
     /// `csv_tables`: each table as CSV (`COPY … TO STDOUT`) in the same snapshot.
@@ -329,20 +324,16 @@ impl PostgresTarget {
         &self,
         ctx: &SnapshotCtx,
         rec: &mut TargetRecord,
-        conn: &mut PgConnection,
+        session: &mut Session,
         compression: Compression,
     ) -> Result<()> {
         let name = &self.spec.name;
         for table in &self.pg.csv_tables {
             let stmt = format!("COPY {} TO STDOUT WITH (FORMAT csv, HEADER)", qualified(table));
             let a = {
-                let stream = crate::runtime::block_on(conn.copy_out_raw(&stmt))
+                let reader = session
+                    .copy_out(&stmt)
                     .with_context(|| format!("target {name}: exporting {table} as CSV"))?;
-                let reader = StreamReader {
-                    stream,
-                    buf: Vec::new(),
-                    pos: 0,
-                };
                 ctx.write_artifact_with(ctx.key(name, &format!("{table}.csv.gz")), "csv", reader, compression)
                     .with_context(|| format!("target {name}: exporting {table} as CSV"))?
             };
@@ -494,36 +485,5 @@ impl Write for TailWriter {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
-    }
-}
-
-/// A blocking reader over sqlx's COPY OUT stream.
-pub(super) struct StreamReader<S> {
-    pub(super) stream: S,
-    pub(super) buf: Vec<u8>,
-    pub(super) pos: usize,
-}
-
-impl<S, B> Read for StreamReader<S>
-where
-    S: futures_util::Stream<Item = sqlx::Result<B>> + Unpin,
-    B: AsRef<[u8]>,
-{
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        use futures_util::StreamExt as _;
-        while self.pos >= self.buf.len() {
-            match crate::runtime::block_on(self.stream.next()) {
-                None => return Ok(0),
-                Some(Ok(b)) => {
-                    self.buf = b.as_ref().to_vec();
-                    self.pos = 0;
-                }
-                Some(Err(e)) => return Err(std::io::Error::other(e.to_string())),
-            }
-        }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..n + self.pos]);
-        self.pos += n;
-        Ok(n)
     }
 }
