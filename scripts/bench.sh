@@ -298,6 +298,9 @@ TOML
             read -r pd_hot pt_hot ptot_hot pmem_hot <<<"$(ttr_runs "$tpg/clone.toml" "$change" "$tpg/store-clone")"
             say "ttr: PostgreSQL $psize, failed run with snapshot = dump"
             read -r pd_cold pt_cold ptot_cold pmem_cold <<<"$(ttr_runs "$tpg/dump.toml" "$change" "$tpg/store-dump")"
+            say "ttr: PostgreSQL $psize, kept run with snapshot = clone / dump"
+            read -r pk_hot pkm_hot <<<"$(kept_runs "$tpg/clone.toml" "$tpg/store-clone")"
+            read -r pk_cold pkm_cold <<<"$(kept_runs "$tpg/dump.toml" "$tpg/store-dump")"
             pgx "$pgbin/pg_dump" -Fc -f "$tpg/bench.dump" bench
             pg_dump_fc() { pgx "$pgbin/pg_dump" -Fc -f "$tpg/bench.dump" bench; }
             pg_restore_new() { pgx "$pgbin/dropdb" --if-exists restored && pgx "$pgbin/createdb" -T template0 restored && pgx "$pgbin/pg_restore" -d restored "$tpg/bench.dump"; }
@@ -307,7 +310,7 @@ TOML
             pgx "$pgbin/dropdb" --if-exists restored
             ttr_row "PostgreSQL: time to recovery (guard: clone / dump)" "$psize" "$pt_hot" "$pt_cold" "createdb + pg_restore" "$t_pgr"
             ttr_row "PostgreSQL: added downtime (guard: clone / dump)" "$psize" "$pd_hot" "$pd_cold" "pg_dump -Fc" "$t_pgd"
-            mem_lines+="PostgreSQL $psize: guard's peak memory $((pmem_hot / 1024)) MiB (clone), $((pmem_cold / 1024)) MiB (dump); total wall time after the command's exit ${ptot_hot} s (clone) vs ${ptot_cold} s (dump)."$'\n'
+            mem_lines+="PostgreSQL $psize: guard's peak memory $((pmem_hot / 1024)) MiB (clone), $((pmem_cold / 1024)) MiB (dump); total wall time after the command's exit ${ptot_hot} s (clone) vs ${ptot_cold} s (dump); a kept run (\`-- true\`) start → exit ${pk_hot} s with the clone (its dump written while the command runs, waited for) vs ${pk_cold} s with the dump before the command, peak $((pkm_hot / 1024)) vs $((pkm_cold / 1024)) MiB."$'\n'
             rm -rf "$tpg/store-clone" "$tpg/store-dump" "$tpg/bench.dump"
         done
         as_pg "$pgbin/pg_ctl" stop -D "$tpg/data" -m fast >/dev/null 2>&1 || true

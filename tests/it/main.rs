@@ -18,6 +18,7 @@ mod init;
 mod json;
 mod leftovers;
 mod lifecycle;
+mod pg_clone;
 mod pg_exact;
 mod pg_hangs;
 mod policy;

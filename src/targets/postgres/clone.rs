@@ -1,21 +1,24 @@
-//! `snapshot = "clone"` (issue 17): a guarded run's pre-run snapshot is a clone database,
-//! dumped into the store, and kept for a restore by rename.
+//! `snapshot = "clone"` (issue 17): a guarded run's pre-run snapshot is a clone database, kept
+//! for a restore by rename; its dump is written into the store from the clone while the
+//! command runs ([`super::deferred`]).
 //!
 //! Before the command: the live database's own state (owner, comment, connection limit, ACL,
 //! settings: [`DbState`]) is read; other sessions on it are ended (`sessions = "terminate"`) or,
 //! under `refuse`, the clone is not made and the dump is taken as before, saying so; then
-//! `CREATE DATABASE guard_hot_RUN_H TEMPLATE db STRATEGY FILE_COPY` (PostgreSQL 15; the default
-//! strategy before), the live state carried over to the clone, and the snapshot — dump,
-//! fingerprints, checks — taken from the clone, which nothing else writes. Then the clone is
-//! closed to connections (`ALLOW_CONNECTIONS false`) and its OID recorded (`meta.hot_oid`).
-//! A role without `CREATEDB` (or any refusal) falls back to the dump of the live database,
-//! with a message.
+//! `CREATE DATABASE guard_hot_RUN_H TEMPLATE db STRATEGY FILE_COPY ALLOW_CONNECTIONS false`
+//! (PostgreSQL 15; the default strategy before), the live state carried over to the clone
+//! except `CONNECT`, which only guard's own role holds on it, and only then is it opened to
+//! connections: from its creation until it is closed again ([`super::deferred`]) only guard's
+//! role or a superuser can connect to it. A role without `CREATEDB` (or any refusal) falls back
+//! to the dump of the live database, with a message.
 //!
-//! After a failure, in one transaction on a maintenance database: the failed database is
-//! renamed `guard_failed_RUN_H`, the clone takes its name and is opened to connections again.
-//! The proof is the OID: the live name now names the clone, closed to connections since its
-//! snapshot. The failed database is then dumped into the rescue snapshot and dropped. The
-//! clone is dropped when the run ends; `guard recover` drops a killed run's.
+//! After a failure, in one transaction on a maintenance database: guard's own sessions on the
+//! clone (its dump, still being written) are ended, the failed database is renamed
+//! `guard_failed_RUN_H`, the clone takes its name, gets the live `CONNECT` grants back and is
+//! opened to connections again. The proof is the OID: the live name now names the clone, closed
+//! to connections since guard's two read-only sessions (the ones it ends here) were checked to
+//! be its only ones. The failed database is then dumped into the rescue snapshot and dropped.
+//! The clone is dropped when the run ends; `guard recover` drops a killed run's.
 
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::Digest;
@@ -62,12 +65,14 @@ impl PostgresTarget {
             tools: std::sync::OnceLock::new(),
             scratch: None,
             shown_db: Some(self.live_db()),
+            held: Default::default(),
         }
     }
 
-    /// Make run `tag`'s clone of the live database, with the live database's own state. `Err`
-    /// is why there is none (nothing was left behind).
-    pub(super) fn make_clone(&self, tag: &str) -> Result<String> {
+    /// Make run `tag`'s clone of the live database, with the live database's own state (which
+    /// comes back too) except `CONNECT`, which only guard's role holds on the clone. `Err` is
+    /// why there is none (nothing was left behind).
+    pub(super) fn make_clone(&self, tag: &str) -> Result<(String, DbState)> {
         let db = self.dbname();
         let (clone, _) = self.hot_names(tag);
         let state = {
@@ -100,18 +105,29 @@ impl PostgresTarget {
                 sqlx::query(&format!("DROP DATABASE IF EXISTS {}", quote_ident(clone)))
                     .execute(&mut *m)
                     .await?;
+                // Closed to connections from the start: nobody but guard's role (or a superuser)
+                // can reach it until [`super::deferred`] closes it again.
                 sqlx::query(&format!(
-                    "CREATE DATABASE {} TEMPLATE {}{strategy}",
+                    "CREATE DATABASE {} TEMPLATE {}{strategy} ALLOW_CONNECTIONS false",
                     quote_ident(clone),
                     quote_ident(db)
                 ))
                 .execute(&mut *m)
                 .await?;
                 let carried = async {
-                    let body = state
-                        .apply_sql(false)
-                        .replace("pg_catalog.current_database()", &quote_literal(clone));
-                    sqlx::raw_sql(&format!("DO {}", dollar_quote(&body)))
+                    sqlx::raw_sql(&format!("DO {}", dollar_quote(&carry_sql(state, clone))))
+                        .execute(&mut *m)
+                        .await?;
+                    sqlx::raw_sql(&format!("DO {}", dollar_quote(&restrict_sql(clone))))
+                        .execute(&mut *m)
+                        .await?;
+                    // The swap puts the live CONNECT grants back in its transaction: rehearsed now.
+                    let mut tx = m.begin().await?;
+                    sqlx::raw_sql(&format!("DO {}", dollar_quote(&carry_sql(state, clone))))
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.rollback().await?;
+                    sqlx::query(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", quote_ident(clone)))
                         .execute(&mut *m)
                         .await?;
                     Ok::<_, sqlx::Error>(())
@@ -130,31 +146,7 @@ impl PostgresTarget {
         });
         drop(m);
         r.map_err(|e| anyhow!("{}", crate::secrets::redact(&format!("{e:#}"))))?;
-        Ok(clone)
-    }
-
-    /// Close the clone to connections and record it in `rec`, once its snapshot is taken.
-    pub(super) fn freeze_clone(&self, clone: &str, tag: &str, rec: &mut TargetRecord) -> Result<()> {
-        let mut m = self.maintenance_session()?;
-        let oid: Result<i64> = m.run(|m| async move {
-            sqlx::query(&format!(
-                "ALTER DATABASE {} ALLOW_CONNECTIONS false",
-                quote_ident(clone)
-            ))
-            .execute(&mut *m)
-            .await?;
-            let oid: i64 = sqlx::query_scalar("SELECT oid::int8 FROM pg_database WHERE datname = $1")
-                .bind(clone)
-                .fetch_one(&mut *m)
-                .await?;
-            Ok(oid)
-        });
-        drop(m);
-        let oid = oid?;
-        rec.meta.insert("hot".into(), tag.to_string());
-        rec.meta.insert("hot_oid".into(), oid.to_string());
-        rec.meta.insert("database".into(), self.dbname());
-        Ok(())
+        Ok((clone, state))
     }
 
     /// Drop database `name` if it exists (a clone or a set-aside database: guard's names only).
@@ -178,6 +170,15 @@ impl PostgresTarget {
         });
         drop(m);
         r.with_context(|| format!("cannot drop database {name}"))
+    }
+
+    /// Is the target's database the clone `rec` records, renamed into place (its OID, open to
+    /// connections)?
+    pub(super) fn clone_in_place(&self, rec: &TargetRecord) -> Result<bool> {
+        let Some(want) = rec.meta.get("hot_oid") else {
+            return Ok(false);
+        };
+        Ok(matches!(self.db_exists(&self.dbname())?, Some((oid, true)) if oid.to_string() == *want))
     }
 
     /// Does database `name` exist?
@@ -219,9 +220,14 @@ impl PostgresTarget {
         if had_live {
             self.handle_sessions(&db)?;
         }
+        self.end_dump_sessions(rec, &clone)?;
+        let state: Option<DbState> = match rec.meta.get("database_state") {
+            Some(s) => Some(serde_json::from_str(s).context("manifest: database_state")?),
+            None => None,
+        };
         let mut m = self.maintenance_session()?;
         let r = m.run(|m| {
-            let (db, clone, aside) = (&db, &clone, &aside);
+            let (db, clone, aside, state) = (&db, &clone, &aside, &state);
             async move {
                 let mut tx = m.begin().await?;
                 if had_live {
@@ -234,6 +240,17 @@ impl PostgresTarget {
                     .await?;
                 }
                 crate::faults::test_pause("pg-swap");
+                if let Some(state) = state {
+                    // The live CONNECT grants (guard's role alone held CONNECT on the clone); a
+                    // grantee the command dropped is recreated NOLOGIN, as a restore does.
+                    let body = format!("BEGIN\n{}\nEND", recreate_grantees_sql(state));
+                    sqlx::raw_sql(&format!("DO {}", dollar_quote(&body)))
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::raw_sql(&format!("DO {}", dollar_quote(&carry_sql(state, clone))))
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 sqlx::query(&format!(
                     "ALTER DATABASE {} RENAME TO {}",
                     quote_ident(clone),
@@ -266,6 +283,53 @@ impl PostgresTarget {
         })?;
         Ok(Some(had_live.then_some(aside)))
     }
+}
+
+/// The DO body that gives database `name` the live database's state `state` (owner, comment,
+/// connection limit, ACL, settings), touching only what differs.
+fn carry_sql(state: &DbState, name: &str) -> String {
+    state
+        .apply_sql(false)
+        .replace("pg_catalog.current_database()", &quote_literal(name))
+}
+
+/// Statements creating, `NOLOGIN`, each grantee of `state`'s ACL that does not exist.
+fn recreate_grantees_sql(state: &DbState) -> String {
+    let mut b = String::from("NULL;\n");
+    let mut seen = std::collections::BTreeSet::new();
+    for g in state.grants.iter().filter(|g| !g.grantee.is_empty()) {
+        if seen.insert(g.grantee.as_str()) {
+            b.push_str(&format!(
+                "IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) {}) THEN\n  CREATE ROLE {} NOLOGIN;\nEND IF;\n",
+                quote_literal(&g.grantee),
+                quote_ident(&g.grantee)
+            ));
+        }
+    }
+    b
+}
+
+/// The DO body that leaves `CONNECT` on database `name` to guard's own role alone: revoked from
+/// `PUBLIC` and every grantee (as the owner), granted to `current_user`; one left by a grantor
+/// guard cannot act as fails it.
+fn restrict_sql(name: &str) -> String {
+    let acl = "pg_catalog.aclexplode(coalesce(d.datacl, pg_catalog.acldefault('d', d.datdba)))";
+    format!(
+        "DECLARE db text := {lit}; r record;
+BEGIN
+  FOR r IN SELECT DISTINCT a.grantee FROM pg_catalog.pg_database d, {acl} a
+           WHERE d.datname OPERATOR(pg_catalog.=) db AND a.privilege_type OPERATOR(pg_catalog.=) 'CONNECT' LOOP
+    EXECUTE 'REVOKE CONNECT ON DATABASE ' || pg_catalog.quote_ident(db) || ' FROM ' || CASE WHEN r.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(r.grantee)) END || ' CASCADE';
+  END LOOP;
+  EXECUTE 'GRANT CONNECT ON DATABASE ' || pg_catalog.quote_ident(db) || ' TO ' || pg_catalog.quote_ident(current_user);
+  IF EXISTS (SELECT 1 FROM pg_catalog.pg_database d, {acl} a
+             WHERE d.datname OPERATOR(pg_catalog.=) db AND a.privilege_type OPERATOR(pg_catalog.=) 'CONNECT'
+               AND a.grantee OPERATOR(pg_catalog.<>) (SELECT oid FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) current_user)) THEN
+    RAISE EXCEPTION 'CONNECT on % is also granted by a role guard cannot act as', db;
+  END IF;
+END",
+        lit = quote_literal(name)
+    )
 }
 
 /// `$tag$body$tag$` with a tag the body does not contain.

@@ -51,6 +51,12 @@ pub fn app_name() -> &'static str {
     NAME.get_or_init(|| format!("guard {}", std::process::id()))
 }
 
+/// The `application_name` of the `pg_dump` a clone run leaves dumping the clone while the
+/// command runs (`guard PID pg_dump`): how guard finds its backend on the clone.
+pub fn dump_app_name() -> String {
+    format!("{} pg_dump", app_name())
+}
+
 /// A parsed `postgres://` URL.
 #[derive(Clone, Default)]
 pub struct ConnInfo {

@@ -113,6 +113,7 @@ impl PostgresTarget {
             tools: OnceLock::new(),
             scratch: Some(scratch),
             shown_db: None,
+            held: Default::default(),
         };
         t.restore(rec, store)?;
         t.verify_restored(rec)

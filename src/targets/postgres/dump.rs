@@ -5,7 +5,9 @@
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 
-use super::conn::{qualified, Session, LOCK_WAIT};
+use std::sync::atomic::AtomicBool;
+
+use super::conn::{dump_app_name, qualified, Session, LOCK_WAIT};
 use super::database::{findings, referenced_roles, DbState};
 use super::fingerprint::fingerprints;
 use super::tools::{drain, kill, status_text, tail, widen_pipe, Tools};
@@ -15,7 +17,7 @@ use crate::archive::Compression;
 use crate::artifact::read_artifact;
 use crate::manifest::TargetRecord;
 use crate::store::Store;
-use crate::targets::SnapshotCtx;
+use crate::targets::{Cancellable, SnapshotCtx};
 use anyhow::{anyhow, bail, Context, Result};
 
 impl PostgresTarget {
@@ -127,7 +129,7 @@ impl PostgresTarget {
 
     /// Open the snapshot transaction and export its snapshot for pg_dump; record the server's
     /// and pg_dump's versions and the database's encoding, collation and owner.
-    fn export_snapshot(&self, rec: &mut TargetRecord, tools: &Tools) -> Result<(Session, String)> {
+    pub(super) fn export_snapshot(&self, rec: &mut TargetRecord, tools: &Tools) -> Result<(Session, String)> {
         let name = &self.spec.name;
         let mut session = self.session()?;
         let (snapshot_id, server_version) = session
@@ -163,7 +165,12 @@ impl PostgresTarget {
     /// What a dump of one database leaves out, the roles it refers to, its large objects and
     /// the public schema's owner, grants and comment, into `rec.meta`; before the command runs,
     /// a database a restore could not put back is refused.
-    fn record_database_state(&self, ctx: &SnapshotCtx, rec: &mut TargetRecord, session: &mut Session) -> Result<()> {
+    pub(super) fn record_database_state(
+        &self,
+        ctx: &SnapshotCtx,
+        rec: &mut TargetRecord,
+        session: &mut Session,
+    ) -> Result<()> {
         let name = &self.spec.name;
         // What a dump of one database leaves out (database.rs), the roles it refers to, and how
         // many large objects it holds (then the restore filters the dump's own transaction
@@ -248,8 +255,15 @@ impl PostgresTarget {
         snapshot_id: &str,
         compression: Compression,
     ) -> Result<()> {
-        let name = &self.spec.name;
-        let (ext, format) = self.artifact_ext();
+        let dump = self.spawn_dump(tools, snapshot_id, false)?;
+        self.stream_dump(ctx, rec, tools, session, dump, compression, None)
+    }
+
+    /// Start `pg_dump --snapshot=snapshot_id`, its output on a pipe nothing reads yet. With
+    /// `deferred` (a clone's dump written while the command runs): at nice 10 and the idle
+    /// I/O class, in its own process group (a Ctrl-C at the terminal is the command's), killed
+    /// if guard dies, and named `guard PID pg_dump` in `pg_stat_activity`.
+    pub(super) fn spawn_dump(&self, tools: &Tools, snapshot_id: &str, deferred: bool) -> Result<DumpChild> {
         let mut cmd = self.child(tools, "pg_dump", &["-o"]);
         cmd.arg("--no-password")
             .arg(format!("--lock-wait-timeout={}s", LOCK_WAIT.as_secs()))
@@ -258,6 +272,24 @@ impl PostgresTarget {
             PgFormat::Custom => cmd.args(["-Fc", "-Z0"]),
             PgFormat::Plain => cmd.args(["-Fp"]),
         };
+        if deferred {
+            use std::os::unix::process::CommandExt;
+            cmd.env("PGAPPNAME", dump_app_name()).process_group(0);
+            let guard_pid = unsafe { libc::getpid() };
+            // SAFETY: runs in the child between fork and exec; only async-signal-safe calls.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    if libc::getppid() != guard_pid {
+                        libc::_exit(137);
+                    }
+                    low_priority(0);
+                    Ok(())
+                });
+            }
+        }
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -265,17 +297,36 @@ impl PostgresTarget {
             .spawn()
             .with_context(|| format!("cannot run {}", tools.bin("pg_dump").display()))?;
         let err = drain(child.stderr.take().expect("piped"));
-        let mut check = match DumpCheck::start(tools, self.pg.format) {
-            Ok(c) => c,
-            Err(e) => {
-                kill(&mut child);
-                return Err(e);
-            }
-        };
-        let out = child.stdout.take().expect("piped");
-        widen_pipe(&out);
+        if let Some(out) = &child.stdout {
+            widen_pipe(out);
+        }
+        Ok(DumpChild { child, err: Some(err) })
+    }
+
+    /// pg_dump's output (`dump`) into the store, checked by the stock tools as it streams,
+    /// while the fingerprints run on `session` in the same snapshot; the write stops once
+    /// `cancel` is set.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn stream_dump(
+        &self,
+        ctx: &SnapshotCtx,
+        rec: &mut TargetRecord,
+        tools: &Tools,
+        session: &mut Session,
+        mut dump: DumpChild,
+        compression: Compression,
+        cancel: Option<&AtomicBool>,
+    ) -> Result<()> {
+        let name = &self.spec.name;
+        let (ext, format) = self.artifact_ext();
+        let mut check = DumpCheck::start(tools, self.pg.format)?;
+        let never = AtomicBool::new(false);
+        let out = dump.child.stdout.take().expect("piped");
         let stdout = Tee {
-            inner: out,
+            inner: Cancellable {
+                inner: out,
+                cancel: cancel.unwrap_or(&never),
+            },
             check: &mut check,
         };
         let items = ctx.fingerprint.to_vec();
@@ -290,7 +341,7 @@ impl PostgresTarget {
         let written = match written {
             Ok(a) => a,
             Err(e) => {
-                kill(&mut child);
+                kill(&mut dump.child);
                 return Err(e.context(format!("target {name}: storing pg_dump's output")));
             }
         };
@@ -299,12 +350,12 @@ impl PostgresTarget {
         let fps = match fps {
             Ok(f) => f,
             Err(e) => {
-                kill(&mut child);
+                kill(&mut dump.child);
                 return Err(e.context(format!("target {name}: fingerprints")));
             }
         };
-        let status = child.wait()?;
-        let stderr = err.join().unwrap_or_default();
+        let status = dump.child.wait()?;
+        let stderr = dump.err.take().and_then(|h| h.join().ok()).unwrap_or_default();
         if !status.success() {
             bail!("target {name}: pg_dump {}: {}", status_text(status), tail(&stderr));
         }
@@ -320,7 +371,7 @@ impl PostgresTarget {
     }
 
     /// `csv_tables`: each table as CSV (`COPY … TO STDOUT`) in the same snapshot.
-    fn export_csv_tables(
+    pub(super) fn export_csv_tables(
         &self,
         ctx: &SnapshotCtx,
         rec: &mut TargetRecord,
@@ -340,6 +391,38 @@ impl PostgresTarget {
             rec.artifacts.push(a);
         }
         Ok(())
+    }
+}
+
+/// A running `pg_dump`, its stdout not read yet; killed if dropped before it exits.
+pub(super) struct DumpChild {
+    pub(super) child: Child,
+    pub(super) err: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl DumpChild {
+    /// Its stderr so far, once it has exited.
+    pub(super) fn stderr_tail(&mut self) -> String {
+        tail(&self.err.take().and_then(|h| h.join().ok()).unwrap_or_default())
+    }
+}
+
+impl Drop for DumpChild {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            kill(&mut self.child);
+        }
+    }
+}
+
+/// Lower the CPU (nice 10) and I/O (idle class) priority of process `pid` (0: this one); a
+/// failure leaves it as it was. Async-signal-safe (used between fork and exec).
+pub(super) fn low_priority(pid: libc::pid_t) {
+    // SAFETY: plain syscalls with integer arguments.
+    unsafe {
+        let _ = libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, 10);
+        // ioprio_set(IOPRIO_WHO_PROCESS, pid, IOPRIO_CLASS_IDLE << 13)
+        let _ = libc::syscall(libc::SYS_ioprio_set, 1, pid, 3 << 13);
     }
 }
 

@@ -1,0 +1,454 @@
+//! PostgreSQL `snapshot = "clone"` (issue 17): the restore by rename, and the dump written
+//! from the frozen clone while the command runs (docs/targets/postgres.md, "Clones").
+
+use crate::common::pg::Cluster;
+use crate::common::*;
+
+const SHOP: &str = r#"
+CREATE ROLE shop_owner;
+CREATE ROLE shop_app;
+CREATE TABLE item (id int PRIMARY KEY, name text NOT NULL, price numeric);
+INSERT INTO item SELECT g, 'item ' || g, g * 1.5 FROM generate_series(1, 500) g;
+COMMENT ON DATABASE shop IS 'the shop';
+ALTER DATABASE shop SET work_mem = '8MB';
+ALTER ROLE shop_app IN DATABASE shop SET search_path = public;
+GRANT CONNECT, TEMPORARY ON DATABASE shop TO shop_app;
+REVOKE TEMPORARY ON DATABASE shop FROM PUBLIC;
+ALTER DATABASE shop OWNER TO shop_owner;
+"#;
+
+/// The database-level state a dump leaves out: owner, comment, ACL, settings.
+fn db_state(c: &Cluster) -> String {
+    c.psql(
+        "postgres",
+        "SELECT pg_get_userbyid(d.datdba) || ' | ' || coalesce(shobj_description(d.oid, 'pg_database'), '') || ' | ' || coalesce(d.datacl::text, '') || ' | ' || d.datallowconn || ' | ' ||
+                (SELECT string_agg(coalesce(r.rolname, '-') || '=' || array_to_string(s.setconfig, ','), ';' ORDER BY r.rolname NULLS FIRST)
+                   FROM pg_db_role_setting s LEFT JOIN pg_roles r ON r.oid = s.setrole WHERE s.setdatabase = d.oid)
+           FROM pg_database d WHERE d.datname = 'shop'",
+    )
+}
+
+fn guard_dbs(c: &Cluster) -> String {
+    c.psql(
+        "postgres",
+        "SELECT string_agg(datname, ',') FROM pg_database WHERE datname LIKE 'guard_%'",
+    )
+}
+
+fn shop_env(c: &Cluster, extra: &str) -> Env {
+    let env = Env::new();
+    env.write(
+        "guard.toml",
+        &format!(
+            "name = \"shop\"\nstore = \"backups\"\n[[target]]\nname = \"shop\"\nkind = \"postgres\"\nurl = \"{}\"\nsnapshot = \"clone\"\n{extra}\n",
+            c.url("shop")
+        ),
+    );
+    env
+}
+
+/// `-- psql -c S1 -c S2 …`: each statement its own transaction.
+fn psql_cmd(c: &Cluster, sql: &str) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "--".into(),
+        c.bin.join("psql").display().to_string(),
+        "-X".into(),
+        "-v".into(),
+        "ON_ERROR_STOP=1".into(),
+    ];
+    for s in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        v.push("-c".into());
+        v.push(s.into());
+    }
+    v
+}
+
+fn run_with_pg(env: &Env, c: &Cluster, args: &[String]) -> Run {
+    let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    env.cmd(&a)
+        .env("PGHOST", c.sock())
+        .env("PGPORT", c.port.to_string())
+        .env("PGUSER", "postgres")
+        .env("PGDATABASE", "shop")
+        .output()
+        .unwrap()
+        .into()
+}
+
+#[test]
+fn postgres_clone_restores_by_rename_with_the_database_state_and_rescues_the_failed_one() {
+    let c = Cluster::start();
+    c.createdb("shop");
+    c.psql("shop", SHOP);
+    let env = shop_env(&c, "");
+    let before = c.dump("shop");
+    let state = db_state(&c);
+    let oid_before = c.psql("postgres", "SELECT oid FROM pg_database WHERE datname = 'shop'");
+
+    // The migration changes data, the database's comment and ACL, then fails.
+    let r = run_with_pg(
+        &env,
+        &c,
+        &psql_cmd(
+            &c,
+            "DELETE FROM item WHERE id > 100; COMMENT ON DATABASE shop IS 'changed'; GRANT CREATE ON DATABASE shop TO shop_app; SELECT 1/0;",
+        ),
+    );
+    assert_eq!(r.code, 1, "psql's own exit code passes through: {r:?}");
+    assert!(
+        r.stderr.contains("hot copy renamed into place"),
+        "restored by rename: {r:?}"
+    );
+    assert_eq!(c.dump("shop"), before, "the database came back exactly");
+    assert_eq!(db_state(&c), state, "owner, comment, ACL and settings came back");
+    assert_ne!(
+        c.psql("postgres", "SELECT oid FROM pg_database WHERE datname = 'shop'"),
+        oid_before,
+        "the live name names the clone now"
+    );
+    assert_eq!(guard_dbs(&c), "", "no clone or set-aside database is left");
+
+    // The rescue snapshot holds the failed state: 100 items.
+    let snaps = snapshots_pg(&env, &c);
+    let rescue = snaps.iter().find(|s| s["kind"] == "rescue").expect("a rescue snapshot");
+    let id = rescue["id"].as_str().unwrap().to_string();
+    let back = run_with_pg(&env, &c, &["restore".into(), id, "--yes".into(), "--no-rescue".into()]);
+    assert_eq!(back.code, 0, "{back:?}");
+    assert_eq!(c.psql("shop", "SELECT count(*) FROM item"), "100");
+}
+
+fn snapshots_pg(env: &Env, c: &Cluster) -> Vec<serde_json::Value> {
+    listed(&run_with_pg(env, c, &["list".into(), "--json".into()]))
+}
+
+#[test]
+fn postgres_clone_kept_run_drops_the_clone_and_refused_sessions_fall_back_to_the_dump() {
+    let c = Cluster::start();
+    c.createdb("shop");
+    c.psql("shop", SHOP);
+    let env = shop_env(&c, "");
+    let r = run_with_pg(
+        &env,
+        &c,
+        &psql_cmd(&c, "UPDATE item SET price = price + 1 WHERE id = 1;"),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(guard_dbs(&c), "", "the clone is dropped once the run is kept");
+
+    // Another session on the database and `sessions = "refuse"`: a restore would be refused, so
+    // the run is refused before any snapshot (issue 15, F3): no clone, nothing run.
+    let mut other = c
+        .client("psql", "shop")
+        .args(["-X", "-q", "-c", "SELECT pg_sleep(600)"])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while c.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE datname = 'shop' AND query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()") != "1" {
+        assert!(std::time::Instant::now() < deadline, "the other session never showed up");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let r = run_with_pg(&env, &c, &psql_cmd(&c, "UPDATE item SET price = 0;"));
+    let _ = other.kill();
+    let _ = other.wait();
+    assert_eq!(r.code, 69, "{r:?}");
+    assert!(r.stderr.contains("nothing was run"), "{r:?}");
+    assert!(r.stderr.contains("1 other session on database shop"), "{r:?}");
+    assert_ne!(
+        c.psql("shop", "SELECT price FROM item WHERE id = 1"),
+        "0",
+        "the command did not run"
+    );
+    assert_eq!(guard_dbs(&c), "", "no clone was made");
+}
+
+#[test]
+fn postgres_clone_sigkill_while_swapping_then_recover_brings_the_database_back() {
+    for point in ["swapping", "pg-swap", "swapped"] {
+        let c = Cluster::start();
+        c.createdb("shop");
+        c.psql("shop", SHOP);
+        let env = shop_env(&c, "sessions = \"terminate\"");
+        let before = c.dump("shop");
+        let state = db_state(&c);
+        let cmd = psql_cmd(&c, "DELETE FROM item WHERE id > 100; SELECT 1/0;");
+        let a: Vec<&str> = cmd.iter().map(|s| s.as_str()).collect();
+        let mut cmd = env.cmd(&a);
+        cmd.env("PGHOST", c.sock())
+            .env("PGPORT", c.port.to_string())
+            .env("PGUSER", "postgres");
+        let mut child = spawn_paused(cmd, point, &env.path("paused.pid"));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let status = run_with_pg(&env, &c, &["status".into(), "--json".into()]);
+        assert_eq!(status.code, 82, "{point}: {status:?}");
+        assert!(status.stdout.contains("\"swapping\""), "{point}: {status:?}");
+        let r = run_with_pg(&env, &c, &["recover".into(), "--yes".into()]);
+        assert_eq!(r.code, 0, "{point}: {r:?}");
+        assert_eq!(c.dump("shop"), before, "{point}: the database is back");
+        assert_eq!(db_state(&c), state, "{point}");
+        let left = guard_dbs(&c);
+        if point == "swapped" {
+            // The failed database set aside is the only copy of that state: kept, and named.
+            assert!(
+                left.starts_with("guard_failed_") && !left.contains(','),
+                "{point}: {left}"
+            );
+            assert!(r.stderr.contains(&left), "{point}: recover names it: {r:?}");
+        } else {
+            assert_eq!(left, "", "{point}: {r:?}");
+        }
+    }
+}
+
+// --- The dump written from the frozen clone while the command runs -------------------------
+//
+// `GUARD_TEST_HOLD=deferred-artifact` holds the deferred store write (pg_dump waiting on its
+// pipe) until the file `GUARD_TEST_HOLD_RELEASE` exists or the command failed.
+
+/// `guard ARGS` with the PostgreSQL client environment (psql commands reach `shop`).
+fn pg_cmd(env: &Env, c: &Cluster, args: &[String]) -> std::process::Command {
+    let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let mut cmd = env.cmd(&a);
+    cmd.env("PGHOST", c.sock())
+        .env("PGPORT", c.port.to_string())
+        .env("PGUSER", "postgres")
+        .env("PGDATABASE", "shop");
+    cmd
+}
+
+/// [`pg_cmd`] with the deferred store write held until `release` exists.
+fn held_pg(env: &Env, c: &Cluster, release: &str, args: &[String]) -> std::process::Command {
+    let mut cmd = pg_cmd(env, c, args);
+    cmd.env("GUARD_TEST_HOLD", "deferred-artifact")
+        .env("GUARD_TEST_HOLD_RELEASE", env.path(release));
+    cmd
+}
+
+fn sh(script: &str) -> Vec<String> {
+    vec!["--".into(), "sh".into(), "-c".into(), script.into()]
+}
+
+/// (a), (b), (d): the command starts while nothing is in the store and pg_dump is connected to
+/// the clone, which refuses the command's own connection; guard exits only once the manifest
+/// and the dump are written and verified; that dump restores the pre-run database exactly.
+#[test]
+fn a_clone_run_starts_the_command_before_the_dump_which_is_verified_before_guard_exits() {
+    let c = Cluster::start();
+    c.createdb("shop");
+    c.psql("shop", SHOP);
+    let env = shop_env(&c, "");
+    let before = c.dump("shop");
+    let state = db_state(&c);
+    let psql = c.bin.join("psql").display().to_string();
+    let script = format!(
+        r#"set -e
+clone=$({psql} -X -At -d postgres -c "SELECT datname FROM pg_database WHERE datname LIKE 'guard_hot_%'")
+echo "clone=$clone" > seen
+ls backups/snapshots/*/* >> seen 2>/dev/null || true
+{psql} -X -At -d postgres -c "SELECT count(*) FROM pg_stat_activity WHERE datname = '$clone' AND application_name LIKE 'guard % pg_dump'" > dumping
+if {psql} -X -d "$clone" -c 'SELECT 1' 2> refused; then echo CONNECTED >> refused; fi
+{psql} -X -q -v ON_ERROR_STOP=1 -c 'UPDATE item SET price = price + 1'
+touch go"#
+    );
+    let r: Run = held_pg(&env, &c, "go", &sh(&script)).output().unwrap().into();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("written into the store while the command runs"),
+        "{r:?}"
+    );
+    let seen = std::fs::read_to_string(env.path("seen")).unwrap();
+    assert!(seen.starts_with("clone=guard_hot_"), "the clone existed: {seen}");
+    assert_eq!(
+        seen.lines().count(),
+        1,
+        "nothing was in the store while the command ran: {seen}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.path("dumping")).unwrap().trim(),
+        "1",
+        "pg_dump was connected to the clone while the command ran"
+    );
+    let refused = std::fs::read_to_string(env.path("refused")).unwrap();
+    assert!(
+        refused.contains("is not currently accepting connections") && !refused.contains("CONNECTED"),
+        "the clone refused the command's connection: {refused}"
+    );
+    // guard exited: the snapshot is complete and verified, the clone dropped.
+    let snaps = snapshots_pg(&env, &c);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert_eq!(snaps[0]["kind"], "pre-run");
+    let id = snaps[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(guard_dbs(&c), "", "the clone is dropped once its dump is verified");
+    let v = run_with_pg(&env, &c, &["verify".into(), id.clone()]);
+    assert_eq!(v.code, 0, "{v:?}");
+    assert_ne!(c.dump("shop"), before, "the command's change is kept");
+    let back = run_with_pg(&env, &c, &["restore".into(), id, "--yes".into(), "--no-rescue".into()]);
+    assert_eq!(back.code, 0, "{back:?}");
+    assert_eq!(
+        c.dump("shop"),
+        before,
+        "the dump written during the command is the pre-run state"
+    );
+    assert_eq!(
+        db_state(&c),
+        state,
+        "and so are the database's owner, comment, ACL and settings"
+    );
+}
+
+/// (c): the command fails while the dump is still held: the restore swaps the clone in (ending
+/// guard's own dump sessions on it first) without the dump, which is abandoned.
+#[test]
+fn a_command_failing_during_the_clone_dump_is_restored_by_rename_without_waiting_for_it() {
+    let c = Cluster::start();
+    c.createdb("shop");
+    c.psql("shop", SHOP);
+    let env = shop_env(&c, "");
+    let before = c.dump("shop");
+    let state = db_state(&c);
+    let cmd = psql_cmd(
+        &c,
+        "DELETE FROM item WHERE id > 100; COMMENT ON DATABASE shop IS 'changed'; REVOKE CONNECT ON DATABASE shop FROM PUBLIC; SELECT 1/0;",
+    );
+    let r: Run = held_pg(&env, &c, "never", &cmd).output().unwrap().into();
+    assert_eq!(r.code, 1, "psql's own exit code passes through: {r:?}");
+    assert!(r.stderr.contains("hot copy renamed into place"), "{r:?}");
+    assert!(r.stderr.contains("its store artifact was still being written"), "{r:?}");
+    assert_eq!(c.dump("shop"), before, "the database came back exactly");
+    assert_eq!(
+        db_state(&c),
+        state,
+        "with its owner, comment, ACL (CONNECT too) and settings"
+    );
+    assert_eq!(guard_dbs(&c), "", "no clone or set-aside database is left");
+    let snaps = snapshots_pg(&env, &c);
+    assert_eq!(snaps.len(), 1, "only the rescue snapshot: {snaps:?}");
+    assert_eq!(snaps[0]["kind"], "rescue");
+    let status = run_with_pg(&env, &c, &["status".into()]);
+    assert_eq!(status.code, 0, "nothing needs attention: {status:?}");
+}
+
+/// The proof that the clone was not written: between its creation and its closing only guard's
+/// role (or a superuser) can connect to it — a role with CONNECT on the live database cannot —
+/// and a session found on it when it is closed makes the run drop the clone and take the dump
+/// of the live database instead, saying why.
+#[test]
+fn a_session_reaching_the_clone_before_it_is_closed_makes_the_run_dump_the_live_database() {
+    use std::time::{Duration, Instant};
+    let c = Cluster::start();
+    c.createdb("shop");
+    c.psql("shop", SHOP);
+    c.psql("postgres", "CREATE ROLE shop_login LOGIN");
+    let env = shop_env(&c, "");
+    let before = c.dump("shop");
+    let pause = env.path("paused.pid");
+    let err = std::fs::File::create(env.path("guard.err")).unwrap();
+    let mut guard = pg_cmd(&env, &c, &psql_cmd(&c, "DELETE FROM item; SELECT 1/0;"))
+        .env("GUARD_TEST_PAUSE", "pg-clone-open")
+        .env("GUARD_TEST_PAUSE_FILE", &pause)
+        .env("GUARD_TEST_PAUSE_RELEASE", env.path("release"))
+        .stdout(std::process::Stdio::null())
+        .stderr(err)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pause.exists() {
+        assert!(guard.try_wait().unwrap().is_none(), "guard finished first");
+        assert!(Instant::now() < deadline, "never reached pg-clone-open");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let clone = guard_dbs(&c);
+    assert!(clone.starts_with("guard_hot_") && !clone.contains(','), "{clone}");
+    // shop_login may connect to shop (PUBLIC has CONNECT there), not to the clone.
+    let denied = c
+        .client("psql", &clone)
+        .env("PGUSER", "shop_login")
+        .args(["-X", "-c", "SELECT 1"])
+        .output()
+        .unwrap();
+    assert!(!denied.status.success());
+    let denied = String::from_utf8_lossy(&denied.stderr).to_string();
+    assert!(denied.contains("permission denied for database"), "{denied}");
+    let shop = c
+        .client("psql", "shop")
+        .env("PGUSER", "shop_login")
+        .args(["-X", "-c", "SELECT 1"])
+        .output()
+        .unwrap();
+    assert!(shop.status.success(), "shop_login can connect to the live database");
+    // A superuser can, and stays connected.
+    let mut intruder = c
+        .client("psql", &clone)
+        .args(["-X", "-q", "-c", "SELECT pg_sleep(600)"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let seen = format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{clone}' AND query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()");
+    while c.psql("postgres", &seen) != "1" {
+        assert!(Instant::now() < deadline, "the intruder never showed up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(env.path("release"), "").unwrap();
+    let code = guard.wait().unwrap().code();
+    let stderr = std::fs::read_to_string(env.path("guard.err")).unwrap();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("another session reached the clone") && stderr.contains("the clone was dropped"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("decompresses the snapshot from the store"), "{stderr}");
+    assert_eq!(c.dump("shop"), before, "restored from the dump of the live database");
+    assert_eq!(guard_dbs(&c), "", "the clone is gone");
+    let ended = intruder.wait().unwrap();
+    assert!(!ended.success(), "guard ended the intruding session");
+}
+
+/// SIGKILL while the dump is still being written from the clone, in every phase that can
+/// happen in: `status` says where the pre-run state is (the clone), and `recover` renames it
+/// back, ending what is left of guard's dump sessions, and drops nothing it needs.
+#[test]
+fn sigkill_while_the_clone_dump_is_written_then_recover_renames_the_clone_back() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let c = Cluster::start();
+    c.createdb("shop");
+    c.psql("shop", SHOP);
+    let before = c.dump("shop");
+    let state = db_state(&c);
+    for point in ["command-running", "checking", "storing"] {
+        let env = shop_env(&c, "");
+        let pause = env.path("paused.pid");
+        let mut child = held_pg(&env, &c, "never", &psql_cmd(&c, "DELETE FROM item WHERE id > 100;"))
+            .env("GUARD_TEST_PAUSE", point)
+            .env("GUARD_TEST_PAUSE_FILE", &pause)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !pause.exists() {
+            assert!(child.try_wait().unwrap().is_none(), "{point}: guard finished first");
+            assert!(Instant::now() < deadline, "{point}: never reached");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        assert!(snapshots_pg(&env, &c).is_empty(), "{point}: no complete snapshot");
+        let status = run_with_pg(&env, &c, &["status".into(), "--json".into()]);
+        assert_eq!(status.code, 82, "{point}: {status:?}");
+        assert!(status.stdout.contains(&format!("\"{point}\"")), "{point}: {status:?}");
+        assert!(
+            status.stdout.contains("guard_hot_"),
+            "{point}: names the clone: {status:?}"
+        );
+        let r = run_with_pg(&env, &c, &["recover".into(), "--yes".into()]);
+        assert_eq!(r.code, 0, "{point}: {r:?}");
+        assert!(r.stderr.contains("never reached the store"), "{point}: {r:?}");
+        assert_eq!(c.dump("shop"), before, "{point}: the database is back");
+        assert_eq!(db_state(&c), state, "{point}");
+        assert_eq!(guard_dbs(&c), "", "{point}: {r:?}");
+        let status = run_with_pg(&env, &c, &["status".into()]);
+        assert_eq!(status.code, 0, "{point}: {status:?}");
+    }
+}
