@@ -260,14 +260,19 @@ TOML
         rm -f "$d/restored.db" "$d/recipe.db" "$d/recipe.db.gz"
         ttr_row "SQLite: time to recovery" "$size" "$st_hot" "$st_cold" "cp backup.db app.db && sync app.db" "$t_cp"
         ttr_row "SQLite: added downtime" "$size" "$sd_hot" "$sd_cold" "sqlite3 .backup + gzip -6 + sha256sum" "$t_seed"
-        say "ttr: directory tree $size, failed run"
+        say "ttr: directory tree $size, failed run with a hot copy"
         read -r dd_hot dt_hot dtot_hot dmem_hot <<<"$(ttr_runs "$d/dir.toml" "touch '$d/tree/d00/new'" "$d/dirstore")"
+        say "ttr: directory tree $size, failed run without (GUARD_TEST_HOT_FREE=0)"
+        read -r dd_cold dt_cold dtot_cold dmem_cold <<<"$(GUARD_TEST_HOT_FREE=0 ttr_runs "$d/dir.toml" "touch '$d/tree/d00/new'" "$d/dirstore")"
+        say "ttr: directory tree $size, kept run with / without a hot copy"
+        read -r dk_hot dkm_hot <<<"$(kept_runs "$d/dir.toml" "$d/dirstore")"
+        read -r dk_cold dkm_cold <<<"$(GUARD_TEST_HOT_FREE=0 kept_runs "$d/dir.toml" "$d/dirstore")"
         cp_tree() { rm -rf "$d/tree-copy" && cp -a "$d/tree" "$d/tree-copy" && sync; }
         t_cpa=$(median cp_tree)
         rm -rf "$d/tree-copy"
-        ttr_row "directory: time to recovery" "$size" "$dt_hot" "$dt_hot" "rm -rf + cp -a" "$t_cpa"
-        ttr_row "directory: added downtime" "$size" "$dd_hot" "$dd_hot" "cp -a" "$t_cpa"
-        mem_lines+="SQLite $size: guard's peak memory $((smem_hot / 1024)) MiB with a hot copy, $((smem_cold / 1024)) MiB without; total wall time after the command's exit (restore, rescue compressed into the store, exit) ${stot_hot} s vs ${stot_cold} s; a kept run (\`-- true\`) start → exit ${sk_hot} s with the deferred store artifact vs ${sk_cold} s without a hot copy (the artifact before the command), peak $((skm_hot / 1024)) vs $((skm_cold / 1024)) MiB. Directory $size: peak $((dmem_hot / 1024)) MiB, total after exit ${dtot_hot} s."$'\n'
+        ttr_row "directory: time to recovery" "$size" "$dt_hot" "$dt_cold" "rm -rf + cp -a" "$t_cpa"
+        ttr_row "directory: added downtime" "$size" "$dd_hot" "$dd_cold" "cp -a" "$t_cpa"
+        mem_lines+="SQLite $size: guard's peak memory $((smem_hot / 1024)) MiB with a hot copy, $((smem_cold / 1024)) MiB without; total wall time after the command's exit (restore, rescue compressed into the store, exit) ${stot_hot} s vs ${stot_cold} s; a kept run (\`-- true\`) start → exit ${sk_hot} s with the deferred store artifact vs ${sk_cold} s without a hot copy (the artifact before the command), peak $((skm_hot / 1024)) vs $((skm_cold / 1024)) MiB. Directory $size: peak $((dmem_hot / 1024)) MiB with a hot copy, $((dmem_cold / 1024)) MiB without; total after exit ${dtot_hot} s vs ${dtot_cold} s; a kept run ${dk_hot} s vs ${dk_cold} s, peak $((dkm_hot / 1024)) vs $((dkm_cold / 1024)) MiB."$'\n'
         rm -rf "$d/store" "$d/dirstore"
     done
     if [ "${SKIP_PG:-}" != 1 ] && [ -n "$pgbin" ] && [ -x "$pgbin/initdb" ]; then

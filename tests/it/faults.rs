@@ -28,6 +28,11 @@ fn kill_at_held(env: &Env, point: &str, held: bool) {
         cmd.env("GUARD_TEST_HOLD", "deferred-artifact")
             .env("GUARD_TEST_HOLD_RELEASE", env.path("never"));
     }
+    if point == "restore-between-targets" {
+        // Both targets keep a hot copy and come back by rename; between two restores from the
+        // store is reached only without one.
+        cmd.env("GUARD_TEST_HOT_FREE", "0");
+    }
     let mut child = spawn_paused(cmd, point, &env.path("paused.pid"));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
@@ -559,6 +564,8 @@ fn sigterm_during_a_restore_is_deferred_until_targets_are_consistent() {
         .env("GUARD_TEST_PAUSE", "restore-between-targets")
         .env("GUARD_TEST_PAUSE_FILE", &pause)
         .env("GUARD_TEST_PAUSE_SECS", "1")
+        // Restores from the store, one target after the other (a hot copy would rename them in).
+        .env("GUARD_TEST_HOT_FREE", "0")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -705,17 +712,22 @@ fn recover_runs_the_after_hooks_when_a_before_hook_fails() {
 fn a_corrupt_pre_run_snapshot_is_refused_before_the_rescue_and_nothing_is_restored() {
     // Drift (issue 18): `guard restore` and `recover` check every artifact's size and SHA-256
     // before touching anything; the run now does too, so a command that damaged the store
-    // gets no half-restore from it. (The SQLite target's hot copy, which needs nothing from the
-    // store, would restore it by rename: the damaged artifact here is the directory's, which
-    // only the store can restore, so nothing — not even the SQLite swap — is touched.)
+    // gets no half-restore from it. (A hot copy, which needs nothing from the store, would
+    // restore a target by rename: here there is none — `GUARD_TEST_HOT_FREE=0`, no room for one —
+    // so the damaged directory artifact can only come from the store, and nothing is touched.)
     let env = lending_env("");
     let changed_db = "sqlite3 instances/prod/database/lending_app_prod.db 'DELETE FROM payment'";
-    let r = env.guard(&[
-        "--",
-        "sh",
-        "-c",
-        &format!("{changed_db}; for f in backups/snapshots/*/rent-history.tar.gz; do printf x >> $f; done; echo broken > data/rent_history/2025-01.json; exit 1"),
-    ]);
+    let r: Run = env
+        .cmd(&[
+            "--",
+            "sh",
+            "-c",
+            &format!("{changed_db}; for f in backups/snapshots/*/rent-history.tar.gz; do printf x >> $f; done; echo broken > data/rent_history/2025-01.json; exit 1"),
+        ])
+        .env("GUARD_TEST_HOT_FREE", "0")
+        .output()
+        .unwrap()
+        .into();
     assert_eq!(r.code, 80, "{r:?}");
     assert!(
         r.stderr.contains("failed verification") && r.stderr.contains("rent-history.tar.gz"),

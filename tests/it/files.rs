@@ -302,7 +302,9 @@ fn kill_in_dir_swap(env: &Env, no_exchange: bool) -> bool {
         "-c",
         "echo BAD > data/a.json; rm data/sub/b.json; echo new > data/new.json; exit 3",
     ]);
+    // The swap of a tree unpacked from the store (a hot copy would be renamed in instead).
     c.env("GUARD_TEST_PAUSE", "dir-swap")
+        .env("GUARD_TEST_HOT_FREE", "0")
         .env("GUARD_TEST_PAUSE_FILE", &pause)
         .stdout(Stdio::null())
         .stderr(Stdio::null());

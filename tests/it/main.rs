@@ -8,6 +8,7 @@ mod checks;
 mod cli;
 mod cookbook;
 mod deleted;
+mod dir_hot;
 mod docs;
 mod drill;
 mod faults;

@@ -19,6 +19,7 @@
 //! and only while the link still leads there.
 
 pub mod config;
+mod hot;
 mod inplace;
 mod owners;
 pub mod swap;
@@ -48,6 +49,15 @@ pub struct DirTarget {
     paths: Vec<String>,
     exclude: Vec<String>,
     policy_dir: PathBuf,
+    /// A view over the failed tree a swap set aside ([`hot`]): the policy's path and the
+    /// directory it led to, recorded as the source of its rescue snapshot.
+    shown: Option<Shown>,
+}
+
+/// What a view over a failed tree set aside stands for.
+struct Shown {
+    path: PathBuf,
+    resolved: Option<String>,
 }
 
 impl DirTarget {
@@ -62,6 +72,7 @@ impl DirTarget {
             paths,
             exclude,
             policy_dir,
+            shown: None,
         }
     }
 
@@ -372,13 +383,78 @@ impl DirTarget {
     }
 }
 
+impl DirTarget {
+    /// Today's snapshot: the live tree as a tar stream into the store, each file hashed as it
+    /// is read. Its listing and artifact.
+    fn store_live(
+        &self,
+        ctx: &SnapshotCtx,
+        root: &Path,
+        items: &[String],
+        filter: &Filter,
+    ) -> Result<(Vec<crate::manifest::FileEntry>, crate::manifest::Artifact)> {
+        let (reader, writer) = std::io::pipe()?;
+        let (artifact, listing) = std::thread::scope(|s| {
+            let producer =
+                s.spawn(|| write_tar(root, items, filter, std::io::BufWriter::with_capacity(1 << 20, writer)));
+            let artifact = ctx.write_artifact(ctx.key(&self.spec.name, "tar.gz"), "tar", reader);
+            let listing = producer.join().map_err(|_| anyhow!("tar writer panicked"));
+            (artifact, listing)
+        });
+        let listing = listing?.with_context(|| format!("target {}", self.spec.name))?;
+        Ok((listing, artifact?))
+    }
+
+    /// The fingerprints the policy's `untouched` checks name, from the snapshot's listing.
+    fn fingerprint_items(
+        &self,
+        ctx: &SnapshotCtx,
+        rec: &mut TargetRecord,
+        root: &Path,
+        items: &[String],
+        filter: &Filter,
+        listing: &[crate::manifest::FileEntry],
+    ) -> Result<()> {
+        for item in ctx.fingerprint {
+            let rel = item.trim_matches('/');
+            let p = if rel.is_empty() || rel == "." {
+                root.to_path_buf()
+            } else {
+                root.join(rel)
+            };
+            // A rescue records what is there: a path the command deleted is absent (its
+            // fingerprint says so), never a reason to keep no rescue and restore nothing.
+            let gone = !p.exists();
+            if (gone && !ctx.allow_absent) || !(rel.is_empty() || rel == "." || tree::within(items, rel)) {
+                bail!(
+                    "target {}: {} is not among its files (named by an `untouched` check; it is relative to {})",
+                    self.spec.name,
+                    p.display(),
+                    root.display()
+                );
+            }
+            if filter.excluded(rel, p.is_dir()) {
+                bail!(
+                    "target {}: {item} is excluded by `exclude` but named by an `untouched` check",
+                    self.spec.name
+                );
+            }
+            rec.fingerprints.insert(item.clone(), fingerprint_of(listing, item));
+        }
+        Ok(())
+    }
+}
+
 impl Target for DirTarget {
     fn spec(&self) -> &TargetSpec {
         &self.spec
     }
 
     fn source(&self) -> String {
-        self.path.display().to_string()
+        match &self.shown {
+            Some(s) => s.path.display().to_string(),
+            None => self.path.display().to_string(),
+        }
     }
 
     fn preflight(&self) -> Result<()> {
@@ -441,8 +517,16 @@ impl Target for DirTarget {
         }
         if items == [""] {
             let real = self.live_dir()?;
-            if real != self.path {
-                rec.meta.insert("resolved".into(), real.display().to_string());
+            match &self.shown {
+                Some(s) => {
+                    if let Some(r) = &s.resolved {
+                        rec.meta.insert("resolved".into(), r.clone());
+                    }
+                }
+                None if real != self.path => {
+                    rec.meta.insert("resolved".into(), real.display().to_string());
+                }
+                None => {}
             }
             let meta = fs::metadata(&real)?;
             rec.meta
@@ -451,8 +535,10 @@ impl Target for DirTarget {
             rec.meta.insert("gid".into(), meta.gid().to_string());
         } else {
             rec.paths = items.clone();
-            rec.meta.insert("root".into(), root.display().to_string());
-            for i in &items {
+            let shown_root = self.shown.as_ref().and_then(|s| s.path.parent());
+            rec.meta
+                .insert("root".into(), shown_root.unwrap_or(&root).display().to_string());
+            for i in items.iter().filter(|_| self.shown.is_none()) {
                 let p = root.join(i);
                 if fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
                     if let Ok(real) = fs::canonicalize(&p) {
@@ -464,52 +550,33 @@ impl Target for DirTarget {
         rec.exclude = self.exclude.clone();
         rec.tools.insert("format".into(), "tar (GNU headers)".into());
         let filter = self.filter(&root)?;
-
-        let (reader, writer) = std::io::pipe()?;
-        let listing = std::thread::scope(|s| {
-            let producer = s.spawn(|| {
-                write_tar(
-                    &root,
-                    &items,
-                    &filter,
-                    std::io::BufWriter::with_capacity(1 << 20, writer),
-                )
-            });
-            let artifact = ctx.write_artifact(ctx.key(&self.spec.name, "tar.gz"), "tar", reader);
-            let listing = producer.join().map_err(|_| anyhow!("tar writer panicked"));
-            (artifact, listing)
-        });
-        let (artifact, listing) = listing;
-        let listing = listing?.with_context(|| format!("target {}", self.spec.name))?;
-        let artifact = artifact?;
-        for item in ctx.fingerprint {
-            let rel = item.trim_matches('/');
-            let p = if rel.is_empty() || rel == "." {
-                root.clone()
-            } else {
-                root.join(rel)
+        let hot = self.hot_copy(ctx, &mut rec, &root, &items, &filter)?;
+        let taken = (|| -> Result<(Vec<crate::manifest::FileEntry>, Option<crate::manifest::Artifact>)> {
+            let (listing, artifact) = match &hot {
+                Some((copy, listing)) => {
+                    let want = rec.meta.get("hot_id").cloned().unwrap_or_default();
+                    let a = self.store_hot(ctx, copy, &want, listing, &std::sync::atomic::AtomicBool::new(false))?;
+                    (listing.clone(), Some(a))
+                }
+                None => {
+                    let (l, a) = self.store_live(ctx, &root, &items, &filter)?;
+                    (l, Some(a))
+                }
             };
-            // A rescue records what is there: a path the command deleted is absent (its
-            // fingerprint says so), never a reason to keep no rescue and restore nothing.
-            let gone = !p.exists();
-            if (gone && !ctx.allow_absent) || !(rel.is_empty() || rel == "." || tree::within(&items, rel)) {
-                bail!(
-                    "target {}: {} is not among its files (named by an `untouched` check; it is relative to {})",
-                    self.spec.name,
-                    p.display(),
-                    root.display()
-                );
+            self.fingerprint_items(ctx, &mut rec, &root, &items, &filter, &listing)?;
+            Ok((listing, artifact))
+        })();
+        let (listing, artifact) = match taken {
+            Ok(t) => t,
+            Err(e) => {
+                if let Some((copy, _)) = &hot {
+                    let _ = hot::remove_tree(copy);
+                }
+                return Err(e);
             }
-            if filter.excluded(rel, p.is_dir()) {
-                bail!(
-                    "target {}: {item} is excluded by `exclude` but named by an `untouched` check",
-                    self.spec.name
-                );
-            }
-            rec.fingerprints.insert(item.clone(), fingerprint_of(&listing, item));
-        }
+        };
         rec.files = listing;
-        rec.artifacts.push(artifact);
+        rec.artifacts.extend(artifact);
         Ok(rec)
     }
 
@@ -582,6 +649,18 @@ impl Target for DirTarget {
     }
 
     fn restore(&self, rec: &TargetRecord, store: &dyn Store) -> Result<Restored> {
+        if crate::targets::is_deferred(rec) {
+            // No store artifact (issue 17): only the hot copy held this state. A guard killed
+            // after renaming it into place left it there: that is this restore, done.
+            if self.renamed_in(rec) {
+                return Ok(Restored::Done);
+            }
+            bail!(
+                "target {}: snapshot of {} never reached the store (its artifact was being written from the hot copy), and the hot copy is not in place; nothing was changed",
+                self.spec.name,
+                self.path.display()
+            );
+        }
         let (root, items) = self.layout_for(rec)?;
         let filter = self.filter(&root)?;
         if items == [""] {
@@ -672,6 +751,14 @@ impl Target for DirTarget {
             }
             return Ok(());
         }
+        if crate::targets::is_deferred(rec) {
+            // No content checksum reached the store: the proof is that the live path names the
+            // hot copy, unchanged (a stat pass) since its files were hashed.
+            if !self.renamed_in(rec) {
+                bail!("{} is not the hot copy the snapshot recorded", self.path.display());
+            }
+            return Ok(());
+        }
         // The tree the application reaches through the policy's path; through a link, that
         // link must still lead to the directory the snapshot read.
         let real = self.live_dir()?;
@@ -698,5 +785,59 @@ impl Target for DirTarget {
 
     fn query(&self, _sql: &str) -> Result<String> {
         bail!("target {} is a directory; it does not answer SQL", self.spec.name)
+    }
+
+    fn swap_in(&self, rec: &TargetRecord, run_id: &str) -> Result<Option<Box<dyn Target>>> {
+        if self.shown.is_some() {
+            return Ok(None);
+        }
+        Ok(self.swap_hot(rec, run_id)?.map(|aside| {
+            let spec = self.spec.clone();
+            let mut view = DirTarget::new(spec, aside);
+            view.shown = Some(Shown {
+                path: self.path.clone(),
+                resolved: rec.meta.get("resolved").cloned(),
+            });
+            Box::new(view) as Box<dyn Target>
+        }))
+    }
+
+    fn write_deferred(
+        &self,
+        ctx: &SnapshotCtx,
+        rec: &mut TargetRecord,
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Result<()> {
+        self.write_hot(ctx, rec, cancel)
+    }
+
+    fn drop_hot(&self, run_id: &str) {
+        if self.shown.is_none() {
+            if let Some(p) = hot::hot_path(&self.swap_path(), run_id) {
+                if let Err(e) = hot::remove_tree(&p) {
+                    crate::errln!(
+                        "guard: warning: target {}: cannot remove the hot copy {}: {e}",
+                        self.spec.name,
+                        p.display()
+                    );
+                }
+            }
+        }
+    }
+
+    fn drop_aside(&self) -> Result<()> {
+        match (&self.shown, self.path.parent()) {
+            (Some(_), Some(holder)) => {
+                hot::remove_tree(holder).with_context(|| format!("cannot remove {}", holder.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn aside(&self, run_id: &str) -> Option<String> {
+        let own = self.shown.is_some().then(|| self.path.clone());
+        own.or_else(|| hot::aside_entry(&self.swap_path(), run_id))
+            .filter(|p| fs::symlink_metadata(p).is_ok())
+            .map(|p| p.display().to_string())
     }
 }

@@ -20,7 +20,7 @@ fn marker(live: &Path) -> PathBuf {
 }
 
 /// Swap two existing paths atomically. `Ok(false)`: this filesystem cannot.
-fn exchange(a: &Path, b: &Path) -> io::Result<bool> {
+pub(super) fn exchange(a: &Path, b: &Path) -> io::Result<bool> {
     if crate::faults::test_flag("GUARD_TEST_NO_RENAME_EXCHANGE") {
         return Ok(false);
     }

@@ -66,6 +66,8 @@ pub(super) fn is_guard_temp(name: &str) -> bool {
         && (name.contains(".guard-tmp-")
             || name.contains(".guard-restore-")
             || name.contains(".guard-old-")
+            || name.contains(".guard-hot-")
+            || name.contains(".guard-failed-")
             || name.ends_with(".guard-swap")
             || name.starts_with(".guard-inplace-"))
 }

@@ -74,7 +74,7 @@ pub fn identity(p: &Path) -> Result<String> {
 
 /// Bytes free for an unprivileged writer on the filesystem of `dir` (`GUARD_TEST_HOT_FREE`
 /// stands in for it in tests).
-fn free_bytes(dir: &Path) -> Result<u64> {
+pub(crate) fn free_bytes(dir: &Path) -> Result<u64> {
     if let Some(v) = std::env::var("GUARD_TEST_HOT_FREE").ok().and_then(|v| v.parse().ok()) {
         return Ok(v);
     }

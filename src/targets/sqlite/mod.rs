@@ -14,7 +14,7 @@
 //! and never restored over (its writer's `-journal` is never deleted): guard says who holds it
 //! and stops.
 
-mod hot;
+pub(crate) mod hot;
 mod locks;
 
 pub mod config;

@@ -1,0 +1,590 @@
+//! Hot copies of directory trees (issue 17): the pre-run copy of a guarded run kept beside the
+//! live tree, so a failure is put back by a rename instead of an unpack.
+//!
+//! The copy is written to `.NAME.guard-hot-RUN` in the tree's own parent directory (created
+//! 0700; same filesystem, checked by `st_dev`, so a rename is atomic) when there is room for it
+//! there. Every file is read once from the live tree, hashed as it is read and written into the
+//! copy (a reflink with `FICLONE` where the filesystem has one — the bytes are still read for
+//! their SHA-256); a file whose size or mtime changes while it is read fails the snapshot, as
+//! the tar path does. Directories, symlinks, modes (setuid/setgid masked as a restore masks
+//! them), owners (as root) and mtimes are then set as a restore from the tar sets them, and the
+//! filesystem is synced. No hard link ever points into the live tree: a command writing a file
+//! in place cannot change the copy.
+//!
+//! Its **identity** ([`identity`]) is a digest of a stat pass over it: device and inode of its
+//! root, and for every entry below it the path, kind, inode, size, mode, mtime and ctime. No
+//! write, chmod, rename or new entry leaves that unchanged (ctime cannot be set by a user), so
+//! the same stat pass later proves the copy is what was checked without reading its data. It
+//! is recorded with the snapshot (`meta.hot_id`, journaled). The tar artifact for the store is
+//! written from the copy, and its listing (every file's SHA-256, read back from the copy) must
+//! equal the one taken while copying from the live tree.
+//!
+//! On a failure ([`swap_in`]): the copy's identity is checked again, its root takes the live
+//! directory's mode and owner, and it is exchanged with the live tree in one
+//! `renameat2(RENAME_EXCHANGE)`; the failed tree, now under the hot copy's name, is renamed to
+//! `.NAME.guard-failed-RUN`, where the rescue snapshot reads it once the targets are back.
+//!
+//! Names are computed from the policy's path and the run id; a manifest never names a path.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest as _, Sha256};
+
+use super::tree::{dir_entry, file_entry, symlink_entry, walk, Filter};
+use crate::manifest::FileEntry;
+
+/// Is `tag` a run id guard could have made (no path separators, no `..`)?
+fn valid_tag(tag: &str) -> bool {
+    !tag.is_empty()
+        && tag.len() <= 64
+        && tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        && !tag.contains("..")
+}
+
+/// `.NAME.guard-WHAT-TAG` beside `live`.
+fn beside(live: &Path, what: &str, tag: &str) -> Option<PathBuf> {
+    if !valid_tag(tag) {
+        return None;
+    }
+    let name = live.file_name()?.to_string_lossy().into_owned();
+    Some(live.with_file_name(format!(".{name}.guard-{what}-{tag}")))
+}
+
+/// The hot copy of the tree at `live` kept for run `tag`.
+pub(super) fn hot_path(live: &Path, tag: &str) -> Option<PathBuf> {
+    beside(live, "hot", tag)
+}
+
+/// The private directory (0700) in which run `tag` sets the failed state of `live` aside, under
+/// `live`'s own name (a tree, or the file or link the command left in its place).
+pub(super) fn aside_path(live: &Path, tag: &str) -> Option<PathBuf> {
+    beside(live, "failed", tag)
+}
+
+/// The failed state of `live` set aside by run `tag`: `aside_path/NAME`.
+pub(super) fn aside_entry(live: &Path, tag: &str) -> Option<PathBuf> {
+    Some(aside_path(live, tag)?.join(live.file_name()?))
+}
+
+/// Move what is at `from` (the failed state) to `entry`, creating its private parent.
+fn set_aside(from: &Path, entry: &Path) -> Result<()> {
+    let holder = entry.parent().expect("an aside entry has a parent");
+    match fs::DirBuilder::new().mode(0o700).create(holder) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(e).with_context(|| format!("cannot create {}", holder.display()))
+        }
+        _ => {}
+    }
+    fs::rename(from, entry).with_context(|| format!("cannot set the failed state aside as {}", entry.display()))
+}
+
+/// The identity of the tree at `root` ([module docs](self)): `dev:ino:entries:digest`.
+pub(super) fn identity(root: &Path) -> Result<String> {
+    let top = fs::symlink_metadata(root).with_context(|| format!("cannot stat {}", root.display()))?;
+    if !top.is_dir() {
+        bail!("{} is not a directory", root.display());
+    }
+    let mut h = Sha256::new();
+    let mut n: u64 = 0;
+    for e in walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .sort_by_file_name()
+        .min_depth(1)
+    {
+        let e = e.with_context(|| format!("cannot read {}", root.display()))?;
+        let m = e.path().symlink_metadata()?;
+        let rel = e.path().strip_prefix(root).expect("under root").as_os_str().as_bytes();
+        let ft = m.file_type();
+        let kind = if ft.is_dir() {
+            'd'
+        } else if ft.is_symlink() {
+            'l'
+        } else if ft.is_file() {
+            'f'
+        } else {
+            'o'
+        };
+        h.update((rel.len() as u64).to_le_bytes());
+        h.update(rel);
+        h.update(
+            format!(
+                "{kind}:{}:{}:{:o}:{}.{:09}:{}.{:09}\n",
+                m.ino(),
+                m.size(),
+                m.mode(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec()
+            )
+            .as_bytes(),
+        );
+        n += 1;
+    }
+    Ok(format!("{}:{}:{n}:{}", top.dev(), top.ino(), hex::encode(h.finalize())))
+}
+
+/// Bytes a copy of the tree at `live` takes (files rounded up to 4 KiB, 4 KiB per directory
+/// and link), from a stat pass.
+fn tree_bytes(live: &Path, filter: &Filter) -> Result<u64> {
+    let mut total: u64 = 0;
+    walk(live, &[String::new()], filter, |_, _, m| {
+        total += if m.is_file() {
+            m.size().div_ceil(4096) * 4096
+        } else {
+            4096
+        };
+        Ok(())
+    })?;
+    Ok(total)
+}
+
+/// Create the empty, private (0700) hot copy root for the tree at `live` (a directory, its
+/// symlinks resolved) for run `tag`, or `Err(why)` when there is none to be had: not enough
+/// free space on its filesystem (the tree plus 1/16 and 16 MiB), another filesystem, no
+/// permission to write its parent. The snapshot then takes the path through the store.
+pub(super) fn create(live: &Path, tag: &str, filter: &Filter) -> std::result::Result<PathBuf, String> {
+    let hot = hot_path(live, tag).ok_or_else(|| format!("run id {tag:?} cannot name a directory"))?;
+    let parent = live.parent().unwrap_or(Path::new("/"));
+    let need = tree_bytes(live, filter).map_err(|e| format!("{e:#}"))?;
+    let need = need + need / 16 + (16 << 20);
+    let free = crate::targets::sqlite::hot::free_bytes(parent).map_err(|e| format!("{e:#}"))?;
+    if free < need {
+        return Err(format!(
+            "{} has {} free, a hot copy needs {}",
+            parent.display(),
+            crate::ui::bytes(free),
+            crate::ui::bytes(need)
+        ));
+    }
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&hot)
+        .map_err(|e| format!("cannot create {}: {e}", hot.display()))?;
+    let devs = (fs::metadata(live).map(|m| m.dev()), fs::metadata(&hot).map(|m| m.dev()));
+    match devs {
+        (Ok(a), Ok(b)) if a == b => Ok(hot),
+        _ => {
+            let _ = fs::remove_dir(&hot);
+            Err(format!(
+                "{} and its parent {} are not on one filesystem, so a rename cannot put a copy in place",
+                live.display(),
+                parent.display()
+            ))
+        }
+    }
+}
+
+/// Can this error from [`copy_tree`] be taken as "no hot copy here" (the filesystem filled up,
+/// a quota, no permission), so the snapshot goes on without one?
+pub(super) fn is_room_or_permission(e: &anyhow::Error) -> bool {
+    use std::io::ErrorKind as K;
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                K::StorageFull | K::QuotaExceeded | K::PermissionDenied | K::ReadOnlyFilesystem
+            )
+        })
+    })
+}
+
+/// Reflink support, learnt from the first file: `FICLONE` failing once means a copy for the
+/// rest of this process.
+static NO_REFLINK: AtomicBool = AtomicBool::new(false);
+
+/// Copy the tree at `live` into the empty directory `hot` ([module docs](self)), returning its
+/// listing (the SHA-256 of every file as it was read from the live tree), in walk order.
+pub(super) fn copy_tree(live: &Path, hot: &Path, filter: &Filter, setid_mask: u32) -> Result<Vec<FileEntry>> {
+    let mut listing = Vec::new();
+    let mut made: Vec<(PathBuf, fs::Metadata)> = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    walk(live, &[String::new()], filter, |rel, abs, m| {
+        let dst = hot.join(rel);
+        let mode = m.permissions().mode() & 0o7777;
+        let ft = m.file_type();
+        if ft.is_dir() {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dst)
+                .with_context(|| format!("cannot create {}", dst.display()))?;
+            listing.push(dir_entry(rel.to_string(), mode));
+        } else if ft.is_symlink() {
+            let to = fs::read_link(abs)?;
+            std::os::unix::fs::symlink(&to, &dst).with_context(|| format!("cannot create {}", dst.display()))?;
+            listing.push(symlink_entry(
+                rel.to_string(),
+                Some(to.to_string_lossy().into_owned()),
+                mode,
+            ));
+        } else if ft.is_file() {
+            let (size, sha) = copy_file(abs, &dst, m, &mut buf)?;
+            listing.push(file_entry(rel.to_string(), size, sha, mode));
+        } else {
+            // Sockets, fifos and devices are not data: skipped, as in the tar.
+            return Ok(());
+        }
+        made.push((dst, m.clone()));
+        Ok(())
+    })?;
+    // Children before their parents: a directory's mtime is set once nothing more is made in it.
+    let root = super::inplace::running_as_root();
+    for (p, m) in made.iter().rev() {
+        set_meta(p, m, root, setid_mask).with_context(|| format!("cannot set the metadata of {}", p.display()))?;
+    }
+    // The root keeps 0700 until it is renamed into place; its times are the live root's.
+    let top = fs::metadata(live)?;
+    set_times(hot, &top)?;
+    let f = fs::File::open(hot)?;
+    // SAFETY: a valid open descriptor; syncfs touches nothing else.
+    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("syncing {}", hot.display()));
+    }
+    Ok(listing)
+}
+
+/// Copy one file, hashing what is read; `(size, sha256)`.
+fn copy_file(src: &Path, dst: &Path, before: &fs::Metadata, buf: &mut [u8]) -> Result<(u64, String)> {
+    let mut from = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(src)
+        .with_context(|| format!("cannot read {}", src.display()))?;
+    let mut to = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dst)
+        .with_context(|| format!("cannot create {}", dst.display()))?;
+    let reflinked = !NO_REFLINK.load(Ordering::Relaxed) && {
+        use std::os::fd::AsRawFd;
+        // SAFETY: two valid open descriptors; FICLONE shares the source's extents or fails.
+        let ok = unsafe { libc::ioctl(to.as_raw_fd(), libc::FICLONE, from.as_raw_fd()) } == 0;
+        if !ok {
+            NO_REFLINK.store(true, Ordering::Relaxed);
+        }
+        ok
+    };
+    let mut h = Sha256::new();
+    let mut n: u64 = 0;
+    loop {
+        let k = match from.read(buf) {
+            Ok(0) => break,
+            Ok(k) => k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", src.display())),
+        };
+        h.update(&buf[..k]);
+        if !reflinked {
+            to.write_all(&buf[..k])
+                .with_context(|| format!("cannot write {}", dst.display()))?;
+        }
+        n += k as u64;
+    }
+    let after = from.metadata()?;
+    if n != before.size()
+        || after.size() != before.size()
+        || (after.mtime(), after.mtime_nsec()) != (before.mtime(), before.mtime_nsec())
+    {
+        bail!(
+            "{} changed while it was being read; stop writers (a `before` hook) and retry",
+            src.display()
+        );
+    }
+    Ok((n, hex::encode(h.finalize())))
+}
+
+/// Owner (as root), mode and times of `m` on the copy at `p`, never following a link.
+fn set_meta(p: &Path, m: &fs::Metadata, root: bool, setid_mask: u32) -> Result<()> {
+    let link = m.file_type().is_symlink();
+    if root {
+        std::os::unix::fs::lchown(p, Some(m.uid()), Some(m.gid()))?;
+    }
+    if !link {
+        // After the chown, which may clear setuid and setgid bits.
+        fs::set_permissions(p, fs::Permissions::from_mode(m.mode() & 0o7777 & !setid_mask))?;
+    }
+    set_times(p, m)
+}
+
+/// The access and modification times of `m` on `p`, never following a link.
+fn set_times(p: &Path, m: &fs::Metadata) -> Result<()> {
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes())?;
+    let times = [
+        libc::timespec {
+            tv_sec: m.atime(),
+            tv_nsec: m.atime_nsec(),
+        },
+        libc::timespec {
+            tv_sec: m.mtime(),
+            tv_nsec: m.mtime_nsec(),
+        },
+    ];
+    // SAFETY: a NUL-terminated path and two timespecs; utimensat reads them only.
+    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
+}
+
+/// Remove a tree guard made (a hot copy, a failed state set aside), whatever the modes of its
+/// directories: unwritable ones are made writable first when removal is refused.
+pub(super) fn remove_tree(p: &Path) -> std::io::Result<()> {
+    match fs::symlink_metadata(p) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+        Ok(m) if !m.is_dir() => return fs::remove_file(p),
+        Ok(_) => {}
+    }
+    if fs::remove_dir_all(p).is_ok() {
+        return Ok(());
+    }
+    for e in walkdir::WalkDir::new(p).follow_links(false).into_iter().flatten() {
+        if e.file_type().is_dir() {
+            let _ = fs::set_permissions(e.path(), fs::Permissions::from_mode(0o700));
+        }
+    }
+    fs::remove_dir_all(p)
+}
+
+/// The hot copy at `hot` is still what `want` records, or why not.
+pub(super) fn check(hot: &Path, want: &str, when: &str) -> Result<()> {
+    let got = identity(hot)?;
+    if got != want {
+        bail!(
+            "the hot copy {} changed {when} (a stat pass over it differs from the one recorded when it was taken): it is no longer the state that was checked",
+            hot.display()
+        );
+    }
+    Ok(())
+}
+
+/// Write the tar of the hot copy at `hot` into `w`, returning its listing (each file hashed as
+/// it is read back from the copy). Stops with an error once `cancel` is set.
+pub(super) fn tar_of(hot: &Path, w: impl Write, cancel: &AtomicBool) -> Result<Vec<FileEntry>> {
+    let w = Cancelled { inner: w, cancel };
+    super::tree::write_tar(hot, &[String::new()], &Filter::none(), w)
+}
+
+/// A writer that fails once `cancel` is set.
+struct Cancelled<'a, W> {
+    inner: W,
+    cancel: &'a AtomicBool,
+}
+
+impl<W: Write> Write for Cancelled<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other(
+                "stopped: the command failed, and the targets are restored from the hot copy",
+            ));
+        }
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl super::DirTarget {
+    /// Why this target keeps no hot copy, when it cannot: only a whole directory that a restore
+    /// swaps by rename can be put back by one.
+    fn hot_refused(&self, items: &[String], real: &Path) -> Option<String> {
+        if !self.paths.is_empty() {
+            return Some("the target protects several `paths`, which are restored in place".into());
+        }
+        if items != [""] {
+            return Some("the target is a single file, restored in place".into());
+        }
+        if !self.exclude.is_empty() {
+            return Some("`exclude` is set: what it leaves out stays, so the tree is restored in place".into());
+        }
+        if !self.swappable(real) {
+            return Some(format!(
+                "{} is guard's working directory, a mount point, the policy's directory or holds guard's store, so it is restored in place",
+                real.display()
+            ));
+        }
+        None
+    }
+
+    /// A guarded run's pre-run hot copy of the tree at `root` (issue 17), when it can be had:
+    /// the copy and the listing taken while copying; its run and identity recorded in `rec`.
+    /// `Ok(None)` with `meta.hot_skipped` saying why when not (the snapshot takes today's path).
+    pub(super) fn hot_copy(
+        &self,
+        ctx: &crate::targets::SnapshotCtx,
+        rec: &mut crate::manifest::TargetRecord,
+        root: &Path,
+        items: &[String],
+        filter: &Filter,
+    ) -> Result<Option<(PathBuf, Vec<FileEntry>)>> {
+        let Some(tag) = ctx.hot else {
+            return Ok(None);
+        };
+        if self.shown.is_some() || ctx.allow_absent {
+            return Ok(None);
+        }
+        if let Some(why) = self.hot_refused(items, root) {
+            rec.meta.insert("hot_skipped".into(), why);
+            return Ok(None);
+        }
+        let copy = match create(root, tag, filter) {
+            Ok(p) => p,
+            Err(why) => {
+                rec.meta.insert("hot_skipped".into(), why);
+                return Ok(None);
+            }
+        };
+        let copied = copy_tree(root, &copy, filter, self.setid_mask()).and_then(|l| Ok((l, identity(&copy)?)));
+        match copied {
+            Ok((listing, id)) => {
+                rec.meta.insert("hot".into(), tag.to_string());
+                rec.meta.insert("hot_id".into(), id);
+                Ok(Some((copy, listing)))
+            }
+            Err(e) => {
+                let _ = remove_tree(&copy);
+                if is_room_or_permission(&e) {
+                    rec.meta.insert(
+                        "hot_skipped".into(),
+                        format!("copying into {} failed: {e:#}", copy.display()),
+                    );
+                    return Ok(None);
+                }
+                Err(e).with_context(|| format!("target {}", self.spec.name))
+            }
+        }
+    }
+
+    /// The store artifact of the hot copy at `copy`: its tar, written only while its identity
+    /// is `want`, and whose listing (read back from the copy) must equal `listing`, taken while
+    /// copying from the live tree. Stops once `cancel` is set.
+    pub(super) fn store_hot(
+        &self,
+        ctx: &crate::targets::SnapshotCtx,
+        copy: &Path,
+        want: &str,
+        listing: &[FileEntry],
+        cancel: &AtomicBool,
+    ) -> Result<crate::manifest::Artifact> {
+        check(copy, want, "before its store artifact was written")?;
+        let (reader, writer) = std::io::pipe()?;
+        let (artifact, got) = std::thread::scope(|s| {
+            let producer = s.spawn(|| tar_of(copy, std::io::BufWriter::with_capacity(1 << 20, writer), cancel));
+            let input = crate::targets::Cancellable { inner: reader, cancel };
+            let artifact = ctx.write_artifact(ctx.key(&self.spec.name, "tar.gz"), "tar", input);
+            let got = producer.join().map_err(|_| anyhow::anyhow!("tar writer panicked"));
+            (artifact, got)
+        });
+        let got = got??;
+        let artifact = artifact?;
+        super::tree::compare_listings(listing, &got).with_context(|| {
+            format!(
+                "the hot copy {} differs from what was read from the live tree",
+                copy.display()
+            )
+        })?;
+        check(copy, want, "while its store artifact was written")?;
+        Ok(artifact)
+    }
+
+    /// The deferred store artifact of a pre-run snapshot: the hot copy's tar ([`Self::store_hot`]).
+    pub(super) fn write_hot(
+        &self,
+        ctx: &crate::targets::SnapshotCtx,
+        rec: &mut crate::manifest::TargetRecord,
+        cancel: &AtomicBool,
+    ) -> Result<()> {
+        let (Some(tag), Some(want)) = (rec.meta.get("hot").cloned(), rec.meta.get("hot_id").cloned()) else {
+            bail!("target {}: the snapshot names no hot copy", self.spec.name);
+        };
+        let live = self.restore_dest(rec)?;
+        let copy = hot_path(&live, &tag).ok_or_else(|| anyhow::anyhow!("run id {tag:?} cannot name a directory"))?;
+        let a = self.store_hot(ctx, &copy, &want, &rec.files, cancel)?;
+        rec.artifacts.push(a);
+        Ok(())
+    }
+
+    /// Is the live tree the hot copy `rec` records, renamed into place and unchanged since?
+    pub(super) fn renamed_in(&self, rec: &crate::manifest::TargetRecord) -> bool {
+        let Some(want) = rec.meta.get("hot_id") else {
+            return false;
+        };
+        let Ok(live) = self.restore_dest(rec) else {
+            return false;
+        };
+        fs::symlink_metadata(&live).is_ok_and(|m| m.is_dir()) && identity(&live).is_ok_and(|got| &got == want)
+    }
+
+    /// Put `rec` back by renaming run `tag`'s hot copy into place ([module docs](self)).
+    /// `Ok(None)`: no usable hot copy, nothing changed. `Ok(Some(aside))`: restored and proven
+    /// (the live path names the copy, whose stat pass is the recorded one); the failed state is
+    /// at `aside` ([`aside_entry`]), which does not exist when there was none.
+    pub(super) fn swap_hot(&self, rec: &crate::manifest::TargetRecord, tag: &str) -> Result<Option<PathBuf>> {
+        let (Some(want), Some(rec_tag)) = (rec.meta.get("hot_id"), rec.meta.get("hot")) else {
+            return Ok(None);
+        };
+        if rec_tag != tag || rec.absent || !rec.paths.is_empty() || super::is_replaced_by_file(rec) {
+            return Ok(None);
+        }
+        self.finish_interrupted_swap()?;
+        let live = self.restore_dest(rec)?;
+        let (Some(copy), Some(aside)) = (hot_path(&live, tag), aside_entry(&live, tag)) else {
+            return Ok(None);
+        };
+        let parent = live.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let exists = |p: &Path| fs::symlink_metadata(p).is_ok();
+        if self.renamed_in(rec) {
+            // A guard killed after the exchange: the copy is in place, and its old name holds
+            // the failed tree.
+            if exists(&copy) && !exists(&aside) {
+                set_aside(&copy, &aside)?;
+                crate::store::local::sync_dir(&parent)?;
+            }
+            return Ok(Some(aside));
+        }
+        if !exists(&copy) {
+            return Ok(None);
+        }
+        check(&copy, want, "after it was taken")?;
+        let live_there = exists(&live);
+        if live_there && fs::metadata(&live).is_ok_and(|m| m.is_dir()) && !self.swappable(&live) {
+            return Ok(None);
+        }
+        if exists(&aside) && live_there {
+            // An earlier attempt set a failed state aside already: it is kept as it is
+            // (`guard recover` names it), and this restore takes the path through the store.
+            return Ok(None);
+        }
+        // The restored root keeps the live directory's own mode and owner (R17).
+        let like = if live_there { live.clone() } else { aside.clone() };
+        super::root_meta(rec, &like, &copy)?;
+        crate::faults::test_pause("dir-hot-swap");
+        if !live_there {
+            // The command removed the tree (or a killed swap between two renames did).
+            fs::rename(&copy, &live)?;
+        } else if super::swap::exchange(&copy, &live)? {
+            crate::faults::test_pause("dir-hot-exchanged");
+            set_aside(&copy, &aside)?;
+        } else {
+            set_aside(&live, &aside)?;
+            if let Err(e) = fs::rename(&copy, &live) {
+                let _ = fs::rename(&aside, &live);
+                return Err(e).with_context(|| format!("cannot rename {} to {}", copy.display(), live.display()));
+            }
+        }
+        crate::store::local::sync_dir(&parent)?;
+        // The proof: the live path names the hot copy, unchanged.
+        if !self.renamed_in(rec) {
+            bail!("{} is not the hot copy after the rename", live.display());
+        }
+        Ok(Some(aside))
+    }
+}

@@ -1,0 +1,323 @@
+//! Time to recovery for directory trees (issue 17): a failed guarded run puts a `dir` target
+//! back by renaming the hot copy its pre-run snapshot kept beside the tree, sets the failed tree
+//! aside, and compresses that into the rescue snapshot afterwards. Every restore is proven
+//! against the original: the SHA-256 of every file, modes, symlink targets and mtimes, taken
+//! before the command and after the restore.
+
+use crate::common::*;
+use crate::files::tree;
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// [`tree`] plus every entry's mtime (ns) and owner, and the root's own mode and mtime.
+fn full_tree(root: &Path) -> BTreeMap<String, String> {
+    full_tree_at(root, true)
+}
+
+/// [`full_tree`], mtimes to the second with `ns` false (a tar records whole seconds).
+fn full_tree_at(root: &Path, ns: bool) -> BTreeMap<String, String> {
+    let mut out = tree(root);
+    for (rel, v) in out.iter_mut() {
+        let m = std::fs::symlink_metadata(root.join(rel)).unwrap();
+        let nsec = if ns { m.mtime_nsec() } else { 0 };
+        v.push_str(&format!(" mtime {}.{nsec:09} owner {}:{}", m.mtime(), m.uid(), m.gid()));
+    }
+    let m = std::fs::metadata(root).unwrap();
+    out.insert(
+        ".".into(),
+        format!(
+            "root {:o} mtime {}.{:09}",
+            m.permissions().mode() & 0o7777,
+            m.mtime(),
+            m.mtime_nsec()
+        ),
+    );
+    out
+}
+
+/// Guard's names beside `data` (hot copies, failed trees set aside, swap leftovers).
+fn guard_files(env: &Env) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(env.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".data.guard-"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn set_mtime(p: &Path, secs: i64) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let t = [
+        libc::timespec {
+            tv_sec: secs,
+            tv_nsec: 0,
+        },
+        libc::timespec {
+            tv_sec: secs,
+            tv_nsec: 123_456_789,
+        },
+    ];
+    assert_eq!(
+        unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), t.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) },
+        0
+    );
+}
+
+/// A `dir` target `data` with files of several modes, a subdirectory, an empty directory, a
+/// symlink, an executable, and old mtimes everywhere (set children first); `extra` goes into
+/// the target table.
+fn hot_env(extra: &str) -> Env {
+    let env = Env::new();
+    for i in 0..30 {
+        env.write(&format!("data/f{i:02}.json"), &format!("{{\"n\": {i}}}\n"));
+    }
+    env.write("data/a.json", "{\"a\": 1}\n");
+    env.write("data/sub/b.json", "{\"b\": 2}\n");
+    env.write("data/sub/deep/c.bin", &"x".repeat(200_000));
+    env.write("data/run.sh", "#!/bin/sh\necho hi\n");
+    std::fs::create_dir_all(env.path("data/empty")).unwrap();
+    std::os::unix::fs::symlink("sub/b.json", env.path("data/link")).unwrap();
+    std::os::unix::fs::symlink("nowhere", env.path("data/dangling")).unwrap();
+    let mode = |p: &str, m: u32| std::fs::set_permissions(env.path(p), std::fs::Permissions::from_mode(m)).unwrap();
+    mode("data/run.sh", 0o755);
+    mode("data/a.json", 0o640);
+    mode("data/sub/deep", 0o750);
+    mode("data/empty", 0o711);
+    let mut all: Vec<_> = walkdir::WalkDir::new(env.path("data"))
+        .into_iter()
+        .map(|e| e.unwrap().path().to_path_buf())
+        .collect();
+    all.reverse();
+    for (i, p) in all.iter().enumerate() {
+        set_mtime(p, 1_600_000_000 + i as i64 * 1000);
+    }
+    env.write(
+        "guard.toml",
+        &format!(
+            "name = \"d\"\nstore = \"backups\"\n[[target]]\nname = \"data\"\nkind = \"dir\"\npath = \"data\"\n{extra}"
+        ),
+    );
+    env
+}
+
+/// A command that edits, removes, adds and chmods, then exits 3.
+const BREAK: &str =
+    "echo BAD > data/a.json; rm -r data/sub; echo new > data/new.json; chmod 600 data/run.sh; ln -sfn a.json data/link; exit 3";
+
+fn id_of(env: &Env, kind: &str) -> String {
+    let snaps = snapshots(env);
+    let s: Vec<_> = snaps.iter().filter(|s| s["kind"] == kind).collect();
+    assert_eq!(s.len(), 1, "one {kind} snapshot: {snaps:?}");
+    s[0]["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_failed_run_restores_a_tree_by_renaming_its_hot_copy_and_rescues_the_failed_tree() {
+    // On a filesystem without `RENAME_EXCHANGE` (simulated), two renames.
+    for no_exchange in [false, true] {
+        failed_run_restores_by_rename(no_exchange);
+    }
+}
+
+fn failed_run_restores_by_rename(no_exchange: bool) {
+    let env = hot_env("");
+    let data = env.path("data");
+    let before = full_tree(&data);
+    let ino_before = std::fs::metadata(&data).unwrap().ino();
+
+    let mut c = env.cmd(&["--", "sh", "-c", BREAK]);
+    if no_exchange {
+        c.env("GUARD_TEST_NO_RENAME_EXCHANGE", "1");
+    }
+    let r: Run = c.output().unwrap().into();
+    assert_eq!(r.code, 3, "the command's exit code passes through: {r:?}");
+    assert!(
+        r.stderr.contains("hot copy renamed into place"),
+        "restored by rename: {r:?}"
+    );
+    assert_eq!(full_tree(&data), before, "every file, mode, link and mtime back");
+    assert_ne!(
+        std::fs::metadata(&data).unwrap().ino(),
+        ino_before,
+        "the live path names the hot copy now"
+    );
+    assert!(
+        guard_files(&env).is_empty(),
+        "nothing left beside it: {:?}",
+        guard_files(&env)
+    );
+
+    // The rescue snapshot holds the failed tree, recorded under the policy's path.
+    let (rescue, pre) = (id_of(&env, "rescue"), id_of(&env, "pre-run"));
+    let show = env.guard(&["show", &rescue, "--json"]);
+    let sm: serde_json::Value = serde_json::from_str(&show.stdout).unwrap();
+    assert_eq!(sm["targets"][0]["source"], data.display().to_string(), "{sm}");
+    let back = env.guard(&["restore", &rescue, "--yes", "--no-rescue"]);
+    assert_eq!(back.code, 0, "{back:?}");
+    assert_eq!(
+        std::fs::read_to_string(data.join("a.json")).unwrap(),
+        "BAD\n",
+        "the failed tree came back"
+    );
+    assert!(!data.join("sub").exists());
+    let again = env.guard(&["restore", &pre, "--yes", "--no-rescue"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(
+        tree(&data),
+        tree_of(&before),
+        "the pre-run snapshot in the store restores too"
+    );
+    let v = env.guard(&["verify"]);
+    assert_eq!(v.code, 0, "{v:?}");
+}
+
+/// The [`tree`] part of a [`full_tree`] (a restore from the store sets no root mtime).
+fn tree_of(full: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    full.iter()
+        .filter(|(k, _)| k.as_str() != ".")
+        .map(|(k, v)| (k.clone(), v.split(" mtime ").next().unwrap().to_string()))
+        .collect()
+}
+
+#[test]
+fn a_kept_run_leaves_no_hot_copy_and_its_snapshot_restores_the_tree() {
+    let env = hot_env("");
+    let data = env.path("data");
+    let before = full_tree_at(&data, false);
+    let r = env.guard(&["--", "sh", "-c", "echo changed > data/a.json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(guard_files(&env).is_empty(), "{:?}", guard_files(&env));
+    let pre = id_of(&env, "pre-run");
+    let v = env.guard(&["verify", &pre]);
+    assert_eq!(v.code, 0, "{v:?}");
+    let back = env.guard(&["restore", &pre, "--yes", "--no-rescue"]);
+    assert_eq!(back.code, 0, "{back:?}");
+    assert_eq!(
+        tree(&data),
+        tree_of(&before),
+        "the store artifact holds the pre-run tree"
+    );
+    let full = full_tree_at(&data, false);
+    // (An unpack from the store sets the mtimes of files, not of directories.)
+    for (k, v) in before
+        .iter()
+        .filter(|(_, v)| !v.starts_with("dir ") && !v.starts_with("root "))
+    {
+        assert_eq!(&full[k], v, "{k}: mtime and owner too");
+    }
+    let r = env.guard(&["--no-restore", "--", "false"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(guard_files(&env).is_empty(), "{:?}", guard_files(&env));
+}
+
+#[test]
+fn without_room_for_a_hot_copy_the_run_says_so_and_restores_from_the_store() {
+    let env = hot_env("");
+    let data = env.path("data");
+    let before = full_tree(&data);
+    let r: Run = env
+        .cmd(&["--", "sh", "-c", BREAK])
+        .env("GUARD_TEST_HOT_FREE", "0")
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stderr.contains("no hot copy"), "the fallback is said: {r:?}");
+    assert!(r.stderr.contains("a hot copy needs"), "{r:?}");
+    assert!(!r.stderr.contains("renamed into place"), "{r:?}");
+    assert_eq!(tree(&data), tree_of(&before));
+    assert!(guard_files(&env).is_empty(), "{:?}", guard_files(&env));
+}
+
+/// Targets a rename cannot put back (`exclude`, several `paths`) say why they keep no hot copy
+/// and are restored from the store as before.
+#[test]
+fn targets_restored_in_place_say_why_they_keep_no_hot_copy() {
+    for (extra, why) in [
+        ("exclude = [\"*.tmp\"]\n", "`exclude` is set"),
+        ("paths", "several `paths`"),
+    ] {
+        let env = hot_env(if extra == "paths" { "" } else { extra });
+        if extra == "paths" {
+            env.write(
+                "guard.toml",
+                "name = \"d\"\nstore = \"backups\"\n[[target]]\nname = \"data\"\nkind = \"dir\"\npaths = [\"data/sub\", \"data/a.json\"]\n",
+            );
+        }
+        let before = tree(&env.path("data"));
+        let r = env.guard(&["--", "sh", "-c", "echo BAD > data/a.json; rm -r data/sub; exit 3"]);
+        assert_eq!(r.code, 3, "{extra}: {r:?}");
+        assert!(
+            r.stderr.contains("no hot copy") && r.stderr.contains(why),
+            "{extra}: {r:?}"
+        );
+        assert!(!r.stderr.contains("renamed into place"), "{extra}: {r:?}");
+        assert_eq!(tree(&env.path("data")), before, "{extra}");
+        assert!(guard_files(&env).is_empty(), "{extra}: {:?}", guard_files(&env));
+    }
+}
+
+#[test]
+fn a_hot_copy_changed_during_the_command_is_not_used() {
+    let env = hot_env("");
+    let data = env.path("data");
+    let before = full_tree(&data);
+    // Once the pre-run snapshot is in the store, the command writes into guard's hot copy (as a
+    // stray `find -exec` might), then fails.
+    let r = env.guard(&[
+        "--",
+        "sh",
+        "-c",
+        "until [ -e backups/snapshots/*/manifest.json ]; do sleep 0.05; done; for d in .data.guard-hot-*; do echo garbage > \"$d/f07.json\"; done; echo BAD > data/a.json; exit 4",
+    ]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("hot copy was not used"), "{r:?}");
+    assert!(r.stderr.contains("changed after it was taken"), "{r:?}");
+    assert_eq!(tree(&data), tree_of(&before), "restored from the store instead");
+    assert!(guard_files(&env).is_empty(), "{:?}", guard_files(&env));
+}
+
+/// SIGKILL while restoring by rename — before the exchange, between the exchange and the
+/// rename of the failed tree aside, after both — then `guard recover`: the tree is the pre-run
+/// one, and nothing is left beside it.
+#[test]
+fn sigkill_during_the_restore_by_rename_then_recover_puts_the_tree_back() {
+    for point in ["dir-hot-swap", "dir-hot-exchanged", "swapped"] {
+        let env = hot_env("");
+        let data = env.path("data");
+        let before = full_tree(&data);
+        let pause = env.path("paused.pid");
+        let mut child = env
+            .cmd(&["--", "sh", "-c", BREAK])
+            .env("GUARD_TEST_PAUSE", point)
+            .env("GUARD_TEST_PAUSE_FILE", &pause)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !pause.exists() {
+            assert!(child.try_wait().unwrap().is_none(), "{point}: guard finished first");
+            assert!(Instant::now() < deadline, "{point}: never reached");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        assert!(data.exists(), "{point}: the live path is never missing");
+        let status = env.guard(&["status"]);
+        assert_eq!(status.code, 82, "{point}: {status:?}");
+        let r = env.guard(&["recover", "--yes"]);
+        assert_eq!(r.code, 0, "{point}: {r:?}");
+        assert_eq!(tree(&data), tree_of(&before), "{point}: the tree is back");
+        assert!(guard_files(&env).is_empty(), "{point}: {:?}", guard_files(&env));
+        let status = env.guard(&["status"]);
+        assert_eq!(status.code, 0, "{point}: {status:?}");
+        // The failed tree is in a rescue snapshot.
+        let rescues: Vec<_> = snapshots(&env).into_iter().filter(|s| s["kind"] == "rescue").collect();
+        assert!(!rescues.is_empty(), "{point}");
+    }
+}
