@@ -460,3 +460,61 @@ fn sigkill_while_the_clone_dump_is_written_then_recover_renames_the_clone_back()
         assert_eq!(status.code, 0, "{point}: {status:?}");
     }
 }
+
+/// The checks' `untouched` fingerprints are read from the clone before the command (its dump may
+/// not exist yet when they run): `@database` is the live database's own state, not the clone's
+/// (whose CONNECT only guard's role holds), so an untouched database passes; a changed row fails
+/// the check and the run restores by rename without waiting for the dump.
+#[test]
+fn untouched_checks_of_a_clone_run_compare_fingerprints_read_before_the_command() {
+    let c = Cluster::start();
+    c.createdb("shop");
+    c.psql("shop", SHOP);
+    let checks = "\n[[check]]\nname = \"items and database untouched\"\ntarget = \"shop\"\nuntouched = [\"item\", \"@database\"]\n";
+    let env = shop_env(&c, checks);
+    let kept: Run = held_pg(
+        &env,
+        &c,
+        "go",
+        &sh(&format!(
+            "{} -X -q -v ON_ERROR_STOP=1 -c 'CREATE TABLE log (x int)' -c 'INSERT INTO log VALUES (1)' && touch go",
+            c.bin.join("psql").display()
+        )),
+    )
+    .output()
+    .unwrap()
+    .into();
+    assert_eq!(
+        kept.code, 0,
+        "item and the database-level state are untouched: {kept:?}"
+    );
+    assert!(
+        kept.stderr
+            .lines()
+            .any(|l| l.contains("items and database untouched") && l.contains("pass")),
+        "{kept:?}"
+    );
+    assert_eq!(c.psql("shop", "SELECT count(*) FROM log"), "1", "kept");
+    let before = c.dump("shop");
+    let state = db_state(&c);
+    let r: Run = held_pg(
+        &env,
+        &c,
+        "never",
+        &psql_cmd(&c, "UPDATE item SET price = 0 WHERE id = 1;"),
+    )
+    .output()
+    .unwrap()
+    .into();
+    assert_eq!(r.code, 79, "the check failed, restored: {r:?}");
+    assert!(
+        r.stderr
+            .lines()
+            .any(|l| l.contains("items and database untouched") && l.contains("FAIL")),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("hot copy renamed into place"), "{r:?}");
+    assert_eq!(c.dump("shop"), before, "the database came back exactly");
+    assert_eq!(db_state(&c), state);
+    assert_eq!(guard_dbs(&c), "");
+}
