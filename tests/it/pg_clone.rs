@@ -236,12 +236,6 @@ fn a_clone_run_starts_the_command_before_the_dump_which_is_verified_before_guard
     let c = Cluster::start();
     c.createdb("shop");
     c.psql("shop", SHOP);
-    // A dump larger than pg_dump's pipe (widened to 1 MiB): held, pg_dump stays connected to
-    // the clone while the command runs; a smaller one would be written whole and gone.
-    c.psql(
-        "shop",
-        "CREATE TABLE filler AS SELECT g, repeat(md5(g::text), 4) AS pad FROM generate_series(1, 20000) g",
-    );
     let env = shop_env(&c, "");
     let before = c.dump("shop");
     let state = db_state(&c);
@@ -252,7 +246,6 @@ clone=$({psql} -X -At -d postgres -c "SELECT datname FROM pg_database WHERE datn
 echo "clone=$clone" > seen
 ls backups/snapshots/*/* >> seen 2>/dev/null || true
 {psql} -X -At -d postgres -c "SELECT count(*) FROM pg_stat_activity WHERE datname = '$clone' AND application_name LIKE 'guard % pg_dump'" > dumping
-{psql} -X -At -d postgres -c "SELECT datname, application_name, state, wait_event FROM pg_stat_activity" > dumping-all
 if {psql} -X -d "$clone" -c 'SELECT 1' 2> refused; then echo CONNECTED >> refused; fi
 {psql} -X -q -v ON_ERROR_STOP=1 -c 'UPDATE item SET price = price + 1'
 touch go"#
@@ -273,8 +266,7 @@ touch go"#
     assert_eq!(
         std::fs::read_to_string(env.path("dumping")).unwrap().trim(),
         "1",
-        "pg_dump was connected to the clone while the command ran: {}",
-        std::fs::read_to_string(env.path("dumping-all")).unwrap()
+        "pg_dump was connected to the clone while the command ran"
     );
     let refused = std::fs::read_to_string(env.path("refused")).unwrap();
     assert!(

@@ -133,8 +133,7 @@ impl PostgresTarget {
         let mut dump = view.spawn_dump(tools, &snapshot_id, true)?;
         crate::faults::test_pause("pg-clone-open");
         let dump_pid = self.await_dump_backend(clone, own, &mut dump)?;
-        let ours: Vec<i32> = std::iter::once(own).chain(dump_pid).collect();
-        let oid = self.close_clone(clone, &ours)?;
+        let oid = self.close_clone(clone, &[own, dump_pid])?;
         // Read in the exported snapshot while pg_dump waits on its pipe.
         view.record_database_state(ctx, rec, &mut session)?;
         // The live database's own state, not the clone's (only guard's role may connect to it).
@@ -160,13 +159,12 @@ impl PostgresTarget {
         }
         // guard's two backends on the clone at a lower priority too, when they are processes of
         // this machine (a socket connection, the backend's title naming the clone).
-        for &pid in &ours {
+        for pid in [own, dump_pid] {
             self.lower_backend(pid, clone);
         }
         rec.meta.insert("hot".into(), tag.to_string());
         rec.meta.insert("hot_oid".into(), oid.to_string());
-        let sessions: Vec<String> = ours.iter().map(i32::to_string).collect();
-        rec.meta.insert("hot_sessions".into(), sessions.join(","));
+        rec.meta.insert("hot_sessions".into(), format!("{own},{dump_pid}"));
         rec.meta.insert("database".into(), self.dbname());
         *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(HeldDump {
             tag: tag.to_string(),
@@ -179,17 +177,13 @@ impl PostgresTarget {
     }
 
     /// Wait until `dump`'s backend is on `clone` (the one session named [`dump_app_name`] there
-    /// besides guard's own `own`): its pid. `None`: pg_dump has already finished — a dump
-    /// smaller than the pipe's buffer is written whole before guard looks — and left the clone.
-    fn await_dump_backend(&self, clone: &str, own: i32, dump: &mut DumpChild) -> Result<Option<i32>> {
+    /// besides guard's own `own`): its pid.
+    fn await_dump_backend(&self, clone: &str, own: i32, dump: &mut DumpChild) -> Result<i32> {
         let app = dump_app_name();
         let deadline = Instant::now() + CONNECT_TIMEOUT;
         let mut m = self.maintenance_session()?;
         loop {
             if let Some(st) = dump.child.try_wait()? {
-                if st.success() {
-                    return Ok(None);
-                }
                 bail!(
                     "target {}: pg_dump {}: {}",
                     self.spec.name,
@@ -203,7 +197,7 @@ impl PostgresTarget {
                 .map(|b| b.0)
                 .collect();
             match named.as_slice() {
-                [pid] => return Ok(Some(*pid)),
+                [pid] => return Ok(*pid),
                 [] if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
                 [] => bail!(
                     "target {}: pg_dump did not connect to the clone {clone} within {} s",
