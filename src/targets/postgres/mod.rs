@@ -8,6 +8,10 @@
 //! checksums compared, and parsed whole by `pg_restore` (custom) or checked for pg_dump's
 //! completion trailer (plain) before the guarded command may run.
 //!
+//! With `snapshot = "clone"` a guarded run's pre-run snapshot is a clone database instead
+//! ([`clone`]), restored by rename; its dump is written from the clone while the command runs
+//! ([`deferred`]).
+//!
 //! Tools: the newest `pg_dump` whose major version is at least the server's, from `pg_bin` (only
 //! there when set), `PATH` and `/usr/lib/postgresql/*/bin`, with `pg_restore` and `psql` beside it.
 //!
