@@ -510,3 +510,54 @@ fn untouched_checks_of_a_clone_run_compare_fingerprints_read_before_the_command(
     assert_eq!(db_state(&c), state);
     assert_eq!(guard_dbs(&c), "");
 }
+
+/// The clone's dump failing after a kept run (here the command puts a directory where the
+/// artifact goes): exit 83, the changes and the clone kept, new runs refused (82) until
+/// `recover` renames the clone back (`pg_dump` equal) or `recover --keep` accepts and drops it.
+#[test]
+fn a_clone_dump_that_fails_after_a_kept_run_exits_83_and_keeps_the_clone_until_recover() {
+    let c = Cluster::start();
+    c.createdb("shop");
+    c.psql("shop", SHOP);
+    let before = c.dump("shop");
+    let state = db_state(&c);
+    for keep in [false, true] {
+        let env = shop_env(&c, "");
+        let script = format!(
+            "id=$(python3 -c \"import glob, json; print(json.load(open(glob.glob('backups/runs/*/journal.json')[0]))['snapshot_id'])\") && mkdir -p backups/snapshots/$id/shop.dump.gz && {} -X -q -c 'DELETE FROM item WHERE id > 100' && touch go",
+            c.bin.join("psql").display()
+        );
+        let r: Run = held_pg(&env, &c, "go", &sh(&script)).output().unwrap().into();
+        assert_eq!(r.code, 83, "{keep}: {r:?}");
+        assert!(r.stderr.contains("its changes are kept"), "{r:?}");
+        assert_eq!(
+            c.psql("shop", "SELECT count(*) FROM item"),
+            "100",
+            "the changes are kept"
+        );
+        let clone = guard_dbs(&c);
+        assert!(
+            clone.starts_with("guard_hot_") && !clone.contains(','),
+            "the clone is kept: {clone}"
+        );
+        assert!(snapshots_pg(&env, &c).is_empty(), "no complete snapshot");
+        let refused = run_with_pg(&env, &c, &["--".into(), "true".into()]);
+        assert_eq!(refused.code, 82, "{refused:?}");
+        let mut args: Vec<String> = vec!["recover".into(), "--yes".into()];
+        if keep {
+            args.push("--keep".into());
+        }
+        let rec = run_with_pg(&env, &c, &args);
+        assert_eq!(rec.code, 0, "{keep}: {rec:?}");
+        if keep {
+            assert_eq!(c.psql("shop", "SELECT count(*) FROM item"), "100", "accepted");
+        } else {
+            assert!(rec.stderr.contains("renamed into place"), "{rec:?}");
+            assert_eq!(c.dump("shop"), before, "the clone brought the pre-run state back");
+            assert_eq!(db_state(&c), state);
+        }
+        assert_eq!(guard_dbs(&c), "", "{keep}: the clone is gone: {rec:?}");
+        let status = run_with_pg(&env, &c, &["status".into()]);
+        assert_eq!(status.code, 0, "{keep}: {status:?}");
+    }
+}
