@@ -236,6 +236,12 @@ fn a_clone_run_starts_the_command_before_the_dump_which_is_verified_before_guard
     let c = Cluster::start();
     c.createdb("shop");
     c.psql("shop", SHOP);
+    // More than pg_dump's output buffer and pipe hold (2 MiB): it is still connected, waiting
+    // to write, while the command runs.
+    c.psql(
+        "shop",
+        "CREATE TABLE stock AS SELECT g AS id, repeat(md5(g::text), 4) AS note FROM generate_series(1, 60000) g",
+    );
     let env = shop_env(&c, "");
     let before = c.dump("shop");
     let state = db_state(&c);

@@ -5,7 +5,8 @@
 //! to which only guard's role (or a superuser) can connect: one guard session opens
 //! `REPEATABLE READ, READ ONLY` and exports its snapshot; `pg_dump --snapshot=…` starts (nice 10,
 //! idle I/O class, application `guard PID pg_dump`) and guard waits until its backend is on the
-//! clone (`pg_stat_activity`). Then the clone is closed (`ALLOW_CONNECTIONS false`: from here
+//! clone (`pg_stat_activity`), or until pg_dump has finished and its backend is gone (a small
+//! database: the whole dump waits in the pipe). Then the clone is closed (`ALLOW_CONNECTIONS false`: from here
 //! nobody, superusers included, can open a session on it) and its sessions are listed: guard's
 //! and pg_dump's must be the only ones. Another one is ended, the clone dropped, and the run
 //! falls back to the dump of the live database, saying so. Both sessions are read-only; their
@@ -133,7 +134,8 @@ impl PostgresTarget {
         let mut dump = view.spawn_dump(tools, &snapshot_id, true)?;
         crate::faults::test_pause("pg-clone-open");
         let dump_pid = self.await_dump_backend(clone, own, &mut dump)?;
-        let oid = self.close_clone(clone, &[own, dump_pid])?;
+        let ours: Vec<i32> = std::iter::once(own).chain(dump_pid).collect();
+        let oid = self.close_clone(clone, &ours)?;
         // Read in the exported snapshot while pg_dump waits on its pipe.
         view.record_database_state(ctx, rec, &mut session)?;
         // The live database's own state, not the clone's (only guard's role may connect to it).
@@ -159,12 +161,13 @@ impl PostgresTarget {
         }
         // guard's two backends on the clone at a lower priority too, when they are processes of
         // this machine (a socket connection, the backend's title naming the clone).
-        for pid in [own, dump_pid] {
-            self.lower_backend(pid, clone);
+        for pid in &ours {
+            self.lower_backend(*pid, clone);
         }
         rec.meta.insert("hot".into(), tag.to_string());
         rec.meta.insert("hot_oid".into(), oid.to_string());
-        rec.meta.insert("hot_sessions".into(), format!("{own},{dump_pid}"));
+        let ours: Vec<String> = ours.iter().map(i32::to_string).collect();
+        rec.meta.insert("hot_sessions".into(), ours.join(","));
         rec.meta.insert("database".into(), self.dbname());
         *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(HeldDump {
             tag: tag.to_string(),
@@ -177,27 +180,33 @@ impl PostgresTarget {
     }
 
     /// Wait until `dump`'s backend is on `clone` (the one session named [`dump_app_name`] there
-    /// besides guard's own `own`): its pid.
-    fn await_dump_backend(&self, clone: &str, own: i32, dump: &mut DumpChild) -> Result<i32> {
+    /// besides guard's own `own`): its pid. `None`: pg_dump has already finished (a small
+    /// database: its whole output is waiting in the pipe) and its backend is gone.
+    fn await_dump_backend(&self, clone: &str, own: i32, dump: &mut DumpChild) -> Result<Option<i32>> {
         let app = dump_app_name();
         let deadline = Instant::now() + CONNECT_TIMEOUT;
         let mut m = self.maintenance_session()?;
         loop {
-            if let Some(st) = dump.child.try_wait()? {
-                bail!(
+            let finished = match dump.child.try_wait()? {
+                Some(st) if st.success() => true,
+                Some(st) => bail!(
                     "target {}: pg_dump {}: {}",
                     self.spec.name,
                     status_text(st),
                     dump.stderr_tail()
-                );
-            }
+                ),
+                None => false,
+            };
             let named: Vec<i32> = backends(&mut m, clone)?
                 .into_iter()
-                .filter(|(pid, _, a, _, ready)| *pid != own && *a == app && *ready)
+                .filter(|(pid, _, a, _, ready)| *pid != own && *a == app && (*ready || finished))
                 .map(|b| b.0)
                 .collect();
             match named.as_slice() {
-                [pid] => return Ok(*pid),
+                // Its backend may outlive it by a moment: wait for that to end.
+                [] if finished => return Ok(None),
+                [_] if finished && Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                [pid] if !finished => return Ok(Some(*pid)),
                 [] if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
                 [] => bail!(
                     "target {}: pg_dump did not connect to the clone {clone} within {} s",
