@@ -567,3 +567,38 @@ fn a_clone_dump_that_fails_after_a_kept_run_exits_83_and_keeps_the_clone_until_r
         assert_eq!(status.code, 0, "{keep}: {status:?}");
     }
 }
+
+/// The command fails after the clone's dump reached the store: the complete snapshot is kept
+/// (and listed) and the restore still renames the clone in, ending no session of guard's (the
+/// dump's are gone).
+#[test]
+fn a_command_failing_after_the_clone_dump_is_stored_keeps_the_snapshot_and_renames_the_clone_in() {
+    let c = Cluster::start();
+    c.createdb("shop");
+    c.psql("shop", SHOP);
+    let env = shop_env(&c, "");
+    let before = c.dump("shop");
+    let state = db_state(&c);
+    let script = format!(
+        "for i in $(seq 600); do ls backups/snapshots/*/manifest.json >/dev/null 2>&1 && break; sleep 0.05; done; {} -X -q -c 'DELETE FROM item'; exit 4",
+        c.bin.join("psql").display()
+    );
+    let r: Run = pg_cmd(&env, &c, &sh(&script)).output().unwrap().into();
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("hot copy renamed into place"), "{r:?}");
+    assert!(
+        !r.stderr.contains("still being written"),
+        "the dump was stored first: {r:?}"
+    );
+    assert_eq!(c.dump("shop"), before);
+    assert_eq!(db_state(&c), state);
+    assert_eq!(guard_dbs(&c), "");
+    let snaps = snapshots_pg(&env, &c);
+    let pre = snaps
+        .iter()
+        .find(|s| s["kind"] == "pre-run")
+        .expect("the pre-run snapshot is complete");
+    assert!(snaps.iter().any(|s| s["kind"] == "rescue"), "{snaps:?}");
+    let v = run_with_pg(&env, &c, &["verify".into(), pre["id"].as_str().unwrap().into()]);
+    assert_eq!(v.code, 0, "{v:?}");
+}
