@@ -602,3 +602,48 @@ fn a_command_failing_after_the_clone_dump_is_stored_keeps_the_snapshot_and_renam
     let v = run_with_pg(&env, &c, &["verify".into(), pre["id"].as_str().unwrap().into()]);
     assert_eq!(v.code, 0, "{v:?}");
 }
+
+/// Not a superuser: a role with `CREATEDB` that owns its database gets the clone run too — it
+/// restricts `CONNECT` on the clone to itself, ends its own dump sessions, and the swap puts
+/// the live ACL back.
+#[test]
+fn a_clone_run_as_the_databases_owner_without_superuser_restores_by_rename() {
+    let c = Cluster::start();
+    c.psql("postgres", "CREATE ROLE app_owner LOGIN CREATEDB");
+    c.psql("postgres", "CREATE DATABASE app OWNER app_owner");
+    c.psql(
+        "app",
+        "SET ROLE app_owner; CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 1000) g; RESET ROLE; COMMENT ON DATABASE app IS 'the app'",
+    );
+    let before = c.dump("app");
+    let acl = || {
+        c.psql("postgres", "SELECT pg_get_userbyid(datdba) || ' ' || coalesce(datacl, acldefault('d', datdba))::text || ' ' || coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database WHERE datname = 'app'")
+    };
+    let state = acl();
+    let env = Env::new();
+    env.write(
+        "guard.toml",
+        &format!(
+            "name = \"app\"\nstore = \"backups\"\n[[target]]\nname = \"app\"\nkind = \"postgres\"\nurl = \"postgres://app_owner@/app?host={}&port={}\"\nsnapshot = \"clone\"\n",
+            c.sock().display(),
+            c.port
+        ),
+    );
+    let cmd = psql_cmd(&c, "DELETE FROM t WHERE id > 10; SELECT 1/0;");
+    let args: Vec<&str> = std::iter::once("--yes").chain(cmd.iter().map(|s| s.as_str())).collect();
+    let r: Run = env
+        .cmd(&args)
+        .env("PGHOST", c.sock())
+        .env("PGPORT", c.port.to_string())
+        .env("PGUSER", "app_owner")
+        .env("PGDATABASE", "app")
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("hot copy renamed into place"), "{r:?}");
+    assert_eq!(c.dump("app"), before, "the database came back exactly");
+    // The ACL compared as in effect: one never set (NULL, the default) comes back written out.
+    assert_eq!(acl(), state, "owner, ACL and comment too");
+    assert_eq!(guard_dbs(&c), "");
+}
