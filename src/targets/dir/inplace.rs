@@ -186,6 +186,7 @@ fn stage(
             bail!("the artifact holds {:?} of a kind guard never writes ({et:?})", raw);
         }
     }
+    super::tree::drain(a.into_inner())?;
     Ok(out)
 }
 

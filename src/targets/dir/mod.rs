@@ -229,6 +229,7 @@ impl DirTarget {
                 ar.set_preserve_ownerships(inplace::running_as_root() && !untrusted);
                 ar.set_overwrite(true);
                 ar.unpack(&unpack_to)?;
+                tree::drain(ar.into_inner())?;
                 Ok(())
             });
             let r = crate::artifact::read_artifact(store, a, writer);
@@ -616,6 +617,7 @@ impl Target for DirTarget {
             ar.set_preserve_permissions(true);
             ar.set_mask(mask);
             ar.unpack(&unpack_to)?;
+            tree::drain(ar.into_inner())?;
             Ok(())
         });
         let r = crate::artifact::read_artifact(store, a, writer);

@@ -313,5 +313,12 @@ pub(super) fn listing_of_tar(r: impl Read) -> Result<Vec<FileEntry>> {
             out.push(symlink_entry(path, link, mode));
         }
     }
+    drain(a.into_inner())?;
     Ok(out)
+}
+
+/// Read what follows the end of a tar archive (tar stops at the first of its two zero blocks)
+/// to the end of the stream, so the writer feeding it through a pipe never meets a closed pipe.
+pub(super) fn drain(mut r: impl Read) -> std::io::Result<()> {
+    std::io::copy(&mut r, &mut std::io::sink()).map(|_| ())
 }
