@@ -108,6 +108,10 @@ fn hot_env(extra: &str) -> Env {
 const BREAK: &str =
     "echo BAD > data/a.json; rm -r data/sub; echo new > data/new.json; chmod 600 data/run.sh; ln -sfn a.json data/link; exit 3";
 
+/// [`BREAK`] once the pre-run snapshot is complete in the store (its artifact is written while
+/// the command runs).
+const BREAK_STORED: &str = "until [ -e backups/snapshots/*/manifest.json ]; do sleep 0.05; done; echo BAD > data/a.json; rm -r data/sub; echo new > data/new.json; chmod 600 data/run.sh; ln -sfn a.json data/link; exit 3";
+
 fn id_of(env: &Env, kind: &str) -> String {
     let snaps = snapshots(env);
     let s: Vec<_> = snaps.iter().filter(|s| s["kind"] == kind).collect();
@@ -129,7 +133,7 @@ fn failed_run_restores_by_rename(no_exchange: bool) {
     let before = full_tree(&data);
     let ino_before = std::fs::metadata(&data).unwrap().ino();
 
-    let mut c = env.cmd(&["--", "sh", "-c", BREAK]);
+    let mut c = env.cmd(&["--", "sh", "-c", BREAK_STORED]);
     if no_exchange {
         c.env("GUARD_TEST_NO_RENAME_EXCHANGE", "1");
     }
@@ -319,5 +323,232 @@ fn sigkill_during_the_restore_by_rename_then_recover_puts_the_tree_back() {
         // The failed tree is in a rescue snapshot.
         let rescues: Vec<_> = snapshots(&env).into_iter().filter(|s| s["kind"] == "rescue").collect();
         assert!(!rescues.is_empty(), "{point}");
+    }
+}
+
+// --- The deferred store artifact (issue 17, added downtime) --------------------------------
+//
+// The command starts once the hot copy is verified; the tar for the store is written from it
+// while the command runs. `GUARD_TEST_HOLD=deferred-artifact` holds that write until the file
+// `GUARD_TEST_HOLD_RELEASE` exists (or the command failed).
+
+/// `env.guard(args)` with the deferred store write held until `release` exists.
+fn held(env: &Env, release: &str, args: &[&str]) -> Run {
+    env.cmd(args)
+        .env("GUARD_TEST_HOLD", "deferred-artifact")
+        .env("GUARD_TEST_HOLD_RELEASE", env.path(release))
+        .output()
+        .unwrap()
+        .into()
+}
+
+/// Every object under the store's `snapshots/`, by path.
+fn store_objects(env: &Env) -> Vec<String> {
+    let base = env.path("backups");
+    let mut v: Vec<String> = walkdir::WalkDir::new(base.join("snapshots"))
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.path().strip_prefix(&base).unwrap().display().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_kept_run_starts_the_command_before_the_tree_is_in_the_store_and_exits_once_it_is_verified() {
+    let env = hot_env("");
+    let data = env.path("data");
+    let before = full_tree_at(&data, false);
+    // The command sees the hot copy and nothing in the store yet, records that, changes the
+    // tree, and lets the held store write go on.
+    let r = held(
+        &env,
+        "go",
+        &[
+            "--",
+            "sh",
+            "-c",
+            "ls -d .data.guard-hot-* > seen && ls backups/snapshots/*/* >> seen 2>/dev/null; echo changed > data/a.json; rm -r data/sub; touch go",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("written into the store while the command runs"),
+        "{r:?}"
+    );
+    let seen = std::fs::read_to_string(env.path("seen")).unwrap();
+    assert!(seen.starts_with(".data.guard-hot-"), "the hot copy existed: {seen}");
+    assert_eq!(seen.lines().count(), 1, "nothing was in the store yet: {seen}");
+    let id = id_of(&env, "pre-run");
+    assert!(
+        store_objects(&env).contains(&format!("snapshots/{id}/manifest.json")),
+        "complete when guard exited: {:?}",
+        store_objects(&env)
+    );
+    assert!(guard_files(&env).is_empty(), "{:?}", guard_files(&env));
+    let v = env.guard(&["verify", &id]);
+    assert_eq!(v.code, 0, "{v:?}");
+    let back = env.guard(&["restore", &id, "--yes", "--no-rescue"]);
+    assert_eq!(back.code, 0, "{back:?}");
+    let full = full_tree_at(&data, false);
+    for (k, v) in before
+        .iter()
+        .filter(|(_, v)| !v.starts_with("dir ") && !v.starts_with("root "))
+    {
+        assert_eq!(&full[k], v, "{k}: the deferred artifact holds the pre-run tree");
+    }
+    assert_eq!(tree(&data), tree_of(&before));
+}
+
+#[test]
+fn a_command_failing_before_the_tree_is_in_the_store_is_restored_from_the_hot_copy() {
+    let env = hot_env("");
+    let data = env.path("data");
+    let before = full_tree(&data);
+    let r = held(&env, "never", &["--", "sh", "-c", BREAK]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stderr.contains("hot copy renamed into place"), "{r:?}");
+    assert_eq!(full_tree(&data), before, "back exactly, without any store artifact");
+    assert!(guard_files(&env).is_empty(), "{:?}", guard_files(&env));
+    // The store holds the rescue snapshot only: the incomplete pre-run snapshot was removed.
+    let snaps = snapshots(&env);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert_eq!(snaps[0]["kind"], "rescue");
+    let rescue = snaps[0]["id"].as_str().unwrap();
+    assert!(
+        store_objects(&env)
+            .iter()
+            .all(|o| o.starts_with(&format!("snapshots/{rescue}/"))),
+        "{:?}",
+        store_objects(&env)
+    );
+    let status = env.guard(&["status"]);
+    assert_eq!(status.code, 0, "nothing needs attention: {status:?}");
+}
+
+#[test]
+fn a_hot_copy_changed_before_the_tree_is_in_the_store_restores_nothing_and_says_so() {
+    let env = hot_env("");
+    let r = held(
+        &env,
+        "never",
+        &[
+            "--",
+            "sh",
+            "-c",
+            "echo BAD > data/a.json; for d in .data.guard-hot-*; do echo garbage >> \"$d/f03.json\"; done; exit 3",
+        ],
+    );
+    assert_eq!(r.code, 80, "{r:?}");
+    assert!(r.stderr.contains("hot copy was not used"), "{r:?}");
+    assert!(
+        r.stderr.contains("the hot copy was the only copy of the pre-run state")
+            && r.stderr.contains("nothing was restored"),
+        "{r:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.path("data/a.json")).unwrap(),
+        "BAD\n",
+        "left as the command made it"
+    );
+    let status = env.guard(&["status"]);
+    assert_eq!(status.code, 82, "{status:?}");
+}
+
+/// The store write fails after the command and every check passed (the command puts a
+/// directory where the artifact goes): exit 83, the changes and the hot copy kept, new runs
+/// refused; `recover` renames the hot copy back, `recover --keep` accepts and removes it.
+#[test]
+fn a_store_write_that_fails_after_a_kept_run_exits_83_and_keeps_the_hot_copy_until_recover() {
+    for keep in [false, true] {
+        let env = hot_env("");
+        let data = env.path("data");
+        let before = full_tree(&data);
+        let r = held(
+            &env,
+            "go",
+            &[
+                "--",
+                "sh",
+                "-c",
+                "id=$(python3 -c \"import glob, json; print(json.load(open(glob.glob('backups/runs/*/journal.json')[0]))['snapshot_id'])\") && mkdir -p backups/snapshots/$id/data.tar.gz && echo changed > data/a.json && touch go",
+            ],
+        );
+        assert_eq!(r.code, 83, "{keep}: {r:?}");
+        assert!(r.stderr.contains("its changes are kept"), "{r:?}");
+        assert_eq!(std::fs::read_to_string(data.join("a.json")).unwrap(), "changed\n");
+        assert_eq!(
+            guard_files(&env).len(),
+            1,
+            "the hot copy is kept: {:?}",
+            guard_files(&env)
+        );
+        assert_eq!(env.guard(&["--", "true"]).code, 82);
+        for e in std::fs::read_dir(env.path("backups/snapshots")).unwrap() {
+            let _ = std::fs::remove_dir(e.unwrap().path().join("data.tar.gz"));
+        }
+        let args: &[&str] = if keep {
+            &["recover", "--keep", "--yes"]
+        } else {
+            &["recover", "--yes"]
+        };
+        let rec = env.guard(args);
+        assert_eq!(rec.code, 0, "{keep}: {rec:?}");
+        if keep {
+            assert_eq!(
+                std::fs::read_to_string(data.join("a.json")).unwrap(),
+                "changed\n",
+                "accepted"
+            );
+        } else {
+            assert!(rec.stderr.contains("renamed into place"), "{rec:?}");
+            assert_eq!(full_tree(&data), before, "the hot copy brought the pre-run tree back");
+        }
+        assert!(guard_files(&env).is_empty(), "{keep}: {:?}", guard_files(&env));
+        assert_eq!(env.guard(&["status"]).code, 0, "{keep}");
+    }
+}
+
+/// SIGKILL while the tree's store artifact is still being written (command running, checks,
+/// waiting for the store): `status` names the hot copy, `recover` renames it back.
+#[test]
+fn sigkill_while_the_tree_is_written_into_the_store_then_recover_restores_from_the_hot_copy() {
+    for point in ["command-running", "checking", "storing"] {
+        let env = hot_env("");
+        let data = env.path("data");
+        let before = full_tree(&data);
+        let pause = env.path("paused.pid");
+        let mut child = env
+            .cmd(&["--", "sh", "-c", "echo changed > data/a.json; rm -r data/sub"])
+            .env("GUARD_TEST_HOLD", "deferred-artifact")
+            .env("GUARD_TEST_HOLD_RELEASE", env.path("never"))
+            .env("GUARD_TEST_PAUSE", point)
+            .env("GUARD_TEST_PAUSE_FILE", &pause)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !pause.exists() {
+            assert!(child.try_wait().unwrap().is_none(), "{point}: guard finished first");
+            assert!(Instant::now() < deadline, "{point}: never reached");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        assert!(snapshots(&env).is_empty(), "{point}: no complete snapshot");
+        let status = env.guard(&["status", "--json"]);
+        assert_eq!(status.code, 82, "{point}: {status:?}");
+        assert!(
+            status.stdout.contains("guard-hot-"),
+            "{point}: names the hot copy: {status:?}"
+        );
+        let r = env.guard(&["recover", "--yes"]);
+        assert_eq!(r.code, 0, "{point}: {r:?}");
+        assert!(r.stderr.contains("never reached the store"), "{point}: {r:?}");
+        assert_eq!(full_tree(&data), before, "{point}: the tree is back");
+        assert!(guard_files(&env).is_empty(), "{point}: {:?}", guard_files(&env));
+        assert_eq!(env.guard(&["status"]).code, 0, "{point}");
     }
 }

@@ -46,9 +46,9 @@ fn sigkill_in_every_phase_then_status_and_recover_bring_targets_back() {
         ("snapshot-verified", "snapshot-verified", false),
         ("command-running", "command-running", false),
         ("checking", "checking", true),
-        // Issue 17: the SQLite target's store artifact is written while the command runs; killed
-        // before it exists, recover restores the database from its hot copy and the directory
-        // from its store artifact, written before the command.
+        // Issue 17: both targets' store artifacts are written while the command runs; killed
+        // before they exist, recover restores the database and the directory from their hot
+        // copies.
         ("held:command-running", "command-running", false),
         ("held:checking", "checking", true),
         // Issue 17: the SQLite target is put back by renaming its hot copy, the failed state

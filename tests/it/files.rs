@@ -94,6 +94,10 @@ fn symlinked_sqlite_and_dir_targets_restore_the_real_data_and_keep_the_links() {
     assert_eq!(r.code, 5, "{r:?}");
     assert!(r.stderr.contains("verified"), "{r:?}");
     assert!(
+        r.stderr.contains("hot copy renamed into place"),
+        "the directory came back by rename, its hot copy beside the real one: {r:?}"
+    );
+    assert!(
         is_symlink(&env.path("data")) && is_symlink(&env.path("app.db")),
         "links kept: {r:?}"
     );

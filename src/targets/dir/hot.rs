@@ -435,6 +435,8 @@ impl super::DirTarget {
             rec.meta.insert("hot_skipped".into(), why);
             return Ok(None);
         }
+        // Beside the directory itself: a symlinked `path` is followed, as a restore follows it.
+        let root = &self.live_dir()?;
         let copy = match create(root, tag, filter) {
             Ok(p) => p,
             Err(why) => {
@@ -495,6 +497,39 @@ impl super::DirTarget {
         Ok(artifact)
     }
 
+    /// The hot copy at `copy` is the verified snapshot from here (its identity is recorded and
+    /// journaled): its store artifact is written while the command runs
+    /// ([`crate::targets::Target::write_deferred`]), `None` — unless a local store has less room
+    /// than the uncompressed tree (plus 1/16 and 16 MiB): then it is written now, before the
+    /// command, so a full store still stops the run before it starts.
+    pub(super) fn store_now(
+        &self,
+        ctx: &crate::targets::SnapshotCtx,
+        rec: &mut crate::manifest::TargetRecord,
+        copy: &Path,
+        listing: &[FileEntry],
+    ) -> Result<Option<crate::manifest::Artifact>> {
+        let raw: u64 = listing.iter().map(|f| f.size).sum();
+        let room = match ctx.store.local_root() {
+            Some(root) => crate::targets::sqlite::hot::store_room(root, raw),
+            None => Ok(()),
+        };
+        match room {
+            Ok(()) => Ok(None),
+            Err(why) => {
+                rec.meta.insert("defer_skipped".into(), why);
+                let want = rec.meta.get("hot_id").cloned().unwrap_or_default();
+                Ok(Some(self.store_hot(
+                    ctx,
+                    copy,
+                    &want,
+                    listing,
+                    &AtomicBool::new(false),
+                )?))
+            }
+        }
+    }
+
     /// The deferred store artifact of a pre-run snapshot: the hot copy's tar ([`Self::store_hot`]).
     pub(super) fn write_hot(
         &self,
@@ -551,7 +586,7 @@ impl super::DirTarget {
             return Ok(Some(aside));
         }
         if !exists(&copy) {
-            return Ok(None);
+            bail!("the hot copy {} is gone", copy.display());
         }
         check(&copy, want, "after it was taken")?;
         let live_there = exists(&live);

@@ -554,11 +554,7 @@ impl Target for DirTarget {
         let hot = self.hot_copy(ctx, &mut rec, &root, &items, &filter)?;
         let taken = (|| -> Result<(Vec<crate::manifest::FileEntry>, Option<crate::manifest::Artifact>)> {
             let (listing, artifact) = match &hot {
-                Some((copy, listing)) => {
-                    let want = rec.meta.get("hot_id").cloned().unwrap_or_default();
-                    let a = self.store_hot(ctx, copy, &want, listing, &std::sync::atomic::AtomicBool::new(false))?;
-                    (listing.clone(), Some(a))
-                }
+                Some((copy, listing)) => (listing.clone(), self.store_now(ctx, &mut rec, copy, listing)?),
                 None => {
                     let (l, a) = self.store_live(ctx, &root, &items, &filter)?;
                     (l, Some(a))
