@@ -544,6 +544,13 @@ fn sigkill_while_the_tree_is_written_into_the_store_then_recover_restores_from_t
             status.stdout.contains("guard-hot-"),
             "{point}: names the hot copy: {status:?}"
         );
+        let p = env.guard(&["prune", "--yes"]);
+        assert_eq!(p.code, 0, "{point}: {p:?}");
+        assert!(
+            guard_files(&env).iter().any(|n| n.starts_with(".data.guard-hot-")),
+            "{point}: prune keeps the hot copy of the unrecovered run: {:?}",
+            guard_files(&env)
+        );
         let r = env.guard(&["recover", "--yes"]);
         assert_eq!(r.code, 0, "{point}: {r:?}");
         assert!(r.stderr.contains("never reached the store"), "{point}: {r:?}");

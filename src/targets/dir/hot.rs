@@ -130,6 +130,14 @@ pub(super) fn identity(root: &Path) -> Result<String> {
     Ok(format!("{}:{}:{n}:{}", top.dev(), top.ino(), hex::encode(h.finalize())))
 }
 
+/// Is the directory at `p` the root (device and inode) of the tree identity `id` names?
+fn is_root_of(p: &Path, id: &str) -> bool {
+    let Ok(m) = fs::symlink_metadata(p) else {
+        return false;
+    };
+    m.is_dir() && id.split(':').take(2).eq([m.dev().to_string(), m.ino().to_string()])
+}
+
 /// Bytes a copy of the tree at `live` takes (files rounded up to 4 KiB, 4 KiB per directory
 /// and link), from a stat pass.
 fn tree_bytes(live: &Path, filter: &Filter) -> Result<u64> {
@@ -547,7 +555,8 @@ impl super::DirTarget {
         Ok(())
     }
 
-    /// Is the live tree the hot copy `rec` records, renamed into place and unchanged since?
+    /// Is the live tree the hot copy `rec` records, renamed into place and unchanged since? (Its
+    /// root's device and inode first: the stat pass over the whole tree only when they match.)
     pub(super) fn renamed_in(&self, rec: &crate::manifest::TargetRecord) -> bool {
         let Some(want) = rec.meta.get("hot_id") else {
             return false;
@@ -555,7 +564,7 @@ impl super::DirTarget {
         let Ok(live) = self.restore_dest(rec) else {
             return false;
         };
-        fs::symlink_metadata(&live).is_ok_and(|m| m.is_dir()) && identity(&live).is_ok_and(|got| &got == want)
+        is_root_of(&live, want) && identity(&live).is_ok_and(|got| &got == want)
     }
 
     /// Put `rec` back by renaming run `tag`'s hot copy into place ([module docs](self)).
@@ -616,8 +625,9 @@ impl super::DirTarget {
             }
         }
         crate::store::local::sync_dir(&parent)?;
-        // The proof: the live path names the hot copy, unchanged.
-        if !self.renamed_in(rec) {
+        // The proof: the live path names the root of the hot copy whose stat pass was just
+        // checked (a rename changes no entry below it).
+        if !is_root_of(&live, want) {
             bail!("{} is not the hot copy after the rename", live.display());
         }
         Ok(Some(aside))
