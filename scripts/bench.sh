@@ -325,7 +325,7 @@ TOML
     {
         echo "## guard time to recovery — $(date -u +%Y-%m-%dT%H:%MZ), $cores cores, $ROUNDS rounds (medians)"
         echo
-        echo "Time to recovery: the failed command's exit → guard's last \"restored and verified\" line. Added downtime: guard start → command start. \"guard\" keeps a hot copy (SQLite) or a clone (PostgreSQL \`snapshot = \"clone\"\`); \"without\" is the path without one (SQLite: \`GUARD_TEST_HOT_FREE=0\`; PostgreSQL: \`snapshot = \"dump\"\`; directories have no hot copy yet)."
+        echo "Time to recovery: the failed command's exit → guard's last \"restored and verified\" line. Added downtime: guard start → command start. \"guard\" keeps a hot copy (SQLite, directories) or a clone (PostgreSQL \`snapshot = \"clone\"\`); \"without\" is the path without one (SQLite and directories: \`GUARD_TEST_HOT_FREE=0\`; PostgreSQL: \`snapshot = \"dump\"\`)."
         echo
         echo "| case | size | guard | guard without hot copy | recipe | recipe time | ratio | ratio without |"
         echo "|---|---|---|---|---|---|---|---|"

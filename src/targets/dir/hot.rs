@@ -295,6 +295,13 @@ fn copy_file(src: &Path, dst: &Path, before: &fs::Metadata, buf: &mut [u8]) -> R
         }
         n += k as u64;
     }
+    if !reflinked {
+        // Start writing it back now, while the next files are copied: the `syncfs` at the end
+        // then waits for less.
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid open descriptor; the call only schedules writeback.
+        unsafe { libc::sync_file_range(to.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+    }
     let after = from.metadata()?;
     if n != before.size()
         || after.size() != before.size()
@@ -600,12 +607,18 @@ impl super::DirTarget {
         check(&copy, want, "after it was taken")?;
         let live_there = exists(&live);
         if live_there && fs::metadata(&live).is_ok_and(|m| m.is_dir()) && !self.swappable(&live) {
-            return Ok(None);
+            bail!(
+                "{} is now guard's working directory, a mount point or holds guard's store",
+                live.display()
+            );
         }
         if exists(&aside) && live_there {
             // An earlier attempt set a failed state aside already: it is kept as it is
             // (`guard recover` names it), and this restore takes the path through the store.
-            return Ok(None);
+            bail!(
+                "an earlier restore set a failed state aside in {}, which is kept",
+                aside.display()
+            );
         }
         // The restored root keeps the live directory's own mode and owner (R17).
         let like = if live_there { live.clone() } else { aside.clone() };
