@@ -646,3 +646,72 @@ impl super::DirTarget {
         Ok(Some(aside))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("t/sub")).unwrap();
+        fs::write(d.path().join("t/a"), "a").unwrap();
+        fs::write(d.path().join("t/sub/b"), "b").unwrap();
+        std::os::unix::fs::symlink("a", d.path().join("t/l")).unwrap();
+        d
+    }
+
+    #[test]
+    fn identity_changes_with_any_write_chmod_or_new_entry_and_not_with_a_read() {
+        let d = tree();
+        let t = d.path().join("t");
+        let id = identity(&t).unwrap();
+        assert_eq!(fs::read_to_string(t.join("sub/b")).unwrap(), "b");
+        assert_eq!(identity(&t).unwrap(), id, "a read changes nothing");
+        let changes: [&dyn Fn(); 4] = [
+            &|| fs::write(t.join("sub/b"), "b").unwrap(),
+            &|| fs::set_permissions(t.join("a"), fs::Permissions::from_mode(0o600)).unwrap(),
+            &|| fs::write(t.join("sub/new"), "").unwrap(),
+            &|| fs::remove_file(t.join("l")).unwrap(),
+        ];
+        let mut last = id;
+        for (i, change) in changes.iter().enumerate() {
+            // ctime has a clock tick's resolution: step past it so that a rewrite of the same
+            // bytes is still a change.
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            change();
+            let now = identity(&t).unwrap();
+            assert_ne!(now, last, "change {i}");
+            last = now;
+        }
+    }
+
+    #[test]
+    fn the_root_is_named_by_device_and_inode_and_survives_a_rename() {
+        let d = tree();
+        let t = d.path().join("t");
+        let id = identity(&t).unwrap();
+        assert!(is_root_of(&t, &id));
+        fs::rename(&t, d.path().join("u")).unwrap();
+        assert!(is_root_of(&d.path().join("u"), &id));
+        assert_eq!(
+            identity(&d.path().join("u")).unwrap(),
+            id,
+            "a rename of the root changes no entry"
+        );
+        fs::create_dir(&t).unwrap();
+        assert!(!is_root_of(&t, &id));
+    }
+
+    #[test]
+    fn names_are_siblings_and_a_run_id_cannot_leave_the_directory() {
+        let live = Path::new("/srv/app/data");
+        assert_eq!(hot_path(live, "r1").unwrap(), Path::new("/srv/app/.data.guard-hot-r1"));
+        assert_eq!(
+            aside_entry(live, "r1").unwrap(),
+            Path::new("/srv/app/.data.guard-failed-r1/data")
+        );
+        for bad in ["", "../x", "a/b", ".."] {
+            assert!(hot_path(live, bad).is_none(), "{bad:?}");
+        }
+    }
+}
