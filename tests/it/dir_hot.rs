@@ -206,11 +206,9 @@ fn a_kept_run_leaves_no_hot_copy_and_its_snapshot_restores_the_tree() {
         "the store artifact holds the pre-run tree"
     );
     let full = full_tree_at(&data, false);
-    // (An unpack from the store sets the mtimes of files, not of directories.)
-    for (k, v) in before
-        .iter()
-        .filter(|(_, v)| !v.starts_with("dir ") && !v.starts_with("root "))
-    {
+    // Every entry's mtime (to the second: a tar's) and owner, directories' too; the root keeps
+    // the live directory's.
+    for (k, v) in before.iter().filter(|(k, _)| k.as_str() != ".") {
         assert_eq!(&full[k], v, "{k}: mtime and owner too");
     }
     let r = env.guard(&["--no-restore", "--", "false"]);
@@ -234,7 +232,25 @@ fn without_room_for_a_hot_copy_the_run_says_so_and_restores_from_the_store() {
     assert!(r.stderr.contains("a hot copy needs"), "{r:?}");
     assert!(!r.stderr.contains("renamed into place"), "{r:?}");
     assert_eq!(tree(&data), tree_of(&before));
+    // Unpacked from the store: mtimes to the second, directories' included.
+    let full = full_tree_at(&data, false);
+    for (k, v) in full_tree_at_secs(&before) {
+        assert_eq!(full[&k], v, "{k}");
+    }
     assert!(guard_files(&env).is_empty(), "{:?}", guard_files(&env));
+}
+
+/// A [`full_tree`] listing with whole-second mtimes, without the root.
+fn full_tree_at_secs(full: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    full.iter()
+        .filter(|(k, _)| k.as_str() != ".")
+        .map(|(k, v)| {
+            let (head, rest) = v.split_once(" mtime ").unwrap();
+            let (t, owner) = rest.split_once(' ').unwrap();
+            let secs = t.split('.').next().unwrap();
+            (k.clone(), format!("{head} mtime {secs}.000000000 {owner}"))
+        })
+        .collect()
 }
 
 /// Targets a rename cannot put back (`exclude`, several `paths`) say why they keep no hot copy
@@ -392,10 +408,7 @@ fn a_kept_run_starts_the_command_before_the_tree_is_in_the_store_and_exits_once_
     let back = env.guard(&["restore", &id, "--yes", "--no-rescue"]);
     assert_eq!(back.code, 0, "{back:?}");
     let full = full_tree_at(&data, false);
-    for (k, v) in before
-        .iter()
-        .filter(|(_, v)| !v.starts_with("dir ") && !v.starts_with("root "))
-    {
+    for (k, v) in before.iter().filter(|(k, _)| k.as_str() != ".") {
         assert_eq!(&full[k], v, "{k}: the deferred artifact holds the pre-run tree");
     }
     assert_eq!(tree(&data), tree_of(&before));
@@ -558,4 +571,45 @@ fn sigkill_while_the_tree_is_written_into_the_store_then_recover_restores_from_t
         assert!(guard_files(&env).is_empty(), "{point}: {:?}", guard_files(&env));
         assert_eq!(env.guard(&["status"]).code, 0, "{point}");
     }
+}
+
+/// SIGKILL while the hot copy is being made (the pre-run snapshot, before the command): the
+/// tree is untouched, `status` says guard stopped before the command, and `recover` closes the
+/// run and removes the copy; `guard prune` never removes it before that.
+#[test]
+fn sigkill_while_the_hot_copy_is_made_then_recover_removes_it() {
+    let env = hot_env("");
+    let data = env.path("data");
+    let before = full_tree(&data);
+    let pause = env.path("paused.pid");
+    let mut child = env
+        .cmd(&["--", "sh", "-c", BREAK])
+        .env("GUARD_TEST_PAUSE", "dir-hot-copied")
+        .env("GUARD_TEST_PAUSE_FILE", &pause)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pause.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "guard finished first");
+        assert!(Instant::now() < deadline, "never reached");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_eq!(guard_files(&env).len(), 1, "the partial copy: {:?}", guard_files(&env));
+    let status = env.guard(&["status"]);
+    assert_eq!(status.code, 82, "{status:?}");
+    assert!(status.stdout.contains("before the command started"), "{status:?}");
+    assert_eq!(env.guard(&["--", "true"]).code, 82, "a new run is refused first");
+    let p = env.guard(&["prune", "--yes"]);
+    assert_eq!(p.code, 0, "{p:?}");
+    assert_eq!(guard_files(&env).len(), 1, "prune keeps it until recover");
+    let r = env.guard(&["recover", "--yes"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(guard_files(&env).is_empty(), "{:?}", guard_files(&env));
+    assert_eq!(full_tree(&data), before, "the command never ran");
+    assert!(snapshots(&env).is_empty(), "no complete snapshot");
+    assert_eq!(env.guard(&["status"]).code, 0);
 }

@@ -459,7 +459,10 @@ impl super::DirTarget {
                 return Ok(None);
             }
         };
-        let copied = copy_tree(root, &copy, filter, self.setid_mask()).and_then(|l| Ok((l, identity(&copy)?)));
+        let copied = copy_tree(root, &copy, filter, self.setid_mask()).and_then(|l| {
+            crate::faults::test_pause("dir-hot-copied");
+            Ok((l, identity(&copy)?))
+        });
         match copied {
             Ok((listing, id)) => {
                 rec.meta.insert("hot".into(), tag.to_string());

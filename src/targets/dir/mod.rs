@@ -228,9 +228,7 @@ impl DirTarget {
                 // the record can be trusted with owners ([`owners`]).
                 ar.set_preserve_ownerships(inplace::running_as_root() && !untrusted);
                 ar.set_overwrite(true);
-                ar.unpack(&unpack_to)?;
-                tree::drain(ar.into_inner())?;
-                Ok(())
+                tree::unpack(ar, &unpack_to)
             });
             let r = crate::artifact::read_artifact(store, a, writer);
             let unpacked = consumer.join().map_err(|_| anyhow!("tar reader panicked"))?;
@@ -612,9 +610,7 @@ impl Target for DirTarget {
             let mut ar = tar::Archive::new(std::io::BufReader::new(reader));
             ar.set_preserve_permissions(true);
             ar.set_mask(mask);
-            ar.unpack(&unpack_to)?;
-            tree::drain(ar.into_inner())?;
-            Ok(())
+            tree::unpack(ar, &unpack_to)
         });
         let r = crate::artifact::read_artifact(store, a, writer);
         let unpacked = consumer.join().map_err(|_| anyhow!("tar reader panicked"))?;

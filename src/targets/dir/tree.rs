@@ -317,6 +317,47 @@ pub(super) fn listing_of_tar(r: impl Read) -> Result<Vec<FileEntry>> {
     Ok(out)
 }
 
+/// Unpack `ar` into `dst` as `tar::Archive::unpack` does (directories last, deepest first, so
+/// their modes never stop a child from being written), and then give every directory the mtime
+/// its header records (tar sets the mtimes of files and links only). Reads the stream to its end.
+pub(super) fn unpack<R: Read>(mut ar: tar::Archive<R>, dst: &Path) -> Result<()> {
+    let dst = &dst.canonicalize().unwrap_or_else(|_| dst.to_path_buf());
+    let mut dirs = Vec::new();
+    for e in ar.entries()? {
+        let mut e = e.context("failed to iterate over archive")?;
+        if e.header().entry_type() == tar::EntryType::Directory {
+            dirs.push(e);
+        } else {
+            e.unpack_in(dst)?;
+        }
+    }
+    dirs.sort_by(|a, b| b.path_bytes().cmp(&a.path_bytes()));
+    let mut times = Vec::new();
+    for mut d in dirs {
+        if d.unpack_in(dst)? {
+            let rel = d.path()?.into_owned();
+            // Only plain names below `dst` (unpack_in refused anything else already).
+            if rel.components().all(|c| matches!(c, std::path::Component::Normal(_))) {
+                times.push((dst.join(rel), d.header().mtime()?));
+            }
+        }
+    }
+    for (p, mtime) in times {
+        let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()))?;
+        let t = libc::timespec {
+            tv_sec: mtime as libc::time_t,
+            tv_nsec: 0,
+        };
+        // SAFETY: a NUL-terminated path and two timespecs; utimensat reads them only.
+        if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [t, t].as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("cannot set the mtime of {}", p.display()));
+        }
+    }
+    drain(ar.into_inner())?;
+    Ok(())
+}
+
 /// Read what follows the end of a tar archive (tar stops at the first of its two zero blocks)
 /// to the end of the stream, so the writer feeding it through a pipe never meets a closed pipe.
 pub(super) fn drain(mut r: impl Read) -> std::io::Result<()> {
