@@ -10,7 +10,7 @@
 //!
 //! Restore, fast path: a single directory that can be swapped whole is unpacked into a private
 //! sibling, checked against the manifest, and exchanged with the live tree in one
-//! `renameat2(RENAME_EXCHANGE)` ([`swap`]). Every other case — the working directory, a mount
+//! `renameat2(RENAME_EXCHANGE)` ([`staged`], [`swap`]). Every other case — the working directory, a mount
 //! point, the policy's own directory (or one holding the store), a target with exclusions,
 //! files, several paths — is restored in place ([`inplace`]): contents replaced, file by file.
 //!
@@ -22,6 +22,7 @@ pub mod config;
 mod hot;
 mod inplace;
 mod owners;
+mod staged;
 pub mod swap;
 mod tree;
 
@@ -34,12 +35,13 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use super::{Restored, SnapshotCtx, Target};
 use crate::manifest::{Fingerprint, TargetRecord};
-use crate::store::local::{create_dir_all_private, sync_dir};
+use crate::store::local::create_dir_all_private;
 use crate::store::Store;
 use crate::targets::{KindSpec, TargetSpec};
 pub use config::DirSpec;
 
-use tree::{compare_listings, fingerprint_of, listing_of_tar, scan, scan_items, write_tar, Filter};
+use staged::{is_replaced_by_file, root_meta};
+use tree::{compare_listings, fingerprint_of, listing_of_tar, scan_items, write_tar, Filter};
 
 pub struct DirTarget {
     spec: TargetSpec,
@@ -179,77 +181,6 @@ impl DirTarget {
             || inside(&self.policy_dir)
             || crate::store::state::local_dirs().iter().any(|d| inside(d)))
     }
-    /// The fast path: a verified tree (or file) takes the live name in one exchange.
-    fn restore_by_swap(&self, rec: &TargetRecord, store: &dyn Store, dest: &Path) -> Result<Restored> {
-        let dest = dest.to_path_buf();
-        let parent = dest.parent().unwrap_or(Path::new(".")).to_path_buf();
-        if rec.absent {
-            if fs::symlink_metadata(&dest).is_ok() {
-                let old = sibling(&dest, "old");
-                fs::rename(&dest, &old)?;
-                sync_dir(&parent)?;
-                swap::remove_any(&old)?;
-            }
-            return Ok(Restored::Done);
-        }
-        let a = rec
-            .artifacts
-            .first()
-            .ok_or_else(|| anyhow!("snapshot of {} has no artifact", rec.name))?;
-        fs::create_dir_all(&parent)?;
-        if is_replaced_by_file(rec) {
-            // A rescue of a directory the command had replaced with a file: put the file back.
-            let (f, tmp) = crate::store::local::private_temp_beside(&dest)?;
-            let result = (|| -> Result<()> {
-                let mut w = std::io::BufWriter::new(f);
-                crate::artifact::read_artifact(store, a, &mut w)?;
-                w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-                swap::swap_in(&tmp, &dest)
-            })();
-            if result.is_err() {
-                let _ = fs::remove_file(&tmp);
-            }
-            return result
-                .with_context(|| format!("restoring {}", self.path.display()))
-                .map(|()| Restored::Done);
-        }
-        let staging = sibling(&dest, "restore");
-        create_dir_all_private(&staging)?;
-        let result = (|| -> Result<()> {
-            let (reader, writer) = std::io::pipe()?;
-            let unpack_to = staging.clone();
-            let mask = self.setid_mask();
-            let untrusted = rec.untrusted;
-            let consumer = std::thread::spawn(move || -> Result<()> {
-                let mut ar = tar::Archive::new(std::io::BufReader::new(reader));
-                ar.set_preserve_permissions(true);
-                ar.set_mask(mask);
-                // As root, every entry goes back to its owner (elsewhere they are ours) — when
-                // the record can be trusted with owners ([`owners`]).
-                ar.set_preserve_ownerships(inplace::running_as_root() && !untrusted);
-                ar.set_overwrite(true);
-                tree::unpack(ar, &unpack_to)
-            });
-            let r = crate::artifact::read_artifact(store, a, writer);
-            let unpacked = consumer.join().map_err(|_| anyhow!("tar reader panicked"))?;
-            r?;
-            unpacked.context("unpacking")?;
-            compare_listings(&rec.files, &scan(&staging)?).context("unpacked tree differs from the manifest")?;
-            if rec.untrusted {
-                let metas = owners::from_live(&rec.files, &|p| dest.join(p), &dest, self.setid_mask());
-                owners::apply(&metas, &|p| staging.join(p))?;
-            }
-            root_meta(rec, &dest, &staging)?;
-            // The verified tree takes the live name in one exchange; the replaced one goes.
-            swap::swap_in(&staging, &dest)
-        })();
-        if result.is_err() && staging.exists() && !sibling_named(&dest, "swap").exists() {
-            let _ = fs::remove_dir_all(&staging);
-        }
-        result
-            .with_context(|| format!("restoring {}", self.path.display()))
-            .map(|()| Restored::Done)
-    }
 }
 
 /// The entries of `files` that `filter` does not exclude (a snapshot taken before a glob was
@@ -279,33 +210,6 @@ fn sibling(path: &Path, what: &str) -> PathBuf {
         n.file_name().expect("named").to_string_lossy(),
         rand::random::<u32>()
     ))
-}
-
-fn is_replaced_by_file(rec: &TargetRecord) -> bool {
-    rec.meta.get("replaced_by").map(String::as_str) == Some("file")
-}
-
-/// The restored root directory's own mode and owner come from the live directory `live`, never
-/// from the store (R17: a record saying `mode = "777"` or another owner is not obeyed). When the
-/// command removed the directory, the recorded mode is used without setuid, setgid, sticky and
-/// group/other write bits, and the directory stays the running user's.
-fn root_meta(rec: &TargetRecord, live: &Path, staging: &Path) -> Result<()> {
-    match fs::metadata(live) {
-        Ok(m) if m.is_dir() => {
-            // Owner first: a chown may clear the mode's setgid bit.
-            let _ = std::os::unix::fs::chown(staging, Some(m.uid()), Some(m.gid()));
-            fs::set_permissions(staging, fs::Permissions::from_mode(m.permissions().mode() & 0o7777))?;
-        }
-        _ => {
-            let mode = rec
-                .meta
-                .get("mode")
-                .and_then(|m| u32::from_str_radix(m, 8).ok())
-                .unwrap_or(0o700);
-            fs::set_permissions(staging, fs::Permissions::from_mode(mode & 0o755))?;
-        }
-    }
-    Ok(())
 }
 
 impl DirTarget {
