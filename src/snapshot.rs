@@ -183,6 +183,11 @@ fn say_taken(ui: &Ui, name: &str, rec: &mut crate::manifest::TargetRecord, start
         .artifacts
         .iter()
         .fold((0, 0), |(r, s), a| (r + a.raw_bytes, s + a.bytes));
+    if let Some(why) = rec.meta.remove("hot_none") {
+        ui.info(&format!(
+            "  {name:<16} no hot copy ({why}); a restore after a failure comes from the store"
+        ));
+    }
     if let Some(why) = rec.meta.get("hot_skipped") {
         ui.warn(&format!(
             "target {}: no hot copy ({why}); a restore after a failure decompresses the snapshot from the store instead of renaming",

@@ -447,7 +447,8 @@ impl super::DirTarget {
             return Ok(None);
         }
         if let Some(why) = self.hot_refused(items, root) {
-            rec.meta.insert("hot_skipped".into(), why);
+            // The target's own shape, the same on every run: said, not warned about.
+            rec.meta.insert("hot_none".into(), why);
             return Ok(None);
         }
         // Beside the directory itself: a symlinked `path` is followed, as a restore follows it.
