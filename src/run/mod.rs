@@ -92,10 +92,13 @@ fn lifecycle(
     }
     let snap = pending.manifest.clone();
     let cancel = AtomicBool::new(false);
+    let worker_tid = std::sync::atomic::AtomicI32::new(0);
     std::thread::scope(|s| {
         let handle = (!pending.deferred().is_empty()).then(|| {
-            let (policy, store, cancel) = (cx.policy, cx.store, &cancel);
+            let (policy, store, cancel, tid) = (cx.policy, cx.store, &cancel, &worker_tid);
             s.spawn(move || {
+                // SAFETY: gettid has no preconditions.
+                tid.store(unsafe { libc::gettid() }, Ordering::Relaxed);
                 lower_priority();
                 crate::error::no_panic("the deferred snapshot", || {
                     snapshot::complete(policy, targets, store, pending, cancel)
@@ -105,6 +108,7 @@ fn lifecycle(
         let mut worker = Deferred {
             handle,
             cancel: &cancel,
+            tid: &worker_tid,
         };
         let r = after_snapshot(cx, targets, runner, opts, j, &snap, &before, &mut worker);
         // An early error (a journal that cannot be written): the store write stops too.
@@ -125,9 +129,32 @@ fn lifecycle(
 struct Deferred<'scope, 'a> {
     handle: Option<std::thread::ScopedJoinHandle<'scope, anyhow::Result<Manifest>>>,
     cancel: &'a AtomicBool,
+    /// The worker thread's id, once it runs (0 before).
+    tid: &'a std::sync::atomic::AtomicI32,
 }
 
 impl Deferred<'_, '_> {
+    /// The command is done and guard now only waits for the worker: it no longer needs to
+    /// yield to the command, so it gets guard's own CPU and I/O priority back (a kept run's
+    /// total would otherwise wait behind any other load). Raising a nice value back needs
+    /// `CAP_SYS_NICE` (root); without it the CPU priority stays lowered, the I/O one is raised.
+    fn hurry(&self) {
+        let tid = self.tid.load(Ordering::Relaxed);
+        if tid <= 0 || self.handle.as_ref().is_none_or(|h| h.is_finished()) {
+            return;
+        }
+        // SAFETY: plain syscalls on one of this process's threads; a refusal changes nothing.
+        unsafe {
+            *libc::__errno_location() = 0;
+            let own = libc::getpriority(libc::PRIO_PROCESS, 0);
+            if *libc::__errno_location() == 0 {
+                let _ = libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, own);
+            }
+            // ioprio_set(IOPRIO_WHO_PROCESS, the worker, IOPRIO_CLASS_BE << 13 | 4): the default.
+            let _ = libc::syscall(libc::SYS_ioprio_set, 1, tid, (2 << 13) | 4);
+        }
+    }
+
     /// Wait for the worker: `None` when there was none (the snapshot was complete before the
     /// command), else the complete snapshot or why it is not.
     fn wait(&mut self) -> Option<anyhow::Result<Manifest>> {
@@ -187,6 +214,7 @@ fn after_snapshot(
     match decide(code, checks_ok, opts.no_restore) {
         Decision::Keep => {
             if worker.handle.is_some() {
+                worker.hurry();
                 j.advance(cx.store, Phase::Storing, cx.ui).kind(Kind::Internal)?;
                 if !worker.handle.as_ref().is_some_and(|h| h.is_finished()) {
                     cx.ui.info(&format!(
@@ -209,6 +237,7 @@ fn after_snapshot(
         }
         Decision::KeepFailed { why, exit } => {
             // The failed state is kept, so the snapshot that undoes it must be complete.
+            worker.hurry();
             if let Some(r) = worker.wait() {
                 match r {
                     Ok(m) => stored(cx, &m, j),
