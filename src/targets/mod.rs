@@ -259,6 +259,30 @@ pub fn is_deferred(rec: &crate::manifest::TargetRecord) -> bool {
     !rec.absent && rec.artifacts.is_empty() && rec.meta.contains_key("hot")
 }
 
+/// The restore of `rec` when its store artifact was deferred (issue 17) and never written: only
+/// the hot copy (or clone) held that state. `in_place()`: a guard killed after renaming it into
+/// place left it there, which is this restore, done; otherwise nothing can be restored and
+/// nothing is changed. `None` when `rec` is not such a record (the restore reads the store).
+pub fn restore_unstored(
+    rec: &crate::manifest::TargetRecord,
+    what: &str,
+    held_in: &str,
+    in_place: impl FnOnce() -> Result<bool>,
+) -> Option<Result<Restored>> {
+    if !is_deferred(rec) {
+        return None;
+    }
+    Some(in_place().and_then(|there| {
+        if there {
+            return Ok(Restored::Done);
+        }
+        anyhow::bail!(
+            "target {}: snapshot of {what} never reached the store (it was being written from the {held_in}), and the {held_in} is not in place; nothing was changed",
+            rec.name
+        )
+    }))
+}
+
 /// A reader that fails once `cancel` is set: a deferred store write stops within one read.
 pub struct Cancellable<'a, R> {
     pub inner: R,

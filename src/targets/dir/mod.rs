@@ -547,17 +547,10 @@ impl Target for DirTarget {
     }
 
     fn restore(&self, rec: &TargetRecord, store: &dyn Store) -> Result<Restored> {
-        if crate::targets::is_deferred(rec) {
-            // No store artifact (issue 17): only the hot copy held this state. A guard killed
-            // after renaming it into place left it there: that is this restore, done.
-            if self.renamed_in(rec) {
-                return Ok(Restored::Done);
-            }
-            bail!(
-                "target {}: snapshot of {} never reached the store (its artifact was being written from the hot copy), and the hot copy is not in place; nothing was changed",
-                self.spec.name,
-                self.path.display()
-            );
+        if let Some(done) = crate::targets::restore_unstored(rec, &self.path.display().to_string(), "hot copy", || {
+            Ok(self.renamed_in(rec))
+        }) {
+            return done;
         }
         let (root, items) = self.layout_for(rec)?;
         let filter = self.filter(&root)?;

@@ -295,15 +295,9 @@ impl Target for PostgresTarget {
                 .execute(&format!("DROP DATABASE IF EXISTS {}", quote_ident(&db)))?;
             return Ok(Restored::Done);
         }
-        if super::is_deferred(rec) {
-            // No dump in the store (issue 17): only the clone held this state. A guard killed
-            // after renaming it into place left it there: that is this restore, done.
-            if self.clone_in_place(rec)? {
-                return Ok(Restored::Done);
-            }
-            bail!(
-                "target {name}: snapshot of database {db} never reached the store (its dump was being written from the clone), and the clone is not in place; nothing was changed"
-            );
+        let what = format!("database {db}");
+        if let Some(done) = super::restore_unstored(rec, &what, "clone", || self.clone_in_place(rec)) {
+            return done;
         }
         let a = rec
             .artifacts

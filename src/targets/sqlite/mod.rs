@@ -555,17 +555,10 @@ impl Target for SqliteTarget {
     }
 
     fn restore(&self, rec: &TargetRecord, store: &dyn Store) -> Result<Restored> {
-        if crate::targets::is_deferred(rec) {
-            // No store artifact (issue 17): only the hot copy held this state. A guard killed
-            // after renaming it into place left it there: that is this restore, done.
-            if self.renamed_in(rec) {
-                return Ok(Restored::Done);
-            }
-            bail!(
-                "target {}: snapshot of {} never reached the store (its artifact was being written from the hot copy), and the hot copy is not in place; nothing was changed",
-                self.spec.name,
-                self.path.display()
-            );
+        if let Some(done) = crate::targets::restore_unstored(rec, &self.path.display().to_string(), "hot copy", || {
+            Ok(self.renamed_in(rec))
+        }) {
+            return done;
         }
         let dest = self.restore_dest(rec)?;
         // Never replace a database, or delete its -journal/-wal, under a process using it.
