@@ -1,6 +1,6 @@
 //! guard: snapshot → run → verify → restore-on-failure for production data.
 //!
-//! `main.rs` parses arguments and calls [`run`]; this file is the module list and [`run`].
+//! `main.rs` parses arguments and calls [`run`] ([`cmd::execute`]); this file is the module list.
 //! Everything else lives in one module per concept:
 //!
 //! - [`cli`]: the command line; [`cmd`]: one file per subcommand (options → domain call → human
@@ -66,34 +66,5 @@ pub mod testing;
 pub mod ui;
 pub mod vars;
 
-/// Run the parsed command line; returns the process exit code.
-pub fn run(cli: cli::Cli) -> u8 {
-    process::private_umask();
-    auth::set_trust_unsigned(cli.trust_unsigned);
-    let mut ui = ui::Ui::new(cli.json);
-    ui.verbosity = match (cli.quiet, cli.verbose) {
-        (true, _) => ui::Verbosity::Quiet,
-        (_, true) => ui::Verbosity::Verbose,
-        _ => ui::Verbosity::Normal,
-    };
-    ui.lock_wait = cli.wait;
-    progress::enable(ui.wants_progress());
-    let opened = match &cli.log_file {
-        Some(p) => ui::open_log_file(p)
-            .map_err(|e| error::Failure::msg(error::Kind::Usage, format!("--log-file {}: {e}", p.display()))),
-        None => Ok(()),
-    };
-    match opened.and_then(|()| cmd::dispatch(cli, &ui)) {
-        Ok(code) => code,
-        Err(f) => {
-            let msg = secrets::redact(&format!("{:#}", f.error));
-            if ui.json && !f.reported {
-                ui::print_json(
-                    &serde_json::json!({"error": msg, "kind": f.kind.as_str(), "exit_code": f.kind.exit_code()}),
-                );
-            }
-            crate::errln!("{} {msg}", ui::paint(ui::color::FAIL, "guard: error:"));
-            f.kind.exit_code()
-        }
-    }
-}
+/// Run the parsed command line; returns the process exit code ([`cmd::execute`]).
+pub use cmd::execute as run;

@@ -149,6 +149,38 @@ pub fn resolve_id(catalog: &Catalog, policy: &Policy, id: &str) -> Result<String
     }
 }
 
+/// Run the parsed command line; returns the process exit code.
+pub fn execute(cli: Cli) -> u8 {
+    crate::process::private_umask();
+    crate::auth::set_trust_unsigned(cli.trust_unsigned);
+    let mut ui = crate::ui::Ui::new(cli.json);
+    ui.verbosity = match (cli.quiet, cli.verbose) {
+        (true, _) => crate::ui::Verbosity::Quiet,
+        (_, true) => crate::ui::Verbosity::Verbose,
+        _ => crate::ui::Verbosity::Normal,
+    };
+    ui.lock_wait = cli.wait;
+    crate::progress::enable(ui.wants_progress());
+    let opened = match &cli.log_file {
+        Some(p) => crate::ui::open_log_file(p)
+            .map_err(|e| Failure::msg(Kind::Usage, format!("--log-file {}: {e}", p.display()))),
+        None => Ok(()),
+    };
+    match opened.and_then(|()| dispatch(cli, &ui)) {
+        Ok(code) => code,
+        Err(f) => {
+            let msg = crate::secrets::redact(&format!("{:#}", f.error));
+            if ui.json && !f.reported {
+                crate::ui::print_json(
+                    &serde_json::json!({"error": msg, "kind": f.kind.as_str(), "exit_code": f.kind.exit_code()}),
+                );
+            }
+            crate::errln!("{} {msg}", crate::ui::paint(crate::ui::color::FAIL, "guard: error:"));
+            f.kind.exit_code()
+        }
+    }
+}
+
 /// Run the parsed command line.
 pub fn dispatch(cli: Cli, ui: &Ui) -> Result<u8, Failure> {
     if cli.sub.is_some() && (!cli.command.is_empty() || cli.dry_run || cli.no_restore) {
