@@ -204,8 +204,9 @@ fn say_taken(ui: &Ui, name: &str, rec: &mut crate::manifest::TargetRecord, start
         ui.info(&format!("  {:<16} absent (recorded as missing)", name));
     } else if is_deferred(rec) {
         ui.info(&format!(
-            "  {:<16} hot copy verified in {:.1}s (written into the store while the command runs)",
+            "  {:<16} {} verified in {:.1}s (written into the store while the command runs)",
             name,
+            crate::targets::held_in(rec),
             started.elapsed().as_secs_f64()
         ));
     } else {

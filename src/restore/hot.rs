@@ -42,9 +42,10 @@ pub(super) fn swap_hot_copies(
         match crate::error::no_panic(&format!("the swap of {}", rec.name), || t.swap_in(rec, &tag)) {
             Ok(Some(view)) => {
                 cx.ui.info(&format!(
-                    "  {:<16} restored and verified in {:.3}s (its hot copy renamed into place; the failed state set aside beside it)",
+                    "  {:<16} restored and verified in {:.3}s (its {} renamed into place; the failed state set aside beside it)",
                     rec.name,
-                    started.elapsed().as_secs_f64()
+                    started.elapsed().as_secs_f64(),
+                    crate::targets::held_in(rec)
                 ));
                 out.push((rec.name.clone(), view));
             }

@@ -378,10 +378,14 @@ fn take_snapshot(
         if deferred.is_empty() {
             String::new()
         } else {
-            format!(
-                " (the hot copy of {}; written into the store while the command runs)",
-                deferred.join(", ")
-            )
+            let held: Vec<String> = pending
+                .manifest
+                .targets
+                .iter()
+                .filter(|r| deferred.contains(&r.name))
+                .map(|r| format!("the {} of {}", crate::targets::held_in(r), r.name))
+                .collect();
+            format!(" ({}; written into the store while the command runs)", held.join(", "))
         },
         shell_words(&opts.command)
     ));

@@ -253,6 +253,16 @@ impl SnapshotCtx<'_> {
     }
 }
 
+/// What holds the pre-run state of a record with a hot copy, in words: a PostgreSQL target's
+/// is a clone database (its OID recorded), the others' a copy beside the live path.
+pub fn held_in(rec: &crate::manifest::TargetRecord) -> &'static str {
+    if rec.meta.contains_key("hot_oid") {
+        "clone"
+    } else {
+        "hot copy"
+    }
+}
+
 /// Is `rec` a record whose store artifact was deferred (a hot copy or clone holds its state, and
 /// nothing is in the store yet)?
 pub fn is_deferred(rec: &crate::manifest::TargetRecord) -> bool {

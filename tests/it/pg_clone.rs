@@ -96,7 +96,7 @@ fn postgres_clone_restores_by_rename_with_the_database_state_and_rescues_the_fai
     );
     assert_eq!(r.code, 1, "psql's own exit code passes through: {r:?}");
     assert!(
-        r.stderr.contains("hot copy renamed into place"),
+        r.stderr.contains("clone renamed into place"),
         "restored by rename: {r:?}"
     );
     assert_eq!(c.dump("shop"), before, "the database came back exactly");
@@ -262,6 +262,11 @@ touch go"#
         r.stderr.contains("written into the store while the command runs"),
         "{r:?}"
     );
+    // A clone is called one (not "hot copy", the SQLite and directory word).
+    assert!(
+        r.stderr.contains("clone verified") && r.stderr.contains("(the clone of shop;"),
+        "{r:?}"
+    );
     let seen = std::fs::read_to_string(env.path("seen")).unwrap();
     assert!(seen.starts_with("clone=guard_hot_"), "the clone existed: {seen}");
     assert_eq!(
@@ -318,7 +323,7 @@ fn a_command_failing_during_the_clone_dump_is_restored_by_rename_without_waiting
     );
     let r: Run = held_pg(&env, &c, "never", &cmd).output().unwrap().into();
     assert_eq!(r.code, 1, "psql's own exit code passes through: {r:?}");
-    assert!(r.stderr.contains("hot copy renamed into place"), "{r:?}");
+    assert!(r.stderr.contains("clone renamed into place"), "{r:?}");
     assert!(r.stderr.contains("its store artifact was still being written"), "{r:?}");
     assert_eq!(c.dump("shop"), before, "the database came back exactly");
     assert_eq!(
@@ -511,7 +516,7 @@ fn untouched_checks_of_a_clone_run_compare_fingerprints_read_before_the_command(
             .any(|l| l.contains("items and database untouched") && l.contains("FAIL")),
         "{r:?}"
     );
-    assert!(r.stderr.contains("hot copy renamed into place"), "{r:?}");
+    assert!(r.stderr.contains("clone renamed into place"), "{r:?}");
     assert_eq!(c.dump("shop"), before, "the database came back exactly");
     assert_eq!(db_state(&c), state);
     assert_eq!(guard_dbs(&c), "");
@@ -585,7 +590,7 @@ fn a_command_failing_after_the_clone_dump_is_stored_keeps_the_snapshot_and_renam
     );
     let r: Run = pg_cmd(&env, &c, &sh(&script)).output().unwrap().into();
     assert_eq!(r.code, 4, "{r:?}");
-    assert!(r.stderr.contains("hot copy renamed into place"), "{r:?}");
+    assert!(r.stderr.contains("clone renamed into place"), "{r:?}");
     assert!(
         !r.stderr.contains("still being written"),
         "the dump was stored first: {r:?}"
@@ -641,7 +646,7 @@ fn a_clone_run_as_the_databases_owner_without_superuser_restores_by_rename() {
         .unwrap()
         .into();
     assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains("hot copy renamed into place"), "{r:?}");
+    assert!(r.stderr.contains("clone renamed into place"), "{r:?}");
     assert_eq!(c.dump("app"), before, "the database came back exactly");
     // The ACL compared as in effect: one never set (NULL, the default) comes back written out.
     assert_eq!(acl(), state, "owner, ACL and comment too");
