@@ -9,8 +9,6 @@ use crate::files::tree;
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 /// [`tree`] plus every entry's mtime (ns) and owner, and the root's own mode and mtime.
 fn full_tree(root: &Path) -> BTreeMap<String, String> {
@@ -313,20 +311,8 @@ fn sigkill_during_the_restore_by_rename_then_recover_puts_the_tree_back() {
         let data = env.path("data");
         let before = full_tree(&data);
         let pause = env.path("paused.pid");
-        let mut child = env
-            .cmd(&["--", "sh", "-c", BREAK])
-            .env("GUARD_TEST_PAUSE", point)
-            .env("GUARD_TEST_PAUSE_FILE", &pause)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !pause.exists() {
-            assert!(child.try_wait().unwrap().is_none(), "{point}: guard finished first");
-            assert!(Instant::now() < deadline, "{point}: never reached");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let cmd = env.cmd(&["--", "sh", "-c", BREAK]);
+        let mut child = spawn_paused(cmd, point, &pause);
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         assert!(data.exists(), "{point}: the live path is never missing");
@@ -534,22 +520,10 @@ fn sigkill_while_the_tree_is_written_into_the_store_then_recover_restores_from_t
         let data = env.path("data");
         let before = full_tree(&data);
         let pause = env.path("paused.pid");
-        let mut child = env
-            .cmd(&["--", "sh", "-c", "echo changed > data/a.json; rm -r data/sub"])
-            .env("GUARD_TEST_HOLD", "deferred-artifact")
-            .env("GUARD_TEST_HOLD_RELEASE", env.path("never"))
-            .env("GUARD_TEST_PAUSE", point)
-            .env("GUARD_TEST_PAUSE_FILE", &pause)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !pause.exists() {
-            assert!(child.try_wait().unwrap().is_none(), "{point}: guard finished first");
-            assert!(Instant::now() < deadline, "{point}: never reached");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut cmd = env.cmd(&["--", "sh", "-c", "echo changed > data/a.json; rm -r data/sub"]);
+        cmd.env("GUARD_TEST_HOLD", "deferred-artifact")
+            .env("GUARD_TEST_HOLD_RELEASE", env.path("never"));
+        let mut child = spawn_paused(cmd, point, &pause);
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         assert!(snapshots(&env).is_empty(), "{point}: no complete snapshot");
@@ -584,20 +558,8 @@ fn sigkill_while_the_hot_copy_is_made_then_recover_removes_it() {
     let data = env.path("data");
     let before = full_tree(&data);
     let pause = env.path("paused.pid");
-    let mut child = env
-        .cmd(&["--", "sh", "-c", BREAK])
-        .env("GUARD_TEST_PAUSE", "dir-hot-copied")
-        .env("GUARD_TEST_PAUSE_FILE", &pause)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !pause.exists() {
-        assert!(child.try_wait().unwrap().is_none(), "guard finished first");
-        assert!(Instant::now() < deadline, "never reached");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let cmd = env.cmd(&["--", "sh", "-c", BREAK]);
+    let mut child = spawn_paused(cmd, "dir-hot-copied", &pause);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert_eq!(guard_files(&env).len(), 1, "the partial copy: {:?}", guard_files(&env));

@@ -420,8 +420,6 @@ fn a_session_reaching_the_clone_before_it_is_closed_makes_the_run_dump_the_live_
 /// back, ending what is left of guard's dump sessions, and drops nothing it needs.
 #[test]
 fn sigkill_while_the_clone_dump_is_written_then_recover_renames_the_clone_back() {
-    use std::process::Stdio;
-    use std::time::{Duration, Instant};
     let c = Cluster::start();
     c.createdb("shop");
     c.psql("shop", SHOP);
@@ -430,19 +428,8 @@ fn sigkill_while_the_clone_dump_is_written_then_recover_renames_the_clone_back()
     for point in ["command-running", "checking", "storing"] {
         let env = shop_env(&c, "");
         let pause = env.path("paused.pid");
-        let mut child = held_pg(&env, &c, "never", &psql_cmd(&c, "DELETE FROM item WHERE id > 100;"))
-            .env("GUARD_TEST_PAUSE", point)
-            .env("GUARD_TEST_PAUSE_FILE", &pause)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !pause.exists() {
-            assert!(child.try_wait().unwrap().is_none(), "{point}: guard finished first");
-            assert!(Instant::now() < deadline, "{point}: never reached");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let cmd = held_pg(&env, &c, "never", &psql_cmd(&c, "DELETE FROM item WHERE id > 100;"));
+        let mut child = spawn_paused(cmd, point, &pause);
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         assert!(snapshots_pg(&env, &c).is_empty(), "{point}: no complete snapshot");

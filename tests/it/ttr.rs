@@ -396,29 +396,15 @@ fn a_store_artifact_that_fails_after_a_kept_run_exits_83_and_keeps_the_hot_copy_
 /// state is, and `recover` brings it back from the hot copy (or `--keep` accepts).
 #[test]
 fn sigkill_while_the_store_artifact_is_written_then_recover_restores_from_the_hot_copy() {
-    use std::process::Stdio;
-    use std::time::{Duration, Instant};
     for point in ["command-running", "checking", "storing"] {
         let env = simple_env("");
         let db = env.path("app.db");
         let before = dump(&db);
         let pause = env.path("paused.pid");
-        let mut child = env
-            .cmd(&["--", "sqlite3", "app.db", "DELETE FROM payment"])
-            .env("GUARD_TEST_HOLD", "deferred-artifact")
-            .env("GUARD_TEST_HOLD_RELEASE", env.path("never"))
-            .env("GUARD_TEST_PAUSE", point)
-            .env("GUARD_TEST_PAUSE_FILE", &pause)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !pause.exists() {
-            assert!(child.try_wait().unwrap().is_none(), "{point}: guard finished first");
-            assert!(Instant::now() < deadline, "{point}: never reached");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut cmd = env.cmd(&["--", "sqlite3", "app.db", "DELETE FROM payment"]);
+        cmd.env("GUARD_TEST_HOLD", "deferred-artifact")
+            .env("GUARD_TEST_HOLD_RELEASE", env.path("never"));
+        let mut child = spawn_paused(cmd, point, &pause);
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         assert!(snapshots(&env).is_empty(), "{point}: no complete snapshot");
