@@ -276,12 +276,12 @@ pub fn is_deferred(rec: &crate::manifest::TargetRecord) -> bool {
 pub fn restore_unstored(
     rec: &crate::manifest::TargetRecord,
     what: &str,
-    held_in: &str,
     in_place: impl FnOnce() -> Result<bool>,
 ) -> Option<Result<Restored>> {
     if !is_deferred(rec) {
         return None;
     }
+    let held_in = held_in(rec);
     Some(in_place().and_then(|there| {
         if there {
             return Ok(Restored::Done);

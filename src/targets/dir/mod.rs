@@ -547,9 +547,9 @@ impl Target for DirTarget {
     }
 
     fn restore(&self, rec: &TargetRecord, store: &dyn Store) -> Result<Restored> {
-        if let Some(done) = crate::targets::restore_unstored(rec, &self.path.display().to_string(), "hot copy", || {
-            Ok(self.renamed_in(rec))
-        }) {
+        if let Some(done) =
+            crate::targets::restore_unstored(rec, &self.path.display().to_string(), || Ok(self.renamed_in(rec)))
+        {
             return done;
         }
         let (root, items) = self.layout_for(rec)?;

@@ -296,7 +296,7 @@ impl Target for PostgresTarget {
             return Ok(Restored::Done);
         }
         let what = format!("database {db}");
-        if let Some(done) = super::restore_unstored(rec, &what, "clone", || self.clone_in_place(rec)) {
+        if let Some(done) = super::restore_unstored(rec, &what, || self.clone_in_place(rec)) {
             return done;
         }
         let a = rec
