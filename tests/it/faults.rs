@@ -354,10 +354,13 @@ fn secrets_never_appear_in_output_logs_manifests_or_child_argv() {
     let secret = "s3cr3t-guard-token-4242";
     let env = simple_env("");
     let text = std::fs::read_to_string(env.path("guard.toml")).unwrap();
+    // The check compares the token with the secret written in two quoted halves: the policy's
+    // own text must not put the secret in the check's argv (the scan below would find it there).
+    let (head, tail) = secret.split_at(secret.len() - 1);
     env.write(
         "guard.toml",
         &format!(
-            "{text}\n[hooks]\nbefore = [\"test -n \\\"${{GUARD_FAULTS_API_TOKEN}}\\\"\"]\n\n[[check]]\nname = \"token works\"\ncommand = \"test \\\"${{GUARD_FAULTS_API_TOKEN}}\\\" = {secret}\"\n"
+            "{text}\n[hooks]\nbefore = [\"test -n \\\"${{GUARD_FAULTS_API_TOKEN}}\\\"\"]\n\n[[check]]\nname = \"token works\"\ncommand = \"test \\\"${{GUARD_FAULTS_API_TOKEN}}\\\" = '{head}''{tail}'\"\n"
         ),
     );
     let child = env
