@@ -330,6 +330,57 @@ fn sigkill_during_the_restore_by_rename_then_recover_puts_the_tree_back() {
     }
 }
 
+/// What [`BREAK`] leaves of the tree of [`hot_env`] (its changes, without the exit).
+fn failed_tree() -> BTreeMap<String, String> {
+    let env = hot_env("");
+    let r = std::process::Command::new("sh")
+        .current_dir(env.dir.path())
+        .args(["-c", BREAK.trim_end_matches("; exit 3")])
+        .status()
+        .unwrap();
+    assert!(r.success());
+    tree(&env.path("data"))
+}
+
+/// SIGKILL while restoring by rename, then `guard recover --keep` (accept the state the run
+/// left): nothing is deleted that holds the failed state. Killed between the exchange and the
+/// rename of the failed tree aside, the live path names the hot copy and the hot copy's name
+/// the failed tree: `--keep` sets that tree aside and says where (it deleted it as a hot copy).
+#[test]
+fn sigkill_during_the_restore_by_rename_then_recover_keep_keeps_the_failed_tree() {
+    let failed = failed_tree();
+    for point in ["dir-hot-swap", "dir-hot-exchanged", "swapped"] {
+        let env = hot_env("");
+        let data = env.path("data");
+        let before = tree(&data);
+        let pause = env.path("paused.pid");
+        let cmd = env.cmd(&["--", "sh", "-c", BREAK]);
+        let mut child = spawn_paused(cmd, point, &pause);
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let r = env.guard(&["recover", "--keep", "--yes"]);
+        assert_eq!(r.code, 0, "{point}: {r:?}");
+        assert_eq!(env.guard(&["status"]).code, 0, "{point}");
+        let left = guard_files(&env);
+        if point == "dir-hot-swap" {
+            // Killed before the exchange: the live tree is the failed one, accepted as it is.
+            assert_eq!(tree(&data), failed, "{point}");
+            assert!(left.is_empty(), "{point}: {left:?}");
+            continue;
+        }
+        // The exchange was made: the live tree is the pre-run one, the failed one is kept.
+        assert_eq!(tree(&data), before, "{point}");
+        assert_eq!(left.len(), 1, "{point}: {left:?}");
+        assert!(left[0].starts_with(".data.guard-failed-"), "{point}: {left:?}");
+        let kept = env.path(&left[0]).join("data");
+        assert_eq!(tree(&kept), failed, "{point}: the failed tree is kept whole");
+        assert!(
+            r.stderr.contains(&kept.display().to_string()),
+            "{point}: says where it is kept: {r:?}"
+        );
+    }
+}
+
 // --- The deferred store artifact (issue 17, added downtime) --------------------------------
 //
 // The command starts once the hot copy is verified; the tar for the store is written from it

@@ -72,16 +72,74 @@ pub(super) fn aside_entry(live: &Path, tag: &str) -> Option<PathBuf> {
     Some(aside_path(live, tag)?.join(live.file_name()?))
 }
 
-/// Move what is at `from` (the failed state) to `entry`, creating its private parent.
-fn set_aside(from: &Path, entry: &Path) -> Result<()> {
+/// Create the private (0700) directory that holds `entry`, the failed state set aside.
+fn create_holder(entry: &Path) -> Result<&Path> {
     let holder = entry.parent().expect("an aside entry has a parent");
     match fs::DirBuilder::new().mode(0o700).create(holder) {
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-            return Err(e).with_context(|| format!("cannot create {}", holder.display()))
+            Err(e).with_context(|| format!("cannot create {}", holder.display()))
         }
-        _ => {}
+        _ => Ok(holder),
     }
-    fs::rename(from, entry).with_context(|| format!("cannot set the failed state aside as {}", entry.display()))
+}
+
+/// Move what is at `from` (the failed state) to `entry`, creating its private parent; the
+/// exchange marker ([`EXCHANGING`]) goes once it is there.
+fn set_aside(from: &Path, entry: &Path) -> Result<()> {
+    let holder = create_holder(entry)?;
+    fs::rename(from, entry).with_context(|| format!("cannot set the failed state aside as {}", entry.display()))?;
+    let _ = fs::remove_file(holder.join(EXCHANGING));
+    Ok(())
+}
+
+/// The marker in the aside holder, written (and synced) just before the hot copy is exchanged
+/// with the live tree: the device and inode of the hot copy's root. While it is there, a live
+/// path naming that root means the exchange was made and the hot copy's name holds the failed
+/// tree, not a copy to remove (a guard killed between the exchange and the rename aside).
+const EXCHANGING: &str = ".exchanging";
+
+/// Record, durably, that the hot copy at `copy` is about to be exchanged with the live tree
+/// whose failed state goes to `entry`.
+fn mark_exchanging(copy: &Path, entry: &Path) -> Result<()> {
+    let holder = create_holder(entry)?;
+    let m = fs::symlink_metadata(copy).with_context(|| format!("cannot stat {}", copy.display()))?;
+    crate::store::local::write_atomic(
+        &holder.join(EXCHANGING),
+        format!("{}:{}\n", m.dev(), m.ino()).as_bytes(),
+    )
+    .with_context(|| format!("cannot write {}", holder.join(EXCHANGING).display()))?;
+    crate::store::local::sync_dir(holder.parent().unwrap_or(Path::new("/")))?;
+    Ok(())
+}
+
+/// Was the hot copy of run `tag` exchanged with the live tree at `live` (the marker names the
+/// root `live` now has)?
+fn exchanged(live: &Path, tag: &str) -> bool {
+    let Some(entry) = aside_entry(live, tag) else {
+        return false;
+    };
+    let holder = entry.parent().expect("an aside entry has a parent");
+    let (Ok(text), Ok(m)) = (fs::read_to_string(holder.join(EXCHANGING)), fs::symlink_metadata(live)) else {
+        return false;
+    };
+    text.trim() == format!("{}:{}", m.dev(), m.ino())
+}
+
+/// The run `tag` is over: remove its hot copy beside `live`, unless a guard killed between the
+/// exchange and the rename aside left the failed tree under the hot copy's name (the live path
+/// names the copy): that tree is set aside instead, and its new place returned.
+pub(super) fn drop_copy(live: &Path, tag: &str) -> Result<Option<PathBuf>> {
+    let (Some(copy), Some(entry)) = (hot_path(live, tag), aside_entry(live, tag)) else {
+        return Ok(None);
+    };
+    let there = |p: &Path| fs::symlink_metadata(p).is_ok();
+    if there(&copy) && !there(&entry) && exchanged(live, tag) {
+        set_aside(&copy, &entry)?;
+        crate::store::local::sync_dir(live.parent().unwrap_or(Path::new("/")))?;
+        return Ok(Some(entry));
+    }
+    remove_tree(&copy).with_context(|| format!("cannot remove the hot copy {}", copy.display()))?;
+    Ok(None)
 }
 
 /// The identity of the tree at `root` ([module docs](self)): `dev:ino:entries:digest`.
@@ -631,14 +689,25 @@ impl super::DirTarget {
         if !live_there {
             // The command removed the tree (or a killed swap between two renames did).
             fs::rename(&copy, &live)?;
-        } else if super::swap::exchange(&copy, &live)? {
-            crate::faults::test_pause("dir-hot-exchanged");
-            set_aside(&copy, &aside)?;
         } else {
-            set_aside(&live, &aside)?;
-            if let Err(e) = fs::rename(&copy, &live) {
-                let _ = fs::rename(&aside, &live);
-                return Err(e).with_context(|| format!("cannot rename {} to {}", copy.display(), live.display()));
+            // Said durably first: a guard killed right after the exchange leaves the failed
+            // tree under the hot copy's name, which `drop_hot` must not remove.
+            mark_exchanging(&copy, &aside)?;
+            let swapped = super::swap::exchange(&copy, &live).inspect_err(|_| {
+                if let Some(holder) = aside.parent() {
+                    let _ = fs::remove_file(holder.join(EXCHANGING));
+                    let _ = fs::remove_dir(holder);
+                }
+            })?;
+            if swapped {
+                crate::faults::test_pause("dir-hot-exchanged");
+                set_aside(&copy, &aside)?;
+            } else {
+                set_aside(&live, &aside)?;
+                if let Err(e) = fs::rename(&copy, &live) {
+                    let _ = fs::rename(&aside, &live);
+                    return Err(e).with_context(|| format!("cannot rename {} to {}", copy.display(), live.display()));
+                }
             }
         }
         crate::store::local::sync_dir(&parent)?;

@@ -703,16 +703,17 @@ impl Target for DirTarget {
     }
 
     fn drop_hot(&self, run_id: &str) {
-        if self.shown.is_none() {
-            if let Some(p) = hot::hot_path(&self.swap_path(), run_id) {
-                if let Err(e) = hot::remove_tree(&p) {
-                    crate::errln!(
-                        "guard: warning: target {}: cannot remove the hot copy {}: {e}",
-                        self.spec.name,
-                        p.display()
-                    );
-                }
-            }
+        if self.shown.is_some() {
+            return;
+        }
+        match hot::drop_copy(&self.swap_path(), run_id) {
+            Ok(None) => {}
+            Ok(Some(kept)) => crate::errln!(
+                "guard: target {}: a restore by rename was killed after its exchange: the live tree is the pre-run copy, and the failed tree under the hot copy's name was set aside as {}",
+                self.spec.name,
+                kept.display()
+            ),
+            Err(e) => crate::errln!("guard: warning: target {}: {e:#}", self.spec.name),
         }
     }
 
