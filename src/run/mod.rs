@@ -364,8 +364,22 @@ fn take_snapshot(
         pending = snapshot::Pending { manifest: m };
     } else {
         // The hot copies are the verified snapshot until the store holds it: the journal
-        // records them (with their identity) before the command may start.
-        j.pending = pending.manifest.targets.clone();
+        // records them (with their identity) before the command may start. A deferred
+        // record's file listing stays out of it (the manifest gets it): a restore of such a
+        // record renames its copy in, proven by that identity, and never reads the listing,
+        // while every journal write would carry it (22 MB for a tree of 100k files).
+        j.pending = pending
+            .manifest
+            .targets
+            .iter()
+            .map(|r| match crate::targets::is_deferred(r) {
+                true => crate::manifest::TargetRecord {
+                    files: Vec::new(),
+                    ..r.clone()
+                },
+                false => r.clone(),
+            })
+            .collect();
     }
     j.snapshot_id = Some(pending.manifest.id.clone());
     if let Err(e) = j.enter(store, Phase::SnapshotVerified) {
