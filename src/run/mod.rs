@@ -143,15 +143,12 @@ impl Deferred<'_, '_> {
         if tid <= 0 || self.handle.as_ref().is_none_or(|h| h.is_finished()) {
             return;
         }
-        // SAFETY: plain syscalls on one of this process's threads; a refusal changes nothing.
-        unsafe {
-            *libc::__errno_location() = 0;
-            let own = libc::getpriority(libc::PRIO_PROCESS, 0);
-            if *libc::__errno_location() == 0 {
-                let _ = libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, own);
-            }
-            // ioprio_set(IOPRIO_WHO_PROCESS, the worker, IOPRIO_CLASS_BE << 13 | 4): the default.
-            let _ = libc::syscall(libc::SYS_ioprio_set, 1, tid, (2 << 13) | 4);
+        // Every thread the worker started inherited its priority (the tar or dump reader, the
+        // compressors): all of this process's threads running below guard's own priority get
+        // it back, not the worker's alone (the others went on at nice 10 and idle-level I/O).
+        // Twice: a thread the worker started between the listing and its own raise is caught.
+        for _ in 0..2 {
+            raise(tid);
         }
     }
 
@@ -169,6 +166,36 @@ impl Deferred<'_, '_> {
     fn stop(&mut self) -> Option<anyhow::Result<Manifest>> {
         self.cancel.store(true, Ordering::Relaxed);
         self.wait()
+    }
+}
+
+/// Give the deferred worker thread `tid`, and every thread of this process running below
+/// guard's own priority, that priority and the default best-effort I/O level back.
+fn raise(tid: i32) {
+    let mut tids = vec![tid];
+    if let Ok(rd) = std::fs::read_dir("/proc/self/task") {
+        tids.extend(rd.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()));
+    }
+    tids.sort_unstable();
+    tids.dedup();
+    // SAFETY: plain syscalls on this process's threads; a refusal changes nothing.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let own = libc::getpriority(libc::PRIO_PROCESS, 0);
+        let own = (*libc::__errno_location() == 0).then_some(own);
+        for t in tids {
+            *libc::__errno_location() = 0;
+            let nice = libc::getpriority(libc::PRIO_PROCESS, t as libc::id_t);
+            let lowered = *libc::__errno_location() == 0 && own.is_some_and(|o| nice > o);
+            if !lowered && t != tid {
+                continue;
+            }
+            if let Some(own) = own {
+                let _ = libc::setpriority(libc::PRIO_PROCESS, t as libc::id_t, own);
+            }
+            // ioprio_set(IOPRIO_WHO_PROCESS, t, IOPRIO_CLASS_BE << 13 | 4): the default.
+            let _ = libc::syscall(libc::SYS_ioprio_set, 1, t, (2 << 13) | 4);
+        }
     }
 }
 

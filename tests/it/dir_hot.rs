@@ -427,10 +427,19 @@ fn the_run_journal_names_the_hot_copy_without_the_trees_file_listing() {
     assert_eq!(r.code, 0, "{r:?}");
     let seen = std::fs::read_to_string(env.path("seen")).unwrap();
     let j: serde_json::Value = serde_json::from_str(&seen).unwrap();
-    let pending = j["pending"].as_array().expect("a pending record while the command runs");
+    let pending = j["pending"]
+        .as_array()
+        .expect("a pending record while the command runs");
     assert_eq!(pending.len(), 1, "{seen}");
-    assert!(pending[0]["meta"]["hot_id"].is_string(), "the identity is journaled: {seen}");
-    assert!(!seen.contains("file-0499.txt"), "no file listing in the journal ({} bytes)", seen.len());
+    assert!(
+        pending[0]["meta"]["hot_id"].is_string(),
+        "the identity is journaled: {seen}"
+    );
+    assert!(
+        !seen.contains("file-0499.txt"),
+        "no file listing in the journal ({} bytes)",
+        seen.len()
+    );
     assert!(seen.len() < 8_000, "{} bytes", seen.len());
     // The listing is in the manifest, and the snapshot restores the tree.
     let id = id_of(&env, "pre-run");
