@@ -177,6 +177,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy> {
     let encryption = sections::encryption(raw.encryption, &mut cx)?;
     let mut targets = targets::parse(raw.target, &mut cx)?;
     overlap::check(&targets, &store, &cx)?;
+    overlap::check_targets(&targets, &cx)?;
     let hooks = sections::hooks(raw.hooks, &mut cx)?;
     let drill_checks = raw.drill.as_ref().map(|d| d.check.as_slice()).unwrap_or(&[]);
     let (checks, drill_checks) = checks::parse(&raw.check, drill_checks, &targets, &mut cx)?;

@@ -197,6 +197,24 @@ impl KindSpec {
     pub fn may_contain_store(&self) -> bool {
         matches!(self, KindSpec::Dir(_))
     }
+
+    /// Does this target leave `inner`, a path below one of its [`KindSpec::local_paths`]
+    /// (both canonical; `root` is its root's canonical form), out of its snapshots and restores?
+    /// Only a `dir` target's `exclude` can.
+    pub fn leaves_out(&self, root: &Path, inner: &Path, is_dir: bool) -> bool {
+        match self {
+            KindSpec::Dir(d) => dir::excludes(d, root, inner, is_dir),
+            _ => false,
+        }
+    }
+
+    /// The directory `exclude` globs of this target are relative to (a `dir` target's root).
+    pub fn root(&self) -> Option<&Path> {
+        match self {
+            KindSpec::Dir(d) => Some(&d.path),
+            _ => None,
+        }
+    }
 }
 
 /// Parse the keys of a `[[target]]` table of kind `kind` (everything but `name` and `kind`):

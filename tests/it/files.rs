@@ -63,27 +63,28 @@ fn wait_for(path: &Path, what: &str) {
     }
 }
 
-/// R6: `data -> real` and `app.db -> real/app.db`. The restore reaches the real data, keeps both
-/// links, and "verified" means the data behind them is the snapshot's.
+/// R6: `data -> real` and `app.db -> realdb/app.db`. The restore reaches the real data, keeps both
+/// links, and "verified" means the data behind them is the snapshot's. (The database lives
+/// outside `real/`: one inside the tree would be two targets on one file, refused at load.)
 #[test]
 fn symlinked_sqlite_and_dir_targets_restore_the_real_data_and_keep_the_links() {
     let env = Env::new();
     env.write("real/f.txt", "orig\n");
-    sql(&env.path("real/app.db"), "create table t(x); insert into t values (1);");
+    std::fs::create_dir(env.path("realdb")).unwrap();
+    sql(
+        &env.path("realdb/app.db"),
+        "create table t(x); insert into t values (1);",
+    );
     std::os::unix::fs::symlink(env.path("real"), env.path("data")).unwrap();
-    std::os::unix::fs::symlink(env.path("real/app.db"), env.path("app.db")).unwrap();
+    std::os::unix::fs::symlink(env.path("realdb/app.db"), env.path("app.db")).unwrap();
     env.write(
         "guard.toml",
         "name = \"s1\"\nstore = \"backups\"\n\n[[target]]\nname = \"data\"\nkind = \"dir\"\npath = \"data\"\n\n[[target]]\nname = \"app\"\nkind = \"sqlite\"\npath = \"app.db\"\n",
     );
-    // The database inside `real/` is proven by its dump (the sqlite target restores a backup-API
-    // copy, equal in content, not in bytes); every other file by its SHA-256.
-    let files = |env: &Env| {
-        let mut t = tree(&env.path("real"));
-        t.remove("app.db");
-        t
-    };
-    let (tree_before, dump_before) = (files(&env), sql_dump(&env.path("real/app.db")));
+    // The database is proven by its dump (the sqlite target restores a backup-API copy, equal in
+    // content, not in bytes); every file of the tree by its SHA-256.
+    let files = |env: &Env| tree(&env.path("real"));
+    let (tree_before, dump_before) = (files(&env), sql_dump(&env.path("realdb/app.db")));
     let r = env.guard(&[
         "--yes",
         "--",
@@ -103,7 +104,7 @@ fn symlinked_sqlite_and_dir_targets_restore_the_real_data_and_keep_the_links() {
     );
     assert_eq!(files(&env), tree_before, "the real directory came back");
     assert_eq!(
-        sql_dump(&env.path("real/app.db")),
+        sql_dump(&env.path("realdb/app.db")),
         dump_before,
         "the real database came back"
     );
@@ -118,7 +119,10 @@ fn symlinked_sqlite_and_dir_targets_restore_the_real_data_and_keep_the_links() {
     assert_eq!(m["targets"][0]["meta"]["resolved"], real.display().to_string());
     assert_eq!(
         m["targets"][1]["meta"]["resolved"],
-        real.join("app.db").display().to_string()
+        std::fs::canonicalize(env.path("realdb/app.db"))
+            .unwrap()
+            .display()
+            .to_string()
     );
 
     // A link the command repointed: the restore refuses (nothing written anywhere), naming both.

@@ -149,6 +149,104 @@ fn a_target_overlapping_the_store_is_refused_at_load() {
     }
 }
 
+/// Two targets reading and replacing the same local path (the same SQLite file spelled two
+/// ways, a SQLite file or a directory inside a `dir` target's tree) are refused when the policy
+/// loads: exit 64, both targets and paths named, the fix said, nothing run or written. Before,
+/// both were snapshotted and restored, one over the other: the tree's exchange moved the SQLite
+/// target's failed state away with it, and its rescue recorded the file "absent". A `dir`
+/// target whose `exclude` leaves the other target's paths out is accepted, and a failed run
+/// puts both back (compared with `sqlite3 .dump` and the tree's files).
+#[test]
+fn targets_that_overlap_each_other_are_refused_at_load() {
+    let db = |name: &str, path: &str| format!("[[target]]\nname = \"{name}\"\nkind = \"sqlite\"\npath = \"{path}\"\n");
+    let dir = |name: &str, path: &str, extra: &str| {
+        format!("[[target]]\nname = \"{name}\"\nkind = \"dir\"\npath = \"{path}\"\n{extra}")
+    };
+    let refused: Vec<(&str, String, &[&str])> = vec![
+        (
+            "the same SQLite file spelled two ways",
+            db("a", "data/app.db") + &db("b", "data/../data/app.db"),
+            &["target \"b\"", "target \"a\"", "data/../data/app.db"],
+        ),
+        (
+            "a SQLite file inside a dir target",
+            dir("tree", "data", "") + &db("a", "data/app.db"),
+            &["target \"a\"", "target \"tree\"", "exclude = [\"app.db*\"]"],
+        ),
+        (
+            "a dir target holding a SQLite target named before it",
+            db("a", "data/app.db") + &dir("tree", ".", ""),
+            &["target \"tree\"", "target \"a\"", "exclude = [\"data/app.db*\"]"],
+        ),
+        (
+            "an exclude that leaves out the file but not its -wal",
+            dir("tree", "data", "exclude = [\"app.db\"]\n") + &db("a", "data/app.db"),
+            &["target \"a\"", "app.db-wal"],
+        ),
+        (
+            "a dir target inside another",
+            dir("tree", "data", "") + &dir("sub", "data/sub", ""),
+            &["target \"sub\"", "target \"tree\"", "exclude = [\"sub/\"]"],
+        ),
+    ];
+    for (what, body, says) in &refused {
+        let env = overlap_env("");
+        lending_db(&env.path("data/app.db"), 5);
+        env.write("data/sub/f2.txt", "two\n");
+        env.write("guard.toml", &format!("name = \"ov\"\n{body}"));
+        let before = tree(env.dir.path());
+        for args in [&["--yes", "--", "touch", "ran"][..], &["snapshot"][..]] {
+            let r = env.guard(args);
+            assert_eq!(r.code, 64, "{what}: {args:?}: {r:?}");
+            assert!(
+                r.stderr.contains("guard.toml:"),
+                "{what}: names the file and line: {r:?}"
+            );
+            for s in *says {
+                assert!(r.stderr.contains(s), "{what}: says {s:?}: {r:?}");
+            }
+        }
+        assert!(!env.path("ran").exists(), "{what}: the command ran");
+        assert_eq!(tree(env.dir.path()), before, "{what}: something was written");
+    }
+
+    // Left out of the tree by `exclude`, the SQLite file is its own target's alone: a failed
+    // run restores both, each from its own snapshot.
+    let env = overlap_env("");
+    lending_db(&env.path("data/app.db"), 5);
+    env.write(
+        "guard.toml",
+        &format!(
+            "name = \"ov\"\n{}{}",
+            dir("tree", "data", "exclude = [\"app.db*\"]\n"),
+            db("a", "data/app.db")
+        ),
+    );
+    let db_before = dump(&env.path("data/app.db"));
+    // The tree's own files (app.db is the SQLite target's, compared by its dump).
+    let files = |env: &Env| {
+        let mut t = crate::files::tree(&env.path("data"));
+        t.retain(|k, _| !k.starts_with("app.db"));
+        t
+    };
+    let files_before = files(&env);
+    assert!(files_before.contains_key("f1.txt"), "{files_before:?}");
+    let r = env.guard(&[
+        "--yes",
+        "--",
+        "sh",
+        "-c",
+        "sqlite3 data/app.db 'DELETE FROM user' && echo changed > data/f1.txt && exit 3",
+    ]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert_eq!(dump(&env.path("data/app.db")), db_before, "{r:?}");
+    assert_eq!(files(&env), files_before, "{r:?}");
+    assert!(
+        !r.stderr.contains("absent"),
+        "each rescue holds its own target's failed state: {r:?}"
+    );
+}
+
 /// F4: `expect` strings that look like comparisons but are not are refused at load with a
 /// suggestion; `{ text = "…" }` is the literal form.
 #[test]

@@ -733,3 +733,13 @@ impl Target for DirTarget {
             .map(|p| p.display().to_string())
     }
 }
+
+/// Does the target `spec` leave `inner` (a path under its root, canonical like the root
+/// `canonical_root`) out of its snapshots and restores through `exclude`? For the policy's
+/// check that two targets never snapshot the same path.
+pub fn excludes(spec: &DirSpec, canonical_root: &Path, inner: &Path, is_dir: bool) -> bool {
+    let Some(rel) = inner.strip_prefix(canonical_root).ok().and_then(Path::to_str) else {
+        return false;
+    };
+    !rel.is_empty() && Filter::new(&spec.path, &spec.exclude).is_ok_and(|f| f.excluded(rel, is_dir))
+}
