@@ -639,3 +639,65 @@ fn a_clone_run_as_the_databases_owner_without_superuser_restores_by_rename() {
     assert_eq!(acl(), state, "owner, ACL and comment too");
     assert_eq!(guard_dbs(&c), "");
 }
+
+/// The swap runs on a session guard opened before the command (issue 17: no connection after
+/// the command's exit). A command that restarts the server ends that session too: the swap
+/// opens a new one and the clone is still renamed in — the database back exactly, its state
+/// too, nothing of guard's left.
+#[test]
+fn a_command_that_restarts_the_server_is_still_restored_by_rename() {
+    let c = Cluster::start();
+    c.createdb("shop");
+    c.psql("shop", SHOP);
+    let env = shop_env(&c, "");
+    let before = c.dump("shop");
+    let state = db_state(&c);
+    let psql = c.bin.join("psql").display().to_string();
+    let sh = format!(
+        "{} && '{psql}' -X -q -v ON_ERROR_STOP=1 -c 'DELETE FROM item WHERE id > 7' && exit 3",
+        c.restart_sh()
+    );
+    let r = run_with_pg(&env, &c, &["--".into(), "sh".into(), "-c".into(), sh]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(
+        r.stderr.contains("clone renamed into place"),
+        "restored by rename: {r:?}"
+    );
+    assert_eq!(c.dump("shop"), before, "the database came back exactly");
+    assert_eq!(db_state(&c), state, "owner, comment, ACL and settings came back");
+    assert_eq!(guard_dbs(&c), "", "no clone or set-aside database is left");
+}
+
+/// The swap's one `DO` block recreates, `NOLOGIN`, a grantee of the live ACL that the command
+/// dropped, before it puts the grants back: the ACL comes back as it was.
+#[test]
+fn a_clone_swap_recreates_a_grantee_the_command_dropped() {
+    let c = Cluster::start();
+    c.createdb("shop");
+    c.psql("shop", SHOP);
+    c.psql(
+        "postgres",
+        "CREATE ROLE shop_ro LOGIN; GRANT CONNECT ON DATABASE shop TO shop_ro",
+    );
+    let env = shop_env(&c, "");
+    let before = c.dump("shop");
+    let state = db_state(&c);
+    let r = run_with_pg(
+        &env,
+        &c,
+        &psql_cmd(
+            &c,
+            "DELETE FROM item; REVOKE CONNECT ON DATABASE shop FROM shop_ro; DROP ROLE shop_ro; SELECT 1/0;",
+        ),
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("clone renamed into place"), "{r:?}");
+    assert_eq!(c.dump("shop"), before, "the database came back exactly");
+    assert_eq!(db_state(&c), state, "the ACL names shop_ro again");
+    assert_eq!(
+        c.psql("postgres", "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'shop_ro'"),
+        "f",
+        "recreated NOLOGIN"
+    );
+    assert_eq!(guard_dbs(&c), "");
+}

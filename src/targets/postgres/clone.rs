@@ -12,10 +12,13 @@
 //! role or a superuser can connect to it. A role without `CREATEDB` (or any refusal) falls back
 //! to the dump of the live database, with a message.
 //!
-//! After a failure, in one transaction on a maintenance database: guard's own sessions on the
-//! clone (its dump, still being written) are ended, the failed database is renamed
-//! `guard_failed_RUN_H`, the clone takes its name, gets the live `CONNECT` grants back and is
-//! opened to connections again. The proof is the OID: the live name now names the clone, closed
+//! After a failure, on one session on the `postgres` database — opened before the command and
+//! kept for this ([`PostgresTarget::keep_for_swap`]; a new one if it no longer answers), so no
+//! connection is made after the command's exit: guard's own sessions on the clone (its dump,
+//! still being written) are ended, the live database's other sessions seen to (`sessions`),
+//! and, once the clone's backends are gone (polled from 1 ms, doubling), in one transaction the
+//! failed database is renamed `guard_failed_RUN_H`, the clone takes its name, gets the live
+//! `CONNECT` grants back and is opened to connections again. The proof is the OID: the live name now names the clone, closed
 //! to connections since guard's two read-only sessions (the ones it ends here) were checked to
 //! be its only ones. The failed database is then dumped into the rescue snapshot and dropped.
 //! The clone is dropped when the run ends; `guard recover` drops a killed run's.
@@ -23,10 +26,13 @@
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::Digest;
 use sqlx::Connection as _;
+use sqlx::Row as _;
 
-use super::conn::{quote_ident, quote_literal};
+use std::collections::BTreeMap;
+
+use super::conn::{quote_ident, quote_literal, Session};
 use super::database::DbState;
-use super::{PostgresTarget, Sessions};
+use super::PostgresTarget;
 use crate::manifest::TargetRecord;
 
 impl PostgresTarget {
@@ -66,6 +72,7 @@ impl PostgresTarget {
             scratch: None,
             shown_db: Some(self.live_db()),
             held: Default::default(),
+            swap_session: Default::default(),
         }
     }
 
@@ -81,18 +88,9 @@ impl PostgresTarget {
             drop(c);
             s?
         };
-        let others = self.other_sessions(&db)?;
-        if !others.is_empty() {
-            if self.pg.sessions == Sessions::Refuse {
-                return Err(crate::targets::SessionsBlock {
-                    target: self.spec.name.clone(),
-                    summary: super::restore::summarize(&db, &others),
-                }
-                .into());
-            }
-            self.handle_sessions(&db)?;
-        }
+        // Refused (`crate::targets::SessionsBlock`), or ended, per `sessions`.
         let mut m = self.maintenance_session()?;
+        self.handle_sessions_on(&mut m, &db)?;
         let r = m.run(|m| {
             let (clone, db, state) = (&clone, &db, &state);
             async move {
@@ -147,6 +145,34 @@ impl PostgresTarget {
         drop(m);
         r.map_err(|e| anyhow!("{}", crate::secrets::redact(&format!("{e:#}"))))?;
         Ok((clone, state))
+    }
+
+    /// Keep maintenance session `m` for the swap a failed command makes ([`Self::swap_clone`]),
+    /// PL/pgSQL loaded for its `DO` block: after the command's exit, no connection to open (a
+    /// backend forked, authenticated) before the rename. Only a session on `postgres`: one held
+    /// on `template1` would make a command's `CREATE DATABASE` (which copies it) fail.
+    pub(super) fn keep_for_swap(&self, mut m: Session) {
+        let on_postgres = m
+            .scalar::<String>("SELECT pg_catalog.current_database()::text")
+            .is_ok_and(|d| d == "postgres");
+        if on_postgres
+            && m.run(|c| sqlx::raw_sql("DO $guard$BEGIN NULL; END$guard$").execute(c))
+                .is_ok()
+        {
+            *self.swap_session.lock().unwrap_or_else(|p| p.into_inner()) = Some(m);
+        }
+    }
+
+    /// The session of the swap: the one kept since the snapshot when it still answers, else a
+    /// new one (the server restarted, an `idle_session_timeout` ended it).
+    fn swap_session(&self) -> Result<Session> {
+        if let Some(mut s) = self.swap_session.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if s.run(|c| sqlx::raw_sql("SELECT 1").execute(c)).is_ok() {
+                return Ok(s);
+            }
+            s.abandon();
+        }
+        self.maintenance_session()
     }
 
     /// Drop database `name` if it exists (a clone or a set-aside database: guard's names only).
@@ -205,27 +231,33 @@ impl PostgresTarget {
         }
         let db = self.dbname();
         let (clone, aside) = self.hot_names(tag);
-        match self.db_exists(&clone)? {
-            Some((oid, false)) if oid.to_string() == *want => {}
-            Some((oid, allow)) => bail!(
+        // One session for the whole swap — every check, the sessions ended, the transaction —
+        // opened before the command.
+        let mut m = self.swap_session()?;
+        let found = databases(&mut m, &[&clone, &aside, &db])?;
+        match found.get(&clone) {
+            Some(&(oid, false)) if oid.to_string() == *want => {}
+            Some(&(oid, allow)) => bail!(
                 "the clone {clone} is not as its snapshot left it (OID {oid}, recorded {want}; open to connections: {allow}); it is not used"
             ),
             None => return Ok(None),
         }
-        if self.db_exists(&aside)?.is_some() {
+        if found.contains_key(&aside) {
             // An earlier, interrupted attempt set the failed database aside: it stays.
             return Ok(None);
         }
-        let had_live = self.db_exists(&db)?.is_some();
+        let had_live = found.contains_key(&db);
+        // guard's sessions on the clone are ended first: their backends exit while the live
+        // database's sessions are seen to.
+        self.end_dump_sessions(&mut m, rec, &clone, false)?;
         if had_live {
-            self.handle_sessions(&db)?;
+            self.handle_sessions_on(&mut m, &db)?;
         }
-        self.end_dump_sessions(rec, &clone)?;
+        self.end_dump_sessions(&mut m, rec, &clone, true)?;
         let state: Option<DbState> = match rec.meta.get("database_state") {
             Some(s) => Some(serde_json::from_str(s).context("manifest: database_state")?),
             None => None,
         };
-        let mut m = self.maintenance_session()?;
         let r = m.run(|m| {
             let (db, clone, aside, state) = (&db, &clone, &aside, &state);
             async move {
@@ -242,12 +274,9 @@ impl PostgresTarget {
                 crate::faults::test_pause("pg-swap");
                 if let Some(state) = state {
                     // The live CONNECT grants (guard's role alone held CONNECT on the clone); a
-                    // grantee the command dropped is recreated NOLOGIN, as a restore does.
-                    let body = format!("BEGIN\n{}\nEND", recreate_grantees_sql(state));
-                    sqlx::raw_sql(&format!("DO {}", dollar_quote(&body)))
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::raw_sql(&format!("DO {}", dollar_quote(&carry_sql(state, clone))))
+                    // grantee the command dropped is recreated NOLOGIN, as a restore does. One
+                    // block: one round trip, one PL/pgSQL compilation.
+                    sqlx::raw_sql(&format!("DO {}", dollar_quote(&swap_sql(state, clone))))
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -285,12 +314,30 @@ impl PostgresTarget {
     }
 }
 
+/// Which of databases `names` exist, through session `m`: name → (OID, open to connections).
+fn databases(m: &mut Session, names: &[&str]) -> Result<BTreeMap<String, (i64, bool)>> {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    Ok(m.fetch_all_with(
+        "SELECT datname::text, oid::int8, datallowconn FROM pg_catalog.pg_database WHERE datname = ANY($1)",
+        names,
+    )?
+    .iter()
+    .map(|r| (r.get(0), (r.get(1), r.get(2))))
+    .collect())
+}
+
 /// The DO body that gives database `name` the live database's state `state` (owner, comment,
 /// connection limit, ACL, settings), touching only what differs.
 fn carry_sql(state: &DbState, name: &str) -> String {
     state
         .apply_sql(false)
         .replace("pg_catalog.current_database()", &quote_literal(name))
+}
+
+/// The DO body of the swap: each grantee of `state`'s ACL that does not exist created
+/// `NOLOGIN`, then [`carry_sql`] (the live state given to the clone `name`).
+fn swap_sql(state: &DbState, name: &str) -> String {
+    carry_sql(state, name).replacen("\nBEGIN\n", &format!("\nBEGIN\n{}", recreate_grantees_sql(state)), 1)
 }
 
 /// Statements creating, `NOLOGIN`, each grantee of `state`'s ACL that does not exist.

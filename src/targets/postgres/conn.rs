@@ -57,6 +57,23 @@ pub fn dump_app_name() -> String {
     format!("{} pg_dump", app_name())
 }
 
+/// Polling the server without a fixed sleep: 1 ms, then twice as long each time, at most
+/// 50 ms, never past the caller's deadline.
+pub(super) struct Backoff(Duration);
+
+impl Backoff {
+    pub(super) fn new() -> Backoff {
+        Backoff(Duration::from_millis(1))
+    }
+
+    /// Sleep the next step, or until `deadline` if that comes first.
+    pub(super) fn sleep(&mut self, deadline: std::time::Instant) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        std::thread::sleep(self.0.min(left));
+        self.0 = (self.0 * 2).min(Duration::from_millis(50));
+    }
+}
+
 /// A parsed `postgres://` URL.
 #[derive(Clone, Default)]
 pub struct ConnInfo {

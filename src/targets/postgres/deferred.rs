@@ -22,18 +22,20 @@
 //!
 //! A failed command does not wait for it: the swap ([`PostgresTarget::end_dump_sessions`]) ends
 //! guard's two sessions on the clone — the rename needs the clone to itself — and renames it in;
-//! the deferred write, told to stop, fails on its ended sessions.
+//! the deferred write, told to stop, fails on its ended sessions. The maintenance session that
+//! watched pg_dump connect and closed the clone stays open for that swap.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use sqlx::Row as _;
 
-use super::conn::{dump_app_name, quote_ident, Session, CONNECT_TIMEOUT, LOCK_WAIT};
+use super::conn::{dump_app_name, quote_ident, Backoff, Session, CONNECT_TIMEOUT, LOCK_WAIT};
 use super::database::DbState;
 use super::dump::{low_priority, DumpChild};
 use super::fingerprint::{database_fingerprint, hash_lines, schema_fingerprints, table_fingerprint};
+use super::restore::terminate_on;
 use super::tools::{status_text, Tools};
 use super::{PostgresTarget, DUMP_LEVEL};
 use crate::manifest::{Fingerprint, TargetRecord};
@@ -133,9 +135,11 @@ impl PostgresTarget {
         let own: i32 = session.scalar("SELECT pg_backend_pid()")?;
         let mut dump = view.spawn_dump(tools, &snapshot_id, true)?;
         crate::faults::test_pause("pg-clone-open");
-        let dump_pid = self.await_dump_backend(clone, own, &mut dump)?;
+        let mut m = self.maintenance_session()?;
+        let dump_pid = self.await_dump_backend(&mut m, clone, own, &mut dump)?;
         let ours: Vec<i32> = std::iter::once(own).chain(dump_pid).collect();
-        let oid = self.close_clone(clone, &ours)?;
+        let oid = self.close_clone(&mut m, clone, &ours)?;
+        self.keep_for_swap(m);
         // Read in the exported snapshot while pg_dump waits on its pipe.
         view.record_database_state(ctx, rec, &mut session)?;
         // The live database's own state, not the clone's (only guard's role may connect to it).
@@ -182,10 +186,10 @@ impl PostgresTarget {
     /// Wait until `dump`'s backend is on `clone` (the one session named [`dump_app_name`] there
     /// besides guard's own `own`): its pid. `None`: pg_dump has already finished (a small
     /// database: its whole output is waiting in the pipe) and its backend is gone.
-    fn await_dump_backend(&self, clone: &str, own: i32, dump: &mut DumpChild) -> Result<Option<i32>> {
+    fn await_dump_backend(&self, m: &mut Session, clone: &str, own: i32, dump: &mut DumpChild) -> Result<Option<i32>> {
         let app = dump_app_name();
         let deadline = Instant::now() + CONNECT_TIMEOUT;
-        let mut m = self.maintenance_session()?;
+        let mut backoff = Backoff::new();
         loop {
             let finished = match dump.child.try_wait()? {
                 Some(st) if st.success() => true,
@@ -197,7 +201,7 @@ impl PostgresTarget {
                 ),
                 None => false,
             };
-            let named: Vec<i32> = backends(&mut m, clone)?
+            let named: Vec<i32> = backends(m, clone)?
                 .into_iter()
                 .filter(|(pid, _, a, _, ready)| *pid != own && *a == app && (*ready || finished))
                 .map(|b| b.0)
@@ -205,9 +209,9 @@ impl PostgresTarget {
             match named.as_slice() {
                 // Its backend may outlive it by a moment: wait for that to end.
                 [] if finished => return Ok(None),
-                [_] if finished && Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                [_] if finished && Instant::now() < deadline => backoff.sleep(deadline),
                 [pid] if !finished => return Ok(Some(*pid)),
-                [] if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                [] if Instant::now() < deadline => backoff.sleep(deadline),
                 [] => bail!(
                     "target {}: pg_dump did not connect to the clone {clone} within {} s",
                     self.spec.name,
@@ -226,14 +230,13 @@ impl PostgresTarget {
 
     /// Close `clone` to connections, then prove that `ours` are the only sessions on it: its
     /// OID. Any other session is ended, and the error is [`Unproven`].
-    fn close_clone(&self, clone: &str, ours: &[i32]) -> Result<i64> {
-        let mut m = self.maintenance_session()?;
+    fn close_clone(&self, m: &mut Session, clone: &str, ours: &[i32]) -> Result<i64> {
         m.execute(&format!(
             "ALTER DATABASE {} ALLOW_CONNECTIONS false",
             quote_ident(clone)
         ))?;
         crate::faults::test_pause("pg-clone-closed");
-        let others: Vec<Backend> = backends(&mut m, clone)?
+        let others: Vec<Backend> = backends(m, clone)?
             .into_iter()
             .filter(|b| !ours.contains(&b.0))
             .collect();
@@ -277,14 +280,17 @@ impl PostgresTarget {
     }
 
     /// Before the swap renames `clone` in: end guard's own sessions on it (the dump still being
-    /// written; the rename needs the clone to itself) and wait until they are gone. A session
-    /// guard did not record there is an error: the clone is not used.
-    pub(super) fn end_dump_sessions(&self, rec: &TargetRecord, clone: &str) -> Result<()> {
+    /// written; the rename needs the clone to itself), through the swap's session `m`; with
+    /// `wait`, until their backends are gone (the swap ends them first without waiting, and
+    /// waits once it has seen to the live database's sessions). A session guard did not record
+    /// there is an error: the clone is not used.
+    pub(super) fn end_dump_sessions(&self, m: &mut Session, rec: &TargetRecord, clone: &str, wait: bool) -> Result<()> {
         let ours = recorded_sessions(rec);
         let deadline = Instant::now() + LOCK_WAIT;
-        let mut m = self.maintenance_session()?;
+        let mut backoff = Backoff::new();
+        let mut ended = false;
         loop {
-            let on = backends(&mut m, clone)?;
+            let on = backends(m, clone)?;
             if on.is_empty() {
                 return Ok(());
             }
@@ -301,10 +307,15 @@ impl PostgresTarget {
                     LOCK_WAIT.as_secs()
                 );
             }
-            for b in &on {
-                let _ = m.execute_with("SELECT pg_terminate_backend($1)", b.0);
+            if ended {
+                backoff.sleep(deadline);
             }
-            std::thread::sleep(Duration::from_millis(20));
+            let pids: Vec<i32> = on.iter().map(|b| b.0).collect();
+            terminate_on(m, clone, Some(&pids))?;
+            if !wait {
+                return Ok(());
+            }
+            ended = true;
         }
     }
 

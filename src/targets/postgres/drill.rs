@@ -114,6 +114,7 @@ impl PostgresTarget {
             scratch: Some(scratch),
             shown_db: None,
             held: Default::default(),
+            swap_session: Default::default(),
         };
         t.restore(rec, store)?;
         t.verify_restored(rec)

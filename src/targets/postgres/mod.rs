@@ -102,6 +102,9 @@ pub struct PostgresTarget {
     shown_db: Option<String>,
     /// A clone run's dump, open from the snapshot until its deferred store write ([`deferred`]).
     held: std::sync::Mutex<Option<deferred::HeldDump>>,
+    /// A clone run's session on the `postgres` database, opened before the command and kept for
+    /// the swap a failure makes ([`clone`]): no connection to open after the command's exit.
+    swap_session: std::sync::Mutex<Option<conn::Session>>,
 }
 
 /// A line on stderr for the person at the terminal, secrets masked. A closed or broken stderr
@@ -135,6 +138,7 @@ impl PostgresTarget {
             scratch: None,
             shown_db: None,
             held: Default::default(),
+            swap_session: Default::default(),
         })
     }
 
@@ -167,6 +171,7 @@ impl PostgresTarget {
             scratch: None,
             shown_db: None,
             held: Default::default(),
+            swap_session: Default::default(),
         })
     }
 
@@ -239,6 +244,7 @@ impl Target for PostgresTarget {
                         Ok(()) => return Ok(on_clone),
                         Err(e) => {
                             self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
+                            self.swap_session.lock().unwrap_or_else(|p| p.into_inner()).take();
                             let _ = self.drop_db(&clone);
                             if e.downcast_ref::<deferred::Unproven>().is_none() {
                                 return Err(e);
@@ -397,6 +403,7 @@ impl Target for PostgresTarget {
     fn drop_hot(&self, run_id: &str) {
         // A dump still held open on the clone (a snapshot given up before its deferred write).
         drop(self.held.lock().unwrap_or_else(|p| p.into_inner()).take());
+        drop(self.swap_session.lock().unwrap_or_else(|p| p.into_inner()).take());
         if self.shown_db.is_none() && !self.from_manifest && self.pg.snapshot == PgSnapshot::Clone {
             let (clone, _) = self.hot_names(run_id);
             if let Err(e) = self.drop_db(&clone) {

@@ -141,6 +141,21 @@ impl Cluster {
         }
     }
 
+    /// A shell command that restarts the server (`pg_ctl restart -m fast`, as `postgres` when
+    /// root): every session ends, the cluster comes back on the same socket.
+    pub fn restart_sh(&self) -> String {
+        let pg_ctl = self.bin.join("pg_ctl").display().to_string();
+        let run_as = if self.as_postgres {
+            "runuser -u postgres -- "
+        } else {
+            ""
+        };
+        format!(
+            "{run_as}'{pg_ctl}' restart -w -t 60 -m fast -D '{}' >/dev/null",
+            self.data().display()
+        )
+    }
+
     pub fn data(&self) -> PathBuf {
         self.root.path().join("data")
     }
