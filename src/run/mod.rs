@@ -236,6 +236,12 @@ fn after_snapshot(
     worker: &mut Deferred,
 ) -> Result<(u8, Outcome), Failure> {
     let code = run_command(cx, runner, opts, j)?;
+    if code != 0 && !opts.no_restore {
+        // Restored whatever the checks say: the deferred store write is not needed for that,
+        // and it stops now rather than after the checks, leaving the disk to the journal's
+        // writes and the restore (issue 17).
+        worker.cancel.store(true, Ordering::Relaxed);
+    }
     let checks_ok = check(cx, targets, before, snap, j)?;
     let file = cx.policy.file.display();
     match decide(code, checks_ok, opts.no_restore) {
