@@ -236,14 +236,20 @@ name = "app"
 kind = "sqlite"
 path = "app.db"
 TOML
-        cat > "$d/dir.toml" <<TOML
+        # The directory rows: a hot copy on every filesystem (hot_copy = "always"), and the
+        # default (auto: one only where files clone) for the kept run.
+        for hc in always auto; do
+            cat > "$d/dir-$hc.toml" <<TOML
 name = "ttr-dir"
 store = "dirstore"
 [[target]]
 name = "tree"
 kind = "dir"
 path = "tree"
+hot_copy = "$hc"
 TOML
+        done
+        cp "$d/dir-always.toml" "$d/dir.toml"
         say "ttr: SQLite $size, failed run with a hot copy"
         read -r sd_hot st_hot stot_hot smem_hot <<<"$(ttr_runs "$d/sqlite.toml" "sqlite3 '$d/app.db' \"UPDATE sensor SET name = 'x'\"" "$d/store")"
         say "ttr: SQLite $size, failed run without (GUARD_TEST_HOT_FREE=0)"
@@ -267,12 +273,13 @@ TOML
         say "ttr: directory tree $size, kept run with / without a hot copy"
         read -r dk_hot dkm_hot <<<"$(kept_runs "$d/dir.toml" "$d/dirstore")"
         read -r dk_cold dkm_cold <<<"$(GUARD_TEST_HOT_FREE=0 kept_runs "$d/dir.toml" "$d/dirstore")"
+        read -r dk_auto dkm_auto <<<"$(kept_runs "$d/dir-auto.toml" "$d/dirstore")"
         cp_tree() { rm -rf "$d/tree-copy" && cp -a "$d/tree" "$d/tree-copy" && sync; }
         t_cpa=$(median cp_tree)
         rm -rf "$d/tree-copy"
         ttr_row "directory: time to recovery" "$size" "$dt_hot" "$dt_cold" "rm -rf + cp -a" "$t_cpa"
         ttr_row "directory: added downtime" "$size" "$dd_hot" "$dd_cold" "cp -a" "$t_cpa"
-        mem_lines+="SQLite $size: guard's peak memory $((smem_hot / 1024)) MiB with a hot copy, $((smem_cold / 1024)) MiB without; total wall time after the command's exit (restore, rescue compressed into the store, exit) ${stot_hot} s vs ${stot_cold} s; a kept run (\`-- true\`) start → exit ${sk_hot} s with the deferred store artifact vs ${sk_cold} s without a hot copy (the artifact before the command), peak $((skm_hot / 1024)) vs $((skm_cold / 1024)) MiB. Directory $size: peak $((dmem_hot / 1024)) MiB with a hot copy, $((dmem_cold / 1024)) MiB without; total after exit ${dtot_hot} s vs ${dtot_cold} s; a kept run ${dk_hot} s vs ${dk_cold} s, peak $((dkm_hot / 1024)) vs $((dkm_cold / 1024)) MiB."$'\n'
+        mem_lines+="SQLite $size: guard's peak memory $((smem_hot / 1024)) MiB with a hot copy, $((smem_cold / 1024)) MiB without; total wall time after the command's exit (restore, rescue compressed into the store, exit) ${stot_hot} s vs ${stot_cold} s; a kept run (\`-- true\`) start → exit ${sk_hot} s with the deferred store artifact vs ${sk_cold} s without a hot copy (the artifact before the command), peak $((skm_hot / 1024)) vs $((skm_cold / 1024)) MiB. Directory $size: peak $((dmem_hot / 1024)) MiB with a hot copy, $((dmem_cold / 1024)) MiB without; total after exit ${dtot_hot} s vs ${dtot_cold} s; a kept run ${dk_hot} s with a hot copy (\`hot_copy = "always"\`) vs ${dk_cold} s without, ${dk_auto} s by default (\`auto\`), peak $((dkm_hot / 1024)) vs $((dkm_cold / 1024)) MiB."$'\n'
         rm -rf "$d/store" "$d/dirstore"
     done
     if [ "${SKIP_PG:-}" != 1 ] && [ -n "$pgbin" ] && [ -x "$pgbin/initdb" ]; then

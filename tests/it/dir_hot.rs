@@ -67,8 +67,14 @@ fn set_mtime(p: &Path, secs: i64) {
 
 /// A `dir` target `data` with files of several modes, a subdirectory, an empty directory, a
 /// symlink, an executable, and old mtimes everywhere (set children first); `extra` goes into
-/// the target table.
+/// the target table, after `hot_copy = "always"` (a hot copy on every filesystem: this module
+/// tests it).
 fn hot_env(extra: &str) -> Env {
+    auto_env(&format!("hot_copy = \"always\"\n{extra}"))
+}
+
+/// [`hot_env`] with the target's `hot_copy` left to its default unless `extra` sets it.
+fn auto_env(extra: &str) -> Env {
     let env = Env::new();
     for i in 0..30 {
         env.write(&format!("data/f{i:02}.json"), &format!("{{\"n\": {i}}}\n"));
@@ -328,6 +334,66 @@ fn sigkill_during_the_restore_by_rename_then_recover_puts_the_tree_back() {
         let rescues: Vec<_> = snapshots(&env).into_iter().filter(|s| s["kind"] == "rescue").collect();
         assert!(!rescues.is_empty(), "{point}");
     }
+}
+
+/// Can the filesystem of `dir` clone files (what `hot_copy = "auto"` asks)?
+fn clones_files(dir: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let (a, b) = (dir.join("probe-a"), dir.join("probe-b"));
+    let (from, to) = (std::fs::File::create(&a).unwrap(), std::fs::File::create(&b).unwrap());
+    let ok = unsafe { libc::ioctl(to.as_raw_fd(), libc::FICLONE, from.as_raw_fd()) } == 0;
+    std::fs::remove_file(a).unwrap();
+    std::fs::remove_file(b).unwrap();
+    ok
+}
+
+/// `hot_copy = "auto"` (the default) keeps a hot copy only where the filesystem clones files
+/// (a copy shares the data); elsewhere (ext4) it says so, and a failure is restored from the
+/// store — the tree proven equal either way. `never` keeps none; a bad word is refused.
+#[test]
+fn hot_copy_auto_keeps_one_only_where_the_filesystem_clones_files() {
+    for (extra, clones) in [("", None), ("", Some(true)), ("hot_copy = \"never\"\n", Some(true))] {
+        let env = auto_env(extra);
+        let data = env.path("data");
+        let before = full_tree_at(&data, false);
+        let mut cmd = env.cmd(&["--", "sh", "-c", BREAK]);
+        if clones == Some(true) {
+            cmd.env("GUARD_TEST_CLONES", "1");
+        }
+        let r: Run = cmd.output().unwrap().into();
+        assert_eq!(r.code, 3, "{extra:?} {clones:?}: {r:?}");
+        let never = extra.contains("never");
+        let hot = !never && clones.unwrap_or_else(|| clones_files(env.dir.path()));
+        assert_eq!(
+            r.stderr.contains("hot copy renamed into place"),
+            hot,
+            "{extra:?} {clones:?}: {r:?}"
+        );
+        if !hot {
+            let why = if never {
+                "no hot copy (`hot_copy = \"never\"`)"
+            } else {
+                "cannot clone files, so a copy would write the whole tree again"
+            };
+            assert!(r.stderr.contains(why), "{extra:?} {clones:?}: said as info: {r:?}");
+            assert!(!r.stderr.contains("warning"), "{r:?}");
+        }
+        let after = full_tree_at(&data, false);
+        for (k, v) in before.iter().filter(|(k, _)| k.as_str() != ".") {
+            assert_eq!(after.get(k), Some(v), "{extra:?} {clones:?}: {k}");
+        }
+        assert_eq!(after.len(), before.len(), "{extra:?} {clones:?}");
+        assert!(guard_files(&env).is_empty(), "{:?}", guard_files(&env));
+    }
+    let env = auto_env("hot_copy = \"sometimes\"\n");
+    let r = env.guard(&["--", "true"]);
+    assert_eq!(r.code, 64, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("hot_copy \"sometimes\" must be \"auto\", \"always\" or \"never\""),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("guard.toml:"), "names the file and line: {r:?}");
 }
 
 /// What [`BREAK`] leaves of the tree of [`hot_env`] (its changes, without the exit).

@@ -79,7 +79,7 @@ fn symlinked_sqlite_and_dir_targets_restore_the_real_data_and_keep_the_links() {
     std::os::unix::fs::symlink(env.path("realdb/app.db"), env.path("app.db")).unwrap();
     env.write(
         "guard.toml",
-        "name = \"s1\"\nstore = \"backups\"\n\n[[target]]\nname = \"data\"\nkind = \"dir\"\npath = \"data\"\n\n[[target]]\nname = \"app\"\nkind = \"sqlite\"\npath = \"app.db\"\n",
+        "name = \"s1\"\nstore = \"backups\"\n\n[[target]]\nname = \"data\"\nkind = \"dir\"\npath = \"data\"\nhot_copy = \"always\"\n\n[[target]]\nname = \"app\"\nkind = \"sqlite\"\npath = \"app.db\"\n",
     );
     // The database is proven by its dump (the sqlite target restores a backup-API copy, equal in
     // content, not in bytes); every file of the tree by its SHA-256.

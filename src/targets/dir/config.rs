@@ -1,5 +1,6 @@
 //! The keys of a `kind = "dir"` target: `path` (a directory or a file) or `paths` (several),
-//! and `exclude` (gitignore-style globs).
+//! `exclude` (gitignore-style globs), `keep_setid`, and `hot_copy` (when a guarded run keeps a
+//! hot copy of the tree beside it).
 
 use std::path::{Component, Path, PathBuf};
 
@@ -26,6 +27,23 @@ pub struct DirSpec {
     pub exclude: Vec<String>,
     /// The policy file's directory (a restore never swaps a directory holding it).
     pub policy_dir: PathBuf,
+    /// `hot_copy`: when a guarded run keeps a hot copy of the tree beside it.
+    pub hot_copy: HotCopy,
+}
+
+/// `hot_copy = "auto" | "always" | "never"`: whether a guarded run's pre-run snapshot keeps a
+/// copy of the tree beside it, so that a failure is put back by a rename (issue 17).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HotCopy {
+    /// Where the filesystem clones files (`FICLONE`: XFS, btrfs, bcachefs…), whose copies share
+    /// the data; not where a copy would write the whole tree again (ext4), which costs a kept
+    /// run a full copy, its sync and its removal.
+    #[default]
+    Auto,
+    /// On every filesystem.
+    Always,
+    /// Never: a failure is restored from the store.
+    Never,
 }
 
 impl DirSpec {
@@ -45,6 +63,7 @@ pub struct Raw {
     keep_setid: Option<bool>,
     paths: Option<Vec<String>>,
     exclude: Option<Vec<String>>,
+    hot_copy: Option<String>,
 }
 
 /// `a/./b/../c` → `a/c`, without touching the filesystem.
@@ -117,7 +136,18 @@ pub fn parse(raw: Raw, cx: &mut ParseCtx) -> Result<DirSpec> {
         }
         (None, None) => return Err(cx.fail_sentence("needs `path` (a file or a directory) or `paths = [...]`")),
     };
+    let hot_copy = cx.one_of(
+        "hot_copy",
+        raw.hot_copy,
+        HotCopy::Auto,
+        &[
+            ("auto", HotCopy::Auto),
+            ("always", HotCopy::Always),
+            ("never", HotCopy::Never),
+        ],
+    )?;
     Ok(DirSpec {
+        hot_copy,
         keep_setid: raw.keep_setid.unwrap_or(false),
         path,
         paths,

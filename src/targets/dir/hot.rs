@@ -36,6 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest as _, Sha256};
 
+use super::config::HotCopy;
 use super::tree::{dir_entry, file_entry, symlink_entry, walk, Filter};
 use crate::manifest::FileEntry;
 
@@ -259,6 +260,35 @@ pub(super) fn is_room_or_permission(e: &anyhow::Error) -> bool {
             )
         })
     })
+}
+
+/// Can the filesystem of the (new, empty) directory `dir` clone files (`FICLONE`)? Two empty
+/// files are made in it, one cloned onto the other, and both removed. `GUARD_TEST_CLONES=1`
+/// says yes (a test's stand-in for XFS or btrfs).
+fn clones_files(dir: &Path) -> bool {
+    if crate::faults::test_flag("GUARD_TEST_CLONES") {
+        return true;
+    }
+    let (a, b) = (dir.join(".clone-probe-a"), dir.join(".clone-probe-b"));
+    let open = |p: &Path| {
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(p)
+    };
+    let cloned = match (open(&a), open(&b)) {
+        (Ok(from), Ok(to)) => {
+            use std::os::fd::AsRawFd;
+            // SAFETY: two valid open descriptors; FICLONE shares the source's extents or fails.
+            unsafe { libc::ioctl(to.as_raw_fd(), libc::FICLONE, from.as_raw_fd()) == 0 }
+        }
+        _ => false,
+    };
+    let _ = fs::remove_file(&a);
+    let _ = fs::remove_file(&b);
+    cloned
 }
 
 /// Reflink support, learnt from the first file: `FICLONE` failing once means a copy for the
@@ -509,6 +539,14 @@ impl super::DirTarget {
             rec.meta.insert("hot_none".into(), why);
             return Ok(None);
         }
+        let mode = match &self.spec.kind {
+            crate::targets::KindSpec::Dir(d) => d.hot_copy,
+            _ => HotCopy::Auto,
+        };
+        if mode == HotCopy::Never {
+            rec.meta.insert("hot_none".into(), "`hot_copy = \"never\"`".into());
+            return Ok(None);
+        }
         // Beside the directory itself: a symlinked `path` is followed, as a restore follows it.
         let root = &self.live_dir()?;
         let copy = match create(root, tag, filter) {
@@ -518,6 +556,17 @@ impl super::DirTarget {
                 return Ok(None);
             }
         };
+        if mode == HotCopy::Auto && !clones_files(&copy) {
+            let _ = fs::remove_dir(&copy);
+            rec.meta.insert(
+                "hot_none".into(),
+                format!(
+                    "{} cannot clone files, so a copy would write the whole tree again and a kept run would wait for that and its removal; `hot_copy = \"always\"` keeps one anyway",
+                    root.parent().unwrap_or(Path::new("/")).display()
+                ),
+            );
+            return Ok(None);
+        }
         let copied = copy_tree(root, &copy, filter, self.setid_mask()).and_then(|l| {
             crate::faults::test_pause("dir-hot-copied");
             Ok((l, identity(&copy)?))

@@ -172,6 +172,9 @@ path = "instances/prod/database/lending_app_prod.db"
 name = "rent-history"
 kind = "dir"
 path = "data/rent_history"
+# A hot copy on every filesystem (the default keeps one only where files clone): the
+# tests of every phase cover it.
+hot_copy = "always"
 
 [[check]]
 name = "existing data untouched"
