@@ -447,6 +447,33 @@ fn sigkill_during_the_restore_by_rename_then_recover_keep_keeps_the_failed_tree(
     }
 }
 
+/// The same on a filesystem that cannot exchange (two renames, simulated), killed between
+/// them: the live path is missing, the failed tree set aside, the hot copy beside. `recover
+/// --keep` must not leave the target missing: the copy goes in, the failed tree is kept.
+#[test]
+fn sigkill_between_the_two_renames_then_recover_keep_leaves_no_target_missing() {
+    let failed = failed_tree();
+    let env = hot_env("");
+    let data = env.path("data");
+    let before = tree(&data);
+    let pause = env.path("paused.pid");
+    let mut cmd = env.cmd(&["--", "sh", "-c", BREAK]);
+    cmd.env("GUARD_TEST_NO_RENAME_EXCHANGE", "1");
+    let mut child = spawn_paused(cmd, "dir-hot-renamed-aside", &pause);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!data.exists(), "killed between the two renames");
+    let r = env.guard(&["recover", "--keep", "--yes"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(tree(&data), before, "the pre-run copy is in place");
+    let left = guard_files(&env);
+    assert_eq!(left.len(), 1, "{left:?}");
+    let kept = env.path(&left[0]).join("data");
+    assert_eq!(tree(&kept), failed, "the failed tree is kept whole");
+    assert!(r.stderr.contains(&kept.display().to_string()), "{r:?}");
+    assert_eq!(env.guard(&["status"]).code, 0);
+}
+
 // --- The deferred store artifact (issue 17, added downtime) --------------------------------
 //
 // The command starts once the hot copy is verified; the tar for the store is written from it

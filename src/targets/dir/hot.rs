@@ -126,18 +126,26 @@ fn exchanged(live: &Path, tag: &str) -> bool {
     text.trim() == format!("{}:{}", m.dev(), m.ino())
 }
 
-/// The run `tag` is over: remove its hot copy beside `live`, unless a guard killed between the
-/// exchange and the rename aside left the failed tree under the hot copy's name (the live path
-/// names the copy): that tree is set aside instead, and its new place returned.
-pub(super) fn drop_copy(live: &Path, tag: &str) -> Result<Option<PathBuf>> {
+/// The run `tag` is over: remove its hot copy beside `live`, unless a restore by rename that a
+/// guard was killed in needs it otherwise ([`Dropped`]).
+pub(super) fn drop_copy(live: &Path, tag: &str) -> Result<Option<Dropped>> {
     let (Some(copy), Some(entry)) = (hot_path(live, tag), aside_entry(live, tag)) else {
         return Ok(None);
     };
     let there = |p: &Path| fs::symlink_metadata(p).is_ok();
+    let parent = live.parent().unwrap_or(Path::new("/"));
     if there(&copy) && !there(&entry) && exchanged(live, tag) {
         set_aside(&copy, &entry)?;
-        crate::store::local::sync_dir(live.parent().unwrap_or(Path::new("/")))?;
-        return Ok(Some(entry));
+        crate::store::local::sync_dir(parent)?;
+        return Ok(Some(Dropped::Exchanged(entry)));
+    }
+    if there(&copy) && there(&entry) && !there(live) {
+        // Killed between the two renames (no exchange): the failed tree is aside and the live
+        // path free. The live path is never left missing: the copy goes in, as the swap would
+        // have done.
+        fs::rename(&copy, live).with_context(|| format!("cannot rename {} to {}", copy.display(), live.display()))?;
+        crate::store::local::sync_dir(parent)?;
+        return Ok(Some(Dropped::RenamedIn(entry)));
     }
     remove_tree(&copy).with_context(|| format!("cannot remove the hot copy {}", copy.display()))?;
     Ok(None)
@@ -289,6 +297,14 @@ fn clones_files(dir: &Path) -> bool {
     let _ = fs::remove_file(&a);
     let _ = fs::remove_file(&b);
     cloned
+}
+
+/// What [`drop_copy`] did instead of removing the hot copy: the failed tree is at the path.
+pub(super) enum Dropped {
+    /// Killed after the exchange: the failed tree, under the hot copy's name, was set aside.
+    Exchanged(PathBuf),
+    /// Killed between the two renames: the hot copy was renamed into the free live path.
+    RenamedIn(PathBuf),
 }
 
 /// Reflink support, learnt from the first file: `FICLONE` failing once means a copy for the
@@ -753,6 +769,7 @@ impl super::DirTarget {
                 set_aside(&copy, &aside)?;
             } else {
                 set_aside(&live, &aside)?;
+                crate::faults::test_pause("dir-hot-renamed-aside");
                 if let Err(e) = fs::rename(&copy, &live) {
                     let _ = fs::rename(&aside, &live);
                     return Err(e).with_context(|| format!("cannot rename {} to {}", copy.display(), live.display()));

@@ -706,15 +706,23 @@ impl Target for DirTarget {
         if self.shown.is_some() {
             return;
         }
-        match hot::drop_copy(&self.swap_path(), run_id) {
-            Ok(None) => {}
-            Ok(Some(kept)) => crate::errln!(
-                "guard: target {}: a restore by rename was killed after its exchange: the live tree is the pre-run copy, and the failed tree under the hot copy's name was set aside as {}",
-                self.spec.name,
-                kept.display()
+        let (did, kept) = match hot::drop_copy(&self.swap_path(), run_id) {
+            Ok(None) => return,
+            Ok(Some(hot::Dropped::Exchanged(p))) => (
+                "was killed after its exchange: the live tree is the pre-run copy, and the failed tree under the hot copy's name was set aside",
+                p,
             ),
-            Err(e) => crate::errln!("guard: warning: target {}: {e:#}", self.spec.name),
-        }
+            Ok(Some(hot::Dropped::RenamedIn(p))) => (
+                "was killed between its two renames: the pre-run copy was renamed into the free live path, and the failed tree is kept",
+                p,
+            ),
+            Err(e) => return crate::errln!("guard: warning: target {}: {e:#}", self.spec.name),
+        };
+        crate::errln!(
+            "guard: target {}: a restore by rename {did} in {}",
+            self.spec.name,
+            kept.display()
+        );
     }
 
     fn drop_aside(&self) -> Result<()> {
