@@ -5,7 +5,7 @@
 //! of a store, and names those that cannot be read; [`crate::attention`] says which need
 //! attention.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -276,15 +276,35 @@ impl Journal {
     }
 
     /// The pre-run snapshot as far as it got when its store artifact was deferred: the records
-    /// in `pending` (no artifacts; their hot copies hold the state), for a restore by rename.
-    pub fn pending_manifest(&self, policy: &crate::policy::Policy) -> Option<crate::manifest::Manifest> {
+    /// in `pending` (the deferred ones without artifacts: their hot copies hold the state, for
+    /// a restore by rename), each stored record's file listing read back from its artifact
+    /// ([`without_listing`]). `Ok(None)` when nothing is pending.
+    pub fn pending_manifest(
+        &self,
+        policy: &crate::policy::Policy,
+        store: &dyn Store,
+    ) -> Result<Option<crate::manifest::Manifest>> {
         if self.pending.is_empty() {
-            return None;
+            return Ok(None);
         }
+        let mut targets = self.pending.clone();
+        for rec in targets.iter_mut() {
+            if rec.meta.remove(LISTING).as_deref() == Some(IN_ARTIFACT) {
+                rec.files = crate::targets::dir::listing_from_store(rec, store).with_context(|| {
+                    format!(
+                        "target {}: reading its file listing back from its store artifact",
+                        rec.name
+                    )
+                })?;
+            }
+        }
+        let Some(id) = self.snapshot_id.clone() else {
+            return Ok(None);
+        };
         let now = crate::clock::now();
-        Some(crate::manifest::Manifest {
+        Ok(Some(crate::manifest::Manifest {
             format: crate::manifest::FORMAT,
-            id: self.snapshot_id.clone()?,
+            id,
             policy: policy.name.clone(),
             kind: crate::manifest::SnapshotKind::PreRun,
             label: None,
@@ -294,10 +314,10 @@ impl Journal {
             host: self.host.clone(),
             guard_version: env!("CARGO_PKG_VERSION").to_string(),
             command: None,
-            targets: self.pending.clone(),
+            targets,
             hmac: None,
             unauthenticated: None,
-        })
+        }))
     }
 
     /// [`Journal::enter`] for a step that must run whatever the store does: once a guarded
@@ -404,4 +424,25 @@ fn policy_named_in(bytes: &[u8]) -> Option<String> {
     let rest = rest.trim_start().strip_prefix(':')?.trim_start().strip_prefix('"')?;
     let name = &rest[..rest.find('"')?];
     (!name.is_empty() && !name.contains('\\')).then(|| name.to_string())
+}
+
+/// `meta` key of a pending record journaled without its file listing ([`without_listing`]).
+const LISTING: &str = "listing";
+/// Its value: the listing is the one of the record's store artifact.
+const IN_ARTIFACT: &str = "in-artifact";
+
+/// `rec` as the run journal holds it while pending: without its file listing, which would make
+/// every journal write as large as the tree's listing. A deferred record needs none (its hot
+/// copy is renamed in, proven by its identity); a record whose artifact is stored gets it back
+/// from that artifact, checked against the SHA-256 the record holds
+/// ([`Journal::pending_manifest`]).
+pub fn without_listing(rec: &crate::manifest::TargetRecord) -> crate::manifest::TargetRecord {
+    let mut r = rec.clone();
+    if !r.files.is_empty() {
+        r.files = Vec::new();
+        if !crate::targets::is_deferred(rec) {
+            r.meta.insert(LISTING.into(), IN_ARTIFACT.into());
+        }
+    }
+    r
 }

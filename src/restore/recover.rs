@@ -294,7 +294,7 @@ fn finish_restore(cx: &Ctx, j: &mut Journal, yes: bool, live: Live) -> Result<()
     // being written (issue 17) left no manifest: its journal's records and hot copies are it.
     let m = match cx.catalog.load_manifest(cx.store, &snap_id) {
         Ok(m) => m,
-        Err(e) => match j.pending_manifest(cx.policy) {
+        Err(e) => match j.pending_manifest(cx.policy, cx.store).kind(Kind::Corrupt)? {
             Some(m) => {
                 cx.ui.info(&format!(
                     "guard: snapshot {snap_id} never reached the store ({e:#}); restoring from the hot copies run {} kept",

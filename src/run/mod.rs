@@ -397,21 +397,16 @@ fn take_snapshot(
         pending = snapshot::Pending { manifest: m };
     } else {
         // The hot copies are the verified snapshot until the store holds it: the journal
-        // records them (with their identity) before the command may start. A deferred
-        // record's file listing stays out of it (the manifest gets it): a restore of such a
-        // record renames its copy in, proven by that identity, and never reads the listing,
-        // while every journal write would carry it (22 MB for a tree of 100k files).
+        // records them (with their identity) before the command may start. No record's file
+        // listing goes into it (every journal write would carry it: 22 MB for a tree of 100k
+        // files): a deferred record is restored by renaming its copy in, proven by that
+        // identity; one stored already has the listing in its artifact, whose SHA-256 the
+        // record holds ([`crate::journal::Journal::pending_manifest`] reads it back).
         j.pending = pending
             .manifest
             .targets
             .iter()
-            .map(|r| match crate::targets::is_deferred(r) {
-                true => crate::manifest::TargetRecord {
-                    files: Vec::new(),
-                    ..r.clone()
-                },
-                false => r.clone(),
-            })
+            .map(crate::journal::without_listing)
             .collect();
     }
     j.snapshot_id = Some(pending.manifest.id.clone());

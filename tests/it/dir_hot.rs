@@ -541,6 +541,73 @@ fn the_run_journal_names_the_hot_copy_without_the_trees_file_listing() {
     assert_eq!(env.guard(&["verify", &id]).code, 0);
 }
 
+/// A directory without a hot copy, stored before the command, beside a SQLite target whose
+/// store artifact is deferred: the run journal holds the records of both until the manifest
+/// exists, and the directory's without its file listing (its tar, checked against the SHA-256
+/// the journal records, has it). Killed then, `guard recover` restores both: the tree from its
+/// tar, proven against the original (SHA-256 of every file, modes, links), the database from
+/// its hot copy (sqlite3 .dump equal).
+#[test]
+fn a_stored_trees_listing_stays_out_of_the_journal_and_recover_reads_it_from_the_tar() {
+    let env = auto_env("hot_copy = \"never\"\n");
+    for i in 0..500 {
+        env.write(&format!("data/many/file-{i:04}.txt"), &format!("{i}\n"));
+    }
+    sql(&env.path("app.db"), "create table t(x); insert into t values (1), (2);");
+    let policy = std::fs::read_to_string(env.path("guard.toml")).unwrap();
+    env.write(
+        "guard.toml",
+        &format!("{policy}\n[[target]]\nname = \"app\"\nkind = \"sqlite\"\npath = \"app.db\"\n"),
+    );
+    let (before, dump_before) = (tree(&env.path("data")), dump(&env.path("app.db")));
+    let pause = env.path("paused.pid");
+    let mut cmd = env.cmd(&[
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "cat backups/runs/*/journal.json > seen; {BREAK_CMD}; sqlite3 app.db 'delete from t'; touch {p}; sleep 60",
+            BREAK_CMD = BREAK.trim_end_matches("; exit 3"),
+            p = pause.display()
+        ),
+    ]);
+    cmd.env("GUARD_TEST_HOLD", "deferred-artifact")
+        .env("GUARD_TEST_HOLD_RELEASE", env.path("never"));
+    let mut child = spawn_paused(cmd, "none", &pause);
+    child.kill().unwrap(); // SIGKILL, the command still running
+    child.wait().unwrap();
+    let seen = std::fs::read_to_string(env.path("seen")).unwrap();
+    let j: serde_json::Value = serde_json::from_str(&seen).unwrap();
+    let pending = j["pending"].as_array().expect("pending records while the command runs");
+    assert_eq!(pending.len(), 2, "{seen}");
+    assert!(
+        !seen.contains("file-0499.txt"),
+        "no file listing in the journal ({} bytes)",
+        seen.len()
+    );
+    // The command's process group outlives guard, and recover waits for it: end it first.
+    let runs: Vec<_> = std::fs::read_dir(env.path("backups/runs")).unwrap().flatten().collect();
+    assert_eq!(runs.len(), 1);
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(runs[0].path().join("journal.json")).unwrap()).unwrap();
+    let pgid = j["command_pgid"].as_i64().expect("the command's group is journaled");
+    unsafe { libc::kill(-(pgid as i32), libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while alive(pgid as u32) {
+        assert!(std::time::Instant::now() < deadline, "the command's group ended");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let r = env.guard(&["recover", "--yes"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        tree(&env.path("data")),
+        before,
+        "the tree is back, every file's SHA-256"
+    );
+    assert_eq!(dump(&env.path("app.db")), dump_before, "the database is back");
+    assert_eq!(env.guard(&["status"]).code, 0);
+}
+
 #[test]
 fn a_kept_run_starts_the_command_before_the_tree_is_in_the_store_and_exits_once_it_is_verified() {
     let env = hot_env("");

@@ -348,6 +348,25 @@ impl DirTarget {
     }
 }
 
+/// The file listing of `rec` read back from its store artifact (its stored bytes and content
+/// checked against the SHA-256 the record holds): for a record the run journal held without it
+/// ([`crate::journal::without_listing`]).
+pub fn listing_from_store(rec: &TargetRecord, store: &dyn Store) -> Result<Vec<crate::manifest::FileEntry>> {
+    let a = rec
+        .artifacts
+        .first()
+        .ok_or_else(|| anyhow!("target {}: no store artifact to read its listing from", rec.name))?;
+    if is_replaced_by_file(rec) {
+        bail!("target {}: a file's artifact holds no listing", rec.name);
+    }
+    let (reader, writer) = std::io::pipe()?;
+    let consumer = std::thread::spawn(move || listing_of_tar(std::io::BufReader::new(reader)));
+    let r = crate::artifact::read_artifact(store, a, writer);
+    let listing = consumer.join().map_err(|_| anyhow!("tar reader panicked"))?;
+    r?;
+    listing.with_context(|| format!("{}/{}: not a valid tar stream", store.location(), a.key))
+}
+
 impl Target for DirTarget {
     fn spec(&self) -> &TargetSpec {
         &self.spec
