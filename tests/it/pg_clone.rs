@@ -701,3 +701,52 @@ fn a_clone_swap_recreates_a_grantee_the_command_dropped() {
     );
     assert_eq!(guard_dbs(&c), "");
 }
+
+/// A command may drop a role that held privileges on the database once it has revoked them
+/// there: the clone must not hold them too (it did: `TEMPORARY` granted on the live database
+/// was carried to the clone, so `DROP ROLE` failed — "privileges for database guard_hot_…" —
+/// and a migration that succeeds without guard failed and was undone). The clone holds
+/// `CONNECT` for guard's role only and no other privilege until the swap puts the live ACL
+/// back.
+#[test]
+fn a_command_dropping_a_role_with_privileges_on_the_database_succeeds_on_a_clone_run() {
+    let c = Cluster::start();
+    c.createdb("shop");
+    c.psql("shop", SHOP);
+    let env = shop_env(&c, "");
+    let r = run_with_pg(
+        &env,
+        &c,
+        &psql_cmd(
+            &c,
+            "REVOKE ALL ON DATABASE shop FROM shop_app; ALTER ROLE shop_app IN DATABASE shop RESET ALL; DROP ROLE shop_app;",
+        ),
+    );
+    assert_eq!(r.code, 0, "the migration succeeds as it does without guard: {r:?}");
+    assert_eq!(
+        c.psql("postgres", "SELECT count(*) FROM pg_roles WHERE rolname = 'shop_app'"),
+        "0",
+        "dropped"
+    );
+    assert_eq!(guard_dbs(&c), "", "the clone is dropped once the run is kept");
+
+    // A failed run still puts the whole live ACL back by rename (TEMPORARY included).
+    c.psql(
+        "postgres",
+        "CREATE ROLE shop_tmp; GRANT TEMPORARY ON DATABASE shop TO shop_tmp",
+    );
+    let state = db_state(&c);
+    let before = c.dump("shop");
+    let r = run_with_pg(
+        &env,
+        &c,
+        &psql_cmd(
+            &c,
+            "DELETE FROM item; REVOKE TEMPORARY ON DATABASE shop FROM shop_tmp; SELECT 1/0;",
+        ),
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("clone renamed into place"), "{r:?}");
+    assert_eq!(c.dump("shop"), before);
+    assert_eq!(db_state(&c), state, "the ACL came back with TEMPORARY for shop_tmp");
+}

@@ -7,7 +7,9 @@
 //! under `refuse`, the clone is not made and the dump is taken as before, saying so; then
 //! `CREATE DATABASE guard_hot_RUN_H TEMPLATE db STRATEGY FILE_COPY ALLOW_CONNECTIONS false`
 //! (PostgreSQL 15; the default strategy before), the live state carried over to the clone
-//! except `CONNECT`, which only guard's own role holds on it, and only then is it opened to
+//! except its ACL: every privilege revoked, `CONNECT` granted to guard's own role alone (no
+//! other role's privilege there, so a command may still drop a role it revoked on the live
+//! database), and only then is it opened to
 //! connections: from its creation until it is closed again ([`super::deferred`]) only guard's
 //! role or a superuser can connect to it. A role without `CREATEDB` (or any refusal) falls back
 //! to the dump of the live database, with a message.
@@ -77,7 +79,7 @@ impl PostgresTarget {
     }
 
     /// Make run `tag`'s clone of the live database, with the live database's own state (which
-    /// comes back too) except `CONNECT`, which only guard's role holds on the clone. `Err` is
+    /// comes back too) except its ACL: only guard's role holds a privilege, `CONNECT`. `Err` is
     /// why there is none (nothing was left behind).
     pub(super) fn make_clone(&self, tag: &str) -> Result<(String, DbState)> {
         let db = self.dbname();
@@ -356,17 +358,19 @@ fn recreate_grantees_sql(state: &DbState) -> String {
     b
 }
 
-/// The DO body that leaves `CONNECT` on database `name` to guard's own role alone: revoked from
-/// `PUBLIC` and every grantee (as the owner), granted to `current_user`; one left by a grantor
-/// guard cannot act as fails it.
+/// The DO body that leaves database `name` with one privilege, `CONNECT` for guard's own role:
+/// every privilege revoked from `PUBLIC` and every grantee (as the owner), `CONNECT` granted to
+/// `current_user`; a `CONNECT` left by a grantor guard cannot act as fails it. No other role's
+/// privilege on the clone: a command may revoke a role's privileges on the live database and
+/// drop it, which a grant on the clone would refuse. The swap puts the live ACL back.
 fn restrict_sql(name: &str) -> String {
     let acl = "pg_catalog.aclexplode(coalesce(d.datacl, pg_catalog.acldefault('d', d.datdba)))";
     format!(
         "DECLARE db text := {lit}; r record;
 BEGIN
   FOR r IN SELECT DISTINCT a.grantee FROM pg_catalog.pg_database d, {acl} a
-           WHERE d.datname OPERATOR(pg_catalog.=) db AND a.privilege_type OPERATOR(pg_catalog.=) 'CONNECT' LOOP
-    EXECUTE 'REVOKE CONNECT ON DATABASE ' || pg_catalog.quote_ident(db) || ' FROM ' || CASE WHEN r.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(r.grantee)) END || ' CASCADE';
+           WHERE d.datname OPERATOR(pg_catalog.=) db LOOP
+    EXECUTE 'REVOKE ALL ON DATABASE ' || pg_catalog.quote_ident(db) || ' FROM ' || CASE WHEN r.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(r.grantee)) END || ' CASCADE';
   END LOOP;
   EXECUTE 'GRANT CONNECT ON DATABASE ' || pg_catalog.quote_ident(db) || ' TO ' || pg_catalog.quote_ident(current_user);
   IF EXISTS (SELECT 1 FROM pg_catalog.pg_database d, {acl} a

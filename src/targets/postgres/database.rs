@@ -372,19 +372,23 @@ fn list(v: &[String]) -> String {
 
 /// `roles`: the roles the database refers to ([`referenced_roles`]). What any role meets
 /// (subscriptions, extension versions) comes first; a superuser can restore everything else.
+/// `db` is the database a restore goes into (the live one, also when `c` is on its clone,
+/// which holds no privilege but guard's `CONNECT`).
 pub(super) async fn findings(
     c: &mut PgConnection,
     format: PgFormat,
     server_num: u32,
     roles: &[String],
+    db: &str,
 ) -> Result<Findings> {
     let mut f = Findings::default();
     subscription_findings(c, format, server_num, &mut f).await?;
     extension_version_findings(c, &mut f).await?;
     let (superuser, createrole, temp): (bool, bool, bool) = sqlx::query_as(
-        "SELECT r.rolsuper, r.rolcreaterole, pg_catalog.has_database_privilege(pg_catalog.current_database(), 'TEMPORARY')
+        "SELECT r.rolsuper, r.rolcreaterole, pg_catalog.has_database_privilege($1::text, 'TEMPORARY')
          FROM pg_catalog.pg_roles r WHERE r.rolname = current_user",
     )
+    .bind(db)
     .fetch_one(&mut *c)
     .await
     .context("reading the connecting role's attributes")?;

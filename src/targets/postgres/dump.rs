@@ -194,8 +194,9 @@ impl PostgresTarget {
             let num: String = session.scalar("SHOW server_version_num")?;
             let num: u32 = num.trim().parse().unwrap_or(0);
             let format = self.pg.format;
+            let live = self.live_db();
             let f = session
-                .run(|c| findings(c, format, num, &roles))
+                .run(|c| findings(c, format, num, &roles, &live))
                 .with_context(|| format!("target {name}: checking what a restore could put back"))?;
             for w in &f.warnings {
                 say(&format!(
