@@ -20,9 +20,16 @@
 //! equal the one taken while copying from the live tree.
 //!
 //! On a failure ([`swap_in`]): the copy's identity is checked again, its root takes the live
-//! directory's mode and owner, and it is exchanged with the live tree in one
-//! `renameat2(RENAME_EXCHANGE)`; the failed tree, now under the hot copy's name, is renamed to
-//! `.NAME.guard-failed-RUN`, where the rescue snapshot reads it once the targets are back.
+//! directory's mode and owner, a marker naming the copy's root is synced into
+//! `.NAME.guard-failed-RUN/` ([`EXCHANGING`]), and the copy is exchanged with the live tree in
+//! one `renameat2(RENAME_EXCHANGE)`; the failed tree, now under the hot copy's name, is renamed
+//! to `.NAME.guard-failed-RUN/NAME`, where the rescue snapshot reads it once the targets are
+//! back. Removing the copy after a run ([`drop_copy`]) reads the marker, so a guard killed
+//! between the two steps never has the failed tree removed as if it were the copy.
+//!
+//! When a copy is kept at all is the target's `hot_copy` ([`HotCopy`]): by default only where
+//! the filesystem clones files ([`clones_files`]), since elsewhere the copy is a full write of
+//! the tree that every kept run pays for, with its removal.
 //!
 //! Names are computed from the policy's path and the run id; a manifest never names a path.
 
