@@ -273,23 +273,39 @@ fn unknown_command_is_refused_before_anything() {
 #[test]
 fn second_guard_on_the_same_policy_is_refused_naming_the_holder() {
     let env = simple_env("");
+    // The first guard's command runs until the test lets it end: no time window to hit (a
+    // `sleep 3` could end before a loaded machine let the test look).
+    let (started, go) = (env.path("started"), env.path("go"));
+    let script = format!(
+        "touch '{}'; while [ ! -e '{}' ]; do sleep 0.05; done",
+        started.display(),
+        go.display()
+    );
     let mut first = env
-        .cmd(&["--", "sleep", "3"])
+        .cmd(&["--", "sh", "-c", &script])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Wait until the first guard is running its command.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let s = env.guard(&["status", "--json"]);
-        if s.stdout.contains("\"pid\"") {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "first guard never took the lock");
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !started.exists() {
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first guard ended before its command started"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first guard's command never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    let s = env.guard(&["status", "--json"]);
+    assert!(
+        s.stdout.contains(&format!("\"pid\": {}", first.id())),
+        "status names the running guard: {s:?}"
+    );
     let r = env.guard(&["--", "true"]);
+    std::fs::write(&go, "").unwrap();
     assert_eq!(r.code, 75, "{r:?}");
     assert!(
         r.stderr.contains(&format!("pid {}", first.id())),
