@@ -750,3 +750,31 @@ fn a_command_dropping_a_role_with_privileges_on_the_database_succeeds_on_a_clone
     assert_eq!(c.dump("shop"), before);
     assert_eq!(db_state(&c), state, "the ACL came back with TEMPORARY for shop_tmp");
 }
+
+/// A role with settings in the database (`ALTER ROLE … IN DATABASE … SET`) but no privilege on
+/// it, dropped by a command that then fails: the swap recreates it `NOLOGIN` (as a restore from
+/// the dump does) and puts its settings back — the database is restored by rename, not left
+/// as the command left it.
+#[test]
+fn a_clone_swap_recreates_a_role_with_settings_the_command_dropped() {
+    let c = Cluster::start();
+    c.createdb("shop");
+    c.psql("shop", SHOP);
+    c.psql(
+        "postgres",
+        "CREATE ROLE reporter; ALTER ROLE reporter IN DATABASE shop SET work_mem = '64MB'",
+    );
+    let env = shop_env(&c, "");
+    let before = c.dump("shop");
+    let state = db_state(&c);
+    let r = run_with_pg(
+        &env,
+        &c,
+        &psql_cmd(&c, "DELETE FROM item; DROP ROLE reporter; SELECT 1/0;"),
+    );
+    assert_eq!(r.code, 1, "restored: {r:?}");
+    assert!(r.stderr.contains("clone renamed into place"), "{r:?}");
+    assert_eq!(c.dump("shop"), before, "the database came back exactly");
+    assert_eq!(db_state(&c), state, "reporter's setting is back");
+    assert_eq!(guard_dbs(&c), "");
+}

@@ -336,22 +336,26 @@ fn carry_sql(state: &DbState, name: &str) -> String {
         .replace("pg_catalog.current_database()", &quote_literal(name))
 }
 
-/// The DO body of the swap: each grantee of `state`'s ACL that does not exist created
-/// `NOLOGIN`, then [`carry_sql`] (the live state given to the clone `name`).
+/// The DO body of the swap: each role `state` names that does not exist created `NOLOGIN`
+/// ([`recreate_grantees_sql`]), then [`carry_sql`] (the live state given to the clone `name`).
 fn swap_sql(state: &DbState, name: &str) -> String {
     carry_sql(state, name).replacen("\nBEGIN\n", &format!("\nBEGIN\n{}", recreate_grantees_sql(state)), 1)
 }
 
-/// Statements creating, `NOLOGIN`, each grantee of `state`'s ACL that does not exist.
+/// Statements creating, `NOLOGIN`, each role `state` names that does not exist: the grantees of
+/// its ACL and the roles with settings in the database (a command may have dropped either; the
+/// swap's `ALTER ROLE … IN DATABASE` and `GRANT` need them).
 fn recreate_grantees_sql(state: &DbState) -> String {
     let mut b = String::from("NULL;\n");
     let mut seen = std::collections::BTreeSet::new();
-    for g in state.grants.iter().filter(|g| !g.grantee.is_empty()) {
-        if seen.insert(g.grantee.as_str()) {
+    let grantees = state.grants.iter().map(|g| g.grantee.as_str());
+    let with_settings = state.settings.iter().map(|s| s.role.as_str());
+    for role in grantees.chain(with_settings).filter(|r| !r.is_empty()) {
+        if seen.insert(role) {
             b.push_str(&format!(
                 "IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) {}) THEN\n  CREATE ROLE {} NOLOGIN;\nEND IF;\n",
-                quote_literal(&g.grantee),
-                quote_ident(&g.grantee)
+                quote_literal(role),
+                quote_ident(role)
             ));
         }
     }
