@@ -157,24 +157,30 @@ impl PostgresTarget {
         let on_postgres = m
             .scalar::<String>("SELECT pg_catalog.current_database()::text")
             .is_ok_and(|d| d == "postgres");
-        if on_postgres
+        // The swap's first queries prepared now (one round trip each then, not two).
+        let warm = on_postgres
             && m.run(|c| sqlx::raw_sql("DO $guard$BEGIN NULL; END$guard$").execute(c))
                 .is_ok()
-        {
+            && databases(&mut m, &["postgres"]).is_ok()
+            && super::restore::other_sessions_on(&mut m, &self.live_db(), std::time::Duration::ZERO).is_ok();
+        if warm {
             *self.swap_session.lock().unwrap_or_else(|p| p.into_inner()) = Some(m);
         }
     }
 
-    /// The session of the swap: the one kept since the snapshot when it still answers, else a
-    /// new one (the server restarted, an `idle_session_timeout` ended it).
-    fn swap_session(&self) -> Result<Session> {
+    /// The session of the swap and which of `names` exist ([`databases`]): on the session kept
+    /// since the snapshot when it still answers, else on a new one (the server restarted, an
+    /// `idle_session_timeout` ended it).
+    fn swap_session(&self, names: &[&str]) -> Result<(Session, Databases)> {
         if let Some(mut s) = self.swap_session.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            if s.run(|c| sqlx::raw_sql("SELECT 1").execute(c)).is_ok() {
-                return Ok(s);
+            match databases(&mut s, names) {
+                Ok(found) => return Ok((s, found)),
+                Err(_) => s.abandon(),
             }
-            s.abandon();
         }
-        self.maintenance_session()
+        let mut s = self.maintenance_session()?;
+        let found = databases(&mut s, names)?;
+        Ok((s, found))
     }
 
     /// Drop database `name` if it exists (a clone or a set-aside database: guard's names only).
@@ -235,8 +241,7 @@ impl PostgresTarget {
         let (clone, aside) = self.hot_names(tag);
         // One session for the whole swap — every check, the sessions ended, the transaction —
         // opened before the command.
-        let mut m = self.swap_session()?;
-        let found = databases(&mut m, &[&clone, &aside, &db])?;
+        let (mut m, found) = self.swap_session(&[&clone, &aside, &db])?;
         match found.get(&clone) {
             Some(&(oid, false)) if oid.to_string() == *want => {}
             Some(&(oid, allow)) => bail!(
@@ -263,9 +268,10 @@ impl PostgresTarget {
         let r = m.run(|m| {
             let (db, clone, aside, state) = (&db, &clone, &aside, &state);
             async move {
+                // Simple-protocol statements: one round trip each (a prepared one takes two).
                 let mut tx = m.begin().await?;
                 if had_live {
-                    sqlx::query(&format!(
+                    sqlx::raw_sql(&format!(
                         "ALTER DATABASE {} RENAME TO {}",
                         quote_ident(db),
                         quote_ident(aside)
@@ -274,24 +280,21 @@ impl PostgresTarget {
                     .await?;
                 }
                 crate::faults::test_pause("pg-swap");
-                if let Some(state) = state {
-                    // The live CONNECT grants (guard's role alone held CONNECT on the clone); a
-                    // grantee the command dropped is recreated NOLOGIN, as a restore does. One
-                    // block: one round trip, one PL/pgSQL compilation.
-                    sqlx::raw_sql(&format!("DO {}", dollar_quote(&swap_sql(state, clone))))
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                sqlx::query(&format!(
-                    "ALTER DATABASE {} RENAME TO {}",
+                // The live CONNECT grants (guard's role alone held CONNECT on the clone) and the
+                // rest of the live state — a role the command dropped recreated NOLOGIN, as a
+                // restore does — then the clone takes the name and opens: one round trip.
+                let carry = match state {
+                    Some(state) => format!("DO {};\n", dollar_quote(&swap_sql(state, clone))),
+                    None => String::new(),
+                };
+                sqlx::raw_sql(&format!(
+                    "{carry}ALTER DATABASE {} RENAME TO {};\nALTER DATABASE {} ALLOW_CONNECTIONS true",
                     quote_ident(clone),
+                    quote_ident(db),
                     quote_ident(db)
                 ))
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", quote_ident(db)))
-                    .execute(&mut *tx)
-                    .await?;
                 let oid: i64 = sqlx::query_scalar("SELECT oid::int8 FROM pg_database WHERE datname = $1")
                     .bind(db)
                     .fetch_one(&mut *tx)
@@ -316,8 +319,11 @@ impl PostgresTarget {
     }
 }
 
-/// Which of databases `names` exist, through session `m`: name → (OID, open to connections).
-fn databases(m: &mut Session, names: &[&str]) -> Result<BTreeMap<String, (i64, bool)>> {
+/// Databases by name: (OID, open to connections).
+type Databases = BTreeMap<String, (i64, bool)>;
+
+/// Which of databases `names` exist, through session `m`.
+fn databases(m: &mut Session, names: &[&str]) -> Result<Databases> {
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     Ok(m.fetch_all_with(
         "SELECT datname::text, oid::int8, datallowconn FROM pg_catalog.pg_database WHERE datname = ANY($1)",
