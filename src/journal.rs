@@ -126,6 +126,12 @@ pub struct Journal {
     /// aside beside them, until the rescue snapshot holds it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub set_aside: Vec<String>,
+    /// Targets of a failed run that had no hot copy, whose snapshot was unpacked from the store
+    /// beside them and checked before the restore (issue 17: a hot copy made late, `.NAME.guard-hot-RUN`),
+    /// by name: the identity of that copy ([`crate::targets::Target::stage_late`]). Recorded
+    /// before the exchange, so `guard recover` knows the live tree may be that copy.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub late_hot: std::collections::BTreeMap<String, String>,
     /// The pre-run snapshot's records whose store artifact was deferred (issue 17): written
     /// while the command runs, from the hot copy or clone, which is the verified snapshot until
     /// the manifest exists (each record names it: `meta.hot`, its identity `meta.hot_id` or OID
@@ -185,6 +191,7 @@ impl Journal {
             checks: Vec::new(),
             restored: Vec::new(),
             set_aside: Vec::new(),
+            late_hot: Default::default(),
             pending: Vec::new(),
             hot_of: None,
             closes: Vec::new(),

@@ -41,11 +41,17 @@ pub(super) fn swap_hot_copies(
         let started = std::time::Instant::now();
         match crate::error::no_panic(&format!("the swap of {}", rec.name), || t.swap_in(rec, &tag)) {
             Ok(Some(view)) => {
+                let how = match j.late_hot.contains_key(&rec.name) {
+                    true => "the snapshot unpacked beside it, checked and exchanged with the failed tree, which is set aside beside it".to_string(),
+                    false => format!(
+                        "its {} renamed into place; the failed state set aside beside it",
+                        crate::targets::held_in(rec)
+                    ),
+                };
                 cx.ui.info(&format!(
-                    "  {:<16} restored and verified in {:.3}s (its {} renamed into place; the failed state set aside beside it)",
+                    "  {:<16} restored and verified in {:.3}s ({how})",
                     rec.name,
                     started.elapsed().as_secs_f64(),
-                    crate::targets::held_in(rec)
                 ));
                 out.push((rec.name.clone(), view));
             }
@@ -139,4 +145,76 @@ pub(super) fn check_unswapped(
         }
     }
     Ok(unverified)
+}
+
+/// A guarded run's restore (issue 17): every target of `m` without a hot copy that can have
+/// one made late ([`Target::stage_late`]: a `dir` tree swapped whole) has the snapshot unpacked
+/// beside it and checked now; its identity goes into `j.late_hot` (journaled with the next
+/// phase, before any exchange). A target whose unpack fails has its artifact checked as every
+/// other target's is: damaged, the restore stops before anything is touched (the copies made so
+/// far removed), as before; else it is restored after its rescue, as before, saying so.
+pub(super) fn stage_late(
+    cx: &Ctx,
+    targets: &[Box<dyn Target>],
+    m: &Manifest,
+    j: &mut Journal,
+    caller: &Caller,
+) -> Result<(), Failure> {
+    let Some(tag) = j.hot_tag().map(str::to_string) else {
+        return Ok(());
+    };
+    for rec in m.targets.iter().filter(|r| !r.meta.contains_key("hot")) {
+        let Some(t) = targets.iter().find(|t| t.name() == rec.name) else {
+            continue;
+        };
+        let started = std::time::Instant::now();
+        match crate::error::no_panic(&format!("the unpack of {}", rec.name), || {
+            t.stage_late(rec, cx.store, &tag)
+        }) {
+            Ok(Some(id)) => {
+                cx.ui.info(&format!(
+                    "  {:<16} snapshot {} unpacked beside it and every file checked in {:.3}s",
+                    rec.name,
+                    m.id,
+                    started.elapsed().as_secs_f64()
+                ));
+                j.late_hot.insert(rec.name.clone(), id);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                if let Err(v) = verify_later(cx, m, std::slice::from_ref(&rec.name)) {
+                    for name in std::mem::take(&mut j.late_hot).into_keys() {
+                        if let Some(t) = targets.iter().find(|t| t.name() == name) {
+                            t.drop_hot(&tag);
+                        }
+                    }
+                    return Err(super::unverified_failure(caller, m, v));
+                }
+                cx.ui.warn(&format!(
+                    "target {}: the snapshot could not be unpacked beside it ({e:#}); it is restored after its rescue snapshot",
+                    rec.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `m` with the hot copies made late that `j` records named in their records (`meta.hot`,
+/// `meta.hot_id`), for [`swap_hot_copies`]; `None` when there are none.
+pub(super) fn with_late(m: &Manifest, j: &Journal) -> Option<Manifest> {
+    let tag = j.hot_tag()?;
+    if j.late_hot.is_empty() {
+        return None;
+    }
+    let mut m = m.clone();
+    for rec in m.targets.iter_mut() {
+        if let Some(id) = j.late_hot.get(&rec.name) {
+            if !rec.meta.contains_key("hot") {
+                rec.meta.insert("hot".into(), tag.to_string());
+                rec.meta.insert("hot_id".into(), id.clone());
+            }
+        }
+    }
+    Some(m)
 }

@@ -6,7 +6,9 @@
 //!    checksum again before it commits). A guarded run's targets with a hot copy are restored by
 //!    rename first, proven by the copy's identity, and their artifacts checked after (a damage
 //!    is reported; the restore did not need them); one whose copy cannot be used is checked
-//!    before it is restored from the store;
+//!    before it is restored from the store. A guarded run's `dir` trees without a hot copy get
+//!    one made late ([`hot::stage_late`]: the snapshot unpacked beside them, every file checked)
+//!    and are then restored by rename the same way;
 //! 2. the `before` hooks (`guard restore`, `guard recover`; a guarded run ran them already);
 //! 3. a rescue snapshot of the state about to be replaced;
 //! 4. the restore, with SIGINT/SIGTERM deferred until every target is consistent; each target
@@ -194,6 +196,13 @@ pub fn rescue_then_restore(
     // The targets a guarded run will restore by renaming their hot copy in are proven by the
     // copy's identity, not by the store's artifact: the checksum pass over their artifacts,
     // which grows with the data, runs after the swap ([`rescue_and_restore`]), not before it.
+    // A guarded run's dir targets without a hot copy get one made late: the snapshot unpacked
+    // beside them and checked, then renamed in like a hot copy; the rescue follows.
+    if matches!((caller, &rescue), (Caller::Run { .. }, Rescue::Take(_))) {
+        hot::stage_late(cx, targets, m, j, caller)?;
+    }
+    let late = hot::with_late(m, j);
+    let m = late.as_ref().unwrap_or(m);
     let swappable = hot::hot_swappable(m, &rescue, j);
     let first = Manifest {
         targets: m
@@ -365,7 +374,12 @@ fn rescue_and_restore(
     results.extend(unverified);
     // The targets restored by rename are back; the snapshot they were restored to must still be
     // sound in the store for later (`guard restore`, drills): checked now, said if not.
-    let renamed: Vec<String> = swapped.iter().map(|(n, _)| n.clone()).collect();
+    // (A hot copy made late was unpacked from those artifacts and checked file by file.)
+    let renamed: Vec<String> = swapped
+        .iter()
+        .map(|(n, _)| n.clone())
+        .filter(|n| !j.late_hot.contains_key(n))
+        .collect();
     if let Err(e) = hot::verify_later(cx, m, &renamed) {
         cx.ui.warn(&format!(
             "snapshot {} is damaged in the store ({e:#}); {} came back from the hot copy it was taken from and is restored, but that snapshot cannot restore it again: run `guard verify` and take a new snapshot",

@@ -250,6 +250,11 @@ fn close_failed(cx: &Ctx, failed: &[Journal], keep: bool, yes: bool, live: Live)
         k.pending = newest.pending.clone();
         k.hot_of = Some(newest.run_id.clone());
     }
+    // Its failed run's restore made hot copies late (issue 17): the live tree may be one.
+    if !newest.late_hot.is_empty() {
+        k.late_hot = newest.late_hot.clone();
+        k.hot_of = Some(newest.run_id.clone());
+    }
     let result = if keep {
         Ok((0, Outcome::Accepted))
     } else {

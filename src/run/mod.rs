@@ -535,7 +535,7 @@ fn restore_after(
     unstored: bool,
 ) -> Result<(u8, Outcome), Failure> {
     cx.ui.info(&format!(
-        "guard: {why}; taking a rescue snapshot of the failed state, then restoring {}",
+        "guard: {why}; restoring {} and keeping the failed state in a rescue snapshot",
         snap.id
     ));
     let caller = Caller::Run { why: why.to_string() };

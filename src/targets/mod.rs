@@ -404,6 +404,16 @@ pub trait Target: Send + Sync {
         let _ = (rec, run_id);
         Ok(None)
     }
+    /// A hot copy made late (issue 17): for a target whose pre-run snapshot kept no hot copy,
+    /// unpack `rec`'s store artifact beside the live data where run `run_id`'s hot copy would
+    /// be, check it against `rec` (every file's SHA-256), and return the copy's identity, so a
+    /// failed run's restore puts it in by [`Target::swap_in`] and rescues the failed state
+    /// after. `Ok(None)`: this target is restored the usual way (nothing was made). An error
+    /// leaves nothing behind and the live data untouched.
+    fn stage_late(&self, rec: &TargetRecord, store: &dyn Store, run_id: &str) -> Result<Option<String>> {
+        let _ = (rec, store, run_id);
+        Ok(None)
+    }
     /// Write the store artifacts of `rec`, whose pre-run snapshot deferred them (issue 17: its
     /// record names a hot copy or clone, verified when the snapshot was taken, and has no
     /// artifact yet). Runs while the command runs, on a worker thread; stops with an error

@@ -826,3 +826,197 @@ fn sigkill_while_the_hot_copy_is_made_then_recover_removes_it() {
     assert!(snapshots(&env).is_empty(), "no complete snapshot");
     assert_eq!(env.guard(&["status"]).code, 0);
 }
+
+// --- A hot copy made late (issue 17): no hot copy kept, restored before the rescue ----------
+//
+// `hot_copy = "never"` (as `auto` on ext4): a failed run unpacks the snapshot from the store
+// beside the tree, checks every file, exchanges it with the failed tree, says "restored", and
+// only then tars the failed tree (set aside as `.data.guard-failed-RUN/data`) into the rescue.
+
+/// [`BREAK`], keeping a copy of the failed tree (`failed-copy`, beside `data`) first.
+const BREAK_AND_KEEP: &str = "echo BAD > data/a.json; rm -r data/sub; echo new > data/new.json; chmod 600 data/run.sh; ln -sfn a.json data/link; cp -a data failed-copy; exit 3";
+
+/// The tree snapshot `id` holds, unpacked by hand with `tar -xzf` into a scratch directory.
+fn by_hand(env: &Env, id: &str) -> BTreeMap<String, String> {
+    let m: serde_json::Value = serde_json::from_str(&env.guard(&["show", id, "--json"]).stdout).unwrap();
+    let key = m["targets"][0]["artifacts"][0]["key"]
+        .as_str()
+        .expect("an artifact")
+        .to_string();
+    let scratch = env.path(&format!("by-hand-{id}"));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let out = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(env.path(&format!("backups/{key}")))
+        .arg("-C")
+        .arg(&scratch)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let t = tree(&scratch);
+    std::fs::remove_dir_all(&scratch).unwrap();
+    t
+}
+
+#[test]
+fn a_failed_run_without_a_hot_copy_is_restored_before_its_rescue_and_the_rescue_holds_the_failed_tree() {
+    let env = auto_env("hot_copy = \"never\"\n");
+    let data = env.path("data");
+    let before = full_tree(&data);
+    let r = env.guard(&["--", "sh", "-c", BREAK_AND_KEEP]);
+    assert_eq!(r.code, 3, "the command's exit code passes through: {r:?}");
+    let failed = tree(&env.path("failed-copy"));
+    assert_ne!(failed, tree_of(&before));
+    // Restored the store's way: every file, mode and link; mtimes to the second.
+    assert_eq!(tree(&data), tree_of(&before), "{r:?}");
+    let full = full_tree_at(&data, false);
+    for (k, v) in full_tree_at_secs(&before) {
+        assert_eq!(full[&k], v, "{k}");
+    }
+    // One pass before "restored": the rescue snapshot comes after it.
+    let restored = r.stderr.find("restored and verified").expect("restored is said");
+    let rescued = r.stderr.find("kept in rescue snapshot").expect("the rescue is said");
+    assert!(restored < rescued, "restored before the rescue: {r:?}");
+    assert!(r.stderr.contains("unpacked beside it and every file checked"), "{r:?}");
+    assert!(guard_files(&env).is_empty(), "{:?}", guard_files(&env));
+    // The rescue snapshot holds the complete failed tree, recorded under the policy's path.
+    let rescue = id_of(&env, "rescue");
+    let show = env.guard(&["show", &rescue, "--json"]);
+    let sm: serde_json::Value = serde_json::from_str(&show.stdout).unwrap();
+    assert_eq!(sm["targets"][0]["source"], data.display().to_string(), "{sm}");
+    assert_eq!(by_hand(&env, &rescue), failed, "the rescue holds the failed tree whole");
+    let v = env.guard(&["verify"]);
+    assert_eq!(v.code, 0, "{v:?}");
+}
+
+/// SIGKILL after the exchange (before the failed tree is renamed aside, or after) and before
+/// the rescue snapshot is stored: `guard status` says the failed tree is set aside; `guard
+/// recover` puts the pre-run tree in place and stores the rescue of the failed one; `guard
+/// recover --keep` keeps the failed tree, whole, and says where.
+#[test]
+fn sigkill_after_the_exchange_of_a_late_copy_then_recover_or_recover_keep_loses_nothing() {
+    let failed = failed_tree();
+    for point in ["dir-hot-exchanged", "swapped"] {
+        for keep in [false, true] {
+            let env = auto_env("hot_copy = \"never\"\n");
+            let data = env.path("data");
+            let before = tree(&data);
+            let pause = env.path("paused.pid");
+            let mut child = spawn_paused(env.cmd(&["--", "sh", "-c", BREAK]), point, &pause);
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            let what = format!("{point} keep={keep}");
+            assert!(data.exists(), "{what}: the live path is never missing");
+            let status = env.guard(&["status"]);
+            assert_eq!(status.code, 82, "{what}: {status:?}");
+            let said = format!("{}{}", status.stdout, status.stderr);
+            assert!(
+                said.contains("data may already be back") && said.contains(".NAME.guard-failed-"),
+                "{what}: says the failed tree is set aside: {status:?}"
+            );
+            let args: &[&str] = if keep {
+                &["recover", "--keep", "--yes"]
+            } else {
+                &["recover", "--yes"]
+            };
+            let r = env.guard(args);
+            assert_eq!(r.code, 0, "{what}: {r:?}");
+            assert_eq!(tree(&data), before, "{what}: the pre-run tree is in place");
+            assert_eq!(env.guard(&["status"]).code, 0, "{what}");
+            let left = guard_files(&env);
+            if keep {
+                assert_eq!(left.len(), 1, "{what}: {left:?}");
+                assert!(left[0].starts_with(".data.guard-failed-"), "{what}: {left:?}");
+                let kept = env.path(&left[0]).join("data");
+                assert_eq!(tree(&kept), failed, "{what}: the failed tree is kept whole");
+                assert!(r.stderr.contains(&kept.display().to_string()), "{what}: {r:?}");
+                continue;
+            }
+            assert!(left.is_empty(), "{what}: {left:?}");
+            // The rescue snapshot recover stored holds the failed tree.
+            let rescue = id_of(&env, "rescue");
+            assert_eq!(
+                by_hand(&env, &rescue),
+                failed,
+                "{what}: the rescue holds the failed tree"
+            );
+        }
+    }
+}
+
+/// A store artifact that fails its check (a byte flipped while the command ran) is never
+/// swapped in: the failed tree is left as the command left it, exit 80 and the words of a
+/// snapshot that failed verification, nothing left beside the tree.
+#[test]
+fn a_corrupted_artifact_is_not_swapped_in_and_the_failed_tree_is_untouched() {
+    let env = auto_env("hot_copy = \"never\"\n");
+    let data = env.path("data");
+    let flip = "f=$(find backups/snapshots -name '*.tar.gz' | head -n1); python3 -c 'import sys; p = sys.argv[1]; b = bytearray(open(p, \"rb\").read()); b[len(b) // 2] ^= 1; open(p, \"wb\").write(b)' \"$f\"";
+    let r = env.guard(&["--", "sh", "-c", &format!("{flip}; {BREAK_AND_KEEP}")]);
+    assert_eq!(r.code, 80, "{r:?}");
+    assert!(r.stderr.contains("failed verification"), "{r:?}");
+    assert!(r.stderr.contains("nothing was restored"), "{r:?}");
+    assert!(!r.stderr.contains("restored and verified"), "{r:?}");
+    assert_eq!(
+        tree(&data),
+        tree(&env.path("failed-copy")),
+        "the failed tree is untouched"
+    );
+    assert!(guard_files(&env).is_empty(), "{:?}", guard_files(&env));
+}
+
+/// The rescue snapshot cannot be written after a late copy was exchanged (the store's
+/// `snapshots` is made a file while guard waits after the exchange): the tree is restored, the
+/// failed tree stays set aside and the message says where, exit 80 as for any failed rescue;
+/// `guard recover` then stores the rescue of that tree and removes it.
+#[test]
+fn a_rescue_that_fails_after_a_late_copy_is_exchanged_keeps_the_failed_tree_aside_and_says_where() {
+    let failed = failed_tree();
+    let env = auto_env("hot_copy = \"never\"\n");
+    let data = env.path("data");
+    let before = tree(&data);
+    let (pause, release) = (env.path("paused.pid"), env.path("release"));
+    let mut child = env
+        .cmd(&["--", "sh", "-c", BREAK])
+        .env("GUARD_TEST_PAUSE", "swapped")
+        .env("GUARD_TEST_PAUSE_FILE", &pause)
+        .env("GUARD_TEST_PAUSE_RELEASE", &release)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !pause.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("guard finished ({status}) before the exchange of a late copy");
+        }
+        assert!(std::time::Instant::now() < deadline, "guard never reached the pause");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (snaps, away) = (env.path("backups/snapshots"), env.path("backups/snapshots.away"));
+    std::fs::rename(&snaps, &away).unwrap();
+    std::fs::write(&snaps, "not a directory").unwrap();
+    std::fs::write(&release, "").unwrap();
+    let r: Run = child.wait_with_output().unwrap().into();
+    std::fs::remove_file(&snaps).unwrap();
+    std::fs::rename(&away, &snaps).unwrap();
+    assert_eq!(r.code, 80, "{r:?}");
+    assert_eq!(tree(&data), before, "restored: {r:?}");
+    let left = guard_files(&env);
+    assert_eq!(left.len(), 1, "{left:?}");
+    let kept = env.path(&left[0]).join("data");
+    assert_eq!(tree(&kept), failed, "the failed tree is kept whole");
+    assert!(r.stderr.contains("could not be written"), "{r:?}");
+    assert!(r.stderr.contains(&kept.display().to_string()), "says where: {r:?}");
+    assert_eq!(env.guard(&["status"]).code, 82);
+    let rec = env.guard(&["recover", "--yes"]);
+    assert_eq!(rec.code, 0, "{rec:?}");
+    assert_eq!(tree(&data), before);
+    assert!(guard_files(&env).is_empty(), "{:?}", guard_files(&env));
+    assert_eq!(
+        by_hand(&env, &id_of(&env, "rescue")),
+        failed,
+        "the rescue holds the failed tree"
+    );
+    assert_eq!(env.guard(&["status"]).code, 0);
+}

@@ -301,18 +301,19 @@ fn restore_under_a_writers_lock_refuses_and_keeps_its_journal() {
     assert_eq!(count(&db, "SELECT count(*) FROM note WHERE v = 'uncommitted'"), 0);
 }
 
-/// A dir policy whose failing command changes the tree; guard paused at `dir-swap` and killed.
+/// `guard restore` of a snapshot of the tree after it was changed; guard paused at `dir-swap`
+/// (the exchange of a tree unpacked from the store) and killed. (A failed guarded run swaps a
+/// copy unpacked beside the tree by `swap_in` instead: tests/it/dir_hot.rs.)
 fn kill_in_dir_swap(env: &Env, no_exchange: bool) -> bool {
+    let snap = env.guard(&["snapshot"]);
+    assert_eq!(snap.code, 0, "{snap:?}");
+    let id = snapshots(env)[0]["id"].as_str().unwrap().to_string();
+    env.write("data/a.json", "BAD\n");
+    std::fs::remove_file(env.path("data/sub/b.json")).unwrap();
+    env.write("data/new.json", "new\n");
     let pause = env.path("paused.pid");
-    let mut c = env.cmd(&[
-        "--",
-        "sh",
-        "-c",
-        "echo BAD > data/a.json; rm data/sub/b.json; echo new > data/new.json; exit 3",
-    ]);
-    // The swap of a tree unpacked from the store (a hot copy would be renamed in instead).
+    let mut c = env.cmd(&["restore", &id, "--yes"]);
     c.env("GUARD_TEST_PAUSE", "dir-swap")
-        .env("GUARD_TEST_HOT_FREE", "0")
         .env("GUARD_TEST_PAUSE_FILE", &pause)
         .stdout(Stdio::null())
         .stderr(Stdio::null());

@@ -21,6 +21,7 @@
 pub mod config;
 mod hot;
 mod inplace;
+mod late;
 mod owners;
 mod staged;
 pub mod swap;
@@ -710,6 +711,10 @@ impl Target for DirTarget {
             });
             Box::new(view) as Box<dyn Target>
         }))
+    }
+
+    fn stage_late(&self, rec: &TargetRecord, store: &dyn Store, run_id: &str) -> Result<Option<String>> {
+        self.late_copy(rec, store, run_id)
     }
 
     fn write_deferred(

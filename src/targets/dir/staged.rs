@@ -54,29 +54,7 @@ impl DirTarget {
         let staging = sibling(&dest, "restore");
         create_dir_all_private(&staging)?;
         let result = (|| -> Result<()> {
-            let (reader, writer) = std::io::pipe()?;
-            let unpack_to = staging.clone();
-            let mask = self.setid_mask();
-            let untrusted = rec.untrusted;
-            let consumer = std::thread::spawn(move || -> Result<()> {
-                let mut ar = tar::Archive::new(std::io::BufReader::new(reader));
-                ar.set_preserve_permissions(true);
-                ar.set_mask(mask);
-                // As root, every entry goes back to its owner (elsewhere they are ours) — when
-                // the record can be trusted with owners ([`owners`]).
-                ar.set_preserve_ownerships(inplace::running_as_root() && !untrusted);
-                ar.set_overwrite(true);
-                tree::unpack(ar, &unpack_to)
-            });
-            let r = crate::artifact::read_artifact(store, a, writer);
-            let unpacked = consumer.join().map_err(|_| anyhow!("tar reader panicked"))?;
-            r?;
-            unpacked.context("unpacking")?;
-            compare_listings(&rec.files, &scan(&staging)?).context("unpacked tree differs from the manifest")?;
-            if rec.untrusted {
-                let metas = owners::from_live(&rec.files, &|p| dest.join(p), &dest, self.setid_mask());
-                owners::apply(&metas, &|p| staging.join(p))?;
-            }
+            self.unpack_checked(rec, a, store, &dest, &staging)?;
             root_meta(rec, &dest, &staging)?;
             // The verified tree takes the live name in one exchange; the replaced one goes.
             swap::swap_in(&staging, &dest)
@@ -87,6 +65,43 @@ impl DirTarget {
         result
             .with_context(|| format!("restoring {}", self.path.display()))
             .map(|()| Restored::Done)
+    }
+
+    /// Unpack `a`, the artifact of `rec`, into the empty private directory `staging` beside the
+    /// live tree `dest`, and check it against the manifest: every file's SHA-256, modes, links
+    /// (the artifact's own checksums are checked as it is read). Owners as a restore sets them.
+    pub(super) fn unpack_checked(
+        &self,
+        rec: &TargetRecord,
+        a: &crate::manifest::Artifact,
+        store: &dyn Store,
+        dest: &Path,
+        staging: &Path,
+    ) -> Result<()> {
+        let (reader, writer) = std::io::pipe()?;
+        let unpack_to = staging.to_path_buf();
+        let mask = self.setid_mask();
+        let untrusted = rec.untrusted;
+        let consumer = std::thread::spawn(move || -> Result<()> {
+            let mut ar = tar::Archive::new(std::io::BufReader::new(reader));
+            ar.set_preserve_permissions(true);
+            ar.set_mask(mask);
+            // As root, every entry goes back to its owner (elsewhere they are ours) — when
+            // the record can be trusted with owners ([`owners`]).
+            ar.set_preserve_ownerships(inplace::running_as_root() && !untrusted);
+            ar.set_overwrite(true);
+            tree::unpack(ar, &unpack_to)
+        });
+        let r = crate::artifact::read_artifact(store, a, writer);
+        let unpacked = consumer.join().map_err(|_| anyhow!("tar reader panicked"))?;
+        r?;
+        unpacked.context("unpacking")?;
+        compare_listings(&rec.files, &scan(staging)?).context("unpacked tree differs from the manifest")?;
+        if rec.untrusted {
+            let metas = owners::from_live(&rec.files, &|p| dest.join(p), dest, self.setid_mask());
+            owners::apply(&metas, &|p| staging.join(p))?;
+        }
+        Ok(())
     }
 }
 
