@@ -50,6 +50,9 @@ say "PostgreSQL binaries: $GUARD_TEST_PG_BIN"
 for tool in gzip tar python3; do
     command -v "$tool" >/dev/null || { say "installing $tool"; apt_install "$tool"; }
 done
+# strace shows the order of guard's syscalls in the test that a restored tree is synced before
+# it is exchanged in (tests/it/dir_hot.rs).
+command -v strace >/dev/null || { say "installing strace"; apt_install strace; }
 # man (man-db) renders the generated man page in the cli tests.
 command -v man >/dev/null || { say "installing man-db"; apt_install man-db; }
 

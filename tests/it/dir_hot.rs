@@ -1060,3 +1060,63 @@ fn sigkill_while_a_late_copy_is_unpacked_then_recover_or_recover_keep_removes_it
         assert_eq!(env.guard(&["status"]).code, 0, "keep={keep}");
     }
 }
+
+/// The tree a restore unpacks beside the live one is on disk before it takes the live name:
+/// a `syncfs` of its filesystem comes after the last file written into it and before the
+/// `renameat2` that exchanges it with the live tree (a restore from the store, late copy or
+/// `guard restore`; the hot copy made before a command is synced the same way). Before, the
+/// exchange could reach the disk ahead of the files: a power cut right after "restored and
+/// verified" could leave empty files under the live name. Seen with strace.
+#[test]
+fn a_tree_unpacked_for_a_restore_is_synced_before_it_is_exchanged_in() {
+    for (what, args) in [
+        ("a failed run without a hot copy", vec!["--", "sh", "-c", BREAK]),
+        ("guard restore", vec!["restore", "latest", "--yes", "--no-rescue"]),
+    ] {
+        let env = auto_env("hot_copy = \"never\"\n");
+        if what == "guard restore" {
+            let r = env.guard(&["snapshot"]);
+            assert_eq!(r.code, 0, "{r:?}");
+            std::fs::write(env.path("data/a.json"), "changed\n").unwrap();
+        }
+        let log = env.path("strace.log");
+        let out = std::process::Command::new("strace")
+            .args(["-f", "-qq", "-e", "trace=openat,syncfs,fsync,renameat2", "-o"])
+            .arg(&log)
+            .arg(env!("CARGO_BIN_EXE_guard"))
+            .args(&args)
+            .current_dir(env.dir.path())
+            .output()
+            .expect("strace (scripts/test.sh installs it)");
+        assert!(out.status.code().is_some_and(|c| c == 3 || c == 0), "{what}: {out:?}");
+        let lines: Vec<String> = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let exchange = lines
+            .iter()
+            .position(|l| l.contains("renameat2(") && l.contains("RENAME_EXCHANGE") && l.contains("/data\""))
+            .unwrap_or_else(|| panic!("{what}: no exchange of the tree in {lines:#?}"));
+        let last_write = lines[..exchange]
+            .iter()
+            .rposition(|l| l.contains("openat(") && l.contains("O_CREAT") && inside_copy(l))
+            .unwrap_or_else(|| panic!("{what}: no file unpacked beside the tree before the exchange: {lines:#?}"));
+        assert!(
+            lines[last_write..exchange].iter().any(|l| l.contains("syncfs(")),
+            "{what}: no syncfs between the last file unpacked ({}) and the exchange ({})",
+            lines[last_write],
+            lines[exchange]
+        );
+    }
+}
+
+/// Does strace line `l` open a path inside a copy guard unpacks beside `data` (its hot or
+/// staging directory, not a marker beside them)?
+fn inside_copy(l: &str) -> bool {
+    [".data.guard-hot-", ".data.guard-restore-"].iter().any(|m| {
+        l.split(m)
+            .nth(1)
+            .is_some_and(|rest| rest.split('"').next().is_some_and(|p| p.contains('/')))
+    })
+}

@@ -101,6 +101,13 @@ impl DirTarget {
             let metas = owners::from_live(&rec.files, &|p| dest.join(p), dest, self.setid_mask());
             owners::apply(&metas, &|p| staging.join(p))?;
         }
+        // On disk before it can take the live name (the exchange is synced; without this the
+        // rename could reach the disk ahead of the files): one flush of its filesystem.
+        let f = fs::File::open(staging)?;
+        // SAFETY: a valid open descriptor; syncfs touches nothing else.
+        if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) } != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("syncing {}", staging.display()));
+        }
         Ok(())
     }
 }
