@@ -75,6 +75,31 @@ fn run_with_pg(env: &Env, c: &Cluster, args: &[String]) -> Run {
         .into()
 }
 
+/// A cluster with database `shop` (the [`SHOP`] schema), then `sql` run on `postgres`.
+fn shop_cluster(sql: &str) -> Cluster {
+    let c = Cluster::start();
+    c.createdb("shop");
+    c.psql("shop", SHOP);
+    if !sql.is_empty() {
+        c.psql("postgres", sql);
+    }
+    c
+}
+
+/// A clone run of `sql` that fails (it ends with `SELECT 1/0`): exit 1, `shop` back by the
+/// clone's rename exactly as it was (`pg_dump`, and its owner, comment, ACL and settings), no
+/// clone or set-aside database left. `why` says what the case is about.
+fn failed_run_comes_back_by_rename(c: &Cluster, env: &Env, sql: &str, why: &str) -> Run {
+    let (before, state) = (c.dump("shop"), db_state(c));
+    let r = run_with_pg(env, c, &psql_cmd(c, &format!("{sql}; SELECT 1/0;")));
+    assert_eq!(r.code, 1, "{why}: {r:?}");
+    assert!(r.stderr.contains("clone renamed into place"), "{why}: {r:?}");
+    assert_eq!(c.dump("shop"), before, "{why}: the database came back exactly");
+    assert_eq!(db_state(c), state, "{why}: owner, comment, ACL and settings came back");
+    assert_eq!(guard_dbs(c), "", "{why}: no clone or set-aside database is left");
+    r
+}
+
 #[test]
 fn postgres_clone_restores_by_rename_with_the_database_state_and_rescues_the_failed_one() {
     let c = Cluster::start();
@@ -672,34 +697,19 @@ fn a_command_that_restarts_the_server_is_still_restored_by_rename() {
 /// dropped, before it puts the grants back: the ACL comes back as it was.
 #[test]
 fn a_clone_swap_recreates_a_grantee_the_command_dropped() {
-    let c = Cluster::start();
-    c.createdb("shop");
-    c.psql("shop", SHOP);
-    c.psql(
-        "postgres",
-        "CREATE ROLE shop_ro LOGIN; GRANT CONNECT ON DATABASE shop TO shop_ro",
-    );
+    let c = shop_cluster("CREATE ROLE shop_ro LOGIN; GRANT CONNECT ON DATABASE shop TO shop_ro");
     let env = shop_env(&c, "");
-    let before = c.dump("shop");
-    let state = db_state(&c);
-    let r = run_with_pg(
-        &env,
+    failed_run_comes_back_by_rename(
         &c,
-        &psql_cmd(
-            &c,
-            "DELETE FROM item; REVOKE CONNECT ON DATABASE shop FROM shop_ro; DROP ROLE shop_ro; SELECT 1/0;",
-        ),
+        &env,
+        "DELETE FROM item; REVOKE CONNECT ON DATABASE shop FROM shop_ro; DROP ROLE shop_ro",
+        "the ACL names shop_ro again",
     );
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains("clone renamed into place"), "{r:?}");
-    assert_eq!(c.dump("shop"), before, "the database came back exactly");
-    assert_eq!(db_state(&c), state, "the ACL names shop_ro again");
     assert_eq!(
         c.psql("postgres", "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'shop_ro'"),
         "f",
         "recreated NOLOGIN"
     );
-    assert_eq!(guard_dbs(&c), "");
 }
 
 /// A command may drop a role that held privileges on the database once it has revoked them
@@ -710,9 +720,7 @@ fn a_clone_swap_recreates_a_grantee_the_command_dropped() {
 /// back.
 #[test]
 fn a_command_dropping_a_role_with_privileges_on_the_database_succeeds_on_a_clone_run() {
-    let c = Cluster::start();
-    c.createdb("shop");
-    c.psql("shop", SHOP);
+    let c = shop_cluster("");
     let env = shop_env(&c, "");
     let r = run_with_pg(
         &env,
@@ -735,20 +743,12 @@ fn a_command_dropping_a_role_with_privileges_on_the_database_succeeds_on_a_clone
         "postgres",
         "CREATE ROLE shop_tmp; GRANT TEMPORARY ON DATABASE shop TO shop_tmp",
     );
-    let state = db_state(&c);
-    let before = c.dump("shop");
-    let r = run_with_pg(
-        &env,
+    failed_run_comes_back_by_rename(
         &c,
-        &psql_cmd(
-            &c,
-            "DELETE FROM item; REVOKE TEMPORARY ON DATABASE shop FROM shop_tmp; SELECT 1/0;",
-        ),
+        &env,
+        "DELETE FROM item; REVOKE TEMPORARY ON DATABASE shop FROM shop_tmp",
+        "the ACL came back with TEMPORARY for shop_tmp",
     );
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains("clone renamed into place"), "{r:?}");
-    assert_eq!(c.dump("shop"), before);
-    assert_eq!(db_state(&c), state, "the ACL came back with TEMPORARY for shop_tmp");
 }
 
 /// A role with settings in the database (`ALTER ROLE … IN DATABASE … SET`) but no privilege on
@@ -757,24 +757,12 @@ fn a_command_dropping_a_role_with_privileges_on_the_database_succeeds_on_a_clone
 /// as the command left it.
 #[test]
 fn a_clone_swap_recreates_a_role_with_settings_the_command_dropped() {
-    let c = Cluster::start();
-    c.createdb("shop");
-    c.psql("shop", SHOP);
-    c.psql(
-        "postgres",
-        "CREATE ROLE reporter; ALTER ROLE reporter IN DATABASE shop SET work_mem = '64MB'",
-    );
+    let c = shop_cluster("CREATE ROLE reporter; ALTER ROLE reporter IN DATABASE shop SET work_mem = '64MB'");
     let env = shop_env(&c, "");
-    let before = c.dump("shop");
-    let state = db_state(&c);
-    let r = run_with_pg(
-        &env,
+    failed_run_comes_back_by_rename(
         &c,
-        &psql_cmd(&c, "DELETE FROM item; DROP ROLE reporter; SELECT 1/0;"),
+        &env,
+        "DELETE FROM item; DROP ROLE reporter",
+        "reporter's setting is back",
     );
-    assert_eq!(r.code, 1, "restored: {r:?}");
-    assert!(r.stderr.contains("clone renamed into place"), "{r:?}");
-    assert_eq!(c.dump("shop"), before, "the database came back exactly");
-    assert_eq!(db_state(&c), state, "reporter's setting is back");
-    assert_eq!(guard_dbs(&c), "");
 }
