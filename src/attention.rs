@@ -458,9 +458,9 @@ pub fn advice(j: &Journal, policy_file: &str) -> (String, String) {
         ),
         Phase::Swapping | Phase::Rescuing if !j.set_aside.is_empty() => (
             format!(
-                "the command failed and guard was restoring by rename: {} may already be back (hot copy renamed into place), the failed state set aside beside it (.NAME.guard-failed-{}) until a rescue snapshot holds it. The pre-run state is in snapshot {snap}.",
+                "the command failed and guard was restoring by rename: {} may already be back (hot copy renamed into place), the failed state set aside beside it ({}) until a rescue snapshot holds it. The pre-run state is in snapshot {snap}.",
                 j.set_aside.join(", "),
-                j.run_id
+                set_aside_where(j)
             ),
             format!("{recover}   (restores {snap}; names the failed state set aside, kept until you delete it)"),
         ),
@@ -477,6 +477,22 @@ pub fn advice(j: &Journal, policy_file: &str) -> (String, String) {
         ),
         Phase::Done => ("finished.".into(), String::new()),
     }
+}
+
+/// Where the failed state of each target in `j.set_aside` was put: the path (or database) the
+/// journal recorded for it, or the naming pattern for a journal written before it recorded one.
+fn set_aside_where(j: &Journal) -> String {
+    let at: Vec<String> = j
+        .set_aside
+        .iter()
+        .map(|name| {
+            j.set_aside_at
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| format!(".NAME.guard-failed-{}", j.run_id))
+        })
+        .collect();
+    at.join(", ")
 }
 
 #[cfg(test)]

@@ -132,6 +132,10 @@ pub struct Journal {
     /// before the exchange, so `guard recover` knows the live tree may be that copy.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub late_hot: std::collections::BTreeMap<String, String>,
+    /// Where each target of `set_aside` has its failed state set aside (a path, or the kind of
+    /// database), for `guard status` after a kill.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub set_aside_at: std::collections::BTreeMap<String, String>,
     /// The pre-run snapshot's records whose store artifact was deferred (issue 17): written
     /// while the command runs, from the hot copy or clone, which is the verified snapshot until
     /// the manifest exists (each record names it: `meta.hot`, its identity `meta.hot_id` or OID
@@ -192,6 +196,7 @@ impl Journal {
             restored: Vec::new(),
             set_aside: Vec::new(),
             late_hot: Default::default(),
+            set_aside_at: Default::default(),
             pending: Vec::new(),
             hot_of: None,
             closes: Vec::new(),

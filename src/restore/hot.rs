@@ -31,6 +31,10 @@ pub(super) fn swap_hot_copies(
         return Ok(Vec::new());
     }
     j.set_aside = hot.iter().map(|r| r.name.clone()).collect();
+    j.set_aside_at = hot
+        .iter()
+        .filter_map(|r| Some((r.name.clone(), crate::targets::set_aside_at(r, &tag)?)))
+        .collect();
     j.advance(cx.store, Phase::Swapping, cx.ui).kind(Kind::Internal)?;
     crate::signals::install();
     let mut out = Vec::new();

@@ -281,6 +281,20 @@ pub fn held_in(rec: &crate::manifest::TargetRecord) -> &'static str {
     }
 }
 
+/// Where run `run` sets the failed state of `rec`'s target aside during a restore by rename,
+/// in words for a message: a path beside a SQLite file or a tree (computed from the policy's
+/// own naming rule and the recorded path, `meta.resolved` when the path is a link), or the
+/// kind of database a PostgreSQL clone swap renames the failed one to.
+pub fn set_aside_at(rec: &crate::manifest::TargetRecord, run: &str) -> Option<String> {
+    let live = Path::new(rec.meta.get("resolved").unwrap_or(&rec.source));
+    match rec.kind.as_str() {
+        "sqlite" => sqlite::hot::aside_path(live, run).map(|p| p.display().to_string()),
+        "dir" => dir::aside_of(live, run).map(|p| p.display().to_string()),
+        "postgres" => Some(format!("database guard_failed_{}_…", run.to_ascii_lowercase())),
+        _ => None,
+    }
+}
+
 /// Is `rec` a record whose store artifact was deferred (a hot copy or clone holds its state, and
 /// nothing is in the store yet)?
 pub fn is_deferred(rec: &crate::manifest::TargetRecord) -> bool {

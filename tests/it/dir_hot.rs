@@ -910,9 +910,15 @@ fn sigkill_after_the_exchange_of_a_late_copy_then_recover_or_recover_keep_loses_
             let status = env.guard(&["status"]);
             assert_eq!(status.code, 82, "{what}: {status:?}");
             let said = format!("{}{}", status.stdout, status.stderr);
+            // Where, as a path: `.data.guard-failed-RUN/data` beside the tree, not a pattern.
+            let beside = std::fs::canonicalize(env.dir.path())
+                .unwrap()
+                .join(".data.guard-failed-");
             assert!(
-                said.contains("data may already be back") && said.contains(".NAME.guard-failed-"),
-                "{what}: says the failed tree is set aside: {status:?}"
+                said.contains("data may already be back")
+                    && said.contains(&beside.display().to_string())
+                    && !said.contains(".NAME."),
+                "{what}: says where the failed tree is set aside: {status:?}"
             );
             let args: &[&str] = if keep {
                 &["recover", "--keep", "--yes"]

@@ -775,3 +775,9 @@ pub fn excludes(spec: &DirSpec, canonical_root: &Path, inner: &Path, is_dir: boo
     };
     !rel.is_empty() && Filter::new(&spec.path, &spec.exclude).is_ok_and(|f| f.excluded(rel, is_dir))
 }
+
+/// Where run `tag` sets the failed state of the tree at `live` aside (`.NAME.guard-failed-RUN/NAME`),
+/// for messages about an interrupted run.
+pub fn aside_of(live: &Path, tag: &str) -> Option<PathBuf> {
+    hot::aside_entry(live, tag)
+}
