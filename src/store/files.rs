@@ -61,6 +61,17 @@ pub fn sync_dir(p: &Path) -> io::Result<()> {
     File::open(p)?.sync_all()
 }
 
+/// Flush the whole filesystem holding `p` (`syncfs`): every write and rename on it is durable,
+/// in one call instead of an fsync per file.
+pub fn syncfs(p: &Path) -> io::Result<()> {
+    let f = File::open(p)?;
+    // SAFETY: a valid open descriptor; syncfs touches nothing else.
+    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Create a new private (0600) temp file next to `dest`, named so it is recognisably guard's.
 pub fn private_temp_beside(dest: &Path) -> io::Result<(File, PathBuf)> {
     let dir = dest.parent().unwrap_or(Path::new("."));

@@ -221,13 +221,8 @@ impl Store for LocalStore {
     }
 
     fn sync(&self) -> Result<()> {
-        let f = File::open(&self.root)?;
-        // syncfs: one flush of the store's filesystem makes every write and rename durable.
-        let rc = unsafe { libc::syncfs(std::os::unix::io::AsRawFd::as_raw_fd(&f)) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error()).context("syncfs on the store");
-        }
-        Ok(())
+        // One flush of the store's filesystem makes every write and rename durable.
+        crate::store::files::syncfs(&self.root).context("syncfs on the store")
     }
 }
 

@@ -102,9 +102,7 @@ fn failed_run_comes_back_by_rename(c: &Cluster, env: &Env, sql: &str, why: &str)
 
 #[test]
 fn postgres_clone_restores_by_rename_with_the_database_state_and_rescues_the_failed_one() {
-    let c = Cluster::start();
-    c.createdb("shop");
-    c.psql("shop", SHOP);
+    let c = shop_cluster("");
     let env = shop_env(&c, "");
     let before = c.dump("shop");
     let state = db_state(&c);
@@ -148,9 +146,7 @@ fn snapshots_pg(env: &Env, c: &Cluster) -> Vec<serde_json::Value> {
 
 #[test]
 fn postgres_clone_kept_run_drops_the_clone_and_refused_sessions_fall_back_to_the_dump() {
-    let c = Cluster::start();
-    c.createdb("shop");
-    c.psql("shop", SHOP);
+    let c = shop_cluster("");
     let env = shop_env(&c, "");
     let r = run_with_pg(
         &env,
@@ -258,9 +254,7 @@ fn sh(script: &str) -> Vec<String> {
 /// and the dump are written and verified; that dump restores the pre-run database exactly.
 #[test]
 fn a_clone_run_starts_the_command_before_the_dump_which_is_verified_before_guard_exits() {
-    let c = Cluster::start();
-    c.createdb("shop");
-    c.psql("shop", SHOP);
+    let c = shop_cluster("");
     // More than pg_dump's output buffer and pipe hold (2 MiB): it is still connected, waiting
     // to write, while the command runs.
     c.psql(
@@ -336,9 +330,7 @@ touch go"#
 /// guard's own dump sessions on it first) without the dump, which is abandoned.
 #[test]
 fn a_command_failing_during_the_clone_dump_is_restored_by_rename_without_waiting_for_it() {
-    let c = Cluster::start();
-    c.createdb("shop");
-    c.psql("shop", SHOP);
+    let c = shop_cluster("");
     let env = shop_env(&c, "");
     let before = c.dump("shop");
     let state = db_state(&c);
@@ -371,9 +363,7 @@ fn a_command_failing_during_the_clone_dump_is_restored_by_rename_without_waiting
 #[test]
 fn a_session_reaching_the_clone_before_it_is_closed_makes_the_run_dump_the_live_database() {
     use std::time::{Duration, Instant};
-    let c = Cluster::start();
-    c.createdb("shop");
-    c.psql("shop", SHOP);
+    let c = shop_cluster("");
     c.psql("postgres", "CREATE ROLE shop_login LOGIN");
     let env = shop_env(&c, "");
     let before = c.dump("shop");
@@ -445,9 +435,7 @@ fn a_session_reaching_the_clone_before_it_is_closed_makes_the_run_dump_the_live_
 /// back, ending what is left of guard's dump sessions, and drops nothing it needs.
 #[test]
 fn sigkill_while_the_clone_dump_is_written_then_recover_renames_the_clone_back() {
-    let c = Cluster::start();
-    c.createdb("shop");
-    c.psql("shop", SHOP);
+    let c = shop_cluster("");
     let before = c.dump("shop");
     let state = db_state(&c);
     for point in ["command-running", "checking", "storing"] {
@@ -482,9 +470,7 @@ fn sigkill_while_the_clone_dump_is_written_then_recover_renames_the_clone_back()
 /// the check and the run restores by rename without waiting for the dump.
 #[test]
 fn untouched_checks_of_a_clone_run_compare_fingerprints_read_before_the_command() {
-    let c = Cluster::start();
-    c.createdb("shop");
-    c.psql("shop", SHOP);
+    let c = shop_cluster("");
     let checks = "\n[[check]]\nname = \"items and database untouched\"\ntarget = \"shop\"\nuntouched = [\"item\", \"@database\"]\n";
     let env = shop_env(&c, checks);
     let kept: Run = held_pg(
@@ -539,9 +525,7 @@ fn untouched_checks_of_a_clone_run_compare_fingerprints_read_before_the_command(
 /// `recover` renames the clone back (`pg_dump` equal) or `recover --keep` accepts and drops it.
 #[test]
 fn a_clone_dump_that_fails_after_a_kept_run_exits_83_and_keeps_the_clone_until_recover() {
-    let c = Cluster::start();
-    c.createdb("shop");
-    c.psql("shop", SHOP);
+    let c = shop_cluster("");
     let before = c.dump("shop");
     let state = db_state(&c);
     for keep in [false, true] {
@@ -590,9 +574,7 @@ fn a_clone_dump_that_fails_after_a_kept_run_exits_83_and_keeps_the_clone_until_r
 /// dump's are gone).
 #[test]
 fn a_command_failing_after_the_clone_dump_is_stored_keeps_the_snapshot_and_renames_the_clone_in() {
-    let c = Cluster::start();
-    c.createdb("shop");
-    c.psql("shop", SHOP);
+    let c = shop_cluster("");
     let env = shop_env(&c, "");
     let before = c.dump("shop");
     let state = db_state(&c);
@@ -671,9 +653,7 @@ fn a_clone_run_as_the_databases_owner_without_superuser_restores_by_rename() {
 /// too, nothing of guard's left.
 #[test]
 fn a_command_that_restarts_the_server_is_still_restored_by_rename() {
-    let c = Cluster::start();
-    c.createdb("shop");
-    c.psql("shop", SHOP);
+    let c = shop_cluster("");
     let env = shop_env(&c, "");
     let before = c.dump("shop");
     let state = db_state(&c);

@@ -34,7 +34,7 @@
 //! Names are computed from the policy's path and the run id; a manifest never names a path.
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -44,7 +44,8 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest as _, Sha256};
 
 use super::config::HotCopy;
-use super::tree::{dir_entry, file_entry, symlink_entry, walk, Filter};
+use super::copy::copy_tree;
+use super::tree::{walk, Filter};
 use crate::manifest::FileEntry;
 
 /// Is `tag` a run id guard could have made (no path separators, no `..`)?
@@ -314,151 +315,6 @@ pub(super) enum Dropped {
     Exchanged(PathBuf),
     /// Killed between the two renames: the hot copy was renamed into the free live path.
     RenamedIn(PathBuf),
-}
-
-/// Reflink support, learnt from the first file: `FICLONE` failing once means a copy for the
-/// rest of this process.
-static NO_REFLINK: AtomicBool = AtomicBool::new(false);
-
-/// Copy the tree at `live` into the empty directory `hot` ([module docs](self)), returning its
-/// listing (the SHA-256 of every file as it was read from the live tree), in walk order.
-pub(super) fn copy_tree(live: &Path, hot: &Path, filter: &Filter, setid_mask: u32) -> Result<Vec<FileEntry>> {
-    let mut listing = Vec::new();
-    let mut made: Vec<(PathBuf, fs::Metadata)> = Vec::new();
-    let mut buf = vec![0u8; 1 << 20];
-    walk(live, &[String::new()], filter, |rel, abs, m| {
-        let dst = hot.join(rel);
-        let mode = m.permissions().mode() & 0o7777;
-        let ft = m.file_type();
-        if ft.is_dir() {
-            fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&dst)
-                .with_context(|| format!("cannot create {}", dst.display()))?;
-            listing.push(dir_entry(rel.to_string(), mode));
-        } else if ft.is_symlink() {
-            let to = fs::read_link(abs)?;
-            std::os::unix::fs::symlink(&to, &dst).with_context(|| format!("cannot create {}", dst.display()))?;
-            listing.push(symlink_entry(
-                rel.to_string(),
-                Some(to.to_string_lossy().into_owned()),
-                mode,
-            ));
-        } else if ft.is_file() {
-            let (size, sha) = copy_file(abs, &dst, m, &mut buf)?;
-            listing.push(file_entry(rel.to_string(), size, sha, mode));
-        } else {
-            // Sockets, fifos and devices are not data: skipped, as in the tar.
-            return Ok(());
-        }
-        made.push((dst, m.clone()));
-        Ok(())
-    })?;
-    // Children before their parents: a directory's mtime is set once nothing more is made in it.
-    let root = super::inplace::running_as_root();
-    for (p, m) in made.iter().rev() {
-        set_meta(p, m, root, setid_mask).with_context(|| format!("cannot set the metadata of {}", p.display()))?;
-    }
-    // The root keeps 0700 until it is renamed into place; its times are the live root's.
-    let top = fs::metadata(live)?;
-    set_times(hot, &top)?;
-    let f = fs::File::open(hot)?;
-    // SAFETY: a valid open descriptor; syncfs touches nothing else.
-    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) } != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("syncing {}", hot.display()));
-    }
-    Ok(listing)
-}
-
-/// Copy one file, hashing what is read; `(size, sha256)`.
-fn copy_file(src: &Path, dst: &Path, before: &fs::Metadata, buf: &mut [u8]) -> Result<(u64, String)> {
-    let mut from = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(src)
-        .with_context(|| format!("cannot read {}", src.display()))?;
-    let mut to = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(dst)
-        .with_context(|| format!("cannot create {}", dst.display()))?;
-    let reflinked = !NO_REFLINK.load(Ordering::Relaxed) && {
-        use std::os::fd::AsRawFd;
-        // SAFETY: two valid open descriptors; FICLONE shares the source's extents or fails.
-        let ok = unsafe { libc::ioctl(to.as_raw_fd(), libc::FICLONE, from.as_raw_fd()) } == 0;
-        if !ok {
-            NO_REFLINK.store(true, Ordering::Relaxed);
-        }
-        ok
-    };
-    let mut h = Sha256::new();
-    let mut n: u64 = 0;
-    loop {
-        let k = match from.read(buf) {
-            Ok(0) => break,
-            Ok(k) => k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", src.display())),
-        };
-        h.update(&buf[..k]);
-        if !reflinked {
-            to.write_all(&buf[..k])
-                .with_context(|| format!("cannot write {}", dst.display()))?;
-        }
-        n += k as u64;
-    }
-    if !reflinked {
-        // Start writing it back now, while the next files are copied: the `syncfs` at the end
-        // then waits for less.
-        use std::os::fd::AsRawFd;
-        // SAFETY: a valid open descriptor; the call only schedules writeback.
-        unsafe { libc::sync_file_range(to.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-    }
-    let after = from.metadata()?;
-    if n != before.size()
-        || after.size() != before.size()
-        || (after.mtime(), after.mtime_nsec()) != (before.mtime(), before.mtime_nsec())
-    {
-        bail!(
-            "{} changed while it was being read; stop writers (a `before` hook) and retry",
-            src.display()
-        );
-    }
-    Ok((n, hex::encode(h.finalize())))
-}
-
-/// Owner (as root), mode and times of `m` on the copy at `p`, never following a link.
-fn set_meta(p: &Path, m: &fs::Metadata, root: bool, setid_mask: u32) -> Result<()> {
-    let link = m.file_type().is_symlink();
-    if root {
-        std::os::unix::fs::lchown(p, Some(m.uid()), Some(m.gid()))?;
-    }
-    if !link {
-        // After the chown, which may clear setuid and setgid bits.
-        fs::set_permissions(p, fs::Permissions::from_mode(m.mode() & 0o7777 & !setid_mask))?;
-    }
-    set_times(p, m)
-}
-
-/// The access and modification times of `m` on `p`, never following a link.
-fn set_times(p: &Path, m: &fs::Metadata) -> Result<()> {
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes())?;
-    let times = [
-        libc::timespec {
-            tv_sec: m.atime(),
-            tv_nsec: m.atime_nsec(),
-        },
-        libc::timespec {
-            tv_sec: m.mtime(),
-            tv_nsec: m.mtime_nsec(),
-        },
-    ];
-    // SAFETY: a NUL-terminated path and two timespecs; utimensat reads them only.
-    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    Ok(())
 }
 
 /// Remove a tree guard made (a hot copy, a failed state set aside), whatever the modes of its

@@ -19,6 +19,7 @@
 //! and only while the link still leads there.
 
 pub mod config;
+mod copy;
 mod hot;
 mod inplace;
 mod late;

@@ -103,12 +103,7 @@ impl DirTarget {
         }
         // On disk before it can take the live name (the exchange is synced; without this the
         // rename could reach the disk ahead of the files): one flush of its filesystem.
-        let f = fs::File::open(staging)?;
-        // SAFETY: a valid open descriptor; syncfs touches nothing else.
-        if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) } != 0 {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("syncing {}", staging.display()));
-        }
-        Ok(())
+        crate::store::files::syncfs(staging).with_context(|| format!("syncing {}", staging.display()))
     }
 }
 
